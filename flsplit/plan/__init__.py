@@ -1,0 +1,1 @@
+"""Planning: instances, evaluator, solvers and lower bounds (no torch, no flwr)."""
