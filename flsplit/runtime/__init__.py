@@ -1,0 +1,1 @@
+"""Runtime: wire format, gRPC data plane, helper worker and client trainer."""

@@ -1,0 +1,205 @@
+"""Wire format of the data plane: one tensor per frame, never pickled.
+
+A frame is::
+
+    MAGIC (4 bytes, b"FLS1") | header length (uint32, little endian) | header | payload
+
+The header is a UTF-8 JSON object with the fields
+
+- ``op``: what the frame asks for or answers (``"fwd"``, ``"bwd"``, ``"finish"``,
+  ``"result"``),
+- ``client``: the sending client's id (a string),
+- ``token``: the round token the server gave that client,
+- ``step``: the batch counter of the sending client,
+- ``tensor``: ``null`` or ``{"dtype": str, "shape": [int, ...], "nbytes": int}``.
+
+The payload is the tensor's raw bytes in C order, exactly ``nbytes`` long. Every field is
+checked before any byte of the payload is interpreted: allowed dtypes only, a bounded
+number of dimensions, ``nbytes == prod(shape) * itemsize == len(payload)``, a maximum
+frame size, and (on request) finite values. Anything else raises :class:`FrameError`
+with a message that names the offending field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+
+import torch
+
+MAGIC = b"FLS1"
+HEADER_LIMIT = 64 * 1024
+DEFAULT_MAX_FRAME_BYTES = 512 * 1024 * 1024
+MAX_DIMS = 8
+OPS = ("fwd", "bwd", "finish", "result")
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+_DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+_PREFIX = struct.Struct("<4sI")
+
+
+class FrameError(ValueError):
+    """A frame that does not follow the wire format."""
+
+
+@dataclass
+class Frame:
+    """A decoded frame.
+
+    Parameters
+    ----------
+    op : str
+        One of :data:`OPS`.
+    client : str
+        Id of the client the frame belongs to.
+    token : str
+        Round token presented by the client (empty in replies).
+    step : int
+        Batch counter of the client.
+    tensor : torch.Tensor or None
+        The carried tensor, if any.
+    """
+
+    op: str
+    client: str
+    token: str = ""
+    step: int = 0
+    tensor: torch.Tensor | None = None
+
+
+def encode(frame: Frame) -> bytes:
+    """Serialize ``frame`` into bytes."""
+    if frame.op not in OPS:
+        raise FrameError(f"op {frame.op!r} is not one of {OPS}")
+    tensor_header = None
+    payload = b""
+    if frame.tensor is not None:
+        tensor = frame.tensor.detach()
+        if tensor.dtype not in _DTYPE_NAMES:
+            raise FrameError(
+                f"dtype {tensor.dtype} cannot travel; allowed: {sorted(DTYPES)}"
+            )
+        tensor = tensor.contiguous().cpu()
+        payload = tensor.reshape(-1).view(torch.uint8).numpy().tobytes()
+        tensor_header = {
+            "dtype": _DTYPE_NAMES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "nbytes": len(payload),
+        }
+    header = json.dumps(
+        {
+            "op": frame.op,
+            "client": frame.client,
+            "token": frame.token,
+            "step": frame.step,
+            "tensor": tensor_header,
+        },
+        separators=(",", ":"),
+    ).encode()
+    return _PREFIX.pack(MAGIC, len(header)) + header + payload
+
+
+def decode(
+    data: bytes,
+    *,
+    max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    require_finite: bool = True,
+) -> Frame:
+    """Parse and validate a frame.
+
+    Parameters
+    ----------
+    data : bytes
+        The received bytes.
+    max_frame_bytes : int
+        Largest frame accepted.
+    require_finite : bool
+        Refuse tensors holding NaN or infinity.
+
+    Returns
+    -------
+    Frame
+        The validated frame; its tensor owns its memory.
+
+    Raises
+    ------
+    FrameError
+        If anything in ``data`` is malformed; the message names the field.
+    """
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise FrameError(f"frame must be bytes, got {type(data).__name__}")
+    if len(data) > max_frame_bytes:
+        raise FrameError(f"frame size {len(data)} exceeds the limit of {max_frame_bytes} bytes")
+    if len(data) < _PREFIX.size:
+        raise FrameError(f"frame of {len(data)} bytes is shorter than its {_PREFIX.size}-byte prefix")
+    magic, header_len = _PREFIX.unpack_from(data, 0)
+    if magic != MAGIC:
+        raise FrameError(f"magic {magic!r} is not {MAGIC!r}")
+    if header_len > HEADER_LIMIT or _PREFIX.size + header_len > len(data):
+        raise FrameError(f"header length {header_len} does not fit the frame of {len(data)} bytes")
+    raw_header = bytes(data[_PREFIX.size : _PREFIX.size + header_len])
+    try:
+        header = json.loads(raw_header.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise FrameError(f"header is not UTF-8 JSON: {err}") from None
+    if not isinstance(header, dict):
+        raise FrameError("header must be a JSON object")
+    op = _field(header, "op", str)
+    if op not in OPS:
+        raise FrameError(f"op {op!r} is not one of {OPS}")
+    client = _field(header, "client", str)
+    token = _field(header, "token", str)
+    step = _field(header, "step", int)
+    payload = memoryview(data)[_PREFIX.size + header_len :]
+    spec = header.get("tensor")
+    if spec is None:
+        if len(payload):
+            raise FrameError(f"frame without tensor carries {len(payload)} payload bytes")
+        return Frame(op=op, client=client, token=token, step=step)
+    tensor = _decode_tensor(spec, payload, require_finite)
+    return Frame(op=op, client=client, token=token, step=step, tensor=tensor)
+
+
+def _field(header: dict, name: str, kind: type) -> object:
+    value = header.get(name)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise FrameError(f"header field {name!r} must be {kind.__name__}, got {value!r:.80}")
+    return value
+
+
+def _decode_tensor(spec: object, payload: memoryview, require_finite: bool) -> torch.Tensor:
+    if not isinstance(spec, dict):
+        raise FrameError("header field 'tensor' must be an object or null")
+    dtype_name = spec.get("dtype")
+    if dtype_name not in DTYPES:
+        raise FrameError(f"tensor dtype {dtype_name!r:.40} is not one of {sorted(DTYPES)}")
+    dtype = DTYPES[dtype_name]
+    shape = spec.get("shape")
+    if (
+        not isinstance(shape, list)
+        or len(shape) > MAX_DIMS
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ):
+        raise FrameError(
+            f"tensor shape {shape!r:.80} must be a list of at most {MAX_DIMS} non-negative ints"
+        )
+    nbytes = spec.get("nbytes")
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    expected = math.prod(shape) * itemsize
+    if not isinstance(nbytes, int) or nbytes != expected:
+        raise FrameError(f"tensor nbytes {nbytes!r:.40} does not match shape {shape} ({expected})")
+    if len(payload) != expected:
+        raise FrameError(f"payload has {len(payload)} bytes, header announces {expected}")
+    if expected == 0:
+        return torch.empty(shape, dtype=dtype)
+    tensor = torch.frombuffer(bytearray(payload), dtype=dtype).reshape(shape)
+    if require_finite and not bool(torch.isfinite(tensor).all()):
+        raise FrameError("tensor holds NaN or infinite values")
+    return tensor

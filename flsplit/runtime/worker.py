@@ -1,0 +1,186 @@
+"""The helper's worker: body copies per client and one task at a time.
+
+Requests arrive on many data-plane threads; the worker executes them on a single thread
+so that the planner's one-machine model holds. Among the tasks that are ready it takes
+the one that comes first in the planned priority order (first come, first served when no
+order was given) and never idles while a task is ready.
+"""
+
+from __future__ import annotations
+
+import copy
+import heapq
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+OptimizerFn = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+class TaskError(RuntimeError):
+    """A task that cannot be run for the client that sent it."""
+
+
+@dataclass
+class ClientBody:
+    """One client's copy of the body and its training state."""
+
+    module: nn.Module
+    optimizer: torch.optim.Optimizer
+    pending_input: torch.Tensor | None = None
+    pending_output: torch.Tensor | None = None
+    batches: int = 0
+    examples: int = 0
+    busy_seconds: float = 0.0
+
+
+@dataclass(order=True)
+class _Task:
+    rank: int
+    seq: int
+    client: str = field(compare=False)
+    kind: str = field(compare=False)
+    tensor: torch.Tensor = field(compare=False)
+    future: Future = field(compare=False)
+
+
+@dataclass
+class TaskRecord:
+    """What the worker ran, for timelines and for checking the executed order."""
+
+    client: str
+    kind: str
+    start: float
+    end: float
+
+
+class HelperWorker:
+    """Run body forward and backward tasks for several clients on one thread.
+
+    Parameters
+    ----------
+    body : nn.Module
+        The body with the round's global weights; each client gets a deep copy.
+    clients : Sequence[str]
+        Ids of the clients this helper serves in the round.
+    optimizer_fn : callable
+        Builds an optimizer from a parameter iterable (one per client copy).
+    order : Sequence[tuple[str, str]], optional
+        Priority order of ``(client, "fwd" | "bwd")`` tasks; earlier means more urgent.
+        Tasks not listed come after the listed ones, first come first served.
+    """
+
+    def __init__(
+        self,
+        body: nn.Module,
+        clients: Sequence[str],
+        optimizer_fn: OptimizerFn,
+        order: Sequence[tuple[str, str]] | None = None,
+    ) -> None:
+        self.bodies: dict[str, ClientBody] = {}
+        for client in clients:
+            module = copy.deepcopy(body)
+            module.train()
+            self.bodies[client] = ClientBody(module, optimizer_fn(module.parameters()))
+        self._rank = {tuple(task): i for i, task in enumerate(order or [])}
+        self._unranked = len(self._rank)
+        self._queue: list[_Task] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._stopped = False
+        self.executed: list[TaskRecord] = []
+        self._thread = threading.Thread(target=self._run, name="flsplit-helper-worker", daemon=True)
+        self._thread.start()
+
+    def submit(self, client: str, kind: str, tensor: torch.Tensor) -> Future:
+        """Queue a ``"fwd"`` or ``"bwd"`` task; the future resolves to the output tensor."""
+        if client not in self.bodies:
+            raise TaskError(f"client {client!r} is not served by this helper")
+        if kind not in ("fwd", "bwd"):
+            raise TaskError(f"task kind {kind!r} is not 'fwd' or 'bwd'")
+        future: Future = Future()
+        rank = self._rank.get((client, kind), self._unranked)
+        with self._cond:
+            if self._stopped:
+                raise TaskError("helper worker is stopped")
+            heapq.heappush(self._queue, _Task(rank, next(self._seq), client, kind, tensor, future))
+            self._cond.notify()
+        return future
+
+    def stop(self) -> None:
+        """Stop the worker thread; queued tasks fail."""
+        with self._cond:
+            self._stopped = True
+            for task in self._queue:
+                task.future.set_exception(TaskError("helper worker stopped"))
+            self._queue.clear()
+            self._cond.notify()
+        self._thread.join(timeout=10)
+
+    def drop(self, client: str) -> None:
+        """Forget a client's in-flight state (its update will not be returned)."""
+        state = self.bodies.pop(client, None)
+        if state is not None:
+            state.pending_input = state.pending_output = None
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopped:
+                    self._cond.wait()
+                if self._stopped:
+                    return
+                task = heapq.heappop(self._queue)
+            start = time.perf_counter()
+            try:
+                result = self._execute(task)
+            except Exception as err:  # contained to the task's client
+                task.future.set_exception(err)
+            else:
+                task.future.set_result(result)
+            end = time.perf_counter()
+            self.executed.append(TaskRecord(task.client, task.kind, start, end))
+            state = self.bodies.get(task.client)
+            if state is not None:
+                state.busy_seconds += end - start
+
+    def _execute(self, task: _Task) -> torch.Tensor:
+        state = self.bodies.get(task.client)
+        if state is None:
+            raise TaskError(f"client {task.client!r} was dropped")
+        if task.kind == "fwd":
+            return self._forward(state, task.tensor)
+        return self._backward(state, task.tensor)
+
+    @staticmethod
+    def _forward(state: ClientBody, activation: torch.Tensor) -> torch.Tensor:
+        inp = activation.detach().requires_grad_(True)
+        with torch.enable_grad():
+            out = state.module(inp)
+        state.pending_input, state.pending_output = inp, out
+        return out.detach()
+
+    @staticmethod
+    def _backward(state: ClientBody, grad_output: torch.Tensor) -> torch.Tensor:
+        inp, out = state.pending_input, state.pending_output
+        if out is None or inp is None:
+            raise TaskError("backward task without a preceding forward task")
+        if tuple(grad_output.shape) != tuple(out.shape):
+            raise TaskError(
+                f"gradient shape {tuple(grad_output.shape)} does not match the body output "
+                f"shape {tuple(out.shape)}"
+            )
+        state.optimizer.zero_grad(set_to_none=True)
+        out.backward(grad_output.to(out.dtype))
+        state.optimizer.step()
+        state.pending_input = state.pending_output = None
+        state.batches += 1
+        state.examples += int(inp.shape[0])
+        grad = inp.grad
+        return grad if grad is not None else torch.zeros_like(inp)

@@ -1,0 +1,116 @@
+"""The data-plane wire format: round trips and refusal of malformed frames."""
+
+import json
+import struct
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flsplit.runtime import wire
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_round_trip_keeps_values_shape_and_dtype(dtype):
+    tensor = torch.randn(3, 4, 5).to(dtype)
+    frame = wire.decode(wire.encode(wire.Frame("fwd", "7", "tok", 3, tensor)))
+    assert (frame.op, frame.client, frame.token, frame.step) == ("fwd", "7", "tok", 3)
+    assert frame.tensor.dtype == dtype
+    assert torch.equal(frame.tensor, tensor)
+
+
+def test_frame_without_tensor():
+    frame = wire.decode(wire.encode(wire.Frame("finish", "c", "t", 9)))
+    assert frame.tensor is None and frame.step == 9
+
+
+def _frame_with_header(header: dict, payload: bytes = b"") -> bytes:
+    raw = json.dumps(header).encode()
+    return struct.pack("<4sI", wire.MAGIC, len(raw)) + raw + payload
+
+
+GOOD_HEADER = {"op": "fwd", "client": "1", "token": "t", "step": 0}
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        (b"XXXX" + b"\0" * 10, "magic"),
+        (b"FLS", "shorter"),
+        (struct.pack("<4sI", wire.MAGIC, 999) + b"{}", "header length"),
+        (_frame_with_header({**GOOD_HEADER, "op": "rm"}), "op"),
+        (_frame_with_header({**GOOD_HEADER, "step": "1"}), "step"),
+        (_frame_with_header({**GOOD_HEADER, "client": 5}), "client"),
+        (
+            _frame_with_header(
+                {**GOOD_HEADER, "tensor": {"dtype": "object", "shape": [1], "nbytes": 8}},
+                b"\0" * 8,
+            ),
+            "dtype",
+        ),
+        (
+            _frame_with_header(
+                {**GOOD_HEADER, "tensor": {"dtype": "float32", "shape": [2, -1], "nbytes": 8}},
+                b"\0" * 8,
+            ),
+            "shape",
+        ),
+        (
+            _frame_with_header(
+                {**GOOD_HEADER, "tensor": {"dtype": "float32", "shape": [3], "nbytes": 8}},
+                b"\0" * 8,
+            ),
+            "nbytes",
+        ),
+        (
+            _frame_with_header(
+                {**GOOD_HEADER, "tensor": {"dtype": "float32", "shape": [2], "nbytes": 8}},
+                b"\0" * 4,
+            ),
+            "payload",
+        ),
+        (_frame_with_header(GOOD_HEADER, b"junk"), "payload"),
+    ],
+)
+def test_malformed_frames_are_refused_naming_the_field(data, field):
+    with pytest.raises(wire.FrameError, match=field):
+        wire.decode(data)
+
+
+def test_non_finite_values_are_refused():
+    data = wire.encode(wire.Frame("fwd", "1", "t", 0, torch.tensor([1.0, float("nan")])))
+    with pytest.raises(wire.FrameError, match="NaN"):
+        wire.decode(data)
+
+
+def test_frame_size_limit():
+    data = wire.encode(wire.Frame("fwd", "1", "t", 0, torch.zeros(1000)))
+    with pytest.raises(wire.FrameError, match="exceeds"):
+        wire.decode(data, max_frame_bytes=1000)
+
+
+def test_unsupported_tensor_dtype_cannot_be_sent():
+    with pytest.raises(wire.FrameError, match="dtype"):
+        wire.encode(wire.Frame("fwd", "1", "t", 0, torch.zeros(2, dtype=torch.int64)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bytes_never_crash_the_parser(data):
+    try:
+        wire.decode(data)
+    except wire.FrameError:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 200), st.integers(0, 255))
+def test_mutated_frames_parse_or_fail_cleanly(position, value):
+    data = bytearray(wire.encode(wire.Frame("bwd", "3", "tok", 1, torch.ones(2, 3))))
+    data[position % len(data)] = value
+    try:
+        frame = wire.decode(bytes(data))
+    except wire.FrameError:
+        return
+    assert frame.op in wire.OPS

@@ -1,0 +1,78 @@
+"""The helper worker: one task at a time, planned priority, work conserving."""
+
+import threading
+
+import pytest
+import torch
+from torch import nn
+
+from flsplit.runtime.worker import HelperWorker, TaskError
+
+
+def _sgd(params):
+    return torch.optim.SGD(params, lr=0.1)
+
+
+ENTERED = threading.Event()
+RELEASE = threading.Event()
+
+
+class _Gate(nn.Module):
+    """A body that blocks on inputs marked with a large value until released, so the
+    queue can fill up behind it."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(2, 2)
+
+    def forward(self, x):
+        if float(x.max()) > 100:
+            ENTERED.set()
+            RELEASE.wait(5)
+        return self.lin(x)
+
+
+def _run_behind_blocker(order, submit_order):
+    ENTERED.clear()
+    RELEASE.clear()
+    worker = HelperWorker(_Gate(), ["a", "b", "c", "blocker"], _sgd, order=order)
+    first = worker.submit("blocker", "fwd", torch.full((1, 2), 1000.0))
+    assert ENTERED.wait(5)
+    futures = [worker.submit(c, "fwd", torch.ones(1, 2)) for c in submit_order]
+    RELEASE.set()
+    for future in [first, *futures]:
+        future.result(timeout=5)
+    worker.stop()
+    return [r.client for r in worker.executed]
+
+
+def test_ready_tasks_run_in_planned_priority_order():
+    order = [("c", "fwd"), ("b", "fwd"), ("a", "fwd"), ("blocker", "fwd")]
+    assert _run_behind_blocker(order, ["a", "b", "c"]) == ["blocker", "c", "b", "a"]
+
+
+def test_first_come_first_served_without_order():
+    assert _run_behind_blocker(None, ["b", "c", "a"]) == ["blocker", "b", "c", "a"]
+
+
+def test_each_client_trains_its_own_copy():
+    body = nn.Linear(3, 2)
+    initial = body.weight.detach().clone()
+    worker = HelperWorker(body, ["a", "b"], _sgd)
+    out = worker.submit("a", "fwd", torch.ones(4, 3)).result(5)
+    grad_in = worker.submit("a", "bwd", torch.ones_like(out)).result(5)
+    worker.stop()
+    assert grad_in.shape == (4, 3)
+    assert not torch.equal(worker.bodies["a"].module.weight, initial)
+    assert torch.equal(worker.bodies["b"].module.weight, initial)
+    assert torch.equal(body.weight, initial)
+    assert worker.bodies["a"].examples == 4 and worker.bodies["a"].batches == 1
+
+
+def test_unknown_client_and_backward_without_forward_fail():
+    worker = HelperWorker(nn.Linear(2, 2), ["a"], _sgd)
+    with pytest.raises(TaskError, match="not served"):
+        worker.submit("x", "fwd", torch.ones(1, 2))
+    with pytest.raises(TaskError, match="without a preceding forward"):
+        worker.submit("a", "bwd", torch.ones(1, 2)).result(5)
+    worker.stop()
