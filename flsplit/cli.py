@@ -3,8 +3,63 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from flsplit.simulation import (
+        load_app_task,
+        parse_run_config,
+        read_app_config,
+        simulate,
+    )
+
+    config, options = read_app_config(args.app)
+    config.update(parse_run_config(args.run_config))
+    num_supernodes = args.num_supernodes or options.get("num-supernodes")
+    simulate(
+        load_app_task(args.app),
+        config,
+        num_supernodes=int(num_supernodes) if num_supernodes else None,
+        verbose=args.verbose,
+    )
+    return 0
+
+
+def _bench_dataplane(args: argparse.Namespace) -> int:
+    from flsplit import bench
+
+    return bench.main(args.models, args.batch, args.steps, args.warmup, args.threads)
+
+
+def _register_runtime_commands(sub: argparse._SubParsersAction) -> None:
+    simulate = sub.add_parser(
+        "simulate",
+        help="run a flsplit Flower app in the simulation engine (no background SuperLink)",
+    )
+    simulate.add_argument("app", help="Flower app directory (holds pyproject.toml)")
+    simulate.add_argument(
+        "--run-config", action="append", default=[], metavar="'KEY=VALUE ...'",
+        help="override [tool.flwr.app.config] values, as flwr run --run-config",
+    )
+    simulate.add_argument("--num-supernodes", type=int, default=None,
+                          help="virtual nodes (default: the app's local federation)")
+    simulate.add_argument("--verbose", action="store_true", help="debug logging")
+    simulate.set_defaults(func=_simulate)
+
+    bench = sub.add_parser(
+        "bench-dataplane",
+        help="per-batch step time over the gRPC data plane vs one process (JSON lines)",
+    )
+    bench.add_argument("--models", nargs="+", default=["small-cnn", "resnet18"])
+    bench.add_argument("--batch", type=int, default=32)
+    bench.add_argument("--steps", type=int, default=20)
+    bench.add_argument("--warmup", type=int, default=3)
+    bench.add_argument("--threads", type=int, default=None,
+                       help="torch threads per process (default: torch's default)")
+    bench.set_defaults(func=_bench_dataplane)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -13,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="flsplit", description="Parallel split learning with helper nodes for Flower."
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    _register_runtime_commands(sub)
     from flsplit.plan import cli as plan_cli
 
     plan_cli.register(sub)
@@ -21,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``flsplit`` console script."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)

@@ -138,7 +138,9 @@ def decode(
     if len(data) > max_frame_bytes:
         raise FrameError(f"frame size {len(data)} exceeds the limit of {max_frame_bytes} bytes")
     if len(data) < _PREFIX.size:
-        raise FrameError(f"frame of {len(data)} bytes is shorter than its {_PREFIX.size}-byte prefix")
+        raise FrameError(
+            f"frame of {len(data)} bytes is shorter than its {_PREFIX.size}-byte prefix"
+        )
     magic, header_len = _PREFIX.unpack_from(data, 0)
     if magic != MAGIC:
         raise FrameError(f"magic {magic!r} is not {MAGIC!r}")

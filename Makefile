@@ -1,0 +1,30 @@
+# flsplit: `make run` sets up and runs the quickstart simulation; `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint bench-dataplane bench-planner clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/flsplit simulate examples/quickstart
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench-dataplane: $(STAMP)
+	$(BIN)/flsplit bench-dataplane
+
+bench-planner: $(STAMP)
+	$(BIN)/flsplit bench-planner
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

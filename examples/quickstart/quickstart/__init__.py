@@ -1,0 +1,1 @@
+"""flsplit quickstart: split learning with helper nodes on scikit-learn's digits."""

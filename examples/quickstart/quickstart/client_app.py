@@ -1,0 +1,6 @@
+"""quickstart: the ClientApp (clients and helpers)."""
+
+from flsplit import make_client_app
+from quickstart.task import TASK
+
+app = make_client_app(TASK)

@@ -1,0 +1,275 @@
+"""A Flower ``ClientApp`` that serves both roles of split learning.
+
+Message types handled:
+
+- ``query``: report role, example count, device information and (helpers) the data-plane
+  address.
+- ``train``: a client trains its head and tail through its helper (or, in ``fedavg`` mode,
+  the whole model locally).
+- ``train.helper``: a helper serves the body to the clients listed in the message until all
+  of them finished or the round deadline passes, then returns one body per client.
+- ``evaluate``: a client evaluates the full global model locally on its validation data.
+
+The role comes from the node config key ``role`` (``"client"`` or ``"helper"``) in
+deployment. In simulation, where node configs only carry ``partition-id`` and
+``num-partitions``, the first ``num-helpers`` partitions (run config) are helpers and the
+others are clients with data partitions ``0 .. num-partitions - num-helpers - 1``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import platform
+import socket
+import time
+from collections.abc import Mapping
+from logging import INFO, WARNING
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.supercore import log
+
+from flsplit.runtime.dataplane import HelperClient, HelperServer
+from flsplit.runtime.trainer import train_split
+from flsplit.runtime.worker import HelperWorker
+from flsplit.task import SplitTask, evaluate_model, train_full
+
+ROLE_CLIENT = "client"
+ROLE_HELPER = "helper"
+
+
+def node_role(context: Context, config: Mapping[str, Any]) -> str:
+    """Return ``"client"`` or ``"helper"`` for the node running ``context``."""
+    role = context.node_config.get("role")
+    if role is not None:
+        if role not in (ROLE_CLIENT, ROLE_HELPER):
+            raise ValueError(
+                f"node config role={role!r} is not 'client' or 'helper'; start the SuperNode "
+                "with --node-config 'role=\"client\"' or 'role=\"helper\"'"
+            )
+        return str(role)
+    partition = context.node_config.get("partition-id")
+    if partition is None:
+        return ROLE_CLIENT
+    return ROLE_HELPER if int(partition) < int(config["num-helpers"]) else ROLE_CLIENT
+
+
+def data_partition(context: Context, config: Mapping[str, Any]) -> tuple[int, int]:
+    """Return ``(partition_id, num_partitions)`` of a client's data."""
+    node = context.node_config
+    if "role" in node:  # deployment: the node config names its partition directly
+        return int(node.get("partition-id", 0)), int(node.get("num-partitions", 1))
+    helpers = int(config["num-helpers"])
+    partition = int(node.get("partition-id", helpers))
+    total = int(node.get("num-partitions", helpers + 1))
+    if total <= helpers:
+        raise ValueError(
+            f"num-helpers={helpers} leaves no client among {total} simulated nodes; "
+            "raise num-supernodes or lower num-helpers"
+        )
+    return partition - helpers, total - helpers
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port that is free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def helper_addresses(context: Context) -> tuple[str, str]:
+    """Return ``(listen, advertised)`` data-plane addresses of a helper.
+
+    Deployment: node config ``data-address`` (default ``0.0.0.0:9800``) and
+    ``advertise-address`` (default: the listen address with the host name). Simulation:
+    a free loopback port.
+    """
+    node = context.node_config
+    if "data-address" in node or "role" in node:
+        listen = str(node.get("data-address", "0.0.0.0:9800"))
+        host, port = listen.rsplit(":", 1)
+        default_adv = f"{socket.gethostname() if host in ('0.0.0.0', '[::]') else host}:{port}"
+        return listen, str(node.get("advertise-address", default_adv))
+    address = f"127.0.0.1:{free_port()}"
+    return address, address
+
+
+def _config_of(message: Message) -> dict[str, Any]:
+    records = message.content.config_records
+    return dict(records["config"]) if "config" in records else {}
+
+
+def _state_dict(arrays: ArrayRecord) -> dict[str, torch.Tensor]:
+    return arrays.to_torch_state_dict()
+
+
+def _load_part(part: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    keys = part.state_dict().keys()
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise ValueError(f"train message lacks weights for {missing[:3]} (+{len(missing)} keys)")
+    part.load_state_dict({k: state[k] for k in keys}, strict=True)
+
+
+def make_client_app(task: SplitTask, run_config: Mapping[str, Any] | None = None) -> ClientApp:
+    """Build the ``ClientApp`` for ``task``.
+
+    Parameters
+    ----------
+    task : SplitTask
+        Model, data, loss and optimizer.
+    run_config : Mapping, optional
+        Settings used where the run config is silent (``flwr run`` passes the app's
+        ``[tool.flwr.app.config]``; the Python simulation API passes none).
+
+    Returns
+    -------
+    ClientApp
+        Handles ``query``, ``train``, ``train.helper`` and ``evaluate`` messages.
+    """
+    app = ClientApp()
+    base_config = dict(run_config or {})
+
+    def settings(context: Context) -> dict[str, Any]:
+        return task.config({**base_config, **dict(context.run_config)})
+
+    def limit_threads(config: Mapping[str, Any]) -> None:
+        threads = int(config.get("torch-threads", 0))
+        if threads > 0:
+            torch.set_num_threads(threads)
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        config = settings(context)
+        role = node_role(context, config)
+        info: dict[str, Any] = {
+            "role": role,
+            "device": platform.machine() or "unknown",
+            "cpus": os.cpu_count() or 1,
+            "torch-threads": torch.get_num_threads(),
+        }
+        examples = 0
+        if role == ROLE_HELPER:
+            listen, advertised = helper_addresses(context)
+            info["listen-address"], info["address"] = listen, advertised
+        else:
+            partition, partitions = data_partition(context, config)
+            train, _ = task.load_data(partition, partitions, config)
+            examples = _count_examples(train)
+        reply = RecordDict(
+            {"info": ConfigRecord(info), "metrics": MetricRecord({"num-examples": examples})}
+        )
+        return Message(reply, reply_to=msg)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        config = {**settings(context), **_config_of(msg)}
+        limit_threads(config)
+        partition, partitions = data_partition(context, config)
+        train_data, _ = task.load_data(partition, partitions, config)
+        state = _state_dict(msg.content["arrays"])
+        epochs = int(config["local-epochs"])
+        if config.get("mode") == "fedavg":
+            model = task.model_fn(config)
+            model.load_state_dict(state, strict=True)
+            optimizer = task.optimizer_fn(model.parameters(), config)
+            loss, acc, examples = train_full(model, train_data, task.loss_fn, optimizer, epochs)
+            metrics = {"num-examples": examples, "train_loss": loss, "train_acc": acc}
+            return _reply(msg, ArrayRecord(model.state_dict()), metrics)
+        split = task.split(config)
+        head, tail = split.head, split.tail
+        _load_part(head, state)
+        _load_part(tail, state)
+        optimizer = task.optimizer_fn(itertools.chain(head.parameters(), tail.parameters()), config)
+        with HelperClient(
+            str(config["helper-address"]),
+            client=str(context.node_id),
+            token=str(config["round-token"]),
+            deadline=float(config["call-deadline"]),
+        ) as helper:
+            result = train_split(head, tail, helper, train_data, task.loss_fn, optimizer, epochs)
+        arrays = ArrayRecord({**head.state_dict(), **tail.state_dict()})
+        metrics = {
+            "num-examples": result.examples,
+            "train_loss": result.loss,
+            "train_acc": result.accuracy,
+            "batches": result.batches,
+            "head-seconds": result.head_seconds,
+            "tail-seconds": result.tail_seconds,
+            "helper-wait-seconds": result.helper_wait_seconds,
+            "wall-seconds": result.wall_seconds,
+        }
+        return _reply(msg, arrays, metrics)
+
+    @app.train("helper")
+    def serve(msg: Message, context: Context) -> Message:
+        config = {**settings(context), **_config_of(msg)}
+        limit_threads(config)
+        split = task.split(config)
+        body = split.body
+        _load_part(body, _state_dict(msg.content["arrays"]))
+        clients = [str(c) for c in config["clients"]]
+        tokens = [str(t) for t in config["tokens"]]
+        order = [tuple(item.split(":", 1)) for item in config.get("order", [])]
+        worker = HelperWorker(
+            body, clients, lambda params: task.optimizer_fn(params, config), order=order
+        )
+        server = HelperServer(
+            worker,
+            dict(zip(clients, tokens, strict=True)),
+            address=str(config["listen-address"]),
+            task_timeout=float(config["call-deadline"]),
+        ).start()
+        start = time.perf_counter()
+        log(INFO, "helper serving %d clients on %s", len(clients), server.address)
+        try:
+            all_done = server.wait_clients(float(config["round-timeout"]))
+        finally:
+            server.stop()
+        if not all_done:
+            missing = sorted(set(clients) - set(server.finished))
+            log(WARNING, "helper: clients %s did not finish before the round deadline", missing)
+        content = RecordDict()
+        for client in server.finished:
+            state = worker.bodies.get(client)
+            if state is not None:
+                content[f"body.{client}"] = ArrayRecord(state.module.state_dict())
+        busy = sum(b.busy_seconds for b in worker.bodies.values())
+        content["metrics"] = MetricRecord(
+            {
+                "clients-finished": len(server.finished),
+                "busy-seconds": busy,
+                "wall-seconds": time.perf_counter() - start,
+                "refused": len(server.refused),
+            }
+        )
+        content["config"] = ConfigRecord({"finished": sorted(server.finished)})
+        return Message(content, reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        config = {**settings(context), **_config_of(msg)}
+        partition, partitions = data_partition(context, config)
+        _, val_data = task.load_data(partition, partitions, config)
+        model = task.model_fn(config)
+        model.load_state_dict(_state_dict(msg.content["arrays"]), strict=True)
+        loss, acc, examples = evaluate_model(model, val_data, task.loss_fn)
+        metrics = MetricRecord({"num-examples": examples, "eval_loss": loss, "eval_acc": acc})
+        return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+    return app
+
+
+def _reply(msg: Message, arrays: ArrayRecord, metrics: Mapping[str, float | int]) -> Message:
+    content = RecordDict({"arrays": arrays, "metrics": MetricRecord(dict(metrics))})
+    return Message(content, reply_to=msg)
+
+
+def _count_examples(batches: Any) -> int:
+    dataset = getattr(batches, "dataset", None)
+    if dataset is not None:
+        return len(dataset)
+    return sum(int(labels.shape[0]) for _, labels in batches)

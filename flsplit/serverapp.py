@@ -1,0 +1,124 @@
+"""A Flower ``ServerApp`` that runs split learning with helper nodes for a task."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from logging import INFO
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg, Result, Strategy
+from flwr.supercore import log
+
+from flsplit.task import SplitTask, evaluate_model
+from strategies.split import SplitStrategy
+
+StrategyFn = Callable[[Mapping[str, Any]], Strategy]
+ResultHook = Callable[[ArrayRecord, Result, SplitStrategy], None]
+
+
+def default_strategy(config: Mapping[str, Any]) -> Strategy:
+    """FedAvg weighted by example counts, evaluating on a fraction of the clients."""
+    return FedAvg(fraction_evaluate=float(config["fraction-evaluate"]))
+
+
+def make_server_app(
+    task: SplitTask,
+    run_config: Mapping[str, Any] | None = None,
+    strategy_fn: StrategyFn = default_strategy,
+    on_result: ResultHook | None = None,
+) -> ServerApp:
+    """Build the ``ServerApp`` for ``task``.
+
+    Parameters
+    ----------
+    task : SplitTask
+        Model, data, loss and optimizer.
+    run_config : Mapping, optional
+        Settings used where the run config is silent.
+    strategy_fn : callable
+        Builds the aggregation strategy from the run config (default: FedAvg).
+    on_result : callable, optional
+        Called with the initial arrays, the run's :class:`Result` and the strategy.
+
+    Returns
+    -------
+    ServerApp
+        Runs ``num-server-rounds`` rounds of split learning (or plain FedAvg when the
+        run config says ``mode = "fedavg"``) with server-side evaluation when the task
+        has test data.
+    """
+    app = ServerApp()
+    base_config = dict(run_config or {})
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        config = task.config({**base_config, **dict(context.run_config)})
+        model = task.model_fn(config)
+        initial = ArrayRecord(model.state_dict())
+        split = task.split(config)
+        mode = str(config["mode"])
+        if mode not in ("split", "fedavg"):
+            raise ValueError(f"run config mode={mode!r} is not 'split' or 'fedavg'")
+        strategy = SplitStrategy(
+            part_keys=[split.part_keys(i) for i in range(len(split.parts))],
+            cuts=",".join(split.cuts),
+            strategy=strategy_fn(config),
+            round_timeout=float(config["round-timeout"]),
+            split=mode == "split",
+        )
+        train_config = ConfigRecord(
+            {k: v for k, v in config.items() if isinstance(v, int | float | str | bool)}
+        )
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=initial,
+            num_rounds=int(config["num-server-rounds"]),
+            timeout=float(config["round-timeout"]) + 60.0,
+            train_config=train_config,
+            evaluate_config=ConfigRecord(dict(train_config)),
+            evaluate_fn=_server_evaluation(task, config),
+        )
+        output_dir = str(config.get("output-dir", ""))
+        if output_dir:
+            write_history(Path(output_dir), result, strategy)
+        if on_result is not None:
+            on_result(initial, result, strategy)
+
+    return app
+
+
+def _server_evaluation(
+    task: SplitTask, config: Mapping[str, Any]
+) -> Callable[[int, ArrayRecord], MetricRecord | None] | None:
+    if task.load_test_data is None:
+        return None
+    test_data = task.load_test_data(config)
+
+    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        model = task.model_fn(config)
+        model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
+        loss, acc, examples = evaluate_model(model, test_data, task.loss_fn)
+        log(INFO, "round %d: server test_loss %.4f test_acc %.4f", server_round, loss, acc)
+        return MetricRecord({"test_loss": loss, "test_acc": acc, "num-examples": examples})
+
+    return evaluate
+
+
+def write_history(output_dir: Path, result: Result, strategy: SplitStrategy) -> Path:
+    """Write per-round metrics and round times as JSON; return the file's path."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    history = {
+        "train": {r: dict(m) for r, m in result.train_metrics_clientapp.items()},
+        "evaluate": {r: dict(m) for r, m in result.evaluate_metrics_clientapp.items()},
+        "server": {r: dict(m) for r, m in result.evaluate_metrics_serverapp.items()},
+        "round-wall-seconds": strategy.round_times,
+        "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    path = output_dir / "history.json"
+    path.write_text(json.dumps(history, indent=1, default=float))
+    return path

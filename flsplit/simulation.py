@@ -1,0 +1,157 @@
+"""Run split learning in Flower's simulation engine with resources that cannot deadlock.
+
+A helper's ``ClientApp`` call blocks while it serves its clients, so every helper and at
+least one client must run at the same time. :func:`backend_config_for` gives each
+virtual node a fractional CPU share so that the Ray backend starts enough workers, and
+:func:`check_concurrency` refuses a configuration that would leave clients waiting for a
+helper that never starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import tomllib
+from flwr.simulation import run_simulation
+
+from flsplit.clientapp import make_client_app
+from flsplit.serverapp import ResultHook, StrategyFn, default_strategy, make_server_app
+from flsplit.task import SplitTask
+
+LOG = logging.getLogger("flsplit.simulation")
+
+
+def backend_config_for(num_supernodes: int, cpus: int | None = None) -> dict[str, Any]:
+    """Ray backend settings that let all ``num_supernodes`` virtual nodes run at once."""
+    cpus = cpus or os.cpu_count() or 1
+    share = math.floor(cpus / num_supernodes * 1000) / 1000
+    return {
+        "init_args": {"num_cpus": cpus},
+        "client_resources": {"num_cpus": max(share, 0.001), "num_gpus": 0.0},
+    }
+
+
+def concurrent_workers(backend_config: Mapping[str, Any]) -> int:
+    """How many ClientApp calls the Ray backend runs at once with ``backend_config``."""
+    cpus = float(backend_config.get("init_args", {}).get("num_cpus", os.cpu_count() or 1))
+    per_node = float(backend_config.get("client_resources", {}).get("num_cpus", 2))
+    return int(cpus / per_node + 1e-9)
+
+
+def check_concurrency(num_helpers: int, backend_config: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` when helpers plus one client cannot run at the same time."""
+    workers = concurrent_workers(backend_config)
+    if workers < num_helpers + 1:
+        raise ValueError(
+            f"the simulation backend runs {workers} ClientApp calls at once, but "
+            f"{num_helpers} helpers plus at least one client must run together; lower "
+            "client-resources num-cpus (e.g. to init num-cpus / num-supernodes) or raise "
+            "the backend's num-cpus"
+        )
+
+
+def simulate(
+    task: SplitTask,
+    run_config: Mapping[str, Any] | None = None,
+    num_supernodes: int | None = None,
+    backend_config: Mapping[str, Any] | None = None,
+    strategy_fn: StrategyFn = default_strategy,
+    on_result: ResultHook | None = None,
+    verbose: bool = False,
+) -> None:
+    """Run ``task`` in the simulation engine.
+
+    Parameters
+    ----------
+    task : SplitTask
+        Model, data, loss and optimizer.
+    run_config : Mapping, optional
+        Run settings; ``num-helpers`` virtual nodes serve as helpers, the rest as clients.
+    num_supernodes : int, optional
+        Virtual nodes in total (default: ``num-helpers + num-clients`` of the run config).
+    backend_config : Mapping, optional
+        Ray backend settings (default: :func:`backend_config_for`).
+    strategy_fn, on_result
+        As in :func:`flsplit.serverapp.make_server_app`.
+    verbose : bool
+        Debug logging of the simulation engine.
+    """
+    config = task.config(run_config)
+    helpers = int(config["num-helpers"])
+    total = num_supernodes or helpers + int(config.get("num-clients", 2))
+    if total <= helpers:
+        raise ValueError(
+            f"num-supernodes={total} leaves no client next to num-helpers={helpers}"
+        )
+    backend = dict(backend_config) if backend_config else backend_config_for(total)
+    check_concurrency(helpers if config["mode"] == "split" else 0, backend)
+    config.setdefault("torch-threads", 1)
+    run_simulation(
+        server_app=make_server_app(task, config, strategy_fn=strategy_fn, on_result=on_result),
+        client_app=make_client_app(task, config),
+        num_supernodes=total,
+        backend_config=backend,
+        verbose_logging=verbose,
+    )
+
+
+def read_app_config(app_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Return a Flower app's ``[tool.flwr.app.config]`` and its local federation options."""
+    pyproject = Path(app_dir) / "pyproject.toml"
+    if not pyproject.is_file():
+        raise FileNotFoundError(f"{pyproject} not found: is {app_dir} a Flower app directory?")
+    data = tomllib.loads(pyproject.read_text())
+    flwr = data.get("tool", {}).get("flwr", {})
+    config = dict(flwr.get("app", {}).get("config", {}))
+    federations = flwr.get("federations", {})
+    default = federations.get("default", "")
+    options = dict(federations.get(default, {}).get("options", {})) if default else {}
+    return config, options
+
+
+def load_app_task(app_dir: str | Path) -> SplitTask:
+    """Find the :class:`SplitTask` of a Flower app built with flsplit's factories.
+
+    ``[tool.flsplit] task = "module:attribute"`` in the app's ``pyproject.toml`` names it;
+    otherwise the ServerApp component's module must hold exactly one ``SplitTask``.
+    """
+    import importlib
+    import sys
+
+    app_dir = Path(app_dir).resolve()
+    data = tomllib.loads((app_dir / "pyproject.toml").read_text())
+    if str(app_dir) not in sys.path:
+        sys.path.insert(0, str(app_dir))
+    reference = data.get("tool", {}).get("flsplit", {}).get("task")
+    if reference:
+        module_name, _, attribute = reference.partition(":")
+        return getattr(importlib.import_module(module_name), attribute)
+    component = data["tool"]["flwr"]["app"]["components"]["serverapp"]
+    module = importlib.import_module(component.split(":")[0])
+    tasks = [v for v in vars(module).values() if isinstance(v, SplitTask)]
+    if len(tasks) != 1:
+        raise ValueError(
+            f"{component}: found {len(tasks)} SplitTask objects; name one with "
+            '[tool.flsplit] task = "module:attribute" in pyproject.toml'
+        )
+    return tasks[0]
+
+
+def parse_run_config(items: list[str]) -> dict[str, Any]:
+    """Parse ``key=value`` items (TOML values, bare words as strings), as ``flwr run``."""
+    config: dict[str, Any] = {}
+    for item in items:
+        for pair in item.split():
+            key, sep, raw = pair.partition("=")
+            if not sep or not key:
+                raise ValueError(f"run config item {pair!r} is not key=value")
+            try:
+                config[key] = tomllib.loads(f"v = {raw}")["v"]
+            except tomllib.TOMLDecodeError:
+                config[key] = raw
+    return config

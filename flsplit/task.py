@@ -1,0 +1,140 @@
+"""What a user gives flsplit: model, data, loss and optimizer, plus the run settings."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from flsplit.split import SplitModel, resolve_cuts, split_model
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+OptimizerFn = Callable[[Iterable[nn.Parameter], Mapping[str, Any]], torch.optim.Optimizer]
+
+#: Run-config keys flsplit reads and their defaults (a ``[tool.flwr.app.config]`` may
+#: override any of them).
+DEFAULT_RUN_CONFIG: dict[str, Any] = {
+    "num-server-rounds": 3,
+    "num-helpers": 1,
+    "mode": "split",  # "split" or "fedavg" (plain FedAvg of the same model, for comparison)
+    "cuts": "",  # comma-separated module names or indices; empty = default U-shape
+    "lr": 0.05,
+    "momentum": 0.0,
+    "local-epochs": 1,
+    "batch-size": 32,
+    "round-timeout": 600.0,
+    "call-deadline": 120.0,
+    "fraction-evaluate": 1.0,
+}
+
+
+def sgd(params: Iterable[nn.Parameter], config: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """Plain SGD with ``lr`` and ``momentum`` from the run config."""
+    return torch.optim.SGD(
+        params, lr=float(config.get("lr", 0.05)), momentum=float(config.get("momentum", 0.0))
+    )
+
+
+@dataclass
+class SplitTask:
+    """A learning task described once and used by server, clients and helpers.
+
+    Parameters
+    ----------
+    model_fn : callable
+        ``model_fn(run_config)`` returns a fresh ``nn.Module``; only the server's initial
+        weights matter (they are broadcast).
+    load_data : callable
+        ``load_data(partition_id, num_partitions, run_config) -> (train, val)`` with two
+        iterables of ``(inputs, labels)`` batches for one client.
+    example_input : callable
+        ``example_input(run_config)`` returns one input batch, used to trace the model.
+    loss_fn : callable
+        ``loss_fn(logits, labels)``, mean over the batch; runs on the client.
+    optimizer_fn : callable
+        ``optimizer_fn(params, run_config)``; used for head and tail on the client and for
+        the body on the helper.
+    load_test_data : callable, optional
+        ``load_test_data(run_config) -> iterable of batches`` for server-side evaluation.
+    """
+
+    model_fn: Callable[[Mapping[str, Any]], nn.Module]
+    load_data: Callable[[int, int, Mapping[str, Any]], tuple[Iterable, Iterable]]
+    example_input: Callable[[Mapping[str, Any]], torch.Tensor]
+    loss_fn: LossFn = nn.functional.cross_entropy
+    optimizer_fn: OptimizerFn = sgd
+    load_test_data: Callable[[Mapping[str, Any]], Iterable] | None = None
+    run_config: dict[str, Any] = field(default_factory=dict)
+
+    def config(self, run_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Fuse flsplit's defaults, the task's own settings and a run config."""
+        return {**DEFAULT_RUN_CONFIG, **self.run_config, **dict(run_config or {})}
+
+    def split(self, config: Mapping[str, Any]) -> SplitModel:
+        """Split a fresh model at the run config's ``cuts`` (traced once per process)."""
+        model = self.model_fn(config)
+        example = self.example_input(config)
+        key = (repr(model), tuple(example.shape), str(example.dtype), _cut_key(config["cuts"]))
+        cached = _SPLIT_CACHE.get(key)
+        if cached is None:
+            names = resolve_cuts(model, key[-1], example)
+            cached = _SPLIT_CACHE[key] = split_model(model, names, example)
+        return copy.deepcopy(cached)
+
+
+def _cut_key(cuts: str | Iterable[str | int] | None) -> tuple[str | int, ...] | None:
+    if cuts is None:
+        return None
+    if isinstance(cuts, str):
+        items = [c.strip() for c in cuts.split(",") if c.strip()]
+        if not items:
+            return None
+        return tuple(int(c) if c.lstrip("-").isdigit() else c for c in items)
+    return tuple(cuts)
+
+
+_SPLIT_CACHE: dict[tuple, SplitModel] = {}
+
+
+def evaluate_model(
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], loss_fn: LossFn
+) -> tuple[float, float, int]:
+    """Return mean loss, accuracy and example count of ``model`` on ``batches``."""
+    model.eval()
+    loss_sum, correct, total = 0.0, 0, 0
+    with torch.no_grad():
+        for inputs, labels in batches:
+            logits = model(inputs)
+            n = int(labels.shape[0])
+            loss_sum += float(loss_fn(logits, labels)) * n
+            correct += int((logits.argmax(dim=1) == labels).sum())
+            total += n
+    return loss_sum / max(total, 1), correct / max(total, 1), total
+
+
+def train_full(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    epochs: int = 1,
+) -> tuple[float, float, int]:
+    """Train the unsplit model locally (plain FedAvg); return loss, accuracy, examples."""
+    model.train()
+    loss_sum, correct, total = 0.0, 0, 0
+    for _ in range(epochs):
+        for inputs, labels in batches:
+            optimizer.zero_grad(set_to_none=True)
+            logits = model(inputs)
+            loss = loss_fn(logits, labels)
+            loss.backward()
+            optimizer.step()
+            n = int(labels.shape[0])
+            loss_sum += float(loss.detach()) * n
+            correct += int((logits.detach().argmax(dim=1) == labels).sum())
+            total += n
+    return loss_sum / max(total, 1), correct / max(total, 1), total

@@ -1,0 +1,5 @@
+"""Flower server strategies (Message API) for split learning with helper nodes."""
+
+from strategies.split import NodeGrid, SplitStrategy
+
+__all__ = ["NodeGrid", "SplitStrategy"]

@@ -1,0 +1,373 @@
+"""Split learning with helper nodes as a Flower Message-API strategy.
+
+:class:`SplitStrategy` wraps any Flower strategy (FedAvg by default). The wrapped
+strategy samples clients and aggregates; this one discovers which nodes are helpers,
+cuts the model, assigns clients to helpers, and turns each round into
+
+- ``train`` messages to clients: head and tail weights, cut points, helper address,
+  round token, the wrapped strategy's config;
+- ``train.helper`` messages to helpers: body weights, clients served, their tokens,
+  the helper's task order;
+
+then assembles one full-model update per client (its head and tail plus the body its
+helper trained for it) and hands those to the wrapped strategy's ``aggregate_train``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.supercore import log
+
+HELPER_TRAIN = "train.helper"
+QUERY = "query"
+
+
+class NodeGrid:
+    """A view of a :class:`Grid` that exposes only some of its nodes.
+
+    The wrapped strategy samples through it, so it only ever sees clients.
+    """
+
+    def __init__(self, grid: Grid, node_ids: Callable[[], Iterable[int]]) -> None:
+        self._grid = grid
+        self._node_ids = node_ids
+
+    def get_node_ids(self) -> list[int]:
+        """Return the ids of the visible nodes that are still connected."""
+        connected = set(self._grid.get_node_ids())
+        return [n for n in self._node_ids() if n in connected]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+
+@dataclass
+class NodeInfo:
+    """What a node reported about itself at discovery."""
+
+    node_id: int
+    role: str
+    examples: int = 0
+    address: str = ""
+    listen_address: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RoundAssignment:
+    """Who serves whom in one round."""
+
+    helper_of: dict[int, int]
+    tokens: dict[int, str]
+    started: float
+
+
+class SplitStrategy(Strategy):
+    """Parallel split learning with helper nodes around any Flower strategy.
+
+    Parameters
+    ----------
+    part_keys : Sequence[Sequence[str]]
+        ``state_dict`` keys of head, body and tail (e.g. from
+        :func:`flsplit.split.part_state_keys`).
+    cuts : str
+        The cut points, as sent to the nodes (comma-separated module names).
+    strategy : Strategy, optional
+        The strategy that samples clients and aggregates full-model updates
+        (default: ``FedAvg()``).
+    round_timeout : float
+        Seconds a helper waits for its clients in a round.
+    query_timeout : float
+        Seconds to wait for discovery replies.
+    split : bool
+        ``False`` runs plain federated training of the full model on the clients
+        (helpers idle), for comparison with the same data and aggregation.
+    """
+
+    def __init__(
+        self,
+        part_keys: Sequence[Sequence[str]],
+        cuts: str,
+        strategy: Strategy | None = None,
+        round_timeout: float = 600.0,
+        query_timeout: float = 120.0,
+        split: bool = True,
+    ) -> None:
+        if len(part_keys) != 3:
+            raise ValueError(
+                f"part_keys has {len(part_keys)} parts; one-hop split learning needs "
+                "head, body and tail"
+            )
+        self.head_keys, self.body_keys, self.tail_keys = (list(k) for k in part_keys)
+        self.cuts = cuts
+        self.strategy = strategy if strategy is not None else FedAvg()
+        self.round_timeout = round_timeout
+        self.query_timeout = query_timeout
+        self.split = split
+        self.nodes: dict[int, NodeInfo] = {}
+        self.assignment: RoundAssignment | None = None
+        self.round_times: dict[int, float] = {}
+        self._known_ids: frozenset[int] = frozenset()
+
+    # -- roles ------------------------------------------------------------------------
+
+    @property
+    def helpers(self) -> list[int]:
+        """Ids of the known helper nodes."""
+        return sorted(n for n, info in self.nodes.items() if info.role == "helper")
+
+    @property
+    def clients(self) -> list[int]:
+        """Ids of the known client nodes."""
+        return sorted(n for n, info in self.nodes.items() if info.role == "client")
+
+    def discover(self, grid: Grid) -> None:
+        """Query nodes not seen yet for role, examples and data-plane address."""
+        node_ids = sorted(grid.get_node_ids())
+        if frozenset(node_ids) == self._known_ids:
+            return
+        new = [n for n in node_ids if n not in self.nodes]
+        for gone in set(self.nodes) - set(node_ids):
+            log(WARNING, "node %d left; it is planned out", gone)
+            del self.nodes[gone]
+        if new:
+            messages = [
+                Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type=QUERY)
+                for n in new
+            ]
+            for reply in grid.send_and_receive(messages, timeout=self.query_timeout):
+                src = reply.metadata.src_node_id
+                if reply.has_error():
+                    log(WARNING, "node %d failed discovery: %s", src, reply.error.reason)
+                    continue
+                info = dict(reply.content.config_records["info"])
+                examples = int(reply.content.metric_records["metrics"]["num-examples"])
+                self.nodes[src] = NodeInfo(
+                    node_id=src,
+                    role=str(info["role"]),
+                    examples=examples,
+                    address=str(info.get("address", "")),
+                    listen_address=str(info.get("listen-address", "")),
+                    info=info,
+                )
+        self._known_ids = frozenset(node_ids)
+        log(
+            INFO,
+            "discovery: %d clients, %d helpers (%s)",
+            len(self.clients),
+            len(self.helpers),
+            ", ".join(f"{h}@{self.nodes[h].address}" for h in self.helpers),
+        )
+
+    def client_grid(self, grid: Grid) -> NodeGrid:
+        """The grid as the wrapped strategy sees it: clients only."""
+        return NodeGrid(grid, lambda: self.clients)
+
+    # -- planning ---------------------------------------------------------------------
+
+    def assign(self, server_round: int, clients: Sequence[int]) -> dict[int, int]:
+        """Assign clients to helpers (round-robin over the known helpers)."""
+        helpers = self.helpers
+        if not helpers:
+            raise RuntimeError(
+                "no helper node found: in simulation set the run config num-helpers >= 1 "
+                "(and num-supernodes > num-helpers); in deployment start a SuperNode with "
+                "--node-config 'role=\"helper\"'"
+            )
+        offset = server_round - 1
+        return {c: helpers[(i + offset) % len(helpers)] for i, c in enumerate(sorted(clients))}
+
+    def helper_order(self, helper: int, clients: Sequence[int]) -> list[str]:
+        """Task priority order sent to ``helper``; empty means first come first served."""
+        return []
+
+    # -- Strategy API -----------------------------------------------------------------
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Discover nodes, assign clients to helpers, and build client and helper messages."""
+        self.discover(grid)
+        config["mode"] = "split" if self.split else "fedavg"
+        inner = list(
+            self.strategy.configure_train(server_round, arrays, config, self.client_grid(grid))
+        )
+        inner = [m for m in inner if m.metadata.dst_node_id in self.nodes]
+        if not self.split:
+            self.assignment = RoundAssignment({}, {}, time.perf_counter())
+            return inner
+        helper_of = self.assign(server_round, [m.metadata.dst_node_id for m in inner])
+        tokens = {c: secrets.token_urlsafe(24) for c in helper_of}
+        self.assignment = RoundAssignment(helper_of, tokens, time.perf_counter())
+        head_tail = _subset(arrays, self.head_keys + self.tail_keys)
+        body = _subset(arrays, self.body_keys)
+
+        helper_messages = []
+        for helper in self.helpers:
+            served = [c for c, h in helper_of.items() if h == helper]
+            if not served:
+                continue
+            helper_config = ConfigRecord(
+                {
+                    **_plain(config),
+                    "server-round": server_round,
+                    "cuts": self.cuts,
+                    "clients": [str(c) for c in served],
+                    "tokens": [tokens[c] for c in served],
+                    "order": self.helper_order(helper, served),
+                    "listen-address": self.nodes[helper].listen_address,
+                    "round-timeout": float(self.round_timeout),
+                }
+            )
+            helper_messages.append(
+                Message(
+                    RecordDict({"arrays": body, "config": helper_config}),
+                    dst_node_id=helper,
+                    message_type=HELPER_TRAIN,
+                )
+            )
+
+        config_key = getattr(self.strategy, "configrecord_key", "config")
+        client_messages = []
+        for message in inner:
+            client = message.metadata.dst_node_id
+            inner_config = message.content.config_records.get(config_key, ConfigRecord())
+            client_config = ConfigRecord(
+                {
+                    **_plain(inner_config),
+                    "cuts": self.cuts,
+                    "helper-address": self.nodes[helper_of[client]].address,
+                    "round-token": tokens[client],
+                }
+            )
+            client_messages.append(
+                Message(
+                    RecordDict({"arrays": head_tail, "config": client_config}),
+                    dst_node_id=client,
+                    message_type=message.metadata.message_type,
+                )
+            )
+        log(
+            INFO,
+            "configure_train: %d clients on %d helpers, cuts %s",
+            len(client_messages),
+            len(helper_messages),
+            self.cuts,
+        )
+        # Helpers first: the simulation engine hands out workers in this order, and a
+        # client can only progress once its helper serves.
+        return helper_messages + client_messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Assemble one full model per client and let the wrapped strategy aggregate."""
+        replies = list(replies)
+        assignment = self.assignment
+        if assignment is None:
+            raise RuntimeError("aggregate_train called before configure_train")
+        bodies: dict[int, ArrayRecord] = {}
+        client_replies: list[Message] = []
+        for reply in replies:
+            src = reply.metadata.src_node_id
+            if reply.metadata.message_type == HELPER_TRAIN or src in self.helpers:
+                if reply.has_error():
+                    log(WARNING, "helper %d failed: %s", src, reply.error.reason)
+                    continue
+                for name, record in reply.content.array_records.items():
+                    if name.startswith("body."):
+                        bodies[int(name.removeprefix("body."))] = record
+            else:
+                client_replies.append(reply)
+
+        if self.split:
+            full_replies = list(self._full_model_replies(client_replies, bodies))
+        else:
+            full_replies = client_replies
+        arrays, metrics = self.strategy.aggregate_train(server_round, full_replies)
+        wall = time.perf_counter() - assignment.started
+        self.round_times[server_round] = wall
+        if metrics is not None:
+            metrics["round-wall-seconds"] = wall
+        loss = metrics.get("train_loss", float("nan")) if metrics else float("nan")
+        acc = metrics.get("train_acc", float("nan")) if metrics else float("nan")
+        log(
+            INFO,
+            "round %d: %d/%d client updates aggregated, train_loss %.4f, train_acc %.4f, "
+            "wall %.2f s",
+            server_round,
+            sum(1 for r in full_replies if not r.has_error()),
+            len(client_replies),
+            loss,
+            acc,
+            wall,
+        )
+        return arrays, metrics
+
+    def _full_model_replies(
+        self, client_replies: Sequence[Message], bodies: Mapping[int, ArrayRecord]
+    ) -> Iterator[Message]:
+        for reply in client_replies:
+            src = reply.metadata.src_node_id
+            if reply.has_error():
+                yield reply
+                continue
+            body = bodies.get(src)
+            if body is None:
+                log(WARNING, "client %d: its helper returned no body; update dropped", src)
+                continue
+            head_tail = reply.content.array_records["arrays"]
+            full = ArrayRecord()
+            for key in self.head_keys + self.body_keys + self.tail_keys:
+                full[key] = body[key] if key in body else head_tail[key]
+            reply.content = RecordDict(
+                {"arrays": full, "metrics": reply.content.metric_records["metrics"]}
+            )
+            yield reply
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Federated evaluation on clients (full model run locally), via the wrapped strategy."""
+        self.discover(grid)
+        return self.strategy.configure_evaluate(
+            server_round, arrays, config, self.client_grid(grid)
+        )
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Aggregate evaluation metrics with the wrapped strategy."""
+        return self.strategy.aggregate_evaluate(server_round, replies)
+
+    def summary(self) -> None:
+        """Log the configuration."""
+        log(INFO, "\t├──> Split learning: cuts %s, round timeout %.0fs", self.cuts,
+            self.round_timeout)
+        log(INFO, "\t│\t└── head %d, body %d, tail %d tensors", len(self.head_keys),
+            len(self.body_keys), len(self.tail_keys))
+        log(INFO, "\t└──> Aggregation by %s:", type(self.strategy).__name__)
+        self.strategy.summary()
+
+
+def _subset(arrays: ArrayRecord, keys: Sequence[str]) -> ArrayRecord:
+    missing = [k for k in keys if k not in arrays]
+    if missing:
+        raise KeyError(f"global model lacks {missing[:3]}: do the cuts match the model?")
+    subset = ArrayRecord()
+    for key in keys:
+        subset[key] = arrays[key]
+    return subset
+
+
+def _plain(config: ConfigRecord) -> dict[str, Any]:
+    return dict(config.items())

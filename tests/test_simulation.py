@@ -1,0 +1,58 @@
+"""End to end in Flower's simulation engine (Ray backend)."""
+
+import pytest
+import torch
+from quickstart.task import TASK
+
+from flsplit.simulation import backend_config_for, check_concurrency, simulate
+
+
+def test_three_clients_one_helper_two_rounds_train_every_layer():
+    runs = []
+
+    def keep(initial, result, strategy):
+        runs.append((initial, result, strategy))
+
+    config = {
+        "num-server-rounds": 2,
+        "num-helpers": 1,
+        "num-clients": 3,
+        "cuts": "conv2,fc2",
+        "lr": 0.05,
+        "momentum": 0.9,
+        "round-timeout": 120.0,
+    }
+    simulate(TASK, config, on_result=keep)
+    assert len(runs) == 1, "the ServerApp did not finish"
+    initial, result, strategy = runs[0]
+    assert len(strategy.helpers) == 1 and len(strategy.clients) == 3
+
+    before = initial.to_torch_state_dict()
+    after = result.arrays.to_torch_state_dict()
+    parts = {
+        "head": strategy.head_keys,
+        "body": strategy.body_keys,
+        "tail": strategy.tail_keys,
+    }
+    for part, keys in parts.items():
+        weights = [k for k in keys if k.endswith("weight")]
+        assert weights, part
+        for key in weights:
+            assert not torch.allclose(before[key], after[key]), f"{part} {key} did not change"
+    assert not torch.equal(before["bn2.running_mean"], after["bn2.running_mean"])
+
+    train = result.train_metrics_clientapp
+    assert set(train) == {1, 2}
+    assert train[2]["train_loss"] < train[1]["train_loss"]
+    server = result.evaluate_metrics_serverapp
+    assert server[2]["test_loss"] < server[0]["test_loss"]
+    assert server[2]["test_acc"] > server[0]["test_acc"]
+
+
+def test_configurations_that_would_deadlock_are_refused():
+    one_worker = {"init_args": {"num_cpus": 2}, "client_resources": {"num_cpus": 2}}
+    with pytest.raises(ValueError, match="2 helpers plus at least one client"):
+        check_concurrency(2, one_worker)
+    check_concurrency(2, backend_config_for(12, cpus=2))
+    with pytest.raises(ValueError, match="leaves no client"):
+        simulate(TASK, {"num-helpers": 2}, num_supernodes=2)
