@@ -16,14 +16,10 @@ def _simulate(args: argparse.Namespace) -> int:
         simulate,
     )
 
-    config, options = read_app_config(args.app)
+    config = read_app_config(args.app)
     config.update(parse_run_config(args.run_config))
-    num_supernodes = args.num_supernodes or options.get("num-supernodes")
     simulate(
-        load_app_task(args.app),
-        config,
-        num_supernodes=int(num_supernodes) if num_supernodes else None,
-        verbose=args.verbose,
+        load_app_task(args.app), config, num_supernodes=args.num_supernodes, verbose=args.verbose
     )
     return 0
 
@@ -45,7 +41,7 @@ def _register_runtime_commands(sub: argparse._SubParsersAction) -> None:
         help="override [tool.flwr.app.config] values, as flwr run --run-config",
     )
     simulate.add_argument("--num-supernodes", type=int, default=None,
-                          help="virtual nodes (default: the app's local federation)")
+                          help="virtual nodes (default: num-helpers + num-clients)")
     simulate.add_argument("--verbose", action="store_true", help="debug logging")
     simulate.set_defaults(func=_simulate)
 

@@ -73,6 +73,21 @@ def data_partition(context: Context, config: Mapping[str, Any]) -> tuple[int, in
     return partition - helpers, total - helpers
 
 
+def simulation_concurrency() -> int | None:
+    """ClientApp calls the Ray simulation backend runs at once, or None outside Ray."""
+    try:
+        import ray
+    except ImportError:
+        return None
+    if not ray.is_initialized():
+        return None
+    assigned = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    total = ray.cluster_resources().get("CPU")
+    if not assigned or not total:
+        return None
+    return int(total / assigned + 1e-9)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """Return a TCP port that is free on ``host`` right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -151,6 +166,9 @@ def make_client_app(task: SplitTask, run_config: Mapping[str, Any] | None = None
             "cpus": os.cpu_count() or 1,
             "torch-threads": torch.get_num_threads(),
         }
+        concurrency = simulation_concurrency()
+        if concurrency is not None:
+            info["simulation-concurrency"] = concurrency
         examples = 0
         if role == ROLE_HELPER:
             listen, advertised = helper_addresses(context)

@@ -100,18 +100,13 @@ def simulate(
     )
 
 
-def read_app_config(app_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Return a Flower app's ``[tool.flwr.app.config]`` and its local federation options."""
+def read_app_config(app_dir: str | Path) -> dict[str, Any]:
+    """Return a Flower app's ``[tool.flwr.app.config]``."""
     pyproject = Path(app_dir) / "pyproject.toml"
     if not pyproject.is_file():
         raise FileNotFoundError(f"{pyproject} not found: is {app_dir} a Flower app directory?")
     data = tomllib.loads(pyproject.read_text())
-    flwr = data.get("tool", {}).get("flwr", {})
-    config = dict(flwr.get("app", {}).get("config", {}))
-    federations = flwr.get("federations", {})
-    default = federations.get("default", "")
-    options = dict(federations.get(default, {}).get("options", {})) if default else {}
-    return config, options
+    return dict(data.get("tool", {}).get("flwr", {}).get("app", {}).get("config", {}))
 
 
 def load_app_task(app_dir: str | Path) -> SplitTask:

@@ -19,7 +19,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from logging import INFO, WARNING
+from logging import ERROR, INFO, WARNING
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -160,6 +160,7 @@ class SplitStrategy(Strategy):
                     info=info,
                 )
         self._known_ids = frozenset(node_ids)
+        self._check_concurrency()
         log(
             INFO,
             "discovery: %d clients, %d helpers (%s)",
@@ -167,6 +168,27 @@ class SplitStrategy(Strategy):
             len(self.helpers),
             ", ".join(f"{h}@{self.nodes[h].address}" for h in self.helpers),
         )
+
+    def _check_concurrency(self) -> None:
+        """Refuse a simulation whose backend cannot run every helper and a client at once."""
+        if not self.split:
+            return
+        reported = [
+            int(n.info["simulation-concurrency"])
+            for n in self.nodes.values()
+            if "simulation-concurrency" in n.info
+        ]
+        needed = len(self.helpers) + 1
+        if reported and min(reported) < needed:
+            message = (
+                f"the simulation backend runs {min(reported)} ClientApp calls at once, but "
+                f"{len(self.helpers)} helpers (each busy for the whole round) plus at least "
+                "one client must run together: give each virtual node a smaller CPU share, "
+                "e.g. flwr run --federation-config 'client-resources-num-cpus=1 "
+                "init-args-num-cpus=<num-supernodes>'"
+            )
+            log(ERROR, message)
+            raise RuntimeError(message)
 
     def client_grid(self, grid: Grid) -> NodeGrid:
         """The grid as the wrapped strategy sees it: clients only."""

@@ -56,3 +56,22 @@ def test_configurations_that_would_deadlock_are_refused():
     check_concurrency(2, backend_config_for(12, cpus=2))
     with pytest.raises(ValueError, match="leaves no client"):
         simulate(TASK, {"num-helpers": 2}, num_supernodes=2)
+
+
+def test_a_backend_too_small_for_the_helpers_fails_fast_with_a_clear_message():
+    """Bypass flsplit's own check: the strategy must still refuse at discovery."""
+    from flwr.simulation import run_simulation
+
+    from flsplit.clientapp import make_client_app
+    from flsplit.serverapp import make_server_app
+
+    config = TASK.config({"num-helpers": 2, "num-server-rounds": 1})
+    finished = []
+    with pytest.raises(RuntimeError, match=r"2 helpers \(each busy for the whole round\)"):
+        run_simulation(
+            server_app=make_server_app(TASK, config, on_result=lambda *a: finished.append(a)),
+            client_app=make_client_app(TASK, config),
+            num_supernodes=4,
+            backend_config={"init_args": {"num_cpus": 2}, "client_resources": {"num_cpus": 1}},
+        )
+    assert not finished
