@@ -1,14 +1,18 @@
-"""A Flower ``ClientApp`` that serves both roles of split learning.
+"""Flower ``ClientApp`` support for both roles of split learning.
 
-Message types handled:
+:func:`enable_split_learning` adds three message handlers to any ``ClientApp``, under
+message types of their own so that the app's ``train`` and ``evaluate`` stay as they are:
 
-- ``query``: report role, example count, device information and (helpers) the data-plane
-  address.
-- ``train``: a client trains its head and tail through its helper (or, in ``fedavg`` mode,
-  the whole model locally).
-- ``train.helper``: a helper serves the body to the clients listed in the message until all
-  of them finished or the round deadline passes, then returns one body per client.
-- ``evaluate``: a client evaluates the full global model locally on its validation data.
+- ``query.split``: report role, example count, device information and (helpers) the
+  data-plane address.
+- ``train.split``: a client trains its head and tail through its helper.
+- ``train.helper``: a helper serves the body to the clients listed in the message until
+  all of them finished or the round deadline passes, then returns one body per client.
+
+:func:`make_client_app` builds a complete app from a :class:`~flsplit.task.SplitTask`:
+the three handlers plus ``train`` (plain local training of the full model, for FedAvg
+comparison runs) and ``evaluate`` (the full global model on the client's validation data;
+the body runs on the client for evaluation, which needs no helper and no labels leave it).
 
 The role comes from the node config key ``role`` (``"client"`` or ``"helper"``) in
 deployment. In simulation, where node configs only carry ``partition-id`` and
@@ -39,6 +43,8 @@ from flsplit.task import SplitTask, evaluate_model, train_full
 
 ROLE_CLIENT = "client"
 ROLE_HELPER = "helper"
+SPLIT_ACTION = "split"
+HELPER_ACTION = "helper"
 
 
 def node_role(context: Context, config: Mapping[str, Any]) -> str:
@@ -129,11 +135,16 @@ def _load_part(part: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None
     part.load_state_dict({k: state[k] for k in keys}, strict=True)
 
 
-def make_client_app(task: SplitTask, run_config: Mapping[str, Any] | None = None) -> ClientApp:
-    """Build the ``ClientApp`` for ``task``.
+def enable_split_learning(
+    app: ClientApp, task: SplitTask, run_config: Mapping[str, Any] | None = None
+) -> ClientApp:
+    """Register the split-learning handlers of both roles on ``app``.
 
     Parameters
     ----------
+    app : ClientApp
+        An app built with the ``@app.train()`` / ``@app.evaluate()`` decorators (its own
+        handlers are kept).
     task : SplitTask
         Model, data, loss and optimizer.
     run_config : Mapping, optional
@@ -143,22 +154,22 @@ def make_client_app(task: SplitTask, run_config: Mapping[str, Any] | None = None
     Returns
     -------
     ClientApp
-        Handles ``query``, ``train``, ``train.helper`` and ``evaluate`` messages.
+        ``app`` itself.
     """
-    app = ClientApp()
     base_config = dict(run_config or {})
 
-    def settings(context: Context) -> dict[str, Any]:
-        return task.config({**base_config, **dict(context.run_config)})
-
-    def limit_threads(config: Mapping[str, Any]) -> None:
+    def settings(msg: Message | None, context: Context) -> dict[str, Any]:
+        config = task.config({**base_config, **dict(context.run_config)})
+        if msg is not None:
+            config.update(_config_of(msg))
         threads = int(config.get("torch-threads", 0))
         if threads > 0:
             torch.set_num_threads(threads)
+        return config
 
-    @app.query()
+    @app.query(SPLIT_ACTION)
     def query(msg: Message, context: Context) -> Message:
-        config = settings(context)
+        config = settings(None, context)
         role = node_role(context, config)
         info: dict[str, Any] = {
             "role": role,
@@ -176,27 +187,18 @@ def make_client_app(task: SplitTask, run_config: Mapping[str, Any] | None = None
         else:
             partition, partitions = data_partition(context, config)
             train, _ = task.load_data(partition, partitions, config)
-            examples = _count_examples(train)
+            examples = _count_examples(train, task)
         reply = RecordDict(
             {"info": ConfigRecord(info), "metrics": MetricRecord({"num-examples": examples})}
         )
         return Message(reply, reply_to=msg)
 
-    @app.train()
+    @app.train(SPLIT_ACTION)
     def train(msg: Message, context: Context) -> Message:
-        config = {**settings(context), **_config_of(msg)}
-        limit_threads(config)
+        config = settings(msg, context)
         partition, partitions = data_partition(context, config)
         train_data, _ = task.load_data(partition, partitions, config)
         state = _state_dict(msg.content["arrays"])
-        epochs = int(config["local-epochs"])
-        if config.get("mode") == "fedavg":
-            model = task.model_fn(config)
-            model.load_state_dict(state, strict=True)
-            optimizer = task.optimizer_fn(model.parameters(), config)
-            loss, acc, examples = train_full(model, train_data, task.loss_fn, optimizer, epochs)
-            metrics = {"num-examples": examples, "train_loss": loss, "train_acc": acc}
-            return _reply(msg, ArrayRecord(model.state_dict()), metrics)
         split = task.split(config)
         head, tail = split.head, split.tail
         _load_part(head, state)
@@ -208,7 +210,15 @@ def make_client_app(task: SplitTask, run_config: Mapping[str, Any] | None = None
             token=str(config["round-token"]),
             deadline=float(config["call-deadline"]),
         ) as helper:
-            result = train_split(head, tail, helper, train_data, task.loss_fn, optimizer, epochs)
+            result = train_split(
+                head,
+                tail,
+                helper,
+                task.batches(train_data),
+                task.loss_fn,
+                optimizer,
+                int(config["local-epochs"]),
+            )
         arrays = ArrayRecord({**head.state_dict(), **tail.state_dict()})
         metrics = {
             "num-examples": result.examples,
@@ -222,12 +232,10 @@ def make_client_app(task: SplitTask, run_config: Mapping[str, Any] | None = None
         }
         return _reply(msg, arrays, metrics)
 
-    @app.train("helper")
+    @app.train(HELPER_ACTION)
     def serve(msg: Message, context: Context) -> Message:
-        config = {**settings(context), **_config_of(msg)}
-        limit_threads(config)
-        split = task.split(config)
-        body = split.body
+        config = settings(msg, context)
+        body = task.split(config).body
         _load_part(body, _state_dict(msg.content["arrays"]))
         clients = [str(c) for c in config["clients"]]
         tokens = [str(t) for t in config["tokens"]]
@@ -267,18 +275,58 @@ def make_client_app(task: SplitTask, run_config: Mapping[str, Any] | None = None
         content["config"] = ConfigRecord({"finished": sorted(server.finished)})
         return Message(content, reply_to=msg)
 
+    return app
+
+
+def make_client_app(task: SplitTask, run_config: Mapping[str, Any] | None = None) -> ClientApp:
+    """Build a complete ``ClientApp`` for ``task``.
+
+    Parameters
+    ----------
+    task : SplitTask
+        Model, data, loss and optimizer.
+    run_config : Mapping, optional
+        Settings used where the run config is silent.
+
+    Returns
+    -------
+    ClientApp
+        The split-learning handlers of :func:`enable_split_learning`, plus ``train``
+        (plain local training of the full model) and ``evaluate`` (the full global model
+        on the client's validation data).
+    """
+    app = ClientApp()
+    base_config = dict(run_config or {})
+
+    def settings(msg: Message, context: Context) -> dict[str, Any]:
+        return {**task.config({**base_config, **dict(context.run_config)}), **_config_of(msg)}
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        config = settings(msg, context)
+        partition, partitions = data_partition(context, config)
+        train_data, _ = task.load_data(partition, partitions, config)
+        model = task.model_fn(config)
+        model.load_state_dict(_state_dict(msg.content["arrays"]), strict=True)
+        optimizer = task.optimizer_fn(model.parameters(), config)
+        loss, acc, examples = train_full(
+            model, task.batches(train_data), task.loss_fn, optimizer, int(config["local-epochs"])
+        )
+        metrics = {"num-examples": examples, "train_loss": loss, "train_acc": acc}
+        return _reply(msg, ArrayRecord(model.state_dict()), metrics)
+
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        config = {**settings(context), **_config_of(msg)}
+        config = settings(msg, context)
         partition, partitions = data_partition(context, config)
         _, val_data = task.load_data(partition, partitions, config)
         model = task.model_fn(config)
         model.load_state_dict(_state_dict(msg.content["arrays"]), strict=True)
-        loss, acc, examples = evaluate_model(model, val_data, task.loss_fn)
+        loss, acc, examples = evaluate_model(model, task.batches(val_data), task.loss_fn)
         metrics = MetricRecord({"num-examples": examples, "eval_loss": loss, "eval_acc": acc})
         return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
-    return app
+    return enable_split_learning(app, task, run_config)
 
 
 def _reply(msg: Message, arrays: ArrayRecord, metrics: Mapping[str, float | int]) -> Message:
@@ -286,8 +334,8 @@ def _reply(msg: Message, arrays: ArrayRecord, metrics: Mapping[str, float | int]
     return Message(content, reply_to=msg)
 
 
-def _count_examples(batches: Any) -> int:
+def _count_examples(batches: Any, task: SplitTask) -> int:
     dataset = getattr(batches, "dataset", None)
     if dataset is not None:
         return len(dataset)
-    return sum(int(labels.shape[0]) for _, labels in batches)
+    return sum(int(labels.shape[0]) for _, labels in task.batches(batches))

@@ -60,13 +60,11 @@ def make_server_app(
         config = task.config({**base_config, **dict(context.run_config)})
         model = task.model_fn(config)
         initial = ArrayRecord(model.state_dict())
-        split = task.split(config)
         mode = str(config["mode"])
         if mode not in ("split", "fedavg"):
             raise ValueError(f"run config mode={mode!r} is not 'split' or 'fedavg'")
-        strategy = SplitStrategy(
-            part_keys=[split.part_keys(i) for i in range(len(split.parts))],
-            cuts=",".join(split.cuts),
+        strategy = SplitStrategy.from_split(
+            task.split(config),
             strategy=strategy_fn(config),
             round_timeout=float(config["round-timeout"]),
             split=mode == "split",
@@ -102,7 +100,7 @@ def _server_evaluation(
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         model = task.model_fn(config)
         model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
-        loss, acc, examples = evaluate_model(model, test_data, task.loss_fn)
+        loss, acc, examples = evaluate_model(model, task.batches(test_data), task.loss_fn)
         log(INFO, "round %d: server test_loss %.4f test_acc %.4f", server_round, loss, acc)
         return MetricRecord({"test_loss": loss, "test_acc": acc, "num-examples": examples})
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from flsplit.split import SplitModel, resolve_cuts, split_model
+from flsplit.split import SplitModel, split_model
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 OptimizerFn = Callable[[Iterable[nn.Parameter], Mapping[str, Any]], torch.optim.Optimizer]
@@ -60,6 +60,11 @@ class SplitTask:
         the body on the helper.
     load_test_data : callable, optional
         ``load_test_data(run_config) -> iterable of batches`` for server-side evaluation.
+    batch_keys : tuple of str
+        Keys of inputs and labels when batches are dicts (Flower Datasets' loaders yield
+        ``{"img": ..., "label": ...}``); tuple batches are ``(inputs, labels)``.
+    run_config : dict
+        Defaults of this task, between flsplit's and the run config's.
     """
 
     model_fn: Callable[[Mapping[str, Any]], nn.Module]
@@ -68,7 +73,17 @@ class SplitTask:
     loss_fn: LossFn = nn.functional.cross_entropy
     optimizer_fn: OptimizerFn = sgd
     load_test_data: Callable[[Mapping[str, Any]], Iterable] | None = None
+    batch_keys: tuple[str, str] = ("img", "label")
     run_config: dict[str, Any] = field(default_factory=dict)
+
+    def batches(self, loader: Iterable) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield ``(inputs, labels)`` from ``loader``, whether it yields tuples or dicts."""
+        for batch in loader:
+            if isinstance(batch, Mapping):
+                yield batch[self.batch_keys[0]], batch[self.batch_keys[1]]
+            else:
+                inputs, labels = batch
+                yield inputs, labels
 
     def config(self, run_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Fuse flsplit's defaults, the task's own settings and a run config."""
@@ -78,15 +93,15 @@ class SplitTask:
         """Split a fresh model at the run config's ``cuts`` (traced once per process)."""
         model = self.model_fn(config)
         example = self.example_input(config)
-        key = (repr(model), tuple(example.shape), str(example.dtype), _cut_key(config["cuts"]))
+        key = (repr(model), tuple(example.shape), str(example.dtype), parse_cuts(config["cuts"]))
         cached = _SPLIT_CACHE.get(key)
         if cached is None:
-            names = resolve_cuts(model, key[-1], example)
-            cached = _SPLIT_CACHE[key] = split_model(model, names, example)
+            cached = _SPLIT_CACHE[key] = split_model(model, key[-1], example)
         return copy.deepcopy(cached)
 
 
-def _cut_key(cuts: str | Iterable[str | int] | None) -> tuple[str | int, ...] | None:
+def parse_cuts(cuts: str | Iterable[str | int] | None) -> tuple[str | int, ...] | None:
+    """Turn ``"conv2,fc2"`` or ``"1,5"`` (run-config style) into cut names or indices."""
     if cuts is None:
         return None
     if isinstance(cuts, str):

@@ -4,7 +4,7 @@
 strategy samples clients and aggregates; this one discovers which nodes are helpers,
 cuts the model, assigns clients to helpers, and turns each round into
 
-- ``train`` messages to clients: head and tail weights, cut points, helper address,
+- ``train.split`` messages to clients: head and tail weights, cut points, helper address,
   round token, the wrapped strategy's config;
 - ``train.helper`` messages to helpers: body weights, clients served, their tokens,
   the helper's task order;
@@ -27,8 +27,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 from flwr.supercore import log
 
+QUERY = "query.split"
+CLIENT_TRAIN = "train.split"
 HELPER_TRAIN = "train.helper"
-QUERY = "query"
 
 
 class NodeGrid:
@@ -117,6 +118,46 @@ class SplitStrategy(Strategy):
         self.assignment: RoundAssignment | None = None
         self.round_times: dict[int, float] = {}
         self._known_ids: frozenset[int] = frozenset()
+
+    @classmethod
+    def for_model(
+        cls,
+        model: Any,
+        example_input: Any = None,
+        cuts: str | Sequence[str | int] | None = None,
+        strategy: Strategy | None = None,
+        **kwargs: Any,
+    ) -> SplitStrategy:
+        """Build the strategy for a ``torch.nn.Module`` cut at ``cuts``.
+
+        Parameters
+        ----------
+        model : torch.nn.Module
+            The full model (only its structure and ``state_dict`` keys are used).
+        example_input : torch.Tensor, optional
+            One input batch, to check the cuts on real shapes.
+        cuts : str or sequence, optional
+            Module names or candidate indices (``"conv2,fc3"``); default U-shape if None.
+        strategy : Strategy, optional
+            The wrapped strategy (default: ``FedAvg()``).
+        **kwargs
+            Further arguments of :class:`SplitStrategy`.
+        """
+        from flsplit.split import split_model
+        from flsplit.task import parse_cuts
+
+        return cls.from_split(
+            split_model(model, parse_cuts(cuts), example_input), strategy=strategy, **kwargs
+        )
+
+    @classmethod
+    def from_split(cls, parts: Any, **kwargs: Any) -> SplitStrategy:
+        """Build the strategy from a :class:`flsplit.split.SplitModel`."""
+        return cls(
+            part_keys=[parts.part_keys(i) for i in range(len(parts.parts))],
+            cuts=",".join(parts.cuts),
+            **kwargs,
+        )
 
     # -- roles ------------------------------------------------------------------------
 
@@ -275,7 +316,7 @@ class SplitStrategy(Strategy):
                 Message(
                     RecordDict({"arrays": head_tail, "config": client_config}),
                     dst_node_id=client,
-                    message_type=message.metadata.message_type,
+                    message_type=CLIENT_TRAIN,
                 )
             )
         log(
