@@ -15,6 +15,7 @@ _EXPORTS = {
     "SplitTask": "flsplit.task",
     "DEFAULT_RUN_CONFIG": "flsplit.task",
     "make_client_app": "flsplit.clientapp",
+    "enable_split_learning": "flsplit.clientapp",
     "make_server_app": "flsplit.serverapp",
     "simulate": "flsplit.simulation",
 }

@@ -1,0 +1,99 @@
+"""A Flower app written the way Flower's quickstart-pytorch is, turned into split learning
+by the lines marked ``# flsplit`` (the README's diff). Data: the offline digits, served as
+``{"img", "label"}`` dict batches like Flower Datasets' loaders."""
+
+import torch
+import torch.nn.functional as F
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+from sklearn.datasets import load_digits
+from torch import nn
+from torch.utils.data import DataLoader
+
+from flsplit import SplitTask, enable_split_learning  # flsplit
+from strategies import SplitStrategy  # flsplit
+
+RESULTS = []
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 3, padding=1)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.conv2 = nn.Conv2d(6, 16, 3, padding=1)
+        self.fc1 = nn.Linear(16 * 2 * 2, 32)
+        self.fc2 = nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = self.pool(F.relu(self.conv1(x)))
+        x = self.pool(F.relu(self.conv2(x)))
+        x = x.view(-1, 16 * 2 * 2)
+        return self.fc2(F.relu(self.fc1(x)))
+
+
+def load_data(partition_id, num_partitions, batch_size):
+    digits = load_digits()
+    images = torch.tensor(digits.images[:600] / 16.0, dtype=torch.float32)[:, None]
+    labels = torch.tensor(digits.target[:600])
+    items = [{"img": x, "label": y} for x, y in zip(images, labels, strict=True)]
+    part = items[partition_id::num_partitions]
+    return DataLoader(part[20:], batch_size=batch_size), DataLoader(part[:20], batch_size=20)
+
+
+def train_fn(net, loader, lr):
+    optimizer = torch.optim.SGD(net.parameters(), lr=lr)
+    for batch in loader:
+        optimizer.zero_grad()
+        F.cross_entropy(net(batch["img"]), batch["label"]).backward()
+        optimizer.step()
+
+
+client = ClientApp()
+
+
+@client.train()
+def train(msg: Message, context: Context):
+    model = Net()
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    pid, n = context.node_config["partition-id"], context.node_config["num-partitions"]
+    trainloader, _ = load_data(pid, n, 32)
+    train_fn(model, trainloader, msg.content["config"]["lr"])
+    metrics = MetricRecord({"num-examples": len(trainloader.dataset)})
+    return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}),
+                   reply_to=msg)
+
+
+@client.evaluate()
+def evaluate(msg: Message, context: Context):
+    model = Net()
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    pid, n = context.node_config["partition-id"], context.node_config["num-partitions"]
+    _, valloader = load_data(pid, n, 32)
+    batch = next(iter(valloader))
+    acc = float((model(batch["img"]).argmax(1) == batch["label"]).float().mean())
+    metrics = MetricRecord({"eval_acc": acc, "num-examples": len(valloader.dataset)})
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+enable_split_learning(client, SplitTask(  # flsplit
+    model_fn=lambda cfg: Net(), example_input=lambda cfg: torch.zeros(1, 1, 8, 8),  # flsplit
+    load_data=lambda pid, n, cfg: load_data(pid, n, 32)), {"num-helpers": 1})  # flsplit
+
+server = ServerApp()
+
+
+@server.main()
+def main(grid: Grid, context: Context) -> None:
+    arrays = ArrayRecord(Net().state_dict())
+    strategy = SplitStrategy.for_model(Net(), torch.zeros(1, 1, 8, 8), cuts="conv2,fc2",  # flsplit
+                                       strategy=FedAvg(fraction_evaluate=1.0))  # flsplit
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=arrays,
+        train_config=ConfigRecord({"lr": 0.1}),
+        num_rounds=2,
+    )
+    RESULTS.append((arrays, result, strategy))
