@@ -30,7 +30,50 @@ def _bench_dataplane(args: argparse.Namespace) -> int:
     return bench.main(args.models, args.batch, args.steps, args.warmup, args.threads)
 
 
+def _profile(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from flsplit.models import build_model
+    from flsplit.profile import profile_model, write_profile
+
+    shape = [int(d) for d in args.input.split(",")]
+    torch.manual_seed(0)
+    model = build_model(args.model, in_channels=shape[0])
+    profile = profile_model(
+        model,
+        torch.randn(args.batch, *shape),
+        model_name=args.model,
+        dataset=args.dataset,
+        device_name=args.device_name,
+        role=args.role,
+        repeats=args.repeats,
+        warmup=args.warmup,
+    )
+    if args.out:
+        print(f"wrote {write_profile(profile, args.out)}")
+    else:
+        print(json.dumps(profile, indent=1))
+    return 0
+
+
 def _register_runtime_commands(sub: argparse._SubParsersAction) -> None:
+    profile = sub.add_parser(
+        "profile", help="measure per-layer training costs here (shared profile JSON)"
+    )
+    profile.add_argument("--model", default="resnet18",
+                         help="small-cnn, resnet18, resnet50, vgg11 or mobilenet_v2")
+    profile.add_argument("--batch", type=int, default=32)
+    profile.add_argument("--input", default="3,32,32", help="input shape C,H,W")
+    profile.add_argument("--dataset", default="cifar10", help="label written to the profile")
+    profile.add_argument("--device-name", default="this-machine")
+    profile.add_argument("--role", choices=("client", "helper"), default="client")
+    profile.add_argument("--repeats", type=int, default=5)
+    profile.add_argument("--warmup", type=int, default=2)
+    profile.add_argument("--out", default="", help="JSON file (default: print)")
+    profile.set_defaults(func=_profile)
+
     simulate = sub.add_parser(
         "simulate",
         help="run a flsplit Flower app in the simulation engine (no background SuperLink)",
