@@ -90,7 +90,7 @@ def _helper_process(name: str, cuts: Sequence[str] | None, batch: int, threads: 
                     queue: Any) -> None:
     torch.set_num_threads(threads)
     split = _split(name, cuts, batch)
-    worker = HelperWorker(split.body, ["bench"], _sgd)
+    worker = HelperWorker({"bench": split.body}, _sgd)
     server = HelperServer(worker, {"bench": TOKEN}, address="127.0.0.1:0").start()
     queue.put(server.address)
     server.wait_clients(600)

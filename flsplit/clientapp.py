@@ -235,13 +235,17 @@ def enable_split_learning(
     @app.train(HELPER_ACTION)
     def serve(msg: Message, context: Context) -> Message:
         config = settings(msg, context)
-        body = task.split(config).body
-        _load_part(body, _state_dict(msg.content["arrays"]))
+        state = _state_dict(msg.content["arrays"])
         clients = [str(c) for c in config["clients"]]
         tokens = [str(t) for t in config["tokens"]]
+        client_cuts = [str(c) for c in config.get("client-cuts", [config["cuts"]] * len(clients))]
+        bodies = {}
+        for client, cuts in zip(clients, client_cuts, strict=True):
+            bodies[client] = task.split({**config, "cuts": cuts}).body
+            _load_part(bodies[client], state)
         order = [tuple(item.split(":", 1)) for item in config.get("order", [])]
         worker = HelperWorker(
-            body, clients, lambda params: task.optimizer_fn(params, config), order=order
+            bodies, lambda params: task.optimizer_fn(params, config), order=order
         )
         server = HelperServer(
             worker,

@@ -65,6 +65,8 @@ def make_server_app(
             raise ValueError(f"run config mode={mode!r} is not 'split' or 'fedavg'")
         strategy = SplitStrategy.from_split(
             task.split(config),
+            model,
+            task.example_input(config),
             strategy=strategy_fn(config),
             round_timeout=float(config["round-timeout"]),
             split=mode == "split",

@@ -70,6 +70,7 @@ class RoundAssignment:
     helper_of: dict[int, int]
     tokens: dict[int, str]
     started: float
+    cuts_of: dict[int, str] = field(default_factory=dict)
 
 
 class SplitStrategy(Strategy):
@@ -77,11 +78,12 @@ class SplitStrategy(Strategy):
 
     Parameters
     ----------
-    part_keys : Sequence[Sequence[str]]
-        ``state_dict`` keys of head, body and tail (e.g. from
-        :func:`flsplit.split.part_state_keys`).
+    part_keys : callable
+        ``part_keys(cuts)`` returns the ``state_dict`` keys of head, body and tail for a
+        cut pair such as ``"conv2,fc2"`` (e.g. from :func:`flsplit.split.part_state_keys`).
     cuts : str
-        The cut points, as sent to the nodes (comma-separated module names).
+        The default cut points, as sent to the nodes (comma-separated module names);
+        :meth:`client_cuts` may choose others per client.
     strategy : Strategy, optional
         The strategy that samples clients and aggregates full-model updates
         (default: ``FedAvg()``).
@@ -96,20 +98,18 @@ class SplitStrategy(Strategy):
 
     def __init__(
         self,
-        part_keys: Sequence[Sequence[str]],
+        part_keys: Callable[[str], Sequence[Sequence[str]]],
         cuts: str,
         strategy: Strategy | None = None,
         round_timeout: float = 600.0,
         query_timeout: float = 120.0,
         split: bool = True,
     ) -> None:
-        if len(part_keys) != 3:
-            raise ValueError(
-                f"part_keys has {len(part_keys)} parts; one-hop split learning needs "
-                "head, body and tail"
-            )
-        self.head_keys, self.body_keys, self.tail_keys = (list(k) for k in part_keys)
+        self._part_keys_fn = part_keys
+        self._part_keys: dict[str, tuple[list[str], list[str], list[str]]] = {}
         self.cuts = cuts
+        self.head_keys, self.body_keys, self.tail_keys = self.part_keys(cuts)
+        self.full_keys = self.head_keys + self.body_keys + self.tail_keys
         self.strategy = strategy if strategy is not None else FedAvg()
         self.round_timeout = round_timeout
         self.query_timeout = query_timeout
@@ -146,18 +146,41 @@ class SplitStrategy(Strategy):
         from flsplit.split import split_model
         from flsplit.task import parse_cuts
 
-        return cls.from_split(
-            split_model(model, parse_cuts(cuts), example_input), strategy=strategy, **kwargs
-        )
+        parts = split_model(model, parse_cuts(cuts), example_input)
+        return cls.from_split(parts, model, example_input, strategy=strategy, **kwargs)
 
     @classmethod
-    def from_split(cls, parts: Any, **kwargs: Any) -> SplitStrategy:
-        """Build the strategy from a :class:`flsplit.split.SplitModel`."""
-        return cls(
-            part_keys=[parts.part_keys(i) for i in range(len(parts.parts))],
-            cuts=",".join(parts.cuts),
-            **kwargs,
-        )
+    def from_split(
+        cls, parts: Any, model: Any = None, example_input: Any = None, **kwargs: Any
+    ) -> SplitStrategy:
+        """Build the strategy from a :class:`flsplit.split.SplitModel` (and, for other
+        cut pairs than its own, the model it came from)."""
+        from flsplit.split import part_state_keys
+        from flsplit.task import parse_cuts
+
+        own = ",".join(parts.cuts)
+        own_keys = [parts.part_keys(i) for i in range(len(parts.parts))]
+
+        def keys_for(cuts: str) -> Sequence[Sequence[str]]:
+            if cuts == own:
+                return own_keys
+            if model is None:
+                raise ValueError(f"cuts {cuts!r} differ from {own!r} and no model was given")
+            return part_state_keys(model, parse_cuts(cuts), example_input)
+
+        return cls(part_keys=keys_for, cuts=own, **kwargs)
+
+    def part_keys(self, cuts: str) -> tuple[list[str], list[str], list[str]]:
+        """Head, body and tail ``state_dict`` keys for the cut pair ``cuts`` (cached)."""
+        if cuts not in self._part_keys:
+            parts = [list(k) for k in self._part_keys_fn(cuts)]
+            if len(parts) != 3:
+                raise ValueError(
+                    f"cuts {cuts!r} give {len(parts)} parts; one-hop split learning needs "
+                    "head, body and tail"
+                )
+            self._part_keys[cuts] = (parts[0], parts[1], parts[2])
+        return self._part_keys[cuts]
 
     # -- roles ------------------------------------------------------------------------
 
@@ -249,6 +272,10 @@ class SplitStrategy(Strategy):
         offset = server_round - 1
         return {c: helpers[(i + offset) % len(helpers)] for i, c in enumerate(sorted(clients))}
 
+    def client_cuts(self, server_round: int, clients: Sequence[int]) -> dict[int, str]:
+        """Cut pair of every client this round (the default cuts for everybody)."""
+        return dict.fromkeys(clients, self.cuts)
+
     def helper_order(self, helper: int, clients: Sequence[int]) -> list[str]:
         """Task priority order sent to ``helper``; empty means first come first served."""
         return []
@@ -268,23 +295,25 @@ class SplitStrategy(Strategy):
         if not self.split:
             self.assignment = RoundAssignment({}, {}, time.perf_counter())
             return inner
-        helper_of = self.assign(server_round, [m.metadata.dst_node_id for m in inner])
+        sampled = [m.metadata.dst_node_id for m in inner]
+        helper_of = self.assign(server_round, sampled)
+        cuts_of = self.client_cuts(server_round, sampled)
         tokens = {c: secrets.token_urlsafe(24) for c in helper_of}
-        self.assignment = RoundAssignment(helper_of, tokens, time.perf_counter())
-        head_tail = _subset(arrays, self.head_keys + self.tail_keys)
-        body = _subset(arrays, self.body_keys)
+        self.assignment = RoundAssignment(helper_of, tokens, time.perf_counter(), cuts_of)
 
         helper_messages = []
         for helper in self.helpers:
             served = [c for c, h in helper_of.items() if h == helper]
             if not served:
                 continue
+            body_keys = sorted({k for c in served for k in self.part_keys(cuts_of[c])[1]})
             helper_config = ConfigRecord(
                 {
                     **_plain(config),
                     "server-round": server_round,
                     "cuts": self.cuts,
                     "clients": [str(c) for c in served],
+                    "client-cuts": [cuts_of[c] for c in served],
                     "tokens": [tokens[c] for c in served],
                     "order": self.helper_order(helper, served),
                     "listen-address": self.nodes[helper].listen_address,
@@ -293,7 +322,7 @@ class SplitStrategy(Strategy):
             )
             helper_messages.append(
                 Message(
-                    RecordDict({"arrays": body, "config": helper_config}),
+                    RecordDict({"arrays": _subset(arrays, body_keys), "config": helper_config}),
                     dst_node_id=helper,
                     message_type=HELPER_TRAIN,
                 )
@@ -304,17 +333,20 @@ class SplitStrategy(Strategy):
         for message in inner:
             client = message.metadata.dst_node_id
             inner_config = message.content.config_records.get(config_key, ConfigRecord())
+            head_keys, _, tail_keys = self.part_keys(cuts_of[client])
             client_config = ConfigRecord(
                 {
                     **_plain(inner_config),
-                    "cuts": self.cuts,
+                    "cuts": cuts_of[client],
                     "helper-address": self.nodes[helper_of[client]].address,
                     "round-token": tokens[client],
                 }
             )
             client_messages.append(
                 Message(
-                    RecordDict({"arrays": head_tail, "config": client_config}),
+                    RecordDict(
+                        {"arrays": _subset(arrays, head_keys + tail_keys), "config": client_config}
+                    ),
                     dst_node_id=client,
                     message_type=CLIENT_TRAIN,
                 )
@@ -324,7 +356,7 @@ class SplitStrategy(Strategy):
             "configure_train: %d clients on %d helpers, cuts %s",
             len(client_messages),
             len(helper_messages),
-            self.cuts,
+            ", ".join(sorted(set(cuts_of.values()))),
         )
         # Helpers first: the simulation engine hands out workers in this order, and a
         # client can only progress once its helper serves.
@@ -353,7 +385,7 @@ class SplitStrategy(Strategy):
                 client_replies.append(reply)
 
         if self.split:
-            full_replies = list(self._full_model_replies(client_replies, bodies))
+            full_replies = list(self._full_model_replies(client_replies, bodies, assignment))
         else:
             full_replies = client_replies
         arrays, metrics = self.strategy.aggregate_train(server_round, full_replies)
@@ -377,7 +409,10 @@ class SplitStrategy(Strategy):
         return arrays, metrics
 
     def _full_model_replies(
-        self, client_replies: Sequence[Message], bodies: Mapping[int, ArrayRecord]
+        self,
+        client_replies: Sequence[Message],
+        bodies: Mapping[int, ArrayRecord],
+        assignment: RoundAssignment,
     ) -> Iterator[Message]:
         for reply in client_replies:
             src = reply.metadata.src_node_id
@@ -389,9 +424,10 @@ class SplitStrategy(Strategy):
                 log(WARNING, "client %d: its helper returned no body; update dropped", src)
                 continue
             head_tail = reply.content.array_records["arrays"]
+            body_keys = set(self.part_keys(assignment.cuts_of[src])[1])
             full = ArrayRecord()
-            for key in self.head_keys + self.body_keys + self.tail_keys:
-                full[key] = body[key] if key in body else head_tail[key]
+            for key in self.full_keys:
+                full[key] = body[key] if key in body_keys else head_tail[key]
             reply.content = RecordDict(
                 {"arrays": full, "metrics": reply.content.metric_records["metrics"]}
             )

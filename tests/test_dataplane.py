@@ -19,7 +19,7 @@ def _sgd(params):
 
 
 def _serve(body, tokens, **kwargs):
-    worker = HelperWorker(body, list(tokens), _sgd)
+    worker = HelperWorker.replicated(body, list(tokens), _sgd)
     return HelperServer(worker, tokens, address="127.0.0.1:0", **kwargs).start()
 
 

@@ -75,3 +75,41 @@ def test_a_backend_too_small_for_the_helpers_fails_fast_with_a_clear_message():
             backend_config={"init_args": {"num_cpus": 2}, "client_resources": {"num_cpus": 1}},
         )
     assert not finished
+
+
+def test_clients_with_different_cuts_train_in_the_same_round():
+    """One helper holds bodies of different depths; every part of the model trains."""
+    from flwr.app import ArrayRecord, ConfigRecord
+    from flwr.serverapp import ServerApp
+    from flwr.simulation import run_simulation
+
+    from flsplit.clientapp import make_client_app
+    from strategies import SplitStrategy
+
+    class TwoCuts(SplitStrategy):
+        def client_cuts(self, server_round, clients):
+            pairs = ("conv2,fc2", "bn2,fc1")
+            return {c: pairs[i % 2] for i, c in enumerate(sorted(clients))}
+
+    config = TASK.config({"num-helpers": 1, "lr": 0.05, "momentum": 0.9, "torch-threads": 1})
+    runs = []
+    server = ServerApp()
+
+    @server.main()
+    def main(grid, context):
+        model = TASK.model_fn(config)
+        strategy = TwoCuts.for_model(model, TASK.example_input(config), cuts="conv2,fc2")
+        initial = ArrayRecord(model.state_dict())
+        result = strategy.start(grid, initial, num_rounds=2, train_config=ConfigRecord(
+            {"lr": 0.05, "momentum": 0.9}))
+        runs.append((initial, result, strategy))
+
+    run_simulation(server, make_client_app(TASK, config), num_supernodes=4,
+                   backend_config=backend_config_for(4))
+    initial, result, strategy = runs[0]
+    assert set(strategy.assignment.cuts_of.values()) == {"conv2,fc2", "bn2,fc1"}
+    before, after = initial.to_torch_state_dict(), result.arrays.to_torch_state_dict()
+    for key in ("conv1.weight", "conv2.weight", "bn2.weight", "fc1.weight", "fc2.weight"):
+        assert not torch.allclose(before[key], after[key]), key
+    train = result.train_metrics_clientapp
+    assert train[2]["train_loss"] < train[1]["train_loss"]

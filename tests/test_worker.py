@@ -35,7 +35,7 @@ class _Gate(nn.Module):
 def _run_behind_blocker(order, submit_order):
     ENTERED.clear()
     RELEASE.clear()
-    worker = HelperWorker(_Gate(), ["a", "b", "c", "blocker"], _sgd, order=order)
+    worker = HelperWorker.replicated(_Gate(), ["a", "b", "c", "blocker"], _sgd, order=order)
     first = worker.submit("blocker", "fwd", torch.full((1, 2), 1000.0))
     assert ENTERED.wait(5)
     futures = [worker.submit(c, "fwd", torch.ones(1, 2)) for c in submit_order]
@@ -58,7 +58,7 @@ def test_first_come_first_served_without_order():
 def test_each_client_trains_its_own_copy():
     body = nn.Linear(3, 2)
     initial = body.weight.detach().clone()
-    worker = HelperWorker(body, ["a", "b"], _sgd)
+    worker = HelperWorker.replicated(body, ["a", "b"], _sgd)
     out = worker.submit("a", "fwd", torch.ones(4, 3)).result(5)
     grad_in = worker.submit("a", "bwd", torch.ones_like(out)).result(5)
     worker.stop()
@@ -70,7 +70,7 @@ def test_each_client_trains_its_own_copy():
 
 
 def test_unknown_client_and_backward_without_forward_fail():
-    worker = HelperWorker(nn.Linear(2, 2), ["a"], _sgd)
+    worker = HelperWorker({"a": nn.Linear(2, 2)}, _sgd)
     with pytest.raises(TaskError, match="not served"):
         worker.submit("x", "fwd", torch.ones(1, 2))
     with pytest.raises(TaskError, match="without a preceding forward"):

@@ -13,7 +13,7 @@ import heapq
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -65,12 +65,12 @@ class HelperWorker:
 
     Parameters
     ----------
-    body : nn.Module
-        The body with the round's global weights; each client gets a deep copy.
-    clients : Sequence[str]
-        Ids of the clients this helper serves in the round.
+    bodies : Mapping[str, nn.Module]
+        The body each served client trains, owned by the worker (clients cut at different
+        points have bodies of different depths); see :meth:`replicated` for one body
+        copied per client.
     optimizer_fn : callable
-        Builds an optimizer from a parameter iterable (one per client copy).
+        Builds an optimizer from a parameter iterable (one per client body).
     order : Sequence[tuple[str, str]], optional
         Priority order of ``(client, "fwd" | "bwd")`` tasks; earlier means more urgent.
         Tasks not listed come after the listed ones, first come first served.
@@ -78,14 +78,12 @@ class HelperWorker:
 
     def __init__(
         self,
-        body: nn.Module,
-        clients: Sequence[str],
+        bodies: Mapping[str, nn.Module],
         optimizer_fn: OptimizerFn,
         order: Sequence[tuple[str, str]] | None = None,
     ) -> None:
         self.bodies: dict[str, ClientBody] = {}
-        for client in clients:
-            module = copy.deepcopy(body)
+        for client, module in bodies.items():
             module.train()
             self.bodies[client] = ClientBody(module, optimizer_fn(module.parameters()))
         self._rank = {tuple(task): i for i, task in enumerate(order or [])}
@@ -97,6 +95,17 @@ class HelperWorker:
         self.executed: list[TaskRecord] = []
         self._thread = threading.Thread(target=self._run, name="flsplit-helper-worker", daemon=True)
         self._thread.start()
+
+    @classmethod
+    def replicated(
+        cls,
+        body: nn.Module,
+        clients: Sequence[str],
+        optimizer_fn: OptimizerFn,
+        order: Sequence[tuple[str, str]] | None = None,
+    ) -> HelperWorker:
+        """A worker holding one deep copy of ``body`` per client."""
+        return cls({c: copy.deepcopy(body) for c in clients}, optimizer_fn, order)
 
     def submit(self, client: str, kind: str, tensor: torch.Tensor) -> Future:
         """Queue a ``"fwd"`` or ``"bwd"`` task; the future resolves to the output tensor."""
