@@ -86,8 +86,9 @@ def in_process_step_times(split: SplitModel, batches: list, warmup: int) -> list
     return _step_times(step, batches, warmup)
 
 
-def _helper_process(name: str, cuts: Sequence[str] | None, batch: int, threads: int,
-                    queue: Any) -> None:
+def _helper_process(
+    name: str, cuts: Sequence[str] | None, batch: int, threads: int, queue: Any
+) -> None:
     torch.set_num_threads(threads)
     split = _split(name, cuts, batch)
     worker = HelperWorker({"bench": split.body}, _sgd)
@@ -98,7 +99,11 @@ def _helper_process(name: str, cuts: Sequence[str] | None, batch: int, threads: 
 
 
 def data_plane_step_times(
-    name: str, cuts: Sequence[str] | None, split: SplitModel, batches: list, warmup: int,
+    name: str,
+    cuts: Sequence[str] | None,
+    split: SplitModel,
+    batches: list,
+    warmup: int,
     threads: int,
 ) -> list[float]:
     """Per-step seconds with the body in a helper process over gRPC on loopback."""
@@ -132,8 +137,14 @@ def data_plane_step_times(
     return times
 
 
-def run_case(name: str, batch: int = 32, steps: int = 20, warmup: int = 3,
-             threads: int | None = None, cuts: Sequence[str] | None = None) -> dict[str, Any]:
+def run_case(
+    name: str,
+    batch: int = 32,
+    steps: int = 20,
+    warmup: int = 3,
+    threads: int | None = None,
+    cuts: Sequence[str] | None = None,
+) -> dict[str, Any]:
     """Measure one model; return the figures as a dict."""
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -158,8 +169,7 @@ def run_case(name: str, batch: int = 32, steps: int = 20, warmup: int = 3,
     }
 
 
-def main(models: Sequence[str], batch: int, steps: int, warmup: int,
-         threads: int | None) -> int:
+def main(models: Sequence[str], batch: int, steps: int, warmup: int, threads: int | None) -> int:
     """Print one JSON line per model."""
     for name in models:
         print(json.dumps(run_case(name, batch, steps, warmup, threads)), flush=True)

@@ -62,8 +62,9 @@ def _register_runtime_commands(sub: argparse._SubParsersAction) -> None:
     profile = sub.add_parser(
         "profile", help="measure per-layer training costs here (shared profile JSON)"
     )
-    profile.add_argument("--model", default="resnet18",
-                         help="small-cnn, resnet18, resnet50, vgg11 or mobilenet_v2")
+    profile.add_argument(
+        "--model", default="resnet18", help="small-cnn, resnet18, resnet50, vgg11 or mobilenet_v2"
+    )
     profile.add_argument("--batch", type=int, default=32)
     profile.add_argument("--input", default="3,32,32", help="input shape C,H,W")
     profile.add_argument("--dataset", default="cifar10", help="label written to the profile")
@@ -80,11 +81,18 @@ def _register_runtime_commands(sub: argparse._SubParsersAction) -> None:
     )
     simulate.add_argument("app", help="Flower app directory (holds pyproject.toml)")
     simulate.add_argument(
-        "--run-config", action="append", default=[], metavar="'KEY=VALUE ...'",
+        "--run-config",
+        action="append",
+        default=[],
+        metavar="'KEY=VALUE ...'",
         help="override [tool.flwr.app.config] values, as flwr run --run-config",
     )
-    simulate.add_argument("--num-supernodes", type=int, default=None,
-                          help="virtual nodes (default: num-helpers + num-clients)")
+    simulate.add_argument(
+        "--num-supernodes",
+        type=int,
+        default=None,
+        help="virtual nodes (default: num-helpers + num-clients)",
+    )
     simulate.add_argument("--verbose", action="store_true", help="debug logging")
     simulate.set_defaults(func=_simulate)
 
@@ -96,8 +104,12 @@ def _register_runtime_commands(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--batch", type=int, default=32)
     bench.add_argument("--steps", type=int, default=20)
     bench.add_argument("--warmup", type=int, default=3)
-    bench.add_argument("--threads", type=int, default=None,
-                       help="torch threads per process (default: torch's default)")
+    bench.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads per process (default: torch's default)",
+    )
     bench.set_defaults(func=_bench_dataplane)
 
 

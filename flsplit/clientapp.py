@@ -244,9 +244,7 @@ def enable_split_learning(
             bodies[client] = task.split({**config, "cuts": cuts}).body
             _load_part(bodies[client], state)
         order = [tuple(item.split(":", 1)) for item in config.get("order", [])]
-        worker = HelperWorker(
-            bodies, lambda params: task.optimizer_fn(params, config), order=order
-        )
+        worker = HelperWorker(bodies, lambda params: task.optimizer_fn(params, config), order=order)
         server = HelperServer(
             worker,
             dict(zip(clients, tokens, strict=True)),

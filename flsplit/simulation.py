@@ -85,9 +85,7 @@ def simulate(
     helpers = int(config["num-helpers"])
     total = num_supernodes or helpers + int(config.get("num-clients", 2))
     if total <= helpers:
-        raise ValueError(
-            f"num-supernodes={total} leaves no client next to num-helpers={helpers}"
-        )
+        raise ValueError(f"num-supernodes={total} leaves no client next to num-helpers={helpers}")
     backend = dict(backend_config) if backend_config else backend_config_for(total)
     check_concurrency(helpers if config["mode"] == "split" else 0, backend)
     config.setdefault("torch-threads", 1)

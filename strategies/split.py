@@ -450,10 +450,19 @@ class SplitStrategy(Strategy):
 
     def summary(self) -> None:
         """Log the configuration."""
-        log(INFO, "\t├──> Split learning: cuts %s, round timeout %.0fs", self.cuts,
-            self.round_timeout)
-        log(INFO, "\t│\t└── head %d, body %d, tail %d tensors", len(self.head_keys),
-            len(self.body_keys), len(self.tail_keys))
+        log(
+            INFO,
+            "\t├──> Split learning: cuts %s, round timeout %.0fs",
+            self.cuts,
+            self.round_timeout,
+        )
+        log(
+            INFO,
+            "\t│\t└── head %d, body %d, tail %d tensors",
+            len(self.head_keys),
+            len(self.body_keys),
+            len(self.tail_keys),
+        )
         log(INFO, "\t└──> Aggregation by %s:", type(self.strategy).__name__)
         self.strategy.summary()
 

@@ -100,12 +100,17 @@ def test_clients_with_different_cuts_train_in_the_same_round():
         model = TASK.model_fn(config)
         strategy = TwoCuts.for_model(model, TASK.example_input(config), cuts="conv2,fc2")
         initial = ArrayRecord(model.state_dict())
-        result = strategy.start(grid, initial, num_rounds=2, train_config=ConfigRecord(
-            {"lr": 0.05, "momentum": 0.9}))
+        result = strategy.start(
+            grid, initial, num_rounds=2, train_config=ConfigRecord({"lr": 0.05, "momentum": 0.9})
+        )
         runs.append((initial, result, strategy))
 
-    run_simulation(server, make_client_app(TASK, config), num_supernodes=4,
-                   backend_config=backend_config_for(4))
+    run_simulation(
+        server,
+        make_client_app(TASK, config),
+        num_supernodes=4,
+        backend_config=backend_config_for(4),
+    )
     initial, result, strategy = runs[0]
     assert set(strategy.assignment.cuts_of.values()) == {"conv2,fc2", "bn2,fc1"}
     before, after = initial.to_torch_state_dict(), result.arrays.to_torch_state_dict()

@@ -83,9 +83,7 @@ def encode(frame: Frame) -> bytes:
     if frame.tensor is not None:
         tensor = frame.tensor.detach()
         if tensor.dtype not in _DTYPE_NAMES:
-            raise FrameError(
-                f"dtype {tensor.dtype} cannot travel; allowed: {sorted(DTYPES)}"
-            )
+            raise FrameError(f"dtype {tensor.dtype} cannot travel; allowed: {sorted(DTYPES)}")
         tensor = tensor.contiguous().cpu()
         payload = tensor.reshape(-1).view(torch.uint8).numpy().tobytes()
         tensor_header = {

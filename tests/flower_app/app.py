@@ -62,8 +62,9 @@ def train(msg: Message, context: Context):
     trainloader, _ = load_data(pid, n, 32)
     train_fn(model, trainloader, msg.content["config"]["lr"])
     metrics = MetricRecord({"num-examples": len(trainloader.dataset)})
-    return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}),
-                   reply_to=msg)
+    return Message(
+        RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=msg
+    )
 
 
 @client.evaluate()
@@ -78,9 +79,15 @@ def evaluate(msg: Message, context: Context):
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
 
-enable_split_learning(client, SplitTask(  # flsplit
-    model_fn=lambda cfg: Net(), example_input=lambda cfg: torch.zeros(1, 1, 8, 8),  # flsplit
-    load_data=lambda pid, n, cfg: load_data(pid, n, 32)), {"num-helpers": 1})  # flsplit
+enable_split_learning(
+    client,
+    SplitTask(  # flsplit
+        model_fn=lambda cfg: Net(),
+        example_input=lambda cfg: torch.zeros(1, 1, 8, 8),  # flsplit
+        load_data=lambda pid, n, cfg: load_data(pid, n, 32),
+    ),
+    {"num-helpers": 1},
+)  # flsplit
 
 server = ServerApp()
 
@@ -88,8 +95,12 @@ server = ServerApp()
 @server.main()
 def main(grid: Grid, context: Context) -> None:
     arrays = ArrayRecord(Net().state_dict())
-    strategy = SplitStrategy.for_model(Net(), torch.zeros(1, 1, 8, 8), cuts="conv2,fc2",  # flsplit
-                                       strategy=FedAvg(fraction_evaluate=1.0))  # flsplit
+    strategy = SplitStrategy.for_model(
+        Net(),
+        torch.zeros(1, 1, 8, 8),
+        cuts="conv2,fc2",  # flsplit
+        strategy=FedAvg(fraction_evaluate=1.0),
+    )  # flsplit
     result = strategy.start(
         grid=grid,
         initial_arrays=arrays,
