@@ -1,5 +1,5 @@
 """A Flower app written the way Flower's quickstart-pytorch is, turned into split learning
-by the lines marked ``# flsplit`` (the README's diff). Data: the offline digits, served as
+by the statements marked ``# flsplit`` (the README's diff). Data: the offline digits, served as
 ``{"img", "label"}`` dict batches like Flower Datasets' loaders."""
 
 import torch
@@ -79,15 +79,16 @@ def evaluate(msg: Message, context: Context):
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
 
+# flsplit
 enable_split_learning(
     client,
-    SplitTask(  # flsplit
+    SplitTask(
         model_fn=lambda cfg: Net(),
-        example_input=lambda cfg: torch.zeros(1, 1, 8, 8),  # flsplit
+        example_input=lambda cfg: torch.zeros(1, 1, 8, 8),
         load_data=lambda pid, n, cfg: load_data(pid, n, 32),
     ),
-    {"num-helpers": 1},
-)  # flsplit
+    {"num-helpers": 1},  # in a Flower app: num-helpers in [tool.flwr.app.config]
+)
 
 server = ServerApp()
 
@@ -95,12 +96,13 @@ server = ServerApp()
 @server.main()
 def main(grid: Grid, context: Context) -> None:
     arrays = ArrayRecord(Net().state_dict())
+    # flsplit: was `strategy = FedAvg(fraction_evaluate=1.0)`
     strategy = SplitStrategy.for_model(
         Net(),
         torch.zeros(1, 1, 8, 8),
-        cuts="conv2,fc2",  # flsplit
+        cuts="conv2,fc2",
         strategy=FedAvg(fraction_evaluate=1.0),
-    )  # flsplit
+    )
     result = strategy.start(
         grid=grid,
         initial_arrays=arrays,
