@@ -225,10 +225,12 @@ def enable_split_learning(
             "train_loss": result.loss,
             "train_acc": result.accuracy,
             "batches": result.batches,
-            "head-seconds": result.head_seconds,
-            "tail-seconds": result.tail_seconds,
-            "helper-wait-seconds": result.helper_wait_seconds,
-            "wall-seconds": result.wall_seconds,
+            "stage1-ms": result.stage1_ms,
+            "stage3-ms": result.stage3_ms,
+            "stage5-ms": result.stage5_ms,
+            "helper-service-ms": result.helper_service_ms,
+            "started": result.started,
+            "ended": result.ended,
         }
         return _reply(msg, arrays, metrics)
 

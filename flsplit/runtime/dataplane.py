@@ -142,6 +142,7 @@ class HelperServer:
         return frame
 
     def _run_task(self, request: bytes, context: grpc.ServicerContext, kind: str) -> bytes:
+        received = time.perf_counter()
         frame = self._admit(request, context, kind)
         if frame.tensor is None:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{kind} frame carries no tensor")
@@ -155,7 +156,12 @@ class HelperServer:
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"{kind} task not run in time")
         except Exception as err:  # the client's own bad input, e.g. a wrong shape
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{kind} failed: {err}")
-        return wire.encode(wire.Frame("result", frame.client, step=frame.step, tensor=result))
+        service_ms = (time.perf_counter() - received) * 1000.0
+        return wire.encode(
+            wire.Frame(
+                "result", frame.client, step=frame.step, tensor=result, service_ms=service_ms
+            )
+        )
 
     def _forward(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         return self._run_task(request, context, "fwd")
@@ -203,7 +209,8 @@ class HelperClient:
         self.deadline = deadline
         self.max_frame_bytes = max_frame_bytes
         self.step = 0
-        self.transfer_seconds = 0.0
+        self.last_network_seconds = 0.0
+        self.last_service_seconds = 0.0
         self._channel = grpc.insecure_channel(address, options=_grpc_options(max_frame_bytes))
         self._calls = {
             name: self._channel.unary_unary(f"/{SERVICE}/{name}")
@@ -246,7 +253,9 @@ class HelperClient:
                 f"{code.name if code else 'an error'}: {details}"
             ) from None
         frame = wire.decode(reply, max_frame_bytes=self.max_frame_bytes)
-        self.transfer_seconds += time.perf_counter() - start
+        total = time.perf_counter() - start
+        self.last_service_seconds = min(frame.service_ms / 1000.0, total)
+        self.last_network_seconds = total - self.last_service_seconds
         if frame.op != "result":
             raise DataPlaneError(f"helper answered {method} with op {frame.op!r}")
         return frame.tensor

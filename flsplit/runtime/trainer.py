@@ -16,22 +16,37 @@ import torch
 from torch import nn
 
 from flsplit.runtime.dataplane import HelperClient
+from flsplit.runtime.emulation import NO_EMULATION, Emulation
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
 class TrainResult:
-    """What a client measured in one round of split training."""
+    """What a client measured in one round of split training.
+
+    The stage means follow the planner's five-stage model of one batch: ``stage1_ms``
+    head forward and upload, ``stage3_ms`` download, tail forward/backward and upload,
+    ``stage5_ms`` download and head backward (stages 2 and 4 run on the helper).
+    Network time of a call is its round trip minus the helper's service time, split
+    evenly between the two directions.
+    """
 
     examples: int
     batches: int
     loss: float
     accuracy: float
-    head_seconds: float
-    tail_seconds: float
-    helper_wait_seconds: float
-    wall_seconds: float
+    stage1_ms: float
+    stage3_ms: float
+    stage5_ms: float
+    helper_service_ms: float
+    started: float
+    ended: float
+
+    @property
+    def wall_seconds(self) -> float:
+        """Duration of the training loop."""
+        return self.ended - self.started
 
 
 def train_split(
@@ -42,6 +57,7 @@ def train_split(
     loss_fn: LossFn,
     optimizer: torch.optim.Optimizer,
     epochs: int = 1,
+    emulation: Emulation = NO_EMULATION,
 ) -> TrainResult:
     """Train head and tail through a helper for ``epochs`` passes over ``batches``.
 
@@ -59,37 +75,52 @@ def train_split(
         Optimizer over the head and tail parameters.
     epochs : int
         Local epochs.
+    emulation : Emulation
+        Stretches this client's compute and transfers to emulate a device and link.
 
     Returns
     -------
     TrainResult
-        Example count, mean loss and accuracy, and measured times.
+        Example count, mean loss and accuracy, and measured stage times.
     """
     head.train()
     tail.train()
     examples = batches_done = correct = 0
-    loss_sum = head_s = tail_s = 0.0
-    wall_start = time.perf_counter()
+    loss_sum = 0.0
+    stages = [0.0, 0.0, 0.0]
+    service = 0.0
+    started = time.time()
     for _ in range(epochs):
         for inputs, labels in batches:
             t0 = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
-            cut1 = head(inputs)
+            with emulation.compute():
+                cut1 = head(inputs)
+            emulation.transfer(_nbytes(cut1))
             t1 = time.perf_counter()
             body_out = helper.forward(cut1.detach())
+            fwd_net, fwd_service = helper.last_network_seconds, helper.last_service_seconds
             t2 = time.perf_counter()
-            cut2 = body_out.requires_grad_(True)
-            logits = tail(cut2)
-            loss = loss_fn(logits, labels)
-            loss.backward()
+            emulation.transfer(_nbytes(body_out))
+            with emulation.compute():
+                cut2 = body_out.requires_grad_(True)
+                logits = tail(cut2)
+                loss = loss_fn(logits, labels)
+                loss.backward()
+            emulation.transfer(_nbytes(cut2.grad))
             t3 = time.perf_counter()
             grad_cut1 = helper.backward(cut2.grad)
+            bwd_net, bwd_service = helper.last_network_seconds, helper.last_service_seconds
             t4 = time.perf_counter()
-            cut1.backward(grad_cut1.to(cut1.dtype))
-            optimizer.step()
+            emulation.transfer(_nbytes(grad_cut1))
+            with emulation.compute():
+                cut1.backward(grad_cut1.to(cut1.dtype))
+                optimizer.step()
             t5 = time.perf_counter()
-            head_s += (t1 - t0) + (t5 - t4)
-            tail_s += t3 - t2
+            stages[0] += (t1 - t0) + fwd_net / 2
+            stages[1] += fwd_net / 2 + (t3 - t2) + bwd_net / 2
+            stages[2] += bwd_net / 2 + (t5 - t4)
+            service += fwd_service + bwd_service
             n = int(labels.shape[0])
             examples += n
             batches_done += 1
@@ -97,13 +128,20 @@ def train_split(
             if logits.dim() == 2:
                 correct += int((logits.detach().argmax(dim=1) == labels).sum())
     helper.finish()
+    per_batch = 1000.0 / max(batches_done, 1)
     return TrainResult(
         examples=examples,
         batches=batches_done,
         loss=loss_sum / max(examples, 1),
         accuracy=correct / max(examples, 1),
-        head_seconds=head_s,
-        tail_seconds=tail_s,
-        helper_wait_seconds=helper.transfer_seconds,
-        wall_seconds=time.perf_counter() - wall_start,
+        stage1_ms=stages[0] * per_batch,
+        stage3_ms=stages[1] * per_batch,
+        stage5_ms=stages[2] * per_batch,
+        helper_service_ms=service * per_batch,
+        started=started,
+        ended=time.time(),
     )
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()

@@ -11,7 +11,9 @@ The header is a UTF-8 JSON object with the fields
 - ``client``: the sending client's id (a string),
 - ``token``: the round token the server gave that client,
 - ``step``: the batch counter of the sending client,
-- ``tensor``: ``null`` or ``{"dtype": str, "shape": [int, ...], "nbytes": int}``.
+- ``tensor``: ``null`` or ``{"dtype": str, "shape": [int, ...], "nbytes": int}``,
+- ``service_ms`` (replies only, optional): time the helper held the request (queue and
+  compute), so the client can tell network time from helper time.
 
 The payload is the tensor's raw bytes in C order, exactly ``nbytes`` long. Every field is
 checked before any byte of the payload is interpreted: allowed dtypes only, a bounded
@@ -72,6 +74,7 @@ class Frame:
     token: str = ""
     step: int = 0
     tensor: torch.Tensor | None = None
+    service_ms: float = 0.0
 
 
 def encode(frame: Frame) -> bytes:
@@ -91,16 +94,16 @@ def encode(frame: Frame) -> bytes:
             "shape": list(tensor.shape),
             "nbytes": len(payload),
         }
-    header = json.dumps(
-        {
-            "op": frame.op,
-            "client": frame.client,
-            "token": frame.token,
-            "step": frame.step,
-            "tensor": tensor_header,
-        },
-        separators=(",", ":"),
-    ).encode()
+    fields = {
+        "op": frame.op,
+        "client": frame.client,
+        "token": frame.token,
+        "step": frame.step,
+        "tensor": tensor_header,
+    }
+    if frame.service_ms:
+        fields["service_ms"] = frame.service_ms
+    header = json.dumps(fields, separators=(",", ":")).encode()
     return _PREFIX.pack(MAGIC, len(header)) + header + payload
 
 
@@ -157,14 +160,24 @@ def decode(
     client = _field(header, "client", str)
     token = _field(header, "token", str)
     step = _field(header, "step", int)
+    service_ms = header.get("service_ms", 0.0)
+    if (
+        not isinstance(service_ms, int | float)
+        or isinstance(service_ms, bool)
+        or not math.isfinite(service_ms)
+        or service_ms < 0
+    ):
+        raise FrameError(
+            f"header field 'service_ms' must be a non-negative number: {service_ms!r:.40}"
+        )
     payload = memoryview(data)[_PREFIX.size + header_len :]
     spec = header.get("tensor")
     if spec is None:
         if len(payload):
             raise FrameError(f"frame without tensor carries {len(payload)} payload bytes")
-        return Frame(op=op, client=client, token=token, step=step)
+        return Frame(op=op, client=client, token=token, step=step, service_ms=float(service_ms))
     tensor = _decode_tensor(spec, payload, require_finite)
-    return Frame(op=op, client=client, token=token, step=step, tensor=tensor)
+    return Frame(op, client, token, step, tensor, float(service_ms))
 
 
 def _field(header: dict, name: str, kind: type) -> object:

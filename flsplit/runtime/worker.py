@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from flsplit.runtime.emulation import NO_EMULATION, Emulation
+
 OptimizerFn = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
@@ -44,6 +46,7 @@ class ClientBody:
 class _Task:
     rank: int
     seq: int
+    queued: float = field(compare=False)
     client: str = field(compare=False)
     kind: str = field(compare=False)
     tensor: torch.Tensor = field(compare=False)
@@ -52,12 +55,16 @@ class _Task:
 
 @dataclass
 class TaskRecord:
-    """What the worker ran, for timelines and for checking the executed order."""
+    """What the worker ran, for timelines and for checking the executed order.
+
+    ``queued``, ``start`` and ``end`` are wall-clock times (``time.time()``).
+    """
 
     client: str
     kind: str
     start: float
     end: float
+    queued: float = 0.0
 
 
 class HelperWorker:
@@ -74,6 +81,8 @@ class HelperWorker:
     order : Sequence[tuple[str, str]], optional
         Priority order of ``(client, "fwd" | "bwd")`` tasks; earlier means more urgent.
         Tasks not listed come after the listed ones, first come first served.
+    emulation : Emulation, optional
+        Stretches every task's compute to emulate a slower device.
     """
 
     def __init__(
@@ -81,7 +90,9 @@ class HelperWorker:
         bodies: Mapping[str, nn.Module],
         optimizer_fn: OptimizerFn,
         order: Sequence[tuple[str, str]] | None = None,
+        emulation: Emulation = NO_EMULATION,
     ) -> None:
+        self.emulation = emulation
         self.bodies: dict[str, ClientBody] = {}
         for client, module in bodies.items():
             module.train()
@@ -118,7 +129,10 @@ class HelperWorker:
         with self._cond:
             if self._stopped:
                 raise TaskError("helper worker is stopped")
-            heapq.heappush(self._queue, _Task(rank, next(self._seq), client, kind, tensor, future))
+            heapq.heappush(
+                self._queue,
+                _Task(rank, next(self._seq), time.time(), client, kind, tensor, future),
+            )
             self._cond.notify()
         return future
 
@@ -146,15 +160,17 @@ class HelperWorker:
                 if self._stopped:
                     return
                 task = heapq.heappop(self._queue)
-            start = time.perf_counter()
+            start = time.time()
             try:
-                result = self._execute(task)
+                with self.emulation.compute():
+                    result = self._execute(task)
             except Exception as err:  # contained to the task's client
+                end = time.time()
                 task.future.set_exception(err)
             else:
+                end = time.time()
                 task.future.set_result(result)
-            end = time.perf_counter()
-            self.executed.append(TaskRecord(task.client, task.kind, start, end))
+            self.executed.append(TaskRecord(task.client, task.kind, start, end, task.queued))
             state = self.bodies.get(task.client)
             if state is not None:
                 state.busy_seconds += end - start
