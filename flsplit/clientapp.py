@@ -27,7 +27,7 @@ import os
 import platform
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from logging import INFO, WARNING
 from typing import Any
 
@@ -36,9 +36,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from flwr.supercore import log
 
+from flsplit import emulate
+from flsplit.presets import preset
 from flsplit.runtime.dataplane import HelperClient, HelperServer
+from flsplit.runtime.emulation import NO_EMULATION, Emulation
 from flsplit.runtime.trainer import train_split
-from flsplit.runtime.worker import HelperWorker
+from flsplit.runtime.worker import HelperWorker, TaskRecord
 from flsplit.task import SplitTask, evaluate_model, train_full
 
 ROLE_CLIENT = "client"
@@ -92,6 +95,37 @@ def simulation_concurrency() -> int | None:
     if not assigned or not total:
         return None
     return int(total / assigned + 1e-9)
+
+
+def node_index(context: Context, config: Mapping[str, Any], role: str) -> int:
+    """A node's index within its role: data partition (clients) or helper number."""
+    if role == ROLE_CLIENT:
+        return data_partition(context, config)[0]
+    return int(context.node_config.get("helper-index", context.node_config.get("partition-id", 0)))
+
+
+def node_device(context: Context, config: Mapping[str, Any], role: str) -> str:
+    """The device preset a node runs as: node config ``device``, else drawn (emulation)."""
+    device = context.node_config.get("device")
+    if device:
+        return str(device)
+    if config.get("emulate"):
+        return emulate.device_for(role, node_index(context, config, role), config)
+    return ""
+
+
+def node_emulation(
+    context: Context, config: Mapping[str, Any], role: str, link: bool = False
+) -> Emulation:
+    """The emulation a node applies this round (none unless ``emulate`` is set)."""
+    if not config.get("emulate"):
+        return NO_EMULATION
+    index = node_index(context, config, role)
+    factor = emulate.compute_factor(node_device(context, config, role), config)
+    factor *= emulate.slowdown(role, index, int(config.get("server-round", 0)), config)
+    rate = float(config.get("link-mbps", 0.0)) if link else 0.0
+    latency = float(config.get("link-latency-ms", 0.0)) if link else 0.0
+    return Emulation(compute_factor=factor, rate_mbps=rate, latency_ms=latency)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -180,6 +214,12 @@ def enable_split_learning(
         concurrency = simulation_concurrency()
         if concurrency is not None:
             info["simulation-concurrency"] = concurrency
+        device = node_device(context, config, role)
+        info["index"] = node_index(context, config, role)
+        if device:
+            info["device"] = device
+            info["compute-factor"] = node_emulation(context, config, role).compute_factor
+            info["memory-mib"] = float(preset(device).memory_mib)
         examples = 0
         if role == ROLE_HELPER:
             listen, advertised = helper_addresses(context)
@@ -218,6 +258,7 @@ def enable_split_learning(
                 task.loss_fn,
                 optimizer,
                 int(config["local-epochs"]),
+                emulation=node_emulation(context, config, ROLE_CLIENT, link=True),
             )
         arrays = ArrayRecord({**head.state_dict(), **tail.state_dict()})
         metrics = {
@@ -246,7 +287,12 @@ def enable_split_learning(
             bodies[client] = task.split({**config, "cuts": cuts}).body
             _load_part(bodies[client], state)
         order = [tuple(item.split(":", 1)) for item in config.get("order", [])]
-        worker = HelperWorker(bodies, lambda params: task.optimizer_fn(params, config), order=order)
+        worker = HelperWorker(
+            bodies,
+            lambda params: task.optimizer_fn(params, config),
+            order=order,
+            emulation=node_emulation(context, config, ROLE_HELPER),
+        )
         server = HelperServer(
             worker,
             dict(zip(clients, tokens, strict=True)),
@@ -267,16 +313,27 @@ def enable_split_learning(
             state = worker.bodies.get(client)
             if state is not None:
                 content[f"body.{client}"] = ArrayRecord(state.module.state_dict())
-        busy = sum(b.busy_seconds for b in worker.bodies.values())
+        tasks = worker.executed
         content["metrics"] = MetricRecord(
             {
                 "clients-finished": len(server.finished),
-                "busy-seconds": busy,
+                "busy-seconds": sum(t.end - t.start for t in tasks),
                 "wall-seconds": time.perf_counter() - start,
                 "refused": len(server.refused),
+                "tasks": len(tasks),
+                "body-fwd-ms": _mean_ms(t for t in tasks if t.kind == "fwd"),
+                "body-bwd-ms": _mean_ms(t for t in tasks if t.kind == "bwd"),
             }
         )
         content["config"] = ConfigRecord({"finished": sorted(server.finished)})
+        content["timeline"] = ConfigRecord(
+            {
+                "client": [t.client for t in tasks],
+                "kind": [t.kind for t in tasks],
+                "start": [t.start for t in tasks],
+                "end": [t.end for t in tasks],
+            }
+        )
         return Message(content, reply_to=msg)
 
     return app
@@ -336,6 +393,11 @@ def make_client_app(task: SplitTask, run_config: Mapping[str, Any] | None = None
 def _reply(msg: Message, arrays: ArrayRecord, metrics: Mapping[str, float | int]) -> Message:
     content = RecordDict({"arrays": arrays, "metrics": MetricRecord(dict(metrics))})
     return Message(content, reply_to=msg)
+
+
+def _mean_ms(tasks: Iterable[TaskRecord]) -> float:
+    durations = [t.end - t.start for t in tasks]
+    return 1000.0 * sum(durations) / len(durations) if durations else 0.0
 
 
 def _count_examples(batches: Any, task: SplitTask) -> int:

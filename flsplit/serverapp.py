@@ -14,7 +14,11 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, Result, Strategy
 from flwr.supercore import log
 
-from flsplit.task import SplitTask, evaluate_model
+from flsplit.emulate import DEFAULT_LINK_MIX, LinkTable
+from flsplit.roundplan import PartCosts, RoundPlanner
+from flsplit.split import part_state_keys
+from flsplit.task import SplitTask, evaluate_model, parse_cuts
+from strategies.planned import PlannedSplitStrategy
 from strategies.split import SplitStrategy
 
 StrategyFn = Callable[[Mapping[str, Any]], Strategy]
@@ -63,14 +67,16 @@ def make_server_app(
         mode = str(config["mode"])
         if mode not in ("split", "fedavg"):
             raise ValueError(f"run config mode={mode!r} is not 'split' or 'fedavg'")
-        strategy = SplitStrategy.from_split(
-            task.split(config),
-            model,
-            task.example_input(config),
-            strategy=strategy_fn(config),
-            round_timeout=float(config["round-timeout"]),
-            split=mode == "split",
-        )
+        split = task.split(config)
+        common = {
+            "strategy": strategy_fn(config),
+            "round_timeout": float(config["round-timeout"]),
+            "split": mode == "split",
+        }
+        if mode == "split" and str(config["planner"]) != "round-robin":
+            strategy = planned_strategy(task, config, split, model, common)
+        else:
+            strategy = SplitStrategy.from_split(split, model, task.example_input(config), **common)
         train_config = ConfigRecord(
             {k: v for k, v in config.items() if isinstance(v, int | float | str | bool)}
         )
@@ -90,6 +96,79 @@ def make_server_app(
             on_result(initial, result, strategy)
 
     return app
+
+
+def part_costs(task: SplitTask, config: Mapping[str, Any], split: Any) -> PartCosts:
+    """Measure one batch through head, body and tail on this machine."""
+    import torch
+
+    from flsplit.profile import profile_model
+
+    example = task.example_input(config)
+    batch = torch.randn(int(config["batch-size"]), *example.shape[1:], dtype=example.dtype)
+    profile = profile_model(
+        task.model_fn(config), batch, cuts=list(split.cuts), repeats=3, warmup=1
+    )
+    layers = profile["layers"]
+    times = next(iter(profile["devices"].values()))
+    fwd, bwd, upd = times["forward_ms"], times["backward_ms"], times["update_ms"]
+    return PartCosts(
+        head_fwd_ms=fwd[0],
+        head_bwd_ms=bwd[0] + upd[0],
+        body_fwd_ms=fwd[1],
+        body_bwd_ms=bwd[1] + upd[1],
+        tail_ms=fwd[2] + bwd[2] + upd[2],
+        cut1_bytes=int(layers[0]["activation_kib"] * 1024),
+        cut2_bytes=int(layers[1]["activation_kib"] * 1024),
+        body_memory_mib=layers[1]["memory_kib"] / 1024,
+    )
+
+
+def planned_strategy(
+    task: SplitTask,
+    config: Mapping[str, Any],
+    split: Any,
+    model: Any,
+    common: Mapping[str, Any],
+) -> PlannedSplitStrategy:
+    """A split strategy planned every round by ``config["planner"]``."""
+    links: LinkTable | None = None
+    if config.get("emulate"):
+        links = LinkTable(
+            config.get("link-mbps", DEFAULT_LINK_MIX),
+            float(config.get("link-latency-ms", 0.0)),
+            seed=int(config.get("seed", 0)),
+        )
+    holder: list[PlannedSplitStrategy] = []
+
+    def link(client: int, helper: int) -> tuple[float, float]:
+        if links is None:
+            return 0.0, 0.0
+        nodes = holder[0].nodes
+        return links(int(nodes[client].info["index"]), int(nodes[helper].info["index"]))
+
+    costs = part_costs(task, config, split)
+    log(INFO, "part costs on this machine (one batch): %s", costs)
+    planner = RoundPlanner(
+        costs,
+        link,
+        method=str(config["planner"]),
+        time_limit=float(config["planner-time-limit"]),
+        seed=int(config.get("seed", 0)),
+    )
+    strategy = PlannedSplitStrategy(
+        lambda cuts: part_state_keys(model, parse_cuts(cuts), task.example_input(config)),
+        ",".join(split.cuts),
+        planner=planner,
+        link=link if links is not None else None,
+        batch_size=int(config["batch-size"]),
+        local_epochs=int(config["local-epochs"]),
+        output_dir=str(config.get("output-dir", "")) or None,
+        gantt=bool(config.get("gantt", False)),
+        **common,
+    )
+    holder.append(strategy)
+    return strategy
 
 
 def _server_evaluation(

@@ -29,6 +29,9 @@ DEFAULT_RUN_CONFIG: dict[str, Any] = {
     "round-timeout": 600.0,
     "call-deadline": 120.0,
     "fraction-evaluate": 1.0,
+    "planner": "round-robin",  # or a planner method: auto, greedy, random-fcfs, ...
+    "planner-time-limit": 2.0,
+    "seed": 0,
 }
 
 

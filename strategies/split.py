@@ -280,6 +280,18 @@ class SplitStrategy(Strategy):
         """Task priority order sent to ``helper``; empty means first come first served."""
         return []
 
+    def client_config(self, client: int, helper: int) -> dict[str, Any]:
+        """Extra settings for one client's train message (none by default)."""
+        return {}
+
+    def observe(
+        self,
+        server_round: int,
+        client_replies: Sequence[Message],
+        helper_replies: Sequence[Message],
+    ) -> None:
+        """Called with the round's replies before aggregation (nothing by default)."""
+
     # -- Strategy API -----------------------------------------------------------------
 
     def configure_train(
@@ -340,6 +352,7 @@ class SplitStrategy(Strategy):
                     "cuts": cuts_of[client],
                     "helper-address": self.nodes[helper_of[client]].address,
                     "round-token": tokens[client],
+                    **self.client_config(client, helper_of[client]),
                 }
             )
             client_messages.append(
@@ -372,18 +385,21 @@ class SplitStrategy(Strategy):
             raise RuntimeError("aggregate_train called before configure_train")
         bodies: dict[int, ArrayRecord] = {}
         client_replies: list[Message] = []
+        helper_replies: list[Message] = []
         for reply in replies:
             src = reply.metadata.src_node_id
             if reply.metadata.message_type == HELPER_TRAIN or src in self.helpers:
                 if reply.has_error():
                     log(WARNING, "helper %d failed: %s", src, reply.error.reason)
                     continue
+                helper_replies.append(reply)
                 for name, record in reply.content.array_records.items():
                     if name.startswith("body."):
                         bodies[int(name.removeprefix("body."))] = record
             else:
                 client_replies.append(reply)
 
+        self.observe(server_round, client_replies, helper_replies)
         if self.split:
             full_replies = list(self._full_model_replies(client_replies, bodies, assignment))
         else:

@@ -1,0 +1,217 @@
+"""Split learning whose every round is planned from live measurements.
+
+:class:`PlannedSplitStrategy` asks a :class:`~flsplit.roundplan.RoundPlanner` each round
+which helper serves which client and in what order each helper works, sends that order to
+the helpers (they follow it, work-conserving), and after the round feeds the measured
+stage times back into the node profiles. Each round it logs the predicted and the
+measured makespan and the planning time, and (with ``output_dir``) saves the plan, the
+prediction and the measured helper timeline as JSON, plus a Gantt chart of planned vs
+measured when asked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from logging import INFO, WARNING
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Message
+from flwr.supercore import log
+
+from flsplit.roundplan import LinkFn, RoundPlan, RoundPlanner
+from strategies.split import SplitStrategy
+
+
+class PlannedSplitStrategy(SplitStrategy):
+    """A :class:`SplitStrategy` whose assignment and helper order come from a planner.
+
+    Parameters
+    ----------
+    planner : RoundPlanner
+        Keeps node profiles and solves each round.
+    link : callable, optional
+        ``link(client, helper) -> (Mbit/s, latency ms)`` of emulated links, sent to each
+        client so it emulates its link to its helper; ``None`` emulates no link.
+    batch_size, local_epochs : int
+        To count each client's batches per round from its example count.
+    output_dir : str or Path, optional
+        Where to write ``round-N.json`` (and ``round-N.png`` with ``gantt``).
+    gantt : bool
+        Also draw planned vs measured helper timelines.
+    **kwargs
+        Arguments of :class:`SplitStrategy`.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        planner: RoundPlanner,
+        link: LinkFn | None = None,
+        batch_size: int = 32,
+        local_epochs: int = 1,
+        output_dir: str | Path | None = None,
+        gantt: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.planner = planner
+        self.link = link
+        self.batch_size = batch_size
+        self.local_epochs = local_epochs
+        self.output_dir = Path(output_dir) if output_dir else None
+        self.gantt = gantt
+        self.round_plan: RoundPlan | None = None
+        self.history: list[dict[str, Any]] = []
+
+    # -- discovery --------------------------------------------------------------------
+
+    def discover(self, grid: Any) -> None:
+        """Discover nodes and give the planner a profile for every new one."""
+        super().discover(grid)
+        for node, info in self.nodes.items():
+            factor = float(info.info.get("compute-factor", 1.0))
+            if info.role == "helper" and node not in self.planner.helpers:
+                memory = float(info.info.get("memory-mib", math.inf))
+                self.planner.add_helper(node, factor, memory)
+            elif info.role == "client" and node not in self.planner.clients:
+                self.planner.add_client(node, factor)
+        for node in set(self.planner.clients) | set(self.planner.helpers):
+            if node not in self.nodes:
+                self.planner.drop(node)
+
+    # -- planning hooks ---------------------------------------------------------------
+
+    def assign(self, server_round: int, clients: Sequence[int]) -> dict[int, int]:
+        """Solve the round with the planner."""
+        batches = {
+            c: self.local_epochs * max(1, math.ceil(self.nodes[c].examples / self.batch_size))
+            for c in clients
+        }
+        helpers = [h for h in self.helpers if h in self.planner.helpers]
+        self.round_plan = self.planner.plan(server_round, clients, helpers, batches)
+        plan = self.round_plan.plan
+        log(
+            INFO,
+            "round %d plan: %s, predicted makespan %.0f ms (one batch %.0f ms, bound %s), "
+            "planning %.3f s, clients per helper %s",
+            server_round,
+            plan.method,
+            self.round_plan.prediction.makespan,
+            plan.makespan,
+            f"{plan.lower_bound:.0f} ms" if plan.lower_bound is not None else "-",
+            self.round_plan.planning_seconds,
+            plan.clients_per_helper(),
+        )
+        return self.round_plan.helper_of()
+
+    def helper_order(self, helper: int, clients: Sequence[int]) -> list[str]:
+        """The planned priority order of ``helper``'s tasks."""
+        return self.round_plan.order_of(helper) if self.round_plan else []
+
+    def client_config(self, client: int, helper: int) -> dict[str, Any]:
+        """The emulated link of the client to its helper, if links are emulated."""
+        if self.link is None:
+            return {}
+        rate, latency = self.link(client, helper)
+        return {"link-mbps": float(rate), "link-latency-ms": float(latency)}
+
+    # -- measurements -----------------------------------------------------------------
+
+    def observe(
+        self,
+        server_round: int,
+        client_replies: Sequence[Message],
+        helper_replies: Sequence[Message],
+    ) -> None:
+        """Update profiles, compare predicted and measured makespan, save the round."""
+        assignment = self.assignment
+        round_plan = self.round_plan
+        if assignment is None or round_plan is None:
+            return
+        answered = {r.metadata.src_node_id for r in helper_replies}
+        for helper in set(assignment.helper_of.values()) - answered:
+            log(WARNING, "helper %d did not answer; it is planned out from now on", helper)
+            self.planner.drop(helper)
+            self.nodes.pop(helper, None)
+        starts, ends = [], []
+        for reply in client_replies:
+            if reply.has_error():
+                continue
+            node = reply.metadata.src_node_id
+            metrics = reply.content.metric_records["metrics"]
+            if "stage1-ms" not in metrics or node not in assignment.helper_of:
+                continue
+            self.planner.observe_client(
+                node,
+                assignment.helper_of[node],
+                float(metrics["stage1-ms"]),
+                float(metrics["stage3-ms"]),
+                float(metrics["stage5-ms"]),
+            )
+            starts.append(float(metrics["started"]))
+            ends.append(float(metrics["ended"]))
+        timeline = []
+        for reply in helper_replies:
+            node = reply.metadata.src_node_id
+            metrics = reply.content.metric_records["metrics"]
+            if metrics.get("tasks", 0):
+                self.planner.observe_helper(
+                    node, float(metrics["body-fwd-ms"]), float(metrics["body-bwd-ms"])
+                )
+            record = reply.content.config_records.get("timeline")
+            if record is not None:
+                for client, kind, start, end in zip(
+                    record["client"], record["kind"], record["start"], record["end"], strict=True
+                ):
+                    timeline.append(
+                        {
+                            "helper": node,
+                            "client": int(client),
+                            "kind": kind,
+                            "start": float(start),
+                            "end": float(end),
+                        }
+                    )
+        if not starts:
+            return
+        origin = min(starts)
+        measured_ms = (max(ends) - origin) * 1000.0
+        predicted_ms = round_plan.prediction.makespan
+        error = (predicted_ms - measured_ms) / measured_ms if measured_ms > 0 else float("nan")
+        log(
+            INFO,
+            "round %d: predicted makespan %.0f ms, measured %.0f ms (%+.1f%%), planning %.3f s",
+            server_round,
+            predicted_ms,
+            measured_ms,
+            100 * error,
+            round_plan.planning_seconds,
+        )
+        entry = {
+            "round": server_round,
+            "method": round_plan.plan.method,
+            "predicted_ms": predicted_ms,
+            "measured_ms": measured_ms,
+            "planning_s": round_plan.planning_seconds,
+            "clients_per_helper": round_plan.plan.clients_per_helper(),
+            "plan": round_plan.plan.to_dict(),
+            "node_ids": round_plan.node_ids,
+            "batches": round_plan.batches,
+            "predicted_tasks": [vars(t) for t in round_plan.prediction.tasks],
+            "measured_tasks": [
+                {**t, "start": 1000 * (t["start"] - origin), "end": 1000 * (t["end"] - origin)}
+                for t in timeline
+            ],
+        }
+        self.history.append(entry)
+        if self.output_dir is not None:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            path = self.output_dir / f"round-{server_round}.json"
+            path.write_text(json.dumps(entry, indent=1, default=float))
+            if self.gantt:
+                from flsplit.plan.gantt_rounds import planned_vs_measured
+
+                planned_vs_measured(entry, self.output_dir / f"round-{server_round}.png")
