@@ -16,10 +16,10 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from flsplit import SplitTask
+from flsplit.data import digits_partition, digits_test
 from flsplit.models import SmallCNN
 
 SEED = 2024
-TEST_FRACTION = 0.2
 VAL_FRACTION = 0.1
 
 
@@ -40,28 +40,6 @@ def example_input(config: Mapping[str, Any]) -> torch.Tensor:
     return torch.zeros(2, channels, size, size)
 
 
-def _digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = (digits.images / 16.0).astype(np.float32)[:, None, :, :]
-    return images, digits.target.astype(np.int64)
-
-
-def _digits_split() -> tuple[np.ndarray, np.ndarray]:
-    """Shuffled indices of the federated training pool and of the server's test set."""
-    _, labels = _digits()
-    order = np.random.default_rng(SEED).permutation(len(labels))
-    n_test = int(len(labels) * TEST_FRACTION)
-    return order[n_test:], order[:n_test]
-
-
-def _loader(images: np.ndarray, labels: np.ndarray, batch_size: int, shuffle: bool) -> DataLoader:
-    dataset = TensorDataset(torch.from_numpy(images), torch.from_numpy(labels))
-    generator = torch.Generator().manual_seed(SEED)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
-
-
 def load_data(
     partition_id: int, num_partitions: int, config: Mapping[str, Any]
 ) -> tuple[DataLoader, DataLoader]:
@@ -69,24 +47,14 @@ def load_data(
     batch_size = int(config.get("batch-size", 32))
     if config.get("dataset", "digits") == "cifar10":
         return _cifar10_partition(partition_id, num_partitions, batch_size)
-    images, labels = _digits()
-    pool, _ = _digits_split()
-    part = np.array_split(pool, num_partitions)[partition_id]
-    n_val = max(1, int(len(part) * VAL_FRACTION))
-    val, train = part[:n_val], part[n_val:]
-    return (
-        _loader(images[train], labels[train], batch_size, shuffle=True),
-        _loader(images[val], labels[val], batch_size, shuffle=False),
-    )
+    return digits_partition(partition_id, num_partitions, batch_size)
 
 
 def load_test_data(config: Mapping[str, Any]) -> DataLoader:
     """The server's held-out test set."""
     if config.get("dataset", "digits") == "cifar10":
         return _cifar10_test(int(config.get("batch-size", 32)))
-    images, labels = _digits()
-    _, test = _digits_split()
-    return _loader(images[test], labels[test], 256, shuffle=False)
+    return digits_test()
 
 
 _CIFAR_MEAN, _CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)

@@ -1,0 +1,1 @@
+"""flsplit heterogeneous: every round planned, on emulated edge devices and links."""
