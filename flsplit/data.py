@@ -7,6 +7,8 @@ federated evaluation.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -16,8 +18,9 @@ TEST_FRACTION = 0.2
 VAL_FRACTION = 0.1
 
 
+@functools.lru_cache(maxsize=1)
 def digits() -> tuple[np.ndarray, np.ndarray]:
-    """All images (N x 1 x 8 x 8, in [0, 1]) and labels."""
+    """All images (N x 1 x 8 x 8, in [0, 1]) and labels (read once per process)."""
     from sklearn.datasets import load_digits
 
     data = load_digits()

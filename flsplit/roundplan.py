@@ -16,6 +16,7 @@ go out with the round's messages; the replies' measurements come back through
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ class ClientProfile:
     head_bwd_ms: float
     tail_ms: float
     measured: bool = False
+    start_offset_ms: float = 0.0
 
 
 @dataclass
@@ -162,9 +164,16 @@ class RoundPlanner:
         return new if not measured else self.smoothing * new + (1 - self.smoothing) * old
 
     def observe_client(
-        self, node: int, helper: int, stage1_ms: float, stage3_ms: float, stage5_ms: float
+        self,
+        node: int,
+        helper: int,
+        stage1_ms: float,
+        stage3_ms: float,
+        stage5_ms: float,
+        start_offset_ms: float = 0.0,
     ) -> None:
-        """Update a client's compute times from its measured stage means with ``helper``."""
+        """Update a client's compute times from its measured stage means with ``helper``,
+        and how long after the round's first client it started training."""
         profile = self.clients.get(node)
         if profile is None:
             return
@@ -175,6 +184,7 @@ class RoundPlanner:
         tail = max(stage3_ms - 2 * up2, 0.0)
         head_bwd = max(stage5_ms - up1, 0.0)
         seen = profile.measured
+        profile.start_offset_ms = self._blend(profile.start_offset_ms, start_offset_ms, seen)
         profile.head_fwd_ms = self._blend(profile.head_fwd_ms, head_fwd, seen)
         profile.tail_ms = self._blend(profile.tail_ms, tail, seen)
         profile.head_bwd_ms = self._blend(profile.head_bwd_ms, head_bwd, seen)
@@ -234,14 +244,18 @@ class RoundPlanner:
             raise RuntimeError("no helper left to plan with")
         start = time.perf_counter()
         instance = self.instance(clients, helpers)
+        release = [self.clients[c].start_offset_ms for c in clients]
+        # The one-batch plan sees each client's first forward arrive after its start offset.
+        delayed = copy.copy(instance)
+        delayed.head_fwd_up = instance.head_fwd_up + np.asarray(release)[:, None]
         plan = solve(
-            instance,
+            delayed,
             method=self.method,
             time_limit=self.time_limit,
             seed=self.seed + server_round,
         )
         counts = [max(int(batches.get(c, 1)), 1) for c in clients]
-        prediction = predict_round(instance, plan, counts)
+        prediction = predict_round(instance, plan, counts, release)
         node_ids = {f"c{c}": c for c in clients} | {f"h{x}": x for x in helpers}
         return RoundPlan(
             instance=instance,

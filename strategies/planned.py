@@ -136,7 +136,8 @@ class PlannedSplitStrategy(SplitStrategy):
             log(WARNING, "helper %d did not answer; it is planned out from now on", helper)
             self.planner.drop(helper)
             self.nodes.pop(helper, None)
-        starts, ends = [], []
+        spans: dict[int, tuple[float, float]] = {}
+        stages: dict[int, tuple[float, float, float]] = {}
         for reply in client_replies:
             if reply.has_error():
                 continue
@@ -144,15 +145,18 @@ class PlannedSplitStrategy(SplitStrategy):
             metrics = reply.content.metric_records["metrics"]
             if "stage1-ms" not in metrics or node not in assignment.helper_of:
                 continue
-            self.planner.observe_client(
-                node,
-                assignment.helper_of[node],
+            spans[node] = (float(metrics["started"]), float(metrics["ended"]))
+            stages[node] = (
                 float(metrics["stage1-ms"]),
                 float(metrics["stage3-ms"]),
                 float(metrics["stage5-ms"]),
             )
-            starts.append(float(metrics["started"]))
-            ends.append(float(metrics["ended"]))
+        first_start = min((a for a, _ in spans.values()), default=0.0)
+        for node, (s1, s3, s5) in stages.items():
+            offset = 1000.0 * (spans[node][0] - first_start)
+            self.planner.observe_client(node, assignment.helper_of[node], s1, s3, s5, offset)
+        starts = [a for a, _ in spans.values()]
+        ends = [b for _, b in spans.values()]
         timeline = []
         for reply in helper_replies:
             node = reply.metadata.src_node_id
@@ -200,6 +204,11 @@ class PlannedSplitStrategy(SplitStrategy):
             "plan": round_plan.plan.to_dict(),
             "node_ids": round_plan.node_ids,
             "batches": round_plan.batches,
+            "client_spans_ms": {
+                str(node): [1000 * (a - origin), 1000 * (b - origin)]
+                for node, (a, b) in spans.items()
+            },
+            "predicted_finish_ms": round_plan.prediction.finish,
             "predicted_tasks": [vars(t) for t in round_plan.prediction.tasks],
             "measured_tasks": [
                 {**t, "start": 1000 * (t["start"] - origin), "end": 1000 * (t["end"] - origin)}

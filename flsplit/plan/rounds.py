@@ -38,7 +38,12 @@ class RoundPrediction:
     tasks: list[RoundTask]
 
 
-def predict_round(instance: Instance, plan: Plan, batches: Sequence[int]) -> RoundPrediction:
+def predict_round(
+    instance: Instance,
+    plan: Plan,
+    batches: Sequence[int],
+    release: Sequence[float] | None = None,
+) -> RoundPrediction:
     """Simulate ``batches[k]`` batches of every client under ``plan``'s priorities.
 
     Parameters
@@ -49,6 +54,8 @@ def predict_round(instance: Instance, plan: Plan, batches: Sequence[int]) -> Rou
         Assignment and per-helper task order (the priority of every batch).
     batches : sequence of int
         Batches each client runs in the round, in ``instance.client_ids`` order.
+    release : sequence of float, optional
+        When each client starts its first batch (ms after the round starts; default 0).
 
     Returns
     -------
@@ -59,6 +66,9 @@ def predict_round(instance: Instance, plan: Plan, batches: Sequence[int]) -> Rou
         raise ValueError(
             f"batches has {len(batches)} entries for {len(instance.client_ids)} clients"
         )
+    release = list(release) if release is not None else [0.0] * len(batches)
+    if len(release) != len(batches):
+        raise ValueError(f"release has {len(release)} entries for {len(batches)} clients")
     k_index = {c: i for i, c in enumerate(instance.client_ids)}
     h_index = {h: j for j, h in enumerate(instance.helper_ids)}
     helper_of = {c: plan.assignment[c] for c in instance.client_ids}
@@ -76,12 +86,12 @@ def predict_round(instance: Instance, plan: Plan, batches: Sequence[int]) -> Rou
     seq = 0
     done = dict.fromkeys(instance.client_ids, 0)
     finish: dict[str, float] = {}
-    for client, count in zip(instance.client_ids, batches, strict=True):
+    for client, count, start in zip(instance.client_ids, batches, release, strict=True):
         if count > 0:
-            events.append((stage("head_fwd_up", client), seq, client, "fwd"))
+            events.append((start + stage("head_fwd_up", client), seq, client, "fwd"))
             seq += 1
         else:
-            finish[client] = 0.0
+            finish[client] = start
     heapq.heapify(events)
     ready: dict[str, list[tuple[int, int, str, str]]] = {h: [] for h in instance.helper_ids}
     free_at = dict.fromkeys(instance.helper_ids, 0.0)
