@@ -23,6 +23,14 @@ def _simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare_planners(args: argparse.Namespace) -> int:
+    from flsplit.compare import compare
+    from flsplit.simulation import parse_run_config
+
+    compare(args.app, args.methods, parse_run_config(args.run_config), args.out_dir)
+    return 0
+
+
 def _bench_dataplane(args: argparse.Namespace) -> int:
     from flsplit import bench
 
@@ -94,6 +102,16 @@ def _register_runtime_commands(sub: argparse._SubParsersAction) -> None:
     )
     simulate.add_argument("--verbose", action="store_true", help="debug logging")
     simulate.set_defaults(func=_simulate)
+
+    versus = sub.add_parser(
+        "compare-planners",
+        help="run an app once per planner method; print round time, prediction error, accuracy",
+    )
+    versus.add_argument("app", help="Flower app directory")
+    versus.add_argument("--methods", nargs="+", default=["auto", "random-fcfs"])
+    versus.add_argument("--run-config", action="append", default=[], metavar="'KEY=VALUE ...'")
+    versus.add_argument("--out-dir", default=None, help="where runs save rounds (default: temp)")
+    versus.set_defaults(func=_compare_planners)
 
     bench = sub.add_parser(
         "bench-dataplane",

@@ -1,0 +1,74 @@
+"""Benchmark: the same Flower app run once per planner method, figures side by side.
+
+Every run uses the same seeds, data, emulated devices and links; only the run config's
+``planner`` differs. For each method it prints one JSON line: mean measured round
+makespan (rounds after the first), mean and worst relative error of the predicted
+makespan, planning time as a share of the round, and the final server-side accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from flsplit.simulation import load_app_task, read_app_config, simulate
+
+
+def summarize(output_dir: Path, method: str) -> dict[str, Any]:
+    """Figures of one finished run from its saved rounds and history."""
+    rounds = sorted(
+        (json.loads(p.read_text()) for p in output_dir.glob("round-*.json")),
+        key=lambda entry: entry["round"],
+    )
+    history = json.loads((output_dir / "history.json").read_text())
+    walls = {int(r): float(w) for r, w in history["round-wall-seconds"].items()}
+    later = [e for e in rounds if e["round"] > 1]
+    errors = [abs(e["predicted_ms"] - e["measured_ms"]) / e["measured_ms"] for e in later]
+    server = history["server"]
+    last = max(server, key=int) if server else None
+    return {
+        "benchmark": "planner-in-the-loop",
+        "method": method,
+        "rounds": len(rounds),
+        "mean_makespan_ms": round(statistics.mean(e["measured_ms"] for e in later), 1)
+        if later
+        else None,
+        "mean_round_wall_s": round(statistics.mean(walls[e["round"]] for e in later), 3)
+        if later
+        else None,
+        "mean_prediction_error_pct": round(100 * statistics.mean(errors), 1) if errors else None,
+        "max_prediction_error_pct": round(100 * max(errors), 1) if errors else None,
+        "max_planning_share_pct": round(
+            100 * max(e["planning_s"] / walls[e["round"]] for e in rounds), 2
+        ),
+        "final_test_acc": server[last]["test_acc"] if last is not None else None,
+    }
+
+
+def compare(
+    app_dir: str | Path,
+    methods: Sequence[str],
+    overrides: dict[str, Any] | None = None,
+    output_root: str | Path | None = None,
+) -> list[dict[str, Any]]:
+    """Run ``app_dir`` once per method and return the figures of each run."""
+    task = load_app_task(app_dir)
+    root = Path(output_root or tempfile.mkdtemp(prefix="flsplit-compare-"))
+    results = []
+    for method in methods:
+        config = {**read_app_config(app_dir), **(overrides or {})}
+        output_dir = root / method
+        config.update({"planner": method, "output-dir": str(output_dir)})
+        simulate(task, config)
+        results.append(summarize(output_dir, method))
+        print(json.dumps(results[-1]), flush=True)
+    base = next((r for r in results if r["method"] == "random-fcfs"), None)
+    if base and base["mean_makespan_ms"]:
+        for r in results:
+            ratio = r["mean_makespan_ms"] / base["mean_makespan_ms"]
+            print(json.dumps({"method": r["method"], "makespan_vs_random_fcfs": round(ratio, 3)}))
+    return results
