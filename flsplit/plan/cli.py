@@ -1,0 +1,154 @@
+"""``flsplit plan``, ``flsplit gen-instance`` and ``flsplit bench-planner`` sub-commands."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+from flsplit.plan.generator import CUTS, generate_instance, random_instance
+from flsplit.plan.instance import InstanceError, load_instance, save_instance, to_slotted
+from flsplit.plan.solve import DEFAULT_TIME_LIMIT, METHODS, solve
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the planner sub-commands to the ``flsplit`` parser."""
+    plan = subparsers.add_parser("plan", help="plan one round for an instance JSON")
+    plan.add_argument("instance", help="instance JSON file (see docs/planner.md)")
+    plan.add_argument("--method", choices=METHODS, default="auto")
+    plan.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT,
+                      help="solver seconds (default %(default)s)")
+    plan.add_argument("--seed", type=int, default=0)
+    plan.add_argument("--bound-time", type=float, default=0.0,
+                      help="extra seconds for the assignment-relaxation lower bound")
+    plan.add_argument("--out", help="write the plan JSON here")
+    plan.add_argument("--gantt", help="write a Gantt chart PNG here")
+    plan.set_defaults(func=run_plan)
+
+    gen = subparsers.add_parser("gen-instance", help="write a generated instance JSON")
+    gen.add_argument("out", help="output instance JSON")
+    gen.add_argument("--model", choices=[*CUTS, "random"], default="resnet101")
+    gen.add_argument("--clients", "-K", type=int, default=20)
+    gen.add_argument("--helpers", "-H", type=int, default=5)
+    gen.add_argument("--heterogeneity", choices=("low", "high"), default="low")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--slotted", action="store_true", help="published slotted form")
+    gen.add_argument("--profiles", help="profile directory (default $FLSPLIT_PROFILES "
+                     "or ../shared/profiles)")
+    gen.set_defaults(func=run_gen_instance)
+
+    bench = subparsers.add_parser("bench-planner", help="benchmark the planner methods")
+    bench.add_argument("--models", nargs="+", default=["resnet101", "vgg19"],
+                       choices=list(CUTS))
+    bench.add_argument("--heterogeneity", nargs="+", default=["low", "high"],
+                       choices=("low", "high"))
+    bench.add_argument("-K", "--clients", nargs="+", type=int, default=[20, 30, 50, 70, 100])
+    bench.add_argument("-H", "--helpers", nargs="+", type=int, default=[5, 10])
+    bench.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    bench.add_argument("--methods", nargs="+", choices=METHODS,
+                       default=["random-fcfs", "balanced-fcfs", "greedy", "auto"])
+    bench.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT,
+                       help="seconds per method and instance (default %(default)s)")
+    bench.add_argument("--bound-time", type=float, default=10.0,
+                       help="seconds for the relaxation bound per instance (0: cheap only)")
+    bench.add_argument("--forms", nargs="+", default=["ms"], choices=("ms", "slotted"))
+    bench.add_argument("--profiles", help="profile directory")
+    bench.add_argument("--jsonl", help="also write one JSON line per result to this file")
+    bench.add_argument("--large", action="store_true",
+                       help="also time auto on K=1000, H=50 against the baselines")
+    bench.set_defaults(func=run_bench)
+
+
+def _error(message: str) -> int:
+    print(f"flsplit: error: {message}", file=sys.stderr)
+    return 2
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    """Solve an instance file and print a one-screen summary."""
+    from flsplit.plan.evaluator import evaluate
+    from flsplit.plan.plan import save_plan
+    from flsplit.plan.relaxation import relaxation_bound
+
+    try:
+        instance = load_instance(args.instance)
+    except FileNotFoundError:
+        return _error(f"{args.instance}: no such file")
+    except InstanceError as exc:
+        return _error(f"invalid instance {args.instance}: {exc}")
+    plan = solve(instance, args.method, time_limit=args.time_limit, seed=args.seed)
+    if args.bound_time > 0 and not plan.proven_optimal:
+        bound = relaxation_bound(instance, plan.makespan, args.bound_time,
+                                 lower=plan.lower_bound)
+        plan.lower_bound = max(plan.lower_bound or 0.0, bound)
+        plan.proven_optimal = plan.makespan <= plan.lower_bound * (1 + 1e-9)
+    gap = plan.gap
+    print(f"instance     {instance.name or args.instance}: {instance.num_clients} clients, "
+          f"{instance.num_helpers} helpers")
+    print(f"method       {plan.method}" + (f" ({plan.info['winner']})"
+                                          if "winner" in plan.info else ""))
+    print(f"makespan     {plan.makespan:.3f} ms")
+    print(f"lower bound  {plan.lower_bound:.3f} ms" if plan.lower_bound is not None
+          else "lower bound  -")
+    print(f"gap          {100 * gap:.2f} %" + ("  (optimal)" if plan.proven_optimal else "")
+          if gap is not None else "gap          -")
+    print(f"solve time   {plan.solve_time:.3f} s")
+    counts = plan.clients_per_helper()
+    shown = ", ".join(f"{h}: {n}" for h, n in list(counts.items())[:20])
+    more = f", ... ({len(counts) - 20} more)" if len(counts) > 20 else ""
+    print(f"clients/helper {shown}{more}")
+    if args.out:
+        save_plan(plan, args.out)
+        print(f"plan written to {args.out}")
+    if args.gantt:
+        from flsplit.plan.gantt import gantt
+
+        gantt(evaluate(instance, plan).timeline, args.gantt,
+              title=f"{instance.name} - {plan.method} - makespan {plan.makespan:.1f} ms")
+        print(f"Gantt chart written to {args.gantt}")
+    return 0
+
+
+def run_gen_instance(args: argparse.Namespace) -> int:
+    """Generate an instance and write it as JSON."""
+    try:
+        if args.model == "random":
+            instance = random_instance(args.clients, args.helpers, seed=args.seed)
+        else:
+            instance = generate_instance(args.model, args.clients, args.helpers,
+                                         args.heterogeneity, seed=args.seed,
+                                         profile_dir=args.profiles)
+    except FileNotFoundError as exc:
+        return _error(f"profile not found: {exc.filename} (use --profiles DIR)")
+    except ValueError as exc:
+        return _error(str(exc))
+    if args.slotted:
+        instance = to_slotted(instance)
+    save_instance(instance, args.out)
+    print(f"wrote {args.out}: {instance.name}")
+    return 0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """Run the benchmark grid and print the table (and JSON lines if asked)."""
+    from flsplit.plan.benchmark import format_table, jsonl_writer, run_grid, time_large
+
+    with contextlib.ExitStack() as stack:
+        stream = stack.enter_context(Path(args.jsonl).open("w")) if args.jsonl else None
+        try:
+            results = run_grid(
+                models=args.models, heterogeneity=args.heterogeneity, clients=args.clients,
+                helpers=args.helpers, seeds=args.seeds, methods=args.methods,
+                time_limit=args.time_limit, bound_time=args.bound_time, forms=args.forms,
+                profile_dir=args.profiles,
+                on_result=jsonl_writer(stream) if stream else None,
+            )
+        except FileNotFoundError as exc:
+            return _error(f"profile not found: {exc.filename} (use --profiles DIR)")
+    print(format_table(results))
+    if args.large:
+        timing = time_large(profile_dir=args.profiles)
+        print("large: " + json.dumps(timing))
+    return 0
