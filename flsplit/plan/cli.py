@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from flsplit.plan.cut_cli import add_cut_arguments, run_cut_plan
 from flsplit.plan.generator import CUTS, generate_instance, random_instance
 from flsplit.plan.instance import InstanceError, load_instance, save_instance, to_slotted
 from flsplit.plan.solve import DEFAULT_TIME_LIMIT, METHODS, solve
@@ -15,8 +16,12 @@ from flsplit.plan.solve import DEFAULT_TIME_LIMIT, METHODS, solve
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the planner sub-commands to the ``flsplit`` parser."""
-    plan = subparsers.add_parser("plan", help="plan one round for an instance JSON")
-    plan.add_argument("instance", help="instance JSON file (see docs/planner.md)")
+    plan = subparsers.add_parser(
+        "plan",
+        help="plan one round for an instance JSON, or cuts too with --profiles and --nodes",
+    )
+    plan.add_argument("instance", nargs="?",
+                      help="instance JSON file (see docs/planner.md); omit with --nodes")
     plan.add_argument("--method", choices=METHODS, default="auto")
     plan.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT,
                       help="solver seconds (default %(default)s)")
@@ -25,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="extra seconds for the assignment-relaxation lower bound")
     plan.add_argument("--out", help="write the plan JSON here")
     plan.add_argument("--gantt", help="write a Gantt chart PNG here")
+    add_cut_arguments(plan)
     plan.set_defaults(func=run_plan)
 
     gen = subparsers.add_parser("gen-instance", help="write a generated instance JSON")
@@ -72,6 +78,12 @@ def run_plan(args: argparse.Namespace) -> int:
     from flsplit.plan.plan import save_plan
     from flsplit.plan.relaxation import relaxation_bound
 
+    if args.nodes:
+        if args.instance:
+            return _error("give either INSTANCE.json or --profiles and --nodes, not both")
+        return run_cut_plan(args)
+    if not args.instance:
+        return _error("give INSTANCE.json, or --profiles MODEL.json --nodes NODES.json")
     try:
         instance = load_instance(args.instance)
     except FileNotFoundError:

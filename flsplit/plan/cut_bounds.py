@@ -1,0 +1,69 @@
+"""Lower bounds for the joint problem (cuts, assignment and order together).
+
+Both rely on the evaluator's makespan being non-decreasing in every stage time: a joint
+plan uses, per client, one (helper, cut pair) option, so replacing stage times by smaller
+ones or widening the options can only lower the optimum.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from flsplit.plan.bounds import lower_bound
+from flsplit.plan.builder import CutProblem
+from flsplit.plan.instance import STAGE_NAMES, Instance, InstanceError
+
+
+def joint_bound(problem: CutProblem) -> float:
+    """Lower bound on the joint optimum over cuts, assignments and orders.
+
+    The best of (1) the planner's cheap bounds of a relaxed instance in which every
+    stage time is replaced by its minimum over the pairs usable for that client and
+    helper and every body by the smallest usable one, and (2) :func:`tradeoff_bound`.
+    """
+    usable = problem.usable()
+    if not usable.any(axis=(1, 2)).all():
+        k = int(np.argmin(usable.any(axis=(1, 2))))
+        raise InstanceError(f"cuts[{k}]", f"client {problem.client_ids[k]!r} can hold no "
+                            "candidate cut pair whose body fits a helper (its memory or "
+                            "missing profile data rule out every pair)")
+    stages = {s: np.where(usable, problem.stages[s], np.inf).min(axis=2) for s in STAGE_NAMES}
+    memory = np.where(problem.allowed, problem.body_memory[None, :], np.inf).min(axis=1)
+    fits_any = np.isfinite(stages["body_fwd"])
+    stages = {s: np.where(fits_any, v, 0.0) for s, v in stages.items()}
+    relaxed = Instance(problem.client_ids, problem.helper_ids, body_memory=memory,
+                       helper_memory=problem.helper_memory.copy(), **stages)
+    paths = np.where(fits_any, relaxed.critical_paths(), np.inf).min(axis=1).max()
+    return max(float(paths), lower_bound(relaxed), tradeoff_bound(problem))
+
+
+def tradeoff_bound(problem: CutProblem, iterations: int = 40) -> float:
+    """Smallest ``T`` at which the helpers can absorb the body work the clients need.
+
+    With makespan ``T`` client ``k`` must use an option (helper, pair) whose critical
+    path is at most ``T``, so the helpers do at least ``w_k(T)`` = the least body work
+    over those options; all helper work happens between the earliest release ``r`` and
+    ``T - q`` (``q`` the shortest tail), so ``sum_k w_k(T) <= H (T - r - q)``.
+    ``w_k`` is non-increasing in ``T``: bisection finds the smallest feasible ``T``.
+    """
+    usable = problem.usable()
+    paths = np.where(usable, sum(problem.stages[s] for s in STAGE_NAMES), np.inf)
+    work = problem.stages["body_fwd"] + problem.stages["body_bwd"]
+    release = float(np.where(usable, problem.stages["head_fwd_up"], np.inf).min())
+    tail = float(np.where(usable, problem.stages["down_head_bwd"], np.inf).min())
+    helpers = problem.shape[1]
+
+    def feasible(target: float) -> bool:
+        need = np.where(paths <= target, work, np.inf).min(axis=(1, 2))
+        return bool(need.sum() <= helpers * (target - release - tail) + 1e-9)
+
+    low = float(paths.min(axis=(1, 2)).max())
+    if feasible(low):
+        return low
+    high = 2 * low + 1.0
+    while not feasible(high):
+        high *= 2
+    for _ in range(iterations):
+        middle = 0.5 * (low + high)
+        low, high = (low, middle) if feasible(middle) else (middle, high)
+    return low
