@@ -19,7 +19,8 @@ The payload is the tensor's raw bytes in C order, exactly ``nbytes`` long. Every
 checked before any byte of the payload is interpreted: allowed dtypes only, a bounded
 number of dimensions, ``nbytes == prod(shape) * itemsize == len(payload)``, a maximum
 frame size, and (on request) finite values. Anything else raises :class:`FrameError`
-with a message that names the offending field.
+with a message that names the offending field. :func:`decode_header` does all of that but
+reading the values, so a receiver can check who sent a frame before touching its payload.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ MAGIC = b"FLS1"
 HEADER_LIMIT = 64 * 1024
 DEFAULT_MAX_FRAME_BYTES = 512 * 1024 * 1024
 MAX_DIMS = 8
+MAX_DIM = 2**40
+MAX_ID_CHARS = 256
+MAX_TOKEN_CHARS = 512
 OPS = ("fwd", "bwd", "finish", "result")
 
 DTYPES: dict[str, torch.dtype] = {
@@ -44,6 +48,7 @@ DTYPES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16,
 }
 _DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+_ITEMSIZE = {dtype: torch.empty((), dtype=dtype).element_size() for dtype in DTYPES.values()}
 _PREFIX = struct.Struct("<4sI")
 
 
@@ -107,6 +112,37 @@ def encode(frame: Frame) -> bytes:
     return _PREFIX.pack(MAGIC, len(header)) + header + payload
 
 
+@dataclass
+class RawFrame:
+    """A frame whose header and tensor layout are validated but whose payload is not read.
+
+    Lets a receiver check who sent a frame (and drop it) before copying or scanning the
+    payload. :meth:`tensor` finishes decoding.
+    """
+
+    frame: Frame
+    dtype: torch.dtype | None = None
+    shape: tuple[int, ...] = ()
+    payload: memoryview | None = None
+
+    def tensor(self, require_finite: bool = True) -> torch.Tensor | None:
+        """Materialize the tensor (a copy that owns its memory), or ``None``.
+
+        Raises
+        ------
+        FrameError
+            If ``require_finite`` and the values hold NaN or infinity.
+        """
+        if self.dtype is None or self.payload is None:
+            return None
+        if not len(self.payload):
+            return torch.empty(self.shape, dtype=self.dtype)
+        tensor = torch.frombuffer(bytearray(self.payload), dtype=self.dtype).reshape(self.shape)
+        if require_finite and not bool(torch.isfinite(tensor).all()):
+            raise FrameError("tensor holds NaN or infinite values")
+        return tensor
+
+
 def decode(
     data: bytes,
     *,
@@ -134,6 +170,31 @@ def decode(
     FrameError
         If anything in ``data`` is malformed; the message names the field.
     """
+    raw = decode_header(data, max_frame_bytes=max_frame_bytes)
+    raw.frame.tensor = raw.tensor(require_finite)
+    return raw.frame
+
+
+def decode_header(data: bytes, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> RawFrame:
+    """Validate everything of a frame but the tensor values.
+
+    Parameters
+    ----------
+    data : bytes
+        The received bytes.
+    max_frame_bytes : int
+        Largest frame accepted.
+
+    Returns
+    -------
+    RawFrame
+        Header fields, tensor dtype and shape, and the payload (its length checked).
+
+    Raises
+    ------
+    FrameError
+        If anything in ``data`` is malformed; the message names the field.
+    """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise FrameError(f"frame must be bytes, got {type(data).__name__}")
     if len(data) > max_frame_bytes:
@@ -150,69 +211,82 @@ def decode(
     raw_header = bytes(data[_PREFIX.size : _PREFIX.size + header_len])
     try:
         header = json.loads(raw_header.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise FrameError(f"header is not UTF-8 JSON: {err}") from None
+    except (ValueError, RecursionError) as err:  # also ints beyond Python's digit limit
+        raise FrameError(f"header is not UTF-8 JSON: {err!s:.120}") from None
     if not isinstance(header, dict):
         raise FrameError("header must be a JSON object")
     op = _field(header, "op", str)
     if op not in OPS:
-        raise FrameError(f"op {op!r} is not one of {OPS}")
+        raise FrameError(f"op {op!r:.40} is not one of {OPS}")
     client = _field(header, "client", str)
+    if len(client) > MAX_ID_CHARS:
+        raise FrameError(f"header field 'client' is longer than {MAX_ID_CHARS} characters")
     token = _field(header, "token", str)
+    if len(token) > MAX_TOKEN_CHARS:
+        raise FrameError(f"header field 'token' is longer than {MAX_TOKEN_CHARS} characters")
     step = _field(header, "step", int)
+    if not 0 <= step < 2**63:
+        raise FrameError(f"header field 'step' must be in [0, 2**63): {_short(step, 40)}")
     service_ms = header.get("service_ms", 0.0)
     if (
         not isinstance(service_ms, int | float)
         or isinstance(service_ms, bool)
-        or not math.isfinite(service_ms)
-        or service_ms < 0
+        or not 0 <= service_ms < 1e12  # also refuses NaN and ints beyond float range
     ):
         raise FrameError(
-            f"header field 'service_ms' must be a non-negative number: {service_ms!r:.40}"
+            f"header field 'service_ms' must be a non-negative number: {_short(service_ms, 40)}"
         )
+    frame = Frame(op=op, client=client, token=token, step=step, service_ms=float(service_ms))
     payload = memoryview(data)[_PREFIX.size + header_len :]
     spec = header.get("tensor")
     if spec is None:
         if len(payload):
             raise FrameError(f"frame without tensor carries {len(payload)} payload bytes")
-        return Frame(op=op, client=client, token=token, step=step, service_ms=float(service_ms))
-    tensor = _decode_tensor(spec, payload, require_finite)
-    return Frame(op, client, token, step, tensor, float(service_ms))
+        return RawFrame(frame)
+    dtype, shape = _tensor_layout(spec, payload)
+    return RawFrame(frame, dtype, shape, payload)
+
+
+def _short(value: object, limit: int = 80) -> str:
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long to print
+        text = f"<{type(value).__name__}>"
+    return text[:limit]
 
 
 def _field(header: dict, name: str, kind: type) -> object:
     value = header.get(name)
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise FrameError(f"header field {name!r} must be {kind.__name__}, got {value!r:.80}")
+        raise FrameError(f"header field {name!r} must be {kind.__name__}, got {_short(value)}")
     return value
 
 
-def _decode_tensor(spec: object, payload: memoryview, require_finite: bool) -> torch.Tensor:
+def _tensor_layout(spec: object, payload: memoryview) -> tuple[torch.dtype, tuple[int, ...]]:
     if not isinstance(spec, dict):
         raise FrameError("header field 'tensor' must be an object or null")
     dtype_name = spec.get("dtype")
-    if dtype_name not in DTYPES:
+    if not isinstance(dtype_name, str) or dtype_name not in DTYPES:
         raise FrameError(f"tensor dtype {dtype_name!r:.40} is not one of {sorted(DTYPES)}")
     dtype = DTYPES[dtype_name]
     shape = spec.get("shape")
     if (
         not isinstance(shape, list)
         or len(shape) > MAX_DIMS
-        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+        or not all(
+            isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM for d in shape
+        )
     ):
         raise FrameError(
-            f"tensor shape {shape!r:.80} must be a list of at most {MAX_DIMS} non-negative ints"
+            f"tensor shape {_short(shape)} must be a list of at most {MAX_DIMS} ints "
+            f"in [0, {MAX_DIM}]"
         )
     nbytes = spec.get("nbytes")
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    expected = math.prod(shape) * itemsize
-    if not isinstance(nbytes, int) or nbytes != expected:
-        raise FrameError(f"tensor nbytes {nbytes!r:.40} does not match shape {shape} ({expected})")
+    expected = math.prod(shape) * _ITEMSIZE[dtype]
+    if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes != expected:
+        raise FrameError(
+            f"tensor nbytes {_short(nbytes, 40)} does not match shape {shape} ({expected})"
+        )
     if len(payload) != expected:
         raise FrameError(f"payload has {len(payload)} bytes, header announces {expected}")
-    if expected == 0:
-        return torch.empty(shape, dtype=dtype)
-    tensor = torch.frombuffer(bytearray(payload), dtype=dtype).reshape(shape)
-    if require_finite and not bool(torch.isfinite(tensor).all()):
-        raise FrameError("tensor holds NaN or infinite values")
-    return tensor
+    return dtype, tuple(shape)
