@@ -210,6 +210,42 @@ def repick(problem: CutProblem, state: _State, deadline: float) -> _State:
     return state
 
 
+def repick_plan(problem: CutProblem, result: CutPlan, time_limit: float = 0.5) -> CutPlan:
+    """One :func:`repick` pass over a finished joint plan.
+
+    The makespan never grows; among pairs that keep a helper's finish, each client takes
+    the one that lets the helper's clients finish earliest in sum. Useful after a method
+    that minimises the makespan alone (``exact``), whose clients off the critical path
+    may hold any pair.
+
+    Parameters
+    ----------
+    problem
+        The problem ``result`` was planned for.
+    result
+        A joint plan of ``problem``.
+    time_limit
+        Seconds the pass may take.
+
+    Returns
+    -------
+    CutPlan
+        ``result`` itself when nothing changed, else the re-picked plan (same method,
+        same lower bound, ``info["repicked"] = True``).
+    """
+    choice = np.array([problem.pair_index(result.cuts[c]) for c in problem.client_ids])
+    state = _state_from_plan(problem, choice, result.plan)
+    better = repick(problem, state, time.perf_counter() + time_limit)
+    same = bool((better.choice == state.choice).all()) and better.orders == state.orders
+    if same or better.makespan > state.makespan + 1e-9:
+        return result
+    plan = _plan(problem.instance(better.choice), better.helper_of, better.orders,
+                 result.plan.method)
+    plan.solve_time = result.plan.solve_time
+    return _finish(problem, better.choice, plan, result.method,
+                   {**result.info, "repicked": True}, result.plan.lower_bound)
+
+
 # --- solving fixed cuts -----------------------------------------------------------------
 
 def _solve_choice(problem: CutProblem, choice: np.ndarray, solver: str, time_limit: float,
