@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
-from logging import INFO
+from collections.abc import Callable, Mapping, Sequence
+from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from flwr.serverapp.strategy import FedAvg, Result, Strategy
 from flwr.supercore import log
 
 from flsplit.emulate import DEFAULT_LINK_MIX, LinkTable
-from flsplit.roundplan import PartCosts, RoundPlanner
+from flsplit.roundplan import FIXED_CUT_METHODS, CutCosts, PartCosts, RoundPlanner
 from flsplit.split import part_state_keys
 from flsplit.task import SplitTask, evaluate_model, parse_cuts
 from strategies.planned import PlannedSplitStrategy
@@ -76,6 +76,8 @@ def make_server_app(
         if mode == "split" and str(config["planner"]) != "round-robin":
             strategy = planned_strategy(task, config, split, model, common)
         else:
+            if str(config.get("cut-candidates", "")).strip():
+                log(WARNING, "cut-candidates is ignored without a planner (run config planner)")
             strategy = SplitStrategy.from_split(split, model, task.example_input(config), **common)
         train_config = ConfigRecord(
             {k: v for k, v in config.items() if isinstance(v, int | float | str | bool)}
@@ -124,6 +126,74 @@ def part_costs(task: SplitTask, config: Mapping[str, Any], split: Any) -> PartCo
     )
 
 
+def cut_pairs(model: Any, example_input: Any, candidates: str, default: Sequence[str]) -> list[str]:
+    """The candidate cut pairs of the run config key ``cut-candidates``.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The full model.
+    example_input : torch.Tensor
+        One input batch, to check the cuts on real shapes.
+    candidates : str
+        ``';'``-separated pairs of module names or candidate indices
+        (``"conv2,fc1;bn2,fc2"``), or ``"all"`` for every pair of candidate cuts.
+    default : sequence of str
+        The default cut pair (resolved names); ``"all"`` lists it first.
+
+    Returns
+    -------
+    list of str
+        Distinct pairs as resolved module names (``"conv2,fc1"``), in the given order.
+
+    Raises
+    ------
+    ValueError
+        Naming the item that is not a valid pair of cuts.
+    """
+    from flsplit.split import candidate_cuts, resolve_cuts
+
+    if candidates.strip().lower() == "all":
+        names = candidate_cuts(model, example_input)
+        pairs = [f"{a},{b}" for i, a in enumerate(names) for b in names[i + 1 :]]
+        first = ",".join(default)
+        return [first] + [p for p in pairs if p != first] if first in pairs else pairs
+    pairs: list[str] = []
+    for item in candidates.split(";"):
+        if not item.strip():
+            continue
+        try:
+            names = resolve_cuts(model, parse_cuts(item), example_input)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"cut-candidates item {item.strip()!r}: {exc}") from None
+        if len(names) != 2:
+            raise ValueError(
+                f"cut-candidates item {item.strip()!r}: a cut pair needs exactly two cuts"
+            )
+        if ",".join(names) not in pairs:
+            pairs.append(",".join(names))
+    if not pairs:
+        raise ValueError(f"cut-candidates {candidates!r} names no cut pair")
+    return pairs
+
+
+def cut_costs(task: SplitTask, config: Mapping[str, Any], split: Any) -> CutCosts:
+    """Measure one batch through every segment the candidate cut pairs need."""
+    import torch
+
+    from flsplit.profile import profile_model
+    from flsplit.split import candidate_cuts
+
+    model = task.model_fn(config)
+    example = task.example_input(config)
+    pairs = cut_pairs(model, example, str(config["cut-candidates"]), split.cuts)
+    used = {name for pair in pairs for name in pair.split(",")} | set(split.cuts)
+    boundaries = [name for name in candidate_cuts(model, example) if name in used]
+    batch = torch.randn(int(config["batch-size"]), *example.shape[1:], dtype=example.dtype)
+    profile = profile_model(model, batch, cuts=boundaries, repeats=3, warmup=1)
+    return CutCosts.from_profile(profile, pairs, ",".join(split.cuts))
+
+
 def planned_strategy(
     task: SplitTask,
     config: Mapping[str, Any],
@@ -147,14 +217,34 @@ def planned_strategy(
         nodes = holder[0].nodes
         return links(int(nodes[client].info["index"]), int(nodes[helper].info["index"]))
 
-    costs = part_costs(task, config, split)
+    method = str(config["planner"])
+    segments: CutCosts | None = None
+    if str(config.get("cut-candidates", "")).strip():
+        if method in FIXED_CUT_METHODS:
+            log(
+                INFO,
+                "planner %s is a baseline: every client keeps cuts %s",
+                method,
+                ",".join(split.cuts),
+            )
+        else:
+            segments = cut_costs(task, config, split)
+            log(
+                INFO,
+                "cut candidates: %s (%d segments profiled on this machine)",
+                "; ".join(segments.candidates),
+                segments.num_segments,
+            )
+    costs = segments.part_costs(segments.default) if segments else part_costs(task, config, split)
     log(INFO, "part costs on this machine (one batch): %s", costs)
     planner = RoundPlanner(
         costs,
         link,
-        method=str(config["planner"]),
+        method=method,
         time_limit=float(config["planner-time-limit"]),
         seed=int(config.get("seed", 0)),
+        cut_costs=segments,
+        cut_method=str(config.get("cut-method", "auto")),
     )
     strategy = PlannedSplitStrategy(
         lambda cuts: part_state_keys(model, parse_cuts(cuts), task.example_input(config)),

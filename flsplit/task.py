@@ -31,6 +31,10 @@ DEFAULT_RUN_CONFIG: dict[str, Any] = {
     "fraction-evaluate": 1.0,
     "planner": "round-robin",  # or a planner method: auto, greedy, random-fcfs, ...
     "planner-time-limit": 2.0,
+    # cut pairs the planner chooses from every round, ';'-separated ("conv2,fc1;bn2,fc2"),
+    # or "all"; empty = every client keeps `cuts`
+    "cut-candidates": "",
+    "cut-method": "auto",  # joint cut optimizer: auto, integrated, alternating, exact
     "seed": 0,
 }
 

@@ -6,13 +6,15 @@ the helpers (they follow it, work-conserving), and after the round feeds the mea
 stage times back into the node profiles. Each round it logs the predicted and the
 measured makespan and the planning time, and (with ``output_dir``) saves the plan, the
 prediction and the measured helper timeline as JSON, plus a Gantt chart of planned vs
-measured when asked.
+measured when asked. When the planner chooses cut pairs (run config ``cut-candidates``)
+each client gets its own pair, and the round's pairs are logged and saved.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Sequence
 from logging import INFO, WARNING
 from pathlib import Path
@@ -26,7 +28,8 @@ from strategies.split import SplitStrategy
 
 
 class PlannedSplitStrategy(SplitStrategy):
-    """A :class:`SplitStrategy` whose assignment and helper order come from a planner.
+    """A :class:`SplitStrategy` whose assignment and helper order (and, with cut
+    candidates, each client's cut pair) come from a planner.
 
     Parameters
     ----------
@@ -77,7 +80,8 @@ class PlannedSplitStrategy(SplitStrategy):
                 memory = float(info.info.get("memory-mib", math.inf))
                 self.planner.add_helper(node, factor, memory)
             elif info.role == "client" and node not in self.planner.clients:
-                self.planner.add_client(node, factor)
+                memory = float(info.info.get("memory-mib", math.inf))
+                self.planner.add_client(node, factor, memory)
         for node in set(self.planner.clients) | set(self.planner.helpers):
             if node not in self.nodes:
                 self.planner.drop(node)
@@ -105,7 +109,27 @@ class PlannedSplitStrategy(SplitStrategy):
             self.round_plan.planning_seconds,
             plan.clients_per_helper(),
         )
+        if self.round_plan.left_out:
+            log(
+                WARNING,
+                "round %d: clients %s cannot hold the head and tail of any candidate cut "
+                "pair in their memory; they sit this round out",
+                server_round,
+                self.round_plan.left_out,
+            )
+        if self.round_plan.cuts:
+            log(
+                INFO,
+                "round %d cuts: %s",
+                server_round,
+                json.dumps(self.round_plan.cut_counts()),
+            )
         return self.round_plan.helper_of()
+
+    def client_cuts(self, server_round: int, clients: Sequence[int]) -> dict[int, str]:
+        """Each client's planned cut pair (the default pair when the plan has none)."""
+        planned = self.round_plan.cuts_of() if self.round_plan else {}
+        return {c: planned.get(c, self.cuts) for c in clients}
 
     def helper_order(self, helper: int, clients: Sequence[int]) -> list[str]:
         """The planned priority order of ``helper``'s tasks."""
@@ -152,25 +176,25 @@ class PlannedSplitStrategy(SplitStrategy):
                 float(metrics["stage5-ms"]),
             )
         first_start = min((a for a, _ in spans.values()), default=0.0)
+        cuts_of = assignment.cuts_of
         for node, (s1, s3, s5) in stages.items():
             offset = 1000.0 * (spans[node][0] - first_start)
-            self.planner.observe_client(node, assignment.helper_of[node], s1, s3, s5, offset)
+            self.planner.observe_client(
+                node, assignment.helper_of[node], s1, s3, s5, offset, cuts=cuts_of.get(node)
+            )
         starts = [a for a, _ in spans.values()]
         ends = [b for _, b in spans.values()]
         timeline = []
         for reply in helper_replies:
             node = reply.metadata.src_node_id
             metrics = reply.content.metric_records["metrics"]
-            if metrics.get("tasks", 0):
-                self.planner.observe_helper(
-                    node, float(metrics["body-fwd-ms"]), float(metrics["body-bwd-ms"])
-                )
             record = reply.content.config_records.get("timeline")
+            tasks = []
             if record is not None:
                 for client, kind, start, end in zip(
                     record["client"], record["kind"], record["start"], record["end"], strict=True
                 ):
-                    timeline.append(
+                    tasks.append(
                         {
                             "helper": node,
                             "client": int(client),
@@ -179,6 +203,17 @@ class PlannedSplitStrategy(SplitStrategy):
                             "end": float(end),
                         }
                     )
+            timeline.extend(tasks)
+            if metrics.get("tasks", 0):
+                served = Counter(
+                    cuts_of.get(t["client"], self.cuts) for t in tasks if t["kind"] == "fwd"
+                )
+                self.planner.observe_helper(
+                    node,
+                    float(metrics["body-fwd-ms"]),
+                    float(metrics["body-bwd-ms"]),
+                    served=dict(served),
+                )
         if not starts:
             return
         origin = min(starts)
@@ -201,6 +236,8 @@ class PlannedSplitStrategy(SplitStrategy):
             "measured_ms": measured_ms,
             "planning_s": round_plan.planning_seconds,
             "clients_per_helper": round_plan.plan.clients_per_helper(),
+            "cuts": {str(node): pair for node, pair in round_plan.cuts_of().items()},
+            "cut_counts": round_plan.cut_counts(),
             "plan": round_plan.plan.to_dict(),
             "node_ids": round_plan.node_ids,
             "batches": round_plan.batches,

@@ -6,8 +6,8 @@ cuts the model, assigns clients to helpers, and turns each round into
 
 - ``train.split`` messages to clients: head and tail weights, cut points, helper address,
   round token, the wrapped strategy's config;
-- ``train.helper`` messages to helpers: body weights, clients served, their tokens,
-  the helper's task order;
+- ``train.helper`` messages to helpers: body weights, clients served, the key to check
+  their tokens with (:mod:`flsplit.runtime.auth`), the helper's task order;
 
 then assembles one full-model update per client (its head and tail plus the body its
 helper trained for it) and hands those to the wrapped strategy's ``aggregate_train``.
@@ -15,7 +15,6 @@ helper trained for it) and hands those to the wrapped strategy's ``aggregate_tra
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +25,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 from flwr.supercore import log
+
+from flsplit.runtime.auth import helper_key, new_run_secret, sign_token
 
 QUERY = "query.split"
 CLIENT_TRAIN = "train.split"
@@ -118,6 +119,7 @@ class SplitStrategy(Strategy):
         self.assignment: RoundAssignment | None = None
         self.round_times: dict[int, float] = {}
         self._known_ids: frozenset[int] = frozenset()
+        self._run_secret: tuple[int, bytes] | None = None  # (run id, secret), never sent
 
     @classmethod
     def for_model(
@@ -309,8 +311,16 @@ class SplitStrategy(Strategy):
             return inner
         sampled = [m.metadata.dst_node_id for m in inner]
         helper_of = self.assign(server_round, sampled)
+        inner = [m for m in inner if m.metadata.dst_node_id in helper_of]  # planned out
         cuts_of = self.client_cuts(server_round, sampled)
-        tokens = {c: secrets.token_urlsafe(24) for c in helper_of}
+        # Round tokens: HMAC-signed for (run, round, client, helper) with a key derived
+        # per helper from a per-run secret; each helper gets only its key, each client
+        # only its token.
+        run_id = int(grid.run.run_id)
+        if self._run_secret is None or self._run_secret[0] != run_id:
+            self._run_secret = (run_id, new_run_secret())
+        keys = {h: helper_key(self._run_secret[1], run_id, h) for h in set(helper_of.values())}
+        tokens = {c: sign_token(keys[h], run_id, server_round, c, h) for c, h in helper_of.items()}
         self.assignment = RoundAssignment(helper_of, tokens, time.perf_counter(), cuts_of)
 
         helper_messages = []
@@ -326,7 +336,7 @@ class SplitStrategy(Strategy):
                     "cuts": self.cuts,
                     "clients": [str(c) for c in served],
                     "client-cuts": [cuts_of[c] for c in served],
-                    "tokens": [tokens[c] for c in served],
+                    "token-key": keys[helper],
                     "order": self.helper_order(helper, served),
                     "listen-address": self.nodes[helper].listen_address,
                     "round-timeout": float(self.round_timeout),
