@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from flsplit.models import build_model
+from flsplit.runtime.auth import TokenVerifier
 from flsplit.runtime.dataplane import HelperClient, HelperServer
 from flsplit.runtime.worker import HelperWorker
 from flsplit.split import SplitModel, resolve_cuts, split_model
@@ -30,7 +31,11 @@ DEFAULT_CUTS = {
     "small-cnn": ("conv2", "fc2"),
     "resnet18": ("layer1", "fc"),
 }
-TOKEN = "bench-token"
+BENCH_KEY = b"flsplit-bench-key-not-a-secret!!"  # loopback benchmark only
+
+
+def _bench_verifier() -> TokenVerifier:
+    return TokenVerifier(BENCH_KEY, run_id=0, server_round=1, helper="helper", clients=["bench"])
 
 
 def _split(name: str, cuts: Sequence[str] | None, batch: int) -> SplitModel:
@@ -92,7 +97,7 @@ def _helper_process(
     torch.set_num_threads(threads)
     split = _split(name, cuts, batch)
     worker = HelperWorker({"bench": split.body}, _sgd)
-    server = HelperServer(worker, {"bench": TOKEN}, address="127.0.0.1:0").start()
+    server = HelperServer(worker, _bench_verifier(), address="127.0.0.1:0").start()
     queue.put(server.address)
     server.wait_clients(600)
     server.stop()
@@ -118,7 +123,9 @@ def data_plane_step_times(
         head, tail = split.head, split.tail
         optimizer = _sgd(itertools.chain(head.parameters(), tail.parameters()))
         loss_fn = nn.functional.cross_entropy
-        with HelperClient(address, "bench", TOKEN, deadline=120) as helper:
+        with HelperClient(
+            address, "bench", _bench_verifier().token_for("bench"), deadline=120
+        ) as helper:
 
             def step(x: torch.Tensor, y: torch.Tensor) -> None:
                 optimizer.zero_grad()

@@ -18,6 +18,12 @@ The role comes from the node config key ``role`` (``"client"`` or ``"helper"``) 
 deployment. In simulation, where node configs only carry ``partition-id`` and
 ``num-partitions``, the first ``num-helpers`` partitions (run config) are helpers and the
 others are clients with data partitions ``0 .. num-partitions - num-helpers - 1``.
+
+The data plane runs over TLS when the helper's node config names a certificate and key
+(``data-tls-cert``, ``data-tls-key``, PEM files) and each client's node config the root
+certificate to check it against (``data-tls-root-cert``; ``data-tls-server-name`` if the
+certificate names the helper differently from its advertised address); plaintext
+otherwise.
 """
 
 from __future__ import annotations
@@ -38,10 +44,11 @@ from flwr.supercore import log
 
 from flsplit import emulate
 from flsplit.presets import preset
-from flsplit.runtime.dataplane import HelperClient, HelperServer
+from flsplit.runtime.auth import TokenVerifier
+from flsplit.runtime.dataplane import HelperClient, HelperServer, read_pem
 from flsplit.runtime.emulation import NO_EMULATION, Emulation
 from flsplit.runtime.trainer import train_split
-from flsplit.runtime.worker import HelperWorker, TaskRecord
+from flsplit.runtime.worker import HelperWorker, TaskRecord, TensorSpec
 from flsplit.task import SplitTask, evaluate_model, train_full
 
 ROLE_CLIENT = "client"
@@ -152,6 +159,38 @@ def helper_addresses(context: Context) -> tuple[str, str]:
     return address, address
 
 
+def helper_tls(context: Context) -> tuple[bytes, bytes] | None:
+    """The helper's PEM certificate and key from node config ``data-tls-cert`` and
+    ``data-tls-key``, or ``None`` (plaintext) if neither is set."""
+    node = context.node_config
+    cert, key = node.get("data-tls-cert"), node.get("data-tls-key")
+    if not cert and not key:
+        return None
+    if not cert or not key:
+        raise ValueError("node config: data-tls-cert and data-tls-key go together")
+    return read_pem(str(cert), "data-tls-cert"), read_pem(str(key), "data-tls-key")
+
+
+def client_tls(context: Context) -> tuple[bytes | None, str | None]:
+    """A client's root certificate (node config ``data-tls-root-cert``) and expected
+    server name (``data-tls-server-name``); ``(None, None)`` means plaintext."""
+    node = context.node_config
+    root = node.get("data-tls-root-cert")
+    name = node.get("data-tls-server-name")
+    return (read_pem(str(root), "data-tls-root-cert") if root else None), (
+        str(name) if name else None
+    )
+
+
+def _input_spec(split: Any, example: torch.Tensor) -> TensorSpec:
+    """Shape (without batch) and dtype of the body input, from the head on an example."""
+    head = split.head
+    head.eval()
+    with torch.no_grad():
+        out = head(example)
+    return TensorSpec(tuple(out.shape[1:]), out.dtype)
+
+
 def _config_of(message: Message) -> dict[str, Any]:
     records = message.content.config_records
     return dict(records["config"]) if "config" in records else {}
@@ -244,11 +283,14 @@ def enable_split_learning(
         _load_part(head, state)
         _load_part(tail, state)
         optimizer = task.optimizer_fn(itertools.chain(head.parameters(), tail.parameters()), config)
+        root_cert, server_name = client_tls(context)
         with HelperClient(
             str(config["helper-address"]),
             client=str(context.node_id),
             token=str(config["round-token"]),
             deadline=float(config["call-deadline"]),
+            tls_root_cert=root_cert,
+            tls_server_name=server_name,
         ) as helper:
             result = train_split(
                 head,
@@ -279,28 +321,49 @@ def enable_split_learning(
     def serve(msg: Message, context: Context) -> Message:
         config = settings(msg, context)
         state = _state_dict(msg.content["arrays"])
+        cert_key = helper_tls(context)  # before anything starts: a bad path fails cleanly
         clients = [str(c) for c in config["clients"]]
-        tokens = [str(t) for t in config["tokens"]]
         client_cuts = [str(c) for c in config.get("client-cuts", [config["cuts"]] * len(clients))]
-        bodies = {}
+        bodies, specs, spec_of_cuts = {}, {}, {}
+        example = task.example_input(config)
         for client, cuts in zip(clients, client_cuts, strict=True):
-            bodies[client] = task.split({**config, "cuts": cuts}).body
+            split = task.split({**config, "cuts": cuts})
+            bodies[client] = split.body
             _load_part(bodies[client], state)
+            if cuts not in spec_of_cuts:
+                spec_of_cuts[cuts] = _input_spec(split, example)
+            specs[client] = spec_of_cuts[cuts]
         order = [tuple(item.split(":", 1)) for item in config.get("order", [])]
         worker = HelperWorker(
             bodies,
             lambda params: task.optimizer_fn(params, config),
             order=order,
             emulation=node_emulation(context, config, ROLE_HELPER),
+            input_specs=specs,
+        )
+        verifier = TokenVerifier(
+            bytes(config["token-key"]),
+            run_id=context.run_id,
+            server_round=int(config["server-round"]),
+            helper=context.node_id,
+            clients=clients,
         )
         server = HelperServer(
             worker,
-            dict(zip(clients, tokens, strict=True)),
+            verifier,
             address=str(config["listen-address"]),
             task_timeout=float(config["call-deadline"]),
+            tls_cert=cert_key[0] if cert_key else None,
+            tls_key=cert_key[1] if cert_key else None,
         ).start()
         start = time.perf_counter()
-        log(INFO, "helper serving %d clients on %s", len(clients), server.address)
+        log(
+            INFO,
+            "helper serving %d clients on %s (%s)",
+            len(clients),
+            server.address,
+            "TLS" if server.tls else "plaintext",
+        )
         try:
             all_done = server.wait_clients(float(config["round-timeout"]))
         finally:
@@ -319,7 +382,8 @@ def enable_split_learning(
                 "clients-finished": len(server.finished),
                 "busy-seconds": sum(t.end - t.start for t in tasks),
                 "wall-seconds": time.perf_counter() - start,
-                "refused": len(server.refused),
+                "refused": server.refused_count,
+                "invalid-requests": server.invalid_count,
                 "tasks": len(tasks),
                 "body-fwd-ms": _mean_ms(t for t in tasks if t.kind == "fwd"),
                 "body-bwd-ms": _mean_ms(t for t in tasks if t.kind == "bwd"),

@@ -5,40 +5,87 @@ The helper serves three unary methods on the service ``flsplit.Helper``: ``Forwa
 out) and ``Finish`` (the client is done for the round). Requests and replies are frames of
 :mod:`flsplit.runtime.wire`; no protobuf code generation and nothing pickled.
 
-Every request carries the client's id and its round token; the helper refuses any client
-it was not told to serve and any token that does not match, with ``UNAUTHENTICATED``. A
-malformed frame is answered with ``INVALID_ARGUMENT`` naming the problem; the helper and
-its other clients carry on. Every client call has a deadline.
+Every request is checked in this order, and nothing is done for it before it passes:
+
+1. the frame's header and tensor layout (:func:`wire.decode_header`), and the op;
+2. the sender: a client the helper was told to serve, presenting its own round token for
+   this run, round and helper (:class:`~flsplit.runtime.auth.TokenVerifier`); otherwise
+   ``UNAUTHENTICATED``, and one ``WARNING`` log line with the reason;
+3. the values (finite) and the tensor's fit to the client's body: shape and dtype of the
+   body input, or exactly those of the pending forward output for a gradient
+   (:meth:`HelperWorker.check <flsplit.runtime.worker.HelperWorker.check>`).
+
+A frame failing 1 or 3 is answered with ``INVALID_ARGUMENT`` naming the field; the helper,
+its other clients and the sender's own in-flight batch carry on. Every client call has a
+deadline. The channel is plaintext unless the helper is given a certificate and key
+(``tls_cert``, ``tls_key``) and its clients the root certificate (``tls_root_cert``).
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import threading
 import time
-from collections.abc import Mapping
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 import torch
 
 from flsplit.runtime import wire
-from flsplit.runtime.worker import HelperWorker, TaskError
+from flsplit.runtime.auth import TokenVerifier
+from flsplit.runtime.worker import HelperWorker, InputError, TaskError
 
 SERVICE = "flsplit.Helper"
 LOG = logging.getLogger("flsplit.dataplane")
+KEPT_REASONS = 100
 
 
 class DataPlaneError(RuntimeError):
     """The helper refused or failed a request, or did not answer in time."""
 
 
-def _grpc_options(max_frame_bytes: int) -> list[tuple[str, int]]:
+def read_pem(path: str | Path, what: str) -> bytes:
+    """Read a PEM file named in a node config.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+    what : str
+        The config key that named it, for the error message.
+
+    Raises
+    ------
+    DataPlaneError
+        If the file cannot be read or holds no PEM block.
+    """
+    try:
+        data = Path(path).expanduser().read_bytes()
+    except OSError as err:
+        raise DataPlaneError(f"{what}: cannot read {str(path)!r}: {err.strerror}") from None
+    if b"-----BEGIN " not in data:
+        raise DataPlaneError(f"{what}: {str(path)!r} is not a PEM file")
+    return data
+
+
+def _grpc_options(max_frame_bytes: int) -> list[tuple[str, int | str]]:
+    # A little headroom over the frame limit so that an oversized frame reaches the
+    # helper's own check, which names the field; far larger messages gRPC drops itself.
+    limit = min(max_frame_bytes + 64 * 1024, 2**31 - 1)
     return [
-        ("grpc.max_receive_message_length", max_frame_bytes),
-        ("grpc.max_send_message_length", max_frame_bytes),
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
     ]
+
+
+class _StatusError(Exception):
+    """Internal: a request answered with an error status."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
 
 
 class HelperServer:
@@ -48,50 +95,67 @@ class HelperServer:
     ----------
     worker : HelperWorker
         Executes the body tasks.
-    tokens : Mapping[str, str]
-        Round token of every client the helper serves.
+    verifier : TokenVerifier
+        Checks the round tokens; its client list is the clients this helper serves.
     address : str
         ``host:port`` to listen on; port 0 picks a free port (see :attr:`port`).
     task_timeout : float
         Longest a request waits for its task to be run, in seconds.
     max_frame_bytes : int
         Largest frame accepted.
+    tls_cert, tls_key : bytes, optional
+        PEM certificate chain and private key: serve over TLS (both or neither).
     """
 
     def __init__(
         self,
         worker: HelperWorker,
-        tokens: Mapping[str, str],
+        verifier: TokenVerifier,
         address: str = "127.0.0.1:0",
         task_timeout: float = 300.0,
         max_frame_bytes: int = wire.DEFAULT_MAX_FRAME_BYTES,
+        tls_cert: bytes | None = None,
+        tls_key: bytes | None = None,
     ) -> None:
+        if (tls_cert is None) != (tls_key is None):
+            raise DataPlaneError("TLS needs both a certificate and its private key")
         self.worker = worker
-        self.tokens = dict(tokens)
+        self.verifier = verifier
+        self.clients = verifier.clients
         self.task_timeout = task_timeout
         self.max_frame_bytes = max_frame_bytes
+        self.tls = tls_cert is not None
         self.finished: dict[str, int] = {}
         self.refused: list[str] = []
+        self.refused_count = 0
+        self.invalid_count = 0
         self._all_done = threading.Event()
         self._lock = threading.Lock()
         self._server = grpc.server(
             futures.ThreadPoolExecutor(
-                max_workers=2 * len(self.tokens) + 4, thread_name_prefix="flsplit-dataplane"
+                max_workers=2 * len(self.clients) + 4, thread_name_prefix="flsplit-dataplane"
             ),
             options=_grpc_options(max_frame_bytes),
         )
         handlers = {
             name: grpc.unary_unary_rpc_method_handler(method)
             for name, method in (
-                ("Forward", self._forward),
-                ("Backward", self._backward),
-                ("Finish", self._finish),
+                ("Forward", self.forward),
+                ("Backward", self.backward),
+                ("Finish", self.finish),
             )
         }
         self._server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE, handlers),)
         )
-        self.port = self._server.add_insecure_port(address)
+        try:
+            if tls_cert is not None and tls_key is not None:
+                credentials = grpc.ssl_server_credentials([(tls_key, tls_cert)])
+                self.port = self._server.add_secure_port(address, credentials)
+            else:
+                self.port = self._server.add_insecure_port(address)
+        except RuntimeError as err:
+            raise DataPlaneError(f"cannot listen on {address!r}: {err}") from None
         if self.port == 0:
             raise DataPlaneError(f"cannot listen on {address!r}: address in use or invalid")
         self.host = address.rsplit(":", 1)[0]
@@ -104,7 +168,7 @@ class HelperServer:
     def start(self) -> HelperServer:
         """Start serving."""
         self._server.start()
-        if not self.tokens:
+        if not self.clients:
             self._all_done.set()
         return self
 
@@ -117,65 +181,92 @@ class HelperServer:
         self._server.stop(grace).wait()
         self.worker.stop()
 
-    # -- handlers ---------------------------------------------------------------------
+    # -- handlers (gRPC calls them with the raw request bytes) --------------------------
 
-    def _admit(self, request: bytes, context: grpc.ServicerContext, op: str) -> wire.Frame:
+    def forward(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        """``Forward``: cut-1 activations in, body output out."""
+        return self._handle(request, context, "fwd")
+
+    def backward(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        """``Backward``: cut-2 gradient in, cut-1 gradient out."""
+        return self._handle(request, context, "bwd")
+
+    def finish(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        """``Finish``: the client is done for the round."""
+        return self._handle(request, context, "finish")
+
+    def _handle(self, request: bytes, context: grpc.ServicerContext, op: str) -> bytes:
         try:
-            frame = wire.decode(request, max_frame_bytes=self.max_frame_bytes)
+            return self._serve(request, op)
+        except _StatusError as error:
+            context.abort(error.code, error.details)
+            raise  # abort raises; this is never reached with a real context
+
+    def _invalid(self, details: str) -> _StatusError:
+        with self._lock:
+            self.invalid_count += 1
+        LOG.info("invalid request: %s", details)
+        return _StatusError(grpc.StatusCode.INVALID_ARGUMENT, details)
+
+    def _admit(self, request: bytes, op: str) -> wire.Frame:
+        try:
+            raw = wire.decode_header(request, max_frame_bytes=self.max_frame_bytes)
         except wire.FrameError as err:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad frame: {err}")
+            raise self._invalid(f"bad frame: {err}") from None
+        frame = raw.frame
         if frame.op != op:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"op {frame.op!r} sent to {op!r}")
-        expected = self.tokens.get(frame.client)
-        if expected is None or not hmac.compare_digest(expected, frame.token):
-            reason = (
-                f"client {frame.client!r} is not served by this helper this round"
-                if expected is None
-                else f"wrong round token for client {frame.client!r}"
-            )
+            raise self._invalid(f"bad frame: op {frame.op!r} sent to {op!r}")
+        reason = self.verifier.check(frame.client, frame.token)
+        if reason is not None:
             with self._lock:
-                self.refused.append(reason)
+                self.refused_count += 1
+                if len(self.refused) < KEPT_REASONS:
+                    self.refused.append(reason)
             LOG.warning("refused request: %s", reason)
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
+            raise _StatusError(grpc.StatusCode.UNAUTHENTICATED, reason)
         if frame.client in self.finished:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"client {frame.client!r} finished")
+            raise _StatusError(
+                grpc.StatusCode.FAILED_PRECONDITION, f"client {frame.client!r} finished"
+            )
+        try:
+            frame.tensor = raw.tensor(require_finite=True)
+        except wire.FrameError as err:
+            raise self._invalid(f"bad frame: {err}") from None
         return frame
 
-    def _run_task(self, request: bytes, context: grpc.ServicerContext, kind: str) -> bytes:
+    def _serve(self, request: bytes, op: str) -> bytes:
         received = time.perf_counter()
-        frame = self._admit(request, context, kind)
+        frame = self._admit(request, op)
+        if op == "finish":
+            with self._lock:
+                self.finished[frame.client] = frame.step
+                if set(self.finished) >= self.clients:
+                    self._all_done.set()
+            return wire.encode(wire.Frame("result", frame.client, step=frame.step))
         if frame.tensor is None:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{kind} frame carries no tensor")
+            raise self._invalid(f"bad frame: {op} frame carries no tensor")
         try:
-            result = self.worker.submit(frame.client, kind, frame.tensor).result(
-                timeout=self.task_timeout
-            )
+            future = self.worker.submit(frame.client, op, frame.tensor)
+        except InputError as err:
+            raise self._invalid(f"bad {op} input: {err}") from None
         except TaskError as err:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(err))
+            raise _StatusError(grpc.StatusCode.FAILED_PRECONDITION, str(err)) from None
+        try:
+            result = future.result(timeout=self.task_timeout)
+        except TaskError as err:
+            raise _StatusError(grpc.StatusCode.FAILED_PRECONDITION, str(err)) from None
         except futures.TimeoutError:
-            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"{kind} task not run in time")
-        except Exception as err:  # the client's own bad input, e.g. a wrong shape
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{kind} failed: {err}")
+            raise _StatusError(
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"{op} task not run in time"
+            ) from None
+        except Exception as err:  # the body refused the client's input
+            raise self._invalid(f"{op} failed: {str(err)[:300]}") from None
         service_ms = (time.perf_counter() - received) * 1000.0
         return wire.encode(
             wire.Frame(
                 "result", frame.client, step=frame.step, tensor=result, service_ms=service_ms
             )
         )
-
-    def _forward(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        return self._run_task(request, context, "fwd")
-
-    def _backward(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        return self._run_task(request, context, "bwd")
-
-    def _finish(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        frame = self._admit(request, context, "finish")
-        with self._lock:
-            self.finished[frame.client] = frame.step
-            if set(self.finished) >= set(self.tokens):
-                self._all_done.set()
-        return wire.encode(wire.Frame("result", frame.client, step=frame.step))
 
 
 class HelperClient:
@@ -193,6 +284,12 @@ class HelperClient:
         Seconds every call may take, including waiting for the helper to come up.
     max_frame_bytes : int
         Largest frame sent or received.
+    tls_root_cert : bytes, optional
+        PEM root certificate(s) to check the helper's certificate against: connect over
+        TLS. Without it the channel is plaintext.
+    tls_server_name : str, optional
+        Name to expect in the helper's certificate when it differs from the host in
+        ``address``.
     """
 
     def __init__(
@@ -202,6 +299,8 @@ class HelperClient:
         token: str,
         deadline: float = 120.0,
         max_frame_bytes: int = wire.DEFAULT_MAX_FRAME_BYTES,
+        tls_root_cert: bytes | None = None,
+        tls_server_name: str | None = None,
     ) -> None:
         self.address = address
         self.client = client
@@ -211,7 +310,15 @@ class HelperClient:
         self.step = 0
         self.last_network_seconds = 0.0
         self.last_service_seconds = 0.0
-        self._channel = grpc.insecure_channel(address, options=_grpc_options(max_frame_bytes))
+        self.tls = tls_root_cert is not None
+        options = _grpc_options(max_frame_bytes)
+        if tls_root_cert is not None:
+            if tls_server_name:
+                options.append(("grpc.ssl_target_name_override", tls_server_name))
+            credentials = grpc.ssl_channel_credentials(root_certificates=tls_root_cert)
+            self._channel = grpc.secure_channel(address, credentials, options=options)
+        else:
+            self._channel = grpc.insecure_channel(address, options=options)
         self._calls = {
             name: self._channel.unary_unary(f"/{SERVICE}/{name}")
             for name in ("Forward", "Backward", "Finish")
@@ -248,11 +355,24 @@ class HelperClient:
         except grpc.RpcError as err:
             code = err.code() if hasattr(err, "code") else None
             details = err.details() if hasattr(err, "details") else str(err)
+            hint = ""
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                hint = (
+                    f" (no working connection to the helper over "
+                    f"{'TLS' if self.tls else 'plaintext'}: check that it runs and is "
+                    "reachable, and that both sides agree on TLS: the helper's "
+                    "data-tls-cert/data-tls-key and the client's data-tls-root-cert)"
+                )
             raise DataPlaneError(
                 f"helper {self.address} answered {method} for client {self.client!r} with "
-                f"{code.name if code else 'an error'}: {details}"
+                f"{code.name if code else 'an error'}: {details}{hint}"
             ) from None
-        frame = wire.decode(reply, max_frame_bytes=self.max_frame_bytes)
+        try:
+            frame = wire.decode(reply, max_frame_bytes=self.max_frame_bytes)
+        except wire.FrameError as err:
+            raise DataPlaneError(
+                f"helper {self.address} sent a bad {method} reply: {err}"
+            ) from None
         total = time.perf_counter() - start
         self.last_service_seconds = min(frame.service_ms / 1000.0, total)
         self.last_network_seconds = total - self.last_service_seconds

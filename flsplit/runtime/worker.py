@@ -4,6 +4,13 @@ Requests arrive on many data-plane threads; the worker executes them on a single
 so that the planner's one-machine model holds. Among the tasks that are ready it takes
 the one that comes first in the planned priority order (first come, first served when no
 order was given) and never idles while a task is ready.
+
+Every tensor is checked before it is queued (:meth:`HelperWorker.check`): a forward input
+must have the shape the client's head produces (any batch size, the rest fixed; given up
+front or learned from the client's first forward that ran) and its dtype, a backward
+gradient exactly the shape and dtype of the output of that client's pending forward. A
+tensor that does not fit raises :class:`InputError` and leaves the client's state as it
+was, so the client may retry with a good one.
 """
 
 from __future__ import annotations
@@ -29,6 +36,19 @@ class TaskError(RuntimeError):
     """A task that cannot be run for the client that sent it."""
 
 
+class InputError(ValueError):
+    """A tensor that does not fit what the client's body expects; the message names the
+    field (``tensor shape``, ``tensor dtype``)."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Shape (without the batch dimension) and dtype of a body's input."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
 @dataclass
 class ClientBody:
     """One client's copy of the body and its training state."""
@@ -37,6 +57,7 @@ class ClientBody:
     optimizer: torch.optim.Optimizer
     pending_input: torch.Tensor | None = None
     pending_output: torch.Tensor | None = None
+    input_spec: TensorSpec | None = None
     batches: int = 0
     examples: int = 0
     busy_seconds: float = 0.0
@@ -83,6 +104,11 @@ class HelperWorker:
         Tasks not listed come after the listed ones, first come first served.
     emulation : Emulation, optional
         Stretches every task's compute to emulate a slower device.
+    input_specs : Mapping[str, TensorSpec], optional
+        Expected input of each client's body; a client without one has its spec learned
+        from its first forward task that ran.
+    max_batch : int, optional
+        Largest batch accepted.
     """
 
     def __init__(
@@ -91,12 +117,18 @@ class HelperWorker:
         optimizer_fn: OptimizerFn,
         order: Sequence[tuple[str, str]] | None = None,
         emulation: Emulation = NO_EMULATION,
+        input_specs: Mapping[str, TensorSpec] | None = None,
+        max_batch: int | None = None,
     ) -> None:
         self.emulation = emulation
+        self.max_batch = max_batch
         self.bodies: dict[str, ClientBody] = {}
+        specs = input_specs or {}
         for client, module in bodies.items():
             module.train()
-            self.bodies[client] = ClientBody(module, optimizer_fn(module.parameters()))
+            self.bodies[client] = ClientBody(
+                module, optimizer_fn(module.parameters()), input_spec=specs.get(client)
+            )
         self._rank = {tuple(task): i for i, task in enumerate(order or [])}
         self._unranked = len(self._rank)
         self._queue: list[_Task] = []
@@ -114,16 +146,75 @@ class HelperWorker:
         clients: Sequence[str],
         optimizer_fn: OptimizerFn,
         order: Sequence[tuple[str, str]] | None = None,
+        input_spec: TensorSpec | None = None,
+        max_batch: int | None = None,
     ) -> HelperWorker:
         """A worker holding one deep copy of ``body`` per client."""
-        return cls({c: copy.deepcopy(body) for c in clients}, optimizer_fn, order)
+        specs = dict.fromkeys(clients, input_spec) if input_spec is not None else None
+        return cls(
+            {c: copy.deepcopy(body) for c in clients},
+            optimizer_fn,
+            order,
+            input_specs=specs,
+            max_batch=max_batch,
+        )
+
+    def check(self, client: str, kind: str, tensor: torch.Tensor) -> None:
+        """Check that ``tensor`` fits a ``kind`` task of ``client`` right now.
+
+        Raises
+        ------
+        TaskError
+            Unknown client or kind, or a backward task without a pending forward.
+        InputError
+            The tensor's shape or dtype does not fit; names the field.
+        """
+        state = self.bodies.get(client)
+        if state is None:
+            raise TaskError(f"client {client!r:.80} is not served by this helper")
+        if kind not in ("fwd", "bwd"):
+            raise TaskError(f"task kind {kind!r:.20} is not 'fwd' or 'bwd'")
+        shape = tuple(tensor.shape)
+        if kind == "bwd":
+            out = state.pending_output
+            if out is None:
+                raise TaskError("backward task without a preceding forward task")
+            if shape != tuple(out.shape):
+                raise InputError(
+                    f"tensor shape {shape} of the gradient does not match the body output "
+                    f"shape {tuple(out.shape)}"
+                )
+            if tensor.dtype != out.dtype:
+                raise InputError(
+                    f"tensor dtype {tensor.dtype} of the gradient is not the body output's "
+                    f"{out.dtype}"
+                )
+            return
+        if not shape or shape[0] < 1:
+            raise InputError(f"tensor shape {shape} has no batch dimension of size >= 1")
+        if self.max_batch is not None and shape[0] > self.max_batch:
+            raise InputError(f"tensor shape {shape}: batch larger than {self.max_batch}")
+        spec = state.input_spec
+        if spec is not None:
+            if shape[1:] != spec.shape:
+                raise InputError(
+                    f"tensor shape {shape} does not fit the body input (batch, "
+                    f"{', '.join(map(str, spec.shape))})"
+                )
+            if tensor.dtype != spec.dtype:
+                raise InputError(
+                    f"tensor dtype {tensor.dtype} is not the body input's {spec.dtype}"
+                )
 
     def submit(self, client: str, kind: str, tensor: torch.Tensor) -> Future:
-        """Queue a ``"fwd"`` or ``"bwd"`` task; the future resolves to the output tensor."""
-        if client not in self.bodies:
-            raise TaskError(f"client {client!r} is not served by this helper")
-        if kind not in ("fwd", "bwd"):
-            raise TaskError(f"task kind {kind!r} is not 'fwd' or 'bwd'")
+        """Check a ``"fwd"`` or ``"bwd"`` task (:meth:`check`) and queue it.
+
+        Returns
+        -------
+        Future
+            Resolves to the output tensor.
+        """
+        self.check(client, kind, tensor)
         future: Future = Future()
         rank = self._rank.get((client, kind), self._unranked)
         with self._cond:
@@ -189,6 +280,8 @@ class HelperWorker:
         with torch.enable_grad():
             out = state.module(inp)
         state.pending_input, state.pending_output = inp, out
+        if state.input_spec is None:
+            state.input_spec = TensorSpec(tuple(inp.shape[1:]), inp.dtype)
         return out.detach()
 
     @staticmethod
