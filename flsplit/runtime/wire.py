@@ -135,9 +135,13 @@ class RawFrame:
         """
         if self.dtype is None or self.payload is None:
             return None
-        if not len(self.payload):
-            return torch.empty(self.shape, dtype=self.dtype)
-        tensor = torch.frombuffer(bytearray(self.payload), dtype=self.dtype).reshape(self.shape)
+        try:
+            if not len(self.payload):
+                return torch.empty(self.shape, dtype=self.dtype)
+            tensor = torch.frombuffer(bytearray(self.payload), dtype=self.dtype)
+            tensor = tensor.reshape(self.shape)
+        except (RuntimeError, ValueError) as err:  # not expected after the layout checks
+            raise FrameError(f"tensor shape {self.shape} cannot be built: {err}") from None
         if require_finite and not bool(torch.isfinite(tensor).all()):
             raise FrameError("tensor holds NaN or infinite values")
         return tensor
@@ -281,6 +285,8 @@ def _tensor_layout(spec: object, payload: memoryview) -> tuple[torch.dtype, tupl
             f"tensor shape {_short(shape)} must be a list of at most {MAX_DIMS} ints "
             f"in [0, {MAX_DIM}]"
         )
+    if math.prod(max(d, 1) for d in shape) > MAX_DIM:  # torch cannot stride it, even empty
+        raise FrameError(f"tensor shape {shape} spans more than {MAX_DIM} elements")
     nbytes = spec.get("nbytes")
     expected = math.prod(shape) * _ITEMSIZE[dtype]
     if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes != expected:

@@ -1,0 +1,349 @@
+"""Fuzzing the data plane: the frame parser and the helper's handlers.
+
+Random bytes and mutations of valid frames (bit flips, truncation, header field edits,
+huge shapes, NaN payloads, wrong dtypes, forged tokens) go to :func:`wire.decode`, to the
+helper's handlers called directly, and a few hundred over real gRPC. Nothing may crash
+(only :class:`wire.FrameError` or a clean gRPC status), every call finishes within its
+deadline, and a well-behaved client trains through the same helper all along with every
+batch matching a local reference of its body.
+"""
+
+import json
+import struct
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from flsplit.runtime import wire
+from flsplit.runtime.auth import TokenVerifier, helper_key, new_run_secret, sign_token
+from flsplit.runtime.dataplane import SERVICE, HelperClient, HelperServer
+from flsplit.runtime.worker import HelperWorker, TensorSpec
+
+DECODE_EXAMPLES = 6000  # frames fed to wire.decode
+HANDLER_EXAMPLES = 4000  # frames fed to the helper's handlers, called directly
+GRPC_EXAMPLES = 300  # frames sent over a real gRPC channel
+FUZZED_FRAMES = DECODE_EXAMPLES + HANDLER_EXAMPLES + GRPC_EXAMPLES
+CALL_DEADLINE = 5.0  # seconds any single call may take
+
+RUN, ROUND, HELPER = 9, 4, 77
+KEY = helper_key(new_run_secret(), RUN, HELPER)
+OTHER_KEY = helper_key(new_run_secret(), RUN, HELPER)
+IN, HIDDEN, OUT = 8, 16, 8
+SPEC = TensorSpec((IN,), torch.float32)
+FUZZ_TOKEN = sign_token(KEY, RUN, ROUND, "fuzz", HELPER)
+ALLOWED = {"INVALID_ARGUMENT", "UNAUTHENTICATED", "FAILED_PRECONDITION"}
+FUZZ_SETTINGS = {
+    "deadline": None,
+    "database": None,
+    "suppress_health_check": list(HealthCheck),
+}
+
+# -- frames -----------------------------------------------------------------------------
+
+
+def _frame(header: dict, payload: bytes) -> bytes:
+    raw = json.dumps(header).encode()
+    return struct.pack("<4sI", wire.MAGIC, len(raw)) + raw + payload
+
+
+def _valid(op: str, shape=(4, IN), client="fuzz", token=FUZZ_TOKEN, step=1) -> bytes:
+    tensor = torch.randn(shape) if op in ("fwd", "bwd") else None
+    return wire.encode(wire.Frame(op, client, token, step, tensor))
+
+
+TOKENS = st.sampled_from(
+    [
+        FUZZ_TOKEN,
+        "",
+        "x" * 600,
+        FUZZ_TOKEN[:-3] + "AAA",
+        sign_token(KEY, RUN, ROUND - 1, "fuzz", HELPER),
+        sign_token(KEY, RUN, ROUND, "fuzz", HELPER + 1),
+        sign_token(OTHER_KEY, RUN, ROUND, "fuzz", HELPER),
+        sign_token(OTHER_KEY, RUN, ROUND, "good", HELPER),  # forged for the good client
+        sign_token(KEY, RUN + 1, ROUND, "good", HELPER),
+    ]
+)
+CLIENTS = st.sampled_from(["fuzz", "fuzz", "fuzz", "good", "mallory", "", "f" * 300])
+DTYPE_NAMES = st.sampled_from([*wire.DTYPES, "int64", "uint8", "object", "", None, 3])
+DIMS = st.one_of(
+    st.integers(0, 9),
+    st.sampled_from([IN, HIDDEN, OUT, 2**31, 2**40, 2**40 + 1, 2**63, 10**30, -1]),
+)
+SHAPES = st.one_of(
+    st.lists(DIMS, max_size=10),
+    st.sampled_from([[4, IN], [4, OUT], [1, IN], [4, IN, 1], [0, IN], []]),
+    st.just("4,8"),
+    st.just([4.0, 8.0]),
+)
+FLOATS = st.sampled_from([0.0, 1.0, -2.5, float("nan"), float("inf"), -float("inf"), 1e38])
+
+
+@st.composite
+def header_edits(draw: st.DrawFn) -> bytes:
+    """A frame whose header fields are edited one by one, payload to match or not."""
+    op = draw(st.sampled_from([*wire.OPS, "fwd", "bwd", "rm", "", 1]))
+    header: dict = {
+        "op": op,
+        "client": draw(CLIENTS),
+        "token": draw(TOKENS),
+        "step": draw(st.one_of(st.integers(-3, 10), st.sampled_from([2**70, "1", None, 1.5]))),
+    }
+    if draw(st.booleans()):
+        header["service_ms"] = draw(st.sampled_from([0.5, -1, float("nan"), "x", 10**400]))
+    if draw(st.integers(0, 9)) == 0:
+        header["tensor"] = None
+        return _frame(header, draw(st.binary(max_size=8)))
+    dtype = draw(DTYPE_NAMES)
+    shape = draw(SHAPES)
+    itemsize = wire._ITEMSIZE.get(wire.DTYPES.get(dtype), 4) if isinstance(dtype, str) else 4
+    try:
+        numel = 1
+        for d in shape:
+            numel *= int(d)
+    except (TypeError, ValueError):
+        numel = 0
+    consistent = 0 <= numel * itemsize <= 4096
+    nbytes = numel * itemsize if consistent and draw(st.booleans()) else draw(st.integers(-1, 99))
+    header["tensor"] = {"dtype": dtype, "shape": shape, "nbytes": nbytes}
+    if consistent and draw(st.booleans()):
+        if dtype in wire.DTYPES:
+            fill = draw(FLOATS)
+            values = torch.full((numel,), fill).to(wire.DTYPES[dtype])
+            payload = values.view(torch.uint8).numpy().tobytes()
+        else:
+            payload = bytes(numel * itemsize)
+    else:
+        payload = draw(st.binary(max_size=64))
+    return _frame(header, payload)
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> bytes:
+    """A valid frame with bytes flipped, overwritten, cut off or appended."""
+    op = draw(st.sampled_from(wire.OPS))
+    shape = draw(st.sampled_from([(4, IN), (4, OUT), (2, IN), (1, IN, 2)]))
+    data = bytearray(_valid(op, shape, client=draw(CLIENTS), token=draw(TOKENS)))
+    for _ in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["flip", "byte", "truncate", "append"]))
+        position = draw(st.integers(0, max(len(data) - 1, 0)))
+        if kind == "flip" and data:
+            data[position] ^= 1 << draw(st.integers(0, 7))
+        elif kind == "byte" and data:
+            data[position] = draw(st.integers(0, 255))
+        elif kind == "truncate":
+            del data[position:]
+        else:
+            data += draw(st.binary(min_size=1, max_size=16))
+    return bytes(data)
+
+
+@st.composite
+def well_formed(draw: st.DrawFn) -> bytes:
+    """Frames that parse, with shapes, dtypes and values that may not fit the body."""
+    op = draw(st.sampled_from(["fwd", "bwd", "fwd", "bwd", "finish"]))
+    shape = tuple(draw(st.lists(st.integers(0, 9), min_size=0, max_size=3)))
+    shape = draw(st.sampled_from([shape, (4, IN), (3, OUT), (4, OUT)]))
+    dtype = draw(st.sampled_from(list(wire.DTYPES.values())))
+    tensor = None
+    if op != "finish":
+        tensor = torch.randn(shape).to(dtype)
+        if tensor.numel() and draw(st.integers(0, 5)) == 0:
+            tensor.view(-1)[0] = draw(FLOATS)
+    return wire.encode(wire.Frame(op, draw(CLIENTS), draw(TOKENS), draw(st.integers(0, 9)), tensor))
+
+
+@st.composite
+def authentic(draw: st.DrawFn) -> bytes:
+    """Frames of the fuzzing client with its real token: they reach the shape, dtype and
+    value checks and, when those pass, the body."""
+    op = draw(st.sampled_from(["fwd", "bwd", "fwd", "bwd", "finish"]))
+    batch = draw(st.sampled_from([4, 4, 4, 1, 0, 5]))
+    width = draw(st.sampled_from([IN, OUT] if op == "fwd" else [OUT, IN]))
+    shape = draw(st.sampled_from([(batch, width), (batch, width), (batch, width, 1), (width,)]))
+    dtype = draw(st.sampled_from([torch.float32, torch.float32, torch.float64, torch.float16]))
+    tensor = None
+    if op != "finish":
+        tensor = torch.randn(shape).to(dtype)
+        if tensor.numel() and draw(st.integers(0, 4)) == 0:
+            tensor.view(-1)[draw(st.integers(0, tensor.numel() - 1))] = draw(FLOATS)
+    return wire.encode(wire.Frame(op, "fuzz", FUZZ_TOKEN, draw(st.integers(0, 9)), tensor))
+
+
+FRAMES = st.one_of(
+    st.binary(max_size=300), header_edits(), mutated(), well_formed(), authentic(), authentic()
+)
+
+
+# -- decode ------------------------------------------------------------------------------
+
+
+def test_fuzzed_frames_decode_or_raise_frame_error(capsys):
+    tried = []
+
+    @settings(max_examples=DECODE_EXAMPLES, **FUZZ_SETTINGS)
+    @given(FRAMES)
+    def fuzz(data):
+        tried.append(1)
+        try:
+            frame = wire.decode(data, max_frame_bytes=64 * 1024)
+        except wire.FrameError:
+            return
+        assert frame.op in wire.OPS and isinstance(frame.client, str)
+        if frame.tensor is not None:
+            assert frame.tensor.dtype in wire.DTYPES.values()
+            assert bool(torch.isfinite(frame.tensor).all())
+
+    started = time.perf_counter()
+    fuzz()
+    with capsys.disabled():
+        print(f"\nwire.decode: {len(tried)} fuzzed frames in {time.perf_counter() - started:.1f} s")
+    assert len(tried) >= DECODE_EXAMPLES
+
+
+# -- helper handlers -----------------------------------------------------------------------
+
+
+class _AbortError(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code, self.details = code, details
+
+
+class _Context:
+    """What the handlers use of a gRPC servicer context: abort raises, as in gRPC."""
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise _AbortError(code, details)
+
+
+def _good_client(address: str, stop: threading.Event, report: dict) -> None:
+    """Train the body through the helper and check every batch against a local copy."""
+    torch.manual_seed(3)
+    reference = _body()
+    optimizer = torch.optim.SGD(reference.parameters(), lr=0.05)
+    token = sign_token(KEY, RUN, ROUND, "good", HELPER)
+    try:
+        with HelperClient(address, "good", token, deadline=30) as helper:
+            while not stop.is_set() or report["batches"] < 20:
+                x = torch.randn(5, IN)
+                grad = torch.randn(5, OUT)
+                out = helper.forward(x)
+                x_ref = x.clone().requires_grad_(True)
+                out_ref = reference(x_ref)
+                grad_in = helper.backward(grad)
+                optimizer.zero_grad()
+                out_ref.backward(grad)
+                optimizer.step()
+                if not (
+                    torch.allclose(out, out_ref.detach(), atol=1e-5)
+                    and torch.allclose(grad_in, x_ref.grad, atol=1e-5)
+                ):
+                    report["wrong"] += 1
+                report["batches"] += 1
+            helper.finish()
+    except Exception as err:  # reported to the test thread
+        report["error"] = repr(err)
+
+
+def _body() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(IN, HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, OUT))
+
+
+def _check_reply(reply: bytes) -> None:
+    frame = wire.decode(reply)
+    assert frame.op == "result"
+
+
+def test_fuzzing_the_helper_while_a_good_client_trains(capsys):
+    worker = HelperWorker({"good": _body(), "fuzz": _body()}, _sgd, input_specs={"fuzz": SPEC})
+    verifier = TokenVerifier(KEY, RUN, ROUND, HELPER, ["good", "fuzz"])
+    server = HelperServer(worker, verifier, task_timeout=CALL_DEADLINE, max_frame_bytes=64 * 1024)
+    server.start()
+    stop = threading.Event()
+    report = {"batches": 0, "wrong": 0}
+    good = threading.Thread(target=_good_client, args=(server.address, stop, report))
+    good.start()
+    counts = {"handler": 0, "grpc": 0, "ok": 0, "slowest": 0.0}
+    codes: dict[str, int] = {}
+    handlers = {"fwd": server.forward, "bwd": server.backward, "finish": server.finish}
+    pool = ThreadPoolExecutor(max_workers=1)
+
+    @settings(max_examples=HANDLER_EXAMPLES, **FUZZ_SETTINGS)
+    @given(st.sampled_from(sorted(handlers)), FRAMES)
+    def fuzz_handlers(method, data):
+        counts["handler"] += 1
+        start = time.perf_counter()
+        call = pool.submit(handlers[method], data, _Context())
+        try:
+            _check_reply(call.result(timeout=CALL_DEADLINE))
+            counts["ok"] += 1
+            code = "OK"
+        except _AbortError as abort:
+            code = abort.code.name
+            assert code in ALLOWED, abort.details
+            assert abort.details
+        counts["slowest"] = max(counts["slowest"], time.perf_counter() - start)
+        codes[code] = codes.get(code, 0) + 1
+        if method == "finish" and code == "OK":
+            server.finished.pop("fuzz", None)  # keep the fuzzing client in the round
+
+    channel = grpc.insecure_channel(server.address)
+    stubs = {
+        op: channel.unary_unary(f"/{SERVICE}/{name}")
+        for op, name in (("fwd", "Forward"), ("bwd", "Backward"), ("finish", "Finish"))
+    }
+
+    @settings(max_examples=GRPC_EXAMPLES, **FUZZ_SETTINGS)
+    @given(st.sampled_from(sorted(stubs)), FRAMES)
+    def fuzz_grpc(method, data):
+        counts["grpc"] += 1
+        try:
+            _check_reply(stubs[method](data, timeout=CALL_DEADLINE))
+            code = "OK"
+        except grpc.RpcError as err:
+            code = err.code().name
+            assert code in ALLOWED, (code, err.details())
+        codes[code] = codes.get(code, 0) + 1
+        if method == "finish" and code == "OK":
+            server.finished.pop("fuzz", None)
+
+    started = time.perf_counter()
+    try:
+        fuzz_handlers()
+        fuzz_grpc()
+    finally:
+        stop.set()
+        good.join(timeout=60)
+        pool.shutdown()
+        channel.close()
+        all_done = server.wait_clients(0)
+        server.stop()
+    elapsed = time.perf_counter() - started
+    with capsys.disabled():
+        print(
+            f"\nhelper fuzzing: {counts['handler']} frames to the handlers, {counts['grpc']} "
+            f"over gRPC in {elapsed:.1f} s; status codes {dict(sorted(codes.items()))}; "
+            f"{server.refused_count} refused as unauthenticated; slowest direct call "
+            f"{counts['slowest'] * 1000:.0f} ms; the good client ran {report['batches']} batches"
+        )
+    assert not good.is_alive(), "the good client hangs"
+    assert "error" not in report, report.get("error")
+    assert report["batches"] >= 20 and report["wrong"] == 0
+    assert "good" in server.finished
+    assert all_done == ("fuzz" in server.finished)
+    assert worker.bodies["good"].batches == report["batches"]
+    assert counts["handler"] >= HANDLER_EXAMPLES and counts["grpc"] >= GRPC_EXAMPLES
+    assert codes.get("UNAUTHENTICATED", 0) > 100 and codes.get("INVALID_ARGUMENT", 0) > 100
+    assert codes.get("OK", 0) > 10  # some fuzzed frames were good enough to run
+
+
+def _sgd(params):
+    return torch.optim.SGD(params, lr=0.05)
