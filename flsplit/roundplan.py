@@ -167,6 +167,11 @@ class CutCosts:
             body_memory_mib=self.profile.memory_mib(c1, c2),
         )
 
+    def body_weights_kib(self, cuts: str) -> float:
+        """Parameter size of the body of the pair ``cuts`` (0: the helper trains nothing)."""
+        c1, c2 = self.pair(cuts)
+        return float(self.profile.weights_kib[c1:c2].sum())
+
     def client_memory_mib(self, cuts: str) -> float:
         """Memory a client needs for the head and tail of the pair ``cuts``."""
         c1, c2 = self.pair(cuts)

@@ -178,7 +178,27 @@ def cut_pairs(model: Any, example_input: Any, candidates: str, default: Sequence
 
 
 def cut_costs(task: SplitTask, config: Mapping[str, Any], split: Any) -> CutCosts:
-    """Measure one batch through every segment the candidate cut pairs need."""
+    """Measure one batch through every segment the candidate cut pairs need.
+
+    Parameters
+    ----------
+    task : SplitTask
+        Model and example input.
+    config : Mapping
+        Run config (``cut-candidates``, ``batch-size``).
+    split : SplitModel
+        The model split at the default cuts.
+
+    Returns
+    -------
+    CutCosts
+        Per-segment costs; with ``"all"``, pairs whose body has no parameters are left out.
+
+    Raises
+    ------
+    ValueError
+        When a listed pair is invalid or its body has no parameters.
+    """
     import torch
 
     from flsplit.profile import profile_model
@@ -190,8 +210,20 @@ def cut_costs(task: SplitTask, config: Mapping[str, Any], split: Any) -> CutCost
     used = {name for pair in pairs for name in pair.split(",")} | set(split.cuts)
     boundaries = [name for name in candidate_cuts(model, example) if name in used]
     batch = torch.randn(int(config["batch-size"]), *example.shape[1:], dtype=example.dtype)
-    profile = profile_model(model, batch, cuts=boundaries, repeats=3, warmup=1)
-    return CutCosts.from_profile(profile, pairs, ",".join(split.cuts))
+    profile = profile_model(model, batch, cuts=boundaries, repeats=5, warmup=2)
+    costs = CutCosts.from_profile(profile, pairs, ",".join(split.cuts))
+    # A body without parameters leaves the helper nothing to train or return.
+    empty = [pair for pair in pairs if costs.body_weights_kib(pair) <= 0]
+    if empty and str(config["cut-candidates"]).strip().lower() != "all":
+        raise ValueError(
+            f"cut-candidates item {empty[0]!r}: its body has no parameters for the helper "
+            "to train; move a cut so that the body holds a layer with weights"
+        )
+    if empty:
+        costs = CutCosts.from_profile(
+            profile, [p for p in pairs if p not in empty], ",".join(split.cuts)
+        )
+    return costs
 
 
 def planned_strategy(
