@@ -348,14 +348,18 @@ def enable_split_learning(
             helper=context.node_id,
             clients=clients,
         )
-        server = HelperServer(
-            worker,
-            verifier,
-            address=str(config["listen-address"]),
-            task_timeout=float(config["call-deadline"]),
-            tls_cert=cert_key[0] if cert_key else None,
-            tls_key=cert_key[1] if cert_key else None,
-        ).start()
+        try:
+            server = HelperServer(
+                worker,
+                verifier,
+                address=str(config["listen-address"]),
+                task_timeout=float(config["call-deadline"]),
+                tls_cert=cert_key[0] if cert_key else None,
+                tls_key=cert_key[1] if cert_key else None,
+            ).start()
+        except Exception:
+            worker.stop()
+            raise
         start = time.perf_counter()
         log(
             INFO,

@@ -317,3 +317,34 @@ def test_a_missing_helper_fails_within_the_deadline():
     helper = HelperClient("127.0.0.1:1", "a", "t", deadline=1.0)
     with helper, pytest.raises(DataPlaneError, match=r"DEADLINE_EXCEEDED|UNAVAILABLE"):
         helper.forward(torch.zeros(1, 2))
+
+
+def test_tls_settings_come_from_the_node_config(self_signed, tmp_path):
+    from flwr.app import Context, RecordDict
+
+    from flsplit.clientapp import client_tls, helper_tls
+
+    cert, key = self_signed
+    (tmp_path / "h.pem").write_bytes(cert)
+    (tmp_path / "h.key").write_bytes(key)
+
+    def context(**node):
+        return Context(1, 2, node, RecordDict(), {})
+
+    assert helper_tls(context(role="helper")) is None
+    assert client_tls(context(role="client")) == (None, None)
+    pair = helper_tls(
+        context(
+            **{"data-tls-cert": str(tmp_path / "h.pem"), "data-tls-key": str(tmp_path / "h.key")}
+        )
+    )
+    assert pair == (cert, key)
+    root = {"data-tls-root-cert": str(tmp_path / "h.pem"), "data-tls-server-name": "helper1"}
+    assert client_tls(context(**root)) == (cert, "helper1")
+    with pytest.raises(ValueError, match="go together"):
+        helper_tls(context(**{"data-tls-cert": str(tmp_path / "h.pem")}))
+    with pytest.raises(DataPlaneError, match="data-tls-root-cert: cannot read"):
+        client_tls(context(**{"data-tls-root-cert": str(tmp_path / "missing.pem")}))
+    (tmp_path / "junk.pem").write_text("not a certificate")
+    with pytest.raises(DataPlaneError, match="not a PEM file"):
+        client_tls(context(**{"data-tls-root-cert": str(tmp_path / "junk.pem")}))

@@ -113,3 +113,48 @@ def test_mutated_frames_parse_or_fail_cleanly(position, value):
     except wire.FrameError:
         return
     assert frame.op in wire.OPS
+
+
+@pytest.mark.parametrize(
+    ("header", "field"),
+    [
+        ({**GOOD_HEADER, "step": -1}, "step"),
+        ({**GOOD_HEADER, "client": "c" * 300}, "client"),
+        ({**GOOD_HEADER, "token": "t" * 600}, "token"),
+        ({**GOOD_HEADER, "service_ms": float("nan")}, "service_ms"),
+        ({**GOOD_HEADER, "service_ms": 10**400}, "service_ms"),
+        (
+            {
+                **GOOD_HEADER,
+                "tensor": {"dtype": "float32", "shape": [2**40, 2**40, 0], "nbytes": 0},
+            },
+            "spans more than",
+        ),
+        (
+            {**GOOD_HEADER, "tensor": {"dtype": "float32", "shape": [2**41], "nbytes": 2**43}},
+            "tensor shape",
+        ),
+        (
+            {**GOOD_HEADER, "tensor": {"dtype": ["float32"], "shape": [1], "nbytes": 4}},
+            "dtype",
+        ),
+    ],
+)
+def test_header_fields_out_of_range_are_refused(header, field):
+    with pytest.raises(wire.FrameError, match=field):
+        wire.decode(_frame_with_header(header, b"\0" * 4))
+
+
+def test_ints_beyond_pythons_digit_limit_are_a_frame_error():
+    raw = b'{"op":"fwd","client":"1","token":"t","step":' + b"9" * 5000 + b"}"
+    with pytest.raises(wire.FrameError, match="header"):
+        wire.decode(struct.pack("<4sI", wire.MAGIC, len(raw)) + raw)
+
+
+def test_decode_header_checks_the_layout_but_reads_no_values():
+    data = wire.encode(wire.Frame("fwd", "1", "t", 0, torch.tensor([1.0, float("nan")])))
+    raw = wire.decode_header(data)
+    assert (raw.frame.client, raw.dtype, raw.shape) == ("1", torch.float32, (2,))
+    with pytest.raises(wire.FrameError, match="NaN"):
+        raw.tensor()
+    assert torch.isnan(raw.tensor(require_finite=False)[1])

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from flsplit.runtime.worker import HelperWorker, TaskError
+from flsplit.runtime.worker import HelperWorker, InputError, TaskError, TensorSpec
 
 
 def _sgd(params):
@@ -76,3 +76,44 @@ def test_unknown_client_and_backward_without_forward_fail():
     with pytest.raises(TaskError, match="without a preceding forward"):
         worker.submit("a", "bwd", torch.ones(1, 2)).result(5)
     worker.stop()
+
+
+def test_inputs_are_checked_against_the_body_input_and_the_pending_output():
+    spec = TensorSpec((3,), torch.float32)
+    worker = HelperWorker(
+        {"a": nn.Linear(3, 2), "b": nn.Linear(3, 2)}, _sgd, input_specs={"a": spec}
+    )
+    try:
+        for bad, field in [
+            (torch.ones(4, 2), "tensor shape"),
+            (torch.ones(4, 3, 1), "tensor shape"),
+            (torch.ones(4, 3, dtype=torch.float64), "tensor dtype"),
+            (torch.ones(0, 3), "batch dimension"),
+        ]:
+            with pytest.raises(InputError, match=field):
+                worker.submit("a", "fwd", bad)
+        out = worker.submit("a", "fwd", torch.ones(4, 3)).result(5)
+        for bad, field in [
+            (torch.ones(4, 3), "tensor shape"),
+            (torch.ones(4, 2, dtype=torch.float16), "tensor dtype"),
+        ]:
+            with pytest.raises(InputError, match=field):
+                worker.submit("a", "bwd", bad)
+        assert worker.bodies["a"].pending_output is not None  # the batch is still in flight
+        worker.submit("a", "bwd", torch.ones_like(out)).result(5)
+        assert worker.bodies["a"].batches == 1
+        # without a spec, the first forward that ran fixes it
+        worker.submit("b", "fwd", torch.ones(2, 3)).result(5)
+        assert worker.bodies["b"].input_spec == spec
+    finally:
+        worker.stop()
+
+
+def test_a_batch_limit_is_enforced():
+    worker = HelperWorker({"a": nn.Linear(2, 2)}, _sgd, max_batch=8)
+    try:
+        with pytest.raises(InputError, match="batch larger than 8"):
+            worker.submit("a", "fwd", torch.ones(9, 2))
+        worker.submit("a", "fwd", torch.ones(8, 2)).result(5)
+    finally:
+        worker.stop()
