@@ -14,6 +14,13 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, Result, Strategy
 from flwr.supercore import log
 
+from flsplit.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    load_checkpoint,
+    run_fingerprint,
+    save_checkpoint,
+)
 from flsplit.emulate import DEFAULT_LINK_MIX, LinkTable
 from flsplit.roundplan import FIXED_CUT_METHODS, CutCosts, PartCosts, RoundPlanner
 from flsplit.split import part_state_keys
@@ -68,10 +75,21 @@ def make_server_app(
         if mode not in ("split", "fedavg"):
             raise ValueError(f"run config mode={mode!r} is not 'split' or 'fedavg'")
         split = task.split(config)
+        num_rounds = int(config["num-server-rounds"])
+        checkpoint_dir = str(config.get("checkpoint-dir", ""))
+        saved = resume_point(checkpoint_dir, config, model)
+        done = 0
+        if saved is not None:
+            done = min(saved.server_round, num_rounds)
+            initial = ArrayRecord(model.state_dict())
+            log(INFO, "resuming from %s after round %d of %d", checkpoint_dir, done, num_rounds)
         common = {
             "strategy": strategy_fn(config),
             "round_timeout": float(config["round-timeout"]),
             "split": mode == "split",
+            "min_completed_clients": int(config["min-completed-clients"]),
+            "round_offset": done,
+            "on_round_end": checkpoint_writer(checkpoint_dir, config) if checkpoint_dir else None,
         }
         if mode == "split" and str(config["planner"]) != "round-robin":
             strategy = planned_strategy(task, config, split, model, common)
@@ -79,18 +97,25 @@ def make_server_app(
             if str(config.get("cut-candidates", "")).strip():
                 log(WARNING, "cut-candidates is ignored without a planner (run config planner)")
             strategy = SplitStrategy.from_split(split, model, task.example_input(config), **common)
+        if saved is not None:
+            strategy.load_state(saved.state)
+        if done >= num_rounds:
+            log(INFO, "all %d rounds are done according to %s", num_rounds, checkpoint_dir)
+            return
         train_config = ConfigRecord(
             {k: v for k, v in config.items() if isinstance(v, int | float | str | bool)}
         )
         result = strategy.start(
             grid=grid,
             initial_arrays=initial,
-            num_rounds=int(config["num-server-rounds"]),
+            num_rounds=num_rounds - done,
             timeout=float(config["round-timeout"]) + 60.0,
             train_config=train_config,
             evaluate_config=ConfigRecord(dict(train_config)),
-            evaluate_fn=_server_evaluation(task, config),
+            evaluate_fn=_server_evaluation(task, config, round_offset=done),
         )
+        if done:
+            _shift_rounds(result, done)
         output_dir = str(config.get("output-dir", ""))
         if output_dir:
             write_history(Path(output_dir), result, strategy)
@@ -98,6 +123,55 @@ def make_server_app(
             on_result(initial, result, strategy)
 
     return app
+
+
+def resume_point(
+    checkpoint_dir: str, config: Mapping[str, Any], model: Any
+) -> Checkpoint | None:
+    """Load the checkpoint of this run config into ``model`` (``None``: start afresh)."""
+    if not checkpoint_dir:
+        return None
+    import torch
+
+    saved = load_checkpoint(checkpoint_dir, run_fingerprint(config))
+    if saved is None:
+        return None
+    state = {key: torch.from_numpy(value.copy()) for key, value in saved.arrays.items()}
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{checkpoint_dir}: the model does not match ({err})") from None
+    return saved
+
+
+def checkpoint_writer(
+    checkpoint_dir: str, config: Mapping[str, Any]
+) -> Callable[[int, ArrayRecord, SplitStrategy], None]:
+    """``on_round_end`` hook writing a checkpoint after every round."""
+    fingerprint = run_fingerprint(config)
+
+    def write(server_round: int, arrays: ArrayRecord, strategy: SplitStrategy) -> None:
+        numpy_arrays = {key: array.numpy() for key, array in arrays.items()}
+        save_checkpoint(
+            checkpoint_dir,
+            Checkpoint(server_round, numpy_arrays, fingerprint, strategy.state()),
+        )
+        log(INFO, "round %d: checkpoint written to %s", server_round, checkpoint_dir)
+
+    return write
+
+
+def _shift_rounds(result: Result, offset: int) -> None:
+    """Number a resumed run's results by flsplit's rounds instead of Flower's."""
+    for name in ("train_metrics_clientapp", "evaluate_metrics_clientapp"):
+        metrics = getattr(result, name)
+        shifted = {r + offset: m for r, m in metrics.items()}
+        metrics.clear()
+        metrics.update(shifted)
+    server = result.evaluate_metrics_serverapp
+    shifted = {r + offset: m for r, m in server.items()}
+    server.clear()
+    server.update(shifted)
 
 
 def part_costs(task: SplitTask, config: Mapping[str, Any], split: Any) -> PartCosts:
@@ -294,13 +368,14 @@ def planned_strategy(
 
 
 def _server_evaluation(
-    task: SplitTask, config: Mapping[str, Any]
+    task: SplitTask, config: Mapping[str, Any], round_offset: int = 0
 ) -> Callable[[int, ArrayRecord], MetricRecord | None] | None:
     if task.load_test_data is None:
         return None
     test_data = task.load_test_data(config)
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        server_round += round_offset
         model = task.model_fn(config)
         model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
         loss, acc, examples = evaluate_model(model, task.batches(test_data), task.loss_fn)

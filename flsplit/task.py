@@ -28,6 +28,8 @@ DEFAULT_RUN_CONFIG: dict[str, Any] = {
     "batch-size": 32,
     "round-timeout": 600.0,
     "call-deadline": 120.0,
+    "min-completed-clients": 1,  # fewer complete updates: the round is not aggregated
+    "checkpoint-dir": "",  # write a checkpoint after every round here; resume from it
     "fraction-evaluate": 1.0,
     "planner": "round-robin",  # or a planner method: auto, greedy, random-fcfs, ...
     "planner-time-limit": 2.0,

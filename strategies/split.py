@@ -95,6 +95,15 @@ class SplitStrategy(Strategy):
     split : bool
         ``False`` runs plain federated training of the full model on the clients
         (helpers idle), for comparison with the same data and aggregation.
+    min_completed_clients : int
+        Fewest complete client updates (head, tail and the body from the helper) a round
+        needs to be aggregated; below that the global model stays as it was.
+    round_offset : int
+        Rounds already completed before this run (a resumed run): Flower's round ``r``
+        is flsplit's round ``r + round_offset`` in messages, logs and plans.
+    on_round_end : callable, optional
+        ``on_round_end(server_round, arrays, strategy)`` after every round's aggregation
+        (e.g. to write a checkpoint).
     """
 
     def __init__(
@@ -105,7 +114,14 @@ class SplitStrategy(Strategy):
         round_timeout: float = 600.0,
         query_timeout: float = 120.0,
         split: bool = True,
+        min_completed_clients: int = 1,
+        round_offset: int = 0,
+        on_round_end: Callable[[int, ArrayRecord, SplitStrategy], None] | None = None,
     ) -> None:
+        if min_completed_clients < 1:
+            raise ValueError(
+                f"min_completed_clients={min_completed_clients} must be at least 1"
+            )
         self._part_keys_fn = part_keys
         self._part_keys: dict[str, tuple[list[str], list[str], list[str]]] = {}
         self.cuts = cuts
@@ -115,6 +131,9 @@ class SplitStrategy(Strategy):
         self.round_timeout = round_timeout
         self.query_timeout = query_timeout
         self.split = split
+        self.min_completed_clients = min_completed_clients
+        self.round_offset = round_offset
+        self.on_round_end = on_round_end
         self.nodes: dict[int, NodeInfo] = {}
         self.assignment: RoundAssignment | None = None
         self.round_times: dict[int, float] = {}
@@ -300,6 +319,7 @@ class SplitStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Discover nodes, assign clients to helpers, and build client and helper messages."""
+        server_round += self.round_offset
         self.discover(grid)
         config["mode"] = "split" if self.split else "fedavg"
         inner = list(
@@ -389,6 +409,7 @@ class SplitStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Assemble one full model per client and let the wrapped strategy aggregate."""
+        server_round += self.round_offset
         replies = list(replies)
         assignment = self.assignment
         if assignment is None:
@@ -414,6 +435,18 @@ class SplitStrategy(Strategy):
             full_replies = list(self._full_model_replies(client_replies, bodies, assignment))
         else:
             full_replies = client_replies
+        completed = sum(1 for r in full_replies if not r.has_error())
+        if completed < self.min_completed_clients:
+            log(
+                ERROR,
+                "round %d: only %d complete client updates, fewer than min-completed-clients="
+                "%d; the global model is kept as it was",
+                server_round,
+                completed,
+                self.min_completed_clients,
+            )
+            self.round_times[server_round] = time.perf_counter() - assignment.started
+            return None, None
         arrays, metrics = self.strategy.aggregate_train(server_round, full_replies)
         wall = time.perf_counter() - assignment.started
         self.round_times[server_round] = wall
@@ -462,7 +495,14 @@ class SplitStrategy(Strategy):
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Federated evaluation on clients (full model run locally), via the wrapped strategy."""
+        """Federated evaluation on clients (full model run locally), via the wrapped strategy.
+
+        Called once the round's training is aggregated, so ``arrays`` is the round's global
+        model: :attr:`on_round_end` (checkpoints) runs here.
+        """
+        server_round += self.round_offset
+        if self.on_round_end is not None:
+            self.on_round_end(server_round, arrays, self)
         self.discover(grid)
         return self.strategy.configure_evaluate(
             server_round, arrays, config, self.client_grid(grid)
@@ -472,7 +512,18 @@ class SplitStrategy(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         """Aggregate evaluation metrics with the wrapped strategy."""
+        server_round += self.round_offset
         return self.strategy.aggregate_evaluate(server_round, replies)
+
+    # -- state for checkpoints --------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """JSON-ready state a resumed run needs besides the model (round times)."""
+        return {"round_times": {str(r): t for r, t in self.round_times.items()}}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state` returned."""
+        self.round_times = {int(r): float(t) for r, t in state.get("round_times", {}).items()}
 
     def summary(self) -> None:
         """Log the configuration."""
