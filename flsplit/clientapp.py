@@ -389,6 +389,7 @@ def enable_split_learning(
                 "refused": server.refused_count,
                 "invalid-requests": server.invalid_count,
                 "tasks": len(tasks),
+                "peak-rss-mib": peak_rss_mib(),
                 "body-fwd-ms": _mean_ms(t for t in tasks if t.kind == "fwd"),
                 "body-bwd-ms": _mean_ms(t for t in tasks if t.kind == "bwd"),
             }
@@ -461,6 +462,15 @@ def make_client_app(task: SplitTask, run_config: Mapping[str, Any] | None = None
 def _reply(msg: Message, arrays: ArrayRecord, metrics: Mapping[str, float | int]) -> Message:
     content = RecordDict({"arrays": arrays, "metrics": MetricRecord(dict(metrics))})
     return Message(content, reply_to=msg)
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux and macOS)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 def _mean_ms(tasks: Iterable[TaskRecord]) -> float:

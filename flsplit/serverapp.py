@@ -21,6 +21,7 @@ from flsplit.checkpoint import (
     run_fingerprint,
     save_checkpoint,
 )
+from flsplit.clientapp import peak_rss_mib
 from flsplit.emulate import DEFAULT_LINK_MIX, LinkTable
 from flsplit.roundplan import FIXED_CUT_METHODS, CutCosts, PartCosts, RoundPlanner
 from flsplit.split import part_state_keys
@@ -116,6 +117,12 @@ def make_server_app(
         )
         if done:
             _shift_rounds(result, done)
+        log(
+            INFO,
+            "peak memory: ServerApp process %.0f MiB, helpers %s",
+            peak_rss_mib(),
+            {h: round(m) for h, m in sorted(strategy.helper_peak_mib.items())} or "-",
+        )
         output_dir = str(config.get("output-dir", ""))
         if output_dir:
             write_history(Path(output_dir), result, strategy)
@@ -393,6 +400,8 @@ def write_history(output_dir: Path, result: Result, strategy: SplitStrategy) -> 
         "evaluate": {r: dict(m) for r, m in result.evaluate_metrics_clientapp.items()},
         "server": {r: dict(m) for r, m in result.evaluate_metrics_serverapp.items()},
         "round-wall-seconds": strategy.round_times,
+        "helper-peak-rss-mib": strategy.helper_peak_mib,
+        "serverapp-peak-rss-mib": peak_rss_mib(),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     path = output_dir / "history.json"

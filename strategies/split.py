@@ -137,6 +137,7 @@ class SplitStrategy(Strategy):
         self.nodes: dict[int, NodeInfo] = {}
         self.assignment: RoundAssignment | None = None
         self.round_times: dict[int, float] = {}
+        self.helper_peak_mib: dict[int, float] = {}  # peak resident memory per helper
         self._known_ids: frozenset[int] = frozenset()
         self._run_secret: tuple[int, bytes] | None = None  # (run id, secret), never sent
 
@@ -431,6 +432,11 @@ class SplitStrategy(Strategy):
                 client_replies.append(reply)
 
         self.observe(server_round, client_replies, helper_replies)
+        for reply in helper_replies:
+            peak = reply.content.metric_records["metrics"].get("peak-rss-mib")
+            if peak is not None:
+                src = reply.metadata.src_node_id
+                self.helper_peak_mib[src] = max(self.helper_peak_mib.get(src, 0.0), float(peak))
         if self.split:
             full_replies = list(self._full_model_replies(client_replies, bodies, assignment))
         else:
