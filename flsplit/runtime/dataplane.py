@@ -38,7 +38,7 @@ from flsplit.runtime.worker import HelperWorker, InputError, TaskError
 
 SERVICE = "flsplit.Helper"
 LOG = logging.getLogger("flsplit.dataplane")
-KEPT_REASONS = 100
+KEPT_REASONS = 100  # refusals logged at WARNING and kept in ``refused``, per round
 
 
 class DataPlaneError(RuntimeError):
@@ -220,9 +220,15 @@ class HelperServer:
         if reason is not None:
             with self._lock:
                 self.refused_count += 1
-                if len(self.refused) < KEPT_REASONS:
+                count = self.refused_count
+                if count <= KEPT_REASONS:
                     self.refused.append(reason)
-            LOG.warning("refused request: %s", reason)
+            if count <= KEPT_REASONS:
+                LOG.warning("refused request: %s", reason)
+            else:  # a flood: keep the log readable
+                if count == KEPT_REASONS + 1:
+                    LOG.warning("more than %d refused requests this round", KEPT_REASONS)
+                LOG.debug("refused request: %s", reason)
             raise _StatusError(grpc.StatusCode.UNAUTHENTICATED, reason)
         if frame.client in self.finished:
             raise _StatusError(
