@@ -25,10 +25,14 @@ from flsplit.runtime.auth import TokenVerifier, helper_key, new_run_secret, sign
 from flsplit.runtime.dataplane import SERVICE, HelperClient, HelperServer
 from flsplit.runtime.worker import HelperWorker, TensorSpec
 
-DECODE_EXAMPLES = 6000  # frames fed to wire.decode
-HANDLER_EXAMPLES = 4000  # frames fed to the helper's handlers, called directly
+# Each hypothesis example is a frame plus cheap variants of it (a flipped bit, a cut),
+# so the frames tried are the examples times the variants.
+DECODE_EXAMPLES, DECODE_VARIANTS = 2000, 4  # frames fed to wire.decode
+HANDLER_EXAMPLES, HANDLER_VARIANTS = 2500, 2  # frames fed to the handlers, called directly
 GRPC_EXAMPLES = 300  # frames sent over a real gRPC channel
-FUZZED_FRAMES = DECODE_EXAMPLES + HANDLER_EXAMPLES + GRPC_EXAMPLES
+FUZZED_FRAMES = (
+    DECODE_EXAMPLES * DECODE_VARIANTS + HANDLER_EXAMPLES * HANDLER_VARIANTS + GRPC_EXAMPLES
+)
 CALL_DEADLINE = 5.0  # seconds any single call may take
 
 RUN, ROUND, HELPER = 9, 4, 77
@@ -176,6 +180,15 @@ def authentic(draw: st.DrawFn) -> bytes:
     return wire.encode(wire.Frame(op, "fuzz", FUZZ_TOKEN, draw(st.integers(0, 9)), tensor))
 
 
+def _variants(data: bytes, position: int, bit: int, count: int) -> list[bytes]:
+    """``data`` and up to ``count - 1`` mutations of it: a bit flip, a cut, junk appended."""
+    flipped = bytearray(data)
+    if flipped:
+        flipped[position % len(flipped)] ^= 1 << bit
+    variants = [data, bytes(flipped), data[: position % (len(data) + 1)], data + data[: bit + 1]]
+    return variants[:count]
+
+
 FRAMES = st.one_of(
     st.binary(max_size=300), header_edits(), mutated(), well_formed(), authentic(), authentic()
 )
@@ -188,23 +201,24 @@ def test_fuzzed_frames_decode_or_raise_frame_error(capsys):
     tried = []
 
     @settings(max_examples=DECODE_EXAMPLES, **FUZZ_SETTINGS)
-    @given(FRAMES)
-    def fuzz(data):
-        tried.append(1)
-        try:
-            frame = wire.decode(data, max_frame_bytes=64 * 1024)
-        except wire.FrameError:
-            return
-        assert frame.op in wire.OPS and isinstance(frame.client, str)
-        if frame.tensor is not None:
-            assert frame.tensor.dtype in wire.DTYPES.values()
-            assert bool(torch.isfinite(frame.tensor).all())
+    @given(FRAMES, st.integers(0, 2**16), st.integers(0, 7))
+    def fuzz(data, position, bit):
+        for variant in _variants(data, position, bit, DECODE_VARIANTS):
+            tried.append(1)
+            try:
+                frame = wire.decode(variant, max_frame_bytes=64 * 1024)
+            except wire.FrameError:
+                continue
+            assert frame.op in wire.OPS and isinstance(frame.client, str)
+            if frame.tensor is not None:
+                assert frame.tensor.dtype in wire.DTYPES.values()
+                assert bool(torch.isfinite(frame.tensor).all())
 
     started = time.perf_counter()
     fuzz()
     with capsys.disabled():
         print(f"\nwire.decode: {len(tried)} fuzzed frames in {time.perf_counter() - started:.1f} s")
-    assert len(tried) >= DECODE_EXAMPLES
+    assert len(tried) >= DECODE_EXAMPLES * DECODE_VARIANTS
 
 
 # -- helper handlers -----------------------------------------------------------------------
@@ -247,6 +261,7 @@ def _good_client(address: str, stop: threading.Event, report: dict) -> None:
                 ):
                     report["wrong"] += 1
                 report["batches"] += 1
+                time.sleep(0.005)  # a steady client, not one that starves the fuzzer
             helper.finish()
     except Exception as err:  # reported to the test thread
         report["error"] = repr(err)
@@ -271,29 +286,29 @@ def test_fuzzing_the_helper_while_a_good_client_trains(capsys):
     report = {"batches": 0, "wrong": 0}
     good = threading.Thread(target=_good_client, args=(server.address, stop, report))
     good.start()
-    counts = {"handler": 0, "grpc": 0, "ok": 0, "slowest": 0.0}
+    counts = {"handler": 0, "grpc": 0, "slowest": 0.0}
     codes: dict[str, int] = {}
     handlers = {"fwd": server.forward, "bwd": server.backward, "finish": server.finish}
     pool = ThreadPoolExecutor(max_workers=1)
 
     @settings(max_examples=HANDLER_EXAMPLES, **FUZZ_SETTINGS)
-    @given(st.sampled_from(sorted(handlers)), FRAMES)
-    def fuzz_handlers(method, data):
-        counts["handler"] += 1
-        start = time.perf_counter()
-        call = pool.submit(handlers[method], data, _Context())
-        try:
-            _check_reply(call.result(timeout=CALL_DEADLINE))
-            counts["ok"] += 1
-            code = "OK"
-        except _AbortError as abort:
-            code = abort.code.name
-            assert code in ALLOWED, abort.details
-            assert abort.details
-        counts["slowest"] = max(counts["slowest"], time.perf_counter() - start)
-        codes[code] = codes.get(code, 0) + 1
-        if method == "finish" and code == "OK":
-            server.finished.pop("fuzz", None)  # keep the fuzzing client in the round
+    @given(st.sampled_from(sorted(handlers)), FRAMES, st.integers(0, 2**16), st.integers(0, 7))
+    def fuzz_handlers(method, data, position, bit):
+        for variant in _variants(data, position, bit, HANDLER_VARIANTS):
+            counts["handler"] += 1
+            start = time.perf_counter()
+            call = pool.submit(handlers[method], variant, _Context())
+            try:
+                _check_reply(call.result(timeout=CALL_DEADLINE))
+                code = "OK"
+            except _AbortError as abort:
+                code = abort.code.name
+                assert code in ALLOWED, abort.details
+                assert abort.details
+            counts["slowest"] = max(counts["slowest"], time.perf_counter() - start)
+            codes[code] = codes.get(code, 0) + 1
+            if method == "finish" and code == "OK":
+                server.finished.pop("fuzz", None)  # keep the fuzzing client in the round
 
     channel = grpc.insecure_channel(server.address)
     stubs = {
@@ -340,7 +355,8 @@ def test_fuzzing_the_helper_while_a_good_client_trains(capsys):
     assert "good" in server.finished
     assert all_done == ("fuzz" in server.finished)
     assert worker.bodies["good"].batches == report["batches"]
-    assert counts["handler"] >= HANDLER_EXAMPLES and counts["grpc"] >= GRPC_EXAMPLES
+    assert counts["handler"] >= HANDLER_EXAMPLES * HANDLER_VARIANTS
+    assert counts["grpc"] >= GRPC_EXAMPLES
     assert codes.get("UNAUTHENTICATED", 0) > 100 and codes.get("INVALID_ARGUMENT", 0) > 100
     assert codes.get("OK", 0) > 10  # some fuzzed frames were good enough to run
 
