@@ -223,7 +223,28 @@ class HelperProfile:
 
 @dataclass
 class RoundPlan:
-    """The plan of one round and what it predicts."""
+    """The plan of one round and what it predicts.
+
+    Attributes
+    ----------
+    instance : Instance
+        Stage times of one batch at the planned cuts.
+    plan : Plan
+        Assignment and per-helper order (planner ids ``c<node>`` / ``h<node>``).
+    prediction : RoundPrediction
+        The whole round replayed from the one-batch plan.
+    batches : dict
+        Planner client id -> batches it runs this round.
+    planning_seconds : float
+        Time spent planning.
+    node_ids : dict
+        Planner id -> node id.
+    cuts : dict
+        Planner client id -> its cut pair (``"a,b"``); empty when everybody keeps the
+        default pair.
+    left_out : list of int
+        Sampled clients that hold no candidate pair in their memory (not planned).
+    """
 
     instance: Instance
     plan: Plan
