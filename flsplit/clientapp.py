@@ -356,6 +356,7 @@ def enable_split_learning(
                 task_timeout=float(config["call-deadline"]),
                 tls_cert=cert_key[0] if cert_key else None,
                 tls_key=cert_key[1] if cert_key else None,
+                idle_timeout=float(config["client-idle-timeout"]) or None,
             ).start()
         except Exception:
             worker.stop()
@@ -372,8 +373,10 @@ def enable_split_learning(
             all_done = server.wait_clients(float(config["round-timeout"]))
         finally:
             server.stop()
+        if server.dropped:
+            log(WARNING, "helper: dropped idle clients %s", sorted(server.dropped))
         if not all_done:
-            missing = sorted(set(clients) - set(server.finished))
+            missing = sorted(set(clients) - set(server.finished) - set(server.dropped))
             log(WARNING, "helper: clients %s did not finish before the round deadline", missing)
         content = RecordDict()
         for client in server.finished:
@@ -384,6 +387,7 @@ def enable_split_learning(
         content["metrics"] = MetricRecord(
             {
                 "clients-finished": len(server.finished),
+                "clients-dropped": len(server.dropped),
                 "busy-seconds": sum(t.end - t.start for t in tasks),
                 "wall-seconds": time.perf_counter() - start,
                 "refused": server.refused_count,

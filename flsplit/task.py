@@ -28,8 +28,10 @@ DEFAULT_RUN_CONFIG: dict[str, Any] = {
     "batch-size": 32,
     "round-timeout": 600.0,
     "call-deadline": 120.0,
+    "client-idle-timeout": 120.0,  # a helper drops a client silent this long (0 = never)
     "min-completed-clients": 1,  # fewer complete updates: the round is not aggregated
     "checkpoint-dir": "",  # write a checkpoint after every round here; resume from it
+    "simulation-concurrency": 0,  # flsplit simulate: nodes at once (0 = all, at most 24)
     "fraction-evaluate": 1.0,
     "planner": "round-robin",  # or a planner method: auto, greedy, random-fcfs, ...
     "planner-time-limit": 2.0,

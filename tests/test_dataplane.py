@@ -348,3 +348,31 @@ def test_tls_settings_come_from_the_node_config(self_signed, tmp_path):
     (tmp_path / "junk.pem").write_text("not a certificate")
     with pytest.raises(DataPlaneError, match="not a PEM file"):
         client_tls(context(**{"data-tls-root-cert": str(tmp_path / "junk.pem")}))
+
+
+def test_a_client_that_goes_silent_is_dropped_and_the_others_finish():
+    torch.manual_seed(0)
+    split = _split(SmallCNN())
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))
+    server = _serve(split.body, ["gone", "stays"], idle_timeout=1.0)
+    try:
+        # "gone" sends one forward and disappears mid-batch.
+        with HelperClient(server.address, "gone", _token("gone"), deadline=30) as gone:
+            gone.forward(split.head(x).detach())
+        optimizer = _sgd(itertools.chain(split.head.parameters(), split.tail.parameters()))
+        with HelperClient(server.address, "stays", _token("stays"), deadline=30) as helper:
+            result = train_split(
+                split.head, split.tail, helper, [(x, y)] * 3, nn.functional.cross_entropy,
+                optimizer,
+            )
+        assert server.wait_clients(30), "the helper kept waiting for the silent client"
+        # A late request of the dropped client is refused, not served.
+        with HelperClient(server.address, "gone", _token("gone"), deadline=10) as late:
+            with pytest.raises(DataPlaneError, match="dropped"):
+                late.forward(split.head(x).detach())
+    finally:
+        server.stop()
+    assert result.batches == 3
+    assert set(server.finished) == {"stays"}
+    assert set(server.dropped) == {"gone"}
+    assert "gone" not in server.worker.bodies, "the dropped client's state was kept"

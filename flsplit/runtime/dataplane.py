@@ -105,6 +105,11 @@ class HelperServer:
         Largest frame accepted.
     tls_cert, tls_key : bytes, optional
         PEM certificate chain and private key: serve over TLS (both or neither).
+    idle_timeout : float, optional
+        A client that has not finished and sent no request for this many seconds (since
+        its last request, or since the server started) is dropped: its body state is
+        freed, its update will not be returned, and the helper stops waiting for it.
+        ``None`` waits for every client until :meth:`wait_clients`' timeout.
     """
 
     def __init__(
@@ -116,6 +121,7 @@ class HelperServer:
         max_frame_bytes: int = wire.DEFAULT_MAX_FRAME_BYTES,
         tls_cert: bytes | None = None,
         tls_key: bytes | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
         if (tls_cert is None) != (tls_key is None):
             raise DataPlaneError("TLS needs both a certificate and its private key")
@@ -126,6 +132,9 @@ class HelperServer:
         self.max_frame_bytes = max_frame_bytes
         self.tls = tls_cert is not None
         self.finished: dict[str, int] = {}
+        self.dropped: dict[str, str] = {}  # client -> why it was dropped
+        self.idle_timeout = idle_timeout
+        self._last_seen: dict[str, float] = {}
         self.refused: list[str] = []
         self.refused_count = 0
         self.invalid_count = 0
@@ -168,13 +177,46 @@ class HelperServer:
     def start(self) -> HelperServer:
         """Start serving."""
         self._server.start()
+        now = time.monotonic()
+        self._last_seen = dict.fromkeys(self.clients, now)
         if not self.clients:
             self._all_done.set()
         return self
 
     def wait_clients(self, timeout: float) -> bool:
-        """Block until every client called ``Finish`` or ``timeout`` passes."""
-        return self._all_done.wait(timeout)
+        """Block until every client called ``Finish`` or was dropped as idle, or until
+        ``timeout`` passes; return whether no client is left to wait for."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return self._all_done.is_set()
+            step = left if self.idle_timeout is None else min(left, 0.25)
+            if self._all_done.wait(step):
+                return True
+            if self.idle_timeout is not None:
+                self._drop_idle(time.monotonic())
+
+    def _drop_idle(self, now: float) -> None:
+        with self._lock:
+            idle = [
+                client
+                for client, seen in self._last_seen.items()
+                if client not in self.finished
+                and client not in self.dropped
+                and now - seen > self.idle_timeout
+            ]
+            for client in idle:
+                self.dropped[client] = f"no request for {self.idle_timeout:.0f} s"
+            if set(self.finished) | set(self.dropped) >= self.clients:
+                self._all_done.set()
+        for client in idle:
+            LOG.warning(
+                "client %r sent nothing for %.0f s: dropped, its update is discarded",
+                client,
+                self.idle_timeout,
+            )
+            self.worker.drop(client)
 
     def stop(self, grace: float = 1.0) -> None:
         """Stop the server and the worker."""
@@ -234,6 +276,13 @@ class HelperServer:
             raise _StatusError(
                 grpc.StatusCode.FAILED_PRECONDITION, f"client {frame.client!r} finished"
             )
+        if frame.client in self.dropped:
+            raise _StatusError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"client {frame.client!r} was dropped this round: {self.dropped[frame.client]}",
+            )
+        with self._lock:
+            self._last_seen[frame.client] = time.monotonic()
         try:
             frame.tensor = raw.tensor(require_finite=True)
         except wire.FrameError as err:
@@ -246,7 +295,7 @@ class HelperServer:
         if op == "finish":
             with self._lock:
                 self.finished[frame.client] = frame.step
-                if set(self.finished) >= self.clients:
+                if set(self.finished) | set(self.dropped) >= self.clients:
                     self._all_done.set()
             return wire.encode(wire.Frame("result", frame.client, step=frame.step))
         if frame.tensor is None:
