@@ -26,10 +26,23 @@ from flsplit.task import SplitTask
 LOG = logging.getLogger("flsplit.simulation")
 
 
-def backend_config_for(num_supernodes: int, cpus: int | None = None) -> dict[str, Any]:
-    """Ray backend settings that let all ``num_supernodes`` virtual nodes run at once."""
+#: Most virtual nodes run at once by default: each is a process holding torch (a few
+#: hundred MiB), so larger federations run their clients in waves.
+DEFAULT_MAX_CONCURRENT = 24
+
+
+def backend_config_for(
+    num_supernodes: int, cpus: int | None = None, max_concurrent: int | None = None
+) -> dict[str, Any]:
+    """Ray backend settings that run ``min(num_supernodes, max_concurrent)`` nodes at once.
+
+    Helpers block while they serve, so ``max_concurrent`` must exceed the number of
+    helpers (:func:`check_concurrency` says so); with fewer than ``num_supernodes``
+    clients run in waves.
+    """
     cpus = cpus or os.cpu_count() or 1
-    share = math.floor(cpus / num_supernodes * 1000) / 1000
+    concurrent = min(num_supernodes, max_concurrent or num_supernodes)
+    share = math.floor(cpus / concurrent * 1000) / 1000
     return {
         "init_args": {"num_cpus": cpus},
         "client_resources": {"num_cpus": max(share, 0.001), "num_gpus": 0.0},
@@ -86,7 +99,8 @@ def simulate(
     total = num_supernodes or helpers + int(config.get("num-clients", 2))
     if total <= helpers:
         raise ValueError(f"num-supernodes={total} leaves no client next to num-helpers={helpers}")
-    backend = dict(backend_config) if backend_config else backend_config_for(total)
+    cap = int(config.get("simulation-concurrency", 0)) or max(DEFAULT_MAX_CONCURRENT, helpers + 1)
+    backend = dict(backend_config) if backend_config else backend_config_for(total, None, cap)
     check_concurrency(helpers if config["mode"] == "split" else 0, backend)
     config.setdefault("torch-threads", 1)
     run_simulation(

@@ -217,7 +217,11 @@ class SplitStrategy(Strategy):
         return sorted(n for n, info in self.nodes.items() if info.role == "client")
 
     def discover(self, grid: Grid) -> None:
-        """Query nodes not seen yet for role, examples and data-plane address."""
+        """Query nodes not seen yet for role, examples and data-plane address.
+
+        A node that does not answer in time (still starting, say) is asked again at the
+        next call.
+        """
         node_ids = sorted(grid.get_node_ids())
         if frozenset(node_ids) == self._known_ids:
             return
@@ -245,7 +249,15 @@ class SplitStrategy(Strategy):
                     listen_address=str(info.get("listen-address", "")),
                     info=info,
                 )
-        self._known_ids = frozenset(node_ids)
+        unanswered = sorted(set(new) - set(self.nodes))
+        if unanswered:
+            log(
+                WARNING,
+                "%d nodes did not answer discovery within %.0f s; asking them again later",
+                len(unanswered),
+                self.query_timeout,
+            )
+        self._known_ids = frozenset(node_ids) - frozenset(unanswered)
         self._check_concurrency()
         log(
             INFO,
@@ -254,6 +266,51 @@ class SplitStrategy(Strategy):
             len(self.helpers),
             ", ".join(f"{h}@{self.nodes[h].address}" for h in self.helpers),
         )
+
+    def wait_for_clients(self, grid: Grid, stage: str = "train") -> None:
+        """Discover until the wrapped strategy has the clients it needs, within a deadline.
+
+        The wrapped strategy would otherwise wait for them forever (it only sees clients
+        that answered discovery).
+
+        Parameters
+        ----------
+        grid : Grid
+            The run's grid.
+        stage : str
+            ``"train"`` or ``"evaluate"``: which of the wrapped strategy's minimums
+            (``min_train_nodes`` or ``min_evaluate_nodes``) counts besides
+            ``min_available_nodes``.
+
+        Raises
+        ------
+        RuntimeError
+            If fewer clients than those minimums answered within ``query_timeout``
+            seconds.
+        """
+        if stage == "evaluate" and getattr(self.strategy, "fraction_evaluate", 1.0) == 0:
+            self.discover(grid)  # no federated evaluation: nobody to wait for
+            return
+        needed = max(
+            1,
+            int(getattr(self.strategy, "min_available_nodes", 1)),
+            int(getattr(self.strategy, f"min_{stage}_nodes", 1)),
+        )
+        deadline = time.monotonic() + self.query_timeout
+        self.discover(grid)
+        while len(self.client_grid(grid).get_node_ids()) < needed:
+            if time.monotonic() > deadline:
+                message = (
+                    f"{len(self.clients)} client nodes (and {len(self.helpers)} helpers) "
+                    f"answered discovery within {self.query_timeout:.0f} s, but the wrapped "
+                    f"strategy needs at least {needed} clients (its min_available_nodes / "
+                    f"min_{stage}_nodes): start more client SuperNodes, lower those minimums, "
+                    "or give the nodes more time (query_timeout)"
+                )
+                log(ERROR, message)
+                raise RuntimeError(message)
+            time.sleep(1.0)
+            self.discover(grid)
 
     def _check_concurrency(self) -> None:
         """Refuse a simulation whose backend cannot run every helper and a client at once."""
@@ -321,7 +378,7 @@ class SplitStrategy(Strategy):
     ) -> Iterable[Message]:
         """Discover nodes, assign clients to helpers, and build client and helper messages."""
         server_round += self.round_offset
-        self.discover(grid)
+        self.wait_for_clients(grid)
         config["mode"] = "split" if self.split else "fedavg"
         inner = list(
             self.strategy.configure_train(server_round, arrays, config, self.client_grid(grid))
@@ -509,7 +566,7 @@ class SplitStrategy(Strategy):
         server_round += self.round_offset
         if self.on_round_end is not None:
             self.on_round_end(server_round, arrays, self)
-        self.discover(grid)
+        self.wait_for_clients(grid, "evaluate")
         return self.strategy.configure_evaluate(
             server_round, arrays, config, self.client_grid(grid)
         )
