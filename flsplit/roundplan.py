@@ -29,7 +29,7 @@ import dataclasses
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -362,6 +362,22 @@ class RoundPlanner:
             memory_mib,
             factor=compute_factor,
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """The node profiles as plain JSON-ready data (for checkpoints)."""
+        return {
+            "clients": {str(n): asdict(p) for n, p in self.clients.items()},
+            "helpers": {str(n): asdict(p) for n, p in self.helpers.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore profiles saved by :meth:`state_dict` (a resumed run)."""
+        self.clients = {
+            int(n): ClientProfile(**p) for n, p in state.get("clients", {}).items()
+        }
+        self.helpers = {
+            int(n): HelperProfile(**p) for n, p in state.get("helpers", {}).items()
+        }
 
     def drop(self, node: int) -> None:
         """Forget a node that failed or left; it is planned out from now on."""

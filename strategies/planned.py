@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,22 @@ class PlannedSplitStrategy(SplitStrategy):
         self.gantt = gantt
         self.round_plan: RoundPlan | None = None
         self.history: list[dict[str, Any]] = []
+
+    # -- state for checkpoints --------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """Round times, node profiles and the plan history (without task timelines)."""
+        history = [
+            {k: v for k, v in entry.items() if k not in ("predicted_tasks", "measured_tasks")}
+            for entry in self.history
+        ]
+        return {**super().state(), "profiles": self.planner.state_dict(), "history": history}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state` returned."""
+        super().load_state(state)
+        self.planner.load_state_dict(state.get("profiles", {}))
+        self.history = [dict(entry) for entry in state.get("history", [])]
 
     # -- discovery --------------------------------------------------------------------
 
