@@ -66,6 +66,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="also time auto on K=1000, H=50 against the baselines")
     bench.set_defaults(func=run_bench)
 
+    cuts = subparsers.add_parser(
+        "bench-cuts",
+        help="benchmark joint per-client cuts against the published and best single cuts",
+        add_help=False,
+    )
+    cuts.add_argument("args", nargs=argparse.REMAINDER,
+                      help="options of python -m flsplit.plan.cut_benchmark (--help lists them)")
+    cuts.set_defaults(func=run_bench_cuts, passthrough=True)
+
 
 def _error(message: str) -> int:
     print(f"flsplit: error: {message}", file=sys.stderr)
@@ -141,6 +150,13 @@ def run_gen_instance(args: argparse.Namespace) -> int:
     save_instance(instance, args.out)
     print(f"wrote {args.out}: {instance.name}")
     return 0
+
+
+def run_bench_cuts(args: argparse.Namespace) -> int:
+    """Run the cut benchmark with the options that follow ``bench-cuts``."""
+    from flsplit.plan.cut_benchmark import main as cut_benchmark_main
+
+    return cut_benchmark_main(args.args)
 
 
 def run_bench(args: argparse.Namespace) -> int:

@@ -144,7 +144,7 @@ def _verdicts(results: Sequence[CutResult], methods: Sequence[str]) -> list[str]
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options of the benchmark."""
-    parser = argparse.ArgumentParser(prog="python -m flsplit.plan.cut_benchmark",
+    parser = argparse.ArgumentParser(prog="flsplit bench-cuts",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(CUTS), choices=list(CUTS))
     parser.add_argument("--heterogeneity", nargs="+", default=["low", "high"],
