@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -32,6 +33,11 @@ def _compare_planners(args: argparse.Namespace) -> int:
 
 
 def _bench_dataplane(args: argparse.Namespace) -> int:
+    # Client and helper share this machine's cores. OpenMP threads that spin while their
+    # process waits on the other one steal the cores it computes on; passive waiting
+    # lets each side have them. Set before torch loads OpenMP (the helper process
+    # inherits it); both the in-process and the data-plane figures use the same policy.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from flsplit import bench
 
     return bench.main(args.models, args.batch, args.steps, args.warmup, args.threads)
@@ -146,7 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``flsplit`` console script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "func", None) is not None and getattr(args, "passthrough", False):
+        args.args = [*extra, *args.args]  # options of a wrapped command (bench-cuts)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return int(args.func(args) or 0)
 
 
