@@ -48,7 +48,7 @@ from flsplit.runtime.auth import TokenVerifier
 from flsplit.runtime.dataplane import HelperClient, HelperServer, read_pem
 from flsplit.runtime.emulation import NO_EMULATION, Emulation
 from flsplit.runtime.trainer import train_split
-from flsplit.runtime.worker import HelperWorker, TaskRecord, TensorSpec
+from flsplit.runtime.worker import MEMORY_MODES, HelperWorker, TaskRecord, TensorSpec
 from flsplit.task import SplitTask, evaluate_model, train_full
 
 ROLE_CLIENT = "client"
@@ -324,11 +324,19 @@ def enable_split_learning(
         cert_key = helper_tls(context)  # before anything starts: a bad path fails cleanly
         clients = [str(c) for c in config["clients"]]
         client_cuts = [str(c) for c in config.get("client-cuts", [config["cuts"]] * len(clients))]
-        bodies, specs, spec_of_cuts = {}, {}, {}
+        memory_mode = str(config.get("helper-memory", "per-client"))
+        if memory_mode not in MEMORY_MODES:
+            raise ValueError(f"helper-memory: {memory_mode!r} is not one of "
+                             f"{', '.join(MEMORY_MODES)}")
+        bodies, specs, spec_of_cuts, body_of_cuts = {}, {}, {}, {}
         example = task.example_input(config)
         for client, cuts in zip(clients, client_cuts, strict=True):
+            if memory_mode == "shared" and cuts in body_of_cuts:
+                # one body per cut pair, trained by all its clients (HelperWorker docs)
+                bodies[client], specs[client] = body_of_cuts[cuts], spec_of_cuts[cuts]
+                continue
             split = task.split({**config, "cuts": cuts})
-            bodies[client] = split.body
+            bodies[client] = body_of_cuts[cuts] = split.body
             _load_part(bodies[client], state)
             if cuts not in spec_of_cuts:
                 spec_of_cuts[cuts] = _input_spec(split, example)
@@ -340,6 +348,7 @@ def enable_split_learning(
             order=order,
             emulation=node_emulation(context, config, ROLE_HELPER),
             input_specs=specs,
+            memory_mode=memory_mode,
         )
         verifier = TokenVerifier(
             bytes(config["token-key"]),

@@ -1,4 +1,4 @@
-"""The helper's worker: body copies per client and one task at a time.
+"""The helper's worker: body copies per client (or one shared body), one task at a time.
 
 Requests arrive on many data-plane threads; the worker executes them on a single thread
 so that the planner's one-machine model holds. Among the tasks that are ready it takes
@@ -11,6 +11,31 @@ front or learned from the client's first forward that ran) and its dtype, a back
 gradient exactly the shape and dtype of the output of that client's pending forward. A
 tensor that does not fit raises :class:`InputError` and leaves the client's state as it
 was, so the client may retry with a good one.
+
+Memory modes (``memory_mode``)
+------------------------------
+``"per-client"`` (default)
+    Every client trains its own body copy with its own optimizer; a forward keeps the
+    autograd graph until that client's backward. One batch step of client ``k`` is
+    exactly the step of its own copy, as if the body were local to the client; the
+    server then averages the copies (with the clients' heads and tails) like any
+    federated update. Memory grows by one body, its optimizer state and one graph per
+    client.
+``"shared"``
+    All clients that map to the same module object train that one module with one
+    optimizer (built once per worker): sequential SGD on one body across clients, in
+    the order the worker executes their backward tasks. A forward runs without
+    autograd and keeps only its input (the cut-1 activation) and the random-number
+    state; the backward recomputes the forward from that input under the same random
+    state (dropout masks equal), with the body's buffers (BatchNorm running statistics)
+    restored afterwards so they are updated once per batch, then back-propagates and
+    steps. No per-client optimizer state is kept: momentum and the like carry over
+    from one client's step to the next. The backward evaluates the gradient at the
+    body's weights at backward time: for a client whose forward and backward are not
+    separated by another client's backward this equals the per-client step of that
+    client from the same weights (checked within 1e-6); otherwise the recomputed forward
+    uses the newer weights. Memory is one body and optimizer plus one cut-1 input per
+    in-flight client.
 """
 
 from __future__ import annotations
@@ -30,6 +55,8 @@ from torch import nn
 from flsplit.runtime.emulation import NO_EMULATION, Emulation
 
 OptimizerFn = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+#: Helper memory modes: one body copy per client, or one shared body with recompute.
+MEMORY_MODES = ("per-client", "shared")
 
 
 class TaskError(RuntimeError):
@@ -58,6 +85,8 @@ class ClientBody:
     pending_input: torch.Tensor | None = None
     pending_output: torch.Tensor | None = None
     input_spec: TensorSpec | None = None
+    recompute: bool = False
+    rng_state: tuple[torch.Tensor, torch.Tensor | None] | None = None
     batches: int = 0
     examples: int = 0
     busy_seconds: float = 0.0
@@ -109,6 +138,11 @@ class HelperWorker:
         from its first forward task that ran.
     max_batch : int, optional
         Largest batch accepted.
+    memory_mode : {"per-client", "shared"}
+        ``"per-client"``: one optimizer per client body, autograd graph kept between
+        forward and backward. ``"shared"``: clients given the same module object share
+        it and one optimizer, and the forward is recomputed at backward time from the
+        kept input (see the module docstring for what each step equals).
     """
 
     def __init__(
@@ -119,15 +153,29 @@ class HelperWorker:
         emulation: Emulation = NO_EMULATION,
         input_specs: Mapping[str, TensorSpec] | None = None,
         max_batch: int | None = None,
+        memory_mode: str = "per-client",
     ) -> None:
+        if memory_mode not in MEMORY_MODES:
+            raise ValueError(
+                f"memory_mode: {memory_mode!r} is not one of {', '.join(MEMORY_MODES)}"
+            )
         self.emulation = emulation
         self.max_batch = max_batch
+        self.memory_mode = memory_mode
         self.bodies: dict[str, ClientBody] = {}
         specs = input_specs or {}
+        shared = memory_mode == "shared"
+        optimizers: dict[int, torch.optim.Optimizer] = {}
         for client, module in bodies.items():
             module.train()
+            if shared:
+                if id(module) not in optimizers:
+                    optimizers[id(module)] = optimizer_fn(module.parameters())
+                optimizer = optimizers[id(module)]
+            else:
+                optimizer = optimizer_fn(module.parameters())
             self.bodies[client] = ClientBody(
-                module, optimizer_fn(module.parameters()), input_spec=specs.get(client)
+                module, optimizer, input_spec=specs.get(client), recompute=shared
             )
         self._rank = {tuple(task): i for i, task in enumerate(order or [])}
         self._unranked = len(self._rank)
@@ -158,6 +206,62 @@ class HelperWorker:
             input_specs=specs,
             max_batch=max_batch,
         )
+
+    @classmethod
+    def shared(
+        cls,
+        body: nn.Module,
+        clients: Sequence[str],
+        optimizer_fn: OptimizerFn,
+        order: Sequence[tuple[str, str]] | None = None,
+        input_spec: TensorSpec | None = None,
+        max_batch: int | None = None,
+        emulation: Emulation = NO_EMULATION,
+    ) -> HelperWorker:
+        """A worker in ``"shared"`` memory mode: ``body`` itself (not copied) is trained
+        by every client, with one optimizer."""
+        specs = dict.fromkeys(clients, input_spec) if input_spec is not None else None
+        return cls(
+            dict.fromkeys(clients, body),
+            optimizer_fn,
+            order,
+            emulation=emulation,
+            input_specs=specs,
+            max_batch=max_batch,
+            memory_mode="shared",
+        )
+
+    def held_bytes(self) -> int:
+        """Bytes of the tensors the worker holds itself: body parameters, buffers and
+        gradients, optimizer state and pending forward inputs and outputs (each storage
+        counted once). The autograd graph a ``"per-client"`` forward keeps is not
+        included."""
+        seen: set[tuple[str, int]] = set()
+        total = 0
+
+        def add(tensor: torch.Tensor | None) -> None:
+            nonlocal total
+            if tensor is None or tensor.device.type == "meta":
+                return
+            storage = tensor.untyped_storage()
+            key = (str(tensor.device), storage.data_ptr())
+            if key not in seen:
+                seen.add(key)
+                total += storage.nbytes()
+
+        for state in list(self.bodies.values()):
+            for param in state.module.parameters():
+                add(param)
+                add(param.grad)
+            for buffer in state.module.buffers():
+                add(buffer)
+            for opt_state in state.optimizer.state.values():
+                for value in opt_state.values():
+                    if isinstance(value, torch.Tensor):
+                        add(value)
+            add(state.pending_input)
+            add(state.pending_output)
+        return total
 
     def check(self, client: str, kind: str, tensor: torch.Tensor) -> None:
         """Check that ``tensor`` fits a ``kind`` task of ``client`` right now.
@@ -271,8 +375,60 @@ class HelperWorker:
         if state is None:
             raise TaskError(f"client {task.client!r} was dropped")
         if task.kind == "fwd":
+            if state.recompute:
+                return self._forward_lean(state, task.tensor)
             return self._forward(state, task.tensor)
+        if state.recompute:
+            return self._backward_lean(state, task.tensor)
         return self._backward(state, task.tensor)
+
+    @staticmethod
+    def _forward_lean(state: ClientBody, activation: torch.Tensor) -> torch.Tensor:
+        inp = activation.detach()
+        cuda = torch.cuda.get_rng_state(inp.device) if inp.is_cuda else None
+        state.rng_state = (torch.get_rng_state(), cuda)
+        with torch.no_grad():
+            out = state.module(inp)
+        # keep the input only; the output's shape and dtype live on the meta device
+        state.pending_input = inp
+        state.pending_output = torch.empty(out.shape, dtype=out.dtype, device="meta")
+        if state.input_spec is None:
+            state.input_spec = TensorSpec(tuple(inp.shape[1:]), inp.dtype)
+        return out
+
+    @staticmethod
+    def _backward_lean(state: ClientBody, grad_output: torch.Tensor) -> torch.Tensor:
+        saved, meta = state.pending_input, state.pending_output
+        if saved is None or meta is None or state.rng_state is None:
+            raise TaskError("backward task without a preceding forward task")
+        if tuple(grad_output.shape) != tuple(meta.shape):
+            raise TaskError(
+                f"gradient shape {tuple(grad_output.shape)} does not match the body output "
+                f"shape {tuple(meta.shape)}"
+            )
+        module = state.module
+        inp = saved.detach().requires_grad_(True)
+        buffers = [(b, b.detach().clone()) for b in module.buffers()]
+        cpu_rng, cuda_rng = state.rng_state
+        devices = [inp.device] if cuda_rng is not None else []
+        with torch.random.fork_rng(devices=devices), torch.enable_grad():
+            torch.set_rng_state(cpu_rng)
+            if cuda_rng is not None:
+                torch.cuda.set_rng_state(cuda_rng, inp.device)
+            out = module(inp)
+        state.optimizer.zero_grad(set_to_none=True)
+        out.backward(grad_output.to(out.dtype))
+        del out
+        with torch.no_grad():  # the forward task already updated them (after backward:
+            for buffer, value in buffers:  # autograd may have saved them)
+                buffer.copy_(value)
+        state.optimizer.step()
+        state.optimizer.zero_grad(set_to_none=True)
+        state.pending_input = state.pending_output = state.rng_state = None
+        state.batches += 1
+        state.examples += int(inp.shape[0])
+        grad = inp.grad
+        return grad if grad is not None else torch.zeros_like(inp)
 
     @staticmethod
     def _forward(state: ClientBody, activation: torch.Tensor) -> torch.Tensor:
