@@ -367,9 +367,11 @@ def test_a_client_that_goes_silent_is_dropped_and_the_others_finish():
             )
         assert server.wait_clients(30), "the helper kept waiting for the silent client"
         # A late request of the dropped client is refused, not served.
-        with HelperClient(server.address, "gone", _token("gone"), deadline=10) as late:
-            with pytest.raises(DataPlaneError, match="dropped"):
-                late.forward(split.head(x).detach())
+        with (
+            HelperClient(server.address, "gone", _token("gone"), deadline=10) as late,
+            pytest.raises(DataPlaneError, match="dropped"),
+        ):
+            late.forward(split.head(x).detach())
     finally:
         server.stop()
     assert result.batches == 3
