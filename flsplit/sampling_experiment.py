@@ -176,7 +176,6 @@ class _Streams:
 
 
 def train_run(
-    name: str,
     counts: np.ndarray,
     parts: list[np.ndarray],
     data: tuple[np.ndarray, np.ndarray],
@@ -187,6 +186,21 @@ def train_run(
     seed: int,
 ) -> list[float]:
     """Train the split quickstart CNN on the given step compositions.
+
+    Parameters
+    ----------
+    counts : np.ndarray
+        ``(steps, clients)`` samples per client and step.
+    parts : list of np.ndarray
+        Indices into ``data`` of every client's samples.
+    data, test : tuple of np.ndarray
+        Training pool and test set (images, labels).
+    steps_per_epoch : int
+        Test accuracy is measured after every this many steps (and after the last).
+    lr, momentum : float
+        SGD settings of head, body and tail.
+    seed : int
+        Seed of the model's initial weights and of the clients' local shuffles.
 
     Returns
     -------
@@ -225,7 +239,6 @@ def train_run(
                 pred = split.forward(test_x).argmax(dim=1)
             split.train()
             accuracy.append(float((pred == test_y).float().mean()))
-    del name
     return accuracy
 
 
@@ -285,7 +298,6 @@ def run(args: argparse.Namespace) -> dict:
             counts = sampler.steps(total_steps)
             started = time.perf_counter()
             acc = train_run(
-                name,
                 counts,
                 parts,
                 data,
