@@ -146,7 +146,11 @@ def test_a_factor_learned_at_one_cut_scales_the_times_at_another_cut():
     at = costs.part_costs("a,c")
     up1, up2 = (transfer_ms(b, 8.0, 2.0) for b in (at.cut1_bytes, at.cut2_bytes))
     learned.observe_client(
-        1, 10, 3 * at.head_fwd_ms + up1, 3 * at.tail_ms + 2 * up2, 3 * at.head_bwd_ms + up1,
+        1,
+        10,
+        3 * at.head_fwd_ms + up1,
+        3 * at.tail_ms + 2 * up2,
+        3 * at.head_bwd_ms + up1,
         cuts="a,c",
     )
     served = {"a,c": 3, "b,c": 1}
@@ -180,7 +184,11 @@ def test_a_factor_learned_at_one_cut_scales_the_times_at_another_cut():
     at = costs.part_costs("b,c")
     up1, up2 = (transfer_ms(b, 8.0, 2.0) for b in (at.cut1_bytes, at.cut2_bytes))
     learned.observe_client(
-        1, 10, 5 * at.head_fwd_ms + up1, 5 * at.tail_ms + 2 * up2, 5 * at.head_bwd_ms + up1,
+        1,
+        10,
+        5 * at.head_fwd_ms + up1,
+        5 * at.tail_ms + 2 * up2,
+        5 * at.head_bwd_ms + up1,
         cuts="b,c",
     )
     factor = 0.6 * 5.0 + 0.4 * 3.0
@@ -236,7 +244,7 @@ def test_simulated_rounds_train_every_layer_with_per_client_cut_pairs(tmp_path):
         "emulate": True,
         "client-devices": "jetson-gpu",
         "helper-devices": "vm",
-        "link-mbps": 100,
+        "link-mbps": 20,
         "slowdown": "client:0:300:0",
         "torch-threads": 1,
         "call-deadline": 30.0,
@@ -264,9 +272,9 @@ def test_simulated_rounds_train_every_layer_with_per_client_cut_pairs(tmp_path):
         # every client trained to the end with its helper: nothing failed
         assert len(entry["client_spans_ms"]) == 3
         assert {t["client"] for t in entry["measured_tasks"]} == set(strategy.clients)
-    first = strategy.history[0]
-    assert len(first["cut_counts"]) >= 2, first["cut_counts"]
-    assert first["cuts"][str(slow)] == "relu1,fc2"  # the least client-side work
+        assert entry["cuts"][str(slow)] == "relu1,fc2"  # the least client-side work
+    counts = [entry["cut_counts"] for entry in strategy.history]
+    assert any(len(c) >= 2 for c in counts), counts  # fast clients took "fc1,fc2"
 
     before, after = initial.to_torch_state_dict(), result.arrays.to_torch_state_dict()
     layers = [k for k, v in before.items() if v.is_floating_point()]
