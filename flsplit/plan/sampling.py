@@ -42,8 +42,9 @@ whenever and in whatever order it is asked for (its generator is seeded with
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -54,7 +55,10 @@ __all__ = [
     "Sampler",
     "UniformGlobalSampler",
     "make_sampler",
+    "pack_schedule",
+    "sampler_from_config",
     "step_times",
+    "unpack_schedule",
 ]
 
 SAMPLERS = ("fixed-local", "uniform", "dirichlet")
@@ -362,3 +366,98 @@ def step_times(counts: np.ndarray, costs: Sequence[float] | np.ndarray) -> np.nd
             f"got shape {costs.shape}"
         )
     return (counts * costs[None, :]).max(axis=1)
+
+
+def sampler_from_config(
+    config: Mapping[str, Any],
+    sizes: Sequence[int] | np.ndarray,
+    costs: Sequence[float] | np.ndarray | None = None,
+) -> Sampler:
+    """Build the sampler a run config asks for.
+
+    Keys (all optional): ``sampler`` (:data:`SAMPLERS`, default ``fixed-local``),
+    ``batch-size`` (a client's local batch, default 32; the global batch of ``uniform``
+    and ``dirichlet`` too unless ``global-batch-size`` is given),
+    ``global-batch-size``, ``sampler-concentration`` (default 100),
+    ``sampler-straggler-weight`` (default 0) and ``sampler-seed`` (default 0).
+
+    Parameters
+    ----------
+    config : Mapping
+        The run config (or any mapping with those keys).
+    sizes : sequence of int
+        Training samples per client, in the order of the sampler's columns.
+    costs : sequence of float, optional
+        Per-sample time of each client (for the straggler weight).
+
+    Returns
+    -------
+    Sampler
+    """
+    name = str(config.get("sampler", "fixed-local"))
+    local = int(config.get("batch-size", 32))
+    batch = local if name == "fixed-local" else int(config.get("global-batch-size", local))
+    return make_sampler(
+        name,
+        sizes,
+        batch,
+        int(config.get("sampler-seed", 0)),
+        concentration=float(config.get("sampler-concentration", 100.0)),
+        costs=costs,
+        straggler_weight=float(config.get("sampler-straggler-weight", 0.0)),
+    )
+
+
+def pack_schedule(counts: np.ndarray) -> dict[str, list[int]]:
+    """Turn a ``(steps, clients)`` schedule into lists a Flower ``ConfigRecord`` holds.
+
+    Parameters
+    ----------
+    counts : np.ndarray
+        Non-negative integer counts.
+
+    Returns
+    -------
+    dict
+        ``{"schedule-shape": [steps, clients], "schedule-counts": row-major counts}``.
+    """
+    counts = np.asarray(counts)
+    if counts.ndim != 2 or not np.issubdtype(counts.dtype, np.integer) or np.any(counts < 0):
+        raise ValueError("counts must be a 2-D array of non-negative integers")
+    return {
+        "schedule-shape": [int(d) for d in counts.shape],
+        "schedule-counts": [int(c) for c in counts.ravel()],
+    }
+
+
+def unpack_schedule(record: Mapping[str, Any]) -> np.ndarray:
+    """Read back a schedule written by :func:`pack_schedule`, checking it.
+
+    Parameters
+    ----------
+    record : Mapping
+        Holds ``schedule-shape`` and ``schedule-counts``.
+
+    Returns
+    -------
+    np.ndarray
+        ``(steps, clients)`` int64 counts.
+
+    Raises
+    ------
+    ValueError
+        Naming the missing or malformed key.
+    """
+    for key in ("schedule-shape", "schedule-counts"):
+        if key not in record:
+            raise ValueError(f"{key} is missing")
+    shape = [int(d) for d in record["schedule-shape"]]
+    if len(shape) != 2 or min(shape) < 0:
+        raise ValueError(f"schedule-shape must be [steps, clients], got {shape}")
+    flat = np.asarray(record["schedule-counts"], dtype=np.int64)
+    if flat.shape != (shape[0] * shape[1],) or np.any(flat < 0):
+        raise ValueError(
+            f"schedule-counts must hold {shape[0] * shape[1]} non-negative integers, "
+            f"got {flat.size}"
+        )
+    return flat.reshape(shape)

@@ -160,3 +160,43 @@ def test_step_times_is_the_slowest_participant() -> None:
 def test_bad_arguments_are_named(call, bad: str) -> None:
     with pytest.raises(ValueError, match=bad):
         call()
+
+
+def test_sampler_from_run_config() -> None:
+    from flsplit.plan.sampling import sampler_from_config
+
+    fixed = sampler_from_config({"batch-size": 8}, SIZES)
+    assert isinstance(fixed, FixedLocalSampler) and fixed.batch_size == 8
+    uniform = sampler_from_config({"sampler": "uniform", "batch-size": 8}, SIZES)
+    assert isinstance(uniform, UniformGlobalSampler) and uniform.batch_size == 8
+    lds = sampler_from_config(
+        {
+            "sampler": "dirichlet",
+            "batch-size": 8,
+            "global-batch-size": 64,
+            "sampler-concentration": 5.0,
+            "sampler-straggler-weight": 1.0,
+            "sampler-seed": 3,
+        },
+        SIZES,
+        costs=[1, 1, 1, 1, 1, 1, 4],
+    )
+    assert isinstance(lds, LatentDirichletSampler)
+    assert (lds.batch_size, lds.concentration, lds.straggler_weight, lds.seed) == (64, 5.0, 1, 3)
+    with pytest.raises(ValueError, match="sampler"):
+        sampler_from_config({"sampler": "mine"}, SIZES)
+
+
+def test_schedule_round_trips_through_config_lists() -> None:
+    from flsplit.plan.sampling import pack_schedule, unpack_schedule
+
+    counts = UniformGlobalSampler(SIZES, 16, seed=2).epoch(0)
+    record = pack_schedule(counts)
+    assert all(isinstance(v, int) for v in record["schedule-counts"])
+    assert np.array_equal(unpack_schedule(record), counts)
+    with pytest.raises(ValueError, match="schedule-counts"):
+        unpack_schedule({"schedule-shape": [2, 2], "schedule-counts": [1, 2, 3]})
+    with pytest.raises(ValueError, match="schedule-shape"):
+        unpack_schedule({"schedule-counts": [1]})
+    with pytest.raises(ValueError, match="counts"):
+        pack_schedule(np.array([[-1, 2]]))
