@@ -342,6 +342,8 @@ def _summarise(results: dict[str, list[RunResult]]) -> dict[str, dict]:
             "accuracy": acc.tolist(),
             "final_accuracy": float(acc[-1]),
             "last3_accuracy": float(acc[-3:].mean()),
+            "mean_accuracy": float(acc.mean()),
+            "min_accuracy": float(acc.min()),
             "time": float(np.mean([r.time for r in runs])),
             "time_stragglers": float(np.mean([r.time_stragglers for r in runs])),
             "mean_batch": float(np.mean([r.mean_batch for r in runs])),
@@ -374,7 +376,8 @@ def _print(args: argparse.Namespace, setup: dict, steps_per_epoch: int, summary:
             f"{r:>21}: no stragglers {s['time']:8.0f}  with stragglers "
             f"{s['time_stragglers']:8.0f} ({s['time_stragglers'] / uniform['time_stragglers']:.2f}"
             f" x uniform)  final acc {s['final_accuracy']:.3f}  last-3 mean "
-            f"{s['last3_accuracy']:.3f}  mean batch {s['mean_batch']:.1f}  "
+            f"{s['last3_accuracy']:.3f}  mean over epochs {s['mean_accuracy']:.3f}  "
+            f"worst epoch {s['min_accuracy']:.3f}  mean batch {s['mean_batch']:.1f}  "
             f"mean clients/step {s['mean_clients']:.1f}"
         )
 
