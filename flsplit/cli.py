@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     from flsplit.plan import cli as plan_cli
 
     plan_cli.register(sub)
+    from flsplit import sampling_experiment
+
+    sampling_experiment.register(sub)
     return parser
 
 

@@ -326,7 +326,7 @@ def run(args: argparse.Namespace) -> dict:
     summary = _summarise(results)
     _print(args, setup, steps_per_epoch, summary)
     return {
-        "settings": {k: v for k, v in vars(args).items() if k != "func"},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("func", "command")},
         "setup_last_seed": setup,
         "steps_per_epoch": steps_per_epoch,
         "summary": summary,
@@ -410,13 +410,26 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the experiment from the command line."""
-    args = build_parser().parse_args(argv)
+    return _execute(build_parser().parse_args(argv))
+
+
+def _execute(args: argparse.Namespace) -> int:
     result = run(args)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
         print(f"wrote {args.out}")
     return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Register ``flsplit bench-sampling`` (this experiment) with the ``flsplit`` command."""
+    parser = sub.add_parser(
+        "bench-sampling",
+        help="offline non-IID experiment: fixed local batches vs global sampling, stragglers",
+    )
+    build_parser(parser)
+    parser.set_defaults(func=_execute)
 
 
 if __name__ == "__main__":

@@ -59,3 +59,11 @@ def test_short_run_prints_every_sampler(capsys: pytest.CaptureFixture[str]) -> N
         assert 0.0 <= summary["final_accuracy"] <= 1.0
         assert summary["time_stragglers"] >= summary["time"] > 0
     assert result["summary"]["uniform"]["mean_batch"] == pytest.approx(30, abs=1)
+
+
+def test_registered_as_flsplit_bench_sampling() -> None:
+    from flsplit.cli import build_parser as flsplit_parser
+
+    args = flsplit_parser().parse_args(["bench-sampling", "--clients", "4", "--epochs", "1"])
+    assert (args.clients, args.epochs, args.batch) == (4, 1, 40)
+    assert callable(args.func)
