@@ -1,4 +1,5 @@
-"""``flsplit plan``, ``flsplit gen-instance`` and ``flsplit bench-planner`` sub-commands."""
+"""``flsplit plan``, ``flsplit gen-instance``, ``flsplit bench-planner`` and
+``flsplit bench-placement`` sub-commands."""
 
 from __future__ import annotations
 
@@ -31,6 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     plan.add_argument("--out", help="write the plan JSON here")
     plan.add_argument("--gantt", help="write a Gantt chart PNG here")
     add_cut_arguments(plan)
+    plan.add_argument("--multihop", metavar="MULTIHOP.json",
+                      help="place one client's model on a chain of helpers and choose the "
+                      "micro-batch size (docs/multihop.md); --profiles replaces its profile")
+    plan.add_argument("--micro-batch", type=int,
+                      help="with --multihop: fix the micro-batch size instead of choosing it")
     plan.set_defaults(func=run_plan)
 
     gen = subparsers.add_parser("gen-instance", help="write a generated instance JSON")
@@ -44,6 +50,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--profiles", help="profile directory (default $FLSPLIT_PROFILES "
                      "or ../shared/profiles)")
     gen.set_defaults(func=run_gen_instance)
+
+    from flsplit.plan import multihop_bench
+
+    placement = subparsers.add_parser("bench-placement",
+                                      help="benchmark the multi-hop placement optimizer")
+    multihop_bench.add_arguments(placement)
+    placement.set_defaults(func=multihop_bench.run)
 
     bench = subparsers.add_parser("bench-planner", help="benchmark the planner methods")
     bench.add_argument("--models", nargs="+", default=["resnet101", "vgg19"],
@@ -87,6 +100,10 @@ def run_plan(args: argparse.Namespace) -> int:
     from flsplit.plan.plan import save_plan
     from flsplit.plan.relaxation import relaxation_bound
 
+    if getattr(args, "multihop", None):
+        if args.instance or args.nodes:
+            return _error("give --multihop alone, not with INSTANCE.json or --nodes")
+        return run_multihop(args)
     if args.nodes:
         if args.instance:
             return _error("give either INSTANCE.json or --profiles and --nodes, not both")
@@ -129,6 +146,37 @@ def run_plan(args: argparse.Namespace) -> int:
         gantt(evaluate(instance, plan).timeline, args.gantt,
               title=f"{instance.name} - {plan.method} - makespan {plan.makespan:.1f} ms")
         print(f"Gantt chart written to {args.gantt}")
+    return 0
+
+
+def run_multihop(args: argparse.Namespace) -> int:
+    """Solve a multi-hop instance and print the chain, cuts, micro-batch and latency."""
+    from flsplit.plan.multihop import MultihopError, load_problem, optimize_placement
+    from flsplit.plan.multihop import save_plan as save_multihop_plan
+
+    try:
+        problem = load_problem(args.multihop, profile=args.profiles)
+        plan = optimize_placement(problem, micro_batch=args.micro_batch)
+    except FileNotFoundError:
+        return _error(f"{args.multihop}: no such file")
+    except MultihopError as exc:
+        return _error(f"invalid multi-hop instance {args.multihop}: {exc}")
+    print(f"instance     {problem.name or args.multihop}: {problem.num_layers} layers, "
+          f"{problem.num_helpers} candidate helpers, batch {problem.batch_size}")
+    print(f"chain        {' -> '.join(plan.chain)}")
+    for i, (node, start, stop) in enumerate(plan.ranges()):
+        last = problem.num_layers if stop < 0 else stop
+        what = ("head and tail " if i in (0, len(plan.chain) - 1) else "") + \
+            f"{plan.memory_mib[node]:.1f} MiB"
+        print(f"  {node:<12} layers {start + 1}..{last}  ({what})")
+    print(f"micro-batch  {plan.micro_batch} ({plan.num_micro_batches} micro-batches)"
+          + ("  (fixed)" if plan.info.get("fixed_micro_batch") else ""))
+    print(f"latency      {plan.latency_ms:.3f} ms (bottleneck {plan.bottleneck[0]}: "
+          f"{plan.bottleneck[1]:.3f} ms per micro-batch)")
+    print(f"solve time   {plan.solve_time:.3f} s ({plan.iterations} shortest-path solves)")
+    if args.out:
+        save_multihop_plan(plan, args.out)
+        print(f"plan written to {args.out}")
     return 0
 
 

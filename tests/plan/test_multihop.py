@@ -196,3 +196,30 @@ def test_problem_from_dict_inline_profile():
     np.testing.assert_allclose(problem.sample_ms[1], problem.sample_ms[0] * 0.5)
     plan = optimize_placement(problem, micro_batch=2)
     assert plan.micro_batch == 2 and plan.num_micro_batches == 4
+
+
+@pytest.mark.skipif(not PROFILES.exists(), reason="shared profiles not present")
+def test_plan_command_multihop(tmp_path, capsys):
+    from flsplit.cli import main
+
+    instance = _instance(tmp_path)
+    out = tmp_path / "plan.json"
+    assert main(["plan", "--multihop", str(instance), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "chain        pi -> " in printed and "micro-batch" in printed
+    saved = json.loads(out.read_text())
+    assert saved["format"] == "flsplit-multihop-plan" and saved["chain"][0] == "pi"
+    assert main(["plan", "--multihop", str(instance), "--micro-batch", "64"]) == 0
+    assert "(1 micro-batches)  (fixed)" in capsys.readouterr().out
+    bad = _instance(tmp_path, links=[{"between": ["pi", "edge"], "rate_mbps": 0}])
+    assert main(["plan", "--multihop", str(bad)]) == 2
+    assert "links[0].rate_mbps: expected a positive number" in capsys.readouterr().err
+
+
+def test_bench_placement_quick(capsys):
+    from flsplit.plan.multihop_bench import main
+
+    assert main(["--layers", "12", "--helpers", "3", "--seeds", "1", "--brute-force", "20",
+                 "--profiles", "/nonexistent"]) == 0
+    printed = capsys.readouterr().out
+    assert "brute force: 20/20" in printed and "synthetic L=12 H=3" in printed
