@@ -141,3 +141,30 @@ def test_bad_steps_raise(parts, batches, bad: str) -> None:
         SynchronousStep(split.body).step(parts, batches)
     with pytest.raises(ValueError, match="client_parts"):
         SynchronousStep(split.body, client_parts="mine")
+
+
+def test_batchnorm_in_a_head_normalises_per_client() -> None:
+    """Documented caveat: client-side BatchNorm sees only its client's sub-batch."""
+    torch.manual_seed(3)
+    full = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 64, 16),
+        nn.ReLU(),
+        nn.Linear(16, 10),
+    ).train()
+    split = split_model(full, ["2", "5"], torch.zeros(2, 1, 8, 8)).train()
+    head_bn = copy.deepcopy(split.head)
+    shared = ClientParts(split.head, split.tail)
+    batches = _data([5, 7], seed=4)
+    SynchronousStep(split.body).step(dict.fromkeys(batches, shared), batches)
+    # the head's running mean took one update per client sub-batch
+    for x, _ in batches.values():
+        head_bn(x)
+    assert _close(split.head.state_dict()["1.running_mean"], head_bn.state_dict()["1.running_mean"])
+    ref_grads, ref_state = _centralised(full, batches)
+    assert not _close(split.head.state_dict()["1.running_mean"], ref_state["1.running_mean"])
+    body_grads = _grads(split.body)
+    assert any(not _close(g, ref_grads[n]) for n, g in body_grads.items())
