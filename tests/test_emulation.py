@@ -65,3 +65,16 @@ def test_link_table_draws_each_pair_once_from_the_mix():
     assert table(3, 1) == table(3, 1) and table(3, 1)[1] == 2.0
     with pytest.raises(ValueError, match="LOW-HIGH:WEIGHT"):
         emulate.LinkTable("fast")
+
+
+def test_waiting_for_a_core_is_not_stretched():
+    """A step that spends most of its wall time off the CPU (here: sleeping, as when
+    other processes hold the cores) is stretched by its CPU time only."""
+    emulation = Emulation(compute_factor=4.0)
+    start = time.perf_counter()
+    with emulation.compute():
+        _busy(0.05)
+        time.sleep(0.15)
+    elapsed = time.perf_counter() - start
+    # CPU 0.05 s x 4 = 0.2 s, which the 0.2 s of wall time already covers.
+    assert elapsed == pytest.approx(0.2, rel=0.15)

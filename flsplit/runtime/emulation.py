@@ -1,12 +1,16 @@
 """Emulated heterogeneity: make this machine's wall clock behave like another device.
 
-A node emulating a device ``compute_factor`` times slower than the host sleeps
-``(compute_factor - 1)`` times as long as each measured compute step took, so the step
-lasts ``compute_factor`` times its real duration. A link of ``rate_mbps`` and
-``latency_ms`` costs ``latency + bits / rate`` per transfer, spent sleeping on the sender
-side before the bytes go out (uploads) or after they arrive (downloads). Factors below 1
-(a faster device than the host) cannot be emulated by sleeping and are treated as 1.
-Without emulation nothing is slowed.
+A node emulating a device ``compute_factor`` times slower than the host makes each
+compute step last ``compute_factor`` times the step's own duration on the host, by
+sleeping after it. The step's own duration is the smaller of its wall time and the CPU
+time the process spent on it: when other processes compete for the cores (many virtual
+nodes on one machine) the wall time includes waiting for a core, and stretching that wait
+by the factor would emulate a device slower than asked for; CPU time does not include it.
+
+A link of ``rate_mbps`` and ``latency_ms`` costs ``latency + bits / rate`` per transfer,
+spent sleeping on the sender side before the bytes go out (uploads) or after they arrive
+(downloads). Factors below 1 (a faster device than the host) cannot be emulated by
+sleeping and are treated as 1. Without emulation nothing is slowed.
 """
 
 from __future__ import annotations
@@ -43,10 +47,12 @@ class Emulation:
     @contextmanager
     def compute(self) -> Iterator[None]:
         """Time the enclosed compute step and stretch it to ``compute_factor`` times."""
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         yield
         if self.compute_factor > 1.0:
-            time.sleep((time.perf_counter() - start) * (self.compute_factor - 1.0))
+            wall = time.perf_counter() - start
+            own = min(wall, time.process_time() - cpu_start)
+            time.sleep(max(own * self.compute_factor - wall, 0.0))
 
     def transfer_seconds(self, nbytes: int) -> float:
         """Emulated time to move ``nbytes`` over the link."""
