@@ -388,10 +388,13 @@ def enable_split_learning(
             missing = sorted(set(clients) - set(server.finished) - set(server.dropped))
             log(WARNING, "helper: clients %s did not finish before the round deadline", missing)
         content = RecordDict()
+        records: dict[int, ArrayRecord] = {}  # shared mode: one record per shared body
         for client in server.finished:
             state = worker.bodies.get(client)
             if state is not None:
-                content[f"body.{client}"] = ArrayRecord(state.module.state_dict())
+                if id(state.module) not in records:
+                    records[id(state.module)] = ArrayRecord(state.module.state_dict())
+                content[f"body.{client}"] = records[id(state.module)]
         tasks = worker.executed
         content["metrics"] = MetricRecord(
             {
