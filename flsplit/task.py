@@ -29,6 +29,7 @@ DEFAULT_RUN_CONFIG: dict[str, Any] = {
     "round-timeout": 600.0,
     "call-deadline": 120.0,
     "client-idle-timeout": 120.0,  # a helper drops a client silent this long (0 = never)
+    "helper-memory": "per-client",  # or "shared": one body for all of a helper's clients
     "min-completed-clients": 1,  # fewer complete updates: the round is not aggregated
     "checkpoint-dir": "",  # write a checkpoint after every round here; resume from it
     "simulation-concurrency": 0,  # flsplit simulate: nodes at once (0 = all, at most 24)
