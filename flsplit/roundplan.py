@@ -273,6 +273,27 @@ class RoundPlan:
         return dict(Counter(self.cuts.values()).most_common())
 
 
+def _round_plan(
+    instance: Instance,
+    plan: Plan,
+    clients: Sequence[int],
+    helpers: Sequence[int],
+    batches: Mapping[int, int],
+    release: Sequence[float],
+    start: float,
+) -> RoundPlan:
+    """Predict the whole round of a one-batch plan and wrap it with its node ids."""
+    counts = [max(int(batches.get(c, 1)), 1) for c in clients]
+    return RoundPlan(
+        instance=instance,
+        plan=plan,
+        prediction=predict_round(instance, plan, counts, list(release)),
+        batches=dict(zip(instance.client_ids, counts, strict=True)),
+        planning_seconds=time.perf_counter() - start,
+        node_ids={f"c{c}": c for c in clients} | {f"h{x}": x for x in helpers},
+    )
+
+
 def transfer_ms(nbytes: float, rate_mbps: float, latency_ms: float) -> float:
     """Time to move ``nbytes`` over a link."""
     seconds = nbytes * 8.0 / (rate_mbps * 1e6) if rate_mbps > 0 else 0.0
@@ -547,17 +568,7 @@ class RoundPlanner:
             time_limit=self.time_limit,
             seed=self.seed + server_round,
         )
-        counts = [max(int(batches.get(c, 1)), 1) for c in clients]
-        prediction = predict_round(instance, plan, counts, release)
-        node_ids = {f"c{c}": c for c in clients} | {f"h{x}": x for x in helpers}
-        return RoundPlan(
-            instance=instance,
-            plan=plan,
-            prediction=prediction,
-            batches=dict(zip(instance.client_ids, counts, strict=True)),
-            planning_seconds=time.perf_counter() - start,
-            node_ids=node_ids,
-        )
+        return _round_plan(instance, plan, clients, helpers, batches, release, start)
 
     def _plan_cuts(
         self,
@@ -600,17 +611,8 @@ class RoundPlanner:
         choice = np.array([delayed.pair_index(result.cuts[c]) for c in problem.client_ids])
         instance = problem.instance(choice)
         plan = result.plan
-        counts = [max(int(batches.get(c, 1)), 1) for c in clients]
-        prediction = predict_round(instance, plan, counts, list(release))
         labels = self.cut_costs.candidates if self.cut_costs else ()
-        node_ids = {f"c{c}": c for c in clients} | {f"h{x}": x for x in helpers}
-        return RoundPlan(
-            instance=instance,
-            plan=plan,
-            prediction=prediction,
-            batches=dict(zip(instance.client_ids, counts, strict=True)),
-            planning_seconds=time.perf_counter() - start,
-            node_ids=node_ids,
-            cuts={c: labels[p] for c, p in zip(problem.client_ids, choice, strict=True)},
-            left_out=left_out,
-        )
+        round_plan = _round_plan(instance, plan, clients, helpers, batches, list(release), start)
+        round_plan.cuts = {c: labels[p] for c, p in zip(problem.client_ids, choice, strict=True)}
+        round_plan.left_out = left_out
+        return round_plan
