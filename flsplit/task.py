@@ -88,14 +88,13 @@ class SplitTask:
     batch_keys: tuple[str, str] = ("img", "label")
     run_config: dict[str, Any] = field(default_factory=dict)
 
-    def batches(self, loader: Iterable) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield ``(inputs, labels)`` from ``loader``, whether it yields tuples or dicts."""
-        for batch in loader:
-            if isinstance(batch, Mapping):
-                yield batch[self.batch_keys[0]], batch[self.batch_keys[1]]
-            else:
-                inputs, labels = batch
-                yield inputs, labels
+    def batches(self, loader: Iterable) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        """``(inputs, labels)`` of ``loader``, whether it yields tuples or dicts.
+
+        The result can be iterated again (one pass over ``loader`` each time), so several
+        local epochs each see all the data.
+        """
+        return _Batches(loader, self.batch_keys)
 
     def config(self, run_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Fuse flsplit's defaults, the task's own settings and a run config."""
@@ -110,6 +109,22 @@ class SplitTask:
         if cached is None:
             cached = _SPLIT_CACHE[key] = split_model(model, key[-1], example)
         return copy.deepcopy(cached)
+
+
+@dataclass(frozen=True)
+class _Batches:
+    """A re-iterable view of a data loader as ``(inputs, labels)`` pairs."""
+
+    loader: Iterable
+    keys: tuple[str, str]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for batch in self.loader:
+            if isinstance(batch, Mapping):
+                yield batch[self.keys[0]], batch[self.keys[1]]
+            else:
+                inputs, labels = batch
+                yield inputs, labels
 
 
 def parse_cuts(cuts: str | Iterable[str | int] | None) -> tuple[str | int, ...] | None:
