@@ -89,8 +89,13 @@ def data_partition(context: Context, config: Mapping[str, Any]) -> tuple[int, in
     return partition - helpers, total - helpers
 
 
-def simulation_concurrency() -> int | None:
-    """ClientApp calls the Ray simulation backend runs at once, or None outside Ray."""
+def simulation_concurrency(config: Mapping[str, Any] | None = None) -> int | None:
+    """ClientApp calls the simulation engine runs at once, or None outside Ray.
+
+    The smaller of what the Ray backend's resources allow and the engine's own limit on
+    concurrent calls: ``simulation-workers`` when ``flsplit simulate`` set it, else
+    Python's default thread-pool size on this machine, ``min(32, cpus + 4)``.
+    """
     try:
         import ray
     except ImportError:
@@ -101,7 +106,8 @@ def simulation_concurrency() -> int | None:
     total = ray.cluster_resources().get("CPU")
     if not assigned or not total:
         return None
-    return int(total / assigned + 1e-9)
+    engine = int((config or {}).get("simulation-workers", 0)) or min(32, (os.cpu_count() or 1) + 4)
+    return min(int(total / assigned + 1e-9), engine)
 
 
 def node_index(context: Context, config: Mapping[str, Any], role: str) -> int:
@@ -250,7 +256,7 @@ def enable_split_learning(
             "cpus": os.cpu_count() or 1,
             "torch-threads": torch.get_num_threads(),
         }
-        concurrency = simulation_concurrency()
+        concurrency = simulation_concurrency(config)
         if concurrency is not None:
             info["simulation-concurrency"] = concurrency
         device = node_device(context, config, role)

@@ -9,10 +9,12 @@ helper that never starts.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -103,13 +105,51 @@ def simulate(
     backend = dict(backend_config) if backend_config else backend_config_for(total, None, cap)
     check_concurrency(helpers if config["mode"] == "split" else 0, backend)
     config.setdefault("torch-threads", 1)
-    run_simulation(
-        server_app=make_server_app(task, config, strategy_fn=strategy_fn, on_result=on_result),
-        client_app=make_client_app(task, config),
-        num_supernodes=total,
-        backend_config=backend,
-        verbose_logging=verbose,
-    )
+    workers = concurrent_workers(backend)
+    config["simulation-workers"] = workers
+    with _engine_workers(workers):
+        run_simulation(
+            server_app=make_server_app(task, config, strategy_fn=strategy_fn, on_result=on_result),
+            client_app=make_client_app(task, config),
+            num_supernodes=total,
+            backend_config=backend,
+            verbose_logging=verbose,
+        )
+
+
+def engine_worker_limit() -> int:
+    """ClientApp calls Flower's simulation engine runs at once, whatever the backend allows.
+
+    The engine drives its backend workers from a ``ThreadPoolExecutor()`` with Python's
+    default size, ``min(32, os.cpu_count() + 4)``: on a 2-core machine 6 calls at once.
+    """
+    return min(32, (os.cpu_count() or 1) + 4)
+
+
+@contextlib.contextmanager
+def _engine_workers(workers: int) -> Iterator[None]:
+    """Let the in-process simulation engine run ``workers`` ClientApp calls at once.
+
+    Helpers block their worker for a whole round, so on a small machine the engine's
+    default thread pool (:func:`engine_worker_limit`) would run clients in waves of
+    ``limit - helpers`` and the measured round would say little about the plan. Only
+    ``flsplit simulate`` lifts the limit, and only while it runs; with ``flwr run`` the
+    limit stands and the strategy checks helpers + 1 against it.
+    """
+    try:
+        from flwr.server.superlink.fleet.vce import vce_api
+    except ImportError:  # another Flower layout: nothing to lift
+        yield
+        return
+    original = getattr(vce_api, "ThreadPoolExecutor", None)
+    if original is None or workers <= engine_worker_limit():
+        yield
+        return
+    vce_api.ThreadPoolExecutor = functools.partial(original, max_workers=workers)
+    try:
+        yield
+    finally:
+        vce_api.ThreadPoolExecutor = original
 
 
 def read_app_config(app_dir: str | Path) -> dict[str, Any]:

@@ -68,6 +68,7 @@ class PlannedSplitStrategy(SplitStrategy):
         self.gantt = gantt
         self.round_plan: RoundPlan | None = None
         self.history: list[dict[str, Any]] = []
+        self.warm: set[int] = set()  # nodes whose warm-up round is behind them
 
     # -- state for checkpoints --------------------------------------------------------
 
@@ -193,7 +194,17 @@ class PlannedSplitStrategy(SplitStrategy):
             )
         first_start = min((a for a, _ in spans.values()), default=0.0)
         cuts_of = assignment.cuts_of
+        # A node's first round includes starting its process (imports, model tracing,
+        # first-call allocations), which later rounds do not repeat: it is a warm-up and
+        # its measurements are not learned.
+        warming = {n for n in [*stages, *answered] if n not in self.warm}
+        self.warm |= warming
+        if warming:
+            log(INFO, "round %d: warm-up round of %d nodes, not learned", server_round,
+                len(warming))
         for node, (s1, s3, s5) in stages.items():
+            if node in warming:
+                continue
             offset = 1000.0 * (spans[node][0] - first_start)
             self.planner.observe_client(
                 node, assignment.helper_of[node], s1, s3, s5, offset, cuts=cuts_of.get(node)
@@ -220,7 +231,7 @@ class PlannedSplitStrategy(SplitStrategy):
                         }
                     )
             timeline.extend(tasks)
-            if metrics.get("tasks", 0):
+            if metrics.get("tasks", 0) and node not in warming:
                 served = Counter(
                     cuts_of.get(t["client"], self.cuts) for t in tasks if t["kind"] == "fwd"
                 )

@@ -328,7 +328,9 @@ class SplitStrategy(Strategy):
                 f"{len(self.helpers)} helpers (each busy for the whole round) plus at least "
                 "one client must run together: give each virtual node a smaller CPU share, "
                 "e.g. flwr run --federation-config 'client-resources-num-cpus=1 "
-                "init-args-num-cpus=<num-supernodes>'"
+                "init-args-num-cpus=<num-supernodes>'; Flower's simulation engine itself "
+                "runs at most min(32, cpus + 4) calls at once, a limit `flsplit simulate` "
+                "lifts"
             )
             log(ERROR, message)
             raise RuntimeError(message)
