@@ -350,6 +350,9 @@ class RoundPlanner:
         self.cut_method = cut_method
         self.clients: dict[int, ClientProfile] = {}
         self.helpers: dict[int, HelperProfile] = {}
+        #: Mean batch size over the full batch size per client (a last, smaller batch
+        #: per epoch makes it below 1); transfers of a mean batch scale with it.
+        self.batch_fill: dict[int, float] = {}
 
     @property
     def chooses_cuts(self) -> bool:
@@ -435,8 +438,9 @@ class RoundPlanner:
             return
         costs = self._costs_at(cuts)
         rate, latency = self.link(node, helper)
-        up1 = transfer_ms(costs.cut1_bytes, rate, latency)
-        up2 = transfer_ms(costs.cut2_bytes, rate, latency)
+        fill = self.batch_fill.get(node, 1.0)
+        up1 = transfer_ms(costs.cut1_bytes * fill, rate, latency)
+        up2 = transfer_ms(costs.cut2_bytes * fill, rate, latency)
         head_fwd = max(stage1_ms - up1, 0.0)
         tail = max(stage3_ms - 2 * up2, 0.0)
         head_bwd = max(stage5_ms - up1, 0.0)
@@ -493,8 +497,9 @@ class RoundPlanner:
             for j, helper in enumerate(helpers):
                 hp = self.helpers[helper]
                 rate, latency = self.link(client, helper)
-                cut1 = transfer_ms(self.costs.cut1_bytes, rate, latency)
-                cut2 = transfer_ms(self.costs.cut2_bytes, rate, latency)
+                fill = self.batch_fill.get(client, 1.0)
+                cut1 = transfer_ms(self.costs.cut1_bytes * fill, rate, latency)
+                cut2 = transfer_ms(self.costs.cut2_bytes * fill, rate, latency)
                 grids["head_fwd_up"][i, j] = cp.head_fwd_ms + cut1
                 grids["body_fwd"][i, j] = hp.body_fwd_ms
                 grids["tail_fwd_bwd"][i, j] = 2 * cut2 + cp.tail_ms
@@ -521,6 +526,8 @@ class RoundPlanner:
             raise RuntimeError("cut_problem needs per-segment costs (cut_costs)")
         links = [[self.link(c, x) for x in helpers] for c in clients]
         rates = np.array([[r if r > 0 else FREE_LINK_MBPS for r, _ in row] for row in links])
+        # a batch that is fill times the full one takes 1 / fill as long per byte's worth
+        rates = rates / np.array([self.batch_fill.get(c, 1.0) for c in clients])[:, None]
         latency = np.array([[lat for _, lat in row] for row in links]).reshape(rates.shape)
         problem = build_problem(
             cut_costs.profile,

@@ -111,6 +111,10 @@ class PlannedSplitStrategy(SplitStrategy):
             c: self.local_epochs * max(1, math.ceil(self.nodes[c].examples / self.batch_size))
             for c in clients
         }
+        for c in clients:  # the mean batch is smaller than a full one when the last is
+            per_epoch = batches[c] // self.local_epochs
+            examples = max(self.nodes[c].examples, 1)
+            self.planner.batch_fill[c] = min(examples / (per_epoch * self.batch_size), 1.0)
         helpers = [h for h in self.helpers if h in self.planner.helpers]
         self.round_plan = self.planner.plan(server_round, clients, helpers, batches)
         plan = self.round_plan.plan
