@@ -82,7 +82,9 @@ def make_server_app(
         done = 0
         if saved is not None:
             done = min(saved.server_round, num_rounds)
-            initial = ArrayRecord(model.state_dict())
+            # The saved arrays as they were, not as the model's buffers would cast them
+            # (an aggregated num_batches_tracked is a float, say).
+            initial = ArrayRecord(_tensors(saved.arrays))
             log(INFO, "resuming from %s after round %d of %d", checkpoint_dir, done, num_rounds)
         common = {
             "strategy": strategy_fn(config),
@@ -138,17 +140,21 @@ def resume_point(
     """Load the checkpoint of this run config into ``model`` (``None``: start afresh)."""
     if not checkpoint_dir:
         return None
-    import torch
 
     saved = load_checkpoint(checkpoint_dir, run_fingerprint(config))
     if saved is None:
         return None
-    state = {key: torch.from_numpy(value.copy()) for key, value in saved.arrays.items()}
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(_tensors(saved.arrays), strict=True)
     except RuntimeError as err:
         raise CheckpointError(f"{checkpoint_dir}: the model does not match ({err})") from None
     return saved
+
+
+def _tensors(arrays: Mapping[str, Any]) -> dict[str, Any]:
+    import torch
+
+    return {key: torch.from_numpy(value.copy()) for key, value in arrays.items()}
 
 
 def checkpoint_writer(
