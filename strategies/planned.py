@@ -199,20 +199,22 @@ class PlannedSplitStrategy(SplitStrategy):
         first_start = min((a for a, _ in spans.values()), default=0.0)
         cuts_of = assignment.cuts_of
         # A node's first round includes starting its process (imports, model tracing,
-        # first-call allocations), which later rounds do not repeat: it is a warm-up and
-        # its measurements are not learned.
+        # first-call allocations), which later rounds do not repeat: it is a warm-up. Its
+        # stage times are better than the server's estimate (they include per-batch
+        # overheads the estimate lacks) but inflated, so they are used for the next
+        # round only and then replaced, not averaged in; its start offset is not learned.
         warming = {n for n in [*stages, *answered] if n not in self.warm}
         self.warm |= warming
         if warming:
-            log(INFO, "round %d: warm-up round of %d nodes, not learned", server_round,
-                len(warming))
+            log(INFO, "round %d: warm-up round of %d nodes, learned provisionally",
+                server_round, len(warming))
         for node, (s1, s3, s5) in stages.items():
-            if node in warming:
-                continue
-            offset = 1000.0 * (spans[node][0] - first_start)
+            offset = 1000.0 * (spans[node][0] - first_start) if node not in warming else 0.0
             self.planner.observe_client(
                 node, assignment.helper_of[node], s1, s3, s5, offset, cuts=cuts_of.get(node)
             )
+            if node in warming and node in self.planner.clients:
+                self.planner.clients[node].measured = False  # replaced next round
         starts = [a for a, _ in spans.values()]
         ends = [b for _, b in spans.values()]
         timeline = []
@@ -235,7 +237,7 @@ class PlannedSplitStrategy(SplitStrategy):
                         }
                     )
             timeline.extend(tasks)
-            if metrics.get("tasks", 0) and node not in warming:
+            if metrics.get("tasks", 0) and node in self.planner.helpers:
                 served = Counter(
                     cuts_of.get(t["client"], self.cuts) for t in tasks if t["kind"] == "fwd"
                 )
@@ -245,6 +247,8 @@ class PlannedSplitStrategy(SplitStrategy):
                     float(metrics["body-bwd-ms"]),
                     served=dict(served),
                 )
+                if node in warming:
+                    self.planner.helpers[node].measured = False  # replaced next round
         if not starts:
             return
         origin = min(starts)
