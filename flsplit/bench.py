@@ -151,15 +151,23 @@ def run_case(
     warmup: int = 3,
     threads: int | None = None,
     cuts: Sequence[str] | None = None,
+    repeats: int = 3,
 ) -> dict[str, Any]:
-    """Measure one model; return the figures as a dict."""
+    """Measure one model; return the figures as a dict.
+
+    The two set-ups alternate ``repeats`` times (fresh parts each time) so that drifts in
+    the machine's load hit both alike; the figures are medians over all steps.
+    """
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     batches = _batches(batch, steps + warmup)
-    split = _split(name, cuts, batch)
-    local = in_process_step_times(split, batches, warmup)
-    split = _split(name, cuts, batch)
-    remote = data_plane_step_times(name, cuts, split, batches, warmup, threads)
+    local: list[float] = []
+    remote: list[float] = []
+    for _ in range(repeats):
+        split = _split(name, cuts, batch)
+        local += in_process_step_times(split, batches, warmup)
+        split = _split(name, cuts, batch)
+        remote += data_plane_step_times(name, cuts, split, batches, warmup, threads)
     local_ms = statistics.median(local) * 1000
     remote_ms = statistics.median(remote) * 1000
     return {
@@ -169,6 +177,7 @@ def run_case(
         "batch": batch,
         "input": [3, 32, 32],
         "steps": steps,
+        "repeats": repeats,
         "threads": threads,
         "in_process_ms": round(local_ms, 2),
         "data_plane_ms": round(remote_ms, 2),
@@ -176,8 +185,16 @@ def run_case(
     }
 
 
-def main(models: Sequence[str], batch: int, steps: int, warmup: int, threads: int | None) -> int:
+def main(
+    models: Sequence[str],
+    batch: int,
+    steps: int,
+    warmup: int,
+    threads: int | None,
+    repeats: int = 3,
+) -> int:
     """Print one JSON line per model."""
     for name in models:
-        print(json.dumps(run_case(name, batch, steps, warmup, threads)), flush=True)
+        figures = run_case(name, batch, steps, warmup, threads, repeats=repeats)
+        print(json.dumps(figures), flush=True)
     return 0

@@ -40,7 +40,9 @@ def _bench_dataplane(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from flsplit import bench
 
-    return bench.main(args.models, args.batch, args.steps, args.warmup, args.threads)
+    return bench.main(
+        args.models, args.batch, args.steps, args.warmup, args.threads, args.repeats
+    )
 
 
 def _profile(args: argparse.Namespace) -> int:
@@ -127,6 +129,9 @@ def _register_runtime_commands(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--batch", type=int, default=32)
     bench.add_argument("--steps", type=int, default=20)
     bench.add_argument("--warmup", type=int, default=3)
+    bench.add_argument(
+        "--repeats", type=int, default=3, help="alternations of the two set-ups (default 3)"
+    )
     bench.add_argument(
         "--threads",
         type=int,
