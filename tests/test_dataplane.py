@@ -378,3 +378,24 @@ def test_a_client_that_goes_silent_is_dropped_and_the_others_finish():
     assert set(server.finished) == {"stays"}
     assert set(server.dropped) == {"gone"}
     assert "gone" not in server.worker.bodies, "the dropped client's state was kept"
+
+
+def test_connect_waits_for_the_helper_and_fails_within_its_deadline():
+    import socket
+    import time
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = HelperClient(f"127.0.0.1:{port}", "1", _token("1"), deadline=1.0)
+    start = time.perf_counter()
+    with pytest.raises(DataPlaneError, match="did not accept a connection"):
+        client.connect()
+    assert time.perf_counter() - start < 5.0
+    client.close()
+    server = _serve(_split(SmallCNN()).body, ["1"])
+    try:
+        with HelperClient(server.address, "1", _token("1"), deadline=10) as ready:
+            ready.connect()  # returns once the helper serves
+    finally:
+        server.stop()

@@ -392,6 +392,19 @@ class HelperClient:
         """Tell the helper this client is done for the round."""
         self._call("Finish", "finish", None)
 
+    def connect(self) -> None:
+        """Wait until the helper's data plane accepts the connection (within the deadline).
+
+        A client calls it before it starts its clock, so the time a helper takes to come
+        up counts as a late start, not as the first batch's network time.
+        """
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=self.deadline)
+        except grpc.FutureTimeoutError:
+            raise DataPlaneError(
+                f"helper {self.address} did not accept a connection within {self.deadline:.0f} s"
+            ) from None
+
     def close(self) -> None:
         """Close the channel."""
         self._channel.close()

