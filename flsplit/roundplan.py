@@ -403,6 +403,13 @@ class RoundPlanner:
             int(n): HelperProfile(**p) for n, p in state.get("helpers", {}).items()
         }
 
+    def mark_provisional(self, node: int) -> None:
+        """Let the next measurement of ``node`` replace its profile instead of being
+        averaged in (after a warm-up round, say)."""
+        profile = self.clients.get(node) or self.helpers.get(node)
+        if profile is not None:
+            profile.measured = False
+
     def drop(self, node: int) -> None:
         """Forget a node that failed or left; it is planned out from now on."""
         self.clients.pop(node, None)

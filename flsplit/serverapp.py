@@ -176,15 +176,15 @@ def checkpoint_writer(
 
 def _shift_rounds(result: Result, offset: int) -> None:
     """Number a resumed run's results by flsplit's rounds instead of Flower's."""
-    for name in ("train_metrics_clientapp", "evaluate_metrics_clientapp"):
+    for name in (
+        "train_metrics_clientapp",
+        "evaluate_metrics_clientapp",
+        "evaluate_metrics_serverapp",
+    ):
         metrics = getattr(result, name)
         shifted = {r + offset: m for r, m in metrics.items()}
         metrics.clear()
         metrics.update(shifted)
-    server = result.evaluate_metrics_serverapp
-    shifted = {r + offset: m for r, m in server.items()}
-    server.clear()
-    server.update(shifted)
 
 
 def part_costs(task: SplitTask, config: Mapping[str, Any], split: Any) -> PartCosts:

@@ -213,8 +213,8 @@ class PlannedSplitStrategy(SplitStrategy):
             self.planner.observe_client(
                 node, assignment.helper_of[node], s1, s3, s5, offset, cuts=cuts_of.get(node)
             )
-            if node in warming and node in self.planner.clients:
-                self.planner.clients[node].measured = False  # replaced next round
+            if node in warming:
+                self.planner.mark_provisional(node)
         starts = [a for a, _ in spans.values()]
         ends = [b for _, b in spans.values()]
         timeline = []
@@ -248,7 +248,7 @@ class PlannedSplitStrategy(SplitStrategy):
                     served=dict(served),
                 )
                 if node in warming:
-                    self.planner.helpers[node].measured = False  # replaced next round
+                    self.planner.mark_provisional(node)
         if not starts:
             return
         origin = min(starts)

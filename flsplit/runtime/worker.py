@@ -198,12 +198,11 @@ class HelperWorker:
         max_batch: int | None = None,
     ) -> HelperWorker:
         """A worker holding one deep copy of ``body`` per client."""
-        specs = dict.fromkeys(clients, input_spec) if input_spec is not None else None
         return cls(
             {c: copy.deepcopy(body) for c in clients},
             optimizer_fn,
             order,
-            input_specs=specs,
+            input_specs=_same_spec(clients, input_spec),
             max_batch=max_batch,
         )
 
@@ -220,13 +219,12 @@ class HelperWorker:
     ) -> HelperWorker:
         """A worker in ``"shared"`` memory mode: ``body`` itself (not copied) is trained
         by every client, with one optimizer."""
-        specs = dict.fromkeys(clients, input_spec) if input_spec is not None else None
         return cls(
             dict.fromkeys(clients, body),
             optimizer_fn,
             order,
             emulation=emulation,
-            input_specs=specs,
+            input_specs=_same_spec(clients, input_spec),
             max_batch=max_batch,
             memory_mode="shared",
         )
@@ -458,3 +456,10 @@ class HelperWorker:
         state.examples += int(inp.shape[0])
         grad = inp.grad
         return grad if grad is not None else torch.zeros_like(inp)
+
+
+def _same_spec(
+    clients: Sequence[str], spec: TensorSpec | None
+) -> dict[str, TensorSpec] | None:
+    """The same input spec for every client (``None``: learn each from its first forward)."""
+    return dict.fromkeys(clients, spec) if spec is not None else None
