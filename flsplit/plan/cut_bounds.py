@@ -8,6 +8,8 @@ ones or widening the options can only lower the optimum.
 from __future__ import annotations
 
 import numpy as np
+from scipy.optimize import linprog
+from scipy.sparse import csr_matrix
 
 from flsplit.plan.bounds import lower_bound
 from flsplit.plan.builder import CutProblem
@@ -64,6 +66,65 @@ def tradeoff_bound(problem: CutProblem, iterations: int = 40) -> float:
     while not feasible(high):
         high *= 2
     for _ in range(iterations):
+        middle = 0.5 * (low + high)
+        low, high = (low, middle) if feasible(middle) else (middle, high)
+    return low
+
+
+def assignment_bound(problem: CutProblem, rel_tol: float = 1e-3) -> float:
+    """Lower bound from a fractional assignment of clients to helpers (an LP).
+
+    Tighter than :func:`tradeoff_bound` when helpers differ: with makespan ``T`` client
+    ``k`` on helper ``h`` costs that helper at least ``w_kh(T)``, the least body work over
+    the pairs usable on ``h`` whose critical path is at most ``T``, and at least
+    ``m_kh(T)`` of its memory (least body memory over the same pairs). ``T`` is feasible
+    only if the LP ``sum_h x_kh = 1``, ``sum_k x_kh w_kh(T) <= T - r_h - q_h`` and
+    ``sum_k x_kh m_kh(T) <= memory_h``, ``0 <= x <= 1`` has a solution (``r_h``, ``q_h``:
+    the shortest head and tail stage on ``h``). Any joint plan of makespan ``T`` gives an
+    integral solution, and feasibility only grows with ``T``, so the largest infeasible
+    ``T`` found by bisection (to ``rel_tol``) is a lower bound. Several LP solves: meant
+    for reports and benchmarks, not for each planning call.
+    """
+    usable = problem.usable()
+    num_clients, num_helpers, _ = problem.shape
+    paths = np.where(usable, sum(problem.stages[s] for s in STAGE_NAMES), np.inf)
+    work = problem.stages["body_fwd"] + problem.stages["body_bwd"]
+    release = np.where(usable, problem.stages["head_fwd_up"], np.inf).min(axis=(0, 2))
+    tail = np.where(usable, problem.stages["down_head_bwd"], np.inf).min(axis=(0, 2))
+    memory = np.broadcast_to(problem.body_memory[None, None, :], usable.shape)
+
+    def feasible(target: float) -> bool:
+        within = paths <= target
+        need = np.where(within, work, np.inf).min(axis=2)
+        room = np.where(within, memory, np.inf).min(axis=2)
+        if not np.isfinite(need).any(axis=1).all():
+            return False
+        cells = np.flatnonzero(np.isfinite(need).ravel())
+        clients, helpers = np.unravel_index(cells, (num_clients, num_helpers))
+        columns = np.arange(len(cells))
+        equal = csr_matrix((np.ones(len(cells)), (clients, columns)),
+                           shape=(num_clients, len(cells)))
+        upper = csr_matrix(
+            (np.r_[need.ravel()[cells], room.ravel()[cells]],
+             (np.r_[helpers, helpers + num_helpers], np.r_[columns, columns])),
+            shape=(2 * num_helpers, len(cells)))
+        capacity = np.r_[target - release - tail, problem.helper_memory]
+        if (capacity < -1e-9).any():
+            return False
+        result = linprog(np.zeros(len(cells)), A_ub=upper, b_ub=capacity, A_eq=equal,
+                         b_eq=np.ones(num_clients), bounds=(0, 1), method="highs")
+        return result.status == 0
+
+    finite = np.where(np.isfinite(paths), paths, np.inf).min(axis=(1, 2))
+    low = float(finite.max())
+    if not np.isfinite(low):
+        return low
+    if feasible(low):
+        return low
+    high = 2 * low + 1.0
+    while not feasible(high):
+        high *= 2
+    while high - low > rel_tol * high:
         middle = 0.5 * (low + high)
         low, high = (low, middle) if feasible(middle) else (middle, high)
     return low

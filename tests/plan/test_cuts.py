@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flsplit.plan.builder import CutProblem, build_problem, layer_profile, node_costs
+from flsplit.plan.cut_bounds import assignment_bound
 from flsplit.plan.cut_family import family_problem
 from flsplit.plan.cuts import (
     CUT_METHODS,
@@ -100,6 +101,7 @@ def test_exact_joint_optimum_equals_enumeration(seed: int, num_clients: int,
     assert result.plan.proven_optimal
     assert result.makespan == pytest.approx(optimum, abs=1e-9)
     assert joint_bound(problem) <= optimum + 1e-9
+    assert assignment_bound(problem) <= optimum + 1e-9
     for method in ("integrated", "alternating"):
         heuristic = optimize_cuts(problem, method, time_limit=0.3, seed=0)
         assert heuristic.makespan >= optimum - 1e-9
@@ -178,3 +180,13 @@ def test_joint_never_longer_than_published_on_a_family_instance() -> None:
     assert joint.makespan <= published.makespan + 1e-6
     assert single.makespan <= published.makespan * 1.01
     assert joint.plan.solve_time < 3.0
+
+
+def test_assignment_bound_is_tighter_with_unequal_helpers_and_still_valid() -> None:
+    """The LP over client-to-helper shares sees that slow helpers absorb less work."""
+    profile = load_profile("vgg19", SHARED_PROFILES)
+    problem = family_problem("vgg19", 50, 5, "high", 0, profile)
+    cheap, lp = joint_bound(problem), assignment_bound(problem)
+    assert lp > 1.05 * cheap
+    result = optimize_cuts(problem, "auto", time_limit=1.0, seed=0)
+    assert lp <= result.makespan
