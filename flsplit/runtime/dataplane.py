@@ -172,6 +172,8 @@ class HelperServer:
         if unknown:
             raise DataPlaneError(f"next hops given for clients not served here: {unknown[:3]}")
         self.link = link
+        # the emulated link carries one transfer at a time in each direction
+        self._link_out, self._link_back = threading.Lock(), threading.Lock()
         # (client, micro) -> shape and dtype of the next hop's forward answer
         self._relayed: dict[tuple[str, int], tuple[tuple[int, ...], torch.dtype]] = {}
         self._server = grpc.server(
@@ -386,7 +388,8 @@ class HelperServer:
         self, hop: HelperClient, frame: wire.Frame, output: torch.Tensor
     ) -> torch.Tensor:
         """Send this piece's output on to the next hop; return the chain's output."""
-        self.link.transfer(_nbytes(output))
+        with self._link_out:
+            self.link.transfer(_nbytes(output))
         try:
             answer, _, _ = hop.call("fwd", output, frame.step, frame.micro, frame.micros)
         except DataPlaneError as err:
@@ -395,7 +398,8 @@ class HelperServer:
             raise _StatusError(
                 grpc.StatusCode.FAILED_PRECONDITION, "next hop answered Forward without a tensor"
             )
-        self.link.transfer(_nbytes(answer))
+        with self._link_back:
+            self.link.transfer(_nbytes(answer))
         with self._lock:
             self._relayed[(frame.client, frame.micro)] = (tuple(answer.shape), answer.dtype)
         return answer
@@ -423,7 +427,8 @@ class HelperServer:
                 f"bad bwd input: tensor dtype {grad.dtype} of the gradient is not the body "
                 f"output's {dtype}"
             )
-        self.link.transfer(_nbytes(grad))
+        with self._link_out:
+            self.link.transfer(_nbytes(grad))
         try:
             answer, _, _ = hop.call("bwd", grad, frame.step, frame.micro, frame.micros)
         except DataPlaneError as err:
@@ -432,7 +437,8 @@ class HelperServer:
             raise _StatusError(
                 grpc.StatusCode.FAILED_PRECONDITION, "next hop answered Backward without a tensor"
             )
-        self.link.transfer(_nbytes(answer))
+        with self._link_back:
+            self.link.transfer(_nbytes(answer))
         with self._lock:
             self._relayed.pop((frame.client, frame.micro), None)
         return answer

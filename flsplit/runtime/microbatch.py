@@ -19,6 +19,7 @@ once per micro-batch); in the head, which sees the whole batch, it is unchanged.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
@@ -88,6 +89,8 @@ class MicroBatchStep:
         self.emulation = emulation
         self.step = 0
         self._pool = ThreadPoolExecutor(micro_batches, thread_name_prefix="flsplit-micro")
+        # an emulated link carries one transfer at a time in each direction
+        self._uplink, self._downlink = threading.Lock(), threading.Lock()
 
     def close(self) -> None:
         """Stop the thread pool."""
@@ -158,9 +161,11 @@ class MicroBatchStep:
         )
 
     def _send(self, op: str, tensor: torch.Tensor, micro: int, micros: int) -> torch.Tensor:
-        self.emulation.transfer(tensor.numel() * tensor.element_size())
+        with self._uplink:
+            self.emulation.transfer(tensor.numel() * tensor.element_size())
         answer, _, _ = self.helper.call(op, tensor, self.step, micro, micros)
         if answer is None:
             raise DataPlaneError(f"helper {self.helper.address} answered {op} without a tensor")
-        self.emulation.transfer(answer.numel() * answer.element_size())
+        with self._downlink:
+            self.emulation.transfer(answer.numel() * answer.element_size())
         return answer
