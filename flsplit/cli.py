@@ -45,6 +45,12 @@ def _bench_dataplane(args: argparse.Namespace) -> int:
     )
 
 
+def _bench_chain(args: argparse.Namespace) -> int:
+    from flsplit.runtime import chain_bench
+
+    return chain_bench.main(args.args)
+
+
 def _profile(args: argparse.Namespace) -> int:
     import json
 
@@ -139,6 +145,17 @@ def _register_runtime_commands(sub: argparse._SubParsersAction) -> None:
         help="torch threads per process (default: torch's default)",
     )
     bench.set_defaults(func=_bench_dataplane)
+
+    chain = sub.add_parser(
+        "bench-chain",
+        help="helper chains: per-helper peak memory (VGG-19) and emulated epoch time by hops",
+    )
+    chain.add_argument(
+        "args",
+        nargs=argparse.REMAINDER,
+        help="options of python -m flsplit.runtime.chain_bench (--help lists them)",
+    )
+    chain.set_defaults(func=_bench_chain, passthrough=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

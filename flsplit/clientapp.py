@@ -8,6 +8,10 @@ message types of their own so that the app's ``train`` and ``evaluate`` stay as 
 - ``train.split``: a client trains its head and tail through its helper.
 - ``train.helper``: a helper serves the body to the clients listed in the message until
   all of them finished or the round deadline passes, then returns one body per client.
+  In a chain it serves one piece of each listed client's body (``client-piece``: the
+  part index in the client's ``client-cuts``) and relays to the next hop
+  (``client-next``, ``client-next-token``); it dials the next hop like a client does,
+  over TLS when its node config names ``data-tls-root-cert``.
 
 :func:`make_client_app` builds a complete app from a :class:`~flsplit.task.SplitTask`:
 the three handlers plus ``train`` (plain local training of the full model, for FedAvg
@@ -188,12 +192,14 @@ def client_tls(context: Context) -> tuple[bytes | None, str | None]:
     )
 
 
-def _input_spec(split: Any, example: torch.Tensor) -> TensorSpec:
-    """Shape (without batch) and dtype of the body input, from the head on an example."""
-    head = split.head
-    head.eval()
+def _input_spec(split: Any, example: torch.Tensor, piece: int = 1) -> TensorSpec:
+    """Shape (without batch) and dtype of the input of part ``piece`` (the body, or a
+    chain's piece), from the parts before it on an example."""
+    out = example
     with torch.no_grad():
-        out = head(example)
+        for part in split.parts[:piece]:
+            part.eval()
+            out = part(out)
     return TensorSpec(tuple(out.shape[1:]), out.dtype)
 
 
@@ -307,6 +313,7 @@ def enable_split_learning(
                 optimizer,
                 int(config["local-epochs"]),
                 emulation=node_emulation(context, config, ROLE_CLIENT, link=True),
+                micro_batches=int(config.get("micro-batches", 1)),
             )
         arrays = ArrayRecord({**head.state_dict(), **tail.state_dict()})
         metrics = {
@@ -330,23 +337,32 @@ def enable_split_learning(
         cert_key = helper_tls(context)  # before anything starts: a bad path fails cleanly
         clients = [str(c) for c in config["clients"]]
         client_cuts = [str(c) for c in config.get("client-cuts", [config["cuts"]] * len(clients))]
+        pieces = [int(p) for p in config.get("client-piece", [1] * len(clients))]
+        nexts = [str(a) for a in config.get("client-next", [""] * len(clients))]
+        next_tokens = [str(t) for t in config.get("client-next-token", [""] * len(clients))]
         memory_mode = str(config.get("helper-memory", "per-client"))
         if memory_mode not in MEMORY_MODES:
             raise ValueError(f"helper-memory: {memory_mode!r} is not one of "
                              f"{', '.join(MEMORY_MODES)}")
-        bodies, specs, spec_of_cuts, body_of_cuts = {}, {}, {}, {}
+        bodies, specs, spec_of_part, body_of_part = {}, {}, {}, {}
         example = task.example_input(config)
-        for client, cuts in zip(clients, client_cuts, strict=True):
-            if memory_mode == "shared" and cuts in body_of_cuts:
-                # one body per cut pair, trained by all its clients (HelperWorker docs)
-                bodies[client], specs[client] = body_of_cuts[cuts], spec_of_cuts[cuts]
+        for client, cuts, piece in zip(clients, client_cuts, pieces, strict=True):
+            part = (cuts, piece)
+            if memory_mode == "shared" and part in body_of_part:
+                # one body per piece, trained by all its clients (HelperWorker docs)
+                bodies[client], specs[client] = body_of_part[part], spec_of_part[part]
                 continue
             split = task.split({**config, "cuts": cuts})
-            bodies[client] = body_of_cuts[cuts] = split.body
+            if not 1 <= piece < len(split.parts) - 1:
+                raise ValueError(
+                    f"client-piece {piece} is not a body piece of cuts {cuts!r} "
+                    f"(1 .. {len(split.parts) - 2})"
+                )
+            bodies[client] = body_of_part[part] = split.parts[piece]
             _load_part(bodies[client], state)
-            if cuts not in spec_of_cuts:
-                spec_of_cuts[cuts] = _input_spec(split, example)
-            specs[client] = spec_of_cuts[cuts]
+            if part not in spec_of_part:
+                spec_of_part[part] = _input_spec(split, example, piece)
+            specs[client] = spec_of_part[part]
         order = [tuple(item.split(":", 1)) for item in config.get("order", [])]
         worker = HelperWorker(
             bodies,
@@ -363,7 +379,19 @@ def enable_split_learning(
             helper=context.node_id,
             clients=clients,
         )
+        next_hops: dict[str, HelperClient] = {}
         try:
+            root_cert, server_name = client_tls(context) if any(nexts) else (None, None)
+            for client, address, token in zip(clients, nexts, next_tokens, strict=True):
+                if address:  # this helper is not the last of the client's chain
+                    next_hops[client] = HelperClient(
+                        address,
+                        client=client,
+                        token=token,
+                        deadline=float(config["call-deadline"]),
+                        tls_root_cert=root_cert,
+                        tls_server_name=server_name,
+                    )
             server = HelperServer(
                 worker,
                 verifier,
@@ -372,17 +400,22 @@ def enable_split_learning(
                 tls_cert=cert_key[0] if cert_key else None,
                 tls_key=cert_key[1] if cert_key else None,
                 idle_timeout=float(config["client-idle-timeout"]) or None,
+                next_hops=next_hops,
+                in_flight=int(config.get("micro-batches", 1)) + 1,
             ).start()
         except Exception:
             worker.stop()
+            for hop in next_hops.values():
+                hop.close()
             raise
         start = time.perf_counter()
         log(
             INFO,
-            "helper serving %d clients on %s (%s)",
+            "helper serving %d clients on %s (%s)%s",
             len(clients),
             server.address,
             "TLS" if server.tls else "plaintext",
+            f", relaying {len(next_hops)} of them to a next hop" if next_hops else "",
         )
         try:
             all_done = server.wait_clients(float(config["round-timeout"]))

@@ -14,6 +14,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, Result, Strategy
 from flwr.supercore import log
 
+from flsplit.chains import chain_cut_names, chain_settings
 from flsplit.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -76,6 +77,9 @@ def make_server_app(
         if mode not in ("split", "fedavg"):
             raise ValueError(f"run config mode={mode!r} is not 'split' or 'fedavg'")
         split = task.split(config)
+        chain = chain_settings(config)
+        if mode == "split" and chain.length > 1:
+            split = chain_split(task, config, split, chain)
         num_rounds = int(config["num-server-rounds"])
         checkpoint_dir = str(config.get("checkpoint-dir", ""))
         saved = resume_point(checkpoint_dir, config, model)
@@ -132,6 +136,40 @@ def make_server_app(
             on_result(initial, result, strategy)
 
     return app
+
+
+def chain_split(task: SplitTask, config: Mapping[str, Any], split: Any, chain: Any) -> Any:
+    """The model split at the outer cuts and a chain's inner cuts (``chain-cuts``).
+
+    Raises
+    ------
+    ValueError
+        If the run config asks for a planner (chains are assigned round-robin), or the
+        inner cuts are invalid; the message names the value and the fix.
+    """
+    if str(config["planner"]) != "round-robin":
+        raise ValueError(
+            f"run config chain-length={chain.length} with planner={config['planner']!r}: "
+            "helper chains are assigned round-robin; set planner='round-robin' or "
+            "chain-length=1"
+        )
+    if str(config.get("cut-candidates", "")).strip():
+        raise ValueError(
+            f"run config chain-length={chain.length} with cut-candidates: every client of a "
+            "chain keeps the same cuts; clear cut-candidates or set chain-length=1"
+        )
+    model = task.model_fn(config)
+    example = task.example_input(config)
+    names = chain_cut_names(model, example, split.cuts, chain)
+    log(
+        INFO,
+        "helper chains of %d: cuts %s (%s), %d micro-batch(es) per batch",
+        chain.length,
+        ",".join(names),
+        "balanced parameter bytes" if chain.cuts == "auto" else "chain-cuts",
+        chain.micro_batches,
+    )
+    return task.split({**config, "cuts": ",".join(names)})
 
 
 def resume_point(

@@ -21,6 +21,7 @@ from typing import Any
 import tomllib
 from flwr.simulation import run_simulation
 
+from flsplit.chains import chain_settings
 from flsplit.clientapp import make_client_app
 from flsplit.serverapp import ResultHook, StrategyFn, default_strategy, make_server_app
 from flsplit.task import SplitTask
@@ -101,6 +102,12 @@ def simulate(
     total = num_supernodes or helpers + int(config.get("num-clients", 2))
     if total <= helpers:
         raise ValueError(f"num-supernodes={total} leaves no client next to num-helpers={helpers}")
+    chain = chain_settings(config)
+    if config["mode"] == "split" and chain.length > helpers:
+        raise ValueError(
+            f"chain-length={chain.length} needs at least {chain.length} helpers, "
+            f"num-helpers={helpers}: raise num-helpers or lower chain-length"
+        )
     cap = int(config.get("simulation-concurrency", 0)) or max(DEFAULT_MAX_CONCURRENT, helpers + 1)
     backend = dict(backend_config) if backend_config else backend_config_for(total, None, cap)
     check_concurrency(helpers if config["mode"] == "split" else 0, backend)

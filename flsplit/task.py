@@ -30,6 +30,9 @@ DEFAULT_RUN_CONFIG: dict[str, Any] = {
     "call-deadline": 120.0,
     "client-idle-timeout": 120.0,  # a helper drops a client silent this long (0 = never)
     "helper-memory": "per-client",  # or "shared": one body for all of a helper's clients
+    "chain-length": 1,  # helpers per client: the body is split again over a chain of them
+    "chain-cuts": "auto",  # inner cuts of a chain (comma-separated), or "auto": balanced
+    "micro-batches": 1,  # micro-batches per batch, pipelined through the helper(s)
     "min-completed-clients": 1,  # fewer complete updates: the round is not aggregated
     "checkpoint-dir": "",  # write a checkpoint after every round here; resume from it
     "simulation-concurrency": 0,  # flsplit simulate: nodes at once (0 = all, at most 24)

@@ -11,6 +11,13 @@ cuts the model, assigns clients to helpers, and turns each round into
 
 then assembles one full-model update per client (its head and tail plus the body its
 helper trained for it) and hands those to the wrapped strategy's ``aggregate_train``.
+
+Chains: cuts with more than two names (``"conv2,relu2,fc2"``) split the body again into
+pieces, one per helper of a client's chain ``client -> h1 -> h2 -> ... -> client``. Each
+client gets a chain of distinct helpers (:meth:`SplitStrategy.assign_chains`); each
+helper is told, per client it serves, which piece it runs, the next hop's address and
+the client's round token for that next hop (one token per (client, helper) hop). A
+client's full model is its head and tail plus every helper's piece.
 """
 
 from __future__ import annotations
@@ -72,6 +79,7 @@ class RoundAssignment:
     tokens: dict[int, str]
     started: float
     cuts_of: dict[int, str] = field(default_factory=dict)
+    chain_of: dict[int, list[int]] = field(default_factory=dict)
 
 
 class SplitStrategy(Strategy):
@@ -80,11 +88,12 @@ class SplitStrategy(Strategy):
     Parameters
     ----------
     part_keys : callable
-        ``part_keys(cuts)`` returns the ``state_dict`` keys of head, body and tail for a
-        cut pair such as ``"conv2,fc2"`` (e.g. from :func:`flsplit.split.part_state_keys`).
+        ``part_keys(cuts)`` returns the ``state_dict`` keys of every part for cuts such as
+        ``"conv2,fc2"`` (e.g. from :func:`flsplit.split.part_state_keys`).
     cuts : str
         The default cut points, as sent to the nodes (comma-separated module names);
-        :meth:`client_cuts` may choose others per client.
+        :meth:`client_cuts` may choose others per client. More than two cuts make every
+        client's body a chain of ``len(cuts) - 1`` pieces on as many helpers.
     strategy : Strategy, optional
         The strategy that samples clients and aggregates full-model updates
         (default: ``FedAvg()``).
@@ -123,9 +132,10 @@ class SplitStrategy(Strategy):
                 f"min_completed_clients={min_completed_clients} must be at least 1"
             )
         self._part_keys_fn = part_keys
-        self._part_keys: dict[str, tuple[list[str], list[str], list[str]]] = {}
+        self._part_keys: dict[str, list[list[str]]] = {}
         self.cuts = cuts
         self.head_keys, self.body_keys, self.tail_keys = self.part_keys(cuts)
+        self.chain_length = len(self.piece_keys(cuts))
         self.full_keys = self.head_keys + self.body_keys + self.tail_keys
         self.strategy = strategy if strategy is not None else FedAvg()
         self.round_timeout = round_timeout
@@ -192,17 +202,27 @@ class SplitStrategy(Strategy):
 
         return cls(part_keys=keys_for, cuts=own, **kwargs)
 
-    def part_keys(self, cuts: str) -> tuple[list[str], list[str], list[str]]:
-        """Head, body and tail ``state_dict`` keys for the cut pair ``cuts`` (cached)."""
+    def _parts(self, cuts: str) -> list[list[str]]:
         if cuts not in self._part_keys:
             parts = [list(k) for k in self._part_keys_fn(cuts)]
-            if len(parts) != 3:
+            if len(parts) < 3:
                 raise ValueError(
-                    f"cuts {cuts!r} give {len(parts)} parts; one-hop split learning needs "
-                    "head, body and tail"
+                    f"cuts {cuts!r} give {len(parts)} parts; split learning needs head, "
+                    "body and tail"
                 )
-            self._part_keys[cuts] = (parts[0], parts[1], parts[2])
+            self._part_keys[cuts] = parts
         return self._part_keys[cuts]
+
+    def part_keys(self, cuts: str) -> tuple[list[str], list[str], list[str]]:
+        """Head, body and tail ``state_dict`` keys for ``cuts`` (cached); the body is every
+        piece of a chain together."""
+        parts = self._parts(cuts)
+        return parts[0], [k for piece in parts[1:-1] for k in piece], parts[-1]
+
+    def piece_keys(self, cuts: str) -> list[list[str]]:
+        """``state_dict`` keys of each body piece for ``cuts``, in chain order (one piece
+        for a cut pair)."""
+        return self._parts(cuts)[1:-1]
 
     # -- roles ------------------------------------------------------------------------
 
@@ -353,6 +373,31 @@ class SplitStrategy(Strategy):
         offset = server_round - 1
         return {c: helpers[(i + offset) % len(helpers)] for i, c in enumerate(sorted(clients))}
 
+    def assign_chains(
+        self, server_round: int, clients: Sequence[int], length: int
+    ) -> dict[int, list[int]]:
+        """Assign each client a chain of ``length`` distinct helpers (round-robin: client
+        ``i`` starts at helper ``i + round - 1`` and takes the next ones in turn), so every
+        helper serves pieces of many clients.
+
+        Raises
+        ------
+        RuntimeError
+            If fewer than ``length`` helpers are known.
+        """
+        helpers = self.helpers
+        if len(helpers) < length:
+            raise RuntimeError(
+                f"chain-length={length} needs at least {length} helper nodes, "
+                f"{len(helpers)} answered discovery: lower chain-length, or raise num-helpers "
+                "(simulation) / start more helper SuperNodes (deployment)"
+            )
+        offset = server_round - 1
+        return {
+            c: [helpers[(i + offset + j) % len(helpers)] for j in range(length)]
+            for i, c in enumerate(sorted(clients))
+        }
+
     def client_cuts(self, server_round: int, clients: Sequence[int]) -> dict[int, str]:
         """Cut pair of every client this round (the default cuts for everybody)."""
         return dict.fromkeys(clients, self.cuts)
@@ -390,34 +435,63 @@ class SplitStrategy(Strategy):
             self.assignment = RoundAssignment({}, {}, time.perf_counter())
             return inner
         sampled = [m.metadata.dst_node_id for m in inner]
-        helper_of = self.assign(server_round, sampled)
+        if self.chain_length > 1:
+            chain_of = self.assign_chains(server_round, sampled, self.chain_length)
+        else:
+            chain_of = {c: [h] for c, h in self.assign(server_round, sampled).items()}
+        helper_of = {c: chain[0] for c, chain in chain_of.items()}
         inner = [m for m in inner if m.metadata.dst_node_id in helper_of]  # planned out
         cuts_of = self.client_cuts(server_round, sampled)
         # Round tokens: HMAC-signed for (run, round, client, helper) with a key derived
         # per helper from a per-run secret; each helper gets only its key, each client
-        # only its token.
+        # only the token for its first helper, a helper in a chain the client's token for
+        # its next hop. One token per (client, helper) hop.
         run_id = int(grid.run.run_id)
         if self._run_secret is None or self._run_secret[0] != run_id:
             self._run_secret = (run_id, new_run_secret())
-        keys = {h: helper_key(self._run_secret[1], run_id, h) for h in set(helper_of.values())}
-        tokens = {c: sign_token(keys[h], run_id, server_round, c, h) for c, h in helper_of.items()}
-        self.assignment = RoundAssignment(helper_of, tokens, time.perf_counter(), cuts_of)
+        used = {h for chain in chain_of.values() for h in chain}
+        keys = {h: helper_key(self._run_secret[1], run_id, h) for h in used}
+        hop_tokens = {
+            (c, h): sign_token(keys[h], run_id, server_round, c, h)
+            for c, chain in chain_of.items()
+            for h in chain
+        }
+        tokens = {c: hop_tokens[(c, h)] for c, h in helper_of.items()}
+        self.assignment = RoundAssignment(
+            helper_of, tokens, time.perf_counter(), cuts_of, chain_of
+        )
 
         helper_messages = []
         for helper in self.helpers:
-            served = [c for c, h in helper_of.items() if h == helper]
+            # (client, position in its chain) of every piece this helper runs
+            served = [
+                (c, chain.index(helper)) for c, chain in chain_of.items() if helper in chain
+            ]
             if not served:
                 continue
-            body_keys = sorted({k for c in served for k in self.part_keys(cuts_of[c])[1]})
+            body_keys = sorted(
+                {k for c, j in served for k in self.piece_keys(cuts_of[c])[j]}
+            )
+            nexts = [
+                chain_of[c][j + 1] if j + 1 < len(chain_of[c]) else None for c, j in served
+            ]
             helper_config = ConfigRecord(
                 {
                     **_plain(config),
                     "server-round": server_round,
                     "cuts": self.cuts,
-                    "clients": [str(c) for c in served],
-                    "client-cuts": [cuts_of[c] for c in served],
+                    "clients": [str(c) for c, _ in served],
+                    "client-cuts": [cuts_of[c] for c, _ in served],
+                    "client-piece": [j + 1 for _, j in served],
+                    "client-next": [
+                        self.nodes[n].address if n is not None else "" for n in nexts
+                    ],
+                    "client-next-token": [
+                        hop_tokens[(c, n)] if n is not None else ""
+                        for (c, _), n in zip(served, nexts, strict=True)
+                    ],
                     "token-key": keys[helper],
-                    "order": self.helper_order(helper, served),
+                    "order": self.helper_order(helper, [c for c, _ in served]),
                     "listen-address": self.nodes[helper].listen_address,
                     "round-timeout": float(self.round_timeout),
                 }
@@ -456,9 +530,10 @@ class SplitStrategy(Strategy):
             )
         log(
             INFO,
-            "configure_train: %d clients on %d helpers, cuts %s",
+            "configure_train: %d clients on %d helpers%s, cuts %s",
             len(client_messages),
             len(helper_messages),
+            f" (chains of {self.chain_length})" if self.chain_length > 1 else "",
             ", ".join(sorted(set(cuts_of.values()))),
         )
         # Helpers first: the simulation engine hands out workers in this order, and a
@@ -474,7 +549,7 @@ class SplitStrategy(Strategy):
         assignment = self.assignment
         if assignment is None:
             raise RuntimeError("aggregate_train called before configure_train")
-        bodies: dict[int, ArrayRecord] = {}
+        bodies: dict[int, list[ArrayRecord]] = {}  # one piece per helper of the chain
         client_replies: list[Message] = []
         helper_replies: list[Message] = []
         for reply in replies:
@@ -486,7 +561,7 @@ class SplitStrategy(Strategy):
                 helper_replies.append(reply)
                 for name, record in reply.content.array_records.items():
                     if name.startswith("body."):
-                        bodies[int(name.removeprefix("body."))] = record
+                        bodies.setdefault(int(name.removeprefix("body.")), []).append(record)
             else:
                 client_replies.append(reply)
 
@@ -535,7 +610,7 @@ class SplitStrategy(Strategy):
     def _full_model_replies(
         self,
         client_replies: Sequence[Message],
-        bodies: Mapping[int, ArrayRecord],
+        bodies: Mapping[int, Sequence[ArrayRecord]],
         assignment: RoundAssignment,
     ) -> Iterator[Message]:
         for reply in client_replies:
@@ -543,12 +618,26 @@ class SplitStrategy(Strategy):
             if reply.has_error():
                 yield reply
                 continue
-            body = bodies.get(src)
-            if body is None:
+            body_keys = set(self.part_keys(assignment.cuts_of[src])[1])
+            if not bodies.get(src):
                 log(WARNING, "client %d: its helper returned no body; update dropped", src)
                 continue
+            body: dict[str, Any] = {}
+            for piece in bodies[src]:
+                for key in piece:
+                    body[key] = piece[key]
+            missing = body_keys - set(body)
+            if missing:
+                log(
+                    WARNING,
+                    "client %d: a helper of its chain returned no piece (%d body tensors "
+                    "missing, e.g. %s); update dropped",
+                    src,
+                    len(missing),
+                    sorted(missing)[0],
+                )
+                continue
             head_tail = reply.content.array_records["arrays"]
-            body_keys = set(self.part_keys(assignment.cuts_of[src])[1])
             full = ArrayRecord()
             for key in self.full_keys:
                 full[key] = body[key] if key in body_keys else head_tail[key]

@@ -16,7 +16,21 @@ Every request is checked in this order, and nothing is done for it before it pas
    (:meth:`HelperWorker.check <flsplit.runtime.worker.HelperWorker.check>`).
 
 A frame failing 1 or 3 is answered with ``INVALID_ARGUMENT`` naming the field; the helper,
-its other clients and the sender's own in-flight batch carry on. Every client call has a
+its other clients and the sender's own in-flight batch carry on.
+
+Chains. A client's body may be split over a chain of helpers ``client -> h1 -> h2 -> ...
+-> client``. A helper that is not the last of a client's chain is given a
+:class:`HelperClient` for the next hop (``next_hops``), presenting the client's id and
+the client's round token *for the next helper* (the server signs one token per
+(client, helper) hop; a helper cannot make tokens another helper accepts). ``Forward``:
+the helper runs its piece, relays the output to the next hop and answers with what the
+next hop answered (the last helper's output returns along the chain). ``Backward``: the
+gradient is checked against the shape and dtype the next hop answered that micro-batch's
+forward with, relayed to the next hop first, and the gradient the next hop answers (the
+gradient of this helper's output) is checked against this helper's pending output and
+back-propagated through its own piece. ``Finish`` is relayed before the client counts as
+finished here. Every hop validates and authenticates every frame as above; a failing next
+hop is answered with ``FAILED_PRECONDITION`` naming it. Every client call has a
 deadline. The channel is plaintext unless the helper is given a certificate and key
 (``tls_cert``, ``tls_key``) and its clients the root certificate (``tls_root_cert``).
 """
@@ -26,6 +40,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from concurrent import futures
 from pathlib import Path
 
@@ -34,6 +49,7 @@ import torch
 
 from flsplit.runtime import wire
 from flsplit.runtime.auth import TokenVerifier
+from flsplit.runtime.emulation import NO_EMULATION, Emulation
 from flsplit.runtime.worker import HelperWorker, InputError, TaskError
 
 SERVICE = "flsplit.Helper"
@@ -110,6 +126,14 @@ class HelperServer:
         its last request, or since the server started) is dropped: its body state is
         freed, its update will not be returned, and the helper stops waiting for it.
         ``None`` waits for every client until :meth:`wait_clients`' timeout.
+    next_hops : Mapping[str, HelperClient], optional
+        Per client whose chain goes on after this helper: the connection to the next
+        helper (see the module docstring).
+    link : Emulation, optional
+        Emulated link to the next hops: every relayed tensor costs its transfer time.
+    in_flight : int
+        Requests one client may have in flight at once (its micro-batches pipelined);
+        sizes the server's thread pool so that every request gets a thread.
     """
 
     def __init__(
@@ -122,6 +146,9 @@ class HelperServer:
         tls_cert: bytes | None = None,
         tls_key: bytes | None = None,
         idle_timeout: float | None = None,
+        next_hops: Mapping[str, HelperClient] | None = None,
+        link: Emulation = NO_EMULATION,
+        in_flight: int = 2,
     ) -> None:
         if (tls_cert is None) != (tls_key is None):
             raise DataPlaneError("TLS needs both a certificate and its private key")
@@ -140,9 +167,19 @@ class HelperServer:
         self.invalid_count = 0
         self._all_done = threading.Event()
         self._lock = threading.Lock()
+        self.next_hops = dict(next_hops or {})
+        unknown = sorted(set(self.next_hops) - set(self.clients))
+        if unknown:
+            raise DataPlaneError(f"next hops given for clients not served here: {unknown[:3]}")
+        self.link = link
+        # the emulated link carries one transfer at a time in each direction
+        self._link_out, self._link_back = threading.Lock(), threading.Lock()
+        # (client, micro) -> shape and dtype of the next hop's forward answer
+        self._relayed: dict[tuple[str, int], tuple[tuple[int, ...], torch.dtype]] = {}
         self._server = grpc.server(
             futures.ThreadPoolExecutor(
-                max_workers=2 * len(self.clients) + 4, thread_name_prefix="flsplit-dataplane"
+                max_workers=(max(in_flight, 1) + 1) * len(self.clients) + 4,
+                thread_name_prefix="flsplit-dataplane",
             ),
             options=_grpc_options(max_frame_bytes),
         )
@@ -219,9 +256,11 @@ class HelperServer:
             self.worker.drop(client)
 
     def stop(self, grace: float = 1.0) -> None:
-        """Stop the server and the worker."""
+        """Stop the server, the worker and the connections to next hops."""
         self._server.stop(grace).wait()
         self.worker.stop()
+        for hop in self.next_hops.values():
+            hop.close()
 
     # -- handlers (gRPC calls them with the raw request bytes) --------------------------
 
@@ -292,16 +331,30 @@ class HelperServer:
     def _serve(self, request: bytes, op: str) -> bytes:
         received = time.perf_counter()
         frame = self._admit(request, op)
+        hop = self.next_hops.get(frame.client)
         if op == "finish":
+            relay_error = None
+            if hop is not None:
+                try:
+                    hop.call("finish", None, frame.step)
+                except DataPlaneError as err:
+                    relay_error = _StatusError(
+                        grpc.StatusCode.FAILED_PRECONDITION, f"next hop: {err}"
+                    )
             with self._lock:
                 self.finished[frame.client] = frame.step
                 if set(self.finished) | set(self.dropped) >= self.clients:
                     self._all_done.set()
+            if relay_error is not None:
+                raise relay_error
             return wire.encode(wire.Frame("result", frame.client, step=frame.step))
         if frame.tensor is None:
             raise self._invalid(f"bad frame: {op} frame carries no tensor")
+        tensor = frame.tensor
+        if op == "bwd" and hop is not None:
+            tensor = self._relay_backward(hop, frame)
         try:
-            future = self.worker.submit(frame.client, op, frame.tensor)
+            future = self.worker.submit(frame.client, op, tensor, frame.micro, frame.micros)
         except InputError as err:
             raise self._invalid(f"bad {op} input: {err}") from None
         except TaskError as err:
@@ -316,12 +369,79 @@ class HelperServer:
             ) from None
         except Exception as err:  # the body refused the client's input
             raise self._invalid(f"{op} failed: {str(err)[:300]}") from None
+        if op == "fwd" and hop is not None:
+            result = self._relay_forward(hop, frame, result)
         service_ms = (time.perf_counter() - received) * 1000.0
         return wire.encode(
             wire.Frame(
-                "result", frame.client, step=frame.step, tensor=result, service_ms=service_ms
+                "result",
+                frame.client,
+                step=frame.step,
+                tensor=result,
+                service_ms=service_ms,
+                micro=frame.micro,
+                micros=frame.micros,
             )
         )
+
+    def _relay_forward(
+        self, hop: HelperClient, frame: wire.Frame, output: torch.Tensor
+    ) -> torch.Tensor:
+        """Send this piece's output on to the next hop; return the chain's output."""
+        with self._link_out:
+            self.link.transfer(_nbytes(output))
+        try:
+            answer, _, _ = hop.call("fwd", output, frame.step, frame.micro, frame.micros)
+        except DataPlaneError as err:
+            raise _StatusError(grpc.StatusCode.FAILED_PRECONDITION, f"next hop: {err}") from None
+        if answer is None:
+            raise _StatusError(
+                grpc.StatusCode.FAILED_PRECONDITION, "next hop answered Forward without a tensor"
+            )
+        with self._link_back:
+            self.link.transfer(_nbytes(answer))
+        with self._lock:
+            self._relayed[(frame.client, frame.micro)] = (tuple(answer.shape), answer.dtype)
+        return answer
+
+    def _relay_backward(self, hop: HelperClient, frame: wire.Frame) -> torch.Tensor:
+        """Check the gradient against the chain's output, send it to the next hop first;
+        return the gradient of this piece's output."""
+        grad = frame.tensor
+        assert grad is not None
+        with self._lock:
+            expected = self._relayed.get((frame.client, frame.micro))
+        if expected is None:
+            raise _StatusError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "backward task without a preceding forward task",
+            )
+        shape, dtype = expected
+        if tuple(grad.shape) != shape:
+            raise self._invalid(
+                f"bad bwd input: tensor shape {tuple(grad.shape)} of the gradient does not "
+                f"match the body output shape {shape}"
+            )
+        if grad.dtype != dtype:
+            raise self._invalid(
+                f"bad bwd input: tensor dtype {grad.dtype} of the gradient is not the body "
+                f"output's {dtype}"
+            )
+        with self._link_out:
+            self.link.transfer(_nbytes(grad))
+        try:
+            answer, _, _ = hop.call("bwd", grad, frame.step, frame.micro, frame.micros)
+        except DataPlaneError as err:
+            raise _StatusError(grpc.StatusCode.FAILED_PRECONDITION, f"next hop: {err}") from None
+        if answer is None:
+            raise _StatusError(
+                grpc.StatusCode.FAILED_PRECONDITION, "next hop answered Backward without a tensor"
+            )
+        with self._link_back:
+            self.link.transfer(_nbytes(answer))
+        with self._lock:
+            self._relayed.pop((frame.client, frame.micro), None)
+        return answer
 
 
 class HelperClient:
@@ -384,6 +504,41 @@ class HelperClient:
         self.step += 1
         return self._call("Forward", "fwd", activation)
 
+    def call(
+        self,
+        op: str,
+        tensor: torch.Tensor | None,
+        step: int,
+        micro: int = 0,
+        micros: int = 1,
+    ) -> tuple[torch.Tensor | None, float, float]:
+        """One request, safe to issue from several threads at once (micro-batches in
+        flight together).
+
+        Parameters
+        ----------
+        op : {"fwd", "bwd", "finish"}
+            What to ask for.
+        tensor : torch.Tensor or None
+            The activation or gradient (``None`` for ``"finish"``).
+        step : int
+            The batch counter.
+        micro, micros : int
+            Micro-batch ``micro`` of ``micros`` in the batch.
+
+        Returns
+        -------
+        tuple
+            The answered tensor, the call's network seconds and the helper's service
+            seconds.
+
+        Raises
+        ------
+        DataPlaneError
+            If the helper refused or failed the request, or did not answer in time.
+        """
+        return self._request(_METHODS[op], op, tensor, step, micro, micros)
+
     def backward(self, grad_output: torch.Tensor) -> torch.Tensor:
         """Send the gradient at cut 2; return the gradient at cut 1."""
         return self._call("Backward", "bwd", grad_output)
@@ -416,7 +571,22 @@ class HelperClient:
         self.close()
 
     def _call(self, method: str, op: str, tensor: torch.Tensor | None) -> torch.Tensor | None:
-        request = wire.encode(wire.Frame(op, self.client, self.token, self.step, tensor))
+        result, network, service = self._request(method, op, tensor, self.step)
+        self.last_network_seconds, self.last_service_seconds = network, service
+        return result
+
+    def _request(
+        self,
+        method: str,
+        op: str,
+        tensor: torch.Tensor | None,
+        step: int,
+        micro: int = 0,
+        micros: int = 1,
+    ) -> tuple[torch.Tensor | None, float, float]:
+        request = wire.encode(
+            wire.Frame(op, self.client, self.token, step, tensor, micro=micro, micros=micros)
+        )
         start = time.perf_counter()
         try:
             reply = self._calls[method](request, timeout=self.deadline, wait_for_ready=True)
@@ -442,8 +612,14 @@ class HelperClient:
                 f"helper {self.address} sent a bad {method} reply: {err}"
             ) from None
         total = time.perf_counter() - start
-        self.last_service_seconds = min(frame.service_ms / 1000.0, total)
-        self.last_network_seconds = total - self.last_service_seconds
+        service = min(frame.service_ms / 1000.0, total)
         if frame.op != "result":
             raise DataPlaneError(f"helper answered {method} with op {frame.op!r}")
-        return frame.tensor
+        return frame.tensor, total - service, service
+
+
+_METHODS = {"fwd": "Forward", "bwd": "Backward", "finish": "Finish"}
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()

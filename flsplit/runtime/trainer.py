@@ -4,6 +4,10 @@ Per batch: head forward, activations to the helper, body output back, tail forwa
 and backward (labels never leave the client), gradient at cut 2 to the helper, gradient at
 cut 1 back, head backward, one optimizer step for head and tail. The helper steps its body
 copy when it runs the backward task, so one batch is one optimizer step of the full model.
+
+With ``micro_batches > 1`` each batch is cut into micro-batches that flow through the
+helper (or the chain of helpers) pipelined, gradients accumulated to one step per batch
+(:mod:`flsplit.runtime.microbatch`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from torch import nn
 
 from flsplit.runtime.dataplane import HelperClient
 from flsplit.runtime.emulation import NO_EMULATION, Emulation
+from flsplit.runtime.microbatch import MicroBatchStep
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -29,7 +34,9 @@ class TrainResult:
     head forward and upload, ``stage3_ms`` download, tail forward/backward and upload,
     ``stage5_ms`` download and head backward (stages 2 and 4 run on the helper).
     Network time of a call is its round trip minus the helper's service time, split
-    evenly between the two directions.
+    evenly between the two directions. With micro-batches the stages overlap: stage 1 is
+    the head's forward, stage 3 the tails, stage 5 the head's backward and step, and
+    ``helper_service_ms`` the rest of the batch's wall time (waiting for the chain).
     """
 
     examples: int
@@ -58,6 +65,7 @@ def train_split(
     optimizer: torch.optim.Optimizer,
     epochs: int = 1,
     emulation: Emulation = NO_EMULATION,
+    micro_batches: int = 1,
 ) -> TrainResult:
     """Train head and tail through a helper for ``epochs`` passes over ``batches``.
 
@@ -77,6 +85,8 @@ def train_split(
         Local epochs.
     emulation : Emulation
         Stretches this client's compute and transfers to emulate a device and link.
+    micro_batches : int
+        Micro-batches per batch, pipelined through the helper chain (1: whole batches).
 
     Returns
     -------
@@ -93,6 +103,11 @@ def train_split(
     if connect is not None:  # the helper coming up is a late start, not network time
         connect()
     started = time.time()
+    if micro_batches > 1:
+        return _train_micro_batched(
+            head, tail, helper, batches, loss_fn, optimizer, epochs, emulation, micro_batches,
+            started,
+        )
     for _ in range(epochs):
         for inputs, labels in batches:
             t0 = time.perf_counter()
@@ -141,6 +156,52 @@ def train_split(
         stage3_ms=stages[1] * per_batch,
         stage5_ms=stages[2] * per_batch,
         helper_service_ms=service * per_batch,
+        started=started,
+        ended=time.time(),
+    )
+
+
+def _train_micro_batched(
+    head: nn.Module,
+    tail: nn.Module,
+    helper: HelperClient,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    epochs: int,
+    emulation: Emulation,
+    micro_batches: int,
+    started: float,
+) -> TrainResult:
+    examples = batches_done = correct = 0
+    loss_sum = 0.0
+    stages = [0.0, 0.0, 0.0]
+    wait = 0.0
+    with MicroBatchStep(
+        head, tail, helper, loss_fn, optimizer, micro_batches, emulation
+    ) as stepper:
+        for _ in range(epochs):
+            for inputs, labels in batches:
+                outcome = stepper.run(inputs, labels)
+                examples += outcome.examples
+                batches_done += 1
+                loss_sum += outcome.loss_sum
+                correct += outcome.correct
+                stages[0] += outcome.head_seconds
+                stages[1] += outcome.tail_seconds
+                stages[2] += outcome.head_backward_seconds
+                wait += outcome.wait_seconds
+    helper.finish()
+    per_batch = 1000.0 / max(batches_done, 1)
+    return TrainResult(
+        examples=examples,
+        batches=batches_done,
+        loss=loss_sum / max(examples, 1),
+        accuracy=correct / max(examples, 1),
+        stage1_ms=stages[0] * per_batch,
+        stage3_ms=stages[1] * per_batch,
+        stage5_ms=stages[2] * per_batch,
+        helper_service_ms=wait * per_batch,
         started=started,
         ended=time.time(),
     )

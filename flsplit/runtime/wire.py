@@ -13,7 +13,13 @@ The header is a UTF-8 JSON object with the fields
 - ``step``: the batch counter of the sending client,
 - ``tensor``: ``null`` or ``{"dtype": str, "shape": [int, ...], "nbytes": int}``,
 - ``service_ms`` (replies only, optional): time the helper held the request (queue and
-  compute), so the client can tell network time from helper time.
+  compute), so the client can tell network time from helper time;
+- ``micro`` and ``micros`` (optional, default ``0`` and ``1``): the frame carries
+  micro-batch ``micro`` of ``micros`` micro-batches of batch ``step``
+  (``0 <= micro < micros <= MAX_MICROS``). A helper accumulates the gradients of a
+  batch's micro-batches and steps once, after the last of them. Frames without these
+  fields are a batch of one micro-batch, as before they existed; :func:`encode` leaves
+  them out then, so receivers that predate them read such frames unchanged.
 
 The payload is the tensor's raw bytes in C order, exactly ``nbytes`` long. Every field is
 checked before any byte of the payload is interpreted: allowed dtypes only, a bounded
@@ -39,6 +45,7 @@ MAX_DIMS = 8
 MAX_DIM = 2**40
 MAX_ID_CHARS = 256
 MAX_TOKEN_CHARS = 512
+MAX_MICROS = 4096
 OPS = ("fwd", "bwd", "finish", "result")
 
 DTYPES: dict[str, torch.dtype] = {
@@ -72,6 +79,10 @@ class Frame:
         Batch counter of the client.
     tensor : torch.Tensor or None
         The carried tensor, if any.
+    service_ms : float
+        Replies: time the helper held the request, in ms.
+    micro, micros : int
+        Micro-batch index and micro-batches in the batch (``0`` and ``1``: a whole batch).
     """
 
     op: str
@@ -80,6 +91,8 @@ class Frame:
     step: int = 0
     tensor: torch.Tensor | None = None
     service_ms: float = 0.0
+    micro: int = 0
+    micros: int = 1
 
 
 def encode(frame: Frame) -> bytes:
@@ -108,6 +121,9 @@ def encode(frame: Frame) -> bytes:
     }
     if frame.service_ms:
         fields["service_ms"] = frame.service_ms
+    if frame.micros != 1 or frame.micro != 0:
+        _check_micro(frame.micro, frame.micros)
+        fields["micro"], fields["micros"] = frame.micro, frame.micros
     header = json.dumps(fields, separators=(",", ":")).encode()
     return _PREFIX.pack(MAGIC, len(header)) + header + payload
 
@@ -240,7 +256,20 @@ def decode_header(data: bytes, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
         raise FrameError(
             f"header field 'service_ms' must be a non-negative number: {_short(service_ms, 40)}"
         )
-    frame = Frame(op=op, client=client, token=token, step=step, service_ms=float(service_ms))
+    micro, micros = header.get("micro", 0), header.get("micros", 1)
+    for name, value in (("micro", micro), ("micros", micros)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise FrameError(f"header field {name!r} must be int, got {_short(value, 40)}")
+    _check_micro(micro, micros)
+    frame = Frame(
+        op=op,
+        client=client,
+        token=token,
+        step=step,
+        service_ms=float(service_ms),
+        micro=micro,
+        micros=micros,
+    )
     payload = memoryview(data)[_PREFIX.size + header_len :]
     spec = header.get("tensor")
     if spec is None:
@@ -249,6 +278,17 @@ def decode_header(data: bytes, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
         return RawFrame(frame)
     dtype, shape = _tensor_layout(spec, payload)
     return RawFrame(frame, dtype, shape, payload)
+
+
+def _check_micro(micro: int, micros: int) -> None:
+    if not 1 <= micros <= MAX_MICROS:
+        raise FrameError(
+            f"header field 'micros' must be in [1, {MAX_MICROS}]: {_short(micros, 40)}"
+        )
+    if not 0 <= micro < micros:
+        raise FrameError(
+            f"header field 'micro' must be in [0, micros={micros}): {_short(micro, 40)}"
+        )
 
 
 def _short(value: object, limit: int = 80) -> str:

@@ -12,6 +12,18 @@ gradient exactly the shape and dtype of the output of that client's pending forw
 tensor that does not fit raises :class:`InputError` and leaves the client's state as it
 was, so the client may retry with a good one.
 
+Micro-batches
+-------------
+A task may carry micro-batch ``micro`` of ``micros`` (see :mod:`flsplit.runtime.wire`).
+The worker keeps one pending forward per micro-batch of a client; a backward task
+accumulates its gradients into the body's, and the body steps once, when the batch's
+``micros``-th backward ran (the gradients are zeroed before the batch's first backward).
+A client that scales each micro-batch's loss by its share of the batch gets exactly the
+step of the whole batch (for layers that treat samples independently: BatchNorm
+normalises each micro-batch on its own). ``"shared"`` mode takes batches of one
+micro-batch only (its optimizer is shared, so accumulating across clients would mix
+their gradients).
+
 Memory modes (``memory_mode``)
 ------------------------------
 ``"per-client"`` (default)
@@ -78,18 +90,34 @@ class TensorSpec:
 
 @dataclass
 class ClientBody:
-    """One client's copy of the body and its training state."""
+    """One client's copy of the body and its training state.
+
+    ``inputs`` and ``outputs`` hold the pending forward of each micro-batch in flight
+    (key: micro-batch index, ``0`` for a whole batch); ``accumulated`` counts the
+    backward tasks whose gradients the current batch has gathered so far.
+    """
 
     module: nn.Module
     optimizer: torch.optim.Optimizer
-    pending_input: torch.Tensor | None = None
-    pending_output: torch.Tensor | None = None
+    inputs: dict[int, torch.Tensor] = field(default_factory=dict)
+    outputs: dict[int, torch.Tensor] = field(default_factory=dict)
     input_spec: TensorSpec | None = None
     recompute: bool = False
     rng_state: tuple[torch.Tensor, torch.Tensor | None] | None = None
+    accumulated: int = 0
     batches: int = 0
     examples: int = 0
     busy_seconds: float = 0.0
+
+    @property
+    def pending_input(self) -> torch.Tensor | None:
+        """Input of the pending forward of a whole batch (micro-batch 0)."""
+        return self.inputs.get(0)
+
+    @property
+    def pending_output(self) -> torch.Tensor | None:
+        """Output of the pending forward of a whole batch (micro-batch 0)."""
+        return self.outputs.get(0)
 
 
 @dataclass(order=True)
@@ -101,6 +129,8 @@ class _Task:
     kind: str = field(compare=False)
     tensor: torch.Tensor = field(compare=False)
     future: Future = field(compare=False)
+    micro: int = field(default=0, compare=False)
+    micros: int = field(default=1, compare=False)
 
 
 @dataclass
@@ -257,17 +287,29 @@ class HelperWorker:
                 for value in opt_state.values():
                     if isinstance(value, torch.Tensor):
                         add(value)
-            add(state.pending_input)
-            add(state.pending_output)
+            for tensor in [*state.inputs.values(), *state.outputs.values()]:
+                add(tensor)
         return total
 
-    def check(self, client: str, kind: str, tensor: torch.Tensor) -> None:
+    def check(
+        self, client: str, kind: str, tensor: torch.Tensor, micro: int = 0, micros: int = 1
+    ) -> None:
         """Check that ``tensor`` fits a ``kind`` task of ``client`` right now.
+
+        Parameters
+        ----------
+        client, kind : str
+            The client and ``"fwd"`` or ``"bwd"``.
+        tensor : torch.Tensor
+            The activation (forward) or the gradient of the output (backward).
+        micro, micros : int
+            Micro-batch ``micro`` of ``micros`` in the client's batch.
 
         Raises
         ------
         TaskError
-            Unknown client or kind, or a backward task without a pending forward.
+            Unknown client or kind, a backward task without a pending forward, or
+            micro-batches in ``"shared"`` mode.
         InputError
             The tensor's shape or dtype does not fit; names the field.
         """
@@ -276,9 +318,16 @@ class HelperWorker:
             raise TaskError(f"client {client!r:.80} is not served by this helper")
         if kind not in ("fwd", "bwd"):
             raise TaskError(f"task kind {kind!r:.20} is not 'fwd' or 'bwd'")
+        if not 0 <= micro < micros:
+            raise TaskError(f"micro-batch {micro} is not in [0, {micros})")
+        if micros > 1 and state.recompute:
+            raise TaskError(
+                f"{micros} micro-batches per batch: the helper's 'shared' memory mode takes "
+                "whole batches only (use helper-memory='per-client' or micro-batches=1)"
+            )
         shape = tuple(tensor.shape)
         if kind == "bwd":
-            out = state.pending_output
+            out = state.outputs.get(micro)
             if out is None:
                 raise TaskError("backward task without a preceding forward task")
             if shape != tuple(out.shape):
@@ -308,15 +357,27 @@ class HelperWorker:
                     f"tensor dtype {tensor.dtype} is not the body input's {spec.dtype}"
                 )
 
-    def submit(self, client: str, kind: str, tensor: torch.Tensor) -> Future:
+    def submit(
+        self, client: str, kind: str, tensor: torch.Tensor, micro: int = 0, micros: int = 1
+    ) -> Future:
         """Check a ``"fwd"`` or ``"bwd"`` task (:meth:`check`) and queue it.
+
+        Parameters
+        ----------
+        client, kind : str
+            The client and ``"fwd"`` or ``"bwd"``.
+        tensor : torch.Tensor
+            The activation (forward) or the gradient of the output (backward).
+        micro, micros : int
+            Micro-batch ``micro`` of ``micros`` in the client's batch; the body steps
+            after the batch's ``micros``-th backward.
 
         Returns
         -------
         Future
             Resolves to the output tensor.
         """
-        self.check(client, kind, tensor)
+        self.check(client, kind, tensor, micro, micros)
         future: Future = Future()
         rank = self._rank.get((client, kind), self._unranked)
         with self._cond:
@@ -324,7 +385,10 @@ class HelperWorker:
                 raise TaskError("helper worker is stopped")
             heapq.heappush(
                 self._queue,
-                _Task(rank, next(self._seq), time.time(), client, kind, tensor, future),
+                _Task(
+                    rank, next(self._seq), time.time(), client, kind, tensor, future,
+                    micro, micros,
+                ),
             )
             self._cond.notify()
         return future
@@ -343,7 +407,8 @@ class HelperWorker:
         """Forget a client's in-flight state (its update will not be returned)."""
         state = self.bodies.pop(client, None)
         if state is not None:
-            state.pending_input = state.pending_output = None
+            state.inputs.clear()
+            state.outputs.clear()
 
     def _run(self) -> None:
         while True:
@@ -375,10 +440,10 @@ class HelperWorker:
         if task.kind == "fwd":
             if state.recompute:
                 return self._forward_lean(state, task.tensor)
-            return self._forward(state, task.tensor)
+            return self._forward(state, task.tensor, task.micro)
         if state.recompute:
             return self._backward_lean(state, task.tensor)
-        return self._backward(state, task.tensor)
+        return self._backward(state, task.tensor, task.micro, task.micros)
 
     @staticmethod
     def _forward_lean(state: ClientBody, activation: torch.Tensor) -> torch.Tensor:
@@ -388,8 +453,8 @@ class HelperWorker:
         with torch.no_grad():
             out = state.module(inp)
         # keep the input only; the output's shape and dtype live on the meta device
-        state.pending_input = inp
-        state.pending_output = torch.empty(out.shape, dtype=out.dtype, device="meta")
+        state.inputs[0] = inp
+        state.outputs[0] = torch.empty(out.shape, dtype=out.dtype, device="meta")
         if state.input_spec is None:
             state.input_spec = TensorSpec(tuple(inp.shape[1:]), inp.dtype)
         return out
@@ -422,25 +487,29 @@ class HelperWorker:
                 buffer.copy_(value)
         state.optimizer.step()
         state.optimizer.zero_grad(set_to_none=True)
-        state.pending_input = state.pending_output = state.rng_state = None
+        state.inputs.clear()
+        state.outputs.clear()
+        state.rng_state = None
         state.batches += 1
         state.examples += int(inp.shape[0])
         grad = inp.grad
         return grad if grad is not None else torch.zeros_like(inp)
 
     @staticmethod
-    def _forward(state: ClientBody, activation: torch.Tensor) -> torch.Tensor:
+    def _forward(state: ClientBody, activation: torch.Tensor, micro: int = 0) -> torch.Tensor:
         inp = activation.detach().requires_grad_(True)
         with torch.enable_grad():
             out = state.module(inp)
-        state.pending_input, state.pending_output = inp, out
+        state.inputs[micro], state.outputs[micro] = inp, out
         if state.input_spec is None:
             state.input_spec = TensorSpec(tuple(inp.shape[1:]), inp.dtype)
         return out.detach()
 
     @staticmethod
-    def _backward(state: ClientBody, grad_output: torch.Tensor) -> torch.Tensor:
-        inp, out = state.pending_input, state.pending_output
+    def _backward(
+        state: ClientBody, grad_output: torch.Tensor, micro: int = 0, micros: int = 1
+    ) -> torch.Tensor:
+        inp, out = state.inputs.get(micro), state.outputs.get(micro)
         if out is None or inp is None:
             raise TaskError("backward task without a preceding forward task")
         if tuple(grad_output.shape) != tuple(out.shape):
@@ -448,12 +517,16 @@ class HelperWorker:
                 f"gradient shape {tuple(grad_output.shape)} does not match the body output "
                 f"shape {tuple(out.shape)}"
             )
-        state.optimizer.zero_grad(set_to_none=True)
+        if state.accumulated == 0:  # the batch's first backward: start from no gradient
+            state.optimizer.zero_grad(set_to_none=True)
         out.backward(grad_output.to(out.dtype))
-        state.optimizer.step()
-        state.pending_input = state.pending_output = None
-        state.batches += 1
+        del state.inputs[micro], state.outputs[micro]
+        state.accumulated += 1
         state.examples += int(inp.shape[0])
+        if state.accumulated >= micros:  # the batch's last micro-batch: one step
+            state.optimizer.step()
+            state.accumulated = 0
+            state.batches += 1
         grad = inp.grad
         return grad if grad is not None else torch.zeros_like(inp)
 
