@@ -8,7 +8,10 @@ Run-config keys (defaults in :data:`flsplit.task.DEFAULT_RUN_CONFIG`):
 - ``chain-cuts``: the ``chain-length - 1`` inner cuts, comma-separated module names or
   candidate indices strictly between the outer cuts, or ``"auto"``: the block-level
   candidate cuts (:func:`flsplit.split.candidate_cuts`) between the outer cuts that make
-  the pieces' parameter and buffer bytes as even as possible (least largest piece).
+  the memory a client's piece needs on its helper as even as possible (least largest
+  piece): three times its parameter bytes (weights, gradients, momentum) plus the
+  activations autograd keeps for the backward at the training batch size
+  (:func:`piece_memory_bytes`).
 - ``micro-batches``: micro-batches per batch, pipelined through the chain (1: whole
   batches).
 """
@@ -144,8 +147,60 @@ def balance(costs: Sequence[float], parts: int) -> list[int]:
     return sorted(cuts)[1:]
 
 
+def piece_memory_bytes(parts: Sequence[Any], example_input: Any, batch_size: int) -> list[float]:
+    """Memory one client's copy of each part needs on a helper in ``"per-client"`` mode.
+
+    Three times the part's parameter bytes (weights, gradients, one optimizer buffer such
+    as SGD momentum) plus the bytes autograd saves for the backward during a forward of a
+    ``batch_size`` batch (measured on ``example_input`` with saved-tensor hooks and scaled
+    by ``batch_size`` over its batch). Saved tensors that are a part's parameters are not
+    counted twice.
+
+    Parameters
+    ----------
+    parts : sequence of torch.nn.Module
+        Consecutive parts of a split model, the first taking ``example_input``.
+    example_input : torch.Tensor
+        One input batch of the first part.
+    batch_size : int
+        Training batch size.
+
+    Returns
+    -------
+    list of float
+        Bytes per part.
+    """
+    import torch
+
+    scale = batch_size / max(int(example_input.shape[0]), 1)
+    sizes = []
+    x = example_input
+    for part in parts:
+        own = {t.untyped_storage().data_ptr() for t in part.parameters()}
+        saved: dict[int, int] = {}
+
+        def pack(tensor: torch.Tensor, saved: dict[int, int] = saved,
+                 own: set[int] = own) -> torch.Tensor:
+            key = tensor.untyped_storage().data_ptr()
+            if key not in own:
+                saved[key] = tensor.untyped_storage().nbytes()
+            return tensor
+
+        inp = x.detach().requires_grad_(x.is_floating_point())
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = part(inp)
+        params = sum(t.numel() * t.element_size() for t in part.parameters())
+        sizes.append(3.0 * params + scale * sum(saved.values()))
+        x = out.detach()
+    return sizes
+
+
 def chain_cut_names(
-    model: Any, example_input: Any, outer: Sequence[str], settings: ChainSettings
+    model: Any,
+    example_input: Any,
+    outer: Sequence[str],
+    settings: ChainSettings,
+    batch_size: int | None = None,
 ) -> tuple[str, ...]:
     """All cuts of a chain: the outer cuts with the inner cuts between them.
 
@@ -159,6 +214,9 @@ def chain_cut_names(
         The two resolved outer cuts (head | body | tail).
     settings : ChainSettings
         Chain length and ``chain-cuts``.
+    batch_size : int, optional
+        Training batch size (default: the example's); ``chain-cuts = "auto"`` balances
+        the memory a client's piece needs on its helper (:func:`piece_memory_bytes`).
 
     Returns
     -------
@@ -171,6 +229,8 @@ def chain_cut_names(
         If named inner cuts are invalid or not strictly between the outer cuts, or the
         body has fewer than ``chain-length`` block-level pieces; the message names them.
     """
+    import torch
+
     from flsplit.split import candidate_cuts, resolve_cuts, split_model
     from flsplit.task import parse_cuts
 
@@ -200,10 +260,12 @@ def chain_cut_names(
             f"chain-length={settings.length}: the body between {','.join(outer)} has only "
             f"{len(inside) + 1} block-level pieces; lower chain-length or move the outer cuts"
         )
-    split = split_model(model, (outer[0], *inside, outer[1]), example_input, share_weights=True)
-    sizes = [
-        sum(t.numel() * t.element_size() for t in part.state_dict().values())
-        for part in split.parts[1:-1]
-    ]
+    # a copy: the forwards below run in training mode (BatchNorm statistics move)
+    split = split_model(model, (outer[0], *inside, outer[1]), example_input)
+    split.train()
+    with torch.no_grad():
+        cut1 = split.parts[0](example_input)
+    batch = batch_size or int(example_input.shape[0])
+    sizes = piece_memory_bytes(split.parts[1:-1], cut1, batch)
     starts = balance(sizes, settings.length)
     return (outer[0], *(inside[s - 1] for s in starts), outer[1])

@@ -160,13 +160,15 @@ def chain_split(task: SplitTask, config: Mapping[str, Any], split: Any, chain: A
         )
     model = task.model_fn(config)
     example = task.example_input(config)
-    names = chain_cut_names(model, example, split.cuts, chain)
+    names = chain_cut_names(
+        model, example, split.cuts, chain, batch_size=int(config["batch-size"])
+    )
     log(
         INFO,
         "helper chains of %d: cuts %s (%s), %d micro-batch(es) per batch",
         chain.length,
         ",".join(names),
-        "balanced parameter bytes" if chain.cuts == "auto" else "chain-cuts",
+        "balanced helper memory" if chain.cuts == "auto" else "chain-cuts",
         chain.micro_batches,
     )
     return task.split({**config, "cuts": ",".join(names)})

@@ -3,10 +3,9 @@
 ``memory``: torchvision's VGG-19 (10 classes) body between ``features.5`` and
 ``classifier`` (the setting of :mod:`flsplit.runtime.memory_bench`), cut into ``h``
 pieces for ``h`` hops as run config ``chain-cuts = "auto"`` does: block-level cuts that
-balance the pieces' parameter bytes. In ``"per-client"`` mode a helper's peak comes when
-its clients' copies hold their gradients and momentum (three times the parameters per
-client; a client's autograd graph is freed by its backward), so balanced parameters
-balance the peaks. Each piece runs in its own process, a
+balance the memory a client's piece needs on its helper (three times its parameters for
+weights, gradients and momentum, plus the activations autograd keeps at batch 32;
+:func:`flsplit.chains.piece_memory_bytes`). Each piece runs in its own process, a
 ``"per-client"`` :class:`~flsplit.runtime.worker.HelperWorker` holding one copy per
 client, driven by a load generator as in the one-hop benchmark: ``N`` clients' forwards
 first (all in flight at once), then their backwards. Reported per piece: peak RSS while
@@ -51,15 +50,16 @@ def _vgg19() -> Any:
     return torchvision.models.vgg19(num_classes=10)
 
 
-def balanced_vgg_cuts(hops: int, image_size: int = 32) -> tuple[str, ...]:
+def balanced_vgg_cuts(hops: int, image_size: int = 32, batch: int = 32) -> tuple[str, ...]:
     """All cuts (outer and inner) of a ``hops``-piece VGG-19 body, chosen as run config
-    ``chain-cuts = "auto"`` chooses them (balanced parameter bytes)."""
+    ``chain-cuts = "auto"`` chooses them (balanced helper memory per client)."""
     import torch
 
     from flsplit.chains import ChainSettings, chain_cut_names
 
     example = torch.randn(2, 3, image_size, image_size)
-    return chain_cut_names(_vgg19(), example, OUTER, ChainSettings(length=hops))
+    return chain_cut_names(_vgg19(), example, OUTER, ChainSettings(length=hops),
+                           batch_size=batch)
 
 
 def measure_piece(
@@ -132,7 +132,7 @@ def run_memory(hops: Sequence[int], clients: int, batch: int, threads: int) -> l
     """Measure every piece of every hop count, each in its own process; print figures."""
     rows: list[dict] = []
     for h in hops:
-        cuts = balanced_vgg_cuts(h)
+        cuts = balanced_vgg_cuts(h, batch=batch)
         for piece in range(1, h + 1):
             proc = subprocess.run(
                 [sys.executable, "-m", "flsplit.runtime.chain_bench", "--one-piece",
