@@ -7,11 +7,13 @@ balance the memory a client's piece needs on its helper (three times its paramet
 weights, gradients and momentum, plus the activations autograd keeps at batch 32;
 :func:`flsplit.chains.piece_memory_bytes`). Each piece runs in its own process, a
 ``"per-client"`` :class:`~flsplit.runtime.worker.HelperWorker` holding one copy per
-client, driven by a load generator as in the one-hop benchmark: ``N`` clients' forwards
-first (all in flight at once), then their backwards. Reported per piece: peak RSS while
-serving (kernel peak mark reset after the model is built), RSS before serving, and the
-worker's held bytes with every client in flight (parameters, gradients, optimizer state,
-pending inputs and outputs; the autograd graph is not included). RSS includes the
+client, driven by a load generator: ``N`` clients' forwards first (all in flight at
+once), then their backwards, twice, so that the second pass is the steady state of
+training: every copy holds its gradients and momentum from its first step while all
+clients' autograd graphs are alive. Reported per piece: peak RSS while serving (kernel
+peak mark reset after the model is built), RSS before serving, and the worker's held
+bytes with every client in flight in the second pass (parameters, gradients, optimizer
+state, pending inputs and outputs; the autograd graph is not included). RSS includes the
 process with torch and torchvision loaded (read right after importing them and reported
 as ``torch_rss_mib``); ``above_torch_mib`` is the peak above it: the body copies, their
 gradients and momentum, the autograd graphs and what the allocator kept from building
@@ -100,16 +102,18 @@ def measure_piece(
     reset = _reset_peak()
     baseline = _status_mib("VmRSS") or _getrusage_peak_mib()
     start = time.perf_counter()
-    futures = [worker.submit(n, "fwd", torch.rand(batch, *in_shape)) for n in names]
-    out_shape: tuple[int, ...] = ()
-    for i, future in enumerate(futures):
-        out_shape = tuple(future.result(timeout=3600).shape)
-        futures[i] = None
-    held = worker.held_bytes() / 2**20
-    futures = [worker.submit(n, "bwd", torch.randn(out_shape)) for n in names]
-    for i, future in enumerate(futures):
-        future.result(timeout=3600)
-        futures[i] = None
+    held = 0.0
+    for _ in range(2):  # the second pass runs with every copy's gradients and momentum
+        futures = [worker.submit(n, "fwd", torch.rand(batch, *in_shape)) for n in names]
+        out_shape: tuple[int, ...] = ()
+        for i, future in enumerate(futures):
+            out_shape = tuple(future.result(timeout=3600).shape)
+            futures[i] = None
+        held = worker.held_bytes() / 2**20
+        futures = [worker.submit(n, "bwd", torch.randn(out_shape)) for n in names]
+        for i, future in enumerate(futures):
+            future.result(timeout=3600)
+            futures[i] = None
     seconds = time.perf_counter() - start
     worker.stop()
     peak = (_status_mib("VmHWM") if reset else None) or _getrusage_peak_mib()
