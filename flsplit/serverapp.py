@@ -23,6 +23,7 @@ from flsplit.checkpoint import (
 )
 from flsplit.clientapp import peak_rss_mib
 from flsplit.emulate import DEFAULT_LINK_MIX, LinkTable
+from flsplit.plan.sampling import check_sync_config
 from flsplit.roundplan import FIXED_CUT_METHODS, CutCosts, PartCosts, RoundPlanner
 from flsplit.split import part_state_keys
 from flsplit.task import SplitTask, evaluate_model, parse_cuts
@@ -75,6 +76,18 @@ def make_server_app(
         mode = str(config["mode"])
         if mode not in ("split", "fedavg"):
             raise ValueError(f"run config mode={mode!r} is not 'split' or 'fedavg'")
+        sampling = check_sync_config(config)
+        if sampling["sync"] and mode != "split":
+            raise ValueError(
+                f"run config sampler={config['sampler']!r} needs mode='split' (synchronous "
+                "steps through a helper); use sampler='local' with mode='fedavg'"
+            )
+        if sampling["sync"] and str(config["planner"]) != "round-robin":
+            raise ValueError(
+                f"run config sampler={config['sampler']!r} runs synchronous steps, which the "
+                f"planner {config['planner']!r} does not plan; set planner='round-robin' "
+                "(or sampler='local' to plan local batches)"
+            )
         split = task.split(config)
         num_rounds = int(config["num-server-rounds"])
         checkpoint_dir = str(config.get("checkpoint-dir", ""))
@@ -93,6 +106,7 @@ def make_server_app(
             "min_completed_clients": int(config["min-completed-clients"]),
             "round_offset": done,
             "on_round_end": checkpoint_writer(checkpoint_dir, config) if checkpoint_dir else None,
+            "sampling": config,
         }
         if mode == "split" and str(config["planner"]) != "round-robin":
             strategy = planned_strategy(task, config, split, model, common)
@@ -407,6 +421,7 @@ def write_history(output_dir: Path, result: Result, strategy: SplitStrategy) -> 
         "server": {r: dict(m) for r, m in result.evaluate_metrics_serverapp.items()},
         "round-wall-seconds": strategy.round_times,
         "helper-peak-rss-mib": strategy.helper_peak_mib,
+        "sync-step-examples": strategy.sync_steps,
         "serverapp-peak-rss-mib": peak_rss_mib(),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

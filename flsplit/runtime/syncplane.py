@@ -72,6 +72,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from flsplit.plan.sampling import CLIENT_PARTS
 from flsplit.runtime import wire
 from flsplit.runtime.dataplane import HelperClient, HelperServer
 from flsplit.runtime.emulation import NO_EMULATION, Emulation
@@ -94,8 +95,6 @@ __all__ = [
     "train_sync",
 ]
 
-#: How head and tail are stepped in synchronous-step mode (see the module docstring).
-CLIENT_PARTS = ("shared", "local")
 
 
 @dataclass
