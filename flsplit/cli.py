@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     from flsplit import sampling_experiment
 
     sampling_experiment.register(sub)
+    from flsplit import sampling_compare
+
+    sampling_compare.register(sub)
     return parser
 
 

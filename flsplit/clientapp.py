@@ -13,6 +13,11 @@ message types of their own so that the app's ``train`` and ``evaluate`` stay as 
   (``client-next``, ``client-next-token``); it dials the next hop like a client does,
   over TLS when its node config names ``data-tls-root-cert``.
 
+When the train messages carry a schedule (``schedule-shape``, ``schedule-counts``: global
+sampling, run config ``sampler``), both roles run synchronous steps
+(:mod:`flsplit.runtime.syncplane`): the helper one shared body behind a step barrier,
+the client its scheduled samples per global step.
+
 :func:`make_client_app` builds a complete app from a :class:`~flsplit.task.SplitTask`:
 the three handlers plus ``train`` (plain local training of the full model, for FedAvg
 comparison runs) and ``evaluate`` (the full global model on the client's validation data;
@@ -37,7 +42,7 @@ import os
 import platform
 import socket
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from logging import INFO, WARNING
 from typing import Any
 
@@ -47,10 +52,12 @@ from flwr.clientapp import ClientApp
 from flwr.supercore import log
 
 from flsplit import emulate
+from flsplit.plan.sampling import unpack_schedule
 from flsplit.presets import preset
 from flsplit.runtime.auth import TokenVerifier
 from flsplit.runtime.dataplane import HelperClient, HelperServer, read_pem
 from flsplit.runtime.emulation import NO_EMULATION, Emulation
+from flsplit.runtime.syncplane import SyncHelperServer, SyncWorker, train_sync
 from flsplit.runtime.trainer import train_split
 from flsplit.runtime.worker import MEMORY_MODES, HelperWorker, TaskRecord, TensorSpec
 from flsplit.task import SplitTask, evaluate_model, train_full
@@ -304,17 +311,36 @@ def enable_split_learning(
             tls_root_cert=root_cert,
             tls_server_name=server_name,
         ) as helper:
-            result = train_split(
-                head,
-                tail,
-                helper,
-                task.batches(train_data),
-                task.loss_fn,
-                optimizer,
-                int(config["local-epochs"]),
-                emulation=node_emulation(context, config, ROLE_CLIENT, link=True),
-                micro_batches=int(config.get("micro-batches", 1)),
-            )
+            emulation = node_emulation(context, config, ROLE_CLIENT, link=True)
+            if "schedule-counts" in config:  # global sampling: synchronous steps
+                counts = unpack_schedule(config)
+                if counts.shape[1] != 1:
+                    raise ValueError(f"schedule of shape {counts.shape} is not one column")
+                result = train_sync(
+                    head,
+                    tail,
+                    helper,
+                    _all_samples(task, train_data),
+                    counts[:, 0],
+                    task.loss_fn,
+                    optimizer,
+                    client_parts=str(config.get("client-parts", "shared")),
+                    seed=int(config.get("sampler-seed", 0)) * 100_003 + partition,
+                    offset=int(config.get("sample-offset", 0)),
+                    emulation=emulation,
+                )
+            else:
+                result = train_split(
+                    head,
+                    tail,
+                    helper,
+                    task.batches(train_data),
+                    task.loss_fn,
+                    optimizer,
+                    int(config["local-epochs"]),
+                    emulation=emulation,
+                    micro_batches=int(config.get("micro-batches", 1)),
+                )
         arrays = ArrayRecord({**head.state_dict(), **tail.state_dict()})
         metrics = {
             "num-examples": result.examples,
@@ -344,8 +370,10 @@ def enable_split_learning(
         if memory_mode not in MEMORY_MODES:
             raise ValueError(f"helper-memory: {memory_mode!r} is not one of "
                              f"{', '.join(MEMORY_MODES)}")
-        bodies, specs, spec_of_part, body_of_part = {}, {}, {}, {}
         example = task.example_input(config)
+        if "schedule-counts" in config:  # global sampling: synchronous steps
+            return _serve_sync(msg, context, config, task, state, clients, client_cuts, cert_key)
+        bodies, specs, spec_of_part, body_of_part = {}, {}, {}, {}
         for client, cuts, piece in zip(clients, client_cuts, pieces, strict=True):
             part = (cuts, piece)
             if memory_mode == "shared" and part in body_of_part:
@@ -408,59 +436,141 @@ def enable_split_learning(
             for hop in next_hops.values():
                 hop.close()
             raise
-        start = time.perf_counter()
-        log(
-            INFO,
-            "helper serving %d clients on %s (%s)%s",
-            len(clients),
-            server.address,
-            "TLS" if server.tls else "plaintext",
-            f", relaying {len(next_hops)} of them to a next hop" if next_hops else "",
-        )
-        try:
-            all_done = server.wait_clients(float(config["round-timeout"]))
-        finally:
-            server.stop()
-        if server.dropped:
-            log(WARNING, "helper: dropped idle clients %s", sorted(server.dropped))
-        if not all_done:
-            missing = sorted(set(clients) - set(server.finished) - set(server.dropped))
-            log(WARNING, "helper: clients %s did not finish before the round deadline", missing)
-        content = RecordDict()
-        records: dict[int, ArrayRecord] = {}  # shared mode: one record per shared body
-        for client in server.finished:
-            state = worker.bodies.get(client)
-            if state is not None:
-                if id(state.module) not in records:
-                    records[id(state.module)] = ArrayRecord(state.module.state_dict())
-                content[f"body.{client}"] = records[id(state.module)]
-        tasks = worker.executed
-        content["metrics"] = MetricRecord(
-            {
-                "clients-finished": len(server.finished),
-                "clients-dropped": len(server.dropped),
-                "busy-seconds": sum(t.end - t.start for t in tasks),
-                "wall-seconds": time.perf_counter() - start,
-                "refused": server.refused_count,
-                "invalid-requests": server.invalid_count,
-                "tasks": len(tasks),
-                "peak-rss-mib": peak_rss_mib(),
-                "body-fwd-ms": _mean_ms(t for t in tasks if t.kind == "fwd"),
-                "body-bwd-ms": _mean_ms(t for t in tasks if t.kind == "bwd"),
-            }
-        )
-        content["config"] = ConfigRecord({"finished": sorted(server.finished)})
-        content["timeline"] = ConfigRecord(
-            {
-                "client": [t.client for t in tasks],
-                "kind": [t.kind for t in tasks],
-                "start": [t.start for t in tasks],
-                "end": [t.end for t in tasks],
-            }
-        )
-        return Message(content, reply_to=msg)
+        return _serve_round(msg, config, clients, worker, server, relaying=len(next_hops))
 
     return app
+
+
+def _serve_round(
+    msg: Message,
+    config: Mapping[str, Any],
+    clients: list[str],
+    worker: HelperWorker | SyncWorker,
+    server: HelperServer,
+    extra: Callable[[], Mapping[str, Any]] | None = None,
+    relaying: int = 0,
+) -> Message:
+    """Serve the round's clients, then reply with their bodies and the helper's metrics
+    (and ``extra()``'s, read after the round); ``relaying`` clients' chains go on to a
+    next hop."""
+    start = time.perf_counter()
+    log(
+        INFO,
+        "helper serving %d clients on %s (%s)%s",
+        len(clients),
+        server.address,
+        "TLS" if server.tls else "plaintext",
+        f", relaying {relaying} of them to a next hop" if relaying else "",
+    )
+    try:
+        all_done = server.wait_clients(float(config["round-timeout"]))
+    finally:
+        server.stop()
+    if server.dropped:
+        log(WARNING, "helper: dropped idle clients %s", sorted(server.dropped))
+    if not all_done:
+        missing = sorted(set(clients) - set(server.finished) - set(server.dropped))
+        log(WARNING, "helper: clients %s did not finish before the round deadline", missing)
+    content = RecordDict()
+    records: dict[int, ArrayRecord] = {}  # shared mode: one record per shared body
+    for client in server.finished:
+        state = worker.bodies.get(client)
+        if state is not None:
+            if id(state.module) not in records:
+                records[id(state.module)] = ArrayRecord(state.module.state_dict())
+            content[f"body.{client}"] = records[id(state.module)]
+    tasks = worker.executed
+    content["metrics"] = MetricRecord(
+        {
+            "clients-finished": len(server.finished),
+            "clients-dropped": len(server.dropped),
+            "busy-seconds": sum(t.end - t.start for t in tasks),
+            "wall-seconds": time.perf_counter() - start,
+            "refused": server.refused_count,
+            "invalid-requests": server.invalid_count,
+            "tasks": len(tasks),
+            "peak-rss-mib": peak_rss_mib(),
+            "body-fwd-ms": _mean_ms(t for t in tasks if t.kind == "fwd"),
+            "body-bwd-ms": _mean_ms(t for t in tasks if t.kind == "bwd"),
+            **(dict(extra()) if extra is not None else {}),
+        }
+    )
+    content["config"] = ConfigRecord({"finished": sorted(server.finished)})
+    content["timeline"] = ConfigRecord(
+        {
+            "client": [t.client for t in tasks],
+            "kind": [t.kind for t in tasks],
+            "start": [t.start for t in tasks],
+            "end": [t.end for t in tasks],
+        }
+    )
+    return Message(content, reply_to=msg)
+
+
+def _serve_sync(
+    msg: Message,
+    context: Context,
+    config: Mapping[str, Any],
+    task: SplitTask,
+    state: Mapping[str, torch.Tensor],
+    clients: list[str],
+    client_cuts: list[str],
+    cert_key: tuple[bytes, bytes] | None,
+) -> Message:
+    """A helper's round of synchronous steps: one shared body behind a step barrier."""
+    if len(set(client_cuts)) > 1:
+        raise ValueError(
+            f"synchronous steps run one shared body, but the clients have different cuts "
+            f"{sorted(set(client_cuts))}; give every client the same cuts"
+        )
+    counts = unpack_schedule(config)
+    if counts.shape[1] != len(clients):
+        raise ValueError(
+            f"schedule of shape {counts.shape} does not have one column per client "
+            f"({len(clients)})"
+        )
+    cuts = client_cuts[0] if client_cuts else str(config["cuts"])
+    split = task.split({**config, "cuts": cuts})
+    _load_part(split.body, state)
+    grad_size = sum(p.numel() for part in (split.head, split.tail) for p in part.parameters())
+    worker = SyncWorker(
+        split.body,
+        clients,
+        counts,
+        lambda params: task.optimizer_fn(params, config),
+        input_spec=_input_spec(split, task.example_input(config)),
+        client_parts=str(config.get("client-parts", "shared")),
+        grad_size=grad_size,
+        emulation=node_emulation(context, config, ROLE_HELPER),
+    )
+    verifier = TokenVerifier(
+        bytes(config["token-key"]),
+        run_id=context.run_id,
+        server_round=int(config["server-round"]),
+        helper=context.node_id,
+        clients=clients,
+    )
+    try:
+        server = SyncHelperServer(
+            worker,
+            verifier,
+            address=str(config["listen-address"]),
+            task_timeout=float(config["call-deadline"]),
+            tls_cert=cert_key[0] if cert_key else None,
+            tls_key=cert_key[1] if cert_key else None,
+            idle_timeout=float(config["client-idle-timeout"]) or None,
+        ).start()
+    except Exception:
+        worker.stop()
+        raise
+    def metrics() -> dict[str, Any]:
+        return {
+            "sync-steps": len(worker.step_examples),
+            "step-examples": list(worker.step_examples) or [0],
+            "step-clients": list(worker.step_clients) or [0],
+        }
+
+    return _serve_round(msg, config, clients, worker, server, metrics)
 
 
 def make_client_app(task: SplitTask, run_config: Mapping[str, Any] | None = None) -> ClientApp:
@@ -531,6 +641,18 @@ def peak_rss_mib() -> float:
 def _mean_ms(tasks: Iterable[TaskRecord]) -> float:
     durations = [t.end - t.start for t in tasks]
     return 1000.0 * sum(durations) / len(durations) if durations else 0.0
+
+
+def _all_samples(task: SplitTask, loader: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """All of a client's training samples as two tensors (the loader's dataset when it is
+    a ``TensorDataset``, in its stored order; else the batches concatenated)."""
+    tensors = getattr(getattr(loader, "dataset", None), "tensors", None)
+    if isinstance(tensors, tuple) and len(tensors) == 2:
+        return tensors[0], tensors[1]
+    pairs = list(task.batches(loader))
+    if not pairs:
+        raise ValueError("the client has no training data for synchronous steps")
+    return torch.cat([x for x, _ in pairs]), torch.cat([y for _, y in pairs])
 
 
 def _count_examples(batches: Any, task: SplitTask) -> int:

@@ -35,6 +35,11 @@ def _pool_and_test() -> tuple[np.ndarray, np.ndarray]:
     return order[n_test:], order[:n_test]
 
 
+def digits_pool() -> np.ndarray:
+    """Indices of the federated pool (all samples but the server's test set)."""
+    return _pool_and_test()[0]
+
+
 def _loader(indices: np.ndarray, batch_size: int, shuffle: bool) -> DataLoader:
     images, labels = digits()
     dataset = TensorDataset(torch.from_numpy(images[indices]), torch.from_numpy(labels[indices]))

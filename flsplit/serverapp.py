@@ -24,6 +24,7 @@ from flsplit.checkpoint import (
 )
 from flsplit.clientapp import peak_rss_mib
 from flsplit.emulate import DEFAULT_LINK_MIX, LinkTable
+from flsplit.plan.sampling import check_sync_config
 from flsplit.roundplan import FIXED_CUT_METHODS, CutCosts, PartCosts, RoundPlanner
 from flsplit.split import part_state_keys
 from flsplit.task import SplitTask, evaluate_model, parse_cuts
@@ -73,9 +74,8 @@ def make_server_app(
         config = task.config({**base_config, **dict(context.run_config)})
         model = task.model_fn(config)
         initial = ArrayRecord(model.state_dict())
+        check_modes(config)
         mode = str(config["mode"])
-        if mode not in ("split", "fedavg"):
-            raise ValueError(f"run config mode={mode!r} is not 'split' or 'fedavg'")
         split = task.split(config)
         chain = chain_settings(config)
         if mode == "split" and chain.length > 1:
@@ -97,6 +97,7 @@ def make_server_app(
             "min_completed_clients": int(config["min-completed-clients"]),
             "round_offset": done,
             "on_round_end": checkpoint_writer(checkpoint_dir, config) if checkpoint_dir else None,
+            "sampling": config,
         }
         if mode == "split" and str(config["planner"]) != "round-robin":
             strategy = planned_strategy(task, config, split, model, common)
@@ -136,6 +137,42 @@ def make_server_app(
             on_result(initial, result, strategy)
 
     return app
+
+
+def check_modes(config: Mapping[str, Any]) -> None:
+    """Refuse run-config combinations that do not go together.
+
+    Global sampling (``sampler`` other than ``"local"``) needs ``mode = "split"``, the
+    ``round-robin`` planner and one helper per client (``chain-length = 1``).
+
+    Raises
+    ------
+    ValueError
+        Naming the values and the fix.
+    """
+    mode = str(config["mode"])
+    if mode not in ("split", "fedavg"):
+        raise ValueError(f"run config mode={mode!r} is not 'split' or 'fedavg'")
+    if not check_sync_config(config)["sync"]:
+        return
+    sampler = config["sampler"]
+    if mode != "split":
+        raise ValueError(
+            f"run config sampler={sampler!r} needs mode='split' (synchronous steps through "
+            "a helper); use sampler='local' with mode='fedavg'"
+        )
+    if str(config["planner"]) != "round-robin":
+        raise ValueError(
+            f"run config sampler={sampler!r} runs synchronous steps, which the planner "
+            f"{config['planner']!r} does not plan; set planner='round-robin' (or "
+            "sampler='local' to plan local batches)"
+        )
+    length = chain_settings(config).length
+    if length > 1:
+        raise ValueError(
+            f"run config sampler={sampler!r} with chain-length={length}: synchronous steps "
+            "run on one helper per client; set chain-length=1 or sampler='local'"
+        )
 
 
 def chain_split(task: SplitTask, config: Mapping[str, Any], split: Any, chain: Any) -> Any:
@@ -447,6 +484,7 @@ def write_history(output_dir: Path, result: Result, strategy: SplitStrategy) -> 
         "server": {r: dict(m) for r, m in result.evaluate_metrics_serverapp.items()},
         "round-wall-seconds": strategy.round_times,
         "helper-peak-rss-mib": strategy.helper_peak_mib,
+        "sync-step-examples": strategy.sync_steps,
         "serverapp-peak-rss-mib": peak_rss_mib(),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

@@ -23,7 +23,13 @@ from flwr.simulation import run_simulation
 
 from flsplit.chains import chain_settings
 from flsplit.clientapp import make_client_app
-from flsplit.serverapp import ResultHook, StrategyFn, default_strategy, make_server_app
+from flsplit.serverapp import (
+    ResultHook,
+    StrategyFn,
+    check_modes,
+    default_strategy,
+    make_server_app,
+)
 from flsplit.task import SplitTask
 
 LOG = logging.getLogger("flsplit.simulation")
@@ -102,6 +108,7 @@ def simulate(
     total = num_supernodes or helpers + int(config.get("num-clients", 2))
     if total <= helpers:
         raise ValueError(f"num-supernodes={total} leaves no client next to num-helpers={helpers}")
+    check_modes(config)
     chain = chain_settings(config)
     if config["mode"] == "split" and chain.length > helpers:
         raise ValueError(

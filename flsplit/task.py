@@ -43,6 +43,15 @@ DEFAULT_RUN_CONFIG: dict[str, Any] = {
     # or "all"; empty = every client keeps `cuts`
     "cut-candidates": "",
     "cut-method": "auto",  # joint cut optimizer: auto, integrated, alternating, exact
+    # Global sampling (docs/sampling.md): "local" = every client its own local batches;
+    # "uniform" / "dirichlet" = synchronous steps whose composition the server samples
+    "sampler": "local",
+    "global-batch-size": 0,  # samples per synchronous step (0 = batch-size)
+    "sampler-concentration": 100.0,  # dirichlet: how close steps stay to the mean share
+    "sampler-straggler-weight": 0.0,  # dirichlet: 1 = shares proportional to data x speed
+    "sampler-seed": 0,
+    "sync-steps": 0,  # synchronous steps per round (0 = local-epochs epochs of the sampler)
+    "client-parts": "shared",  # synchronous steps: "shared" (exact) or "local" head/tail
     "seed": 0,
 }
 

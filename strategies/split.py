@@ -18,6 +18,14 @@ client gets a chain of distinct helpers (:meth:`SplitStrategy.assign_chains`); e
 helper is told, per client it serves, which piece it runs, the next hop's address and
 the client's round token for that next hop (one token per (client, helper) hop). A
 client's full model is its head and tail plus every helper's piece.
+
+Global sampling (``sampling`` with ``sampler`` ``uniform`` or ``dirichlet``): the round
+runs as synchronous steps (:mod:`flsplit.runtime.syncplane`). The strategy draws the
+round's schedule from the clients' example counts (known from discovery; per-sample
+costs from their reported compute factors), sends each client its column
+(``schedule-shape`` / ``schedule-counts``) and where its draws continue
+(``sample-offset``), and each helper the columns of its clients in the order it
+concatenates them.
 """
 
 from __future__ import annotations
@@ -33,6 +41,12 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 from flwr.supercore import log
 
+from flsplit.plan.sampling import (
+    check_sync_config,
+    pack_schedule,
+    round_schedule,
+    sampler_from_config,
+)
 from flsplit.runtime.auth import helper_key, new_run_secret, sign_token
 
 QUERY = "query.split"
@@ -113,6 +127,10 @@ class SplitStrategy(Strategy):
     on_round_end : callable, optional
         ``on_round_end(server_round, arrays, strategy)`` after every round's aggregation
         (e.g. to write a checkpoint).
+    sampling : Mapping, optional
+        Run-config keys of global sampling (``sampler``, ``global-batch-size``, ...,
+        checked by :func:`flsplit.plan.sampling.check_sync_config`); ``None`` or
+        ``sampler="local"``: every client trains on its own local batches.
     """
 
     def __init__(
@@ -126,7 +144,12 @@ class SplitStrategy(Strategy):
         min_completed_clients: int = 1,
         round_offset: int = 0,
         on_round_end: Callable[[int, ArrayRecord, SplitStrategy], None] | None = None,
+        sampling: Mapping[str, Any] | None = None,
     ) -> None:
+        self.sampling = check_sync_config(sampling or {})
+        #: round -> helper -> samples of each synchronous step the helper ran
+        self.sync_steps: dict[int, dict[int, list[int]]] = {}
+        self.schedules: dict[int, Any] = {}  # round -> (steps, clients) counts
         if min_completed_clients < 1:
             raise ValueError(
                 f"min_completed_clients={min_completed_clients} must be at least 1"
@@ -460,6 +483,7 @@ class SplitStrategy(Strategy):
         self.assignment = RoundAssignment(
             helper_of, tokens, time.perf_counter(), cuts_of, chain_of
         )
+        columns, client_sync = self._sync_schedule(server_round, sorted(helper_of))
 
         helper_messages = []
         for helper in self.helpers:
@@ -496,6 +520,11 @@ class SplitStrategy(Strategy):
                     "round-timeout": float(self.round_timeout),
                 }
             )
+            if columns is not None:
+                helper_config.update(
+                    pack_schedule(columns[:, [client_sync[c]["column"] for c, _ in served]])
+                )
+                helper_config["client-parts"] = self.sampling["client-parts"]
             helper_messages.append(
                 Message(
                     RecordDict({"arrays": _subset(arrays, body_keys), "config": helper_config}),
@@ -519,6 +548,11 @@ class SplitStrategy(Strategy):
                     **self.client_config(client, helper_of[client]),
                 }
             )
+            if columns is not None:
+                column = client_sync[client]["column"]
+                client_config.update(pack_schedule(columns[:, [column]]))
+                client_config["sample-offset"] = client_sync[client]["offset"]
+                client_config["client-parts"] = self.sampling["client-parts"]
             client_messages.append(
                 Message(
                     RecordDict(
@@ -539,6 +573,46 @@ class SplitStrategy(Strategy):
         # Helpers first: the simulation engine hands out workers in this order, and a
         # client can only progress once its helper serves.
         return helper_messages + client_messages
+
+    def _sync_schedule(
+        self, server_round: int, clients: Sequence[int]
+    ) -> tuple[Any, dict[int, dict[str, int]]]:
+        """The round's synchronous-step schedule, or ``(None, {})`` without global sampling.
+
+        Returns the ``(steps, clients)`` counts (columns in the order of ``clients``) and
+        per client its column and the samples it drew in earlier rounds.
+        """
+        if not self.sampling["sync"] or not clients:
+            return None, {}
+        sizes = [self.nodes[c].examples for c in clients]
+        empty = [c for c, n in zip(clients, sizes, strict=True) if n < 1]
+        if empty:
+            raise RuntimeError(
+                f"clients {empty} reported no training examples; global sampling draws "
+                "from every client's data"
+            )
+        costs = [float(self.nodes[c].info.get("compute-factor", 1.0)) for c in clients]
+        sampler = sampler_from_config(self.sampling, sizes, costs)
+        counts, offsets = round_schedule(
+            sampler,
+            server_round,
+            int(self.sampling["sync-steps"]),
+            int(self.sampling["local-epochs"]),
+        )
+        self.schedules[server_round] = counts
+        log(
+            INFO,
+            "round %d: %s sampling, %d synchronous steps, global batch %d (%.1f clients "
+            "per step on average)",
+            server_round,
+            sampler.name,
+            counts.shape[0],
+            int(counts.sum(axis=1).max()),
+            float((counts > 0).sum(axis=1).mean()),
+        )
+        return counts, {
+            c: {"column": i, "offset": int(offsets[i])} for i, c in enumerate(clients)
+        }
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -567,6 +641,11 @@ class SplitStrategy(Strategy):
 
         self.observe(server_round, client_replies, helper_replies)
         for reply in helper_replies:
+            steps = reply.content.metric_records["metrics"].get("step-examples")
+            if steps is not None:
+                self.sync_steps.setdefault(server_round, {})[reply.metadata.src_node_id] = [
+                    int(n) for n in steps
+                ]
             peak = reply.content.metric_records["metrics"].get("peak-rss-mib")
             if peak is not None:
                 src = reply.metadata.src_node_id

@@ -49,13 +49,17 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "CLIENT_PARTS",
+    "RUN_CONFIG_SAMPLERS",
     "SAMPLERS",
     "FixedLocalSampler",
     "LatentDirichletSampler",
     "Sampler",
     "UniformGlobalSampler",
+    "check_sync_config",
     "make_sampler",
     "pack_schedule",
+    "round_schedule",
     "sampler_from_config",
     "step_times",
     "unpack_schedule",
@@ -461,3 +465,123 @@ def unpack_schedule(record: Mapping[str, Any]) -> np.ndarray:
             f"got {flat.size}"
         )
     return flat.reshape(shape)
+
+
+#: Run-config values of ``sampler``: ``local`` (alias ``fixed-local``) keeps every client
+#: on its own local batches (no synchronous steps); the others run synchronous steps.
+RUN_CONFIG_SAMPLERS = ("local", "uniform", "dirichlet")
+#: How clients step head and tail in synchronous steps (:mod:`flsplit.runtime.syncplane`).
+CLIENT_PARTS = ("shared", "local")
+
+
+def check_sync_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """Check the run-config keys of global sampling and return them normalised.
+
+    Keys: ``sampler`` (:data:`RUN_CONFIG_SAMPLERS`), ``global-batch-size`` (0 = the
+    ``batch-size``), ``sampler-concentration`` (> 0), ``sampler-straggler-weight``
+    (>= 0), ``sampler-seed`` (>= 0), ``sync-steps`` (steps per round, 0 = ``local-epochs``
+    epochs of the sampler) and ``client-parts`` (:data:`CLIENT_PARTS`).
+
+    Parameters
+    ----------
+    config : Mapping
+        The run config.
+
+    Returns
+    -------
+    dict
+        The keys above with checked values; ``sampler`` is ``fixed-local`` for ``local``,
+        ``global-batch-size`` resolved, plus ``sync`` (whether steps are synchronous).
+
+    Raises
+    ------
+    ValueError
+        Naming the key, the bad value and what to give instead.
+    """
+
+    def number(key: str, default: float, kind: type, low: float, strict: bool) -> Any:
+        raw = config.get(key, default)
+        try:
+            if isinstance(raw, bool):
+                raise ValueError
+            value = kind(raw)
+            if kind is int and value != float(raw):
+                raise ValueError
+        except (TypeError, ValueError):
+            value = None
+        if value is None or not math.isfinite(value) or value < low or (strict and value == low):
+            bound = f"{'>' if strict else '>='} {low:g}"
+            what = "an integer" if kind is int else "a number"
+            raise ValueError(
+                f"run config {key}={raw!r} must be {what} {bound}, e.g. --run-config "
+                f"'{key}={kind(default) if default > low or not strict else 1}'"
+            )
+        return value
+
+    name = str(config.get("sampler", "local"))
+    if name == "fixed-local":
+        name = "local"
+    if name not in RUN_CONFIG_SAMPLERS:
+        raise ValueError(
+            f"run config sampler={name!r} is not one of {', '.join(RUN_CONFIG_SAMPLERS)}: "
+            "e.g. --run-config 'sampler=\"uniform\"'"
+        )
+    parts = str(config.get("client-parts", "shared"))
+    if parts not in CLIENT_PARTS:
+        raise ValueError(
+            f"run config client-parts={parts!r} is not one of {', '.join(CLIENT_PARTS)}: "
+            "e.g. --run-config 'client-parts=\"shared\"'"
+        )
+    local = number("batch-size", 32, int, 0, True)
+    global_batch = number("global-batch-size", 0, int, 0, False) or local
+    return {
+        "sampler": "fixed-local" if name == "local" else name,
+        "sync": name != "local",
+        "batch-size": local,
+        "global-batch-size": global_batch,
+        "sampler-concentration": number("sampler-concentration", 100.0, float, 0, True),
+        "sampler-straggler-weight": number("sampler-straggler-weight", 0.0, float, 0, False),
+        "sampler-seed": number("sampler-seed", 0, int, 0, False),
+        "sync-steps": number("sync-steps", 0, int, 0, False),
+        "local-epochs": number("local-epochs", 1, int, 0, True),
+        "client-parts": parts,
+    }
+
+
+def round_schedule(
+    sampler: Sampler, server_round: int, steps_per_round: int = 0, epochs_per_round: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """The schedule of one round and what every client drew in the rounds before.
+
+    Round ``r`` (from 1) takes the next ``steps_per_round`` steps of the sampler's
+    consecutive epochs or, if that is 0, its next ``epochs_per_round`` epochs.
+
+    Parameters
+    ----------
+    sampler : Sampler
+        The round's sampler (its columns are the round's clients).
+    server_round : int
+        Round number, from 1.
+    steps_per_round, epochs_per_round : int
+        Length of a round.
+
+    Returns
+    -------
+    counts : np.ndarray
+        ``(steps, clients)`` samples per step and client of the round.
+    offsets : np.ndarray
+        ``(clients,)`` samples each client contributed in earlier rounds, so that it can
+        go on with its draws where it stopped.
+    """
+    server_round = _check_positive_int("server_round", server_round)
+    if steps_per_round > 0:
+        first = (server_round - 1) * int(steps_per_round)
+        stream = sampler.steps(first + int(steps_per_round))
+        return stream[first:], stream[:first].sum(axis=0)
+    epochs = _check_positive_int("epochs_per_round", epochs_per_round)
+    first = (server_round - 1) * epochs
+    offsets = np.zeros(sampler.num_clients, dtype=np.int64)
+    for e in range(first):
+        offsets += sampler.epoch(e).sum(axis=0)
+    counts = np.concatenate([sampler.epoch(e) for e in range(first, first + epochs)])
+    return counts, offsets

@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent import futures
 from pathlib import Path
 
@@ -185,11 +185,7 @@ class HelperServer:
         )
         handlers = {
             name: grpc.unary_unary_rpc_method_handler(method)
-            for name, method in (
-                ("Forward", self.forward),
-                ("Backward", self.backward),
-                ("Finish", self.finish),
-            )
+            for name, method in self._methods()
         }
         self._server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE, handlers),)
@@ -205,6 +201,17 @@ class HelperServer:
         if self.port == 0:
             raise DataPlaneError(f"cannot listen on {address!r}: address in use or invalid")
         self.host = address.rsplit(":", 1)[0]
+
+    def _methods(self) -> list[tuple[str, Callable[[bytes, grpc.ServicerContext], bytes]]]:
+        """The RPC methods served (subclasses add their own)."""
+        return [("Forward", self.forward), ("Backward", self.backward), ("Finish", self.finish)]
+
+    def _busy(self, client: str) -> bool:
+        """Whether ``client`` has a request in progress (never idle then); none here.
+
+        Called with ``self._lock`` held.
+        """
+        return False
 
     @property
     def address(self) -> str:
@@ -242,6 +249,7 @@ class HelperServer:
                 if client not in self.finished
                 and client not in self.dropped
                 and now - seen > self.idle_timeout
+                and not self._busy(client)
             ]
             for client in idle:
                 self.dropped[client] = f"no request for {self.idle_timeout:.0f} s"
@@ -350,11 +358,20 @@ class HelperServer:
             return wire.encode(wire.Frame("result", frame.client, step=frame.step))
         if frame.tensor is None:
             raise self._invalid(f"bad frame: {op} frame carries no tensor")
-        tensor = frame.tensor
+        return self._run_task(frame, op, received)
+
+    def _submit(self, frame: wire.Frame, op: str) -> futures.Future:
+        """Queue the frame's task on the worker."""
+        return self.worker.submit(frame.client, op, frame.tensor, frame.micro, frame.micros)
+
+    def _run_task(self, frame: wire.Frame, op: str, received: float) -> bytes:
+        """Submit the frame's task (a chain's gradient goes to the next hop first), wait
+        for it, pass a chain's forward output on, and encode the reply."""
+        hop = self.next_hops.get(frame.client)
         if op == "bwd" and hop is not None:
-            tensor = self._relay_backward(hop, frame)
+            frame.tensor = self._relay_backward(hop, frame)
         try:
-            future = self.worker.submit(frame.client, op, tensor, frame.micro, frame.micros)
+            future = self._submit(frame, op)
         except InputError as err:
             raise self._invalid(f"bad {op} input: {err}") from None
         except TaskError as err:
@@ -496,12 +513,16 @@ class HelperClient:
             self._channel = grpc.insecure_channel(address, options=options)
         self._calls = {
             name: self._channel.unary_unary(f"/{SERVICE}/{name}")
-            for name in ("Forward", "Backward", "Finish")
+            for name in ("Forward", "Backward", "Finish", "Sync")
         }
 
-    def forward(self, activation: torch.Tensor) -> torch.Tensor:
-        """Send cut-1 activations; return the body output."""
-        self.step += 1
+    def forward(self, activation: torch.Tensor, step: int | None = None) -> torch.Tensor:
+        """Send cut-1 activations; return the body output.
+
+        ``step`` names the global step in synchronous-step mode; by default the client's
+        own batch counter goes up by one.
+        """
+        self.step = self.step + 1 if step is None else int(step)
         return self._call("Forward", "fwd", activation)
 
     def call(
@@ -540,8 +561,19 @@ class HelperClient:
         return self._request(_METHODS[op], op, tensor, step, micro, micros)
 
     def backward(self, grad_output: torch.Tensor) -> torch.Tensor:
-        """Send the gradient at cut 2; return the gradient at cut 1."""
+        """Send the gradient at cut 2 (of the last forward's step); return the gradient
+        at cut 1."""
         return self._call("Backward", "bwd", grad_output)
+
+    def sync(self, step: int, tensor: torch.Tensor | None = None) -> torch.Tensor:
+        """Synchronous-step mode: post this client's head and tail gradient of its last
+        step (if any) and fetch the helper's reduced gradients of every step before
+        ``step`` not fetched yet (see :mod:`flsplit.runtime.syncplane`)."""
+        self.step = int(step)
+        result = self._call("Sync", "sync", tensor)
+        if result is None:
+            raise DataPlaneError(f"helper {self.address} answered Sync without a tensor")
+        return result
 
     def finish(self) -> None:
         """Tell the helper this client is done for the round."""
@@ -618,7 +650,7 @@ class HelperClient:
         return frame.tensor, total - service, service
 
 
-_METHODS = {"fwd": "Forward", "bwd": "Backward", "finish": "Finish"}
+_METHODS = {"fwd": "Forward", "bwd": "Backward", "finish": "Finish", "sync": "Sync"}
 
 
 def _nbytes(tensor: torch.Tensor) -> int:

@@ -7,10 +7,11 @@ A frame is::
 The header is a UTF-8 JSON object with the fields
 
 - ``op``: what the frame asks for or answers (``"fwd"``, ``"bwd"``, ``"finish"``,
-  ``"result"``),
+  ``"result"``; ``"sync"`` in synchronous-step mode, :mod:`flsplit.runtime.syncplane`),
 - ``client``: the sending client's id (a string),
 - ``token``: the round token the server gave that client,
-- ``step``: the batch counter of the sending client,
+- ``step``: the batch counter of the sending client (in synchronous-step mode the global
+  step index the frame belongs to),
 - ``tensor``: ``null`` or ``{"dtype": str, "shape": [int, ...], "nbytes": int}``,
 - ``service_ms`` (replies only, optional): time the helper held the request (queue and
   compute), so the client can tell network time from helper time;
@@ -46,7 +47,7 @@ MAX_DIM = 2**40
 MAX_ID_CHARS = 256
 MAX_TOKEN_CHARS = 512
 MAX_MICROS = 4096
-OPS = ("fwd", "bwd", "finish", "result")
+OPS = ("fwd", "bwd", "finish", "result", "sync")
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,

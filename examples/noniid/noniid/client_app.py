@@ -1,0 +1,6 @@
+"""noniid: the ClientApp (clients and helpers)."""
+
+from flsplit import make_client_app
+from noniid.task import TASK
+
+app = make_client_app(TASK)

@@ -1,0 +1,781 @@
+"""Synchronous-step mode over the data plane: global sampling with one shared body.
+
+The server's sampler (:mod:`flsplit.plan.sampling`) gives every round a schedule
+``counts[s, k]``: the samples client ``k`` contributes to global step ``s``. The round
+is then run step by step, as the one-process reference :mod:`flsplit.runtime.syncstep`
+defines, but over the gRPC data plane of :mod:`flsplit.runtime.dataplane`.
+
+Protocol (per global step ``s``, frames carry ``step = s``)
+------------------------------------------------------------
+Client ``k`` with ``counts[s, k] > 0`` (the others sit the step out and send nothing):
+
+1. draws its next ``counts[s, k]`` samples (its data in a seeded order, without
+   replacement within a pass; :class:`SampleStream`), runs its head and sends
+   ``Forward(step=s)`` with exactly that many rows;
+2. the helper waits until the forward of every participating client it serves has
+   arrived (a barrier keyed by the step index), runs ONE shared body on their
+   concatenation in a fixed client order (the order of the helper's client list) and
+   answers each client with its own rows;
+3. the client runs its tail and its loss (labels stay on the client), a mean over its own
+   samples, and sends ``Backward(step=s)`` with the gradient at cut 2;
+4. once all gradients of the step are in, the helper scales client ``k``'s rows by
+   ``n_k / N`` (``N`` the step's batch at this helper, its *sub-batch*), so the scaled
+   losses add up to the mean loss over the sub-batch, runs one backward and one
+   optimizer step of the body, and answers each client with its rows of the gradient at
+   cut 1, multiplied by ``N / n_k``: the gradient of the client's own mean loss through
+   the shared body.
+5. Head and tail (``client_parts``):
+
+   ``"shared"`` (exact)
+       the client does not step on its own; it posts the flat gradient of its head and
+       tail parameters with its next ``Sync`` request. The helper sums the posted
+       gradients of the step weighted by ``n_k / N`` (an all-reduce over its clients)
+       and every client, also those sitting the step out, applies that sum with its
+       optimizer before its next forward (``Sync(step=t)`` returns the sums of all steps
+       before ``t`` the client has not applied yet, in order; ``Sync(step=steps)`` at the
+       end of the round the rest). All head and tail copies of a helper's clients stay
+       equal, and one step is exactly the centralised step of the unsplit model on the
+       sub-batch (tested within 1e-6 over several steps, with momentum). The helper sees
+       each client's head and tail gradient (besides the activations and cut-2
+       gradients it sees anyway).
+   ``"local"``
+       each client steps its own head and tail on its own mean gradient right after the
+       step (``client_parts="local"`` of :mod:`~flsplit.runtime.syncstep`); the copies
+       drift apart during the round and FedAvg averages them at its end (for plain SGD
+       and one step, the example-weighted average equals the centralised step).
+
+Clients of different helpers: each helper batches its own clients only (its sub-batch,
+and its body's BatchNorm statistics are over that sub-batch); each helper steps its own
+body copy on the mean over its sub-batch, and the bodies (like the head/tail copies of
+different helpers) are averaged by FedAvg at the end of the round, weighted by examples.
+With one helper a step is the centralised step on the global batch.
+
+Failures. A client that sends nothing while it has no request in progress for the
+helper's idle timeout is dropped (:class:`~flsplit.runtime.dataplane.HelperServer`); the
+barrier stops waiting for it, its rows are left out (its gradient rows count as zero and
+the others' weights are renormalised), and the round carries on with the others. Every
+request is checked like any data-plane request: token, frame, then the tensor's fit: a
+forward must have exactly the scheduled number of rows and the body input's shape and
+dtype, a gradient exactly the shape of the client's rows of the body output.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from flsplit.plan.sampling import CLIENT_PARTS
+from flsplit.runtime import wire
+from flsplit.runtime.dataplane import HelperClient, HelperServer
+from flsplit.runtime.emulation import NO_EMULATION, Emulation
+from flsplit.runtime.trainer import LossFn, TrainResult, _nbytes
+from flsplit.runtime.worker import (
+    ClientBody,
+    InputError,
+    OptimizerFn,
+    TaskError,
+    TaskRecord,
+    TensorSpec,
+)
+
+__all__ = [
+    "CLIENT_PARTS",
+    "SampleStream",
+    "SyncHelperServer",
+    "SyncWorker",
+    "flat_grad",
+    "train_sync",
+]
+
+
+
+@dataclass
+class _Pending:
+    tensor: torch.Tensor | None
+    future: Future
+
+
+@dataclass
+class _StepState:
+    """The forward of the step in progress: who is in it and the autograd graph."""
+
+    step: int
+    clients: list[str]
+    sizes: list[int]
+    body_in: torch.Tensor
+    body_out: torch.Tensor
+    row_shape: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+class SyncWorker:
+    """The helper side of synchronous steps: barriers, one shared body, reductions.
+
+    Parameters
+    ----------
+    body : nn.Module
+        The shared body (trained in place).
+    clients : Sequence[str]
+        The clients served, in the order their rows are concatenated.
+    counts : np.ndarray
+        ``(steps, len(clients))`` samples of each client in each global step of the round.
+    optimizer_fn : callable
+        Builds the body's optimizer from its parameters.
+    input_spec : TensorSpec, optional
+        Shape (without batch) and dtype of the body input; learned from the first
+        forward if not given.
+    client_parts : {"shared", "local"}
+        ``"shared"``: the worker also all-reduces the clients' head and tail gradients
+        (``Sync`` requests); ``"local"``: it does not.
+    grad_size : int, optional
+        Number of head and tail parameters (the length of a posted gradient); learned
+        from the first post if not given.
+    emulation : Emulation
+        Stretches the body compute.
+    """
+
+    def __init__(
+        self,
+        body: nn.Module,
+        clients: Sequence[str],
+        counts: np.ndarray,
+        optimizer_fn: OptimizerFn,
+        input_spec: TensorSpec | None = None,
+        client_parts: str = "shared",
+        grad_size: int | None = None,
+        emulation: Emulation = NO_EMULATION,
+    ) -> None:
+        if client_parts not in CLIENT_PARTS:
+            raise ValueError(
+                f"client-parts: {client_parts!r} is not one of {', '.join(CLIENT_PARTS)}"
+            )
+        counts = np.asarray(counts)
+        if counts.ndim != 2 or counts.shape[1] != len(clients) or np.any(counts < 0):
+            raise ValueError(
+                f"counts must be (steps, {len(clients)}) non-negative integers, "
+                f"got shape {counts.shape}"
+            )
+        self.module = body
+        self.module.train()
+        self.optimizer = optimizer_fn(body.parameters())
+        self.clients = [str(c) for c in clients]
+        self._col = {c: i for i, c in enumerate(self.clients)}
+        self.counts = counts.astype(np.int64)
+        self.steps = int(counts.shape[0])
+        self.input_spec = input_spec
+        self.client_parts = client_parts
+        self.grad_size = grad_size
+        self.emulation = emulation
+        # HelperServer / ClientApp view: one entry per client, all the same body
+        self.bodies: dict[str, ClientBody] = {
+            c: ClientBody(body, self.optimizer, input_spec=input_spec) for c in self.clients
+        }
+        self.executed: list[TaskRecord] = []
+        self.step_examples: list[int] = []  # body batch of every step run (sub-batch)
+        self.step_clients: list[int] = []
+        self.dropped: set[str] = set()
+        self.retired: set[str] = set()
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._arrivals: dict[tuple[int, str], dict[str, _Pending]] = {}
+        self._last_fwd: dict[str, int] = dict.fromkeys(self.clients, -1)
+        self._open_bwd: dict[str, int] = {}  # client -> step whose gradient is awaited
+        self._to_post: dict[str, int] = {}  # client -> step whose head/tail grad it owes
+        self._posted: dict[int, dict[str, torch.Tensor]] = {}
+        self._rows: dict[int, torch.Tensor] = {}  # step -> reduced head/tail gradient
+        self._fetched: dict[str, int] = dict.fromkeys(self.clients, -1)
+        self._fetches: list[tuple[str, int, Future]] = []
+        self._grad_dtype: torch.dtype | None = None
+        self._current: _StepState | None = None
+        self.done_through = -1
+        self._thread = threading.Thread(target=self._run, name="flsplit-sync-worker", daemon=True)
+        self._thread.start()
+
+    # -- requests (data-plane threads) ----------------------------------------------
+
+    def submit_step(
+        self, client: str, kind: str, step: int, tensor: torch.Tensor | None
+    ) -> Future:
+        """Check a ``"fwd"``, ``"bwd"`` or ``"sync"`` request of ``client`` for global
+        step ``step`` and queue it.
+
+        Returns
+        -------
+        Future
+            Resolves to the reply tensor once the step's barrier is passed.
+
+        Raises
+        ------
+        TaskError
+            Unknown or dropped client, a step out of order or not scheduled for it.
+        InputError
+            A tensor that does not fit (the message names the field).
+        """
+        future: Future = Future()
+        with self._cond:
+            if self._stopped:
+                raise TaskError("helper worker is stopped")
+            col = self._col.get(client)
+            if col is None:
+                raise TaskError(f"client {client!r:.80} is not served by this helper")
+            if client in self.dropped:
+                raise TaskError(f"client {client!r} was dropped")
+            if kind == "fwd":
+                self._check_fwd(client, col, step, tensor)
+                self._last_fwd[client] = step
+                self._arrivals.setdefault((step, "fwd"), {})[client] = _Pending(tensor, future)
+            elif kind == "bwd":
+                self._check_bwd(client, step, tensor)
+                del self._open_bwd[client]
+                self._arrivals.setdefault((step, "bwd"), {})[client] = _Pending(tensor, future)
+            elif kind == "sync":
+                self._check_sync(client, col, step, tensor)
+                owed = self._to_post.pop(client, None)
+                if owed is not None and tensor is not None:
+                    self._posted.setdefault(owed, {})[client] = tensor
+                self._fetches.append((client, step, future))
+                self._resolve_fetches()
+            else:
+                raise TaskError(f"task kind {kind!r:.20} is not 'fwd', 'bwd' or 'sync'")
+            self._cond.notify_all()
+        return future
+
+    def _check_fwd(self, client: str, col: int, step: int, tensor: torch.Tensor | None) -> None:
+        if not 0 <= step < self.steps:
+            raise TaskError(f"step {step} is not in this round's [0, {self.steps})")
+        if step <= self._last_fwd[client] or step <= self.done_through:
+            raise TaskError(f"step {step}: client {client!r} already sent it or it is over")
+        if client in self._open_bwd or client in self._to_post:
+            raise TaskError(
+                f"step {step}: client {client!r} has not finished its step "
+                f"{self._open_bwd.get(client, self._to_post.get(client))}"
+            )
+        wanted = int(self.counts[step, col])
+        if wanted == 0:
+            raise TaskError(f"client {client!r} has no samples in step {step}")
+        if tensor is None:
+            raise InputError("fwd frame carries no tensor")
+        shape = tuple(tensor.shape)
+        if not shape or shape[0] != wanted:
+            raise InputError(
+                f"tensor shape {shape}: step {step} schedules {wanted} samples of client "
+                f"{client!r}"
+            )
+        spec = self.input_spec
+        if spec is not None:
+            if shape[1:] != spec.shape:
+                raise InputError(
+                    f"tensor shape {shape} does not fit the body input (batch, "
+                    f"{', '.join(map(str, spec.shape))})"
+                )
+            if tensor.dtype != spec.dtype:
+                raise InputError(
+                    f"tensor dtype {tensor.dtype} is not the body input's {spec.dtype}"
+                )
+
+    def _check_bwd(self, client: str, step: int, tensor: torch.Tensor | None) -> None:
+        if self._open_bwd.get(client) != step:
+            raise TaskError(f"backward of step {step} without its forward")
+        current = self._current
+        if current is None or current.step != step:
+            raise TaskError(f"backward of step {step}, which is not in progress")
+        if tensor is None:
+            raise InputError("bwd frame carries no tensor")
+        expected = current.row_shape[client]
+        if tuple(tensor.shape) != expected:
+            raise InputError(
+                f"tensor shape {tuple(tensor.shape)} of the gradient does not match the "
+                f"client's rows of the body output {expected}"
+            )
+        if tensor.dtype != current.body_out.dtype:
+            raise InputError(
+                f"tensor dtype {tensor.dtype} of the gradient is not the body output's "
+                f"{current.body_out.dtype}"
+            )
+
+    def _check_sync(self, client: str, col: int, step: int, tensor: torch.Tensor | None) -> None:
+        if self.client_parts != "shared":
+            raise TaskError("sync requests need client-parts 'shared'")
+        if not self._fetched[client] < step <= self.steps:
+            raise TaskError(
+                f"sync to step {step}: not in ({self._fetched[client] + 1}, {self.steps}]"
+            )
+        if step < self.steps and self.counts[step, col] == 0:
+            raise TaskError(f"sync to step {step}: client {client!r} has no samples in it")
+        if client in self._open_bwd:
+            raise TaskError(f"sync before the backward of step {self._open_bwd[client]}")
+        if any(c == client for c, _, _ in self._fetches):
+            raise TaskError("a sync request of this client is already waiting")
+        owed = client in self._to_post
+        if owed and tensor is None:
+            raise InputError(
+                f"sync frame carries no tensor: the head and tail gradient of step "
+                f"{self._to_post[client]} is due"
+            )
+        if not owed and tensor is not None:
+            raise InputError("sync frame carries a tensor but no gradient is due")
+        if tensor is None:
+            return
+        if tensor.dim() != 1 or not tensor.is_floating_point():
+            raise InputError(
+                f"tensor shape {tuple(tensor.shape)} / dtype {tensor.dtype}: a head and tail "
+                "gradient is a 1-D floating-point vector"
+            )
+        if self.grad_size is not None and tensor.shape[0] != self.grad_size:
+            raise InputError(
+                f"tensor shape {tuple(tensor.shape)} does not match the {self.grad_size} "
+                "head and tail parameters"
+            )
+        if self._grad_dtype is not None and tensor.dtype != self._grad_dtype:
+            raise InputError(f"tensor dtype {tensor.dtype} is not {self._grad_dtype}")
+        self.grad_size = int(tensor.shape[0])
+        self._grad_dtype = tensor.dtype
+
+    def drop(self, client: str) -> None:
+        """Stop waiting for ``client``: its queued requests fail, later steps go on
+        without it."""
+        with self._cond:
+            if client not in self._col or client in self.dropped:
+                return
+            self.dropped.add(client)
+            self._fail(client, TaskError(f"client {client!r} was dropped"))
+            self._cond.notify_all()
+
+    def retire(self, client: str) -> None:
+        """``client`` finished its round: no barrier waits for it any more."""
+        with self._cond:
+            self.retired.add(client)
+            self._fail(client, TaskError(f"client {client!r} finished"))
+            self._cond.notify_all()
+
+    def _fail(self, client: str, error: Exception) -> None:
+        for pending in self._arrivals.values():
+            item = pending.pop(client, None)
+            if item is not None and not item.future.done():
+                item.future.set_exception(error)
+        for c, _, future in self._fetches:
+            if c == client and not future.done():
+                future.set_exception(error)
+        self._fetches = [f for f in self._fetches if f[0] != client]
+        self._open_bwd.pop(client, None)
+        self._to_post.pop(client, None)
+
+    def stop(self) -> None:
+        """Stop the worker thread; waiting requests fail."""
+        with self._cond:
+            self._stopped = True
+            for client in self.clients:
+                self._fail(client, TaskError("helper worker stopped"))
+            self._cond.notify_all()
+        self._thread.join(timeout=10)
+
+    def busy(self, client: str) -> bool:
+        """Whether ``client`` has a request waiting at a barrier."""
+        with self._cond:
+            return any(client in p for p in self._arrivals.values()) or any(
+                c == client for c, _, _ in self._fetches
+            )
+
+    # -- the step loop (worker thread) ------------------------------------------------
+
+    def _gone(self, client: str) -> bool:
+        return client in self.dropped or client in self.retired
+
+    def _wait_for(
+        self, key: tuple[int, str], expected: Iterable[str]
+    ) -> dict[str, _Pending] | None:
+        """Block until every expected (not dropped) client's request for ``key`` is in."""
+        expected = list(expected)
+        with self._cond:
+            while True:
+                if self._stopped:
+                    return None
+                got = self._arrivals.get(key, {})
+                waiting = [c for c in expected if not self._gone(c) and c not in got]
+                if not waiting:
+                    arrived = self._arrivals.pop(key, {})
+                    return {c: arrived[c] for c in expected if c in arrived}
+                self._cond.wait(0.5)
+
+    def _run(self) -> None:
+        for step in range(self.steps):
+            participants = [c for c in self.clients if self.counts[step, self._col[c]] > 0]
+            if not self._run_step(step, participants):
+                return
+            with self._cond:
+                self.done_through = step
+                self._resolve_fetches()
+                self._cond.notify_all()
+
+    def _run_step(self, step: int, participants: list[str]) -> bool:
+        fwd = self._wait_for((step, "fwd"), participants)
+        if fwd is None:
+            return False
+        if not fwd:
+            return True
+        order = [c for c in participants if c in fwd]
+        start = time.time()
+        try:
+            with self.emulation.compute():
+                inputs = [fwd[c].tensor for c in order]
+                body_in = torch.cat([t.detach() for t in inputs]).requires_grad_(True)
+                with torch.enable_grad():
+                    body_out = self.module(body_in)
+        except Exception as err:  # contained to this step's clients
+            for c in order:
+                fwd[c].future.set_exception(err)
+            return True
+        if self.input_spec is None:
+            self.input_spec = TensorSpec(tuple(body_in.shape[1:]), body_in.dtype)
+        sizes = [int(fwd[c].tensor.shape[0]) for c in order]  # type: ignore[union-attr]
+        state = _StepState(step, order, sizes, body_in, body_out)
+        rows = torch.split(body_out.detach(), sizes)
+        with self._cond:
+            self._current = state
+            for c, r in zip(order, rows, strict=True):
+                if self._gone(c):
+                    continue
+                state.row_shape[c] = tuple(r.shape)
+                self._open_bwd[c] = step
+                fwd[c].future.set_result(r)
+        self.executed.append(TaskRecord(f"step{step}", "fwd", start, time.time(), start))
+
+        bwd = self._wait_for((step, "bwd"), order)
+        if bwd is None:
+            return False
+        with self._cond:
+            self._current = None
+            for c in order:
+                self._open_bwd.pop(c, None)
+        present = [c for c in order if c in bwd]
+        self.step_examples.append(sum(sizes))
+        self.step_clients.append(len(order))
+        if not present:
+            return True
+        total = sum(n for c, n in zip(order, sizes, strict=True) if c in bwd)
+        start = time.time()
+        try:
+            with self.emulation.compute():
+                grads = []
+                for c, n in zip(order, sizes, strict=True):
+                    if c in bwd:
+                        grads.append(bwd[c].tensor.to(body_out.dtype) * (n / total))  # type: ignore[union-attr]
+                    else:  # dropped after its forward: its loss is left out
+                        grads.append(torch.zeros((n, *body_out.shape[1:]), dtype=body_out.dtype))
+                self.optimizer.zero_grad(set_to_none=True)
+                body_out.backward(torch.cat(grads))
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                assert body_in.grad is not None
+                back = torch.split(body_in.grad, sizes)
+        except Exception as err:
+            for c in present:
+                bwd[c].future.set_exception(err)
+            return True
+        with self._cond:
+            for c, n, g in zip(order, sizes, back, strict=True):
+                if c in bwd:
+                    if self.client_parts == "shared" and not self._gone(c):
+                        self._to_post[c] = step
+                    bwd[c].future.set_result(g * (total / n))
+        for c, n in zip(order, sizes, strict=True):
+            if c in bwd:
+                self.bodies[c].batches += 1
+                self.bodies[c].examples += n
+        self.executed.append(TaskRecord(f"step{step}", "bwd", start, time.time(), start))
+        if self.client_parts == "shared":
+            return self._reduce(step, present, dict(zip(order, sizes, strict=True)))
+        return True
+
+    def _reduce(self, step: int, present: list[str], sizes: dict[str, int]) -> bool:
+        """Wait for the head and tail gradients of the step and keep their weighted sum."""
+        with self._cond:
+            while True:
+                if self._stopped:
+                    return False
+                posted = self._posted.get(step, {})
+                if all(c in posted or self._gone(c) for c in present):
+                    break
+                self._cond.wait(0.5)
+            posted = self._posted.pop(step, {})
+            if posted:
+                total = sum(sizes[c] for c in posted)
+                ordered = sorted(posted, key=present.index)  # fixed order: reproducible sums
+                self._rows[step] = torch.stack(
+                    [posted[c] * (sizes[c] / total) for c in ordered]
+                ).sum(dim=0)
+        return True
+
+    def _resolve_fetches(self) -> None:
+        """Answer the sync requests whose steps are all done (lock held)."""
+        waiting = []
+        for client, target, future in self._fetches:
+            if self.done_through < target - 1:
+                waiting.append((client, target, future))
+                continue
+            steps = [s for s in sorted(self._rows) if self._fetched[client] < s < target]
+            if steps:
+                reply = torch.stack([self._rows[s] for s in steps])
+            else:
+                size = self.grad_size or 0
+                reply = torch.zeros((0, size), dtype=self._grad_dtype or torch.float32)
+            self._fetched[client] = target - 1
+            future.set_result(reply)
+        self._fetches = waiting
+        live = [self._fetched[c] for c in self.clients if not self._gone(c)]
+        floor = min(live) if live else self.steps
+        for s in [s for s in self._rows if s <= floor]:
+            del self._rows[s]
+
+
+class SyncHelperServer(HelperServer):
+    """:class:`~flsplit.runtime.dataplane.HelperServer` for synchronous steps.
+
+    Same authentication, frame checks, deadlines and idle dropping; requests go to a
+    :class:`SyncWorker` with their step index, and a fourth method, ``Sync``, carries the
+    head and tail gradients (``client_parts="shared"``). A client waiting at a barrier is
+    never idle; a client idle for ``idle_timeout`` seconds is dropped from the barriers.
+    """
+
+    worker: SyncWorker
+
+    def __init__(self, worker: SyncWorker, *args: Any, **kwargs: Any) -> None:
+        super().__init__(worker, *args, **kwargs)  # type: ignore[arg-type]
+        self._in_flight: dict[str, int] = {}
+
+    def _methods(self) -> list:
+        return [*super()._methods(), ("Sync", self.sync)]
+
+    def sync(self, request: bytes, context: object) -> bytes:
+        """``Sync``: post the last step's head and tail gradient, fetch the reduced ones."""
+        return self._handle(request, context, "sync")  # type: ignore[arg-type]
+
+    def _busy(self, client: str) -> bool:  # called with the lock held
+        return self._in_flight.get(client, 0) > 0
+
+    def _submit(self, frame: wire.Frame, op: str) -> Future:
+        return self.worker.submit_step(frame.client, op, frame.step, frame.tensor)
+
+    def _serve(self, request: bytes, op: str) -> bytes:
+        if op == "sync":
+            received = time.perf_counter()
+            frame = self._admit(request, op)
+            return self._run_task(frame, op, received)
+        try:
+            return super()._serve(request, op)
+        finally:
+            if op == "finish":
+                self._retire_finished()
+
+    def _retire_finished(self) -> None:
+        for client in list(self.finished):
+            if client not in self.worker.retired:
+                self.worker.retire(client)
+
+    def _run_task(self, frame: wire.Frame, op: str, received: float) -> bytes:
+        with self._lock:  # a client waiting at a barrier is not idle
+            self._in_flight[frame.client] = self._in_flight.get(frame.client, 0) + 1
+        try:
+            return super()._run_task(frame, op, received)
+        finally:
+            with self._lock:
+                self._in_flight[frame.client] -= 1
+                self._last_seen[frame.client] = time.monotonic()
+
+
+class SampleStream:
+    """A client's samples in a seeded order: passes over its data without replacement.
+
+    Pass ``p`` is a permutation of ``range(size)`` drawn from
+    ``numpy.random.default_rng([seed, p])``; :meth:`take` hands out the next indices,
+    starting a new pass when one runs out.
+
+    Parameters
+    ----------
+    size : int
+        Samples the client holds.
+    seed : int
+        Seed of the passes.
+    offset : int
+        Samples already taken in earlier rounds (skipped).
+    """
+
+    def __init__(self, size: int, seed: int, offset: int = 0) -> None:
+        if size < 1:
+            raise ValueError(f"a client needs at least one sample to draw from, got {size}")
+        self.size = int(size)
+        self.seed = int(seed)
+        self.position = int(offset)
+
+    def _pass(self, index: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, index]).permutation(self.size)
+
+    def take(self, n: int) -> np.ndarray:
+        """The next ``n`` sample indices."""
+        out = []
+        while n > 0:
+            index, within = divmod(self.position, self.size)
+            chunk = self._pass(index)[within : within + n]
+            out.append(chunk)
+            self.position += len(chunk)
+            n -= len(chunk)
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def flat_grad(params: Sequence[nn.Parameter]) -> torch.Tensor:
+    """The parameters' gradients as one vector (zeros where a gradient is missing)."""
+    return torch.cat(
+        [
+            (p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1)
+            for p in params
+        ]
+    )
+
+
+def _apply_rows(
+    rows: torch.Tensor, params: Sequence[nn.Parameter], optimizer: torch.optim.Optimizer
+) -> None:
+    """One optimizer step per row of reduced gradients, in order."""
+    sizes = [p.numel() for p in params]
+    if rows.dim() != 2 or (rows.shape[0] and rows.shape[1] != sum(sizes)):
+        raise ValueError(
+            f"reduced gradients of shape {tuple(rows.shape)} do not fit {sum(sizes)} parameters"
+        )
+    for row in rows:
+        for p, chunk in zip(params, torch.split(row, sizes), strict=True):
+            p.grad = chunk.reshape(p.shape).to(p.dtype).clone()
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def train_sync(
+    head: nn.Module,
+    tail: nn.Module,
+    helper: HelperClient,
+    data: tuple[torch.Tensor, torch.Tensor],
+    counts: Sequence[int],
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    *,
+    client_parts: str = "shared",
+    seed: int = 0,
+    offset: int = 0,
+    emulation: Emulation = NO_EMULATION,
+    draw: Callable[[int], np.ndarray] | None = None,
+) -> TrainResult:
+    """Client side of a round of synchronous steps.
+
+    Parameters
+    ----------
+    head, tail : nn.Module
+        The client's parts.
+    helper : HelperClient
+        Connection to the helper.
+    data : (inputs, labels)
+        All the client's training samples.
+    counts : Sequence[int]
+        The client's column of the round's schedule: samples in each global step.
+    loss_fn : callable
+        ``loss_fn(logits, labels)``, the mean over the batch.
+    optimizer : torch.optim.Optimizer
+        Over the head and tail parameters (in that order).
+    client_parts : {"shared", "local"}
+        See the module docstring.
+    seed, offset : int
+        Seed of the client's :class:`SampleStream` and samples it drew in earlier rounds.
+    emulation : Emulation
+        Stretches the client's compute and transfers.
+    draw : callable, optional
+        ``draw(n)`` returns the next ``n`` sample indices (default: the stream).
+
+    Returns
+    -------
+    TrainResult
+        Samples used, steps taken part in, mean loss and accuracy, stage times.
+    """
+    if client_parts not in CLIENT_PARTS:
+        raise ValueError(f"client-parts: {client_parts!r} is not one of {', '.join(CLIENT_PARTS)}")
+    inputs, labels = data
+    stream = SampleStream(int(labels.shape[0]), seed, offset)
+    take = draw or stream.take
+    params = [*head.parameters(), *tail.parameters()]
+    shared = client_parts == "shared"
+    head.train()
+    tail.train()
+    counts = [int(c) for c in counts]
+    steps = [s for s, c in enumerate(counts) if c > 0]
+    total_steps = len(counts)
+    examples = correct = 0
+    loss_sum = 0.0
+    stages = [0.0, 0.0, 0.0]
+    service = 0.0
+    helper.connect()
+    started = time.time()
+    optimizer.zero_grad(set_to_none=True)
+    if shared:
+        _apply_rows(helper.sync(steps[0] if steps else total_steps), params, optimizer)
+    for i, step in enumerate(steps):
+        index = torch.from_numpy(take(counts[step]))
+        x, y = inputs[index], labels[index]
+        t0 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        with emulation.compute():
+            cut1 = head(x)
+        emulation.transfer(_nbytes(cut1))
+        t1 = time.perf_counter()
+        body_out = helper.forward(cut1.detach(), step=step)
+        fwd_net, fwd_service = helper.last_network_seconds, helper.last_service_seconds
+        t2 = time.perf_counter()
+        emulation.transfer(_nbytes(body_out))
+        with emulation.compute():
+            cut2 = body_out.requires_grad_(True)
+            logits = tail(cut2)
+            loss = loss_fn(logits, y)
+            loss.backward()
+        assert cut2.grad is not None
+        emulation.transfer(_nbytes(cut2.grad))
+        t3 = time.perf_counter()
+        grad_cut1 = helper.backward(cut2.grad)
+        bwd_net, bwd_service = helper.last_network_seconds, helper.last_service_seconds
+        t4 = time.perf_counter()
+        emulation.transfer(_nbytes(grad_cut1))
+        with emulation.compute():
+            cut1.backward(grad_cut1.to(cut1.dtype))
+            if not shared:
+                optimizer.step()
+        if shared:
+            following = steps[i + 1] if i + 1 < len(steps) else total_steps
+            rows = helper.sync(following, flat_grad(params))
+            with emulation.compute():
+                _apply_rows(rows, params, optimizer)
+        t5 = time.perf_counter()
+        stages[0] += (t1 - t0) + fwd_net / 2
+        stages[1] += fwd_net / 2 + (t3 - t2) + bwd_net / 2
+        stages[2] += bwd_net / 2 + (t5 - t4)
+        service += fwd_service + bwd_service
+        n = int(y.shape[0])
+        examples += n
+        loss_sum += float(loss.detach()) * n
+        if logits.dim() == 2:
+            correct += int((logits.detach().argmax(dim=1) == y).sum())
+    helper.finish()
+    per_batch = 1000.0 / max(len(steps), 1)
+    return TrainResult(
+        examples=examples,
+        batches=len(steps),
+        loss=loss_sum / max(examples, 1),
+        accuracy=correct / max(examples, 1),
+        stage1_ms=stages[0] * per_batch,
+        stage3_ms=stages[1] * per_batch,
+        stage5_ms=stages[2] * per_batch,
+        helper_service_ms=service * per_batch,
+        started=started,
+        ended=time.time(),
+    )

@@ -1,0 +1,166 @@
+"""``flsplit compare-sampling APP``: one Flower app run per sampler, with and without
+stragglers, accuracy per round and training time side by side.
+
+Runs (``--runs``): ``local`` (each client its own batches of ``batch-size``),
+``uniform`` and ``dirichlet`` (synchronous steps of ``global-batch-size``), each also
+with stragglers (``+stragglers``: every ``1/fraction``-th client computes
+``--straggler-factor`` times slower, through the run config's ``slowdown`` key). Global
+sampling runs get as many steps per round as the local run takes (``sync-steps`` =
+``ceil(largest client / batch-size) * local-epochs``), so accuracies compare at equal
+numbers of steps. Training time is the sum of the rounds' wall times as the strategy
+measures them (dispatch to aggregation, without start-up and evaluation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+RUNS = (
+    "local",
+    "uniform",
+    "dirichlet",
+    "local+stragglers",
+    "uniform+stragglers",
+    "dirichlet+stragglers",
+)
+
+
+def straggler_slowdown(num_clients: int, fraction: float, factor: float) -> str:
+    """The ``slowdown`` run-config value making ``fraction`` of the clients slower.
+
+    Clients ``0, k, 2k, ...`` with ``k = round(1 / fraction)`` compute ``factor`` times
+    slower from round 0 on.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"--straggler-fraction {fraction} must be in (0, 1]")
+    every = max(1, round(1 / fraction))
+    return ";".join(f"client:{i}:{factor:g}:0" for i in range(0, num_clients, every))
+
+
+def steps_per_round(task: Any, config: dict[str, Any]) -> int:
+    """Steps the local run takes per round: its largest client's batches per epoch."""
+    clients = int(config["num-clients"])
+    batch = int(config["batch-size"])
+    sizes = [len(task.load_data(pid, clients, config)[0].dataset) for pid in range(clients)]
+    return math.ceil(max(sizes) / batch) * int(config.get("local-epochs", 1))
+
+
+def run_config(
+    base: dict[str, Any], name: str, steps: int, slowdown: str
+) -> dict[str, Any]:
+    """The run config of run ``name`` (see :data:`RUNS`)."""
+    sampler, _, extra = name.partition("+")
+    config = {**base, "sampler": sampler}
+    if sampler != "local":
+        config["sync-steps"] = steps
+    config["slowdown"] = slowdown if extra == "stragglers" else ""
+    return config
+
+
+def summarize(name: str, history: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """Figures of one finished run from its ``history.json``."""
+    server = {int(r): m for r, m in history["server"].items()}
+    walls = {int(r): float(w) for r, w in history["round-wall-seconds"].items()}
+    steps = history.get("sync-step-examples", {})
+    sizes = [n for per_helper in steps.values() for s in per_helper.values() for n in s]
+    return {
+        "run": name,
+        "accuracy": [round(server[r]["test_acc"], 4) for r in sorted(server)],
+        "final_accuracy": round(server[max(server)]["test_acc"], 4) if server else None,
+        "round_seconds": [round(walls[r], 2) for r in sorted(walls)],
+        "train_seconds": round(sum(walls.values()), 2),
+        # round 1 also pays for starting the nodes' processes
+        "train_seconds_after_round_1": round(sum(w for r, w in walls.items() if r > 1), 2),
+        "mean_global_batch": round(sum(sizes) / len(sizes), 2) if sizes else None,
+        "run_seconds": round(seconds, 1),
+    }
+
+
+def compare_sampling(
+    app_dir: str | Path,
+    runs: Sequence[str] = RUNS,
+    overrides: dict[str, Any] | None = None,
+    straggler_fraction: float = 0.25,
+    straggler_factor: float = 4.0,
+    output_root: str | Path | None = None,
+) -> list[dict[str, Any]]:
+    """Run ``app_dir`` once per entry of ``runs``; print and return each run's figures."""
+    from flsplit.simulation import load_app_task, read_app_config, simulate
+
+    unknown = [r for r in runs if r not in RUNS]
+    if unknown:
+        raise ValueError(f"unknown runs {unknown}; choose from {', '.join(RUNS)}")
+    task = load_app_task(app_dir)
+    base = task.config({**read_app_config(app_dir), **(overrides or {})})
+    steps = steps_per_round(task, base)
+    slowdown = straggler_slowdown(int(base["num-clients"]), straggler_fraction, straggler_factor)
+    root = Path(output_root or tempfile.mkdtemp(prefix="flsplit-sampling-"))
+    print(json.dumps({"steps_per_round": steps, "stragglers": slowdown}), flush=True)
+    results = []
+    for name in runs:
+        config = run_config(base, name, steps, slowdown)
+        output = root / name.replace("+", "-")
+        config["output-dir"] = str(output)
+        start = time.perf_counter()
+        simulate(task, config)
+        history = json.loads((output / "history.json").read_text())
+        results.append(summarize(name, history, time.perf_counter() - start))
+        print(json.dumps(results[-1]), flush=True)
+    _print_table(results)
+    return results
+
+
+def _print_table(results: list[dict[str, Any]]) -> None:
+    print(
+        f"{'run':<22} {'accuracy per round (0 = initial)':<40} {'train s':>8} "
+        f"{'after r1':>8} {'batch':>6}"
+    )
+    for r in results:
+        accuracy = " ".join(f"{a:.3f}" for a in r["accuracy"])
+        batch = f"{r['mean_global_batch']:.1f}" if r["mean_global_batch"] else "-"
+        print(
+            f"{r['run']:<22} {accuracy:<40} {r['train_seconds']:>8.1f} "
+            f"{r['train_seconds_after_round_1']:>8.1f} {batch:>6}"
+        )
+
+
+def _execute(args: argparse.Namespace) -> int:
+    from flsplit.simulation import parse_run_config
+
+    results = compare_sampling(
+        args.app,
+        [r.strip() for r in args.runs.split(",") if r.strip()],
+        parse_run_config(args.run_config),
+        args.straggler_fraction,
+        args.straggler_factor,
+        args.out_dir,
+    )
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``compare-sampling`` to the ``flsplit`` command."""
+    parser = sub.add_parser(
+        "compare-sampling",
+        help="run a Flower app once per sampler (local, uniform, dirichlet), with and "
+        "without stragglers; accuracy per round and training time",
+    )
+    parser.add_argument("app", help="Flower app directory (e.g. examples/noniid)")
+    parser.add_argument("--runs", default=",".join(RUNS), help="comma-separated runs")
+    parser.add_argument(
+        "--run-config", action="append", default=[], help="key=value overrides, as flwr run"
+    )
+    parser.add_argument("--straggler-fraction", type=float, default=0.25)
+    parser.add_argument("--straggler-factor", type=float, default=4.0)
+    parser.add_argument("--out-dir", default=None, help="keep the runs' histories here")
+    parser.add_argument("--out", default=None, help="write the figures as JSON")
+    parser.set_defaults(func=_execute)
