@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import statistics
 import subprocess
 import sys
@@ -132,8 +133,17 @@ def measure_piece(
     }
 
 
-def run_memory(hops: Sequence[int], clients: int, batch: int, threads: int) -> list[dict]:
-    """Measure every piece of every hop count, each in its own process; print figures."""
+def run_memory(hops: Sequence[int], clients: int, batch: int, threads: int,
+               mmap_threshold: int = 0) -> list[dict]:
+    """Measure every piece of every hop count, each in its own process; print figures.
+
+    ``mmap_threshold`` > 0 starts each process with ``MALLOC_MMAP_THRESHOLD_`` set to it
+    (glibc): tensors above that size are mapped and unmapped on their own instead of
+    coming from heap arenas that grow and are not given back.
+    """
+    env = dict(os.environ)
+    if mmap_threshold > 0:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
     rows: list[dict] = []
     for h in hops:
         cuts = balanced_vgg_cuts(h, batch=batch)
@@ -142,7 +152,7 @@ def run_memory(hops: Sequence[int], clients: int, batch: int, threads: int) -> l
                 [sys.executable, "-m", "flsplit.runtime.chain_bench", "--one-piece",
                  ",".join(cuts), str(piece), str(clients), "--batch", str(batch),
                  "--threads", str(threads)],
-                capture_output=True, text=True, check=False,
+                capture_output=True, text=True, check=False, env=env,
             )
             if proc.returncode != 0:
                 raise RuntimeError(f"{h} hops, piece {piece} failed:\n{proc.stderr[-2000:]}")
@@ -313,6 +323,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32, help="memory: batch size")
     parser.add_argument("--epoch-batch", type=int, default=64, help="epoch: batch size")
     parser.add_argument("--threads", type=int, default=2, help="memory: torch threads")
+    parser.add_argument("--mmap-threshold", type=int, default=131072,
+                        help="memory: glibc MALLOC_MMAP_THRESHOLD_ of the helper processes "
+                        "(bytes; 0 leaves glibc's adaptive default)")
     parser.add_argument("--micro-batches", type=int, default=4, help="epoch: per batch")
     parser.add_argument("--batches", type=int, default=12, help="epoch: batches")
     parser.add_argument("--width", type=int, default=1024, help="epoch: MLP width")
@@ -336,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(h < 1 for h in hops):
         parser.error(f"--hops {hops}: every hop count must be at least 1")
     if args.what in ("memory", "both"):
-        run_memory(hops, args.clients, args.batch, args.threads)
+        run_memory(hops, args.clients, args.batch, args.threads, args.mmap_threshold)
     if args.what in ("epoch", "both"):
         run_epoch(hops, args)
     return 0
