@@ -5,6 +5,7 @@ import torch
 from quickstart.task import TASK
 
 from flsplit.chains import chain_settings
+from flsplit.runtime.chain_bench import rotated_pieces
 from flsplit.simulation import simulate
 from strategies.split import NodeInfo, SplitStrategy
 
@@ -78,3 +79,19 @@ def test_too_few_helpers_for_the_chain_fail_fast():
         strategy.assign_chains(1, [2, 3], strategy.chain_length)
     strategy.nodes[4] = NodeInfo(4, "helper")
     assert strategy.assign_chains(1, [2, 3], 2) == {2: [1, 4], 3: [4, 1]}
+
+
+@pytest.mark.parametrize("hops", [2, 3])
+def test_chain_memory_benchmark_lays_pieces_out_as_the_strategy_assigns_chains(hops):
+    strategy = SplitStrategy.for_model(
+        TASK.model_fn(TASK.config()), TASK.example_input(TASK.config()), cuts="conv2,relu2,fc2"
+    )
+    helpers, clients = [100 + j for j in range(hops)], list(range(1, 8))
+    strategy.nodes = {h: NodeInfo(h, "helper") for h in helpers}
+    strategy.nodes.update({c: NodeInfo(c, "client") for c in clients})
+    chains = strategy.assign_chains(1, clients, hops)
+    for j, helper in enumerate(helpers):
+        pieces = rotated_pieces(hops, len(clients), j)
+        assert pieces == [chains[c].index(helper) + 1 for c in clients]
+        counts = [pieces.count(p) for p in range(1, hops + 1)]
+        assert max(counts) - min(counts) <= 1  # every helper runs each position in turn

@@ -5,12 +5,21 @@
 pieces for ``h`` hops as run config ``chain-cuts = "auto"`` does: block-level cuts that
 balance the memory a client's piece needs on its helper (three times its parameters for
 weights, gradients and momentum, plus the activations autograd keeps at batch 32;
-:func:`flsplit.chains.piece_memory_bytes`). Each piece runs in its own process, a
-``"per-client"`` :class:`~flsplit.runtime.worker.HelperWorker` holding one copy per
-client, driven by a load generator: ``N`` clients' forwards first (all in flight at
-once), then their backwards, twice, so that the second pass is the steady state of
+:func:`flsplit.chains.piece_memory_bytes`). ``N`` clients are served by ``h`` helpers,
+each in its own process, a ``"per-client"`` :class:`~flsplit.runtime.worker.HelperWorker`
+holding one copy per client piece it serves, in one of two layouts (``--layout``):
+
+``rotated``
+    what the strategy does (:meth:`SplitStrategy.assign_chains`): client ``i``'s chain
+    starts at helper ``i``, so each helper runs every piece position for a share of the
+    clients (:func:`rotated_pieces`);
+``fixed``
+    helper ``j`` runs piece ``j + 1`` of every client: the largest piece bounds it.
+
+Each helper is driven by a load generator: ``N`` clients' forwards first (all in flight
+at once), then their backwards, twice, so that the second pass is the steady state of
 training: every copy holds its gradients and momentum from its first step while all
-clients' autograd graphs are alive. Reported per piece: peak RSS while serving (kernel
+clients' autograd graphs are alive. Reported per helper: peak RSS while serving (kernel
 peak mark reset after the model is built), RSS before serving, and the worker's held
 bytes with every client in flight in the second pass (parameters, gradients, optimizer
 state, pending inputs and outputs; the autograd graph is not included). RSS includes the
@@ -65,10 +74,32 @@ def balanced_vgg_cuts(hops: int, image_size: int = 32, batch: int = 32) -> tuple
                            batch_size=batch)
 
 
-def measure_piece(
-    cuts: Sequence[str], piece: int, clients: int, batch: int = 32, threads: int = 2
+LAYOUTS: tuple[str, ...] = ("rotated", "fixed")
+
+
+def rotated_pieces(hops: int, clients: int, helper: int) -> list[int]:
+    """Piece (1-based) that ``helper`` runs for each of ``clients`` clients when chains of
+    ``hops`` helpers are assigned round-robin over ``hops`` helpers, as
+    :meth:`SplitStrategy.assign_chains` does in round 1: client ``i``'s chain is helpers
+    ``i, i + 1, ...`` (mod ``hops``), so helper ``j`` is at position ``(j - i) mod hops``."""
+    return [(helper - i) % hops + 1 for i in range(clients)]
+
+
+def layout_pieces(layout: str, hops: int, clients: int, helper: int) -> list[int]:
+    """Per client, the piece ``helper`` runs in ``layout`` (see the module docstring)."""
+    if layout == "rotated":
+        return rotated_pieces(hops, clients, helper)
+    if layout == "fixed":
+        return [helper + 1] * clients
+    raise ValueError(f"layout: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
+
+
+def measure_helper(
+    cuts: Sequence[str], pieces: Sequence[int], batch: int = 32, threads: int = 2
 ) -> dict[str, Any]:
-    """Serve ``clients`` in-flight clients' copies of one piece in this process."""
+    """Serve one in-flight copy of piece ``pieces[i]`` for every client ``i`` in this
+    process (a helper of the chain layout)."""
+    import copy
     import gc
 
     import torch
@@ -83,35 +114,40 @@ def measure_piece(
     model = _vgg19()
     example = torch.randn(2, 3, 32, 32)
     split = split_model(model, tuple(cuts), example)
+    in_shapes, protos = {}, {}
     with torch.no_grad():
         x = example
-        for part in split.parts[:piece]:
+        for piece, part in enumerate(split.parts[:-1]):
+            if piece in set(pieces):
+                in_shapes[piece], protos[piece] = tuple(x.shape[1:]), part
             x = part(x)
-    in_shape = tuple(x.shape[1:])
-    body = split.parts[piece]
-    params = sum(p.numel() for p in body.parameters())
+    params = sum(p.numel() for piece in pieces for p in protos[piece].parameters())  # all copies
     del model, split, example, x
     gc.collect()
 
     def sgd(params: Any) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, lr=0.01, momentum=0.9)
 
-    names = [f"client-{i}" for i in range(clients)]
-    worker = HelperWorker.replicated(body, names, sgd)
-    del body
+    names = [f"client-{i}" for i in range(len(pieces))]
+    worker = HelperWorker(
+        {n: copy.deepcopy(protos[p]) for n, p in zip(names, pieces, strict=True)}, sgd
+    )
+    del protos
     gc.collect()
     reset = _reset_peak()
     baseline = _status_mib("VmRSS") or _getrusage_peak_mib()
     start = time.perf_counter()
     held = 0.0
     for _ in range(2):  # the second pass runs with every copy's gradients and momentum
-        futures = [worker.submit(n, "fwd", torch.rand(batch, *in_shape)) for n in names]
-        out_shape: tuple[int, ...] = ()
+        futures = [worker.submit(n, "fwd", torch.rand(batch, *in_shapes[p]))
+                   for n, p in zip(names, pieces, strict=True)]
+        out_shapes: list[tuple[int, ...]] = []
         for i, future in enumerate(futures):
-            out_shape = tuple(future.result(timeout=3600).shape)
+            out_shapes.append(tuple(future.result(timeout=3600).shape))
             futures[i] = None
         held = worker.held_bytes() / 2**20
-        futures = [worker.submit(n, "bwd", torch.randn(out_shape)) for n in names]
+        futures = [worker.submit(n, "bwd", torch.randn(shape))
+                   for n, shape in zip(names, out_shapes, strict=True)]
         for i, future in enumerate(futures):
             future.result(timeout=3600)
             futures[i] = None
@@ -120,10 +156,9 @@ def measure_piece(
     peak = (_status_mib("VmHWM") if reset else None) or _getrusage_peak_mib()
     return {
         "hops": len(cuts) - 1,
-        "piece": piece,
-        "cuts": ",".join(cuts[piece - 1 : piece + 1]),
-        "params_m": round(params / 1e6, 2),
-        "clients": clients,
+        "pieces": {str(p): list(pieces).count(p) for p in sorted(set(pieces))},
+        "copies_params_m": round(params / 1e6, 2),
+        "clients": len(pieces),
         "torch_rss_mib": round(torch_rss, 1),
         "before_serving_rss_mib": round(baseline, 1),
         "peak_rss_mib": round(peak, 1),
@@ -134,8 +169,9 @@ def measure_piece(
 
 
 def run_memory(hops: Sequence[int], clients: int, batch: int, threads: int,
-               mmap_threshold: int = 0) -> list[dict]:
-    """Measure every piece of every hop count, each in its own process; print figures.
+               mmap_threshold: int = 0, layouts: Sequence[str] = LAYOUTS) -> list[dict]:
+    """Measure every helper of every hop count and layout, each in its own process; print
+    figures.
 
     ``mmap_threshold`` > 0 starts each process with ``MALLOC_MMAP_THRESHOLD_`` set to it
     (glibc): tensors above that size are mapped and unmapped on their own instead of
@@ -145,34 +181,38 @@ def run_memory(hops: Sequence[int], clients: int, batch: int, threads: int,
     if mmap_threshold > 0:
         env["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
     rows: list[dict] = []
-    for h in hops:
+    runs = [(h, layout) for h in hops for layout in (layouts if h > 1 else layouts[:1])]
+    for h, layout in runs:
         cuts = balanced_vgg_cuts(h, batch=batch)
-        for piece in range(1, h + 1):
+        for helper in range(h):
+            pieces = layout_pieces(layout, h, clients, helper)
             proc = subprocess.run(
-                [sys.executable, "-m", "flsplit.runtime.chain_bench", "--one-piece",
-                 ",".join(cuts), str(piece), str(clients), "--batch", str(batch),
+                [sys.executable, "-m", "flsplit.runtime.chain_bench", "--one-helper",
+                 ",".join(cuts), ",".join(map(str, pieces)), "--batch", str(batch),
                  "--threads", str(threads)],
                 capture_output=True, text=True, check=False, env=env,
             )
             if proc.returncode != 0:
-                raise RuntimeError(f"{h} hops, piece {piece} failed:\n{proc.stderr[-2000:]}")
-            row = json.loads(proc.stdout.strip().splitlines()[-1])
+                raise RuntimeError(f"{h} hops ({layout}), helper {helper} failed:\n"
+                                   f"{proc.stderr[-2000:]}")
+            row = {"layout": layout if h > 1 else "one hop", "helper": helper,
+                   **json.loads(proc.stdout.strip().splitlines()[-1])}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    worst = {
-        h: {k: max(r[k] for r in rows if r["hops"] == h)
-            for k in ("peak_rss_mib", "above_torch_mib", "held_mib")}
-        for h in hops
-    }
-    base = worst.get(1)
-    for h in hops:
-        line = (f"{h} hop(s), {clients} clients: max per-helper peak RSS "
-                f"{worst[h]['peak_rss_mib']:.0f} MiB, above torch (peak - RSS with torch "
-                f"loaded) {worst[h]['above_torch_mib']:.0f} MiB, held "
-                f"{worst[h]['held_mib']:.0f} MiB")
+    keys = ("peak_rss_mib", "above_torch_mib", "held_mib")
+    base = None
+    for h, layout in runs:
+        mine = [r for r in rows if r["hops"] == h and r["layout"] in (layout, "one hop")]
+        worst = {k: max(r[k] for r in mine) for k in keys}
+        if h == 1:
+            base = worst
+        line = (f"{h} hop(s){f' {layout}' if h > 1 else ''}, {clients} clients: max "
+                f"per-helper peak RSS {worst['peak_rss_mib']:.0f} MiB, above torch (peak - "
+                f"RSS with torch loaded) {worst['above_torch_mib']:.0f} MiB, held "
+                f"{worst['held_mib']:.0f} MiB")
         if base is not None and h != 1:
             line += " | fall vs 1 hop: " + ", ".join(
-                f"{k.removesuffix('_mib')} {base[k] / worst[h][k]:.2f}x" for k in base
+                f"{k.removesuffix('_mib')} {base[k] / worst[k]:.2f}x" for k in keys
             )
         print(line, flush=True)
     return rows
@@ -337,19 +377,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--hop-mbps", type=float, default=1000.0)
     parser.add_argument("--hop-latency-ms", type=float, default=0.5)
     parser.add_argument("--repeats", type=int, default=3, help="epoch: alternations")
-    parser.add_argument("--one-piece", nargs=3, metavar=("CUTS", "PIECE", "CLIENTS"),
+    parser.add_argument("--layout", choices=(*LAYOUTS, "both"), default="both",
+                        help="memory: which helper runs which piece of a client's chain "
+                        "(rotated: as the strategy assigns chains; fixed: helper j runs "
+                        "piece j + 1 of every client)")
+    parser.add_argument("--one-helper", nargs=2, metavar=("CUTS", "PIECES"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.one_piece:
-        cuts, piece, clients = args.one_piece
-        row = measure_piece(cuts.split(","), int(piece), int(clients), args.batch, args.threads)
+    if args.one_helper:
+        cuts, pieces = args.one_helper
+        row = measure_helper(cuts.split(","), [int(p) for p in pieces.split(",")],
+                             args.batch, args.threads)
         print(json.dumps(row))
         return 0
     hops = sorted(set(args.hops))
     if any(h < 1 for h in hops):
         parser.error(f"--hops {hops}: every hop count must be at least 1")
     if args.what in ("memory", "both"):
-        run_memory(hops, args.clients, args.batch, args.threads, args.mmap_threshold)
+        layouts = LAYOUTS if args.layout == "both" else (args.layout,)
+        run_memory(hops, args.clients, args.batch, args.threads, args.mmap_threshold, layouts)
     if args.what in ("epoch", "both"):
         run_epoch(hops, args)
     return 0
