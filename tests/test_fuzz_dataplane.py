@@ -237,10 +237,11 @@ class _Context:
         raise _AbortError(code, details)
 
 
-def _good_client(address: str, stop: threading.Event, report: dict) -> None:
-    """Train the body through the helper and check every batch against a local copy."""
-    torch.manual_seed(3)
-    reference = _body()
+def _good_client(address: str, reference: nn.Module, stop: threading.Event,
+                 report: dict) -> None:
+    """Train the body through the helper and check every batch against ``reference``, a
+    local copy built before the threads start (torch's global generator is shared: a
+    copy seeded here could draw numbers the fuzzing thread consumes)."""
     optimizer = torch.optim.SGD(reference.parameters(), lr=0.05)
     token = sign_token(KEY, RUN, ROUND, "good", HELPER)
     try:
@@ -284,7 +285,7 @@ def test_fuzzing_the_helper_while_a_good_client_trains(capsys):
     server.start()
     stop = threading.Event()
     report = {"batches": 0, "wrong": 0}
-    good = threading.Thread(target=_good_client, args=(server.address, stop, report))
+    good = threading.Thread(target=_good_client, args=(server.address, _body(), stop, report))
     good.start()
     counts = {"handler": 0, "grpc": 0, "slowest": 0.0}
     codes: dict[str, int] = {}
