@@ -42,7 +42,7 @@ import os
 import platform
 import socket
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from logging import INFO, WARNING
 from typing import Any
 
@@ -197,6 +197,30 @@ def client_tls(context: Context) -> tuple[bytes | None, str | None]:
     return (read_pem(str(root), "data-tls-root-cert") if root else None), (
         str(name) if name else None
     )
+
+
+def _round_verifier(config: Mapping[str, Any], context: Context,
+                    clients: Sequence[str]) -> TokenVerifier:
+    """The helper's check of this round's client tokens."""
+    return TokenVerifier(
+        bytes(config["token-key"]),
+        run_id=context.run_id,
+        server_round=int(config["server-round"]),
+        helper=context.node_id,
+        clients=clients,
+    )
+
+
+def _server_options(config: Mapping[str, Any], cert_key: tuple[bytes, bytes] | None
+                    ) -> dict[str, Any]:
+    """Data-plane server settings of the run config (address, deadlines, TLS)."""
+    return {
+        "address": str(config["listen-address"]),
+        "task_timeout": float(config["call-deadline"]),
+        "tls_cert": cert_key[0] if cert_key else None,
+        "tls_key": cert_key[1] if cert_key else None,
+        "idle_timeout": float(config["client-idle-timeout"]) or None,
+    }
 
 
 def _input_spec(split: Any, example: torch.Tensor, piece: int = 1) -> TensorSpec:
@@ -400,13 +424,7 @@ def enable_split_learning(
             input_specs=specs,
             memory_mode=memory_mode,
         )
-        verifier = TokenVerifier(
-            bytes(config["token-key"]),
-            run_id=context.run_id,
-            server_round=int(config["server-round"]),
-            helper=context.node_id,
-            clients=clients,
-        )
+        verifier = _round_verifier(config, context, clients)
         next_hops: dict[str, HelperClient] = {}
         try:
             root_cert, server_name = client_tls(context) if any(nexts) else (None, None)
@@ -423,11 +441,7 @@ def enable_split_learning(
             server = HelperServer(
                 worker,
                 verifier,
-                address=str(config["listen-address"]),
-                task_timeout=float(config["call-deadline"]),
-                tls_cert=cert_key[0] if cert_key else None,
-                tls_key=cert_key[1] if cert_key else None,
-                idle_timeout=float(config["client-idle-timeout"]) or None,
+                **_server_options(config, cert_key),
                 next_hops=next_hops,
                 in_flight=int(config.get("micro-batches", 1)) + 1,
             ).start()
@@ -543,22 +557,12 @@ def _serve_sync(
         grad_size=grad_size,
         emulation=node_emulation(context, config, ROLE_HELPER),
     )
-    verifier = TokenVerifier(
-        bytes(config["token-key"]),
-        run_id=context.run_id,
-        server_round=int(config["server-round"]),
-        helper=context.node_id,
-        clients=clients,
-    )
+    verifier = _round_verifier(config, context, clients)
     try:
         server = SyncHelperServer(
             worker,
             verifier,
-            address=str(config["listen-address"]),
-            task_timeout=float(config["call-deadline"]),
-            tls_cert=cert_key[0] if cert_key else None,
-            tls_key=cert_key[1] if cert_key else None,
-            idle_timeout=float(config["client-idle-timeout"]) or None,
+            **_server_options(config, cert_key),
         ).start()
     except Exception:
         worker.stop()

@@ -105,7 +105,12 @@ def measure_helper(
     import torch
     import torchvision  # noqa: F401  (loaded before the torch baseline is read)
 
-    from flsplit.runtime.memory_bench import _getrusage_peak_mib, _reset_peak, _status_mib
+    from flsplit.runtime.memory_bench import (
+        _getrusage_peak_mib,
+        _reset_peak,
+        _status_mib,
+        serve_in_flight,
+    )
     from flsplit.runtime.worker import HelperWorker
     from flsplit.split import split_model
 
@@ -139,18 +144,9 @@ def measure_helper(
     start = time.perf_counter()
     held = 0.0
     for _ in range(2):  # the second pass runs with every copy's gradients and momentum
-        futures = [worker.submit(n, "fwd", torch.rand(batch, *in_shapes[p]))
-                   for n, p in zip(names, pieces, strict=True)]
-        out_shapes: list[tuple[int, ...]] = []
-        for i, future in enumerate(futures):
-            out_shapes.append(tuple(future.result(timeout=3600).shape))
-            futures[i] = None
-        held = worker.held_bytes() / 2**20
-        futures = [worker.submit(n, "bwd", torch.randn(shape))
-                   for n, shape in zip(names, out_shapes, strict=True)]
-        for i, future in enumerate(futures):
-            future.result(timeout=3600)
-            futures[i] = None
+        held = serve_in_flight(
+            worker, {n: (batch, *in_shapes[p]) for n, p in zip(names, pieces, strict=True)}
+        )
     seconds = time.perf_counter() - start
     worker.stop()
     peak = (_status_mib("VmHWM") if reset else None) or _getrusage_peak_mib()

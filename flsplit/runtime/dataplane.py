@@ -405,20 +405,29 @@ class HelperServer:
         self, hop: HelperClient, frame: wire.Frame, output: torch.Tensor
     ) -> torch.Tensor:
         """Send this piece's output on to the next hop; return the chain's output."""
+        answer = self._call_next(hop, "fwd", output, frame)
+        with self._lock:
+            self._relayed[(frame.client, frame.micro)] = (tuple(answer.shape), answer.dtype)
+        return answer
+
+    def _call_next(
+        self, hop: HelperClient, op: str, tensor: torch.Tensor, frame: wire.Frame
+    ) -> torch.Tensor:
+        """Send ``tensor`` over the emulated link to the next hop as task ``op`` of
+        ``frame``'s batch and micro-batch; return its answer."""
         with self._link_out:
-            self.link.transfer(_nbytes(output))
+            self.link.transfer(_nbytes(tensor))
         try:
-            answer, _, _ = hop.call("fwd", output, frame.step, frame.micro, frame.micros)
+            answer, _, _ = hop.call(op, tensor, frame.step, frame.micro, frame.micros)
         except DataPlaneError as err:
             raise _StatusError(grpc.StatusCode.FAILED_PRECONDITION, f"next hop: {err}") from None
         if answer is None:
             raise _StatusError(
-                grpc.StatusCode.FAILED_PRECONDITION, "next hop answered Forward without a tensor"
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"next hop answered {'Forward' if op == 'fwd' else 'Backward'} without a tensor",
             )
         with self._link_back:
             self.link.transfer(_nbytes(answer))
-        with self._lock:
-            self._relayed[(frame.client, frame.micro)] = (tuple(answer.shape), answer.dtype)
         return answer
 
     def _relay_backward(self, hop: HelperClient, frame: wire.Frame) -> torch.Tensor:
@@ -444,18 +453,7 @@ class HelperServer:
                 f"bad bwd input: tensor dtype {grad.dtype} of the gradient is not the body "
                 f"output's {dtype}"
             )
-        with self._link_out:
-            self.link.transfer(_nbytes(grad))
-        try:
-            answer, _, _ = hop.call("bwd", grad, frame.step, frame.micro, frame.micros)
-        except DataPlaneError as err:
-            raise _StatusError(grpc.StatusCode.FAILED_PRECONDITION, f"next hop: {err}") from None
-        if answer is None:
-            raise _StatusError(
-                grpc.StatusCode.FAILED_PRECONDITION, "next hop answered Backward without a tensor"
-            )
-        with self._link_back:
-            self.link.transfer(_nbytes(answer))
+        answer = self._call_next(hop, "bwd", grad, frame)
         with self._lock:
             self._relayed.pop((frame.client, frame.micro), None)
         return answer

@@ -61,6 +61,29 @@ def _reset_peak() -> bool:
     return _status_mib("VmHWM") is not None
 
 
+def serve_in_flight(worker: Any, input_shapes: dict[str, tuple[int, ...]]) -> float:
+    """Load generator: every client's forward (random input of its shape) in flight at
+    once, then every backward; return the worker's held MiB with all forwards pending.
+
+    The clients' side keeps nothing: each reply is dropped once read (a real helper
+    sends it and frees it), so the figures are the helper's own.
+    """
+    import torch
+
+    futures = [worker.submit(n, "fwd", torch.rand(shape)) for n, shape in input_shapes.items()]
+    out_shapes = []
+    for i, future in enumerate(futures):
+        out_shapes.append(tuple(future.result(timeout=3600).shape))
+        futures[i] = None
+    held = worker.held_bytes() / 2**20
+    futures = [worker.submit(n, "bwd", torch.randn(shape))
+               for n, shape in zip(input_shapes, out_shapes, strict=True)]
+    for i, future in enumerate(futures):
+        future.result(timeout=3600)
+        futures[i] = None
+    return held
+
+
 def measure(mode: str, clients: int, batch: int = 32, threads: int = 2,
             image_size: int = 32) -> dict[str, Any]:
     """Run one configuration in this process and return its figures.
@@ -115,18 +138,7 @@ def measure(mode: str, clients: int, batch: int = 32, threads: int = 2,
     reset = _reset_peak()
     baseline = _status_mib("VmRSS") or _getrusage_peak_mib()
     start = time.perf_counter()
-    # the clients' side keeps nothing: each reply is dropped once read (a real helper
-    # sends it and frees it), so the figures are the helper's own
-    futures = [worker.submit(n, "fwd", torch.rand(batch, *act_shape)) for n in names]
-    out_shape: tuple[int, ...] = ()
-    for i, future in enumerate(futures):
-        out_shape = tuple(future.result(timeout=3600).shape)
-        futures[i] = None
-    held = worker.held_bytes() / 2**20
-    futures = [worker.submit(n, "bwd", torch.randn(out_shape)) for n in names]
-    for i, future in enumerate(futures):
-        future.result(timeout=3600)
-        futures[i] = None
+    held = serve_in_flight(worker, {n: (batch, *act_shape) for n in names})
     seconds = time.perf_counter() - start
     worker.stop()
     peak = (_status_mib("VmHWM") if reset else None) or _getrusage_peak_mib()

@@ -76,7 +76,7 @@ from flsplit.plan.sampling import CLIENT_PARTS
 from flsplit.runtime import wire
 from flsplit.runtime.dataplane import HelperClient, HelperServer
 from flsplit.runtime.emulation import NO_EMULATION, Emulation
-from flsplit.runtime.trainer import LossFn, TrainResult, _nbytes
+from flsplit.runtime.trainer import LossFn, TrainResult, _nbytes, _result
 from flsplit.runtime.worker import (
     ClientBody,
     InputError,
@@ -268,17 +268,8 @@ class SyncWorker:
                 f"tensor shape {shape}: step {step} schedules {wanted} samples of client "
                 f"{client!r}"
             )
-        spec = self.input_spec
-        if spec is not None:
-            if shape[1:] != spec.shape:
-                raise InputError(
-                    f"tensor shape {shape} does not fit the body input (batch, "
-                    f"{', '.join(map(str, spec.shape))})"
-                )
-            if tensor.dtype != spec.dtype:
-                raise InputError(
-                    f"tensor dtype {tensor.dtype} is not the body input's {spec.dtype}"
-                )
+        if self.input_spec is not None:
+            self.input_spec.check(tensor)
 
     def _check_bwd(self, client: str, step: int, tensor: torch.Tensor | None) -> None:
         if self._open_bwd.get(client) != step:
@@ -766,16 +757,4 @@ def train_sync(
         if logits.dim() == 2:
             correct += int((logits.detach().argmax(dim=1) == y).sum())
     helper.finish()
-    per_batch = 1000.0 / max(len(steps), 1)
-    return TrainResult(
-        examples=examples,
-        batches=len(steps),
-        loss=loss_sum / max(examples, 1),
-        accuracy=correct / max(examples, 1),
-        stage1_ms=stages[0] * per_batch,
-        stage3_ms=stages[1] * per_batch,
-        stage5_ms=stages[2] * per_batch,
-        helper_service_ms=service * per_batch,
-        started=started,
-        ended=time.time(),
-    )
+    return _result(examples, len(steps), loss_sum, correct, stages, service, started)

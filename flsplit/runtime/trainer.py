@@ -13,7 +13,7 @@ helper (or the chain of helpers) pipelined, gradients accumulated to one step pe
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -146,19 +146,7 @@ def train_split(
             if logits.dim() == 2:
                 correct += int((logits.detach().argmax(dim=1) == labels).sum())
     helper.finish()
-    per_batch = 1000.0 / max(batches_done, 1)
-    return TrainResult(
-        examples=examples,
-        batches=batches_done,
-        loss=loss_sum / max(examples, 1),
-        accuracy=correct / max(examples, 1),
-        stage1_ms=stages[0] * per_batch,
-        stage3_ms=stages[1] * per_batch,
-        stage5_ms=stages[2] * per_batch,
-        helper_service_ms=service * per_batch,
-        started=started,
-        ended=time.time(),
-    )
+    return _result(examples, batches_done, loss_sum, correct, stages, service, started)
 
 
 def _train_micro_batched(
@@ -192,16 +180,23 @@ def _train_micro_batched(
                 stages[2] += outcome.head_backward_seconds
                 wait += outcome.wait_seconds
     helper.finish()
-    per_batch = 1000.0 / max(batches_done, 1)
+    return _result(examples, batches_done, loss_sum, correct, stages, wait, started)
+
+
+def _result(examples: int, batches: int, loss_sum: float, correct: int,
+            stages: Sequence[float], service: float, started: float) -> TrainResult:
+    """A :class:`TrainResult` from a round's totals (stage and service times in seconds,
+    summed over ``batches``; reported in ms per batch)."""
+    per_batch = 1000.0 / max(batches, 1)
     return TrainResult(
         examples=examples,
-        batches=batches_done,
+        batches=batches,
         loss=loss_sum / max(examples, 1),
         accuracy=correct / max(examples, 1),
         stage1_ms=stages[0] * per_batch,
         stage3_ms=stages[1] * per_batch,
         stage5_ms=stages[2] * per_batch,
-        helper_service_ms=wait * per_batch,
+        helper_service_ms=service * per_batch,
         started=started,
         ended=time.time(),
     )

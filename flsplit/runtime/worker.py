@@ -87,6 +87,17 @@ class TensorSpec:
     shape: tuple[int, ...]
     dtype: torch.dtype
 
+    def check(self, tensor: torch.Tensor) -> None:
+        """Raise :class:`InputError` unless ``tensor`` is a batch of this spec."""
+        shape = tuple(tensor.shape)
+        if shape[1:] != self.shape:
+            raise InputError(
+                f"tensor shape {shape} does not fit the body input (batch, "
+                f"{', '.join(map(str, self.shape))})"
+            )
+        if tensor.dtype != self.dtype:
+            raise InputError(f"tensor dtype {tensor.dtype} is not the body input's {self.dtype}")
+
 
 @dataclass
 class ClientBody:
@@ -345,17 +356,8 @@ class HelperWorker:
             raise InputError(f"tensor shape {shape} has no batch dimension of size >= 1")
         if self.max_batch is not None and shape[0] > self.max_batch:
             raise InputError(f"tensor shape {shape}: batch larger than {self.max_batch}")
-        spec = state.input_spec
-        if spec is not None:
-            if shape[1:] != spec.shape:
-                raise InputError(
-                    f"tensor shape {shape} does not fit the body input (batch, "
-                    f"{', '.join(map(str, spec.shape))})"
-                )
-            if tensor.dtype != spec.dtype:
-                raise InputError(
-                    f"tensor dtype {tensor.dtype} is not the body input's {spec.dtype}"
-                )
+        if state.input_spec is not None:
+            state.input_spec.check(tensor)
 
     def submit(
         self, client: str, kind: str, tensor: torch.Tensor, micro: int = 0, micros: int = 1
