@@ -50,6 +50,7 @@ def test_validation_names_the_bad_field():
         validate_profile(profile)
 
 
+@pytest.mark.skipif(not PUBLISHED, reason="shared profiles not present")
 @pytest.mark.parametrize("name", ["laptop", "rpi4", "rpi3", "jetson-cpu", "jetson-gpu"])
 def test_preset_factors_summarise_the_published_measurements(name):
     """Each factor is the geometric mean over both models of the device's total time
