@@ -76,7 +76,7 @@ from flsplit.plan.sampling import CLIENT_PARTS
 from flsplit.runtime import wire
 from flsplit.runtime.dataplane import HelperClient, HelperServer
 from flsplit.runtime.emulation import NO_EMULATION, Emulation
-from flsplit.runtime.trainer import LossFn, TrainResult, _nbytes, _result
+from flsplit.runtime.trainer import LossFn, RoundTotals, TrainResult, split_batch
 from flsplit.runtime.worker import (
     ClientBody,
     InputError,
@@ -703,10 +703,7 @@ def train_sync(
     counts = [int(c) for c in counts]
     steps = [s for s, c in enumerate(counts) if c > 0]
     total_steps = len(counts)
-    examples = correct = 0
-    loss_sum = 0.0
-    stages = [0.0, 0.0, 0.0]
-    service = 0.0
+    totals = RoundTotals()
     helper.connect()
     started = time.time()
     optimizer.zero_grad(set_to_none=True)
@@ -714,47 +711,14 @@ def train_sync(
         _apply_rows(helper.sync(steps[0] if steps else total_steps), params, optimizer)
     for i, step in enumerate(steps):
         index = torch.from_numpy(take(counts[step]))
-        x, y = inputs[index], labels[index]
-        t0 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        with emulation.compute():
-            cut1 = head(x)
-        emulation.transfer(_nbytes(cut1))
-        t1 = time.perf_counter()
-        body_out = helper.forward(cut1.detach(), step=step)
-        fwd_net, fwd_service = helper.last_network_seconds, helper.last_service_seconds
-        t2 = time.perf_counter()
-        emulation.transfer(_nbytes(body_out))
-        with emulation.compute():
-            cut2 = body_out.requires_grad_(True)
-            logits = tail(cut2)
-            loss = loss_fn(logits, y)
-            loss.backward()
-        assert cut2.grad is not None
-        emulation.transfer(_nbytes(cut2.grad))
-        t3 = time.perf_counter()
-        grad_cut1 = helper.backward(cut2.grad)
-        bwd_net, bwd_service = helper.last_network_seconds, helper.last_service_seconds
-        t4 = time.perf_counter()
-        emulation.transfer(_nbytes(grad_cut1))
-        with emulation.compute():
-            cut1.backward(grad_cut1.to(cut1.dtype))
-            if not shared:
-                optimizer.step()
-        if shared:
-            following = steps[i + 1] if i + 1 < len(steps) else total_steps
+        following = steps[i + 1] if i + 1 < len(steps) else total_steps
+
+        def exchange(following: int = following) -> None:
             rows = helper.sync(following, flat_grad(params))
             with emulation.compute():
                 _apply_rows(rows, params, optimizer)
-        t5 = time.perf_counter()
-        stages[0] += (t1 - t0) + fwd_net / 2
-        stages[1] += fwd_net / 2 + (t3 - t2) + bwd_net / 2
-        stages[2] += bwd_net / 2 + (t5 - t4)
-        service += fwd_service + bwd_service
-        n = int(y.shape[0])
-        examples += n
-        loss_sum += float(loss.detach()) * n
-        if logits.dim() == 2:
-            correct += int((logits.detach().argmax(dim=1) == y).sum())
+
+        split_batch(head, tail, helper, inputs[index], labels[index], loss_fn, optimizer,
+                    totals, emulation, step=step, exchange=exchange if shared else None)
     helper.finish()
-    return _result(examples, len(steps), loss_sum, correct, stages, service, started)
+    return totals.result(started)

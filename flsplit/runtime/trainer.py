@@ -95,10 +95,6 @@ def train_split(
     """
     head.train()
     tail.train()
-    examples = batches_done = correct = 0
-    loss_sum = 0.0
-    stages = [0.0, 0.0, 0.0]
-    service = 0.0
     connect = getattr(helper, "connect", None)
     if connect is not None:  # the helper coming up is a late start, not network time
         connect()
@@ -108,45 +104,110 @@ def train_split(
             head, tail, helper, batches, loss_fn, optimizer, epochs, emulation, micro_batches,
             started,
         )
+    totals = RoundTotals()
     for _ in range(epochs):
         for inputs, labels in batches:
-            t0 = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            with emulation.compute():
-                cut1 = head(inputs)
-            emulation.transfer(_nbytes(cut1))
-            t1 = time.perf_counter()
-            body_out = helper.forward(cut1.detach())
-            fwd_net, fwd_service = helper.last_network_seconds, helper.last_service_seconds
-            t2 = time.perf_counter()
-            emulation.transfer(_nbytes(body_out))
-            with emulation.compute():
-                cut2 = body_out.requires_grad_(True)
-                logits = tail(cut2)
-                loss = loss_fn(logits, labels)
-                loss.backward()
-            emulation.transfer(_nbytes(cut2.grad))
-            t3 = time.perf_counter()
-            grad_cut1 = helper.backward(cut2.grad)
-            bwd_net, bwd_service = helper.last_network_seconds, helper.last_service_seconds
-            t4 = time.perf_counter()
-            emulation.transfer(_nbytes(grad_cut1))
-            with emulation.compute():
-                cut1.backward(grad_cut1.to(cut1.dtype))
-                optimizer.step()
-            t5 = time.perf_counter()
-            stages[0] += (t1 - t0) + fwd_net / 2
-            stages[1] += fwd_net / 2 + (t3 - t2) + bwd_net / 2
-            stages[2] += bwd_net / 2 + (t5 - t4)
-            service += fwd_service + bwd_service
-            n = int(labels.shape[0])
-            examples += n
-            batches_done += 1
-            loss_sum += float(loss.detach()) * n
-            if logits.dim() == 2:
-                correct += int((logits.detach().argmax(dim=1) == labels).sum())
+            split_batch(head, tail, helper, inputs, labels, loss_fn, optimizer, totals,
+                        emulation)
     helper.finish()
-    return _result(examples, batches_done, loss_sum, correct, stages, service, started)
+    return totals.result(started)
+
+
+class RoundTotals:
+    """Sums of a round's per-batch figures, turned into a :class:`TrainResult`."""
+
+    def __init__(self) -> None:
+        self.examples = self.batches = self.correct = 0
+        self.loss_sum = 0.0
+        self.stages = [0.0, 0.0, 0.0]
+        self.service = 0.0
+
+    def add(self, examples: int, loss_sum: float, correct: int,
+            stages: Sequence[float], service: float) -> None:
+        """Add one batch: its examples, summed loss, correct predictions, the seconds of
+        stages 1, 3 and 5, and the seconds spent on (or waiting for) the helper."""
+        self.examples += examples
+        self.batches += 1
+        self.loss_sum += loss_sum
+        self.correct += correct
+        for i, seconds in enumerate(stages):
+            self.stages[i] += seconds
+        self.service += service
+
+    def result(self, started: float) -> TrainResult:
+        """The round's :class:`TrainResult` (stage and service times in ms per batch)."""
+        per_batch = 1000.0 / max(self.batches, 1)
+        return TrainResult(
+            examples=self.examples,
+            batches=self.batches,
+            loss=self.loss_sum / max(self.examples, 1),
+            accuracy=self.correct / max(self.examples, 1),
+            stage1_ms=self.stages[0] * per_batch,
+            stage3_ms=self.stages[1] * per_batch,
+            stage5_ms=self.stages[2] * per_batch,
+            helper_service_ms=self.service * per_batch,
+            started=started,
+            ended=time.time(),
+        )
+
+
+def split_batch(
+    head: nn.Module,
+    tail: nn.Module,
+    helper: HelperClient,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    totals: RoundTotals,
+    emulation: Emulation = NO_EMULATION,
+    *,
+    step: int | None = None,
+    exchange: Callable[[], None] | None = None,
+) -> None:
+    """Train one batch through the helper and add its figures to ``totals``.
+
+    ``step`` names the helper-side step (synchronous-step mode; default: the client's own
+    batch counter). ``exchange``, if given, runs after the head backward instead of the
+    optimizer step (synchronous steps reduce the head and tail gradients through the
+    helper and step there); its time counts to stage 5.
+    """
+    t0 = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    with emulation.compute():
+        cut1 = head(inputs)
+    emulation.transfer(_nbytes(cut1))
+    t1 = time.perf_counter()
+    body_out = helper.forward(cut1.detach(), step=step)
+    fwd_net, fwd_service = helper.last_network_seconds, helper.last_service_seconds
+    t2 = time.perf_counter()
+    emulation.transfer(_nbytes(body_out))
+    with emulation.compute():
+        cut2 = body_out.requires_grad_(True)
+        logits = tail(cut2)
+        loss = loss_fn(logits, labels)
+        loss.backward()
+    assert cut2.grad is not None
+    emulation.transfer(_nbytes(cut2.grad))
+    t3 = time.perf_counter()
+    grad_cut1 = helper.backward(cut2.grad)
+    bwd_net, bwd_service = helper.last_network_seconds, helper.last_service_seconds
+    t4 = time.perf_counter()
+    emulation.transfer(_nbytes(grad_cut1))
+    with emulation.compute():
+        cut1.backward(grad_cut1.to(cut1.dtype))
+        if exchange is None:
+            optimizer.step()
+    if exchange is not None:
+        exchange()
+    t5 = time.perf_counter()
+    n = int(labels.shape[0])
+    correct = int((logits.detach().argmax(dim=1) == labels).sum()) if logits.dim() == 2 else 0
+    totals.add(
+        n, float(loss.detach()) * n, correct,
+        ((t1 - t0) + fwd_net / 2, fwd_net / 2 + (t3 - t2) + bwd_net / 2, bwd_net / 2 + (t5 - t4)),
+        fwd_service + bwd_service,
+    )
 
 
 def _train_micro_batched(
@@ -161,45 +222,18 @@ def _train_micro_batched(
     micro_batches: int,
     started: float,
 ) -> TrainResult:
-    examples = batches_done = correct = 0
-    loss_sum = 0.0
-    stages = [0.0, 0.0, 0.0]
-    wait = 0.0
+    totals = RoundTotals()
     with MicroBatchStep(
         head, tail, helper, loss_fn, optimizer, micro_batches, emulation
     ) as stepper:
         for _ in range(epochs):
             for inputs, labels in batches:
                 outcome = stepper.run(inputs, labels)
-                examples += outcome.examples
-                batches_done += 1
-                loss_sum += outcome.loss_sum
-                correct += outcome.correct
-                stages[0] += outcome.head_seconds
-                stages[1] += outcome.tail_seconds
-                stages[2] += outcome.head_backward_seconds
-                wait += outcome.wait_seconds
+                totals.add(outcome.examples, outcome.loss_sum, outcome.correct,
+                           (outcome.head_seconds, outcome.tail_seconds,
+                            outcome.head_backward_seconds), outcome.wait_seconds)
     helper.finish()
-    return _result(examples, batches_done, loss_sum, correct, stages, wait, started)
-
-
-def _result(examples: int, batches: int, loss_sum: float, correct: int,
-            stages: Sequence[float], service: float, started: float) -> TrainResult:
-    """A :class:`TrainResult` from a round's totals (stage and service times in seconds,
-    summed over ``batches``; reported in ms per batch)."""
-    per_batch = 1000.0 / max(batches, 1)
-    return TrainResult(
-        examples=examples,
-        batches=batches,
-        loss=loss_sum / max(examples, 1),
-        accuracy=correct / max(examples, 1),
-        stage1_ms=stages[0] * per_batch,
-        stage3_ms=stages[1] * per_batch,
-        stage5_ms=stages[2] * per_batch,
-        helper_service_ms=service * per_batch,
-        started=started,
-        ended=time.time(),
-    )
+    return totals.result(started)
 
 
 def _nbytes(tensor: torch.Tensor) -> int:
