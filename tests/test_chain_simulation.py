@@ -3,6 +3,7 @@
 import pytest
 import torch
 from quickstart.task import TASK
+from small_run import assert_loss_falls, run_small
 
 from flsplit.chains import chain_settings
 from flsplit.runtime.chain_bench import rotated_pieces
@@ -11,21 +12,8 @@ from strategies.split import NodeInfo, SplitStrategy
 
 
 def test_two_helper_chains_with_micro_batches_train_every_layer():
-    runs = []
-    config = {
-        "num-server-rounds": 2,
-        "num-helpers": 2,
-        "num-clients": 3,
-        "cuts": "conv2,fc2",
-        "chain-length": 2,
-        "micro-batches": 2,
-        "lr": 0.05,
-        "momentum": 0.9,
-        "round-timeout": 120.0,
-    }
-    simulate(TASK, config, on_result=lambda *run: runs.append(run))
-    assert len(runs) == 1, "the ServerApp did not finish"
-    initial, result, strategy = runs[0]
+    initial, result, strategy = run_small({"num-helpers": 2, "chain-length": 2,
+                                           "micro-batches": 2})
     assert len(strategy.helpers) == 2 and len(strategy.clients) == 3
     assert strategy.chain_length == 2
     pieces = strategy.piece_keys(strategy.cuts)
@@ -39,11 +27,7 @@ def test_two_helper_chains_with_micro_batches_train_every_layer():
     for key in before:
         if key.endswith(("weight", "bias", "running_mean")):
             assert not torch.allclose(before[key], after[key]), f"{key} did not change"
-    train = result.train_metrics_clientapp
-    assert set(train) == {1, 2}
-    assert train[2]["train_loss"] < train[1]["train_loss"]
-    server = result.evaluate_metrics_serverapp
-    assert server[2]["test_loss"] < server[0]["test_loss"]
+    assert_loss_falls(result)
 
 
 @pytest.mark.parametrize(

@@ -2,28 +2,19 @@
 
 import pytest
 from quickstart.task import TASK
+from small_run import assert_loss_falls, run_small
 
 from flsplit.plan.sampling import check_sync_config
 from flsplit.simulation import simulate
 
 
 def test_uniform_sampling_runs_synchronous_steps_of_the_global_batch():
-    runs = []
-    config = {
-        "num-server-rounds": 2,
-        "num-helpers": 1,
-        "num-clients": 3,
-        "cuts": "conv2,fc2",
-        "lr": 0.05,
-        "momentum": 0.9,
+    _, result, strategy = run_small({
         "sampler": "uniform",
         "global-batch-size": 24,
         "round-timeout": 180.0,
         "client-idle-timeout": 60.0,
-    }
-    simulate(TASK, config, on_result=lambda *run: runs.append(run))
-    assert len(runs) == 1, "the ServerApp did not finish"
-    _, result, strategy = runs[0]
+    })
     assert len(strategy.clients) == 3
     pooled = sum(strategy.nodes[c].examples for c in strategy.clients)
     for rnd in (1, 2):
@@ -33,10 +24,8 @@ def test_uniform_sampling_runs_synchronous_steps_of_the_global_batch():
         assert all(n == 24 for n in steps[:-1]) and 0 < steps[-1] <= 24
         assert sum(steps) == pooled  # one epoch: every sample exactly once
         assert len(steps) == -(-pooled // 24)
-    train = result.train_metrics_clientapp
-    assert train[2]["train_loss"] < train[1]["train_loss"]
+    assert_loss_falls(result)
     server = result.evaluate_metrics_serverapp
-    assert server[2]["test_loss"] < server[0]["test_loss"]
     assert server[2]["test_acc"] > server[0]["test_acc"]
 
 
