@@ -22,7 +22,10 @@ helper and candidate cut pair). Methods (:data:`CUT_METHODS`):
     ``exact`` for small problems, else the better of ``integrated`` (40% of the time
     limit) and ``alternating`` (30%); the time left goes to the planner, half for the
     winner's cuts (plus a last repick), half for the best single cut pair screened, and
-    the best plan is returned.
+    the best plan is returned. With more than :data:`AUTO_PHASED_SECONDS`, these phases
+    share that much and the rest goes to a local search over cuts and helpers
+    (:func:`flsplit.plan.cut_search.anneal`) before the last planner phase: the phases
+    stop gaining after a few seconds, the search keeps gaining for minutes.
 
 Every returned plan is judged by :func:`flsplit.plan.evaluate` on the instance built
 for the chosen cuts; its ``lower_bound`` is a bound for the *joint* problem
@@ -40,6 +43,7 @@ import numpy as np
 from flsplit.plan.bounds import lower_bound
 from flsplit.plan.builder import CutProblem
 from flsplit.plan.cut_bounds import joint_bound
+from flsplit.plan.cut_search import anneal
 from flsplit.plan.evaluator import IndexTask, StageTable, evaluate, helper_finish
 from flsplit.plan.instance import STAGE_NAMES, Instance, InstanceError
 from flsplit.plan.plan import BWD, FWD, Plan
@@ -56,6 +60,9 @@ AUTO_EXACT_OPTIONS = 400
 AUTO_INTEGRATED_SHARE = 0.4
 #: ``auto`` ends ``alternating`` at this share and polishes the winner with the rest.
 AUTO_ALTERNATING_SHARE = 0.7
+#: Seconds of ``auto``'s budget split between the phases above; any time beyond goes to
+#: the local search (:func:`flsplit.plan.cut_search.anneal`) before the polish.
+AUTO_PHASED_SECONDS = 10.0
 #: Default initial cuts of ``alternating`` (see :func:`_start_choice`).
 ALTERNATING_START = "single"
 #: Proxy weights of helper work screened by ``integrated``.
@@ -471,6 +478,26 @@ def integrated(problem: CutProblem, time_limit: float = 2.0, seed: int = 0,
     return _finish(problem, state.choice, plan, "integrated", info, bound)
 
 
+def _search(problem: CutProblem, result: CutPlan, deadline: float, seed: int) -> CutPlan:
+    """Run the local search from ``result`` until ``deadline``; keep the better plan.
+
+    ``info["search"]`` records the moves tried and accepted and the makespan before."""
+    choice = np.array([problem.pair_index(result.cuts[c]) for c in problem.client_ids])
+    state = _state_from_plan(problem, choice, result.plan)
+    found = anneal(problem, state.choice, state.helper_of, deadline, orders=state.orders,
+                   seed=seed)
+    summary = {"iterations": found.iterations, "accepted": found.accepted,
+               "start_makespan": result.makespan}
+    if found.makespan >= result.makespan - 1e-9:
+        result.info["search"] = summary
+        return result
+    plan = _plan(problem.instance(found.choice), found.helper_of, found.orders,
+                 result.plan.method)
+    plan.solve_time = result.plan.solve_time
+    return _finish(problem, found.choice, plan, result.method,
+                   {**result.info, "search": summary}, result.plan.lower_bound)
+
+
 def _polish(problem: CutProblem, result: CutPlan, single: int | None, solver: str,
             deadline: float, seed: int) -> CutPlan:
     """Spend the time left on the planner: half for the winner's cuts (then one repick),
@@ -542,12 +569,17 @@ def optimize_cuts(problem: CutProblem, method: str = "auto", time_limit: float =
     elif method_used == "alternating":
         result = alternating(problem, time_limit=time_limit, seed=seed)
     elif method == "auto":
-        first = integrated(problem, time_limit=AUTO_INTEGRATED_SHARE * time_limit, seed=seed,
+        phased = min(time_limit, AUTO_PHASED_SECONDS)
+        search_time = time_limit - phased
+        first = integrated(problem, time_limit=AUTO_INTEGRATED_SHARE * phased, seed=seed,
                            solver=solver)
-        left = AUTO_ALTERNATING_SHARE * time_limit - (time.perf_counter() - begin)
+        left = AUTO_ALTERNATING_SHARE * phased - (time.perf_counter() - begin)
         second = alternating(problem, time_limit=max(0.05, left), seed=seed)
         result = min((first, second), key=lambda r: r.makespan)
         method_used = result.method
+        if search_time > 0:
+            result = _search(problem, result, begin + AUTO_ALTERNATING_SHARE * phased
+                             + search_time, seed)
         result = _polish(problem, result, first.info.get("best_single"), solver,
                          begin + time_limit, seed)
     else:
