@@ -25,7 +25,7 @@ helper and candidate cut pair). Methods (:data:`CUT_METHODS`):
     the best plan is returned. With more than :data:`AUTO_PHASED_SECONDS`, these phases
     share that much and the rest goes to a local search over cuts and helpers
     (:func:`flsplit.plan.cut_search.anneal`) before the last planner phase: the phases
-    stop gaining after a few seconds, the search keeps gaining for minutes.
+    stop gaining after a few seconds, the search keeps gaining for a few minutes.
 
 Every returned plan is judged by :func:`flsplit.plan.evaluate` on the instance built
 for the chosen cuts; its ``lower_bound`` is a bound for the *joint* problem
