@@ -109,6 +109,9 @@ def neighbour_pairs(problem: CutProblem) -> list[list[int]]:
 
 
 class _Annealer:
+    """The search state (pairs, helpers, each helper's clients, memory used, finish and
+    order) and its moves."""
+
     def __init__(self, problem: CutProblem, choice: np.ndarray, helper_of: list[int],
                  orders: list[list[IndexTask]] | None, seed: int,
                  spread_weight: float) -> None:
