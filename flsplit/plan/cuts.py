@@ -240,17 +240,30 @@ def repick_plan(problem: CutProblem, result: CutPlan, time_limit: float = 0.5) -
         ``result`` itself when nothing changed, else the re-picked plan (same method,
         same lower bound, ``info["repicked"] = True``).
     """
-    choice = np.array([problem.pair_index(result.cuts[c]) for c in problem.client_ids])
-    state = _state_from_plan(problem, choice, result.plan)
+    state = _result_state(problem, result)
     better = repick(problem, state, time.perf_counter() + time_limit)
     same = bool((better.choice == state.choice).all()) and better.orders == state.orders
     if same or better.makespan > state.makespan + 1e-9:
         return result
-    plan = _plan(problem.instance(better.choice), better.helper_of, better.orders,
-                 result.plan.method)
+    return _replanned(problem, result, better.choice, better.helper_of, better.orders,
+                      {"repicked": True})
+
+
+def _result_state(problem: CutProblem, result: CutPlan) -> _State:
+    """The search state of a finished joint plan."""
+    choice = np.array([problem.pair_index(result.cuts[c]) for c in problem.client_ids])
+    return _state_from_plan(problem, choice, result.plan)
+
+
+def _replanned(problem: CutProblem, result: CutPlan, choice: np.ndarray,
+               helper_of: list[int], orders: list[list[IndexTask]],
+               info: dict[str, Any]) -> CutPlan:
+    """``result`` with new cuts, assignment and orders: same method, solve time and lower
+    bound, ``info`` added to its own."""
+    plan = _plan(problem.instance(choice), helper_of, orders, result.plan.method)
     plan.solve_time = result.plan.solve_time
-    return _finish(problem, better.choice, plan, result.method,
-                   {**result.info, "repicked": True}, result.plan.lower_bound)
+    return _finish(problem, choice, plan, result.method, {**result.info, **info},
+                   result.plan.lower_bound)
 
 
 # --- solving fixed cuts -----------------------------------------------------------------
@@ -482,8 +495,7 @@ def _search(problem: CutProblem, result: CutPlan, deadline: float, seed: int) ->
     """Run the local search from ``result`` until ``deadline``; keep the better plan.
 
     ``info["search"]`` records the moves tried and accepted and the makespan before."""
-    choice = np.array([problem.pair_index(result.cuts[c]) for c in problem.client_ids])
-    state = _state_from_plan(problem, choice, result.plan)
+    state = _result_state(problem, result)
     found = anneal(problem, state.choice, state.helper_of, deadline, orders=state.orders,
                    seed=seed)
     summary = {"iterations": found.iterations, "accepted": found.accepted,
@@ -491,11 +503,8 @@ def _search(problem: CutProblem, result: CutPlan, deadline: float, seed: int) ->
     if found.makespan >= result.makespan - 1e-9:
         result.info["search"] = summary
         return result
-    plan = _plan(problem.instance(found.choice), found.helper_of, found.orders,
-                 result.plan.method)
-    plan.solve_time = result.plan.solve_time
-    return _finish(problem, found.choice, plan, result.method,
-                   {**result.info, "search": summary}, result.plan.lower_bound)
+    return _replanned(problem, result, found.choice, found.helper_of, found.orders,
+                      {"search": summary})
 
 
 def _polish(problem: CutProblem, result: CutPlan, single: int | None, solver: str,
@@ -517,10 +526,8 @@ def _polish(problem: CutProblem, result: CutPlan, single: int | None, solver: st
         state = _state_from_plan(problem, choice, plan)
         if label == "joint":
             state = min(state, repick(problem, state, deadline), key=lambda s: s.makespan)
-        polished = _plan(problem.instance(state.choice), state.helper_of, state.orders,
-                         result.plan.method)
-        best = _finish(problem, state.choice, polished, result.method,
-                       {**result.info, "polished": label}, result.plan.lower_bound)
+        best = _replanned(problem, result, state.choice, state.helper_of, state.orders,
+                          {"polished": label})
     return best
 
 
