@@ -15,7 +15,7 @@ run: $(STAMP)
 	$(BIN)/flsplit simulate examples/quickstart
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=10
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
