@@ -120,10 +120,11 @@ def measure_helper(
     example = torch.randn(2, 3, 32, 32)
     split = split_model(model, tuple(cuts), example)
     in_shapes, protos = {}, {}
+    served = set(pieces)
     with torch.no_grad():
         x = example
         for piece, part in enumerate(split.parts[:-1]):
-            if piece in set(pieces):
+            if piece in served:
                 in_shapes[piece], protos[piece] = tuple(x.shape[1:]), part
             x = part(x)
     params = sum(p.numel() for piece in pieces for p in protos[piece].parameters())  # all copies
