@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -278,6 +278,14 @@ class CutProblem:
         ``K x P``: client ``k`` can hold pair ``p`` (memory and profile data).
     helper_memory
         Length-``H`` helper capacities (MiB).
+    rates_mbps
+        ``K x H`` link rates the transfer times were computed with (``None`` when the
+        stage times were given directly).
+    cut_kib
+        ``P x 2`` activation size (KiB) crossing each pair's first and second cut.
+    link_mbps
+        Length-``H`` capacity (Mbit/s) of each helper's own link, shared by the clients
+        it serves (``inf``: not shared); see :mod:`flsplit.plan.bandwidth`.
     """
 
     client_ids: list[str]
@@ -290,6 +298,9 @@ class CutProblem:
     helper_memory: np.ndarray
     name: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    rates_mbps: np.ndarray | None = None
+    cut_kib: np.ndarray | None = None
+    link_mbps: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -307,6 +318,24 @@ class CutProblem:
         """``K x H x P``: pair allowed for the client and its body fits on the helper."""
         fits = self.body_memory[None, :] <= self.helper_memory[:, None] + 1e-9
         return self.allowed[:, None, :] & fits[None, :, :]
+
+    def with_rates(self, rates_mbps: np.ndarray) -> CutProblem:
+        """The same problem with every transfer time recomputed for ``rates_mbps``
+        (``K x H``, Mbit/s): the compute parts of the stages are kept."""
+        if self.rates_mbps is None or self.cut_kib is None:
+            raise ValueError("rates_mbps: this problem was not built from link rates")
+        rates = np.asarray(rates_mbps, dtype=float)
+        if rates.shape != self.rates_mbps.shape or not (rates > 0).all():
+            raise ValueError(f"rates_mbps: expected positive {list(self.rates_mbps.shape)} "
+                             f"rates, got shape {list(rates.shape)}")
+        change = (1.0 / rates - 1.0 / self.rates_mbps)[..., None]
+        first = (self.cut_kib[:, 0] * KIB_TO_MS_AT_1MBIT)[None, None, :] * change
+        second = (self.cut_kib[:, 1] * KIB_TO_MS_AT_1MBIT)[None, None, :] * change
+        stages = dict(self.stages)
+        stages["head_fwd_up"] = self.stages["head_fwd_up"] + first
+        stages["tail_fwd_bwd"] = self.stages["tail_fwd_bwd"] + 2.0 * second
+        stages["down_head_bwd"] = self.stages["down_head_bwd"] + first
+        return replace(self, stages=stages, rates_mbps=rates.copy())
 
     def instance(self, choice: np.ndarray, name: str | None = None) -> Instance:
         """The planner instance for a choice of pairs.
@@ -364,6 +393,7 @@ def build_problem(
     helper_ids: Sequence[str] | None = None,
     name: str = "",
     meta: dict[str, Any] | None = None,
+    link_mbps: Sequence[float] | None = None,
 ) -> CutProblem:
     """Stage times of every client, helper and cut pair (see the module docstring).
 
@@ -379,6 +409,8 @@ def build_problem(
         Candidate cut pairs (default :func:`candidate_pairs`).
     client_ids, helper_ids
         Ids (default ``c0..`` / ``h0..``).
+    link_mbps
+        Length-``H`` capacity of each helper's shared link (``inf`` or default: none).
     """
     num_layers = profile.num_layers
     pairs = candidate_pairs(num_layers) if pairs is None else np.asarray(pairs, dtype=int)
@@ -426,8 +458,24 @@ def build_problem(
         helper_ids=list(helper_ids or [f"h{j}" for j in range(num_helpers)]),
         pairs=pairs, stages=stages, body_memory=body_memory, client_need=client_need,
         allowed=allowed, helper_memory=np.array([h.memory_mib for h in helpers]),
-        name=name, meta=dict(meta or {}),
+        name=name, meta=dict(meta or {}), rates_mbps=rates.copy(),
+        cut_kib=np.stack([profile.activation_kib[c1 - 1], profile.activation_kib[c2 - 1]],
+                         axis=1),
+        link_mbps=_links(link_mbps, num_helpers),
     )
+
+
+def _links(link_mbps: Sequence[float] | None, num_helpers: int) -> np.ndarray:
+    if link_mbps is None:
+        return np.full(num_helpers, np.inf)
+    links = np.asarray(link_mbps, dtype=float)
+    if links.shape != (num_helpers,):
+        raise ValueError(f"link_mbps: expected {num_helpers} values, got shape "
+                         f"{list(links.shape)}")
+    if not (links > 0).all():
+        raise ValueError(f"link_mbps[{int(np.argmin(links > 0))}]: link capacity must be "
+                         f"positive, got {links[int(np.argmin(links > 0))]!r}")
+    return links
 
 
 def build_instance(

@@ -13,8 +13,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from flsplit.plan.bandwidth import plan_shared_links
 from flsplit.plan.builder import load_layer_profile
-from flsplit.plan.cuts import CUT_METHODS, CutPlan, optimize_cuts
+from flsplit.plan.cuts import CUT_METHODS, CutPlan
 from flsplit.plan.instance import InstanceError, save_instance
 from flsplit.plan.nodes import load_nodes
 from flsplit.plan.solution import PlanningError
@@ -76,11 +77,14 @@ def format_summary(result: CutPlan, max_helpers: int = 20) -> str:
     shown = ", ".join(f"{h}: {n}" for h, n in list(counts.items())[:max_helpers])
     more = f", ... ({len(counts) - max_helpers} more)" if len(counts) > max_helpers else ""
     lines.append(f"clients/helper {shown}{more}")
-    lines.append("cuts         client  cut1  cut2  helper")
+    shares = result.info.get("shares")
+    lines.append("cuts         client  cut1  cut2  helper" + ("  link share" if shares else ""))
     width = max(len(c) for c in result.cuts)
     for client, (c1, c2) in result.cuts.items():
+        share = shares.get(client) if shares else None
         lines.append(f"             {client:<{max(6, width)}} {c1:>5} {c2:>5}  "
-                     f"{plan.assignment[client]}")
+                     f"{plan.assignment[client]}"
+                     + (f"  {100 * share:.1f} %" if share is not None else ""))
     return "\n".join(lines)
 
 
@@ -104,8 +108,8 @@ def run_cut_plan(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _error(f"invalid nodes {args.nodes}: {exc}")
     try:
-        result = optimize_cuts(problem, args.cut_method, time_limit=args.time_limit,
-                               seed=args.seed, solver=args.method)
+        result = plan_shared_links(problem, args.cut_method, time_limit=args.time_limit,
+                                   seed=args.seed, solver=args.method)
     except (InstanceError, PlanningError) as exc:
         return _error(f"cannot plan {args.nodes}: {exc}")
     print(format_summary(result))

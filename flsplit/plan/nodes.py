@@ -12,7 +12,7 @@ Format (version 1; see ``docs/cuts.md``)::
       ],
       "helpers": [
         {"id": "h0", "device": "vm-8vcpu", "memory_mib": 16384},
-        {"id": "h1", "device": "laptop"}
+        {"id": "h1", "device": "laptop", "link_mbps": 40.0}
       ],
       "rates_mbps": {"c0": {"h1": 2.5}},
       "cuts": [[3, 33], [5, 30]]
@@ -21,8 +21,10 @@ Format (version 1; see ``docs/cuts.md``)::
 ``device`` is a column of the model profile or a preset of :mod:`flsplit.presets`
 (scaled from the ``reference`` column); ``memory_mib`` defaults to the preset's size. The
 rate of a pair is the first given of ``rates_mbps[client][helper]``, the client's
-``rates_mbps[helper]``, the client's ``rate_mbps`` and ``default_rate_mbps``. ``cuts``
-(optional) restricts the candidate cut pairs.
+``rates_mbps[helper]``, the client's ``rate_mbps`` and ``default_rate_mbps``. A
+helper's ``link_mbps`` (optional) is the capacity of its own link, shared by the clients
+it serves: the planner then also chooses each client's share
+(:mod:`flsplit.plan.bandwidth`). ``cuts`` (optional) restricts the candidate cut pairs.
 """
 
 from __future__ import annotations
@@ -149,11 +151,14 @@ def problem_from_nodes(data: dict[str, Any], profile: LayerProfile, name: str = 
         for p in pairs)
     if pairs is not None and not well_formed:
         raise NodesError("cuts", "expected a list of [c1, c2] integer pairs")
+    links = [np.inf if h.get("link_mbps") is None
+             else _positive(h["link_mbps"], f"helpers[{i}].link_mbps")
+             for i, h in enumerate(helpers)]
     try:
         return build_problem(
             profile, costs["clients"], costs["helpers"], _rates(data, clients, helpers),
             pairs=pairs, client_ids=[c["id"] for c in clients],
-            helper_ids=[h["id"] for h in helpers], name=name,
+            helper_ids=[h["id"] for h in helpers], name=name, link_mbps=links,
             meta={"model": profile.model,
                   "client_devices": [c["device"] for c in clients],
                   "helper_devices": [h["device"] for h in helpers]},
