@@ -35,7 +35,8 @@ from flsplit.plan.builder import CutProblem
 from flsplit.plan.cuts import CutPlan, _plan, optimize_cuts
 from flsplit.plan.evaluator import IndexTask, StageTable
 from flsplit.plan.generator import KIB_TO_MS_AT_1MBIT
-from flsplit.plan.instance import STAGE_NAMES
+from flsplit.plan.instance import STAGE_NAMES, Instance
+from flsplit.plan.plan import Plan
 from flsplit.plan.sequencing import best_list_schedule
 
 #: Share rules tried per helper, in order of preference on ties.
@@ -159,6 +160,25 @@ def allocate_shares(problem: CutProblem, choice: np.ndarray, helper_of: Sequence
     return shares, winners
 
 
+def _indexed(problem: CutProblem, planned: CutPlan) -> tuple[np.ndarray, list[int]]:
+    """Pair index and helper index per client of a joint plan."""
+    choice = np.array([problem.pair_index(planned.cuts[c]) for c in problem.client_ids])
+    h_index = {h: j for j, h in enumerate(problem.helper_ids)}
+    return choice, [h_index[planned.plan.assignment[c]] for c in problem.client_ids]
+
+
+def _sequenced(problem: CutProblem, choice: np.ndarray, helper_of: list[int],
+               rates: np.ndarray, method: str) -> tuple[Instance, Plan]:
+    """The instance at ``rates`` and its evaluated plan, every helper's order rebuilt by
+    the priority rules."""
+    instance = problem.with_rates(rates).instance(choice)
+    table = StageTable(instance)
+    orders: list[list[IndexTask]] = [
+        best_list_schedule(table, h, [k for k, j in enumerate(helper_of) if j == h])[1]
+        for h in range(len(problem.helper_ids))]
+    return instance, _plan(instance, helper_of, orders, method)
+
+
 def plan_shared_links(problem: CutProblem, method: str = "auto", time_limit: float = 2.0,
                       seed: int = 0, solver: str = "auto", rounds: int = ROUNDS) -> CutPlan:
     """Plan cuts, assignment, order and link shares together.
@@ -193,17 +213,10 @@ def plan_shared_links(problem: CutProblem, method: str = "auto", time_limit: flo
         planned = optimize_cuts(problem.with_rates(rates), method,
                                 time_limit=max(0.05, left / (rounds - done)), seed=seed,
                                 solver=solver)
-        choice = np.array([problem.pair_index(planned.cuts[c]) for c in problem.client_ids])
-        h_index = {h: j for j, h in enumerate(problem.helper_ids)}
-        helper_of = [h_index[planned.plan.assignment[c]] for c in problem.client_ids]
+        choice, helper_of = _indexed(problem, planned)
         shares, winners = allocate_shares(problem, choice, helper_of)
         rates = effective_rates(problem, helper_of, np.nan_to_num(shares))
-        instance = problem.with_rates(rates).instance(choice)
-        table = StageTable(instance)
-        orders: list[list[IndexTask]] = [
-            best_list_schedule(table, h, [k for k, j in enumerate(helper_of) if j == h])[1]
-            for h in range(num_helpers)]
-        plan = _plan(instance, helper_of, orders, planned.plan.method)
+        instance, plan = _sequenced(problem, choice, helper_of, rates, planned.plan.method)
         if best is None or plan.makespan < best.makespan - 1e-9:
             info = {**planned.info, "rounds": done + 1,
                     "shares": {c: None if math.isnan(s) else float(s)
@@ -219,17 +232,12 @@ def unaware_plan(problem: CutProblem, time_limit: float = 2.0, seed: int = 0) ->
     """The plan of a planner that ignores the shared links (own rates everywhere), run
     with equal shares: the reference :func:`plan_shared_links` is compared with."""
     planned = optimize_cuts(problem, "auto", time_limit=time_limit, seed=seed)
-    choice = np.array([problem.pair_index(planned.cuts[c]) for c in problem.client_ids])
-    h_index = {h: j for j, h in enumerate(problem.helper_ids)}
-    helper_of = [h_index[planned.plan.assignment[c]] for c in problem.client_ids]
+    choice, helper_of = _indexed(problem, planned)
     served = np.bincount(helper_of, minlength=len(problem.helper_ids))
     shares = np.array([1.0 / served[h] for h in helper_of])
-    instance = problem.with_rates(effective_rates(problem, helper_of, shares)).instance(choice)
-    table = StageTable(instance)
-    orders = [best_list_schedule(table, h, [k for k, j in enumerate(helper_of) if j == h])[1]
-              for h in range(len(problem.helper_ids))]
-    return CutPlan(instance, _plan(instance, helper_of, orders, planned.plan.method),
-                   planned.cuts, planned.method, {})
+    instance, plan = _sequenced(problem, choice, helper_of,
+                                effective_rates(problem, helper_of, shares), planned.plan.method)
+    return CutPlan(instance, plan, planned.cuts, planned.method, {})
 
 
 def main(argv: Sequence[str] | None = None) -> int:

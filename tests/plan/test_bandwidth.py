@@ -16,6 +16,7 @@ from flsplit.plan.bandwidth import (
     plan_shared_links,
     rule_shares,
     transfer_volume,
+    unaware_plan,
 )
 from flsplit.plan.builder import build_problem, layer_profile, node_costs
 from flsplit.plan.evaluator import StageTable, evaluate
@@ -141,3 +142,17 @@ def test_nodes_link_and_cli_share_column(tmp_path: Path,
                          "--time-limit", "0.5"]) == 0
     text = capsys.readouterr().out
     assert "link share" in text and "%" in text
+
+
+def test_link_unaware_reference_runs_with_equal_shares() -> None:
+    problem = shared_problem(1.0 * UNIT_RATE)
+    result = unaware_plan(problem, time_limit=0.5)
+    assert result.plan.makespan == pytest.approx(evaluate(result.instance, result.plan).makespan)
+    choice = np.array([problem.pair_index(result.cuts[c]) for c in problem.client_ids])
+    helper_of = [problem.helper_ids.index(result.plan.assignment[c]) for c in problem.client_ids]
+    on_link = [k for k, h in enumerate(helper_of) if h == 0]
+    shares = np.full(6, np.nan)
+    shares[on_link] = 1.0 / len(on_link)
+    expected = problem.with_rates(effective_rates(problem, helper_of, np.nan_to_num(shares)))
+    np.testing.assert_allclose(result.instance.tail_fwd_bwd,
+                               expected.instance(choice).tail_fwd_bwd)
