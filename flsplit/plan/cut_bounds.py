@@ -80,7 +80,8 @@ def assignment_bound(problem: CutProblem, rel_tol: float = 1e-3) -> float:
     ``m_kh(T)`` of its memory (least body memory over the same pairs). ``T`` is feasible
     only if the LP ``sum_h x_kh = 1``, ``sum_k x_kh w_kh(T) <= T - r_h - q_h`` and
     ``sum_k x_kh m_kh(T) <= memory_h``, ``0 <= x <= 1`` has a solution (``r_h``, ``q_h``:
-    the shortest head and tail stage on ``h``). Any joint plan of makespan ``T`` gives an
+    the shortest head and tail stage on ``h``; a helper with ``r_h + q_h > T`` can serve
+    nobody, so its columns are left out). Any joint plan of makespan ``T`` gives an
     integral solution, and feasibility only grows with ``T``, so the largest infeasible
     ``T`` found by bisection (to ``rel_tol``) is a lower bound. Several LP solves: meant
     for reports and benchmarks, not for each planning call.
@@ -97,6 +98,8 @@ def assignment_bound(problem: CutProblem, rel_tol: float = 1e-3) -> float:
         within = paths <= target
         need = np.where(within, work, np.inf).min(axis=2)
         room = np.where(within, memory, np.inf).min(axis=2)
+        # a helper whose shortest head and tail alone exceed the target serves nobody
+        need[:, target - release - tail < -1e-9] = np.inf
         if not np.isfinite(need).any(axis=1).all():
             return False
         cells = np.flatnonzero(np.isfinite(need).ravel())
@@ -108,9 +111,7 @@ def assignment_bound(problem: CutProblem, rel_tol: float = 1e-3) -> float:
             (np.r_[need.ravel()[cells], room.ravel()[cells]],
              (np.r_[helpers, helpers + num_helpers], np.r_[columns, columns])),
             shape=(2 * num_helpers, len(cells)))
-        capacity = np.r_[target - release - tail, problem.helper_memory]
-        if (capacity < -1e-9).any():
-            return False
+        capacity = np.r_[np.maximum(target - release - tail, 0.0), problem.helper_memory]
         result = linprog(np.zeros(len(cells)), A_ub=upper, b_ub=capacity, A_eq=equal,
                          b_eq=np.ones(num_clients), bounds=(0, 1), method="highs")
         return result.status == 0
