@@ -126,6 +126,13 @@ def _compute(problem: CutProblem, choice: np.ndarray, helper_of: Sequence[int]
     return volume, path - volume / own
 
 
+def _chosen(problem: CutProblem, choice: np.ndarray) -> tuple[CutProblem, np.ndarray]:
+    """``problem`` restricted to the pairs ``choice`` uses, and ``choice`` in it: transfer
+    times are then recomputed for those pairs only."""
+    used, local = np.unique(np.asarray(choice, dtype=int), return_inverse=True)
+    return problem.restricted(used), local
+
+
 def allocate_shares(problem: CutProblem, choice: np.ndarray, helper_of: Sequence[int],
                     rules: Sequence[str] = SHARE_RULES
                     ) -> tuple[np.ndarray, dict[int, str]]:
@@ -137,6 +144,7 @@ def allocate_shares(problem: CutProblem, choice: np.ndarray, helper_of: Sequence
     """
     choice = np.asarray(choice, dtype=int)
     volume, compute = _compute(problem, choice, helper_of)
+    chosen, local = _chosen(problem, choice)
     shares = np.full(len(choice), np.nan)
     winners: dict[int, str] = {}
     for h, link in enumerate(problem.link_mbps):
@@ -150,7 +158,7 @@ def allocate_shares(problem: CutProblem, choice: np.ndarray, helper_of: Sequence
             rates = np.array(problem.rates_mbps, dtype=float)
             rates[members, h] = np.maximum(np.minimum(rates[members, h], trial * link),
                                            _FLOOR_MBPS)
-            table = StageTable(problem.with_rates(rates).instance(choice))
+            table = StageTable(chosen.with_rates(rates).instance(local))
             finish, _ = best_list_schedule(table, h, members)
             if best is None or finish < best[0] - 1e-9:
                 best = (finish, trial, rule)
@@ -171,7 +179,8 @@ def _sequenced(problem: CutProblem, choice: np.ndarray, helper_of: list[int],
                rates: np.ndarray, method: str) -> tuple[Instance, Plan]:
     """The instance at ``rates`` and its evaluated plan, every helper's order rebuilt by
     the priority rules."""
-    instance = problem.with_rates(rates).instance(choice)
+    chosen, local = _chosen(problem, choice)
+    instance = chosen.with_rates(rates).instance(local)
     table = StageTable(instance)
     orders: list[list[IndexTask]] = [
         best_list_schedule(table, h, [k for k, j in enumerate(helper_of) if j == h])[1]

@@ -319,6 +319,18 @@ class CutProblem:
         fits = self.body_memory[None, :] <= self.helper_memory[:, None] + 1e-9
         return self.allowed[:, None, :] & fits[None, :, :]
 
+    def restricted(self, pairs: np.ndarray) -> CutProblem:
+        """The same problem with only the candidate pairs of index ``pairs`` (in that
+        order)."""
+        pairs = np.asarray(pairs, dtype=int)
+        return replace(
+            self, pairs=self.pairs[pairs],
+            stages={s: times[:, :, pairs] for s, times in self.stages.items()},
+            body_memory=self.body_memory[pairs], client_need=self.client_need[pairs],
+            allowed=self.allowed[:, pairs],
+            cut_kib=None if self.cut_kib is None else self.cut_kib[pairs],
+        )
+
     def with_rates(self, rates_mbps: np.ndarray) -> CutProblem:
         """The same problem with every transfer time recomputed for ``rates_mbps``
         (``K x H``, Mbit/s): the compute parts of the stages are kept."""
