@@ -14,9 +14,9 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "SplitTask": "flsplit.task",
     "DEFAULT_RUN_CONFIG": "flsplit.task",
-    "make_client_app": "flsplit.clientapp",
-    "enable_split_learning": "flsplit.clientapp",
-    "make_server_app": "flsplit.serverapp",
+    "make_client_app": "flsplit.client.app",
+    "enable_split_learning": "flsplit.client.app",
+    "make_server_app": "flsplit.server.app",
     "simulate": "flsplit.simulation",
 }
 

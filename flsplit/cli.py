@@ -25,7 +25,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _compare_planners(args: argparse.Namespace) -> int:
-    from flsplit.compare import compare
+    from benchmarks.compare_planners import compare
     from flsplit.simulation import parse_run_config
 
     compare(args.app, args.methods, parse_run_config(args.run_config), args.out_dir)
@@ -56,8 +56,8 @@ def _profile(args: argparse.Namespace) -> int:
 
     import torch
 
-    from flsplit.models import build_model
-    from flsplit.profile import profile_model, write_profile
+    from flsplit.model.profile import profile_model, write_profile
+    from flsplit.model.zoo import build_model
 
     shape = [int(d) for d in args.input.split(",")]
     torch.manual_seed(0)
@@ -153,7 +153,7 @@ def _register_runtime_commands(sub: argparse._SubParsersAction) -> None:
     chain.add_argument(
         "args",
         nargs=argparse.REMAINDER,
-        help="options of python -m flsplit.runtime.chain_bench (--help lists them)",
+        help="options of python -m benchmarks.chain (--help lists them)",
     )
     chain.set_defaults(func=_bench_chain, passthrough=True)
 

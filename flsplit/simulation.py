@@ -21,9 +21,9 @@ from typing import Any
 import tomllib
 from flwr.simulation import run_simulation
 
-from flsplit.chains import chain_settings
-from flsplit.clientapp import make_client_app
-from flsplit.serverapp import (
+from flsplit.client.app import make_client_app
+from flsplit.model.chain_cuts import chain_settings
+from flsplit.server.app import (
     ResultHook,
     StrategyFn,
     check_modes,
@@ -99,7 +99,7 @@ def simulate(
     backend_config : Mapping, optional
         Ray backend settings (default: :func:`backend_config_for`).
     strategy_fn, on_result
-        As in :func:`flsplit.serverapp.make_server_app`.
+        As in :func:`flsplit.server.app.make_server_app`.
     verbose : bool
         Debug logging of the simulation engine.
     """

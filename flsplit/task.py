@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from flsplit.split import SplitModel, split_model
+from flsplit.model.split import SplitModel, split_model
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 OptimizerFn = Callable[[Iterable[nn.Parameter], Mapping[str, Any]], torch.optim.Optimizer]

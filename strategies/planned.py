@@ -1,6 +1,6 @@
 """Split learning whose every round is planned from live measurements.
 
-:class:`PlannedSplitStrategy` asks a :class:`~flsplit.roundplan.RoundPlanner` each round
+:class:`PlannedSplitStrategy` asks a :class:`~flsplit.server.round_planner.RoundPlanner` each round
 which helper serves which client and in what order each helper works, sends that order to
 the helpers (they follow it, work-conserving), and after the round feeds the measured
 stage times back into the node profiles. Each round it logs the predicted and the
@@ -23,7 +23,7 @@ from typing import Any
 from flwr.app import Message
 from flwr.supercore import log
 
-from flsplit.roundplan import LinkFn, RoundPlan, RoundPlanner
+from flsplit.server.round_planner import LinkFn, RoundPlan, RoundPlanner
 from strategies.split import SplitStrategy
 
 
@@ -293,6 +293,6 @@ class PlannedSplitStrategy(SplitStrategy):
             path = self.output_dir / f"round-{server_round}.json"
             path.write_text(json.dumps(entry, indent=1, default=float))
             if self.gantt:
-                from flsplit.plan.gantt_rounds import planned_vs_measured
+                from flsplit.plan.scheduling.gantt_rounds import planned_vs_measured
 
                 planned_vs_measured(entry, self.output_dir / f"round-{server_round}.png")

@@ -41,7 +41,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 from flwr.supercore import log
 
-from flsplit.plan.sampling import (
+from flsplit.plan.sampling.samplers import (
     check_sync_config,
     pack_schedule,
     round_schedule,
@@ -103,7 +103,7 @@ class SplitStrategy(Strategy):
     ----------
     part_keys : callable
         ``part_keys(cuts)`` returns the ``state_dict`` keys of every part for cuts such as
-        ``"conv2,fc2"`` (e.g. from :func:`flsplit.split.part_state_keys`).
+        ``"conv2,fc2"`` (e.g. from :func:`flsplit.model.split.part_state_keys`).
     cuts : str
         The default cut points, as sent to the nodes (comma-separated module names);
         :meth:`client_cuts` may choose others per client. More than two cuts make every
@@ -129,7 +129,7 @@ class SplitStrategy(Strategy):
         (e.g. to write a checkpoint).
     sampling : Mapping, optional
         Run-config keys of global sampling (``sampler``, ``global-batch-size``, ...,
-        checked by :func:`flsplit.plan.sampling.check_sync_config`); ``None`` or
+        checked by :func:`flsplit.plan.sampling.samplers.check_sync_config`); ``None`` or
         ``sampler="local"``: every client trains on its own local batches.
     """
 
@@ -198,7 +198,7 @@ class SplitStrategy(Strategy):
         **kwargs
             Further arguments of :class:`SplitStrategy`.
         """
-        from flsplit.split import split_model
+        from flsplit.model.split import split_model
         from flsplit.task import parse_cuts
 
         parts = split_model(model, parse_cuts(cuts), example_input)
@@ -208,9 +208,9 @@ class SplitStrategy(Strategy):
     def from_split(
         cls, parts: Any, model: Any = None, example_input: Any = None, **kwargs: Any
     ) -> SplitStrategy:
-        """Build the strategy from a :class:`flsplit.split.SplitModel` (and, for other
+        """Build the strategy from a :class:`flsplit.model.split.SplitModel` (and, for other
         cut pairs than its own, the model it came from)."""
-        from flsplit.split import part_state_keys
+        from flsplit.model.split import part_state_keys
         from flsplit.task import parse_cuts
 
         own = ",".join(parts.cuts)

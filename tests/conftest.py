@@ -1,4 +1,4 @@
-"""Shared test fixtures."""
+"""Shared test fixtures, and the ``e2e`` marker on every test under ``tests/e2e/``."""
 
 import sys
 from pathlib import Path
@@ -6,10 +6,21 @@ from pathlib import Path
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.paths import ROOT
+
 QUICKSTART = ROOT / "examples" / "quickstart"
 if str(QUICKSTART) not in sys.path:
     sys.path.insert(0, str(QUICKSTART))
+
+E2E = ROOT / "tests" / "e2e"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Runs that start the simulation or deployment engine live in tests/e2e/, so
+    # `pytest -m "not e2e"` is the fast loop.
+    for item in items:
+        if E2E in Path(item.fspath).resolve().parents:
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,6 @@ Typical use every round::
 See ``docs/planner.md`` for formats and methods.
 """
 
-from flsplit.plan.bounds import critical_path_bound, load_bound, lower_bound
 from flsplit.plan.evaluator import Evaluation, Span, evaluate
 from flsplit.plan.gantt import gantt
 from flsplit.plan.generator import generate_instance, random_instance
@@ -23,9 +22,10 @@ from flsplit.plan.instance import (
     to_slotted,
 )
 from flsplit.plan.plan import Plan, PlanError, check_plan, load_plan, save_plan
-from flsplit.plan.relaxation import relaxation_bound
-from flsplit.plan.solution import PlanningError
-from flsplit.plan.solve import METHODS, solve
+from flsplit.plan.scheduling.bounds import critical_path_bound, load_bound, lower_bound
+from flsplit.plan.scheduling.relaxation import relaxation_bound
+from flsplit.plan.scheduling.solution import PlanningError
+from flsplit.plan.scheduling.solve import METHODS, solve
 
 __all__ = [
     "METHODS",

@@ -9,10 +9,10 @@ import json
 import sys
 from pathlib import Path
 
-from flsplit.plan.cut_cli import add_cut_arguments, run_cut_plan
+from flsplit.plan.cuts.cli import add_cut_arguments, run_cut_plan
 from flsplit.plan.generator import CUTS, generate_instance, random_instance
 from flsplit.plan.instance import InstanceError, load_instance, save_instance, to_slotted
-from flsplit.plan.solve import DEFAULT_TIME_LIMIT, METHODS, solve
+from flsplit.plan.scheduling.solve import DEFAULT_TIME_LIMIT, METHODS, solve
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -85,7 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         add_help=False,
     )
     cuts.add_argument("args", nargs=argparse.REMAINDER,
-                      help="options of python -m flsplit.plan.cut_benchmark (--help lists them)")
+                      help="options of python -m benchmarks.cuts (--help lists them)")
     cuts.set_defaults(func=run_bench_cuts, passthrough=True)
 
 
@@ -98,7 +98,7 @@ def run_plan(args: argparse.Namespace) -> int:
     """Solve an instance file and print a one-screen summary."""
     from flsplit.plan.evaluator import evaluate
     from flsplit.plan.plan import save_plan
-    from flsplit.plan.relaxation import relaxation_bound
+    from flsplit.plan.scheduling.relaxation import relaxation_bound
 
     if getattr(args, "multihop", None):
         if args.instance or args.nodes:
@@ -151,8 +151,8 @@ def run_plan(args: argparse.Namespace) -> int:
 
 def run_multihop(args: argparse.Namespace) -> int:
     """Solve a multi-hop instance and print the chain, cuts, micro-batch and latency."""
-    from flsplit.plan.multihop import MultihopError, load_problem, optimize_placement
-    from flsplit.plan.multihop import save_plan as save_multihop_plan
+    from flsplit.plan.multihop.placement import MultihopError, load_problem, optimize_placement
+    from flsplit.plan.multihop.placement import save_plan as save_multihop_plan
 
     try:
         problem = load_problem(args.multihop, profile=args.profiles)
@@ -202,14 +202,14 @@ def run_gen_instance(args: argparse.Namespace) -> int:
 
 def run_bench_cuts(args: argparse.Namespace) -> int:
     """Run the cut benchmark with the options that follow ``bench-cuts``."""
-    from flsplit.plan.cut_benchmark import main as cut_benchmark_main
+    from benchmarks.cuts import main as cut_benchmark_main
 
     return cut_benchmark_main(args.args)
 
 
 def run_bench(args: argparse.Namespace) -> int:
     """Run the benchmark grid and print the table (and JSON lines if asked)."""
-    from flsplit.plan.benchmark import format_table, jsonl_writer, run_grid, time_large
+    from benchmarks.planner import format_table, jsonl_writer, run_grid, time_large
 
     with contextlib.ExitStack() as stack:
         stream = stack.enter_context(Path(args.jsonl).open("w")) if args.jsonl else None

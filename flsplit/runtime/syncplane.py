@@ -1,8 +1,8 @@
 """Synchronous-step mode over the data plane: global sampling with one shared body.
 
-The server's sampler (:mod:`flsplit.plan.sampling`) gives every round a schedule
+The server's sampler (:mod:`flsplit.plan.sampling.samplers`) gives every round a schedule
 ``counts[s, k]``: the samples client ``k`` contributes to global step ``s``. The round
-is then run step by step, as the one-process reference :mod:`flsplit.runtime.syncstep`
+is then run step by step, as the one-process reference :mod:`benchmarks.syncstep`
 defines, but over the gRPC data plane of :mod:`flsplit.runtime.dataplane`.
 
 Protocol (per global step ``s``, frames carry ``step = s``)
@@ -40,7 +40,7 @@ Client ``k`` with ``counts[s, k] > 0`` (the others sit the step out and send not
        gradients it sees anyway).
    ``"local"``
        each client steps its own head and tail on its own mean gradient right after the
-       step (``client_parts="local"`` of :mod:`~flsplit.runtime.syncstep`); the copies
+       step (``client_parts="local"`` of :mod:`~benchmarks.syncstep`); the copies
        drift apart during the round and FedAvg averages them at its end (for plain SGD
        and one step, the example-weighted average equals the centralised step).
 
@@ -72,7 +72,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from flsplit.plan.sampling import CLIENT_PARTS
+from flsplit.plan.sampling.samplers import CLIENT_PARTS
 from flsplit.runtime import wire
 from flsplit.runtime.dataplane import HelperClient, HelperServer
 from flsplit.runtime.emulation import NO_EMULATION, Emulation

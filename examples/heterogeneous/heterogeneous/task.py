@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from flsplit import SplitTask
-from flsplit.data import digits_partition, digits_test
-from flsplit.models import SmallCNN
+from flsplit.model.data import digits_partition, digits_test
+from flsplit.model.zoo import SmallCNN
 
 
 def model_fn(config: Mapping[str, Any]) -> nn.Module:

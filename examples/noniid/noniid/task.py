@@ -1,9 +1,9 @@
 """The noniid example's task: the small CNN on digits, 2 classes per client.
 
-The offline digits pool (:mod:`flsplit.data`, its seeded test set held out for the
+The offline digits pool (:mod:`flsplit.model.data`, its seeded test set held out for the
 server) is split with Flower Datasets' ``PathologicalPartitioner`` when ``flwr-datasets``
 is installed, else with flsplit's implementation of the same algorithm
-(:func:`flsplit.sampling_experiment.partition`): every client holds
+(:func:`benchmarks.sampling_experiment.partition`): every client holds
 ``classes-per-client`` classes. 10% of each client's samples are its validation set.
 """
 
@@ -18,10 +18,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from benchmarks.sampling_experiment import partition
 from flsplit import SplitTask
-from flsplit.data import VAL_FRACTION, digits, digits_pool, digits_test
-from flsplit.models import SmallCNN
-from flsplit.sampling_experiment import partition
+from flsplit.model.data import VAL_FRACTION, digits, digits_pool, digits_test
+from flsplit.model.zoo import SmallCNN
 
 
 def model_fn(config: Mapping[str, Any]) -> nn.Module:

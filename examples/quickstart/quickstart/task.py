@@ -16,8 +16,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from flsplit import SplitTask
-from flsplit.data import digits_partition, digits_test
-from flsplit.models import SmallCNN
+from flsplit.model.data import digits_partition, digits_test
+from flsplit.model.zoo import SmallCNN
 
 SEED = 2024
 VAL_FRACTION = 0.1

@@ -1,0 +1,1 @@
+"""The client and helper roles: the ClientApp wiring, node settings and both handlers."""

@@ -1,0 +1,227 @@
+"""Per-layer training costs of a model on this machine, in the shared profile format.
+
+The model is split at every candidate cut (:func:`flsplit.model.split.candidate_cuts`); each
+segment is one profiled "layer". For every segment the profiler measures, per batch,
+forward, backward and update (SGD step) time, the size of its output activation (what
+crosses a cut placed after it), its parameter size, and the memory it needs while
+training (parameters, gradients, tensors saved for backward, output). Times are the
+median of ``repeats`` measured runs after ``warmup`` runs.
+
+The JSON it writes has the layout of ``shared/profiles/*.json`` (``layers`` with
+``activation_kib`` and ``weights_kib``; ``devices`` with ``forward_ms``, ``backward_ms``
+and ``update_ms`` per layer), so measured and published profiles are interchangeable;
+it adds ``batch_size``, each layer's ``name`` and ``memory_kib``, and the device's
+``peak_rss_mib``.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from flsplit.model.split import candidate_cuts, split_model
+
+KIB = 1024.0
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+def _param_bytes(module: nn.Module) -> int:
+    return sum(_nbytes(p) for p in module.parameters())
+
+
+class _SavedBytes:
+    """Counts the bytes autograd saves for backward while active."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    def __enter__(self) -> _SavedBytes:
+        def pack(tensor: torch.Tensor) -> torch.Tensor:
+            self.total += _nbytes(tensor)
+            return tensor
+
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hooks.__exit__(*exc)
+
+
+def profile_model(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    *,
+    model_name: str = "model",
+    dataset: str = "",
+    device_name: str = "this-machine",
+    role: str = "client",
+    repeats: int = 5,
+    warmup: int = 2,
+    cuts: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Measure per-layer training costs of ``model`` for one batch like ``example_input``.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model (not modified: it is split into copies).
+    example_input : torch.Tensor
+        One batch; its first dimension is the batch size profiled.
+    model_name, dataset : str
+        Labels written to the profile.
+    device_name : str
+        Key of this machine in the profile's ``devices``.
+    role : str
+        ``"client"`` or ``"helper"``, as in the shared profiles.
+    repeats, warmup : int
+        Measured and discarded runs; times are medians over the measured ones.
+    cuts : sequence of str, optional
+        Layer boundaries (default: every candidate cut).
+
+    Returns
+    -------
+    dict
+        A profile in the shared format with a single device entry.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats={repeats} must be >= 1 and warmup={warmup} >= 0")
+    boundaries = list(cuts) if cuts is not None else candidate_cuts(model, example_input)
+    split = split_model(model, boundaries, example_input)
+    parts = split.parts
+    for part in parts:
+        part.train()
+    optimizers = [
+        torch.optim.SGD(p.parameters(), lr=1e-3) if any(True for _ in p.parameters()) else None
+        for p in parts
+    ]
+    target = None
+    forward: list[list[float]] = [[] for _ in parts]
+    backward: list[list[float]] = [[] for _ in parts]
+    update: list[list[float]] = [[] for _ in parts]
+    activation = [0] * len(parts)
+    saved = [0] * len(parts)
+    for run in range(warmup + repeats):
+        measured = run >= warmup
+        inputs: list[torch.Tensor] = []
+        outputs: list[torch.Tensor] = []
+        x = example_input
+        for i, part in enumerate(parts):
+            x_in = x.detach().requires_grad_(i > 0)
+            with _SavedBytes() as counter:
+                start = time.perf_counter()
+                y = part(x_in)
+                elapsed = time.perf_counter() - start
+            if measured:
+                forward[i].append(elapsed)
+            activation[i], saved[i] = _nbytes(y), counter.total
+            inputs.append(x_in)
+            outputs.append(y)
+            x = y
+        if target is None:
+            target = torch.zeros(outputs[-1].shape[0], dtype=torch.long)
+        grad = None
+        for i in reversed(range(len(parts))):
+            start = time.perf_counter()
+            if i == len(parts) - 1:
+                nn.functional.cross_entropy(outputs[i].float().flatten(1), target).backward()
+            else:
+                outputs[i].backward(grad)
+            elapsed = time.perf_counter() - start
+            grad = inputs[i].grad
+            if measured:
+                backward[i].append(elapsed)
+        for i, optimizer in enumerate(optimizers):
+            start = time.perf_counter()
+            if optimizer is not None:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            if measured:
+                update[i].append(time.perf_counter() - start)
+
+    def ms(samples: list[float]) -> float:
+        return round(statistics.median(samples) * 1000, 4)
+
+    first = next((name for name, _ in model.named_children()), "input")
+    names = [first, *split.cuts]
+    layers = [
+        {
+            "name": names[i],
+            "activation_kib": round(activation[i] / KIB, 3),
+            "weights_kib": round(_param_bytes(p) / KIB, 3),
+            "memory_kib": round((2 * _param_bytes(p) + saved[i] + activation[i]) / KIB, 3),
+        }
+        for i, p in enumerate(parts)
+    ]
+    return {
+        "model": model_name,
+        "dataset": dataset,
+        "batch_size": int(example_input.shape[0]),
+        "units": {
+            "time": "ms per batch",
+            "size": "KiB per batch (activations) / KiB (weights)",
+        },
+        "layers": layers,
+        "devices": {
+            device_name: {
+                "role": role,
+                "forward_ms": [ms(t) for t in forward],
+                "backward_ms": [ms(t) for t in backward],
+                "update_ms": [ms(t) for t in update],
+                "peak_rss_mib": round(_peak_rss_mib(), 1),
+                "machine": platform.machine(),
+                "torch_threads": torch.get_num_threads(),
+                "repeats": repeats,
+            }
+        },
+    }
+
+
+def _peak_rss_mib() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return usage / 1024.0 if platform.system() != "Darwin" else usage / (1024.0 * 1024.0)
+
+
+def validate_profile(profile: dict[str, Any]) -> None:
+    """Raise ``ValueError`` naming the field when ``profile`` breaks the shared format."""
+    for key in ("model", "layers", "devices"):
+        if key not in profile:
+            raise ValueError(f"profile lacks the field {key!r}")
+    layers = profile["layers"]
+    if not isinstance(layers, list) or not layers:
+        raise ValueError("profile field 'layers' must be a non-empty list")
+    for i, layer in enumerate(layers):
+        for key in ("activation_kib", "weights_kib"):
+            value = layer.get(key)
+            if not isinstance(value, int | float) or value < 0:
+                raise ValueError(f"layers[{i}].{key} must be a non-negative number, got {value!r}")
+    for name, device in profile["devices"].items():
+        for key in ("forward_ms", "backward_ms", "update_ms"):
+            values = device.get(key)
+            if not isinstance(values, list) or len(values) != len(layers):
+                raise ValueError(
+                    f"devices[{name!r}].{key} must list one time per layer ({len(layers)})"
+                )
+            if any(not isinstance(v, int | float) or v < 0 for v in values):
+                raise ValueError(f"devices[{name!r}].{key} holds a negative or non-number time")
+
+
+def write_profile(profile: dict[str, Any], path: str | Path) -> Path:
+    """Validate and write ``profile`` as JSON."""
+    validate_profile(profile)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(profile, indent=1))
+    return path

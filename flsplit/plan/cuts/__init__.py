@@ -1,0 +1,1 @@
+"""Joint per-client cuts: the cut problem, its optimizers, bounds and shared links."""

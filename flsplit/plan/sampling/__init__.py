@@ -1,0 +1,1 @@
+"""Global sampling: samplers of per-step batch composition and the synchronous schedule."""

@@ -1,0 +1,1 @@
+"""Assignment and scheduling with fixed cuts: solvers, baselines, bounds, round prediction."""

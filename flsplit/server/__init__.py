@@ -1,0 +1,1 @@
+"""The server role: the ServerApp factory, round planning, checkpoints and history."""

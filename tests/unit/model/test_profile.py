@@ -1,0 +1,75 @@
+"""The profiler's output format and the device presets against the published data."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from flsplit.model.presets import PRESETS, preset
+from flsplit.model.profile import profile_model, validate_profile, write_profile
+from flsplit.model.split import candidate_cuts
+from flsplit.model.zoo import SmallCNN
+from tests.paths import SHARED_PROFILES
+
+SHARED = SHARED_PROFILES
+PUBLISHED = sorted(SHARED.glob("*.json"))
+
+
+def test_profile_of_a_small_cnn_follows_the_shared_format(tmp_path):
+    model = SmallCNN(3, 32)
+    example = torch.randn(4, 3, 32, 32)
+    profile = profile_model(model, example, model_name="small-cnn", repeats=2, warmup=1)
+    validate_profile(profile)
+    layers = profile["layers"]
+    assert len(layers) == len(candidate_cuts(model, example)) + 1
+    total_weights = sum(p.numel() * 4 for p in model.parameters()) / 1024
+    assert math.isclose(sum(layer["weights_kib"] for layer in layers), total_weights, rel_tol=1e-3)
+    conv1 = next(layer for layer in layers if layer["name"] == "conv1")
+    assert conv1["activation_kib"] == 4 * 16 * 32 * 32 * 4 / 1024
+    assert layers[-1]["activation_kib"] == pytest.approx(4 * 10 * 4 / 1024, abs=1e-3)
+    device = profile["devices"]["this-machine"]
+    assert all(t > 0 for t in device["forward_ms"])
+    assert device["backward_ms"][layers.index(conv1)] > 0
+    path = write_profile(profile, tmp_path / "p.json")
+    assert json.loads(path.read_text())["batch_size"] == 4
+
+
+@pytest.mark.parametrize("path", PUBLISHED, ids=lambda p: p.name)
+def test_published_profiles_pass_the_same_validation(path):
+    validate_profile(json.loads(path.read_text()))
+
+
+def test_validation_names_the_bad_field():
+    profile = {"model": "m", "layers": [{"activation_kib": 1, "weights_kib": -1}], "devices": {}}
+    with pytest.raises(ValueError, match=r"layers\[0\].weights_kib"):
+        validate_profile(profile)
+    profile["layers"][0]["weights_kib"] = 1
+    profile["devices"] = {"d": {"forward_ms": [1, 2], "backward_ms": [1], "update_ms": [1]}}
+    with pytest.raises(ValueError, match=r"devices\['d'\].forward_ms"):
+        validate_profile(profile)
+
+
+@pytest.mark.skipif(not PUBLISHED, reason="shared profiles not present")
+@pytest.mark.parametrize("name", ["laptop", "rpi4", "rpi3", "jetson-cpu", "jetson-gpu"])
+def test_preset_factors_summarise_the_published_measurements(name):
+    """Each factor is the geometric mean over both models of the device's total time
+    over the VM's (non-zero totals only)."""
+    for kind, factor in (
+        ("forward_ms", PRESETS[name].forward),
+        ("backward_ms", PRESETS[name].backward),
+    ):
+        ratios = []
+        for path in PUBLISHED:
+            devices = json.loads(path.read_text())["devices"]
+            ratios.append(sum(devices[name][kind]) / sum(devices["vm-8vcpu"][kind]))
+        expected = math.exp(sum(map(math.log, ratios)) / len(ratios))
+        assert factor == pytest.approx(expected, rel=0.01), (name, kind)
+
+
+def test_presets_scale_times_and_unknown_names_are_refused():
+    fwd, bwd, upd = preset("rpi4").scale([1.0, 2.0], [1.0, 1.0], [1.0, 0.0])
+    assert fwd == [pytest.approx(31.77), pytest.approx(63.54)]
+    assert bwd[0] == pytest.approx(37.19) and upd == [pytest.approx(24.12), 0.0]
+    with pytest.raises(ValueError, match="unknown device preset 'pi5'; known presets: "):
+        preset("pi5")

@@ -1,0 +1,76 @@
+"""Every round planned from measurements: failures planned out, slow nodes avoided."""
+
+from flwr.clientapp import ClientApp
+from flwr.simulation import run_simulation
+from quickstart.task import TASK
+
+from flsplit.client.app import enable_split_learning
+from flsplit.server.app import make_server_app
+from flsplit.simulation import backend_config_for
+
+BASE = {
+    "num-helpers": 2,
+    "cuts": "conv2,fc2",
+    "planner": "auto",
+    "planner-time-limit": 0.5,
+    "emulate": True,
+    "client-devices": "jetson-gpu",
+    "helper-devices": "vm",
+    "link-mbps": 1000,
+    "torch-threads": 1,
+    "call-deadline": 15.0,
+    "round-timeout": 60.0,
+    "lr": 0.05,
+}
+
+
+def _run(config, client_app, num_supernodes):
+    runs = []
+    server = make_server_app(TASK, config, on_result=lambda *run: runs.append(run))
+    run_simulation(
+        server, client_app, num_supernodes, backend_config=backend_config_for(num_supernodes)
+    )
+    assert runs, "the ServerApp did not finish"
+    return runs[0]
+
+
+def test_a_slowed_helper_gets_less_work_in_the_next_round():
+    config = {**BASE, "num-server-rounds": 3, "slowdown": "helper:0:300:2"}
+    app = enable_split_learning(ClientApp(), TASK, config)
+    _, result, strategy = _run(config, app, 6)
+    slow = next(
+        n
+        for n, info in strategy.nodes.items()
+        if info.role == "helper" and int(info.info["index"]) == 0
+    )
+    served = [
+        sum(1 for h in entry["plan"]["assignment"].values() if h == f"h{slow}")
+        for entry in strategy.history
+    ]
+    assert len(served) == 3
+    # rounds 1 and 2 are planned before the slowdown is seen; round 3 moves work away
+    assert served[2] < served[1]
+    assert set(result.train_metrics_clientapp) == {1, 2, 3}
+
+
+def _failing_helper_mod(msg, context, call_next):
+    if (
+        msg.metadata.message_type == "train.helper"
+        and int(context.node_config["partition-id"]) == 0
+        and int(msg.content["config"]["server-round"]) == 1
+    ):
+        raise RuntimeError("helper 0 lost its power supply")
+    return call_next(msg, context)
+
+
+def test_a_vanished_helper_is_planned_out_without_an_exception():
+    config = {**BASE, "num-server-rounds": 2}
+    app = enable_split_learning(ClientApp(mods=[_failing_helper_mod]), TASK, config)
+    _, result, strategy = _run(config, app, 5)
+    assert len(strategy.history) == 2
+    lost = [n for n, info in strategy.nodes.items() if info.role == "helper"]
+    assert len(lost) == 1  # the failed helper left the plan
+    second = strategy.history[1]["plan"]["assignment"]
+    assert set(second.values()) == {f"h{lost[0]}"}
+    assert len(second) == 3
+    assert 2 in result.train_metrics_clientapp
