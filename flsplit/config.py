@@ -1,0 +1,506 @@
+"""The run config: every key flsplit reads, its default, and one typed parse.
+
+A Flower app sets these in ``[tool.flwr.app.config]`` (``flwr run --run-config`` and
+``flsplit simulate --run-config`` override them). :data:`DEFAULT_RUN_CONFIG` is the one
+place a default is written; :meth:`RunConfig.parse` is the one place a value is
+converted and checked, so every role reads a setting as ``config.batch_size`` and never
+repeats a default. Keys flsplit does not know (an app's own, such as ``dataset``) pass
+through untouched in :attr:`RunConfig.values`, which is also what user code (``model_fn``,
+``load_data``, ``optimizer_fn``) receives.
+
+Combinations that cannot work together (global sampling with a planner or with chains,
+micro-batches with a shared body, ...) are refused here too, with the key, the bad value
+and the fix in the message.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+#: Run-config keys flsplit reads and their defaults (a ``[tool.flwr.app.config]`` may
+#: override any of them).
+DEFAULT_RUN_CONFIG: dict[str, Any] = {
+    "num-server-rounds": 3,
+    "num-helpers": 1,
+    "num-clients": 2,  # flsplit simulate starts num-helpers + num-clients virtual nodes
+    "mode": "split",  # "split" or "fedavg" (plain FedAvg of the same model, for comparison)
+    "cuts": "",  # comma-separated module names or indices; empty = default U-shape
+    "lr": 0.05,
+    "momentum": 0.0,
+    "local-epochs": 1,
+    "batch-size": 32,
+    "round-timeout": 600.0,
+    "call-deadline": 120.0,
+    "client-idle-timeout": 120.0,  # a helper drops a client silent this long (0 = never)
+    "helper-memory": "per-client",  # or "shared": one body for all of a helper's clients
+    "chain-length": 1,  # helpers per client: the body is split again over a chain of them
+    "chain-cuts": "auto",  # inner cuts of a chain (comma-separated), or "auto": balanced
+    "micro-batches": 1,  # micro-batches per batch, pipelined through the helper(s)
+    "min-completed-clients": 1,  # fewer complete updates: the round is not aggregated
+    "checkpoint-dir": "",  # write a checkpoint after every round here; resume from it
+    "output-dir": "",  # history.json, and with a planner round-N.json (and round-N.png)
+    "gantt": False,  # with a planner and output-dir: planned vs measured Gantt per round
+    "simulation-concurrency": 0,  # flsplit simulate: nodes at once (0 = all, at most 24)
+    "simulation-workers": 0,  # set by flsplit simulate: the engine's concurrent calls
+    "torch-threads": 0,  # torch threads per node (0 = torch's default)
+    "fraction-evaluate": 1.0,
+    "planner": "round-robin",  # or a planner method: auto, greedy, random-fcfs, ...
+    "planner-time-limit": 2.0,
+    # cut pairs the planner chooses from every round, ';'-separated ("conv2,fc1;bn2,fc2"),
+    # or "all"; empty = every client keeps `cuts`
+    "cut-candidates": "",
+    "cut-method": "auto",  # joint cut optimizer: auto, integrated, alternating, exact
+    # Global sampling (docs/sampling.md): "local" = every client its own local batches;
+    # "uniform" / "dirichlet" = synchronous steps whose composition the server samples
+    "sampler": "local",
+    "global-batch-size": 0,  # samples per synchronous step (0 = batch-size)
+    "sampler-concentration": 100.0,  # dirichlet: how close steps stay to the mean share
+    "sampler-straggler-weight": 0.0,  # dirichlet: 1 = shares proportional to data x speed
+    "sampler-seed": 0,
+    "sync-steps": 0,  # synchronous steps per round (0 = local-epochs epochs of the sampler)
+    "client-parts": "shared",  # synchronous steps: "shared" (exact) or "local" head/tail
+    # Emulated heterogeneity in simulation (flsplit.runtime.emulation)
+    "emulate": False,
+    "client-devices": "rpi4",
+    "helper-devices": "vm",
+    "emulation-host": "vm",
+    "link-mbps": "1-4:30,5-10:42,16-20:28",  # one rate or a mix: every pair draws its own
+    "link-latency-ms": 0.0,
+    "slowdown": "",  # "ROLE:INDEX:FACTOR:ROUND;..."
+    "seed": 0,
+}
+
+MODES = ("split", "fedavg")
+HELPER_MEMORY_MODES = ("per-client", "shared")
+SAMPLERS = ("local", "uniform", "dirichlet")
+CLIENT_PARTS = ("shared", "local")
+ROUND_ROBIN = "round-robin"
+MAX_CHAIN_LENGTH = 16
+
+
+@dataclass(frozen=True)
+class ChainSettings:
+    """Validated chain settings of a run config.
+
+    Attributes
+    ----------
+    length : int
+        Helpers per client.
+    cuts : str
+        ``"auto"`` or the comma-separated inner cuts.
+    micro_batches : int
+        Micro-batches per batch.
+    """
+
+    length: int = 1
+    cuts: str = "auto"
+    micro_batches: int = 1
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    """Validated global-sampling settings of a run config (docs/sampling.md).
+
+    Attributes
+    ----------
+    sampler : str
+        ``fixed-local`` (run config ``local``), ``uniform`` or ``dirichlet``.
+    sync : bool
+        Whether rounds run synchronous steps (every sampler but ``local``).
+    batch_size, global_batch_size : int
+        A client's local batch; samples per synchronous step (``batch-size`` if 0).
+    concentration, straggler_weight : float
+        The Dirichlet sampler's settings.
+    seed, steps, local_epochs : int
+        Sampler seed; synchronous steps per round (0: ``local_epochs`` epochs).
+    client_parts : str
+        ``shared`` or ``local`` head and tail in synchronous steps.
+    """
+
+    sampler: str = "fixed-local"
+    sync: bool = False
+    batch_size: int = 32
+    global_batch_size: int = 32
+    concentration: float = 100.0
+    straggler_weight: float = 0.0
+    seed: int = 0
+    steps: int = 0
+    local_epochs: int = 1
+    client_parts: str = "shared"
+
+
+def _toml(value: Any) -> str:
+    """``value`` as it is written in a TOML run config."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return f'"{value}"'
+    return str(value)
+
+
+def _bad(key: str, value: Any, what: str, example: Any) -> ValueError:
+    return ValueError(
+        f"run config {key}={value!r} {what}; set it in [tool.flwr.app.config] or with "
+        f"--run-config '{key}={_toml(example)}'"
+    )
+
+
+def _integer(values: Mapping[str, Any], key: str) -> int:
+    raw = values[key]
+    try:
+        if isinstance(raw, bool):
+            raise ValueError
+        number = int(raw)
+        if number != float(raw):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise _bad(key, raw, "is not an integer", DEFAULT_RUN_CONFIG[key]) from None
+    return number
+
+
+def _number(values: Mapping[str, Any], key: str) -> float:
+    raw = values[key]
+    try:
+        if isinstance(raw, bool):
+            raise ValueError
+        number = float(raw)
+    except (TypeError, ValueError):
+        raise _bad(key, raw, "is not a number", DEFAULT_RUN_CONFIG[key]) from None
+    if not math.isfinite(number):
+        raise _bad(key, raw, "is not a finite number", DEFAULT_RUN_CONFIG[key])
+    return number
+
+
+def _flag(values: Mapping[str, Any], key: str) -> bool:
+    raw = values[key]
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, int | float) and raw in (0, 1):
+        return bool(raw)
+    if isinstance(raw, str) and raw.strip().lower() in ("true", "false", "1", "0", ""):
+        return raw.strip().lower() in ("true", "1")
+    raise _bad(key, raw, "is not true or false", DEFAULT_RUN_CONFIG[key])
+
+
+def _choice(values: Mapping[str, Any], key: str, choices: tuple[str, ...]) -> str:
+    value = str(values[key])
+    if value not in choices:
+        raise ValueError(
+            f"run config {key}={value!r} is not one of {', '.join(choices)}: "
+            f"e.g. --run-config '{key}=\"{choices[0]}\"'"
+        )
+    return value
+
+
+def _positive_int(config: Mapping[str, Any], key: str, upper: int, fix: str) -> int:
+    value = config.get(key, 1)
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"run config {key}={value!r} is not an integer; {fix}")
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"run config {key}={value!r} is not an integer; {fix}") from None
+    if number != float(value) or not 1 <= number <= upper:
+        raise ValueError(f"run config {key}={value!r} must be an integer in [1, {upper}]; {fix}")
+    return number
+
+
+def chain_settings(config: Mapping[str, Any]) -> ChainSettings:
+    """Read and check ``chain-length``, ``chain-cuts`` and ``micro-batches``.
+
+    Parameters
+    ----------
+    config : Mapping
+        The run config (``batch-size`` and ``helper-memory`` are checked against them);
+        missing keys take their defaults.
+
+    Returns
+    -------
+    ChainSettings
+
+    Raises
+    ------
+    ValueError
+        Naming the bad value and the fix.
+    """
+    config = {**DEFAULT_RUN_CONFIG, **config}
+    length = _positive_int(
+        config, "chain-length", MAX_CHAIN_LENGTH, "use 1 for one helper per client"
+    )
+    batch = int(config["batch-size"])
+    micro = _positive_int(
+        config,
+        "micro-batches",
+        max(batch, 1),
+        f"at most batch-size={batch} micro-batches (1 sends whole batches)",
+    )
+    cuts = str(config["chain-cuts"]).strip() or "auto"
+    if cuts != "auto":
+        names = [c for c in cuts.split(",") if c.strip()]
+        if len(names) != length - 1:
+            raise ValueError(
+                f"run config chain-cuts={cuts!r} names {len(names)} inner cuts, but "
+                f"chain-length={length} needs {length - 1}; or set chain-cuts='auto'"
+            )
+    memory = str(config["helper-memory"])
+    if micro > 1 and memory == "shared":
+        raise ValueError(
+            f"run config micro-batches={micro} with helper-memory='shared': the shared body "
+            "takes whole batches only; set micro-batches=1 or helper-memory='per-client'"
+        )
+    return ChainSettings(length=length, cuts=cuts, micro_batches=micro)
+
+
+def sync_settings(config: Mapping[str, Any]) -> SyncSettings:
+    """Check the run-config keys of global sampling.
+
+    Keys: ``sampler`` (:data:`SAMPLERS`), ``global-batch-size`` (0 = the ``batch-size``),
+    ``sampler-concentration`` (> 0), ``sampler-straggler-weight`` (>= 0), ``sampler-seed``
+    (>= 0), ``sync-steps`` (steps per round, 0 = ``local-epochs`` epochs of the sampler)
+    and ``client-parts`` (:data:`CLIENT_PARTS`); missing keys take their defaults.
+
+    Returns
+    -------
+    SyncSettings
+        ``sampler`` is ``fixed-local`` for ``local``; ``global_batch_size`` resolved.
+
+    Raises
+    ------
+    ValueError
+        Naming the key, the bad value and what to give instead.
+    """
+    config = {**DEFAULT_RUN_CONFIG, **config}
+
+    def number(key: str, kind: type, low: float, strict: bool) -> Any:
+        raw, default = config[key], DEFAULT_RUN_CONFIG[key]
+        try:
+            if isinstance(raw, bool):
+                raise ValueError
+            value = kind(raw)
+            if kind is int and value != float(raw):
+                raise ValueError
+        except (TypeError, ValueError):
+            value = None
+        if value is None or not math.isfinite(value) or value < low or (strict and value == low):
+            bound = f"{'>' if strict else '>='} {low:g}"
+            what = "an integer" if kind is int else "a number"
+            raise ValueError(
+                f"run config {key}={raw!r} must be {what} {bound}, e.g. --run-config "
+                f"'{key}={kind(default) if default > low or not strict else 1}'"
+            )
+        return value
+
+    name = str(config["sampler"])
+    if name == "fixed-local":
+        name = "local"
+    if name not in SAMPLERS:
+        raise ValueError(
+            f"run config sampler={name!r} is not one of {', '.join(SAMPLERS)}: "
+            "e.g. --run-config 'sampler=\"uniform\"'"
+        )
+    parts = str(config["client-parts"])
+    if parts not in CLIENT_PARTS:
+        raise ValueError(
+            f"run config client-parts={parts!r} is not one of {', '.join(CLIENT_PARTS)}: "
+            "e.g. --run-config 'client-parts=\"shared\"'"
+        )
+    local = number("batch-size", int, 0, True)
+    return SyncSettings(
+        sampler="fixed-local" if name == "local" else name,
+        sync=name != "local",
+        batch_size=local,
+        global_batch_size=number("global-batch-size", int, 0, False) or local,
+        concentration=number("sampler-concentration", float, 0, True),
+        straggler_weight=number("sampler-straggler-weight", float, 0, False),
+        seed=number("sampler-seed", int, 0, False),
+        steps=number("sync-steps", int, 0, False),
+        local_epochs=number("local-epochs", int, 0, True),
+        client_parts=parts,
+    )
+
+
+def check_modes(config: Mapping[str, Any]) -> None:
+    """Refuse run-config combinations that do not go together.
+
+    Global sampling (``sampler`` other than ``"local"``) needs ``mode = "split"``, the
+    ``round-robin`` planner and one helper per client (``chain-length = 1``).
+
+    Raises
+    ------
+    ValueError
+        Naming the values and the fix.
+    """
+    config = {**DEFAULT_RUN_CONFIG, **config}
+    mode = str(config["mode"])
+    if mode not in MODES:
+        raise ValueError(
+            f"run config mode={mode!r} is not 'split' or 'fedavg': e.g. --run-config "
+            "'mode=\"split\"'"
+        )
+    if not sync_settings(config).sync:
+        return
+    sampler = config["sampler"]
+    if mode != "split":
+        raise ValueError(
+            f"run config sampler={sampler!r} needs mode='split' (synchronous steps through "
+            "a helper); use sampler='local' with mode='fedavg'"
+        )
+    if str(config["planner"]) != ROUND_ROBIN:
+        raise ValueError(
+            f"run config sampler={sampler!r} runs synchronous steps, which the planner "
+            f"{config['planner']!r} does not plan; set planner='round-robin' (or "
+            "sampler='local' to plan local batches)"
+        )
+    length = chain_settings(config).length
+    if length > 1:
+        raise ValueError(
+            f"run config sampler={sampler!r} with chain-length={length}: synchronous steps "
+            "run on one helper per client; set chain-length=1 or sampler='local'"
+        )
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A run config, read once: typed settings plus every raw value.
+
+    Build it with :meth:`parse`; attribute names are the keys of
+    :data:`DEFAULT_RUN_CONFIG` with ``_`` for ``-``.
+    """
+
+    num_server_rounds: int
+    num_helpers: int
+    num_clients: int
+    mode: str
+    cuts: str
+    lr: float
+    momentum: float
+    local_epochs: int
+    batch_size: int
+    round_timeout: float
+    call_deadline: float
+    client_idle_timeout: float
+    helper_memory: str
+    chain: ChainSettings
+    min_completed_clients: int
+    checkpoint_dir: str
+    output_dir: str
+    gantt: bool
+    simulation_concurrency: int
+    simulation_workers: int
+    torch_threads: int
+    fraction_evaluate: float
+    planner: str
+    planner_time_limit: float
+    cut_candidates: str
+    cut_method: str
+    sync: SyncSettings
+    emulate: bool
+    link_mbps: str
+    link_latency_ms: float
+    seed: int
+    values: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, *configs: Mapping[str, Any] | None) -> RunConfig:
+        """Merge ``configs`` over the defaults (later ones win) and check every value.
+
+        Parameters
+        ----------
+        *configs : Mapping, optional
+            Run configs (an app's defaults, Flower's run config, a message's config).
+
+        Returns
+        -------
+        RunConfig
+
+        Raises
+        ------
+        ValueError
+            Naming the key, the bad value and the fix.
+        """
+        values: dict[str, Any] = dict(DEFAULT_RUN_CONFIG)
+        for config in configs:
+            values.update(config or {})
+        for key in ("cuts", "chain-cuts", "cut-candidates", "checkpoint-dir", "output-dir"):
+            values[key] = "" if values[key] is None else str(values[key])
+        for key in ("num-server-rounds", "num-clients", "local-epochs", "batch-size"):
+            if _integer(values, key) < 1:
+                raise _bad(key, values[key], "must be at least 1", DEFAULT_RUN_CONFIG[key])
+        for key in ("num-helpers", "min-completed-clients", "simulation-concurrency",
+                    "simulation-workers", "torch-threads", "seed"):
+            if _integer(values, key) < 0:
+                raise _bad(key, values[key], "must not be negative", DEFAULT_RUN_CONFIG[key])
+        for key in ("round-timeout", "call-deadline", "planner-time-limit"):
+            if _number(values, key) <= 0:
+                raise _bad(key, values[key], "must be positive", DEFAULT_RUN_CONFIG[key])
+        for key in ("client-idle-timeout", "link-latency-ms", "lr", "momentum"):
+            if _number(values, key) < 0:
+                raise _bad(key, values[key], "must not be negative", DEFAULT_RUN_CONFIG[key])
+        check_modes(values)
+        return cls(
+            num_server_rounds=_integer(values, "num-server-rounds"),
+            num_helpers=_integer(values, "num-helpers"),
+            num_clients=_integer(values, "num-clients"),
+            mode=_choice(values, "mode", MODES),
+            cuts=values["cuts"],
+            lr=_number(values, "lr"),
+            momentum=_number(values, "momentum"),
+            local_epochs=_integer(values, "local-epochs"),
+            batch_size=_integer(values, "batch-size"),
+            round_timeout=_number(values, "round-timeout"),
+            call_deadline=_number(values, "call-deadline"),
+            client_idle_timeout=_number(values, "client-idle-timeout"),
+            helper_memory=_choice(values, "helper-memory", HELPER_MEMORY_MODES),
+            chain=chain_settings(values),
+            min_completed_clients=_integer(values, "min-completed-clients"),
+            checkpoint_dir=values["checkpoint-dir"],
+            output_dir=values["output-dir"],
+            gantt=_flag(values, "gantt"),
+            simulation_concurrency=_integer(values, "simulation-concurrency"),
+            simulation_workers=_integer(values, "simulation-workers"),
+            torch_threads=_integer(values, "torch-threads"),
+            fraction_evaluate=_number(values, "fraction-evaluate"),
+            planner=str(values["planner"]),
+            planner_time_limit=_number(values, "planner-time-limit"),
+            cut_candidates=values["cut-candidates"].strip(),
+            cut_method=str(values["cut-method"]),
+            sync=sync_settings(values),
+            emulate=_flag(values, "emulate"),
+            link_mbps=str(values["link-mbps"]),
+            link_latency_ms=_number(values, "link-latency-ms"),
+            seed=_integer(values, "seed"),
+            values=values,
+        )
+
+    @property
+    def planned(self) -> bool:
+        """Whether a planner (not round-robin) plans every round."""
+        return self.planner != ROUND_ROBIN
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every value, defaults included: what user code and Flower records receive."""
+        return dict(self.values)
+
+    def replace(self, **values: Any) -> RunConfig:
+        """A copy with some raw keys changed (``replace(**{"cuts": "conv2,fc1"})``)."""
+        return RunConfig.parse(self.values, values)
+
+
+__all__ = [
+    "CLIENT_PARTS",
+    "DEFAULT_RUN_CONFIG",
+    "HELPER_MEMORY_MODES",
+    "MAX_CHAIN_LENGTH",
+    "MODES",
+    "ROUND_ROBIN",
+    "SAMPLERS",
+    "ChainSettings",
+    "RunConfig",
+    "SyncSettings",
+    "chain_settings",
+    "check_modes",
+    "sync_settings",
+]

@@ -1,0 +1,685 @@
+"""The round protocol between the server, clients and helpers, in one place.
+
+Every Flower message flsplit's roles exchange once per round is built and read here:
+its message type, the names of the records it carries and the keys inside them. The
+server writes with ``to_*`` and a node reads with ``from_*`` of the same dataclass, so
+a key is spelled once. (The data plane, one frame per batch between a client and its
+helper, is :mod:`flsplit.runtime.wire`.)
+
+One round (README, "How a round runs"):
+
+========================  ==============  =================================================
+message type              to              content
+========================  ==============  =================================================
+``query.split``           every new node  nothing; the reply is a :class:`NodeReport`
+``train.helper``          each helper     ``arrays``: the body pieces it runs;
+                                          ``config``: a :class:`HelperRound` over the
+                                          run config
+``train.split``           each client     ``arrays``: its head and tail; ``config``: a
+                                          :class:`ClientRound` over the wrapped
+                                          strategy's config
+========================  ==============  =================================================
+
+A client replies with its head and tail (``arrays``) and a :class:`ClientResult`
+(``metrics``); a helper with one ``body.<client>`` record per client that finished and a
+:class:`HelperResult` (``metrics``, ``config``, ``timeline``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+# -- message types ------------------------------------------------------------------
+#: The action names a ClientApp registers (``@app.query(SPLIT_ACTION)``, ...); Flower
+#: routes ``<kind>.<action>`` message types to them.
+SPLIT_ACTION = "split"
+HELPER_ACTION = "helper"
+QUERY = f"query.{SPLIT_ACTION}"
+CLIENT_TRAIN = f"train.{SPLIT_ACTION}"
+HELPER_TRAIN = f"train.{HELPER_ACTION}"
+
+ROLE_CLIENT = "client"
+ROLE_HELPER = "helper"
+ROLES = (ROLE_CLIENT, ROLE_HELPER)
+
+# -- record names ---------------------------------------------------------------------
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+INFO = "info"
+TIMELINE = "timeline"
+_BODY_PREFIX = "body."
+
+# -- metric keys Flower's strategies read (FedAvg weighs updates by NUM_EXAMPLES) ------
+NUM_EXAMPLES = "num-examples"
+TRAIN_LOSS = "train_loss"
+TRAIN_ACC = "train_acc"
+EVAL_LOSS = "eval_loss"
+EVAL_ACC = "eval_acc"
+#: Added by the strategy to the round's aggregated train metrics.
+ROUND_WALL_SECONDS = "round-wall-seconds"
+
+#: The two tasks a helper runs per batch of a client.
+FORWARD = "fwd"
+BACKWARD = "bwd"
+TASK_KINDS = (FORWARD, BACKWARD)
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow the protocol (missing or malformed key)."""
+
+
+def body_record(client: int | str) -> str:
+    """Name of the record holding the body a helper trained for ``client``."""
+    return f"{_BODY_PREFIX}{client}"
+
+
+def body_owner(name: str) -> int | None:
+    """The client a :func:`body_record` name belongs to, or ``None`` for other records."""
+    if not name.startswith(_BODY_PREFIX):
+        return None
+    try:
+        return int(name.removeprefix(_BODY_PREFIX))
+    except ValueError:
+        raise ProtocolError(f"record {name!r} does not name a client") from None
+
+
+def _get(record: Mapping[str, Any], key: str, where: str) -> Any:
+    if key not in record:
+        raise ProtocolError(f"{where} lacks {key!r}")
+    return record[key]
+
+
+# -- discovery ------------------------------------------------------------------------
+
+
+@dataclass
+class NodeReport:
+    """What a node answers to ``query.split``.
+
+    Attributes
+    ----------
+    role : str
+        ``client`` or ``helper``.
+    index : int
+        Its index within its role (data partition or helper number).
+    examples : int
+        Training examples (clients).
+    device : str
+        Device preset it runs as, or the machine's architecture.
+    cpus, torch_threads : int
+        The node's cores and torch's threads.
+    compute_factor : float
+        Times slower than the reference machine (1 unless it runs a preset).
+    memory_mib : float, optional
+        Memory of its preset.
+    address, listen_address : str
+        Helpers: the data-plane address clients dial, and where it listens.
+    simulation_concurrency : int, optional
+        ClientApp calls the simulation engine runs at once (simulation only).
+    """
+
+    role: str
+    index: int = 0
+    examples: int = 0
+    device: str = ""
+    cpus: int = 1
+    torch_threads: int = 1
+    compute_factor: float = 1.0
+    memory_mib: float | None = None
+    address: str = ""
+    listen_address: str = ""
+    simulation_concurrency: int | None = None
+
+    _KEYS = {
+        "role": "role",
+        "index": "index",
+        "device": "device",
+        "cpus": "cpus",
+        "torch_threads": "torch-threads",
+        "compute_factor": "compute-factor",
+        "memory_mib": "memory-mib",
+        "address": "address",
+        "listen_address": "listen-address",
+        "simulation_concurrency": "simulation-concurrency",
+    }
+
+    def to_content(self) -> RecordDict:
+        """The reply's content."""
+        info = {
+            key: getattr(self, name)
+            for name, key in self._KEYS.items()
+            if getattr(self, name) is not None
+        }
+        return RecordDict(
+            {INFO: ConfigRecord(info), METRICS: MetricRecord({NUM_EXAMPLES: self.examples})}
+        )
+
+    @classmethod
+    def from_content(cls, content: RecordDict) -> NodeReport:
+        """Read a reply written by :meth:`to_content`."""
+        info = dict(_get(content.config_records, INFO, "discovery reply"))
+        metrics = _get(content.metric_records, METRICS, "discovery reply")
+        role = str(_get(info, "role", "discovery reply"))
+        if role not in ROLES:
+            raise ProtocolError(f"discovery reply: role {role!r} is not one of {ROLES}")
+        values: dict[str, Any] = {
+            name: info[key] for name, key in cls._KEYS.items() if key in info
+        }
+        values["role"] = role
+        values["examples"] = int(_get(metrics, NUM_EXAMPLES, "discovery reply"))
+        return cls(**values)
+
+
+# -- a helper's round -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HelperTask:
+    """One task in a helper's planned order: a client's forward or backward."""
+
+    client: str
+    kind: str
+
+    def __post_init__(self) -> None:
+        if self.kind not in TASK_KINDS:
+            raise ProtocolError(f"task kind {self.kind!r} is not one of {TASK_KINDS}")
+
+    def encode(self) -> str:
+        """``client:kind``, as a ``ConfigRecord`` list holds it."""
+        return f"{self.client}:{self.kind}"
+
+    @classmethod
+    def decode(cls, text: str) -> HelperTask:
+        """Read back :meth:`encode`."""
+        client, sep, kind = str(text).rpartition(":")
+        if not sep or not client:
+            raise ProtocolError(f"helper order item {text!r} is not 'client:kind'")
+        return cls(client, kind)
+
+
+def pack_schedule(counts: np.ndarray) -> dict[str, list[int]]:
+    """Turn a ``(steps, clients)`` schedule into lists a Flower ``ConfigRecord`` holds.
+
+    Parameters
+    ----------
+    counts : np.ndarray
+        Non-negative integer counts.
+
+    Returns
+    -------
+    dict
+        ``{"schedule-shape": [steps, clients], "schedule-counts": row-major counts}``.
+    """
+    counts = np.asarray(counts)
+    if counts.ndim != 2 or not np.issubdtype(counts.dtype, np.integer) or np.any(counts < 0):
+        raise ValueError("counts must be a 2-D array of non-negative integers")
+    return {
+        "schedule-shape": [int(d) for d in counts.shape],
+        "schedule-counts": [int(c) for c in counts.ravel()],
+    }
+
+
+def unpack_schedule(record: Mapping[str, Any]) -> np.ndarray:
+    """Read back a schedule written by :func:`pack_schedule`, checking it.
+
+    Parameters
+    ----------
+    record : Mapping
+        Holds ``schedule-shape`` and ``schedule-counts``.
+
+    Returns
+    -------
+    np.ndarray
+        ``(steps, clients)`` int64 counts.
+
+    Raises
+    ------
+    ValueError
+        Naming the missing or malformed key.
+    """
+    for key in ("schedule-shape", "schedule-counts"):
+        if key not in record:
+            raise ValueError(f"{key} is missing")
+    shape = [int(d) for d in record["schedule-shape"]]
+    if len(shape) != 2 or min(shape) < 0:
+        raise ValueError(f"schedule-shape must be [steps, clients], got {shape}")
+    flat = np.asarray(record["schedule-counts"], dtype=np.int64)
+    if flat.shape != (shape[0] * shape[1],) or np.any(flat < 0):
+        raise ValueError(
+            f"schedule-counts must hold {shape[0] * shape[1]} non-negative integers, "
+            f"got {flat.size}"
+        )
+    return flat.reshape(shape)
+
+
+def has_schedule(record: Mapping[str, Any]) -> bool:
+    """Whether a train message carries a synchronous-step schedule (global sampling)."""
+    return "schedule-counts" in record
+
+
+@dataclass(frozen=True)
+class ServedClient:
+    """One client a helper serves this round, and where its chain goes on.
+
+    Attributes
+    ----------
+    client : str
+        The client's node id.
+    cuts : str
+        The client's outer cut pair.
+    piece : int
+        Which body piece of the client's chain this helper runs (1 = first).
+    next_address, next_token : str
+        The next helper of the chain and the client's token for it; empty when this
+        helper is the chain's last.
+    """
+
+    client: str
+    cuts: str
+    piece: int = 1
+    next_address: str = ""
+    next_token: str = ""
+
+
+@dataclass
+class HelperRound:
+    """The ``config`` of a ``train.helper`` message (besides the run config).
+
+    Attributes
+    ----------
+    server_round : int
+    clients : list of ServedClient
+    token_key : bytes
+        The key the helper checks its clients' round tokens with.
+    listen_address : str
+        Where to serve the data plane (what the helper reported at discovery).
+    round_timeout : float
+        Seconds to wait for the clients.
+    order : list of HelperTask
+        Planned priority order (empty: first come first served).
+    schedule : np.ndarray, optional
+        Global sampling: ``(steps, clients)`` samples per step of each served client.
+    client_parts : str
+        Global sampling: ``shared`` or ``local`` head and tail.
+    """
+
+    server_round: int
+    clients: list[ServedClient]
+    token_key: bytes
+    listen_address: str
+    round_timeout: float
+    order: list[HelperTask] = field(default_factory=list)
+    schedule: np.ndarray | None = None
+    client_parts: str = "shared"
+
+    def to_config(self, run_config: Mapping[str, Any]) -> ConfigRecord:
+        """The message's ``config``: ``run_config`` with this round's keys over it."""
+        config = ConfigRecord(
+            {
+                **dict(run_config),
+                "server-round": int(self.server_round),
+                "clients": [c.client for c in self.clients],
+                "client-cuts": [c.cuts for c in self.clients],
+                "client-piece": [int(c.piece) for c in self.clients],
+                "client-next": [c.next_address for c in self.clients],
+                "client-next-token": [c.next_token for c in self.clients],
+                "token-key": bytes(self.token_key),
+                "order": [task.encode() for task in self.order],
+                "listen-address": self.listen_address,
+                "round-timeout": float(self.round_timeout),
+                "client-parts": self.client_parts,
+            }
+        )
+        if self.schedule is not None:
+            config.update(pack_schedule(self.schedule))
+        return config
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> HelperRound:
+        """Read a ``train.helper`` config written by :meth:`to_config`."""
+        where = "train.helper config"
+        clients = [str(c) for c in _get(config, "clients", where)]
+        columns = [
+            list(_get(config, key, where))
+            for key in ("client-cuts", "client-piece", "client-next", "client-next-token")
+        ]
+        if any(len(column) != len(clients) for column in columns):
+            raise ProtocolError(f"{where}: per-client lists of unequal length")
+        served = [
+            ServedClient(client, str(cuts), int(piece), str(nxt), str(token))
+            for client, cuts, piece, nxt, token in zip(clients, *columns, strict=True)
+        ]
+        return cls(
+            server_round=int(_get(config, "server-round", where)),
+            clients=served,
+            token_key=bytes(_get(config, "token-key", where)),
+            listen_address=str(_get(config, "listen-address", where)),
+            round_timeout=float(_get(config, "round-timeout", where)),
+            order=[HelperTask.decode(item) for item in _get(config, "order", where)],
+            schedule=unpack_schedule(config) if has_schedule(config) else None,
+            client_parts=str(_get(config, "client-parts", where)),
+        )
+
+
+# -- a client's round -----------------------------------------------------------------
+
+
+@dataclass
+class ClientRound:
+    """The ``config`` of a ``train.split`` message (besides the wrapped strategy's).
+
+    Attributes
+    ----------
+    cuts : str
+        The client's cut pair this round.
+    helper_address : str
+        Its (first) helper's data-plane address.
+    round_token : str
+        Its token for that helper, this round.
+    link_mbps, link_latency_ms : float, optional
+        The emulated link to its helper (emulation with a planner), else ``None``.
+    schedule : np.ndarray, optional
+        Global sampling: ``(steps, 1)`` samples of this client per synchronous step.
+    sample_offset : int
+        Global sampling: samples it drew in earlier rounds.
+    client_parts : str
+        Global sampling: ``shared`` or ``local`` head and tail.
+    """
+
+    cuts: str
+    helper_address: str
+    round_token: str
+    link_mbps: float | None = None
+    link_latency_ms: float | None = None
+    schedule: np.ndarray | None = None
+    sample_offset: int = 0
+    client_parts: str = "shared"
+
+    def to_config(self, inner: Mapping[str, Any]) -> ConfigRecord:
+        """The message's ``config``: the wrapped strategy's ``inner`` config and this
+        round's keys over it."""
+        config = ConfigRecord(
+            {
+                **dict(inner),
+                "cuts": self.cuts,
+                "helper-address": self.helper_address,
+                "round-token": self.round_token,
+                "sample-offset": int(self.sample_offset),
+                "client-parts": self.client_parts,
+            }
+        )
+        if self.link_mbps is not None:
+            config["link-mbps"] = float(self.link_mbps)
+            config["link-latency-ms"] = float(self.link_latency_ms or 0.0)
+        if self.schedule is not None:
+            config.update(pack_schedule(self.schedule))
+        return config
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> ClientRound:
+        """Read a ``train.split`` config written by :meth:`to_config`."""
+        where = "train.split config"
+        schedule = unpack_schedule(config) if has_schedule(config) else None
+        if schedule is not None and schedule.shape[1] != 1:
+            raise ProtocolError(f"schedule of shape {schedule.shape} is not one column")
+        emulated = "link-mbps" in config and "helper-address" in config
+        return cls(
+            cuts=str(_get(config, "cuts", where)),
+            helper_address=str(_get(config, "helper-address", where)),
+            round_token=str(_get(config, "round-token", where)),
+            link_mbps=float(config["link-mbps"]) if emulated else None,
+            link_latency_ms=float(config.get("link-latency-ms", 0.0)) if emulated else None,
+            schedule=schedule,
+            sample_offset=int(_get(config, "sample-offset", where)),
+            client_parts=str(_get(config, "client-parts", where)),
+        )
+
+
+# -- replies --------------------------------------------------------------------------
+
+
+@dataclass
+class ClientResult:
+    """A client's train metrics: Flower's (examples, loss, accuracy) and its measured
+    stage times, which the planner learns from.
+
+    Attributes
+    ----------
+    examples : int
+    loss, accuracy : float
+    batches : int
+    stage1_ms, stage3_ms, stage5_ms : float
+        Mean per batch: head forward + upload; download + tail + upload; download + head
+        backward (network time included, the helper's service time not).
+    helper_service_ms : float
+        Mean per batch of the time the helper spent on the client's tasks.
+    started, ended : float
+        Wall-clock seconds of the first batch's start and the last one's end.
+    """
+
+    examples: int
+    loss: float
+    accuracy: float
+    batches: int = 0
+    stage1_ms: float = 0.0
+    stage3_ms: float = 0.0
+    stage5_ms: float = 0.0
+    helper_service_ms: float = 0.0
+    started: float = 0.0
+    ended: float = 0.0
+
+    _KEYS = {
+        "examples": NUM_EXAMPLES,
+        "loss": TRAIN_LOSS,
+        "accuracy": TRAIN_ACC,
+        "batches": "batches",
+        "stage1_ms": "stage1-ms",
+        "stage3_ms": "stage3-ms",
+        "stage5_ms": "stage5-ms",
+        "helper_service_ms": "helper-service-ms",
+        "started": "started",
+        "ended": "ended",
+    }
+
+    def to_metrics(self) -> MetricRecord:
+        """The reply's ``metrics`` record."""
+        return MetricRecord({key: getattr(self, name) for name, key in self._KEYS.items()})
+
+    @classmethod
+    def from_metrics(cls, metrics: Mapping[str, Any]) -> ClientResult | None:
+        """Read :meth:`to_metrics`; ``None`` for a reply without stage times (a plain
+        FedAvg client)."""
+        if "stage1-ms" not in metrics:
+            return None
+        return cls(**{name: metrics[key] for name, key in cls._KEYS.items() if key in metrics})
+
+
+def train_metrics(examples: int, loss: float, accuracy: float) -> MetricRecord:
+    """Flower's train metrics of a client that trained the full model itself."""
+    return MetricRecord({NUM_EXAMPLES: examples, TRAIN_LOSS: loss, TRAIN_ACC: accuracy})
+
+
+def eval_metrics(examples: int, loss: float, accuracy: float) -> MetricRecord:
+    """Flower's evaluate metrics of a client."""
+    return MetricRecord({NUM_EXAMPLES: examples, EVAL_LOSS: loss, EVAL_ACC: accuracy})
+
+
+def reply_content(arrays: ArrayRecord, metrics: MetricRecord) -> RecordDict:
+    """A train reply's content: the model (part) and its metrics."""
+    return RecordDict({ARRAYS: arrays, METRICS: metrics})
+
+
+@dataclass(frozen=True)
+class TaskSpan:
+    """One task a helper ran: whose, which kind, and when (wall-clock seconds)."""
+
+    client: str
+    kind: str
+    start: float
+    end: float
+
+
+@dataclass
+class HelperResult:
+    """A helper's reply besides the bodies: what it served and how long it took.
+
+    Attributes
+    ----------
+    finished, dropped : list of str
+        Clients that finished the round, and clients dropped as idle.
+    busy_seconds, wall_seconds : float
+        Time spent running tasks, and the whole round.
+    refused, invalid_requests : int
+        Requests refused as unauthenticated, and malformed frames.
+    peak_rss_mib : float
+        The helper process's peak memory.
+    body_fwd_ms, body_bwd_ms : float
+        Mean time of a forward and a backward task.
+    timeline : list of TaskSpan
+        Every task it ran.
+    step_examples, step_clients : list of int, optional
+        Global sampling: examples and clients of each synchronous step.
+    """
+
+    finished: list[str]
+    dropped: list[str] = field(default_factory=list)
+    busy_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    refused: int = 0
+    invalid_requests: int = 0
+    peak_rss_mib: float = 0.0
+    body_fwd_ms: float = 0.0
+    body_bwd_ms: float = 0.0
+    timeline: list[TaskSpan] = field(default_factory=list)
+    step_examples: list[int] | None = None
+    step_clients: list[int] | None = None
+
+    def to_content(self, bodies: Mapping[str, ArrayRecord]) -> RecordDict:
+        """The reply's content, with ``bodies`` (client -> its trained body)."""
+        content = RecordDict()
+        for client, record in bodies.items():
+            content[body_record(client)] = record
+        metrics: dict[str, Any] = {
+            "clients-finished": len(self.finished),
+            "clients-dropped": len(self.dropped),
+            "busy-seconds": self.busy_seconds,
+            "wall-seconds": self.wall_seconds,
+            "refused": self.refused,
+            "invalid-requests": self.invalid_requests,
+            "tasks": len(self.timeline),
+            "peak-rss-mib": self.peak_rss_mib,
+            "body-fwd-ms": self.body_fwd_ms,
+            "body-bwd-ms": self.body_bwd_ms,
+        }
+        if self.step_examples is not None:
+            metrics["sync-steps"] = len(self.step_examples)
+            metrics["step-examples"] = list(self.step_examples) or [0]
+            metrics["step-clients"] = list(self.step_clients or []) or [0]
+        content[METRICS] = MetricRecord(metrics)
+        content[CONFIG] = ConfigRecord(
+            {"finished": sorted(self.finished), "dropped": sorted(self.dropped)}
+        )
+        content[TIMELINE] = ConfigRecord(
+            {
+                "client": [t.client for t in self.timeline],
+                "kind": [t.kind for t in self.timeline],
+                "start": [float(t.start) for t in self.timeline],
+                "end": [float(t.end) for t in self.timeline],
+            }
+        )
+        return content
+
+    @classmethod
+    def from_content(cls, content: RecordDict) -> HelperResult:
+        """Read a reply written by :meth:`to_content` (the bodies: :func:`bodies_of`)."""
+        where = "train.helper reply"
+        metrics = _get(content.metric_records, METRICS, where)
+        config = content.config_records.get(CONFIG, ConfigRecord())
+        record = content.config_records.get(TIMELINE, ConfigRecord())
+        columns = [list(record.get(key, [])) for key in ("client", "kind", "start", "end")]
+        timeline = [
+            TaskSpan(str(c), str(k), float(s), float(e))
+            for c, k, s, e in zip(*columns, strict=True)
+        ]
+        steps = metrics.get("step-examples")
+        return cls(
+            finished=[str(c) for c in config.get("finished", [])],
+            dropped=[str(c) for c in config.get("dropped", [])],
+            busy_seconds=float(metrics.get("busy-seconds", 0.0)),
+            wall_seconds=float(metrics.get("wall-seconds", 0.0)),
+            refused=int(metrics.get("refused", 0)),
+            invalid_requests=int(metrics.get("invalid-requests", 0)),
+            peak_rss_mib=float(metrics.get("peak-rss-mib", 0.0)),
+            body_fwd_ms=float(metrics.get("body-fwd-ms", 0.0)),
+            body_bwd_ms=float(metrics.get("body-bwd-ms", 0.0)),
+            timeline=timeline,
+            step_examples=[int(n) for n in steps] if steps is not None else None,
+            step_clients=[int(n) for n in metrics.get("step-clients", [])]
+            if steps is not None
+            else None,
+        )
+
+
+def bodies_of(content: RecordDict) -> dict[int, ArrayRecord]:
+    """The ``body.<client>`` records of a helper's reply, by client."""
+    bodies: dict[int, ArrayRecord] = {}
+    for name, record in content.array_records.items():
+        client = body_owner(name)
+        if client is not None:
+            bodies[client] = record
+    return bodies
+
+
+def as_dict(result: ClientResult | HelperResult | NodeReport) -> dict[str, Any]:
+    """A protocol dataclass as a plain dict (for logs and JSON)."""
+    return asdict(result)
+
+
+__all__ = [
+    "ARRAYS",
+    "BACKWARD",
+    "CLIENT_TRAIN",
+    "CONFIG",
+    "EVAL_ACC",
+    "EVAL_LOSS",
+    "FORWARD",
+    "HELPER_ACTION",
+    "HELPER_TRAIN",
+    "INFO",
+    "METRICS",
+    "NUM_EXAMPLES",
+    "QUERY",
+    "ROLES",
+    "ROLE_CLIENT",
+    "ROLE_HELPER",
+    "ROUND_WALL_SECONDS",
+    "SPLIT_ACTION",
+    "TASK_KINDS",
+    "TIMELINE",
+    "TRAIN_ACC",
+    "TRAIN_LOSS",
+    "ClientResult",
+    "ClientRound",
+    "HelperResult",
+    "HelperRound",
+    "HelperTask",
+    "NodeReport",
+    "ProtocolError",
+    "ServedClient",
+    "TaskSpan",
+    "bodies_of",
+    "body_owner",
+    "body_record",
+    "eval_metrics",
+    "has_schedule",
+    "pack_schedule",
+    "reply_content",
+    "train_metrics",
+    "unpack_schedule",
+]

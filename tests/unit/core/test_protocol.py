@@ -1,0 +1,119 @@
+"""The round protocol: every message's content reads back as it was written, and a
+malformed one is refused with the key it lacks."""
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from flsplit import protocol
+from flsplit.protocol import (
+    ClientResult,
+    ClientRound,
+    HelperResult,
+    HelperRound,
+    HelperTask,
+    NodeReport,
+    ProtocolError,
+    ServedClient,
+    TaskSpan,
+)
+
+
+def test_message_types_are_flowers_kind_dot_action():
+    assert protocol.QUERY.startswith("query.")
+    assert f"train.{protocol.SPLIT_ACTION}" == protocol.CLIENT_TRAIN
+    assert f"train.{protocol.HELPER_ACTION}" == protocol.HELPER_TRAIN
+
+
+def test_node_report_round_trip_and_role_check():
+    report = NodeReport(role=protocol.ROLE_HELPER, index=2, address="10.0.0.5:9800",
+                        listen_address="0.0.0.0:9800", compute_factor=3.5, memory_mib=4096.0,
+                        simulation_concurrency=6)
+    assert NodeReport.from_content(report.to_content()) == report
+    client = NodeReport(role=protocol.ROLE_CLIENT, examples=120)
+    assert NodeReport.from_content(client.to_content()).examples == 120
+    bad = client.to_content()
+    bad.config_records[protocol.INFO]["role"] = "server"
+    with pytest.raises(ProtocolError, match="role 'server'"):
+        NodeReport.from_content(bad)
+
+
+def test_helper_order_items_round_trip_and_bad_items_are_refused():
+    tasks = [HelperTask("17", protocol.FORWARD), HelperTask("4", protocol.BACKWARD)]
+    assert [HelperTask.decode(t.encode()) for t in tasks] == tasks
+    with pytest.raises(ProtocolError, match="not 'client:kind'"):
+        HelperTask.decode("17")
+    with pytest.raises(ProtocolError, match="task kind 'sideways'"):
+        HelperTask.decode("17:sideways")
+
+
+def test_helper_round_round_trip_keeps_the_run_config_under_it():
+    served = [ServedClient("3", "conv2,fc1", 1, "127.0.0.1:5001", "tok-3-next"),
+              ServedClient("4", "fc1,fc2", 2)]
+    schedule = np.array([[1, 0], [2, 3]], dtype=np.int64)
+    round_ = HelperRound(5, served, b"key", "127.0.0.1:5000", 60.0,
+                         [HelperTask("3", protocol.FORWARD)], schedule, "local")
+    config = round_.to_config({"lr": 0.1, "batch-size": 8})
+    assert config["lr"] == 0.1 and config["batch-size"] == 8
+    back = HelperRound.from_config(config)
+    assert back.clients == served and back.order == round_.order
+    assert back.token_key == b"key" and back.server_round == 5 and back.client_parts == "local"
+    np.testing.assert_array_equal(back.schedule, schedule)
+    del config["client-piece"]
+    with pytest.raises(ProtocolError, match="'client-piece'"):
+        HelperRound.from_config(config)
+
+
+def test_client_round_round_trip_with_and_without_emulated_link():
+    plain = ClientRound("conv2,fc1", "127.0.0.1:5000", "tok")
+    config = plain.to_config({"lr": 0.2})
+    assert config["lr"] == 0.2
+    assert ClientRound.from_config(config) == plain
+    linked = ClientRound("conv2,fc1", "h:1", "tok", link_mbps=30.0, link_latency_ms=5.0,
+                         schedule=np.array([[3], [0]], dtype=np.int64), sample_offset=7)
+    back = ClientRound.from_config(linked.to_config({}))
+    assert (back.link_mbps, back.link_latency_ms, back.sample_offset) == (30.0, 5.0, 7)
+    np.testing.assert_array_equal(back.schedule, linked.schedule)
+
+
+def test_a_client_schedule_must_be_one_column():
+    config = ClientRound("a,b", "h:1", "t", schedule=np.ones((2, 2), dtype=np.int64)).to_config({})
+    with pytest.raises(ProtocolError, match="not one column"):
+        ClientRound.from_config(config)
+
+
+def test_schedule_codec_checks_what_it_reads():
+    counts = np.arange(6, dtype=np.int64).reshape(3, 2)
+    np.testing.assert_array_equal(protocol.unpack_schedule(protocol.pack_schedule(counts)), counts)
+    packed = protocol.pack_schedule(counts)
+    packed["schedule-counts"] = packed["schedule-counts"][:-1]
+    with pytest.raises(ValueError, match="must hold 6"):
+        protocol.unpack_schedule(packed)
+    with pytest.raises(ValueError, match="non-negative"):
+        protocol.pack_schedule(-counts)
+
+
+def test_client_result_is_flower_metrics_plus_stage_times():
+    result = ClientResult(64, 0.5, 0.75, 2, 1.0, 2.0, 3.0, 4.0, 10.0, 11.0)
+    metrics = result.to_metrics()
+    assert metrics[protocol.NUM_EXAMPLES] == 64 and metrics[protocol.TRAIN_LOSS] == 0.5
+    assert ClientResult.from_metrics(metrics) == result
+    assert ClientResult.from_metrics(protocol.train_metrics(64, 0.5, 0.75)) is None
+
+
+def test_helper_result_round_trip_with_bodies():
+    result = HelperResult(["3"], ["4"], 1.5, 2.0, 1, 2, 300.0, 4.0, 5.0,
+                          [TaskSpan("3", protocol.FORWARD, 0.0, 0.1)], [8, 8], [2, 1])
+    body = ArrayRecord([np.zeros(2, dtype=np.float32)])
+    content = result.to_content({"3": body})
+    assert HelperResult.from_content(content) == result
+    assert set(protocol.bodies_of(content)) == {3}
+    assert protocol.body_owner(protocol.body_record(3)) == 3
+    assert protocol.body_owner(protocol.METRICS) is None
+
+
+def test_a_reply_without_metrics_is_refused():
+    with pytest.raises(ProtocolError, match="'metrics'"):
+        HelperResult.from_content(RecordDict({protocol.CONFIG: ConfigRecord({})}))
+    with pytest.raises(ProtocolError, match="'info'"):
+        NodeReport.from_content(RecordDict({protocol.METRICS: MetricRecord({})}))
