@@ -50,6 +50,7 @@ import torch
 from flsplit.runtime import wire
 from flsplit.runtime.auth import TokenVerifier
 from flsplit.runtime.emulation import NO_EMULATION, Emulation
+from flsplit.runtime.memory import tensor_nbytes
 from flsplit.runtime.worker import HelperWorker, InputError, TaskError
 
 SERVICE = "flsplit.Helper"
@@ -416,7 +417,7 @@ class HelperServer:
         """Send ``tensor`` over the emulated link to the next hop as task ``op`` of
         ``frame``'s batch and micro-batch; return its answer."""
         with self._link_out:
-            self.link.transfer(_nbytes(tensor))
+            self.link.transfer(tensor_nbytes(tensor))
         try:
             answer, _, _ = hop.call(op, tensor, frame.step, frame.micro, frame.micros)
         except DataPlaneError as err:
@@ -427,7 +428,7 @@ class HelperServer:
                 f"next hop answered {'Forward' if op == 'fwd' else 'Backward'} without a tensor",
             )
         with self._link_back:
-            self.link.transfer(_nbytes(answer))
+            self.link.transfer(tensor_nbytes(answer))
         return answer
 
     def _relay_backward(self, hop: HelperClient, frame: wire.Frame) -> torch.Tensor:
@@ -649,7 +650,3 @@ class HelperClient:
 
 
 _METHODS = {"fwd": "Forward", "bwd": "Backward", "finish": "Finish", "sync": "Sync"}
-
-
-def _nbytes(tensor: torch.Tensor) -> int:
-    return tensor.numel() * tensor.element_size()
