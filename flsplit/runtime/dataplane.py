@@ -49,9 +49,10 @@ import torch
 
 from flsplit.runtime import wire
 from flsplit.runtime.auth import TokenVerifier
+from flsplit.runtime.checks import InputError, check_gradient
 from flsplit.runtime.emulation import NO_EMULATION, Emulation
 from flsplit.runtime.memory import tensor_nbytes
-from flsplit.runtime.worker import HelperWorker, InputError, TaskError
+from flsplit.runtime.worker import HelperWorker, TaskError
 
 SERVICE = "flsplit.Helper"
 LOG = logging.getLogger("flsplit.dataplane")
@@ -444,16 +445,10 @@ class HelperServer:
                 "backward task without a preceding forward task",
             )
         shape, dtype = expected
-        if tuple(grad.shape) != shape:
-            raise self._invalid(
-                f"bad bwd input: tensor shape {tuple(grad.shape)} of the gradient does not "
-                f"match the body output shape {shape}"
-            )
-        if grad.dtype != dtype:
-            raise self._invalid(
-                f"bad bwd input: tensor dtype {grad.dtype} of the gradient is not the body "
-                f"output's {dtype}"
-            )
+        try:
+            check_gradient(grad, shape, dtype)
+        except InputError as err:
+            raise self._invalid(f"bad bwd input: {err}") from None
         answer = self._call_next(hop, "bwd", grad, frame)
         with self._lock:
             self._relayed.pop((frame.client, frame.micro), None)

@@ -74,17 +74,11 @@ from torch import nn
 
 from flsplit.plan.sampling.samplers import CLIENT_PARTS
 from flsplit.runtime import wire
+from flsplit.runtime.checks import InputError, TensorSpec, check_gradient
 from flsplit.runtime.dataplane import HelperClient, HelperServer
 from flsplit.runtime.emulation import NO_EMULATION, Emulation
 from flsplit.runtime.trainer import LossFn, RoundTotals, TrainResult, split_batch
-from flsplit.runtime.worker import (
-    ClientBody,
-    InputError,
-    OptimizerFn,
-    TaskError,
-    TaskRecord,
-    TensorSpec,
-)
+from flsplit.runtime.worker import ClientBody, OptimizerFn, TaskError, TaskRecord
 
 __all__ = [
     "CLIENT_PARTS",
@@ -279,17 +273,12 @@ class SyncWorker:
             raise TaskError(f"backward of step {step}, which is not in progress")
         if tensor is None:
             raise InputError("bwd frame carries no tensor")
-        expected = current.row_shape[client]
-        if tuple(tensor.shape) != expected:
-            raise InputError(
-                f"tensor shape {tuple(tensor.shape)} of the gradient does not match the "
-                f"client's rows of the body output {expected}"
-            )
-        if tensor.dtype != current.body_out.dtype:
-            raise InputError(
-                f"tensor dtype {tensor.dtype} of the gradient is not the body output's "
-                f"{current.body_out.dtype}"
-            )
+        check_gradient(
+            tensor,
+            current.row_shape[client],
+            current.body_out.dtype,
+            expected="the client's rows of the body output",
+        )
 
     def _check_sync(self, client: str, col: int, step: int, tensor: torch.Tensor | None) -> None:
         if self.client_parts != "shared":
