@@ -562,7 +562,7 @@ class HelperClient:
     def sync(self, step: int, tensor: torch.Tensor | None = None) -> torch.Tensor:
         """Synchronous-step mode: post this client's head and tail gradient of its last
         step (if any) and fetch the helper's reduced gradients of every step before
-        ``step`` not fetched yet (see :mod:`flsplit.runtime.syncplane`)."""
+        ``step`` not fetched yet (see :mod:`flsplit.runtime.sync_helper`)."""
         self.step = int(step)
         result = self._call("Sync", "sync", tensor)
         if result is None:

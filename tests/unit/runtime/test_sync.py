@@ -15,7 +15,8 @@ from flsplit.model.split import split_model
 from flsplit.model.zoo import SmallCNN
 from flsplit.runtime.auth import TokenVerifier, helper_key, new_run_secret
 from flsplit.runtime.dataplane import DataPlaneError, HelperClient
-from flsplit.runtime.syncplane import SampleStream, SyncHelperServer, SyncWorker, train_sync
+from flsplit.runtime.sync_client import SampleStream, train_sync
+from flsplit.runtime.sync_helper import SyncHelperServer, SyncWorker
 from flsplit.runtime.worker import TensorSpec
 
 CUTS = ("conv2", "fc2")  # head conv1; body conv2 .. fc1 with BatchNorm; tail fc2
