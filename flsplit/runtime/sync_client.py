@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from flsplit.plan.sampling.samplers import CLIENT_PARTS
-from flsplit.runtime.dataplane import HelperClient
 from flsplit.runtime.emulation import NO_EMULATION, Emulation
+from flsplit.runtime.helper_client import HelperClient
 from flsplit.runtime.trainer import LossFn, RoundTotals, TrainResult, split_batch
 
 __all__ = ["CLIENT_PARTS", "SampleStream", "flat_grad", "train_sync"]

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from flsplit.runtime.dataplane import HelperClient
 from flsplit.runtime.emulation import NO_EMULATION, Emulation
+from flsplit.runtime.helper_client import HelperClient
 from flsplit.runtime.memory import tensor_nbytes
 from flsplit.runtime.microbatch import MicroBatchStep
 

@@ -14,7 +14,7 @@ from torch import nn
 from flsplit.model.split import split_model
 from flsplit.model.zoo import SmallCNN
 from flsplit.runtime.auth import TokenVerifier, helper_key, new_run_secret
-from flsplit.runtime.dataplane import DataPlaneError, HelperClient
+from flsplit.runtime.helper_client import DataPlaneError, HelperClient
 from flsplit.runtime.sync_client import SampleStream, train_sync
 from flsplit.runtime.sync_helper import SyncHelperServer, SyncWorker
 from flsplit.runtime.worker import TensorSpec
