@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -197,7 +196,6 @@ def test_a_client_dying_mid_step_is_dropped_and_the_others_finish():
 
     threads = [threading.Thread(target=client, args=(k,)) for k in (0, 1)]
     threads.append(threading.Thread(target=dying))
-    start = time.monotonic()
     for t in threads:
         t.start()
     try:
@@ -206,7 +204,9 @@ def test_a_client_dying_mid_step_is_dropped_and_the_others_finish():
         for t in threads:
             t.join(30)
         server.stop()
-    assert time.monotonic() - start < 20
+    # dropped by the idle timeout (1 s), not left to block the barrier until the clients'
+    # 30 s deadlines
+    assert server.dropped["2"] == "no request for 1 s"
     assert set(server.dropped) == {"2"} and set(server.finished) == {"0", "1"}
     assert set(done) == {0, 1} and all(r.batches == 3 for r in done.values())
     assert worker.step_clients == [3, 2, 2]  # step 0 ran the body on 3, the rest on 2
