@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import platform
-import resource
 import statistics
 import time
 from collections.abc import Sequence
@@ -29,16 +28,13 @@ import torch
 from torch import nn
 
 from flsplit.model.split import candidate_cuts, split_model
+from flsplit.runtime.memory import peak_rss_mib, tensor_nbytes
 
 KIB = 1024.0
 
 
-def _nbytes(tensor: torch.Tensor) -> int:
-    return tensor.numel() * tensor.element_size()
-
-
 def _param_bytes(module: nn.Module) -> int:
-    return sum(_nbytes(p) for p in module.parameters())
+    return sum(tensor_nbytes(p) for p in module.parameters())
 
 
 class _SavedBytes:
@@ -49,7 +45,7 @@ class _SavedBytes:
 
     def __enter__(self) -> _SavedBytes:
         def pack(tensor: torch.Tensor) -> torch.Tensor:
-            self.total += _nbytes(tensor)
+            self.total += tensor_nbytes(tensor)
             return tensor
 
         self._hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
@@ -126,7 +122,7 @@ def profile_model(
                 elapsed = time.perf_counter() - start
             if measured:
                 forward[i].append(elapsed)
-            activation[i], saved[i] = _nbytes(y), counter.total
+            activation[i], saved[i] = tensor_nbytes(y), counter.total
             inputs.append(x_in)
             outputs.append(y)
             x = y
@@ -180,18 +176,13 @@ def profile_model(
                 "forward_ms": [ms(t) for t in forward],
                 "backward_ms": [ms(t) for t in backward],
                 "update_ms": [ms(t) for t in update],
-                "peak_rss_mib": round(_peak_rss_mib(), 1),
+                "peak_rss_mib": round(peak_rss_mib(), 1),
                 "machine": platform.machine(),
                 "torch_threads": torch.get_num_threads(),
                 "repeats": repeats,
             }
         },
     }
-
-
-def _peak_rss_mib() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return usage / 1024.0 if platform.system() != "Darwin" else usage / (1024.0 * 1024.0)
 
 
 def validate_profile(profile: dict[str, Any]) -> None:

@@ -1,9 +1,10 @@
-"""gRPC data plane between clients and their helper.
+"""gRPC data plane between clients and their helper: the helper's server.
 
 The helper serves three unary methods on the service ``flsplit.Helper``: ``Forward``
 (cut-1 activations in, body output out), ``Backward`` (cut-2 gradient in, cut-1 gradient
 out) and ``Finish`` (the client is done for the round). Requests and replies are frames of
-:mod:`flsplit.runtime.wire`; no protobuf code generation and nothing pickled.
+:mod:`flsplit.runtime.wire`; no protobuf code generation and nothing pickled. The client
+side is :mod:`flsplit.runtime.helper_client`.
 
 Every request is checked in this order, and nothing is done for it before it passes:
 
@@ -20,7 +21,8 @@ its other clients and the sender's own in-flight batch carry on.
 
 Chains. A client's body may be split over a chain of helpers ``client -> h1 -> h2 -> ...
 -> client``. A helper that is not the last of a client's chain is given a
-:class:`HelperClient` for the next hop (``next_hops``), presenting the client's id and
+:class:`~flsplit.runtime.helper_client.HelperClient` for the next hop (``next_hops``,
+relayed by :mod:`flsplit.runtime.relay`), presenting the client's id and
 the client's round token *for the next helper* (the server signs one token per
 (client, helper) hop; a helper cannot make tokens another helper accepts). ``Forward``:
 the helper runs its piece, relays the output to the next hop and answers with what the
@@ -45,20 +47,17 @@ from concurrent import futures
 from pathlib import Path
 
 import grpc
-import torch
 
 from flsplit.runtime import wire
 from flsplit.runtime.auth import TokenVerifier
+from flsplit.runtime.checks import InputError
 from flsplit.runtime.emulation import NO_EMULATION, Emulation
-from flsplit.runtime.worker import HelperWorker, InputError, TaskError
+from flsplit.runtime.helper_client import SERVICE, DataPlaneError, HelperClient, grpc_options
+from flsplit.runtime.relay import ChainRelay, RelayError
+from flsplit.runtime.worker import HelperWorker, TaskError
 
-SERVICE = "flsplit.Helper"
 LOG = logging.getLogger("flsplit.dataplane")
 KEPT_REASONS = 100  # refusals logged at WARNING and kept in ``refused``, per round
-
-
-class DataPlaneError(RuntimeError):
-    """The helper refused or failed a request, or did not answer in time."""
 
 
 def read_pem(path: str | Path, what: str) -> bytes:
@@ -83,16 +82,6 @@ def read_pem(path: str | Path, what: str) -> bytes:
     if b"-----BEGIN " not in data:
         raise DataPlaneError(f"{what}: {str(path)!r} is not a PEM file")
     return data
-
-
-def _grpc_options(max_frame_bytes: int) -> list[tuple[str, int | str]]:
-    # A little headroom over the frame limit so that an oversized frame reaches the
-    # helper's own check, which names the field; far larger messages gRPC drops itself.
-    limit = min(max_frame_bytes + 64 * 1024, 2**31 - 1)
-    return [
-        ("grpc.max_receive_message_length", limit),
-        ("grpc.max_send_message_length", limit),
-    ]
 
 
 class _StatusError(Exception):
@@ -167,21 +156,16 @@ class HelperServer:
         self.invalid_count = 0
         self._all_done = threading.Event()
         self._lock = threading.Lock()
-        self.next_hops = dict(next_hops or {})
-        unknown = sorted(set(self.next_hops) - set(self.clients))
+        self.relay = ChainRelay(next_hops or {}, link)
+        unknown = sorted(set(self.relay.next_hops) - set(self.clients))
         if unknown:
             raise DataPlaneError(f"next hops given for clients not served here: {unknown[:3]}")
-        self.link = link
-        # the emulated link carries one transfer at a time in each direction
-        self._link_out, self._link_back = threading.Lock(), threading.Lock()
-        # (client, micro) -> shape and dtype of the next hop's forward answer
-        self._relayed: dict[tuple[str, int], tuple[tuple[int, ...], torch.dtype]] = {}
         self._server = grpc.server(
             futures.ThreadPoolExecutor(
                 max_workers=(max(in_flight, 1) + 1) * len(self.clients) + 4,
                 thread_name_prefix="flsplit-dataplane",
             ),
-            options=_grpc_options(max_frame_bytes),
+            options=grpc_options(max_frame_bytes),
         )
         handlers = {
             name: grpc.unary_unary_rpc_method_handler(method)
@@ -267,8 +251,7 @@ class HelperServer:
         """Stop the server, the worker and the connections to next hops."""
         self._server.stop(grace).wait()
         self.worker.stop()
-        for hop in self.next_hops.values():
-            hop.close()
+        self.relay.close()
 
     # -- handlers (gRPC calls them with the raw request bytes) --------------------------
 
@@ -339,16 +322,13 @@ class HelperServer:
     def _serve(self, request: bytes, op: str) -> bytes:
         received = time.perf_counter()
         frame = self._admit(request, op)
-        hop = self.next_hops.get(frame.client)
         if op == "finish":
             relay_error = None
-            if hop is not None:
+            if self.relay.relays(frame.client):
                 try:
-                    hop.call("finish", None, frame.step)
-                except DataPlaneError as err:
-                    relay_error = _StatusError(
-                        grpc.StatusCode.FAILED_PRECONDITION, f"next hop: {err}"
-                    )
+                    self.relay.finish(frame.client, frame.step)
+                except RelayError as err:
+                    relay_error = _StatusError(grpc.StatusCode.FAILED_PRECONDITION, str(err))
             with self._lock:
                 self.finished[frame.client] = frame.step
                 if set(self.finished) | set(self.dropped) >= self.clients:
@@ -367,10 +347,12 @@ class HelperServer:
     def _run_task(self, frame: wire.Frame, op: str, received: float) -> bytes:
         """Submit the frame's task (a chain's gradient goes to the next hop first), wait
         for it, pass a chain's forward output on, and encode the reply."""
-        hop = self.next_hops.get(frame.client)
-        if op == "bwd" and hop is not None:
-            frame.tensor = self._relay_backward(hop, frame)
+        relayed = self.relay.relays(frame.client)
         try:
+            if op == "bwd" and relayed:
+                frame.tensor = self.relay.backward(
+                    frame.client, frame.tensor, frame.step, frame.micro, frame.micros
+                )
             future = self._submit(frame, op)
         except InputError as err:
             raise self._invalid(f"bad {op} input: {err}") from None
@@ -386,8 +368,13 @@ class HelperServer:
             ) from None
         except Exception as err:  # the body refused the client's input
             raise self._invalid(f"{op} failed: {str(err)[:300]}") from None
-        if op == "fwd" and hop is not None:
-            result = self._relay_forward(hop, frame, result)
+        if op == "fwd" and relayed:
+            try:
+                result = self.relay.forward(
+                    frame.client, result, frame.step, frame.micro, frame.micros
+                )
+            except RelayError as err:
+                raise _StatusError(grpc.StatusCode.FAILED_PRECONDITION, str(err)) from None
         service_ms = (time.perf_counter() - received) * 1000.0
         return wire.encode(
             wire.Frame(
@@ -400,256 +387,3 @@ class HelperServer:
                 micros=frame.micros,
             )
         )
-
-    def _relay_forward(
-        self, hop: HelperClient, frame: wire.Frame, output: torch.Tensor
-    ) -> torch.Tensor:
-        """Send this piece's output on to the next hop; return the chain's output."""
-        answer = self._call_next(hop, "fwd", output, frame)
-        with self._lock:
-            self._relayed[(frame.client, frame.micro)] = (tuple(answer.shape), answer.dtype)
-        return answer
-
-    def _call_next(
-        self, hop: HelperClient, op: str, tensor: torch.Tensor, frame: wire.Frame
-    ) -> torch.Tensor:
-        """Send ``tensor`` over the emulated link to the next hop as task ``op`` of
-        ``frame``'s batch and micro-batch; return its answer."""
-        with self._link_out:
-            self.link.transfer(_nbytes(tensor))
-        try:
-            answer, _, _ = hop.call(op, tensor, frame.step, frame.micro, frame.micros)
-        except DataPlaneError as err:
-            raise _StatusError(grpc.StatusCode.FAILED_PRECONDITION, f"next hop: {err}") from None
-        if answer is None:
-            raise _StatusError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"next hop answered {'Forward' if op == 'fwd' else 'Backward'} without a tensor",
-            )
-        with self._link_back:
-            self.link.transfer(_nbytes(answer))
-        return answer
-
-    def _relay_backward(self, hop: HelperClient, frame: wire.Frame) -> torch.Tensor:
-        """Check the gradient against the chain's output, send it to the next hop first;
-        return the gradient of this piece's output."""
-        grad = frame.tensor
-        assert grad is not None
-        with self._lock:
-            expected = self._relayed.get((frame.client, frame.micro))
-        if expected is None:
-            raise _StatusError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                "backward task without a preceding forward task",
-            )
-        shape, dtype = expected
-        if tuple(grad.shape) != shape:
-            raise self._invalid(
-                f"bad bwd input: tensor shape {tuple(grad.shape)} of the gradient does not "
-                f"match the body output shape {shape}"
-            )
-        if grad.dtype != dtype:
-            raise self._invalid(
-                f"bad bwd input: tensor dtype {grad.dtype} of the gradient is not the body "
-                f"output's {dtype}"
-            )
-        answer = self._call_next(hop, "bwd", grad, frame)
-        with self._lock:
-            self._relayed.pop((frame.client, frame.micro), None)
-        return answer
-
-
-class HelperClient:
-    """The client side of the data plane.
-
-    Parameters
-    ----------
-    address : str
-        The helper's ``host:port``.
-    client : str
-        This client's id.
-    token : str
-        The round token from the server.
-    deadline : float
-        Seconds every call may take, including waiting for the helper to come up.
-    max_frame_bytes : int
-        Largest frame sent or received.
-    tls_root_cert : bytes, optional
-        PEM root certificate(s) to check the helper's certificate against: connect over
-        TLS. Without it the channel is plaintext.
-    tls_server_name : str, optional
-        Name to expect in the helper's certificate when it differs from the host in
-        ``address``.
-    """
-
-    def __init__(
-        self,
-        address: str,
-        client: str,
-        token: str,
-        deadline: float = 120.0,
-        max_frame_bytes: int = wire.DEFAULT_MAX_FRAME_BYTES,
-        tls_root_cert: bytes | None = None,
-        tls_server_name: str | None = None,
-    ) -> None:
-        self.address = address
-        self.client = client
-        self.token = token
-        self.deadline = deadline
-        self.max_frame_bytes = max_frame_bytes
-        self.step = 0
-        self.last_network_seconds = 0.0
-        self.last_service_seconds = 0.0
-        self.tls = tls_root_cert is not None
-        options = _grpc_options(max_frame_bytes)
-        if tls_root_cert is not None:
-            if tls_server_name:
-                options.append(("grpc.ssl_target_name_override", tls_server_name))
-            credentials = grpc.ssl_channel_credentials(root_certificates=tls_root_cert)
-            self._channel = grpc.secure_channel(address, credentials, options=options)
-        else:
-            self._channel = grpc.insecure_channel(address, options=options)
-        self._calls = {
-            name: self._channel.unary_unary(f"/{SERVICE}/{name}")
-            for name in ("Forward", "Backward", "Finish", "Sync")
-        }
-
-    def forward(self, activation: torch.Tensor, step: int | None = None) -> torch.Tensor:
-        """Send cut-1 activations; return the body output.
-
-        ``step`` names the global step in synchronous-step mode; by default the client's
-        own batch counter goes up by one.
-        """
-        self.step = self.step + 1 if step is None else int(step)
-        return self._call("Forward", "fwd", activation)
-
-    def call(
-        self,
-        op: str,
-        tensor: torch.Tensor | None,
-        step: int,
-        micro: int = 0,
-        micros: int = 1,
-    ) -> tuple[torch.Tensor | None, float, float]:
-        """One request, safe to issue from several threads at once (micro-batches in
-        flight together).
-
-        Parameters
-        ----------
-        op : {"fwd", "bwd", "finish"}
-            What to ask for.
-        tensor : torch.Tensor or None
-            The activation or gradient (``None`` for ``"finish"``).
-        step : int
-            The batch counter.
-        micro, micros : int
-            Micro-batch ``micro`` of ``micros`` in the batch.
-
-        Returns
-        -------
-        tuple
-            The answered tensor, the call's network seconds and the helper's service
-            seconds.
-
-        Raises
-        ------
-        DataPlaneError
-            If the helper refused or failed the request, or did not answer in time.
-        """
-        return self._request(_METHODS[op], op, tensor, step, micro, micros)
-
-    def backward(self, grad_output: torch.Tensor) -> torch.Tensor:
-        """Send the gradient at cut 2 (of the last forward's step); return the gradient
-        at cut 1."""
-        return self._call("Backward", "bwd", grad_output)
-
-    def sync(self, step: int, tensor: torch.Tensor | None = None) -> torch.Tensor:
-        """Synchronous-step mode: post this client's head and tail gradient of its last
-        step (if any) and fetch the helper's reduced gradients of every step before
-        ``step`` not fetched yet (see :mod:`flsplit.runtime.syncplane`)."""
-        self.step = int(step)
-        result = self._call("Sync", "sync", tensor)
-        if result is None:
-            raise DataPlaneError(f"helper {self.address} answered Sync without a tensor")
-        return result
-
-    def finish(self) -> None:
-        """Tell the helper this client is done for the round."""
-        self._call("Finish", "finish", None)
-
-    def connect(self) -> None:
-        """Wait until the helper's data plane accepts the connection (within the deadline).
-
-        A client calls it before it starts its clock, so the time a helper takes to come
-        up counts as a late start, not as the first batch's network time.
-        """
-        try:
-            grpc.channel_ready_future(self._channel).result(timeout=self.deadline)
-        except grpc.FutureTimeoutError:
-            raise DataPlaneError(
-                f"helper {self.address} did not accept a connection within {self.deadline:.0f} s"
-            ) from None
-
-    def close(self) -> None:
-        """Close the channel."""
-        self._channel.close()
-
-    def __enter__(self) -> HelperClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _call(self, method: str, op: str, tensor: torch.Tensor | None) -> torch.Tensor | None:
-        result, network, service = self._request(method, op, tensor, self.step)
-        self.last_network_seconds, self.last_service_seconds = network, service
-        return result
-
-    def _request(
-        self,
-        method: str,
-        op: str,
-        tensor: torch.Tensor | None,
-        step: int,
-        micro: int = 0,
-        micros: int = 1,
-    ) -> tuple[torch.Tensor | None, float, float]:
-        request = wire.encode(
-            wire.Frame(op, self.client, self.token, step, tensor, micro=micro, micros=micros)
-        )
-        start = time.perf_counter()
-        try:
-            reply = self._calls[method](request, timeout=self.deadline, wait_for_ready=True)
-        except grpc.RpcError as err:
-            code = err.code() if hasattr(err, "code") else None
-            details = err.details() if hasattr(err, "details") else str(err)
-            hint = ""
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                hint = (
-                    f" (no working connection to the helper over "
-                    f"{'TLS' if self.tls else 'plaintext'}: check that it runs and is "
-                    "reachable, and that both sides agree on TLS: the helper's "
-                    "data-tls-cert/data-tls-key and the client's data-tls-root-cert)"
-                )
-            raise DataPlaneError(
-                f"helper {self.address} answered {method} for client {self.client!r} with "
-                f"{code.name if code else 'an error'}: {details}{hint}"
-            ) from None
-        try:
-            frame = wire.decode(reply, max_frame_bytes=self.max_frame_bytes)
-        except wire.FrameError as err:
-            raise DataPlaneError(
-                f"helper {self.address} sent a bad {method} reply: {err}"
-            ) from None
-        total = time.perf_counter() - start
-        service = min(frame.service_ms / 1000.0, total)
-        if frame.op != "result":
-            raise DataPlaneError(f"helper answered {method} with op {frame.op!r}")
-        return frame.tensor, total - service, service
-
-
-_METHODS = {"fwd": "Forward", "bwd": "Backward", "finish": "Finish", "sync": "Sync"}
-
-
-def _nbytes(tensor: torch.Tensor) -> int:
-    return tensor.numel() * tensor.element_size()

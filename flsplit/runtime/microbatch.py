@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from flsplit.runtime.dataplane import DataPlaneError, HelperClient
 from flsplit.runtime.emulation import NO_EMULATION, Emulation
+from flsplit.runtime.helper_client import DataPlaneError, HelperClient
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from flsplit.runtime.dataplane import HelperClient
 from flsplit.runtime.emulation import NO_EMULATION, Emulation
+from flsplit.runtime.helper_client import HelperClient
+from flsplit.runtime.memory import tensor_nbytes
 from flsplit.runtime.microbatch import MicroBatchStep
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -176,24 +177,24 @@ def split_batch(
     optimizer.zero_grad(set_to_none=True)
     with emulation.compute():
         cut1 = head(inputs)
-    emulation.transfer(_nbytes(cut1))
+    emulation.transfer(tensor_nbytes(cut1))
     t1 = time.perf_counter()
     body_out = helper.forward(cut1.detach(), step=step)
     fwd_net, fwd_service = helper.last_network_seconds, helper.last_service_seconds
     t2 = time.perf_counter()
-    emulation.transfer(_nbytes(body_out))
+    emulation.transfer(tensor_nbytes(body_out))
     with emulation.compute():
         cut2 = body_out.requires_grad_(True)
         logits = tail(cut2)
         loss = loss_fn(logits, labels)
         loss.backward()
     assert cut2.grad is not None
-    emulation.transfer(_nbytes(cut2.grad))
+    emulation.transfer(tensor_nbytes(cut2.grad))
     t3 = time.perf_counter()
     grad_cut1 = helper.backward(cut2.grad)
     bwd_net, bwd_service = helper.last_network_seconds, helper.last_service_seconds
     t4 = time.perf_counter()
-    emulation.transfer(_nbytes(grad_cut1))
+    emulation.transfer(tensor_nbytes(grad_cut1))
     with emulation.compute():
         cut1.backward(grad_cut1.to(cut1.dtype))
         if exchange is None:
@@ -234,7 +235,3 @@ def _train_micro_batched(
                             outcome.head_backward_seconds), outcome.wait_seconds)
     helper.finish()
     return totals.result(started)
-
-
-def _nbytes(tensor: torch.Tensor) -> int:
-    return tensor.numel() * tensor.element_size()

@@ -7,7 +7,7 @@ A frame is::
 The header is a UTF-8 JSON object with the fields
 
 - ``op``: what the frame asks for or answers (``"fwd"``, ``"bwd"``, ``"finish"``,
-  ``"result"``; ``"sync"`` in synchronous-step mode, :mod:`flsplit.runtime.syncplane`),
+  ``"result"``; ``"sync"`` in synchronous-step mode, :mod:`flsplit.runtime.sync_helper`),
 - ``client``: the sending client's id (a string),
 - ``token``: the round token the server gave that client,
 - ``step``: the batch counter of the sending client (in synchronous-step mode the global

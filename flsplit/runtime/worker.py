@@ -64,6 +64,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from flsplit.runtime.checks import InputError, TensorSpec, check_gradient
 from flsplit.runtime.emulation import NO_EMULATION, Emulation
 
 OptimizerFn = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -73,30 +74,6 @@ MEMORY_MODES = ("per-client", "shared")
 
 class TaskError(RuntimeError):
     """A task that cannot be run for the client that sent it."""
-
-
-class InputError(ValueError):
-    """A tensor that does not fit what the client's body expects; the message names the
-    field (``tensor shape``, ``tensor dtype``)."""
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """Shape (without the batch dimension) and dtype of a body's input."""
-
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-
-    def check(self, tensor: torch.Tensor) -> None:
-        """Raise :class:`InputError` unless ``tensor`` is a batch of this spec."""
-        shape = tuple(tensor.shape)
-        if shape[1:] != self.shape:
-            raise InputError(
-                f"tensor shape {shape} does not fit the body input (batch, "
-                f"{', '.join(map(str, self.shape))})"
-            )
-        if tensor.dtype != self.dtype:
-            raise InputError(f"tensor dtype {tensor.dtype} is not the body input's {self.dtype}")
 
 
 @dataclass
@@ -341,16 +318,7 @@ class HelperWorker:
             out = state.outputs.get(micro)
             if out is None:
                 raise TaskError("backward task without a preceding forward task")
-            if shape != tuple(out.shape):
-                raise InputError(
-                    f"tensor shape {shape} of the gradient does not match the body output "
-                    f"shape {tuple(out.shape)}"
-                )
-            if tensor.dtype != out.dtype:
-                raise InputError(
-                    f"tensor dtype {tensor.dtype} of the gradient is not the body output's "
-                    f"{out.dtype}"
-                )
+            check_gradient(tensor, out.shape, out.dtype)
             return
         if not shape or shape[0] < 1:
             raise InputError(f"tensor shape {shape} has no batch dimension of size >= 1")

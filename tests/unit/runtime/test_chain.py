@@ -17,7 +17,8 @@ from torch import nn
 from flsplit.model.split import split_model
 from flsplit.runtime import wire
 from flsplit.runtime.auth import TokenVerifier, helper_key, new_run_secret, sign_token
-from flsplit.runtime.dataplane import DataPlaneError, HelperClient, HelperServer
+from flsplit.runtime.dataplane import HelperServer
+from flsplit.runtime.helper_client import DataPlaneError, HelperClient
 from flsplit.runtime.trainer import train_split
 from flsplit.runtime.worker import HelperWorker
 

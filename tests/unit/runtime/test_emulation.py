@@ -1,6 +1,9 @@
-"""Emulated devices and links stretch wall-clock time as configured."""
+"""Emulated devices and links stretch wall-clock time as configured.
 
-import time
+The timing tests run the emulation on a fake clock: they check the sleep it asks for
+against the step's duration it measured, which does not depend on how loaded the
+machine running the tests is.
+"""
 
 import pytest
 
@@ -8,40 +11,63 @@ from flsplit.runtime import emulation as emulate
 from flsplit.runtime.emulation import Emulation
 
 
-def _busy(seconds):
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
+class _Clock:
+    """Stands in for the ``time`` module of :mod:`flsplit.runtime.emulation`: wall and CPU
+    time advance only when a test says so, and every sleep is recorded (and advances the
+    wall time by its length)."""
+
+    def __init__(self):
+        self.wall = 100.0
+        self.cpu = 10.0
+        self.sleeps = []
+
+    def perf_counter(self):
+        return self.wall
+
+    def process_time(self):
+        return self.cpu
+
+    def sleep(self, seconds):
+        self.sleeps.append(seconds)
+        self.wall += seconds
+
+    def run(self, cpu, off_cpu=0.0):
+        """A step that computes for ``cpu`` seconds and waits ``off_cpu`` seconds for a
+        core."""
+        self.cpu += cpu
+        self.wall += cpu + off_cpu
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    fake = _Clock()
+    monkeypatch.setattr(emulate, "time", fake)
+    return fake
 
 
 @pytest.mark.parametrize("factor", [2.0, 4.0])
-def test_a_measured_step_is_stretched_by_the_factor(factor):
+def test_a_measured_step_is_stretched_by_the_factor(clock, factor):
     emulation = Emulation(compute_factor=factor)
-    start = time.perf_counter()
+    start = clock.wall
     with emulation.compute():
-        cpu = time.process_time()
-        _busy(0.1)
-        cpu = time.process_time() - cpu  # below 0.1 s when other processes took the core
-    elapsed = time.perf_counter() - start
-    assert elapsed == pytest.approx(max(factor * cpu, 0.1), rel=0.10)
-    assert cpu > 0.05, "the busy step hardly ran: the check above would be vacuous"
+        clock.run(0.1)
+    assert clock.sleeps == [pytest.approx((factor - 1.0) * 0.1)]
+    assert clock.wall - start == pytest.approx(factor * 0.1)
 
 
-def test_without_emulation_nothing_is_slowed():
-    start = time.perf_counter()
+def test_without_emulation_nothing_is_slowed(clock):
     with Emulation().compute():
-        _busy(0.02)
+        clock.run(0.02)
     Emulation().transfer(10**9)
-    assert time.perf_counter() - start < 0.03
+    assert clock.sleeps == []
     assert not Emulation().active
 
 
-def test_link_time_is_latency_plus_bits_over_rate():
+def test_link_time_is_latency_plus_bits_over_rate(clock):
     link = Emulation(rate_mbps=8.0, latency_ms=5.0)
     assert link.transfer_seconds(1_000_000) == pytest.approx(0.005 + 1.0)
-    start = time.perf_counter()
     link.transfer(10_000)
-    assert time.perf_counter() - start == pytest.approx(0.015, abs=0.005)
+    assert clock.sleeps == [pytest.approx(0.015)]
 
 
 def test_run_config_emulation_settings():
@@ -70,14 +96,20 @@ def test_link_table_draws_each_pair_once_from_the_mix():
         emulate.LinkTable("fast")
 
 
-def test_waiting_for_a_core_is_not_stretched():
-    """A step that spends most of its wall time off the CPU (here: sleeping, as when
-    other processes hold the cores) is stretched by its CPU time only."""
+def test_waiting_for_a_core_is_not_stretched(clock):
+    """A step that spends most of its wall time off the CPU (as when other processes
+    hold the cores) is stretched by its CPU time only."""
     emulation = Emulation(compute_factor=4.0)
-    start = time.perf_counter()
+    start = clock.wall
     with emulation.compute():
-        _busy(0.05)
-        time.sleep(0.15)
-    elapsed = time.perf_counter() - start
+        clock.run(0.05, off_cpu=0.15)
     # CPU 0.05 s x 4 = 0.2 s, which the 0.2 s of wall time already covers.
-    assert elapsed == pytest.approx(0.2, rel=0.15)
+    assert sum(clock.sleeps) == pytest.approx(0.0, abs=1e-12)
+    assert clock.wall - start == pytest.approx(0.2)
+    # Less waiting: the sleep tops the step up to 4 x its CPU time, not 4 x its wall time.
+    clock.sleeps.clear()
+    start = clock.wall
+    with emulation.compute():
+        clock.run(0.05, off_cpu=0.07)
+    assert clock.sleeps == [pytest.approx(0.08)]
+    assert clock.wall - start == pytest.approx(0.2)

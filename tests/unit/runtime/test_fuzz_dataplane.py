@@ -22,7 +22,8 @@ from torch import nn
 
 from flsplit.runtime import wire
 from flsplit.runtime.auth import TokenVerifier, helper_key, new_run_secret, sign_token
-from flsplit.runtime.dataplane import SERVICE, HelperClient, HelperServer
+from flsplit.runtime.dataplane import HelperServer
+from flsplit.runtime.helper_client import SERVICE, HelperClient
 from flsplit.runtime.worker import HelperWorker, TensorSpec
 
 # Each hypothesis example is a frame plus cheap variants of it (a flipped bit, a cut),

@@ -1,0 +1,140 @@
+"""A helper's relay to the next helper of a client's chain.
+
+A client's body may be split over a chain of helpers ``client -> h1 -> h2 -> ... ->
+client``. A helper that is not the last of a client's chain holds a
+:class:`~flsplit.runtime.helper_client.HelperClient` for the next hop, presenting the
+client's id and the client's round token *for the next helper*. ``Forward``: the helper's
+own output goes on to the next hop and the next hop's answer is the chain's output.
+``Backward``: the gradient is checked against the shape and dtype of that answer and
+relayed first; what the next hop answers is the gradient of this helper's output.
+``Finish`` is relayed too. Every relayed tensor crosses the emulated link between the
+two helpers.
+
+Failures are raised as the worker's errors so that the server answers them like its own:
+:class:`~flsplit.runtime.checks.InputError` for a gradient that does not fit,
+:class:`~flsplit.runtime.worker.TaskError` for a backward without a relayed forward, and
+:class:`RelayError` (a ``TaskError``) naming the failing next hop.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+
+import torch
+
+from flsplit.runtime.checks import check_gradient
+from flsplit.runtime.emulation import NO_EMULATION, Emulation
+from flsplit.runtime.helper_client import DataPlaneError, HelperClient
+from flsplit.runtime.memory import tensor_nbytes
+from flsplit.runtime.worker import TaskError
+
+
+class RelayError(TaskError):
+    """The next hop refused or failed a relayed request; the message starts with
+    ``next hop:``."""
+
+
+class ChainRelay:
+    """The next hops of the clients whose chain goes on after this helper.
+
+    Parameters
+    ----------
+    next_hops : Mapping[str, HelperClient]
+        Per client: the connection to the next helper of its chain.
+    link : Emulation
+        Emulated link to the next hops: every relayed tensor costs its transfer time.
+    """
+
+    def __init__(
+        self, next_hops: Mapping[str, HelperClient], link: Emulation = NO_EMULATION
+    ) -> None:
+        self.next_hops = dict(next_hops)
+        self.link = link
+        # the emulated link carries one transfer at a time in each direction
+        self._link_out, self._link_back = threading.Lock(), threading.Lock()
+        self._lock = threading.Lock()
+        # (client, micro) -> shape and dtype of the next hop's forward answer
+        self._relayed: dict[tuple[str, int], tuple[tuple[int, ...], torch.dtype]] = {}
+
+    def relays(self, client: str) -> bool:
+        """Whether ``client``'s chain goes on after this helper."""
+        return client in self.next_hops
+
+    def forward(
+        self, client: str, output: torch.Tensor, step: int, micro: int = 0, micros: int = 1
+    ) -> torch.Tensor:
+        """Send this piece's output on to the next hop; return the chain's output.
+
+        Raises
+        ------
+        RelayError
+            The next hop failed or answered without a tensor.
+        """
+        answer = self._call_next(client, "fwd", output, step, micro, micros)
+        with self._lock:
+            self._relayed[(client, micro)] = (tuple(answer.shape), answer.dtype)
+        return answer
+
+    def backward(
+        self, client: str, grad: torch.Tensor, step: int, micro: int = 0, micros: int = 1
+    ) -> torch.Tensor:
+        """Check the gradient against the chain's output and send it to the next hop;
+        return the gradient of this piece's output.
+
+        Raises
+        ------
+        TaskError
+            No forward of this micro-batch was relayed.
+        InputError
+            The gradient does not fit the chain's output (checked before it is sent).
+        RelayError
+            The next hop failed or answered without a tensor.
+        """
+        with self._lock:
+            expected = self._relayed.get((client, micro))
+        if expected is None:
+            raise TaskError("backward task without a preceding forward task")
+        shape, dtype = expected
+        check_gradient(grad, shape, dtype)
+        answer = self._call_next(client, "bwd", grad, step, micro, micros)
+        with self._lock:
+            self._relayed.pop((client, micro), None)
+        return answer
+
+    def finish(self, client: str, step: int) -> None:
+        """Tell the next hop the client is done for the round.
+
+        Raises
+        ------
+        RelayError
+            The next hop failed.
+        """
+        try:
+            self.next_hops[client].call("finish", None, step)
+        except DataPlaneError as err:
+            raise RelayError(f"next hop: {err}") from None
+
+    def close(self) -> None:
+        """Close the connections to the next hops."""
+        for hop in self.next_hops.values():
+            hop.close()
+
+    def _call_next(
+        self, client: str, op: str, tensor: torch.Tensor, step: int, micro: int, micros: int
+    ) -> torch.Tensor:
+        """Send ``tensor`` over the emulated link to the next hop as task ``op``; return
+        its answer."""
+        with self._link_out:
+            self.link.transfer(tensor_nbytes(tensor))
+        try:
+            answer, _, _ = self.next_hops[client].call(op, tensor, step, micro, micros)
+        except DataPlaneError as err:
+            raise RelayError(f"next hop: {err}") from None
+        if answer is None:
+            raise RelayError(
+                f"next hop answered {'Forward' if op == 'fwd' else 'Backward'} without a tensor"
+            )
+        with self._link_back:
+            self.link.transfer(tensor_nbytes(answer))
+        return answer
