@@ -7,7 +7,8 @@ import importlib.util
 import numpy as np
 import pytest
 
-from benchmarks.sampling_experiment import RUNS, build_parser, partition, pathological_partition
+from benchmarks.sampling_experiment import RUNS, build_parser
+from flsplit.model.data import partition, pathological_partition
 
 
 def _labels() -> np.ndarray:
