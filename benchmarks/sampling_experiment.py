@@ -316,27 +316,14 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the experiment from the command line."""
-    return _execute(build_parser().parse_args(argv))
-
-
-def _execute(args: argparse.Namespace) -> int:
+    """Run the experiment from the command line; returns the exit code."""
+    args = build_parser().parse_args(argv)
     result = run(args)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
         print(f"wrote {args.out}")
     return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """Register ``flsplit bench-sampling`` (this experiment) with the ``flsplit`` command."""
-    parser = sub.add_parser(
-        "bench-sampling",
-        help="offline non-IID experiment: fixed local batches vs global sampling, stragglers",
-    )
-    build_parser(parser)
-    parser.set_defaults(func=_execute)
 
 
 if __name__ == "__main__":
