@@ -20,11 +20,12 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
+# Benchmarks are not installed with the package: they run from this checkout.
 bench-dataplane: $(STAMP)
-	$(BIN)/flsplit bench-dataplane
+	$(BIN)/python -m benchmarks.dataplane
 
 bench-planner: $(STAMP)
-	$(BIN)/flsplit bench-planner
+	$(BIN)/python -m benchmarks.planner
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

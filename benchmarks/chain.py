@@ -352,7 +352,7 @@ def run_epoch(hops: Sequence[int], args: argparse.Namespace) -> dict[int, float]
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point (see the module docstring)."""
     parser = argparse.ArgumentParser(
-        prog="flsplit bench-chain", description=__doc__.split("\n\n")[0]
+        prog="python -m benchmarks.chain", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("what", nargs="?", choices=("memory", "epoch", "both"), default="both")
     parser.add_argument("--hops", nargs="+", type=int, default=[1, 2, 3])

@@ -4,18 +4,23 @@ Every run uses the same seeds, data, emulated devices and links; only the run co
 ``planner`` differs. For each method it prints one JSON line: mean measured round
 makespan (rounds after the first), mean and worst relative error of the predicted
 makespan, planning time as a share of the round, and the final server-side accuracy.
+
+Run ``python -m benchmarks.compare_planners APP [--methods ...]`` (``--help`` for the
+options).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flsplit.simulation import load_app_task, read_app_config, simulate
+from flsplit.simulation import load_app_task, parse_run_config, read_app_config, simulate
 
 
 def summarize(output_dir: Path, method: str) -> dict[str, Any]:
@@ -72,3 +77,26 @@ def compare(
             ratio = r["mean_makespan_ms"] / base["mean_makespan_ms"]
             print(json.dumps({"method": r["method"], "makespan_vs_random_fcfs": round(ratio, 3)}))
     return results
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options of the benchmark."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.compare_planners", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("app", help="Flower app directory")
+    parser.add_argument("--methods", nargs="+", default=["auto", "random-fcfs"])
+    parser.add_argument("--run-config", action="append", default=[], metavar="'KEY=VALUE ...'")
+    parser.add_argument("--out-dir", default=None, help="where runs save rounds (default: temp)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run an app once per planner method from the command line; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    compare(args.app, args.methods, parse_run_config(args.run_config), args.out_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -151,7 +151,7 @@ def _verdicts(results: Sequence[CutResult], methods: Sequence[str]) -> list[str]
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options of the benchmark."""
-    parser = argparse.ArgumentParser(prog="flsplit bench-cuts",
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.cuts",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(CUTS), choices=list(CUTS))
     parser.add_argument("--heterogeneity", nargs="+", default=["low", "high"],

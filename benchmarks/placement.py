@@ -1,6 +1,6 @@
 """Placement benchmark: solve time of the multi-hop placement optimizer.
 
-``python -m benchmarks.placement`` (or ``flsplit bench-placement``) prints
+``python -m benchmarks.placement`` prints
 
 1. a brute-force check: :func:`~flsplit.plan.multihop.placement.place` against enumeration of every
    chain on random small instances (how many agree);
@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of the benchmark (shared with ``flsplit bench-placement``)."""
+    """Add the options of the benchmark to ``parser``."""
     parser.add_argument("--layers", type=int, default=40)
     parser.add_argument("--helpers", type=int, default=5)
     parser.add_argument("--seeds", type=int, default=5, help="instances per setting")

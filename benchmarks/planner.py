@@ -5,12 +5,17 @@ published slotted form), every method is run, and each method's makespan is repo
 relative to ``random-fcfs`` together with its gap to the best proven lower bound of the
 instance (cheap bounds, solver bounds and the assignment relaxation given the best
 makespan found) and its solve time. Results are averaged over seeds per cell.
+
+Run ``python -m benchmarks.planner --profiles DIR`` (``--help`` for the options).
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import itertools
 import json
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -19,11 +24,11 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from flsplit.plan.generator import generate_instance, load_profile
+from flsplit.plan.generator import CUTS, generate_instance, load_profile
 from flsplit.plan.instance import Instance, to_slotted
 from flsplit.plan.scheduling.bounds import lower_bound
 from flsplit.plan.scheduling.relaxation import relaxation_bound
-from flsplit.plan.scheduling.solve import solve
+from flsplit.plan.scheduling.solve import DEFAULT_TIME_LIMIT, METHODS, solve
 
 DEFAULT_KS: tuple[int, ...] = (20, 30, 50, 70, 100)
 DEFAULT_HS: tuple[int, ...] = (5, 10)
@@ -187,3 +192,67 @@ def time_large(
         "random_makespan": rand.makespan,
         "bound": plan.lower_bound or 0.0,
     }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options of the benchmark."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.planner",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["resnet101", "vgg19"],
+                        choices=list(CUTS))
+    parser.add_argument("--heterogeneity", nargs="+", default=["low", "high"],
+                        choices=("low", "high"))
+    parser.add_argument("-K", "--clients", nargs="+", type=int, default=[20, 30, 50, 70, 100])
+    parser.add_argument("-H", "--helpers", nargs="+", type=int, default=[5, 10])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", choices=METHODS,
+                        default=["random-fcfs", "balanced-fcfs", "greedy", "auto"])
+    parser.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT,
+                        help="seconds per method and instance (default %(default)s)")
+    parser.add_argument("--bound-time", type=float, default=10.0,
+                        help="seconds for the relaxation bound per instance (0: cheap only)")
+    parser.add_argument("--forms", nargs="+", default=["ms"], choices=("ms", "slotted"))
+    parser.add_argument("--profiles", help="profile directory")
+    parser.add_argument("--jsonl", help="also write one JSON line per result to this file")
+    parser.add_argument("--large", action="store_true",
+                        help="also time auto on K=1000, H=50 against the baselines")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark grid and print the table (and JSON lines if asked).
+
+    Parameters
+    ----------
+    argv
+        Command-line arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        0, or 2 if a profile is missing.
+    """
+    args = build_parser().parse_args(argv)
+    with contextlib.ExitStack() as stack:
+        stream = stack.enter_context(Path(args.jsonl).open("w")) if args.jsonl else None
+        try:
+            results = run_grid(
+                models=args.models, heterogeneity=args.heterogeneity, clients=args.clients,
+                helpers=args.helpers, seeds=args.seeds, methods=args.methods,
+                time_limit=args.time_limit, bound_time=args.bound_time, forms=args.forms,
+                profile_dir=args.profiles,
+                on_result=jsonl_writer(stream) if stream else None,
+            )
+        except FileNotFoundError as exc:
+            print(f"error: profile not found: {exc.filename} (use --profiles DIR)",
+                  file=sys.stderr)
+            return 2
+    print(format_table(results))
+    if args.large:
+        timing = time_large(profile_dir=args.profiles)
+        print("large: " + json.dumps(timing))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

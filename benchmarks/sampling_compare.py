@@ -1,5 +1,5 @@
-"""``flsplit compare-sampling APP``: one Flower app run per sampler, with and without
-stragglers, accuracy per round and training time side by side.
+"""``python -m benchmarks.sampling_compare APP``: one Flower app run per sampler, with and
+without stragglers, accuracy per round and training time side by side.
 
 Runs (``--runs``): ``local`` (each client its own batches of ``batch-size``),
 ``uniform`` and ``dirichlet`` (synchronous steps of ``global-batch-size``), each also
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -131,9 +132,30 @@ def _print_table(results: list[dict[str, Any]]) -> None:
         )
 
 
-def _execute(args: argparse.Namespace) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line options of the comparison."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.sampling_compare",
+        description="run a Flower app once per sampler (local, uniform, dirichlet), with and "
+        "without stragglers; accuracy per round and training time",
+    )
+    parser.add_argument("app", help="Flower app directory (e.g. examples/noniid)")
+    parser.add_argument("--runs", default=",".join(RUNS), help="comma-separated runs")
+    parser.add_argument(
+        "--run-config", action="append", default=[], help="key=value overrides, as flwr run"
+    )
+    parser.add_argument("--straggler-fraction", type=float, default=0.25)
+    parser.add_argument("--straggler-factor", type=float, default=4.0)
+    parser.add_argument("--out-dir", default=None, help="keep the runs' histories here")
+    parser.add_argument("--out", default=None, help="write the figures as JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the comparison from the command line; returns the exit code."""
     from flsplit.simulation import parse_run_config
 
+    args = build_parser().parse_args(argv)
     results = compare_sampling(
         args.app,
         [r.strip() for r in args.runs.split(",") if r.strip()],
@@ -147,20 +169,5 @@ def _execute(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``compare-sampling`` to the ``flsplit`` command."""
-    parser = sub.add_parser(
-        "compare-sampling",
-        help="run a Flower app once per sampler (local, uniform, dirichlet), with and "
-        "without stragglers; accuracy per round and training time",
-    )
-    parser.add_argument("app", help="Flower app directory (e.g. examples/noniid)")
-    parser.add_argument("--runs", default=",".join(RUNS), help="comma-separated runs")
-    parser.add_argument(
-        "--run-config", action="append", default=[], help="key=value overrides, as flwr run"
-    )
-    parser.add_argument("--straggler-fraction", type=float, default=0.25)
-    parser.add_argument("--straggler-factor", type=float, default=4.0)
-    parser.add_argument("--out-dir", default=None, help="keep the runs' histories here")
-    parser.add_argument("--out", default=None, help="write the figures as JSON")
-    parser.set_defaults(func=_execute)
+if __name__ == "__main__":
+    sys.exit(main())

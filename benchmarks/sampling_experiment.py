@@ -4,11 +4,12 @@ scikit-learn's digits (the offline data of :mod:`flsplit.model.data`: the same s
 set, the rest as the training pool) is split over 20 clients with 2 classes each
 (pathological partitioning: Flower Datasets' ``PathologicalPartitioner`` with
 ``class_assignment_mode="first-deterministic"`` on the in-memory pool when
-``flwr-datasets`` is installed, else :func:`pathological_partition`, the same
-algorithm). The quickstart's CNN is split into head, body and tail and trained in one
-process with :class:`benchmarks.syncstep.SynchronousStep` (one shared body, labels
-stay with their client, each step equal to a centralised step on its global batch) for
-the same number of steps under each sampler of :mod:`flsplit.plan.sampling.samplers`:
+``flwr-datasets`` is installed, else :func:`flsplit.model.data.pathological_partition`,
+the same algorithm; :func:`flsplit.model.data.partition` picks). The quickstart's CNN is
+split into head, body and tail and trained in one process with
+:class:`benchmarks.syncstep.SynchronousStep` (one shared body, labels stay with their
+client, each step equal to a centralised step on its global batch) for the same number
+of steps under each sampler of :mod:`flsplit.plan.sampling.samplers`:
 
 - ``fixed-local``: every client its local batch each step (``--local-batch``, default
   ``batch // clients`` so a step with all clients has about the global batch);
@@ -35,110 +36,16 @@ import json
 import math
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from flsplit.model.data import partition
 from flsplit.plan.sampling.samplers import Sampler, make_sampler, step_times
 
 CUTS = ("conv2", "fc2")
 RUNS = ("fixed-local", "uniform", "dirichlet", "dirichlet+stragglers")
-
-
-def pathological_partition(
-    labels: np.ndarray, num_partitions: int, classes_per_partition: int, seed: int
-) -> list[np.ndarray]:
-    """Split sample indices so every partition holds exactly ``classes_per_partition``.
-
-    The algorithm of Flower Datasets' ``PathologicalPartitioner`` with
-    ``class_assignment_mode="first-deterministic"``: partition ``i`` gets class
-    ``i % num_classes`` and further classes drawn at random; the samples of each class
-    are divided evenly (``np.array_split``) among the partitions that hold it, then
-    every partition is shuffled. The draws need not match that package's bit for bit.
-
-    Parameters
-    ----------
-    labels : np.ndarray
-        Label of every sample.
-    num_partitions : int
-        Number of partitions (clients).
-    classes_per_partition : int
-        Distinct classes per partition.
-    seed : int
-        Seed of the class draws and shuffles.
-
-    Returns
-    -------
-    list of np.ndarray
-        Sample indices of every partition.
-    """
-    classes = sorted(np.unique(labels).tolist())
-    if not 1 <= classes_per_partition <= len(classes):
-        raise ValueError(
-            f"classes_per_partition must be in [1, {len(classes)}], got {classes_per_partition}"
-        )
-    if num_partitions < 1:
-        raise ValueError(f"num_partitions must be >= 1, got {num_partitions}")
-    rng = np.random.default_rng(seed)
-    held: list[list[int]] = []
-    for pid in range(num_partitions):
-        mine = [classes[pid % len(classes)]]
-        while len(mine) < classes_per_partition:
-            label = int(rng.choice(classes))
-            if label not in mine:
-                mine.append(label)
-        held.append(mine)
-    parts: list[list[int]] = [[] for _ in range(num_partitions)]
-    for label in classes:
-        owners = [pid for pid in range(num_partitions) if label in held[pid]]
-        if not owners:
-            continue
-        indices = np.flatnonzero(labels == label)
-        if len(owners) > len(indices):
-            raise ValueError(
-                f"class {label} would go to {len(owners)} partitions but has "
-                f"{len(indices)} samples; use fewer partitions"
-            )
-        for pid, chunk in zip(owners, np.array_split(indices, len(owners)), strict=True):
-            parts[pid].extend(chunk.tolist())
-    return [rng.permutation(np.asarray(p, dtype=np.int64)) for p in parts]
-
-
-def partition(
-    labels: np.ndarray, num_partitions: int, classes_per_partition: int, seed: int
-) -> tuple[list[np.ndarray], str]:
-    """Pathological partition of ``labels``: Flower Datasets' if installed, else ours.
-
-    Returns
-    -------
-    tuple
-        Sample indices per partition and the name of the implementation used.
-    """
-    try:
-        from datasets import Dataset
-        from flwr_datasets.partitioner import PathologicalPartitioner
-    except ImportError:
-        parts = pathological_partition(labels, num_partitions, classes_per_partition, seed)
-        return parts, "benchmarks.sampling_experiment.pathological_partition"
-    partitioner = PathologicalPartitioner(
-        num_partitions=num_partitions,
-        partition_by="label",
-        num_classes_per_partition=classes_per_partition,
-        class_assignment_mode="first-deterministic",
-        seed=seed,
-    )
-    partitioner.dataset = Dataset.from_dict(
-        {"label": labels.tolist(), "index": np.arange(len(labels)).tolist()}
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        parts = [
-            np.asarray(partitioner.load_partition(pid)["index"], dtype=np.int64)
-            for pid in range(num_partitions)
-        ]
-    return parts, "flwr_datasets.partitioner.PathologicalPartitioner"
 
 
 @dataclass
@@ -409,27 +316,14 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the experiment from the command line."""
-    return _execute(build_parser().parse_args(argv))
-
-
-def _execute(args: argparse.Namespace) -> int:
+    """Run the experiment from the command line; returns the exit code."""
+    args = build_parser().parse_args(argv)
     result = run(args)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
         print(f"wrote {args.out}")
     return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """Register ``flsplit bench-sampling`` (this experiment) with the ``flsplit`` command."""
-    parser = sub.add_parser(
-        "bench-sampling",
-        help="offline non-IID experiment: fixed local batches vs global sampling, stragglers",
-    )
-    build_parser(parser)
-    parser.set_defaults(func=_execute)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,12 @@
-"""The ``flsplit`` command line."""
+"""The ``flsplit`` command line: ``simulate``, ``plan``, ``gen-instance`` and ``profile``.
+
+Benchmarks and experiments are not part of it: they run from a checkout as
+``python -m benchmarks.NAME`` (see docs/benchmarks.md).
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 
@@ -22,33 +25,6 @@ def _simulate(args: argparse.Namespace) -> int:
         load_app_task(args.app), config, num_supernodes=args.num_supernodes, verbose=args.verbose
     )
     return 0
-
-
-def _compare_planners(args: argparse.Namespace) -> int:
-    from benchmarks.compare_planners import compare
-    from flsplit.simulation import parse_run_config
-
-    compare(args.app, args.methods, parse_run_config(args.run_config), args.out_dir)
-    return 0
-
-
-def _bench_dataplane(args: argparse.Namespace) -> int:
-    # Client and helper share this machine's cores. OpenMP threads that spin while their
-    # process waits on the other one steal the cores it computes on; passive waiting
-    # lets each side have them. Set before torch loads OpenMP (the helper process
-    # inherits it); both the in-process and the data-plane figures use the same policy.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from flsplit import bench
-
-    return bench.main(
-        args.models, args.batch, args.steps, args.warmup, args.threads, args.repeats
-    )
-
-
-def _bench_chain(args: argparse.Namespace) -> int:
-    from flsplit.runtime import chain_bench
-
-    return chain_bench.main(args.args)
 
 
 def _profile(args: argparse.Namespace) -> int:
@@ -117,46 +93,6 @@ def _register_runtime_commands(sub: argparse._SubParsersAction) -> None:
     simulate.add_argument("--verbose", action="store_true", help="debug logging")
     simulate.set_defaults(func=_simulate)
 
-    versus = sub.add_parser(
-        "compare-planners",
-        help="run an app once per planner method; print round time, prediction error, accuracy",
-    )
-    versus.add_argument("app", help="Flower app directory")
-    versus.add_argument("--methods", nargs="+", default=["auto", "random-fcfs"])
-    versus.add_argument("--run-config", action="append", default=[], metavar="'KEY=VALUE ...'")
-    versus.add_argument("--out-dir", default=None, help="where runs save rounds (default: temp)")
-    versus.set_defaults(func=_compare_planners)
-
-    bench = sub.add_parser(
-        "bench-dataplane",
-        help="per-batch step time over the gRPC data plane vs one process (JSON lines)",
-    )
-    bench.add_argument("--models", nargs="+", default=["small-cnn", "resnet18"])
-    bench.add_argument("--batch", type=int, default=32)
-    bench.add_argument("--steps", type=int, default=20)
-    bench.add_argument("--warmup", type=int, default=3)
-    bench.add_argument(
-        "--repeats", type=int, default=3, help="alternations of the two set-ups (default 3)"
-    )
-    bench.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch threads per process (default: torch's default)",
-    )
-    bench.set_defaults(func=_bench_dataplane)
-
-    chain = sub.add_parser(
-        "bench-chain",
-        help="helper chains: per-helper peak memory (VGG-19) and emulated epoch time by hops",
-    )
-    chain.add_argument(
-        "args",
-        nargs=argparse.REMAINDER,
-        help="options of python -m benchmarks.chain (--help lists them)",
-    )
-    chain.set_defaults(func=_bench_chain, passthrough=True)
-
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser with every sub-command registered."""
@@ -168,23 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     from flsplit.plan import cli as plan_cli
 
     plan_cli.register(sub)
-    from flsplit import sampling_experiment
-
-    sampling_experiment.register(sub)
-    from flsplit import sampling_compare
-
-    sampling_compare.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``flsplit`` console script."""
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if getattr(args, "func", None) is not None and getattr(args, "passthrough", False):
-        args.args = [*extra, *args.args]  # options of a wrapped command (bench-cuts)
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 
 

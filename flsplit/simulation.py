@@ -14,11 +14,11 @@ import functools
 import logging
 import math
 import os
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import tomllib
 from flwr.simulation import run_simulation
 
 from flsplit.client.app import make_client_app
@@ -31,6 +31,11 @@ from flsplit.server.app import (
     make_server_app,
 )
 from flsplit.task import SplitTask
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # tomllib is new in Python 3.11; tomli is the same parser, kept as a backport
+    import tomli as tomllib
 
 LOG = logging.getLogger("flsplit.simulation")
 

@@ -1,13 +1,9 @@
-"""``flsplit plan``, ``flsplit gen-instance``, ``flsplit bench-planner`` and
-``flsplit bench-placement`` sub-commands."""
+"""``flsplit plan`` and ``flsplit gen-instance`` sub-commands."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import sys
-from pathlib import Path
 
 from flsplit.plan.cuts.cli import add_cut_arguments, run_cut_plan
 from flsplit.plan.generator import CUTS, generate_instance, random_instance
@@ -50,43 +46,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--profiles", help="profile directory (default $FLSPLIT_PROFILES "
                      "or ../shared/profiles)")
     gen.set_defaults(func=run_gen_instance)
-
-    from flsplit.plan import multihop_bench
-
-    placement = subparsers.add_parser("bench-placement",
-                                      help="benchmark the multi-hop placement optimizer")
-    multihop_bench.add_arguments(placement)
-    placement.set_defaults(func=multihop_bench.run)
-
-    bench = subparsers.add_parser("bench-planner", help="benchmark the planner methods")
-    bench.add_argument("--models", nargs="+", default=["resnet101", "vgg19"],
-                       choices=list(CUTS))
-    bench.add_argument("--heterogeneity", nargs="+", default=["low", "high"],
-                       choices=("low", "high"))
-    bench.add_argument("-K", "--clients", nargs="+", type=int, default=[20, 30, 50, 70, 100])
-    bench.add_argument("-H", "--helpers", nargs="+", type=int, default=[5, 10])
-    bench.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    bench.add_argument("--methods", nargs="+", choices=METHODS,
-                       default=["random-fcfs", "balanced-fcfs", "greedy", "auto"])
-    bench.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT,
-                       help="seconds per method and instance (default %(default)s)")
-    bench.add_argument("--bound-time", type=float, default=10.0,
-                       help="seconds for the relaxation bound per instance (0: cheap only)")
-    bench.add_argument("--forms", nargs="+", default=["ms"], choices=("ms", "slotted"))
-    bench.add_argument("--profiles", help="profile directory")
-    bench.add_argument("--jsonl", help="also write one JSON line per result to this file")
-    bench.add_argument("--large", action="store_true",
-                       help="also time auto on K=1000, H=50 against the baselines")
-    bench.set_defaults(func=run_bench)
-
-    cuts = subparsers.add_parser(
-        "bench-cuts",
-        help="benchmark joint per-client cuts against the published and best single cuts",
-        add_help=False,
-    )
-    cuts.add_argument("args", nargs=argparse.REMAINDER,
-                      help="options of python -m benchmarks.cuts (--help lists them)")
-    cuts.set_defaults(func=run_bench_cuts, passthrough=True)
 
 
 def _error(message: str) -> int:
@@ -197,34 +156,4 @@ def run_gen_instance(args: argparse.Namespace) -> int:
         instance = to_slotted(instance)
     save_instance(instance, args.out)
     print(f"wrote {args.out}: {instance.name}")
-    return 0
-
-
-def run_bench_cuts(args: argparse.Namespace) -> int:
-    """Run the cut benchmark with the options that follow ``bench-cuts``."""
-    from benchmarks.cuts import main as cut_benchmark_main
-
-    return cut_benchmark_main(args.args)
-
-
-def run_bench(args: argparse.Namespace) -> int:
-    """Run the benchmark grid and print the table (and JSON lines if asked)."""
-    from benchmarks.planner import format_table, jsonl_writer, run_grid, time_large
-
-    with contextlib.ExitStack() as stack:
-        stream = stack.enter_context(Path(args.jsonl).open("w")) if args.jsonl else None
-        try:
-            results = run_grid(
-                models=args.models, heterogeneity=args.heterogeneity, clients=args.clients,
-                helpers=args.helpers, seeds=args.seeds, methods=args.methods,
-                time_limit=args.time_limit, bound_time=args.bound_time, forms=args.forms,
-                profile_dir=args.profiles,
-                on_result=jsonl_writer(stream) if stream else None,
-            )
-        except FileNotFoundError as exc:
-            return _error(f"profile not found: {exc.filename} (use --profiles DIR)")
-    print(format_table(results))
-    if args.large:
-        timing = time_large(profile_dir=args.profiles)
-        print("large: " + json.dumps(timing))
     return 0

@@ -3,7 +3,7 @@
 The offline digits pool (:mod:`flsplit.model.data`, its seeded test set held out for the
 server) is split with Flower Datasets' ``PathologicalPartitioner`` when ``flwr-datasets``
 is installed, else with flsplit's implementation of the same algorithm
-(:func:`benchmarks.sampling_experiment.partition`): every client holds
+(:func:`flsplit.model.data.partition`): every client holds
 ``classes-per-client`` classes. 10% of each client's samples are its validation set.
 """
 
@@ -18,9 +18,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from benchmarks.sampling_experiment import partition
 from flsplit import SplitTask
-from flsplit.model.data import VAL_FRACTION, digits, digits_pool, digits_test
+from flsplit.model.data import VAL_FRACTION, digits, digits_pool, digits_test, partition
 from flsplit.model.zoo import SmallCNN
 
 

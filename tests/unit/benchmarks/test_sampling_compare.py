@@ -1,4 +1,4 @@
-"""The noniid example's data and the compare-sampling run configs (no simulation)."""
+"""The noniid example's data and the sampling comparison's run configs (no simulation)."""
 
 import sys
 

@@ -7,7 +7,8 @@ import importlib.util
 import numpy as np
 import pytest
 
-from benchmarks.sampling_experiment import RUNS, build_parser, partition, pathological_partition
+from benchmarks.sampling_experiment import RUNS, build_parser
+from flsplit.model.data import partition, pathological_partition
 
 
 def _labels() -> np.ndarray:
@@ -61,9 +62,10 @@ def test_short_run_prints_every_sampler(capsys: pytest.CaptureFixture[str]) -> N
     assert result["summary"]["uniform"]["mean_batch"] == pytest.approx(30, abs=1)
 
 
-def test_registered_as_flsplit_bench_sampling() -> None:
-    from flsplit.cli import build_parser as flsplit_parser
+def test_runs_as_python_m_benchmarks_sampling_experiment() -> None:
+    from benchmarks import sampling_experiment
 
-    args = flsplit_parser().parse_args(["bench-sampling", "--clients", "4", "--epochs", "1"])
+    args = build_parser().parse_args(["--clients", "4", "--epochs", "1"])
     assert (args.clients, args.epochs, args.batch) == (4, 1, 40)
-    assert callable(args.func)
+    assert build_parser().prog == "python -m benchmarks.sampling_experiment"
+    assert callable(sampling_experiment.main)

@@ -1,4 +1,4 @@
-"""``flsplit plan`` / ``gen-instance`` / ``bench-planner`` and the profile generator."""
+"""``flsplit plan`` / ``gen-instance``, the planner benchmark and the profile generator."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.planner import main as bench_planner_main
 from flsplit.cli import main
 from flsplit.plan.generator import CUTS, generate_instance
 from flsplit.plan.instance import STAGE_NAMES, load_instance
@@ -69,10 +70,10 @@ def test_plan_command_rejects_nan(tmp_path: Path, capsys: pytest.CaptureFixture[
 def test_bench_planner_quick(profile_dir: Path, tmp_path: Path,
                              capsys: pytest.CaptureFixture[str]) -> None:
     jsonl = tmp_path / "b.jsonl"
-    code = main(["bench-planner", "--profiles", str(profile_dir), "--models", "vgg19",
-                 "--heterogeneity", "high", "-K", "6", "-H", "2", "--seeds", "0",
-                 "--time-limit", "0.1", "--bound-time", "0.5", "--forms", "ms", "slotted",
-                 "--jsonl", str(jsonl)])
+    code = bench_planner_main(["--profiles", str(profile_dir), "--models", "vgg19",
+                               "--heterogeneity", "high", "-K", "6", "-H", "2", "--seeds", "0",
+                               "--time-limit", "0.1", "--bound-time", "0.5",
+                               "--forms", "ms", "slotted", "--jsonl", str(jsonl)])
     assert code == 0
     out = capsys.readouterr().out
     assert "random-fcfs" in out and "auto" in out and "gap" in out
