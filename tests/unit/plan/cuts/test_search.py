@@ -13,8 +13,7 @@ from flsplit.plan.cuts.plan import plan_from_indices
 from flsplit.plan.cuts.repick import state_from_plan
 from flsplit.plan.cuts.search import anneal, neighbour_pairs
 from flsplit.plan.evaluator import evaluate
-
-from .test_cuts import _check_joint_plan, random_problem
+from tests.unit.plan.cuts.test_optimize import _check_joint_plan, random_problem
 
 
 def _problem(seed: int, num_clients: int, num_helpers: int, num_pairs: int):
