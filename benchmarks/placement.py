@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flsplit.plan.multihop.placement import (
+from flsplit.plan.multihop import (
     MultihopError,
     MultihopProblem,
     brute_force,
@@ -143,9 +143,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _one_hop(problem: MultihopProblem, micro_batch: int) -> float:
-    from flsplit.plan.multihop.placement import _single_hop, _tables
+    from flsplit.plan.multihop import single_hop, stage_tables
 
-    found = _single_hop(problem, _tables(problem, micro_batch), micro_batch)
+    found = single_hop(problem, stage_tables(problem, micro_batch), micro_batch)
     return found[0] if found is not None else math.inf
 
 

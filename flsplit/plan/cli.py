@@ -110,8 +110,8 @@ def run_plan(args: argparse.Namespace) -> int:
 
 def run_multihop(args: argparse.Namespace) -> int:
     """Solve a multi-hop instance and print the chain, cuts, micro-batch and latency."""
-    from flsplit.plan.multihop.placement import MultihopError, load_problem, optimize_placement
-    from flsplit.plan.multihop.placement import save_plan as save_multihop_plan
+    from flsplit.plan.multihop import MultihopError, load_problem, optimize_placement
+    from flsplit.plan.multihop import save_plan as save_multihop_plan
 
     try:
         problem = load_problem(args.multihop, profile=args.profiles)

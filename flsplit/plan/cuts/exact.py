@@ -20,7 +20,8 @@ from ortools.sat.python import cp_model
 
 from flsplit.plan.cpsat import HORIZON_TICKS, MEMORY_TICKS, make_solver
 from flsplit.plan.cuts.bounds import joint_bound
-from flsplit.plan.cuts.optimize import CutPlan, _finish, _plan, alternating
+from flsplit.plan.cuts.heuristics import alternating
+from flsplit.plan.cuts.plan import CutPlan, cut_plan, plan_from_indices
 from flsplit.plan.cuts.problem import CutProblem
 from flsplit.plan.evaluator import IndexTask
 from flsplit.plan.instance import STAGE_NAMES
@@ -67,7 +68,7 @@ def exact_cuts(problem: CutProblem, time_limit: float = 10.0, seed: int = 0,
     Returns
     -------
     CutPlan
-        With ``plan.lower_bound`` the best of :func:`~flsplit.plan.cuts.optimize.joint_bound` and
+        With ``plan.lower_bound`` the best of :func:`~flsplit.plan.cuts.bounds.joint_bound` and
         CP-SAT's proven bound; ``info["cp_sat_status"]`` says whether it is optimal.
     """
     begin = time.perf_counter()
@@ -138,9 +139,9 @@ def exact_cuts(problem: CutProblem, time_limit: float = 10.0, seed: int = 0,
             timed[h].append((solver.Value(bwd_start[k]), 1, (k, True)))
         orders = [[task for _, _, task in sorted(tasks)] for tasks in timed]
         try:
-            plan = _plan(problem.instance(choice), helper_of, orders, "cuts-exact")
+            plan = plan_from_indices(problem.instance(choice), helper_of, orders, "cuts-exact")
             if plan.makespan <= best.makespan:
-                best = _finish(problem, choice, plan, "exact", {})
+                best = cut_plan(problem, choice, plan, "exact", {})
         except PlanError:  # memory rounding of the relaxed knapsack: keep the warm start
             pass
     best.plan.lower_bound = proven

@@ -18,11 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from flsplit.plan.cuts.problem import (
-    CutProblem,
+from flsplit.plan.cuts.problem import CutProblem, build_problem, candidate_pairs
+from flsplit.plan.cuts.profiles import (
     NodeCosts,
-    build_problem,
-    candidate_pairs,
     interpolated_client,
     layer_profile,
     node_costs,

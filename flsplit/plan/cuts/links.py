@@ -31,7 +31,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from flsplit.plan.cuts.optimize import CutPlan, _plan, optimize_cuts
+from flsplit.plan.cuts.optimize import optimize_cuts
+from flsplit.plan.cuts.plan import CutPlan, plan_from_indices
 from flsplit.plan.cuts.problem import CutProblem
 from flsplit.plan.evaluator import IndexTask, StageTable
 from flsplit.plan.generator import KIB_TO_MS_AT_1MBIT
@@ -185,7 +186,7 @@ def _sequenced(problem: CutProblem, choice: np.ndarray, helper_of: list[int],
     orders: list[list[IndexTask]] = [
         best_list_schedule(table, h, [k for k, j in enumerate(helper_of) if j == h])[1]
         for h in range(len(problem.helper_ids))]
-    return instance, _plan(instance, helper_of, orders, method)
+    return instance, plan_from_indices(instance, helper_of, orders, method)
 
 
 def plan_shared_links(problem: CutProblem, method: str = "auto", time_limit: float = 2.0,

@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from flsplit.plan.cuts.problem import CutProblem, LayerProfile, build_problem, node_costs
+from flsplit.plan.cuts.problem import CutProblem, build_problem
+from flsplit.plan.cuts.profiles import LayerProfile, node_costs
 
 NODES_FORMAT = "flsplit-nodes"
 NODES_VERSION = 1

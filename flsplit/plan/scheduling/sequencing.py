@@ -4,7 +4,7 @@ Per helper this is a one-machine problem with two operations per job: the forwar
 released when stage 1 ends, the backward ``delay`` (stage 3) after the forward ends, and
 each job has a ``tail`` (stage 5) after its backward. We use list scheduling with several
 priority rules (Schrage-like "longest remaining path first", first-come-first-served,
-backward-first) and an optional insertion local search; the best order is kept.
+backward-first); the best order is kept.
 """
 
 from __future__ import annotations
@@ -77,39 +77,3 @@ def best_list_schedule(
     if best is None:
         return 0.0, []
     return best
-
-
-def improve_order(
-    table: StageTable,
-    helper: int,
-    order: list[IndexTask],
-    max_passes: int = 3,
-) -> tuple[float, list[IndexTask]]:
-    """Improve ``order`` by moving single tasks (insertion local search).
-
-    A move keeps every forward before its backward. First improvement, at most
-    ``max_passes`` sweeps; cost O(passes * n^3) for ``n`` tasks, so use on small lists.
-    """
-    best = helper_finish(table, helper, order)
-    order = list(order)
-    n = len(order)
-    for _ in range(max_passes):
-        improved = False
-        for i in range(n):
-            task = order[i]
-            rest = order[:i] + order[i + 1 :]
-            partner = (task[0], not task[1])
-            j_partner = rest.index(partner)
-            # forward must stay before its backward
-            positions = range(0, j_partner + 1) if not task[1] else range(j_partner + 1, n)
-            for j in positions:
-                if j == i:
-                    continue
-                candidate = [*rest[:j], task, *rest[j:]]
-                value = helper_finish(table, helper, candidate)
-                if value < best - 1e-9:
-                    best, order, improved = value, candidate, True
-                    break
-        if not improved:
-            break
-    return best, order

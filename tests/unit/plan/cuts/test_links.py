@@ -19,11 +19,12 @@ from flsplit.plan.cuts.links import (
     unaware_plan,
 )
 from flsplit.plan.cuts.nodes import NodesError, problem_from_nodes
-from flsplit.plan.cuts.problem import build_problem, layer_profile, node_costs
+from flsplit.plan.cuts.problem import build_problem
+from flsplit.plan.cuts.profiles import layer_profile, node_costs
 from flsplit.plan.evaluator import StageTable, evaluate
 from flsplit.plan.instance import STAGE_NAMES
 from flsplit.plan.scheduling.sequencing import best_list_schedule
-from tests.unit.plan.test_builder import UNIT_RATE, nodes_doc, tiny_profile
+from tests.unit.plan.cuts.test_problem import UNIT_RATE, nodes_doc, tiny_profile
 
 
 def shared_problem(link_mbps: float, num_clients: int = 6, seed: int = 0):

@@ -18,7 +18,8 @@ from flsplit.plan.cuts.optimize import (
     joint_bound,
     optimize_cuts,
 )
-from flsplit.plan.cuts.problem import CutProblem, build_problem, layer_profile, node_costs
+from flsplit.plan.cuts.problem import CutProblem, build_problem
+from flsplit.plan.cuts.profiles import layer_profile, node_costs
 from flsplit.plan.evaluator import StageTable, evaluate, helper_finish
 from flsplit.plan.generator import CUTS, load_profile
 from flsplit.plan.instance import STAGE_NAMES, InstanceError

@@ -13,8 +13,7 @@ from flsplit.plan.plan import check_plan
 from flsplit.plan.scheduling.bounds import critical_path_bound, load_bound, lower_bound
 from flsplit.plan.scheduling.relaxation import relaxation_bound
 from flsplit.plan.scheduling.solve import METHODS, solve
-
-from .conftest import make_instance, small_instances, uniform
+from tests.unit.plan.conftest import make_instance, small_instances, uniform
 
 HEURISTIC_LIMIT = 0.2
 EXACT_LIMIT = 2.0

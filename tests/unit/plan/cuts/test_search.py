@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 import flsplit.plan.cuts.optimize as cuts_module
-from flsplit.plan.cuts.optimize import _state_from_plan, optimize_cuts
+from flsplit.plan.cuts.optimize import optimize_cuts
+from flsplit.plan.cuts.plan import plan_from_indices
+from flsplit.plan.cuts.repick import state_from_plan
 from flsplit.plan.cuts.search import anneal, neighbour_pairs
 from flsplit.plan.evaluator import evaluate
-
-from .test_cuts import _check_joint_plan, random_problem
+from tests.unit.plan.cuts.test_optimize import _check_joint_plan, random_problem
 
 
 def _problem(seed: int, num_clients: int, num_helpers: int, num_pairs: int):
@@ -27,7 +28,7 @@ def _problem(seed: int, num_clients: int, num_helpers: int, num_pairs: int):
 def _start(problem):
     result = optimize_cuts(problem, "alternating", time_limit=0.2, seed=0)
     choice = np.array([problem.pair_index(result.cuts[c]) for c in problem.client_ids])
-    return _state_from_plan(problem, choice, result.plan)
+    return state_from_plan(problem, choice, result.plan)
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -39,7 +40,7 @@ def test_search_keeps_memory_and_never_returns_a_longer_plan(seed: int) -> None:
     assert found.iterations == 400
     assert found.makespan <= start.makespan + 1e-9
     instance = problem.instance(found.choice)  # raises if a client cannot hold its pair
-    plan = cuts_module._plan(instance, found.helper_of, found.orders, "search")
+    plan = plan_from_indices(instance, found.helper_of, found.orders, "search")
     assert evaluate(instance, plan).makespan == pytest.approx(found.makespan)
     used = np.zeros(problem.shape[1])
     np.add.at(used, found.helper_of, problem.body_memory[found.choice])

@@ -13,13 +13,8 @@ from flsplit.model.presets import PRESETS
 from flsplit.plan.cuts.cli import main as cut_main
 from flsplit.plan.cuts.family import family_problem
 from flsplit.plan.cuts.nodes import NodesError, problem_from_nodes
-from flsplit.plan.cuts.problem import (
-    build_instance,
-    build_problem,
-    candidate_pairs,
-    layer_profile,
-    node_costs,
-)
+from flsplit.plan.cuts.problem import build_instance, build_problem, candidate_pairs
+from flsplit.plan.cuts.profiles import layer_profile, node_costs
 from flsplit.plan.generator import CUTS, generate_instance, load_profile
 from flsplit.plan.instance import STAGE_NAMES, InstanceError
 from tests.paths import SHARED_PROFILES

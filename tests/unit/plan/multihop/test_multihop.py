@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flsplit.plan.multihop.placement import (
+from flsplit.plan.multihop import (
     MultihopError,
     MultihopProblem,
     Stage,
