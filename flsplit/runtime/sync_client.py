@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from flsplit.plan.sampling.samplers import CLIENT_PARTS
+from flsplit.config import CLIENT_PARTS
 from flsplit.runtime.emulation import NO_EMULATION, Emulation
 from flsplit.runtime.helper_client import HelperClient
 from flsplit.runtime.trainer import LossFn, RoundTotals, TrainResult, split_batch

@@ -75,7 +75,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from flsplit.plan.sampling.samplers import CLIENT_PARTS
+from flsplit.config import CLIENT_PARTS
 from flsplit.runtime import wire
 from flsplit.runtime.checks import InputError, TensorSpec, check_gradient
 from flsplit.runtime.dataplane import HelperServer

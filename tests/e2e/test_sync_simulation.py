@@ -3,7 +3,7 @@
 import pytest
 from quickstart.task import TASK
 
-from flsplit.plan.sampling.samplers import check_sync_config
+from flsplit.config import sync_settings
 from flsplit.simulation import simulate
 from tests.e2e.small_run import assert_loss_falls, run_small
 
@@ -42,15 +42,15 @@ def test_uniform_sampling_runs_synchronous_steps_of_the_global_batch():
 )
 def test_bad_sampling_settings_name_the_value_and_the_fix(key, value, message):
     with pytest.raises(ValueError, match="run config") as info:
-        check_sync_config({key: value})
+        sync_settings({key: value})
     assert message in str(info.value) and "--run-config" in str(info.value)
 
 
 def test_local_sampler_keeps_local_batches():
-    settings = check_sync_config({"sampler": "local", "batch-size": 8})
-    assert not settings["sync"] and settings["sampler"] == "fixed-local"
-    settings = check_sync_config({"sampler": "dirichlet", "batch-size": 8})
-    assert settings["sync"] and settings["global-batch-size"] == 8
+    settings = sync_settings({"sampler": "local", "batch-size": 8})
+    assert not settings.sync and settings.sampler == "fixed-local"
+    settings = sync_settings({"sampler": "dirichlet", "batch-size": 8})
+    assert settings.sync and settings.global_batch_size == 8
 
 
 @pytest.mark.parametrize(

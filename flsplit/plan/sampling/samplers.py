@@ -42,27 +42,23 @@ whenever and in whatever order it is asked for (its generator is seeded with
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
+from flsplit.config import SyncSettings
+
 __all__ = [
-    "CLIENT_PARTS",
-    "RUN_CONFIG_SAMPLERS",
     "SAMPLERS",
     "FixedLocalSampler",
     "LatentDirichletSampler",
     "Sampler",
     "UniformGlobalSampler",
-    "check_sync_config",
     "make_sampler",
-    "pack_schedule",
     "round_schedule",
-    "sampler_from_config",
+    "sampler_from_settings",
     "step_times",
-    "unpack_schedule",
 ]
 
 SAMPLERS = ("fixed-local", "uniform", "dirichlet")
@@ -372,23 +368,19 @@ def step_times(counts: np.ndarray, costs: Sequence[float] | np.ndarray) -> np.nd
     return (counts * costs[None, :]).max(axis=1)
 
 
-def sampler_from_config(
-    config: Mapping[str, Any],
+def sampler_from_settings(
+    settings: SyncSettings,
     sizes: Sequence[int] | np.ndarray,
     costs: Sequence[float] | np.ndarray | None = None,
 ) -> Sampler:
-    """Build the sampler a run config asks for.
-
-    Keys (all optional): ``sampler`` (:data:`SAMPLERS`, default ``fixed-local``),
-    ``batch-size`` (a client's local batch, default 32; the global batch of ``uniform``
-    and ``dirichlet`` too unless ``global-batch-size`` is given),
-    ``global-batch-size``, ``sampler-concentration`` (default 100),
-    ``sampler-straggler-weight`` (default 0) and ``sampler-seed`` (default 0).
+    """Build the sampler a run config's global-sampling settings ask for.
 
     Parameters
     ----------
-    config : Mapping
-        The run config (or any mapping with those keys).
+    settings : SyncSettings
+        :func:`flsplit.config.sync_settings` of the run config: the sampler, its global
+        batch (a client's local batch for ``fixed-local``), seed, concentration and
+        straggler weight.
     sizes : sequence of int
         Training samples per client, in the order of the sampler's columns.
     costs : sequence of float, optional
@@ -398,154 +390,16 @@ def sampler_from_config(
     -------
     Sampler
     """
-    name = str(config.get("sampler", "fixed-local"))
-    local = int(config.get("batch-size", 32))
-    batch = local if name == "fixed-local" else int(config.get("global-batch-size", local))
+    local = settings.sampler == "fixed-local"
     return make_sampler(
-        name,
+        settings.sampler,
         sizes,
-        batch,
-        int(config.get("sampler-seed", 0)),
-        concentration=float(config.get("sampler-concentration", 100.0)),
+        settings.batch_size if local else settings.global_batch_size,
+        settings.seed,
+        concentration=settings.concentration,
         costs=costs,
-        straggler_weight=float(config.get("sampler-straggler-weight", 0.0)),
+        straggler_weight=settings.straggler_weight,
     )
-
-
-def pack_schedule(counts: np.ndarray) -> dict[str, list[int]]:
-    """Turn a ``(steps, clients)`` schedule into lists a Flower ``ConfigRecord`` holds.
-
-    Parameters
-    ----------
-    counts : np.ndarray
-        Non-negative integer counts.
-
-    Returns
-    -------
-    dict
-        ``{"schedule-shape": [steps, clients], "schedule-counts": row-major counts}``.
-    """
-    counts = np.asarray(counts)
-    if counts.ndim != 2 or not np.issubdtype(counts.dtype, np.integer) or np.any(counts < 0):
-        raise ValueError("counts must be a 2-D array of non-negative integers")
-    return {
-        "schedule-shape": [int(d) for d in counts.shape],
-        "schedule-counts": [int(c) for c in counts.ravel()],
-    }
-
-
-def unpack_schedule(record: Mapping[str, Any]) -> np.ndarray:
-    """Read back a schedule written by :func:`pack_schedule`, checking it.
-
-    Parameters
-    ----------
-    record : Mapping
-        Holds ``schedule-shape`` and ``schedule-counts``.
-
-    Returns
-    -------
-    np.ndarray
-        ``(steps, clients)`` int64 counts.
-
-    Raises
-    ------
-    ValueError
-        Naming the missing or malformed key.
-    """
-    for key in ("schedule-shape", "schedule-counts"):
-        if key not in record:
-            raise ValueError(f"{key} is missing")
-    shape = [int(d) for d in record["schedule-shape"]]
-    if len(shape) != 2 or min(shape) < 0:
-        raise ValueError(f"schedule-shape must be [steps, clients], got {shape}")
-    flat = np.asarray(record["schedule-counts"], dtype=np.int64)
-    if flat.shape != (shape[0] * shape[1],) or np.any(flat < 0):
-        raise ValueError(
-            f"schedule-counts must hold {shape[0] * shape[1]} non-negative integers, "
-            f"got {flat.size}"
-        )
-    return flat.reshape(shape)
-
-
-#: Run-config values of ``sampler``: ``local`` (alias ``fixed-local``) keeps every client
-#: on its own local batches (no synchronous steps); the others run synchronous steps.
-RUN_CONFIG_SAMPLERS = ("local", "uniform", "dirichlet")
-#: How clients step head and tail in synchronous steps (:mod:`flsplit.runtime.syncplane`).
-CLIENT_PARTS = ("shared", "local")
-
-
-def check_sync_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """Check the run-config keys of global sampling and return them normalised.
-
-    Keys: ``sampler`` (:data:`RUN_CONFIG_SAMPLERS`), ``global-batch-size`` (0 = the
-    ``batch-size``), ``sampler-concentration`` (> 0), ``sampler-straggler-weight``
-    (>= 0), ``sampler-seed`` (>= 0), ``sync-steps`` (steps per round, 0 = ``local-epochs``
-    epochs of the sampler) and ``client-parts`` (:data:`CLIENT_PARTS`).
-
-    Parameters
-    ----------
-    config : Mapping
-        The run config.
-
-    Returns
-    -------
-    dict
-        The keys above with checked values; ``sampler`` is ``fixed-local`` for ``local``,
-        ``global-batch-size`` resolved, plus ``sync`` (whether steps are synchronous).
-
-    Raises
-    ------
-    ValueError
-        Naming the key, the bad value and what to give instead.
-    """
-
-    def number(key: str, default: float, kind: type, low: float, strict: bool) -> Any:
-        raw = config.get(key, default)
-        try:
-            if isinstance(raw, bool):
-                raise ValueError
-            value = kind(raw)
-            if kind is int and value != float(raw):
-                raise ValueError
-        except (TypeError, ValueError):
-            value = None
-        if value is None or not math.isfinite(value) or value < low or (strict and value == low):
-            bound = f"{'>' if strict else '>='} {low:g}"
-            what = "an integer" if kind is int else "a number"
-            raise ValueError(
-                f"run config {key}={raw!r} must be {what} {bound}, e.g. --run-config "
-                f"'{key}={kind(default) if default > low or not strict else 1}'"
-            )
-        return value
-
-    name = str(config.get("sampler", "local"))
-    if name == "fixed-local":
-        name = "local"
-    if name not in RUN_CONFIG_SAMPLERS:
-        raise ValueError(
-            f"run config sampler={name!r} is not one of {', '.join(RUN_CONFIG_SAMPLERS)}: "
-            "e.g. --run-config 'sampler=\"uniform\"'"
-        )
-    parts = str(config.get("client-parts", "shared"))
-    if parts not in CLIENT_PARTS:
-        raise ValueError(
-            f"run config client-parts={parts!r} is not one of {', '.join(CLIENT_PARTS)}: "
-            "e.g. --run-config 'client-parts=\"shared\"'"
-        )
-    local = number("batch-size", 32, int, 0, True)
-    global_batch = number("global-batch-size", 0, int, 0, False) or local
-    return {
-        "sampler": "fixed-local" if name == "local" else name,
-        "sync": name != "local",
-        "batch-size": local,
-        "global-batch-size": global_batch,
-        "sampler-concentration": number("sampler-concentration", 100.0, float, 0, True),
-        "sampler-straggler-weight": number("sampler-straggler-weight", 0.0, float, 0, False),
-        "sampler-seed": number("sampler-seed", 0, int, 0, False),
-        "sync-steps": number("sync-steps", 0, int, 0, False),
-        "local-epochs": number("local-epochs", 1, int, 0, True),
-        "client-parts": parts,
-    }
 
 
 def round_schedule(

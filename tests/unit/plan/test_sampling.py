@@ -163,7 +163,11 @@ def test_bad_arguments_are_named(call, bad: str) -> None:
 
 
 def test_sampler_from_run_config() -> None:
-    from flsplit.plan.sampling.samplers import sampler_from_config
+    from flsplit.config import sync_settings
+    from flsplit.plan.sampling.samplers import sampler_from_settings
+
+    def sampler_from_config(config, sizes, costs=None):
+        return sampler_from_settings(sync_settings(config), sizes, costs)
 
     fixed = sampler_from_config({"batch-size": 8}, SIZES)
     assert isinstance(fixed, FixedLocalSampler) and fixed.batch_size == 8
@@ -188,7 +192,7 @@ def test_sampler_from_run_config() -> None:
 
 
 def test_schedule_round_trips_through_config_lists() -> None:
-    from flsplit.plan.sampling.samplers import pack_schedule, unpack_schedule
+    from flsplit.protocol import pack_schedule, unpack_schedule
 
     counts = UniformGlobalSampler(SIZES, 16, seed=2).epoch(0)
     record = pack_schedule(counts)
