@@ -1,31 +1,19 @@
 """Split learning with helper nodes as a Flower Message-API strategy.
 
 :class:`SplitStrategy` wraps any Flower strategy (FedAvg by default). The wrapped
-strategy samples clients and aggregates; this one discovers which nodes are helpers,
-cuts the model, assigns clients to helpers, and turns each round into
+strategy samples clients and aggregates; this one discovers which nodes are helpers
+(:mod:`strategies.discovery`), cuts the model (:mod:`strategies.parts`), gives each
+client a chain of helpers and a round token per hop (:mod:`strategies.assignment`),
+sends ``train.split`` to clients and ``train.helper`` to helpers
+(:mod:`strategies.messages`, with the synchronous-step schedule of
+:mod:`strategies.sync_schedule` under global sampling), then assembles one full-model
+update per client from its head and tail and its helpers' body pieces
+(:mod:`strategies.assembly`) and hands those to the wrapped strategy's
+``aggregate_train``.
 
-- ``train.split`` messages to clients: head and tail weights, cut points, helper address,
-  round token, the wrapped strategy's config;
-- ``train.helper`` messages to helpers: body weights, clients served, the key to check
-  their tokens with (:mod:`flsplit.runtime.auth`), the helper's task order;
-
-then assembles one full-model update per client (its head and tail plus the body its
-helper trained for it) and hands those to the wrapped strategy's ``aggregate_train``.
-
-Chains: cuts with more than two names (``"conv2,relu2,fc2"``) split the body again into
-pieces, one per helper of a client's chain ``client -> h1 -> h2 -> ... -> client``. Each
-client gets a chain of distinct helpers (:meth:`SplitStrategy.assign_chains`); each
-helper is told, per client it serves, which piece it runs, the next hop's address and
-the client's round token for that next hop (one token per (client, helper) hop). A
-client's full model is its head and tail plus every helper's piece.
-
-Global sampling (``sampling`` with ``sampler`` ``uniform`` or ``dirichlet``): the round
-runs as synchronous steps (:mod:`flsplit.runtime.syncplane`). The strategy draws the
-round's schedule from the clients' example counts (known from discovery; per-sample
-costs from their reported compute factors), sends each client its column
-(``schedule-shape`` / ``schedule-counts``) and where its draws continue
-(``sample-offset``), and each helper the columns of its clients in the order it
-concatenates them.
+A chain is one helper long unless the cuts name more than two modules
+(``"conv2,relu2,fc2"``): then the body is split again into pieces, one per helper of a
+client's chain ``client -> h1 -> h2 -> ... -> client``.
 """
 
 from __future__ import annotations
@@ -42,12 +30,7 @@ from flwr.supercore import log
 
 from flsplit.plan.sampling.samplers import check_sync_config
 from strategies.assembly import full_model_replies, sort_replies
-from strategies.assignment import (
-    RoundAssignment,
-    TokenIssuer,
-    round_robin,
-    round_robin_chains,
-)
+from strategies.assignment import RoundAssignment, TokenIssuer, round_robin, round_robin_chains
 from strategies.discovery import (
     QUERY,
     NodeGrid,
@@ -60,15 +43,11 @@ from strategies.discovery import (
     with_role,
 )
 from strategies.messages import CLIENT_TRAIN, HELPER_TRAIN, client_message, helper_messages
+from strategies.parts import ModelParts, keys_of_split
 from strategies.sync_schedule import SyncSchedule, draw_schedule
 
-__all__ = [
-    "CLIENT_TRAIN",
-    "HELPER_TRAIN",
-    "QUERY",
-    "NodeGrid",
-    "NodeInfo",
-    "RoundAssignment",
+__all__ = [  # the message types and node records are imported from here too
+    "CLIENT_TRAIN", "HELPER_TRAIN", "QUERY", "NodeGrid", "NodeInfo", "RoundAssignment",
     "SplitStrategy",
 ]
 
@@ -131,8 +110,7 @@ class SplitStrategy(Strategy):
             raise ValueError(
                 f"min_completed_clients={min_completed_clients} must be at least 1"
             )
-        self._part_keys_fn = part_keys
-        self._part_keys: dict[str, list[list[str]]] = {}
+        self._parts = ModelParts(part_keys)
         self.cuts = cuts
         self.head_keys, self.body_keys, self.tail_keys = self.part_keys(cuts)
         self.chain_length = len(self.piece_keys(cuts))
@@ -187,42 +165,18 @@ class SplitStrategy(Strategy):
     ) -> SplitStrategy:
         """Build the strategy from a :class:`flsplit.model.split.SplitModel` (and, for other
         cut pairs than its own, the model it came from)."""
-        from flsplit.model.split import part_state_keys
-        from flsplit.task import parse_cuts
-
-        own = ",".join(parts.cuts)
-        own_keys = [parts.part_keys(i) for i in range(len(parts.parts))]
-
-        def keys_for(cuts: str) -> Sequence[Sequence[str]]:
-            if cuts == own:
-                return own_keys
-            if model is None:
-                raise ValueError(f"cuts {cuts!r} differ from {own!r} and no model was given")
-            return part_state_keys(model, parse_cuts(cuts), example_input)
-
+        own, keys_for = keys_of_split(parts, model, example_input)
         return cls(part_keys=keys_for, cuts=own, **kwargs)
-
-    def _parts(self, cuts: str) -> list[list[str]]:
-        if cuts not in self._part_keys:
-            parts = [list(k) for k in self._part_keys_fn(cuts)]
-            if len(parts) < 3:
-                raise ValueError(
-                    f"cuts {cuts!r} give {len(parts)} parts; split learning needs head, "
-                    "body and tail"
-                )
-            self._part_keys[cuts] = parts
-        return self._part_keys[cuts]
 
     def part_keys(self, cuts: str) -> tuple[list[str], list[str], list[str]]:
         """Head, body and tail ``state_dict`` keys for ``cuts`` (cached); the body is every
         piece of a chain together."""
-        parts = self._parts(cuts)
-        return parts[0], [k for piece in parts[1:-1] for k in piece], parts[-1]
+        return self._parts.head_body_tail(cuts)
 
     def piece_keys(self, cuts: str) -> list[list[str]]:
         """``state_dict`` keys of each body piece for ``cuts``, in chain order (one piece
         for a cut pair)."""
-        return self._parts(cuts)[1:-1]
+        return self._parts.pieces(cuts)
 
     # -- roles ------------------------------------------------------------------------
 
@@ -478,12 +432,7 @@ class SplitStrategy(Strategy):
             INFO,
             "round %d: %d/%d client updates aggregated, train_loss %.4f, train_acc %.4f, "
             "wall %.2f s",
-            server_round,
-            sum(1 for r in full_replies if not r.has_error()),
-            len(by_sender.clients),
-            loss,
-            acc,
-            wall,
+            server_round, completed, len(by_sender.clients), loss, acc, wall,
         )
         return arrays, metrics
 
@@ -534,19 +483,10 @@ class SplitStrategy(Strategy):
 
     def summary(self) -> None:
         """Log the configuration."""
-        log(
-            INFO,
-            "\t├──> Split learning: cuts %s, round timeout %.0fs",
-            self.cuts,
-            self.round_timeout,
-        )
-        log(
-            INFO,
-            "\t│\t└── head %d, body %d, tail %d tensors",
-            len(self.head_keys),
-            len(self.body_keys),
-            len(self.tail_keys),
-        )
+        log(INFO, "\t├──> Split learning: cuts %s, round timeout %.0fs", self.cuts,
+            self.round_timeout)
+        log(INFO, "\t│\t└── head %d, body %d, tail %d tensors", len(self.head_keys),
+            len(self.body_keys), len(self.tail_keys))
         log(INFO, "\t└──> Aggregation by %s:", type(self.strategy).__name__)
         self.strategy.summary()
 
