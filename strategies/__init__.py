@@ -1,5 +1,7 @@
 """Flower server strategies (Message API) for split learning with helper nodes."""
 
-from strategies.split import NodeGrid, SplitStrategy
+from strategies.discovery import NodeGrid
+from strategies.planned import PlannedSplitStrategy
+from strategies.split import SplitStrategy
 
-__all__ = ["NodeGrid", "SplitStrategy"]
+__all__ = ["NodeGrid", "PlannedSplitStrategy", "SplitStrategy"]

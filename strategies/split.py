@@ -1,99 +1,55 @@
 """Split learning with helper nodes as a Flower Message-API strategy.
 
 :class:`SplitStrategy` wraps any Flower strategy (FedAvg by default). The wrapped
-strategy samples clients and aggregates; this one discovers which nodes are helpers,
-cuts the model, assigns clients to helpers, and turns each round into
+strategy samples clients and aggregates; this one discovers which nodes are helpers
+(:mod:`strategies.discovery`), cuts the model (:mod:`strategies.parts`), gives each
+client a chain of helpers and a round token per hop (:mod:`strategies.assignment`),
+sends ``train.split`` to clients and ``train.helper`` to helpers
+(:mod:`strategies.messages`, with the synchronous-step schedule of
+:mod:`strategies.sync_schedule` under global sampling), then assembles one full-model
+update per client from its head and tail and its helpers' body pieces
+(:mod:`strategies.assembly`) and hands those to the wrapped strategy's
+``aggregate_train``.
 
-- ``train.split`` messages to clients: head and tail weights, cut points, helper address,
-  round token, the wrapped strategy's config;
-- ``train.helper`` messages to helpers: body weights, clients served, the key to check
-  their tokens with (:mod:`flsplit.runtime.auth`), the helper's task order;
-
-then assembles one full-model update per client (its head and tail plus the body its
-helper trained for it) and hands those to the wrapped strategy's ``aggregate_train``.
-
-Chains: cuts with more than two names (``"conv2,relu2,fc2"``) split the body again into
-pieces, one per helper of a client's chain ``client -> h1 -> h2 -> ... -> client``. Each
-client gets a chain of distinct helpers (:meth:`SplitStrategy.assign_chains`); each
-helper is told, per client it serves, which piece it runs, the next hop's address and
-the client's round token for that next hop (one token per (client, helper) hop). A
-client's full model is its head and tail plus every helper's piece.
-
-Global sampling (``sampling`` with ``sampler`` ``uniform`` or ``dirichlet``): the round
-runs as synchronous steps (:mod:`flsplit.runtime.syncplane`). The strategy draws the
-round's schedule from the clients' example counts (known from discovery; per-sample
-costs from their reported compute factors), sends each client its column
-(``schedule-shape`` / ``schedule-counts``) and where its draws continue
-(``sample-offset``), and each helper the columns of its clients in the order it
-concatenates them.
+A chain is one helper long unless the cuts name more than two modules
+(``"conv2,relu2,fc2"``): then the body is split again into pieces, one per helper of a
+client's chain ``client -> h1 -> h2 -> ... -> client``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from logging import ERROR, INFO, WARNING
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from logging import ERROR, INFO
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 from flwr.supercore import log
 
-from flsplit.plan.sampling.samplers import (
-    check_sync_config,
-    pack_schedule,
-    round_schedule,
-    sampler_from_config,
+from flsplit.plan.sampling.samplers import check_sync_config
+from strategies.assembly import full_model_replies, sort_replies
+from strategies.assignment import RoundAssignment, TokenIssuer, round_robin, round_robin_chains
+from strategies.discovery import (
+    QUERY,
+    NodeGrid,
+    NodeInfo,
+    check_concurrency,
+    clients_needed,
+    log_roles,
+    query_nodes,
+    wait_for,
+    with_role,
 )
-from flsplit.runtime.auth import helper_key, new_run_secret, sign_token
+from strategies.messages import CLIENT_TRAIN, HELPER_TRAIN, client_message, helper_messages
+from strategies.parts import ModelParts, keys_of_split
+from strategies.sync_schedule import SyncSchedule, draw_schedule
 
-QUERY = "query.split"
-CLIENT_TRAIN = "train.split"
-HELPER_TRAIN = "train.helper"
-
-
-class NodeGrid:
-    """A view of a :class:`Grid` that exposes only some of its nodes.
-
-    The wrapped strategy samples through it, so it only ever sees clients.
-    """
-
-    def __init__(self, grid: Grid, node_ids: Callable[[], Iterable[int]]) -> None:
-        self._grid = grid
-        self._node_ids = node_ids
-
-    def get_node_ids(self) -> list[int]:
-        """Return the ids of the visible nodes that are still connected."""
-        connected = set(self._grid.get_node_ids())
-        return [n for n in self._node_ids() if n in connected]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._grid, name)
-
-
-@dataclass
-class NodeInfo:
-    """What a node reported about itself at discovery."""
-
-    node_id: int
-    role: str
-    examples: int = 0
-    address: str = ""
-    listen_address: str = ""
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class RoundAssignment:
-    """Who serves whom in one round."""
-
-    helper_of: dict[int, int]
-    tokens: dict[int, str]
-    started: float
-    cuts_of: dict[int, str] = field(default_factory=dict)
-    chain_of: dict[int, list[int]] = field(default_factory=dict)
+__all__ = [  # the message types and node records are imported from here too
+    "CLIENT_TRAIN", "HELPER_TRAIN", "QUERY", "NodeGrid", "NodeInfo", "RoundAssignment",
+    "SplitStrategy",
+]
 
 
 class SplitStrategy(Strategy):
@@ -154,8 +110,7 @@ class SplitStrategy(Strategy):
             raise ValueError(
                 f"min_completed_clients={min_completed_clients} must be at least 1"
             )
-        self._part_keys_fn = part_keys
-        self._part_keys: dict[str, list[list[str]]] = {}
+        self._parts = ModelParts(part_keys)
         self.cuts = cuts
         self.head_keys, self.body_keys, self.tail_keys = self.part_keys(cuts)
         self.chain_length = len(self.piece_keys(cuts))
@@ -172,7 +127,7 @@ class SplitStrategy(Strategy):
         self.round_times: dict[int, float] = {}
         self.helper_peak_mib: dict[int, float] = {}  # peak resident memory per helper
         self._known_ids: frozenset[int] = frozenset()
-        self._run_secret: tuple[int, bytes] | None = None  # (run id, secret), never sent
+        self._tokens = TokenIssuer()  # holds the run's secret, never sent
 
     @classmethod
     def for_model(
@@ -210,54 +165,30 @@ class SplitStrategy(Strategy):
     ) -> SplitStrategy:
         """Build the strategy from a :class:`flsplit.model.split.SplitModel` (and, for other
         cut pairs than its own, the model it came from)."""
-        from flsplit.model.split import part_state_keys
-        from flsplit.task import parse_cuts
-
-        own = ",".join(parts.cuts)
-        own_keys = [parts.part_keys(i) for i in range(len(parts.parts))]
-
-        def keys_for(cuts: str) -> Sequence[Sequence[str]]:
-            if cuts == own:
-                return own_keys
-            if model is None:
-                raise ValueError(f"cuts {cuts!r} differ from {own!r} and no model was given")
-            return part_state_keys(model, parse_cuts(cuts), example_input)
-
+        own, keys_for = keys_of_split(parts, model, example_input)
         return cls(part_keys=keys_for, cuts=own, **kwargs)
-
-    def _parts(self, cuts: str) -> list[list[str]]:
-        if cuts not in self._part_keys:
-            parts = [list(k) for k in self._part_keys_fn(cuts)]
-            if len(parts) < 3:
-                raise ValueError(
-                    f"cuts {cuts!r} give {len(parts)} parts; split learning needs head, "
-                    "body and tail"
-                )
-            self._part_keys[cuts] = parts
-        return self._part_keys[cuts]
 
     def part_keys(self, cuts: str) -> tuple[list[str], list[str], list[str]]:
         """Head, body and tail ``state_dict`` keys for ``cuts`` (cached); the body is every
         piece of a chain together."""
-        parts = self._parts(cuts)
-        return parts[0], [k for piece in parts[1:-1] for k in piece], parts[-1]
+        return self._parts.head_body_tail(cuts)
 
     def piece_keys(self, cuts: str) -> list[list[str]]:
         """``state_dict`` keys of each body piece for ``cuts``, in chain order (one piece
         for a cut pair)."""
-        return self._parts(cuts)[1:-1]
+        return self._parts.pieces(cuts)
 
     # -- roles ------------------------------------------------------------------------
 
     @property
     def helpers(self) -> list[int]:
         """Ids of the known helper nodes."""
-        return sorted(n for n, info in self.nodes.items() if info.role == "helper")
+        return with_role(self.nodes, "helper")
 
     @property
     def clients(self) -> list[int]:
         """Ids of the known client nodes."""
-        return sorted(n for n, info in self.nodes.items() if info.role == "client")
+        return with_role(self.nodes, "client")
 
     def discover(self, grid: Grid) -> None:
         """Query nodes not seen yet for role, examples and data-plane address.
@@ -268,47 +199,11 @@ class SplitStrategy(Strategy):
         node_ids = sorted(grid.get_node_ids())
         if frozenset(node_ids) == self._known_ids:
             return
-        new = [n for n in node_ids if n not in self.nodes]
-        for gone in set(self.nodes) - set(node_ids):
-            log(WARNING, "node %d left; it is planned out", gone)
-            del self.nodes[gone]
-        if new:
-            messages = [
-                Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type=QUERY)
-                for n in new
-            ]
-            for reply in grid.send_and_receive(messages, timeout=self.query_timeout):
-                src = reply.metadata.src_node_id
-                if reply.has_error():
-                    log(WARNING, "node %d failed discovery: %s", src, reply.error.reason)
-                    continue
-                info = dict(reply.content.config_records["info"])
-                examples = int(reply.content.metric_records["metrics"]["num-examples"])
-                self.nodes[src] = NodeInfo(
-                    node_id=src,
-                    role=str(info["role"]),
-                    examples=examples,
-                    address=str(info.get("address", "")),
-                    listen_address=str(info.get("listen-address", "")),
-                    info=info,
-                )
-        unanswered = sorted(set(new) - set(self.nodes))
-        if unanswered:
-            log(
-                WARNING,
-                "%d nodes did not answer discovery within %.0f s; asking them again later",
-                len(unanswered),
-                self.query_timeout,
-            )
+        unanswered = query_nodes(grid, self.nodes, node_ids, self.query_timeout)
         self._known_ids = frozenset(node_ids) - frozenset(unanswered)
-        self._check_concurrency()
-        log(
-            INFO,
-            "discovery: %d clients, %d helpers (%s)",
-            len(self.clients),
-            len(self.helpers),
-            ", ".join(f"{h}@{self.nodes[h].address}" for h in self.helpers),
-        )
+        if self.split:
+            check_concurrency(self.nodes)
+        log_roles(self.nodes)
 
     def wait_for_clients(self, grid: Grid, stage: str = "train") -> None:
         """Discover until the wrapped strategy has the clients it needs, within a deadline.
@@ -331,52 +226,24 @@ class SplitStrategy(Strategy):
             If fewer clients than those minimums answered within ``query_timeout``
             seconds.
         """
-        if stage == "evaluate" and getattr(self.strategy, "fraction_evaluate", 1.0) == 0:
-            self.discover(grid)  # no federated evaluation: nobody to wait for
-            return
-        needed = max(
-            1,
-            int(getattr(self.strategy, "min_available_nodes", 1)),
-            int(getattr(self.strategy, f"min_{stage}_nodes", 1)),
-        )
-        deadline = time.monotonic() + self.query_timeout
-        self.discover(grid)
-        while len(self.client_grid(grid).get_node_ids()) < needed:
-            if time.monotonic() > deadline:
-                message = (
-                    f"{len(self.clients)} client nodes (and {len(self.helpers)} helpers) "
-                    f"answered discovery within {self.query_timeout:.0f} s, but the wrapped "
-                    f"strategy needs at least {needed} clients (its min_available_nodes / "
-                    f"min_{stage}_nodes): start more client SuperNodes, lower those minimums, "
-                    "or give the nodes more time (query_timeout)"
-                )
-                log(ERROR, message)
-                raise RuntimeError(message)
-            time.sleep(1.0)
-            self.discover(grid)
+        needed = clients_needed(self.strategy, stage)
 
-    def _check_concurrency(self) -> None:
-        """Refuse a simulation whose backend cannot run every helper and a client at once."""
-        if not self.split:
-            return
-        reported = [
-            int(n.info["simulation-concurrency"])
-            for n in self.nodes.values()
-            if "simulation-concurrency" in n.info
-        ]
-        needed = len(self.helpers) + 1
-        if reported and min(reported) < needed:
-            message = (
-                f"the simulation backend runs {min(reported)} ClientApp calls at once, but "
-                f"{len(self.helpers)} helpers (each busy for the whole round) plus at least "
-                "one client must run together: give each virtual node a smaller CPU share, "
-                "e.g. flwr run --federation-config 'client-resources-num-cpus=1 "
-                "init-args-num-cpus=<num-supernodes>'; Flower's simulation engine itself "
-                "runs at most min(32, cpus + 4) calls at once, a limit `flsplit simulate` "
-                "lifts"
+        def too_few() -> str:
+            return (
+                f"{len(self.clients)} client nodes (and {len(self.helpers)} helpers) "
+                f"answered discovery within {self.query_timeout:.0f} s, but the wrapped "
+                f"strategy needs at least {needed} clients (its min_available_nodes / "
+                f"min_{stage}_nodes): start more client SuperNodes, lower those minimums, "
+                "or give the nodes more time (query_timeout)"
             )
-            log(ERROR, message)
-            raise RuntimeError(message)
+
+        wait_for(
+            lambda: self.discover(grid),
+            lambda: len(self.client_grid(grid).get_node_ids()),
+            needed,
+            self.query_timeout,
+            too_few,
+        )
 
     def client_grid(self, grid: Grid) -> NodeGrid:
         """The grid as the wrapped strategy sees it: clients only."""
@@ -386,15 +253,7 @@ class SplitStrategy(Strategy):
 
     def assign(self, server_round: int, clients: Sequence[int]) -> dict[int, int]:
         """Assign clients to helpers (round-robin over the known helpers)."""
-        helpers = self.helpers
-        if not helpers:
-            raise RuntimeError(
-                "no helper node found: in simulation set the run config num-helpers >= 1 "
-                "(and num-supernodes > num-helpers); in deployment start a SuperNode with "
-                "--node-config 'role=\"helper\"'"
-            )
-        offset = server_round - 1
-        return {c: helpers[(i + offset) % len(helpers)] for i, c in enumerate(sorted(clients))}
+        return round_robin(self.helpers, server_round, clients)
 
     def assign_chains(
         self, server_round: int, clients: Sequence[int], length: int
@@ -408,18 +267,7 @@ class SplitStrategy(Strategy):
         RuntimeError
             If fewer than ``length`` helpers are known.
         """
-        helpers = self.helpers
-        if len(helpers) < length:
-            raise RuntimeError(
-                f"chain-length={length} needs at least {length} helper nodes, "
-                f"{len(helpers)} answered discovery: lower chain-length, or raise num-helpers "
-                "(simulation) / start more helper SuperNodes (deployment)"
-            )
-        offset = server_round - 1
-        return {
-            c: [helpers[(i + offset + j) % len(helpers)] for j in range(length)]
-            for i, c in enumerate(sorted(clients))
-        }
+        return round_robin_chains(self.helpers, server_round, clients, length)
 
     def client_cuts(self, server_round: int, clients: Sequence[int]) -> dict[int, str]:
         """Cut pair of every client this round (the default cuts for everybody)."""
@@ -458,202 +306,109 @@ class SplitStrategy(Strategy):
             self.assignment = RoundAssignment({}, {}, time.perf_counter())
             return inner
         sampled = [m.metadata.dst_node_id for m in inner]
-        if self.chain_length > 1:
-            chain_of = self.assign_chains(server_round, sampled, self.chain_length)
-        else:
-            chain_of = {c: [h] for c, h in self.assign(server_round, sampled).items()}
-        helper_of = {c: chain[0] for c, chain in chain_of.items()}
-        inner = [m for m in inner if m.metadata.dst_node_id in helper_of]  # planned out
+        chain_of = self._chains(server_round, sampled)
+        inner = [m for m in inner if m.metadata.dst_node_id in chain_of]  # planned out
         cuts_of = self.client_cuts(server_round, sampled)
-        # Round tokens: HMAC-signed for (run, round, client, helper) with a key derived
-        # per helper from a per-run secret; each helper gets only its key, each client
-        # only the token for its first helper, a helper in a chain the client's token for
-        # its next hop. One token per (client, helper) hop.
-        run_id = int(grid.run.run_id)
-        if self._run_secret is None or self._run_secret[0] != run_id:
-            self._run_secret = (run_id, new_run_secret())
-        used = {h for chain in chain_of.values() for h in chain}
-        keys = {h: helper_key(self._run_secret[1], run_id, h) for h in used}
-        hop_tokens = {
-            (c, h): sign_token(keys[h], run_id, server_round, c, h)
-            for c, chain in chain_of.items()
-            for h in chain
-        }
-        tokens = {c: hop_tokens[(c, h)] for c, h in helper_of.items()}
-        self.assignment = RoundAssignment(
-            helper_of, tokens, time.perf_counter(), cuts_of, chain_of
+        tokens = self._tokens.issue(int(grid.run.run_id), server_round, chain_of)
+        self.assignment = assignment = RoundAssignment(
+            helper_of={c: chain[0] for c, chain in chain_of.items()},
+            tokens=tokens.first_hop(chain_of),
+            started=time.perf_counter(),
+            cuts_of=cuts_of,
+            chain_of=chain_of,
         )
-        columns, client_sync = self._sync_schedule(server_round, sorted(helper_of))
-
-        helper_messages = []
-        for helper in self.helpers:
-            # (client, position in its chain) of every piece this helper runs
-            served = [
-                (c, chain.index(helper)) for c, chain in chain_of.items() if helper in chain
-            ]
-            if not served:
-                continue
-            body_keys = sorted(
-                {k for c, j in served for k in self.piece_keys(cuts_of[c])[j]}
-            )
-            nexts = [
-                chain_of[c][j + 1] if j + 1 < len(chain_of[c]) else None for c, j in served
-            ]
-            helper_config = ConfigRecord(
-                {
-                    **_plain(config),
-                    "server-round": server_round,
-                    "cuts": self.cuts,
-                    "clients": [str(c) for c, _ in served],
-                    "client-cuts": [cuts_of[c] for c, _ in served],
-                    "client-piece": [j + 1 for _, j in served],
-                    "client-next": [
-                        self.nodes[n].address if n is not None else "" for n in nexts
-                    ],
-                    "client-next-token": [
-                        hop_tokens[(c, n)] if n is not None else ""
-                        for (c, _), n in zip(served, nexts, strict=True)
-                    ],
-                    "token-key": keys[helper],
-                    "order": self.helper_order(helper, [c for c, _ in served]),
-                    "listen-address": self.nodes[helper].listen_address,
-                    "round-timeout": float(self.round_timeout),
-                }
-            )
-            if columns is not None:
-                helper_config.update(
-                    pack_schedule(columns[:, [client_sync[c]["column"] for c, _ in served]])
-                )
-                helper_config["client-parts"] = self.sampling["client-parts"]
-            helper_messages.append(
-                Message(
-                    RecordDict({"arrays": _subset(arrays, body_keys), "config": helper_config}),
-                    dst_node_id=helper,
-                    message_type=HELPER_TRAIN,
-                )
-            )
-
-        config_key = getattr(self.strategy, "configrecord_key", "config")
-        client_messages = []
-        for message in inner:
-            client = message.metadata.dst_node_id
-            inner_config = message.content.config_records.get(config_key, ConfigRecord())
-            head_keys, _, tail_keys = self.part_keys(cuts_of[client])
-            client_config = ConfigRecord(
-                {
-                    **_plain(inner_config),
-                    "cuts": cuts_of[client],
-                    "helper-address": self.nodes[helper_of[client]].address,
-                    "round-token": tokens[client],
-                    **self.client_config(client, helper_of[client]),
-                }
-            )
-            if columns is not None:
-                column = client_sync[client]["column"]
-                client_config.update(pack_schedule(columns[:, [column]]))
-                client_config["sample-offset"] = client_sync[client]["offset"]
-                client_config["client-parts"] = self.sampling["client-parts"]
-            client_messages.append(
-                Message(
-                    RecordDict(
-                        {"arrays": _subset(arrays, head_keys + tail_keys), "config": client_config}
-                    ),
-                    dst_node_id=client,
-                    message_type=CLIENT_TRAIN,
-                )
-            )
+        schedule = self._sync_schedule(server_round, sorted(chain_of))
+        to_helpers = helper_messages(
+            arrays,
+            config,
+            server_round=server_round,
+            cuts=self.cuts,
+            helpers=self.helpers,
+            assignment=assignment,
+            tokens=tokens,
+            nodes=self.nodes,
+            piece_keys=self.piece_keys,
+            helper_order=self.helper_order,
+            round_timeout=self.round_timeout,
+            schedule=schedule,
+        )
+        to_clients = [self._client_message(m, arrays, assignment, schedule) for m in inner]
         log(
             INFO,
             "configure_train: %d clients on %d helpers%s, cuts %s",
-            len(client_messages),
-            len(helper_messages),
+            len(to_clients),
+            len(to_helpers),
             f" (chains of {self.chain_length})" if self.chain_length > 1 else "",
             ", ".join(sorted(set(cuts_of.values()))),
         )
         # Helpers first: the simulation engine hands out workers in this order, and a
         # client can only progress once its helper serves.
-        return helper_messages + client_messages
+        return to_helpers + to_clients
 
-    def _sync_schedule(
-        self, server_round: int, clients: Sequence[int]
-    ) -> tuple[Any, dict[int, dict[str, int]]]:
-        """The round's synchronous-step schedule, or ``(None, {})`` without global sampling.
+    def _chains(self, server_round: int, clients: Sequence[int]) -> dict[int, list[int]]:
+        """Each client's chain of helpers; one helper long (from :meth:`assign`) without
+        chains, which is the hook a planner overrides."""
+        if self.chain_length > 1:
+            return self.assign_chains(server_round, clients, self.chain_length)
+        return {c: [h] for c, h in self.assign(server_round, clients).items()}
 
-        Returns the ``(steps, clients)`` counts (columns in the order of ``clients``) and
-        per client its column and the samples it drew in earlier rounds.
-        """
-        if not self.sampling["sync"] or not clients:
-            return None, {}
-        sizes = [self.nodes[c].examples for c in clients]
-        empty = [c for c, n in zip(clients, sizes, strict=True) if n < 1]
-        if empty:
-            raise RuntimeError(
-                f"clients {empty} reported no training examples; global sampling draws "
-                "from every client's data"
-            )
-        costs = [float(self.nodes[c].info.get("compute-factor", 1.0)) for c in clients]
-        sampler = sampler_from_config(self.sampling, sizes, costs)
-        counts, offsets = round_schedule(
-            sampler,
-            server_round,
-            int(self.sampling["sync-steps"]),
-            int(self.sampling["local-epochs"]),
+    def _client_message(
+        self,
+        inner: Message,
+        arrays: ArrayRecord,
+        assignment: RoundAssignment,
+        schedule: SyncSchedule | None,
+    ) -> Message:
+        client = inner.metadata.dst_node_id
+        helper = assignment.helper_of[client]
+        cuts = assignment.cuts_of[client]
+        head_keys, _, tail_keys = self.part_keys(cuts)
+        return client_message(
+            inner,
+            arrays,
+            config_key=getattr(self.strategy, "configrecord_key", "config"),
+            head_tail_keys=head_keys + tail_keys,
+            cuts=cuts,
+            helper_address=self.nodes[helper].address,
+            token=assignment.tokens[client],
+            extra=self.client_config(client, helper),
+            schedule=schedule,
         )
-        self.schedules[server_round] = counts
-        log(
-            INFO,
-            "round %d: %s sampling, %d synchronous steps, global batch %d (%.1f clients "
-            "per step on average)",
-            server_round,
-            sampler.name,
-            counts.shape[0],
-            int(counts.sum(axis=1).max()),
-            float((counts > 0).sum(axis=1).mean()),
-        )
-        return counts, {
-            c: {"column": i, "offset": int(offsets[i])} for i, c in enumerate(clients)
-        }
+
+    def _sync_schedule(self, server_round: int, clients: Sequence[int]) -> SyncSchedule | None:
+        """The round's synchronous-step schedule (kept in :attr:`schedules`), or ``None``
+        without global sampling."""
+        schedule = draw_schedule(self.sampling, self.nodes, server_round, clients)
+        if schedule is not None:
+            self.schedules[server_round] = schedule.counts
+        return schedule
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Assemble one full model per client and let the wrapped strategy aggregate."""
         server_round += self.round_offset
-        replies = list(replies)
         assignment = self.assignment
         if assignment is None:
             raise RuntimeError("aggregate_train called before configure_train")
-        bodies: dict[int, list[ArrayRecord]] = {}  # one piece per helper of the chain
-        client_replies: list[Message] = []
-        helper_replies: list[Message] = []
-        for reply in replies:
-            src = reply.metadata.src_node_id
-            if reply.metadata.message_type == HELPER_TRAIN or src in self.helpers:
-                if reply.has_error():
-                    log(WARNING, "helper %d failed: %s", src, reply.error.reason)
-                    continue
-                helper_replies.append(reply)
-                for name, record in reply.content.array_records.items():
-                    if name.startswith("body."):
-                        bodies.setdefault(int(name.removeprefix("body.")), []).append(record)
-            else:
-                client_replies.append(reply)
-
-        self.observe(server_round, client_replies, helper_replies)
-        for reply in helper_replies:
-            steps = reply.content.metric_records["metrics"].get("step-examples")
-            if steps is not None:
-                self.sync_steps.setdefault(server_round, {})[reply.metadata.src_node_id] = [
-                    int(n) for n in steps
-                ]
-            peak = reply.content.metric_records["metrics"].get("peak-rss-mib")
-            if peak is not None:
-                src = reply.metadata.src_node_id
-                self.helper_peak_mib[src] = max(self.helper_peak_mib.get(src, 0.0), float(peak))
+        helpers = set(self.helpers)
+        by_sender = sort_replies(
+            replies,
+            lambda r: r.metadata.message_type == HELPER_TRAIN or r.metadata.src_node_id in helpers,
+        )
+        self.observe(server_round, by_sender.clients, by_sender.helpers)
+        self._record_helper_metrics(server_round, by_sender.helpers)
         if self.split:
-            full_replies = list(self._full_model_replies(client_replies, bodies, assignment))
+            full_replies = list(
+                full_model_replies(
+                    by_sender.clients,
+                    by_sender.bodies,
+                    lambda c: self.part_keys(assignment.cuts_of[c])[1],
+                    self.full_keys,
+                )
+            )
         else:
-            full_replies = client_replies
+            full_replies = by_sender.clients
         completed = sum(1 for r in full_replies if not r.has_error())
         if completed < self.min_completed_clients:
             log(
@@ -677,53 +432,21 @@ class SplitStrategy(Strategy):
             INFO,
             "round %d: %d/%d client updates aggregated, train_loss %.4f, train_acc %.4f, "
             "wall %.2f s",
-            server_round,
-            sum(1 for r in full_replies if not r.has_error()),
-            len(client_replies),
-            loss,
-            acc,
-            wall,
+            server_round, completed, len(by_sender.clients), loss, acc, wall,
         )
         return arrays, metrics
 
-    def _full_model_replies(
-        self,
-        client_replies: Sequence[Message],
-        bodies: Mapping[int, Sequence[ArrayRecord]],
-        assignment: RoundAssignment,
-    ) -> Iterator[Message]:
-        for reply in client_replies:
+    def _record_helper_metrics(self, server_round: int, helper_replies: Sequence[Message]) -> None:
+        """Keep each helper's synchronous step sizes and its peak memory."""
+        for reply in helper_replies:
             src = reply.metadata.src_node_id
-            if reply.has_error():
-                yield reply
-                continue
-            body_keys = set(self.part_keys(assignment.cuts_of[src])[1])
-            if not bodies.get(src):
-                log(WARNING, "client %d: its helper returned no body; update dropped", src)
-                continue
-            body: dict[str, Any] = {}
-            for piece in bodies[src]:
-                for key in piece:
-                    body[key] = piece[key]
-            missing = body_keys - set(body)
-            if missing:
-                log(
-                    WARNING,
-                    "client %d: a helper of its chain returned no piece (%d body tensors "
-                    "missing, e.g. %s); update dropped",
-                    src,
-                    len(missing),
-                    sorted(missing)[0],
-                )
-                continue
-            head_tail = reply.content.array_records["arrays"]
-            full = ArrayRecord()
-            for key in self.full_keys:
-                full[key] = body[key] if key in body_keys else head_tail[key]
-            reply.content = RecordDict(
-                {"arrays": full, "metrics": reply.content.metric_records["metrics"]}
-            )
-            yield reply
+            metrics = reply.content.metric_records["metrics"]
+            steps = metrics.get("step-examples")
+            if steps is not None:
+                self.sync_steps.setdefault(server_round, {})[src] = [int(n) for n in steps]
+            peak = metrics.get("peak-rss-mib")
+            if peak is not None:
+                self.helper_peak_mib[src] = max(self.helper_peak_mib.get(src, 0.0), float(peak))
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -760,32 +483,10 @@ class SplitStrategy(Strategy):
 
     def summary(self) -> None:
         """Log the configuration."""
-        log(
-            INFO,
-            "\t├──> Split learning: cuts %s, round timeout %.0fs",
-            self.cuts,
-            self.round_timeout,
-        )
-        log(
-            INFO,
-            "\t│\t└── head %d, body %d, tail %d tensors",
-            len(self.head_keys),
-            len(self.body_keys),
-            len(self.tail_keys),
-        )
+        log(INFO, "\t├──> Split learning: cuts %s, round timeout %.0fs", self.cuts,
+            self.round_timeout)
+        log(INFO, "\t│\t└── head %d, body %d, tail %d tensors", len(self.head_keys),
+            len(self.body_keys), len(self.tail_keys))
         log(INFO, "\t└──> Aggregation by %s:", type(self.strategy).__name__)
         self.strategy.summary()
 
-
-def _subset(arrays: ArrayRecord, keys: Sequence[str]) -> ArrayRecord:
-    missing = [k for k in keys if k not in arrays]
-    if missing:
-        raise KeyError(f"global model lacks {missing[:3]}: do the cuts match the model?")
-    subset = ArrayRecord()
-    for key in keys:
-        subset[key] = arrays[key]
-    return subset
-
-
-def _plain(config: ConfigRecord) -> dict[str, Any]:
-    return dict(config.items())

@@ -1,0 +1,123 @@
+"""Who serves whom in a round: helper assignment, chains of helpers, round tokens per hop.
+
+A client's chain is the list of helpers its body runs on, in order
+(``client -> h1 -> h2 -> ... -> client``); without chains it is one helper long. Every
+(client, helper) hop gets its own round token (:mod:`flsplit.runtime.auth`): HMAC-signed
+for (run, round, client, helper) with a key derived per helper from a per-run secret the
+server never sends. Each helper gets only its key, each client only the token for its
+first helper, and a helper in a chain the client's token for its next hop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from flsplit.runtime.auth import helper_key, new_run_secret, sign_token
+
+NO_HELPERS = (
+    "no helper node found: in simulation set the run config num-helpers >= 1 "
+    "(and num-supernodes > num-helpers); in deployment start a SuperNode with "
+    "--node-config 'role=\"helper\"'"
+)
+
+
+@dataclass
+class RoundAssignment:
+    """Who serves whom in one round."""
+
+    helper_of: dict[int, int]
+    tokens: dict[int, str]
+    started: float
+    cuts_of: dict[int, str] = field(default_factory=dict)
+    chain_of: dict[int, list[int]] = field(default_factory=dict)
+
+
+def round_robin(
+    helpers: Sequence[int], server_round: int, clients: Sequence[int]
+) -> dict[int, int]:
+    """Assign the sorted ``clients`` to ``helpers`` in turn, starting one further each round.
+
+    Raises
+    ------
+    RuntimeError
+        If there are no helpers.
+    """
+    if not helpers:
+        raise RuntimeError(NO_HELPERS)
+    offset = server_round - 1
+    return {c: helpers[(i + offset) % len(helpers)] for i, c in enumerate(sorted(clients))}
+
+
+def round_robin_chains(
+    helpers: Sequence[int], server_round: int, clients: Sequence[int], length: int
+) -> dict[int, list[int]]:
+    """Give each client a chain of ``length`` distinct helpers.
+
+    Client ``i`` (in sorted order) starts at helper ``i + round - 1`` and takes the next
+    ones in turn, so every helper serves pieces of many clients and, over the clients,
+    every position of the chain.
+
+    Raises
+    ------
+    RuntimeError
+        If fewer than ``length`` helpers are known.
+    """
+    if len(helpers) < length:
+        raise RuntimeError(
+            f"chain-length={length} needs at least {length} helper nodes, "
+            f"{len(helpers)} answered discovery: lower chain-length, or raise num-helpers "
+            "(simulation) / start more helper SuperNodes (deployment)"
+        )
+    offset = server_round - 1
+    return {
+        c: [helpers[(i + offset + j) % len(helpers)] for j in range(length)]
+        for i, c in enumerate(sorted(clients))
+    }
+
+
+@dataclass
+class RoundTokens:
+    """The keys and tokens of one round.
+
+    Attributes
+    ----------
+    keys : dict
+        Helper -> the key it checks its tokens with (sent to that helper only).
+    hops : dict
+        (client, helper) -> the client's token at that helper.
+    """
+
+    keys: dict[int, bytes]
+    hops: dict[tuple[int, int], str]
+
+    def first_hop(self, chain_of: Mapping[int, Sequence[int]]) -> dict[int, str]:
+        """Each client's token for the first helper of its chain (the one it is sent)."""
+        return {c: self.hops[(c, chain[0])] for c, chain in chain_of.items()}
+
+
+class TokenIssuer:
+    """Signs round tokens with keys derived from one secret per run.
+
+    The secret is made at the first round of a run and again whenever the run id
+    changes, and never leaves this object.
+    """
+
+    def __init__(self) -> None:
+        self._run_secret: tuple[int, bytes] | None = None  # (run id, secret)
+
+    def issue(
+        self, run_id: int, server_round: int, chain_of: Mapping[int, Sequence[int]]
+    ) -> RoundTokens:
+        """Keys for the helpers of ``chain_of`` and a token for every (client, helper) hop."""
+        if self._run_secret is None or self._run_secret[0] != run_id:
+            self._run_secret = (run_id, new_run_secret())
+        secret = self._run_secret[1]
+        used = {h for chain in chain_of.values() for h in chain}
+        keys = {h: helper_key(secret, run_id, h) for h in used}
+        hops = {
+            (c, h): sign_token(keys[h], run_id, server_round, c, h)
+            for c, chain in chain_of.items()
+            for h in chain
+        }
+        return RoundTokens(keys, hops)

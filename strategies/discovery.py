@@ -1,0 +1,217 @@
+"""Which nodes are helpers and which are clients, as they report at discovery.
+
+The server sends every node it has not heard from a ``query.split`` message; the node
+answers with its role, example count, data-plane addresses (helpers) and device
+information. :class:`NodeGrid` then shows the wrapped Flower strategy the clients only,
+so it never samples a helper.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from logging import ERROR, INFO, WARNING
+from typing import Any
+
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from flwr.supercore import log
+
+QUERY = "query.split"
+
+
+class NodeGrid:
+    """A view of a :class:`Grid` that exposes only some of its nodes.
+
+    The wrapped strategy samples through it, so it only ever sees clients.
+
+    Parameters
+    ----------
+    grid : Grid
+        The run's grid; everything but :meth:`get_node_ids` goes to it.
+    node_ids : callable
+        Returns the ids to show (read at every call, so the view follows discovery).
+    """
+
+    def __init__(self, grid: Grid, node_ids: Callable[[], Iterable[int]]) -> None:
+        self._grid = grid
+        self._node_ids = node_ids
+
+    def get_node_ids(self) -> list[int]:
+        """Return the ids of the visible nodes that are still connected."""
+        connected = set(self._grid.get_node_ids())
+        return [n for n in self._node_ids() if n in connected]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+
+@dataclass
+class NodeInfo:
+    """What a node reported about itself at discovery."""
+
+    node_id: int
+    role: str
+    examples: int = 0
+    address: str = ""
+    listen_address: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def with_role(nodes: Mapping[int, NodeInfo], role: str) -> list[int]:
+    """Sorted ids of the ``nodes`` that reported ``role``."""
+    return sorted(n for n, info in nodes.items() if info.role == role)
+
+
+def query_nodes(
+    grid: Grid, nodes: MutableMapping[int, NodeInfo], node_ids: Sequence[int], timeout: float
+) -> list[int]:
+    """Bring ``nodes`` up to date with the connected ``node_ids``.
+
+    Nodes that left are removed; nodes not in ``nodes`` yet are queried and added as
+    they answer.
+
+    Parameters
+    ----------
+    grid : Grid
+        The run's grid.
+    nodes : dict
+        Node id -> :class:`NodeInfo`, updated in place.
+    node_ids : sequence of int
+        The ids of the connected nodes.
+    timeout : float
+        Seconds to wait for the answers.
+
+    Returns
+    -------
+    list of int
+        The new nodes that did not answer in time (to be asked again later).
+    """
+    new = [n for n in node_ids if n not in nodes]
+    for gone in set(nodes) - set(node_ids):
+        log(WARNING, "node %d left; it is planned out", gone)
+        del nodes[gone]
+    if new:
+        messages = [
+            Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type=QUERY)
+            for n in new
+        ]
+        for reply in grid.send_and_receive(messages, timeout=timeout):
+            src = reply.metadata.src_node_id
+            if reply.has_error():
+                log(WARNING, "node %d failed discovery: %s", src, reply.error.reason)
+                continue
+            nodes[src] = _node_info(src, reply)
+    unanswered = sorted(set(new) - set(nodes))
+    if unanswered:
+        log(
+            WARNING,
+            "%d nodes did not answer discovery within %.0f s; asking them again later",
+            len(unanswered),
+            timeout,
+        )
+    return unanswered
+
+
+def _node_info(node_id: int, reply: Message) -> NodeInfo:
+    info = dict(reply.content.config_records["info"])
+    return NodeInfo(
+        node_id=node_id,
+        role=str(info["role"]),
+        examples=int(reply.content.metric_records["metrics"]["num-examples"]),
+        address=str(info.get("address", "")),
+        listen_address=str(info.get("listen-address", "")),
+        info=info,
+    )
+
+
+def log_roles(nodes: Mapping[int, NodeInfo]) -> None:
+    """Log how many clients and which helpers (with their addresses) are known."""
+    helpers = with_role(nodes, "helper")
+    log(
+        INFO,
+        "discovery: %d clients, %d helpers (%s)",
+        len(with_role(nodes, "client")),
+        len(helpers),
+        ", ".join(f"{h}@{nodes[h].address}" for h in helpers),
+    )
+
+
+def check_concurrency(nodes: Mapping[int, NodeInfo]) -> None:
+    """Refuse a simulation whose backend cannot run every helper and a client at once.
+
+    Raises
+    ------
+    RuntimeError
+        If a node reported a ``simulation-concurrency`` below the number of helpers + 1.
+    """
+    reported = [
+        int(n.info["simulation-concurrency"])
+        for n in nodes.values()
+        if "simulation-concurrency" in n.info
+    ]
+    helpers = len(with_role(nodes, "helper"))
+    if reported and min(reported) < helpers + 1:
+        message = (
+            f"the simulation backend runs {min(reported)} ClientApp calls at once, but "
+            f"{helpers} helpers (each busy for the whole round) plus at least "
+            "one client must run together: give each virtual node a smaller CPU share, "
+            "e.g. flwr run --federation-config 'client-resources-num-cpus=1 "
+            "init-args-num-cpus=<num-supernodes>'; Flower's simulation engine itself "
+            "runs at most min(32, cpus + 4) calls at once, a limit `flsplit simulate` "
+            "lifts"
+        )
+        log(ERROR, message)
+        raise RuntimeError(message)
+
+
+def clients_needed(strategy: Strategy, stage: str) -> int:
+    """Fewest clients the wrapped ``strategy`` waits for at ``stage`` (0: it skips it).
+
+    Parameters
+    ----------
+    strategy : Strategy
+        The wrapped strategy (its ``min_available_nodes`` and ``min_<stage>_nodes`` count
+        when it has them).
+    stage : str
+        ``"train"`` or ``"evaluate"``.
+    """
+    if stage == "evaluate" and getattr(strategy, "fraction_evaluate", 1.0) == 0:
+        return 0  # no federated evaluation: nobody to wait for
+    return max(
+        1,
+        int(getattr(strategy, "min_available_nodes", 1)),
+        int(getattr(strategy, f"min_{stage}_nodes", 1)),
+    )
+
+
+def wait_for(
+    discover: Callable[[], None],
+    count: Callable[[], int],
+    needed: int,
+    timeout: float,
+    too_few: Callable[[], str],
+) -> None:
+    """Call ``discover`` until ``count()`` reaches ``needed``, within ``timeout`` seconds.
+
+    ``discover`` runs at least once, even when nothing is needed, so the node list is
+    current.
+
+    Raises
+    ------
+    RuntimeError
+        With ``too_few()`` as the message, once the deadline has passed.
+    """
+    deadline = time.monotonic() + timeout
+    discover()
+    if needed <= 0:
+        return
+    while count() < needed:
+        if time.monotonic() > deadline:
+            message = too_few()
+            log(ERROR, message)
+            raise RuntimeError(message)
+        time.sleep(1.0)
+        discover()

@@ -1,0 +1,158 @@
+"""A Grid without a SuperLink: answers the strategy's messages the way flsplit's nodes do.
+
+Discovery (``query.split``) gets the node's role, example count and (helpers) addresses,
+as :func:`flsplit.client.app` replies. A client's ``train.split`` gets its head and tail
+back with every tensor set to the client's fill value (so a test can tell whose tensors
+ended up where) and its metrics; a helper's ``train.helper`` gets, per client it serves, a
+``body.<client>`` record of the piece it ran for that client, filled with that client's
+value, plus the helper metrics and timeline records the real handler sends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.run import Run
+
+
+@dataclass
+class FakeNode:
+    """What one fake node reports and trains."""
+
+    role: str
+    examples: int = 0
+    fill: float = 0.0  # value of every tensor this client's training returns
+
+    @property
+    def is_helper(self) -> bool:
+        return self.role == "helper"
+
+
+@dataclass
+class FakeGrid(Grid):
+    """In-process :class:`Grid` whose nodes answer at once.
+
+    Parameters
+    ----------
+    nodes : dict
+        Node id -> :class:`FakeNode`.
+    piece_keys : callable
+        ``piece_keys(cuts)``: the body pieces' ``state_dict`` keys, so a helper returns
+        the piece it was told to run.
+    run_id : int
+        The run's id (round tokens are bound to it).
+    silent : set of (helper, client)
+        Hops whose helper returns no body for that client (it did not finish).
+    """
+
+    nodes: dict[int, FakeNode]
+    piece_keys: Callable[[str], Sequence[Sequence[str]]]
+    run_id: int = 7
+    silent: set[tuple[int, int]] = field(default_factory=set)
+    sent: list[Message] = field(default_factory=list)
+    _replies: dict[str, Message] = field(default_factory=dict)
+
+    @property
+    def run(self) -> Run:
+        return Run.create_empty(self.run_id)
+
+    def set_run(self, run: Run) -> None:
+        self.run_id = run.run_id
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return Message(content, dst_node_id=dst_node_id, message_type=message_type)
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.nodes)
+
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        ids = []
+        for message in messages:
+            self.sent.append(message)
+            message_id = str(len(self.sent))
+            self._replies[message_id] = self.answer(message)
+            ids.append(message_id)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        return [self._replies.pop(i) for i in message_ids if i in self._replies]
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> list[Message]:
+        return self.pull_messages(self.push_messages(messages))
+
+    # -- the nodes' handlers ----------------------------------------------------------
+
+    def answer(self, message: Message) -> Message:
+        node_id = message.metadata.dst_node_id
+        node = self.nodes[node_id]
+        kind = message.metadata.message_type
+        if kind == "query.split":
+            info = {"role": node.role, "index": node_id}
+            if node.is_helper:
+                info["address"] = f"helper-{node_id}:9000"
+                info["listen-address"] = "0.0.0.0:9000"
+            content = RecordDict(
+                {
+                    "info": ConfigRecord(info),
+                    "metrics": MetricRecord({"num-examples": node.examples}),
+                }
+            )
+        elif kind == "train.helper":
+            content = self._serve(node_id, message)
+        elif kind == "train.split":
+            content = self._train(node, message)
+        else:
+            raise AssertionError(f"unexpected message type {kind!r}")
+        return Message(content, reply_to=message)
+
+    def _train(self, node: FakeNode, message: Message) -> RecordDict:
+        arrays = ArrayRecord(_filled(message.content["arrays"], node.fill))
+        metrics = {
+            "num-examples": node.examples,
+            "train_loss": node.fill,
+            "train_acc": 0.5,
+            "stage1-ms": 1.0,
+            "stage3-ms": 1.0,
+            "stage5-ms": 1.0,
+            "started": 0.0,
+            "ended": 1.0,
+        }
+        return RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)})
+
+    def _serve(self, helper: int, message: Message) -> RecordDict:
+        config = message.content["config"]
+        state = message.content["arrays"].to_torch_state_dict()
+        content = RecordDict()
+        finished = []
+        for client, cuts, piece in zip(
+            config["clients"], config["client-cuts"], config["client-piece"], strict=True
+        ):
+            if (helper, int(client)) in self.silent:
+                continue
+            keys = self.piece_keys(str(cuts))[int(piece) - 1]
+            fill = self.nodes[int(client)].fill
+            content[f"body.{client}"] = ArrayRecord(_filled({k: state[k] for k in keys}, fill))
+            finished.append(str(client))
+        content["metrics"] = MetricRecord(
+            {"clients-finished": len(finished), "tasks": 0, "peak-rss-mib": 100.0 + helper}
+        )
+        content["config"] = ConfigRecord({"finished": finished})
+        return content
+
+
+def _filled(arrays: ArrayRecord | dict[str, torch.Tensor], value: float) -> dict:
+    state = arrays.to_torch_state_dict() if isinstance(arrays, ArrayRecord) else arrays
+    return {k: torch.full_like(t, value) for k, t in state.items()}

@@ -1,0 +1,200 @@
+"""SplitStrategy's configure_train and aggregate_train against a fake Grid."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord
+from flwr.serverapp.strategy import FedAvg
+
+from flsplit.model.zoo import SmallCNN
+from flsplit.runtime.auth import TokenVerifier
+from strategies import SplitStrategy
+from tests.unit.strategies.fake_grid import FakeGrid, FakeNode
+
+HELPERS = (11, 12)
+CLIENTS = (21, 22, 23)
+RUN = 7
+
+
+class RecordingFedAvg(FedAvg):
+    """FedAvg that keeps the replies it was asked to aggregate."""
+
+    def __init__(self, **kwargs):
+        super().__init__(min_train_nodes=1, min_available_nodes=1, **kwargs)
+        self.aggregated = []
+
+    def aggregate_train(self, server_round, replies):
+        self.aggregated = list(replies)
+        return super().aggregate_train(server_round, replies)
+
+
+def _setup(cuts, clients=CLIENTS, examples=None, **kwargs):
+    model = SmallCNN()
+    strategy = SplitStrategy.for_model(
+        model, torch.zeros(2, 1, 8, 8), cuts=cuts, strategy=RecordingFedAvg(), **kwargs
+    )
+    nodes = {h: FakeNode("helper") for h in HELPERS}
+    for i, c in enumerate(clients):
+        n = examples[i] if examples else 10 * (i + 1)
+        nodes[c] = FakeNode("client", examples=n, fill=float(i + 1))
+    grid = FakeGrid(nodes, strategy.piece_keys, run_id=RUN)
+    arrays = ArrayRecord(model.state_dict())
+    return strategy, grid, arrays
+
+
+def _by_type(messages, message_type):
+    return {m.metadata.dst_node_id: m for m in messages if m.metadata.message_type == message_type}
+
+
+def _round(strategy, grid, arrays, server_round=1):
+    messages = list(strategy.configure_train(server_round, arrays, ConfigRecord({"lr": 0.1}), grid))
+    replies = grid.send_and_receive(messages)
+    return messages, strategy.aggregate_train(server_round, replies)
+
+
+def test_configure_train_sends_body_to_helpers_and_head_tail_to_clients():
+    strategy, grid, arrays = _setup("conv2,fc2")
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord({"lr": 0.1}), grid))
+
+    kinds = [m.metadata.message_type for m in messages]
+    assert kinds == ["train.helper"] * 2 + ["train.split"] * 3  # helpers first
+    helper_msgs = _by_type(messages, "train.helper")
+    served = set()
+    for helper, message in helper_msgs.items():
+        assert helper in HELPERS
+        assert set(message.content.keys()) == {"arrays", "config"}
+        assert list(message.content["arrays"].keys()) == sorted(strategy.body_keys)
+        config = message.content["config"]
+        assert config["cuts"] == "conv2,fc2" and config["server-round"] == 1
+        assert config["lr"] == 0.1  # the wrapped strategy's config goes through
+        assert config["listen-address"] == "0.0.0.0:9000"
+        assert isinstance(config["token-key"], bytes) and len(config["token-key"]) == 32
+        assert list(config["client-piece"]) == [1] * len(config["clients"])
+        assert list(config["client-next"]) == [""] * len(config["clients"])
+        served |= {int(c) for c in config["clients"]}
+    assert served == set(CLIENTS)
+
+    client_msgs = _by_type(messages, "train.split")
+    assert set(client_msgs) == set(CLIENTS)
+    for client, message in client_msgs.items():
+        assert set(message.content["arrays"].keys()) == set(
+            strategy.head_keys + strategy.tail_keys
+        )
+        config = message.content["config"]
+        helper = strategy.assignment.helper_of[client]
+        assert config["helper-address"] == f"helper-{helper}:9000"
+        assert config["cuts"] == "conv2,fc2"
+        assert config["mode"] == "split" and config["lr"] == 0.1
+        assert config["round-token"] == strategy.assignment.tokens[client]
+    # round-robin: both helpers serve somebody
+    assert set(strategy.assignment.helper_of.values()) == set(HELPERS)
+
+
+def _verifies(key, server_round, helper, client, token):
+    return TokenVerifier(key, RUN, server_round, helper, [client]).check(str(client), token) is None
+
+
+def test_every_hop_of_a_chain_gets_a_token_for_that_helper_and_round_only():
+    strategy, grid, arrays = _setup("conv2,fc1,fc2")
+    assert strategy.chain_length == 2
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord({}), grid))
+    helper_cfg = {h: m.content["config"] for h, m in _by_type(messages, "train.helper").items()}
+    client_cfg = {c: m.content["config"] for c, m in _by_type(messages, "train.split").items()}
+    keys = {h: c["token-key"] for h, c in helper_cfg.items()}
+    assert set(keys) == set(HELPERS) and keys[11] != keys[12]
+    chains = strategy.assignment.chain_of
+    assert set(chains) == set(CLIENTS)
+    for client, (first, second) in chains.items():
+        assert first != second
+        # hop 1: the client's own token, for its first helper
+        token1 = client_cfg[client]["round-token"]
+        assert client_cfg[client]["helper-address"] == f"helper-{first}:9000"
+        # hop 2: the first helper relays with the client's token for the second helper
+        cfg = helper_cfg[first]
+        at = [int(c) for c in cfg["clients"]].index(client)
+        assert cfg["client-piece"][at] == 1
+        assert cfg["client-next"][at] == f"helper-{second}:9000"
+        token2 = cfg["client-next-token"][at]
+        last = helper_cfg[second]
+        at2 = [int(c) for c in last["clients"]].index(client)
+        assert last["client-piece"][at2] == 2
+        assert last["client-next"][at2] == "" and last["client-next-token"][at2] == ""
+
+        for helper, token in ((first, token1), (second, token2)):
+            other = second if helper == first else first
+            assert _verifies(keys[helper], 1, helper, client, token)
+            assert not _verifies(keys[other], 1, other, client, token)  # another helper
+            assert not _verifies(keys[helper], 2, helper, client, token)  # another round
+            assert not _verifies(keys[helper], 1, helper, client + 100, token)
+        assert token1 != token2
+
+
+def test_tokens_change_with_the_round():
+    strategy, grid, arrays = _setup("conv2,fc2")
+    _round(strategy, grid, arrays, 1)
+    first = dict(strategy.assignment.tokens)
+    _round(strategy, grid, arrays, 2)
+    assert all(first[c] != strategy.assignment.tokens[c] for c in CLIENTS)
+
+
+@pytest.mark.parametrize("cuts", ["conv2,fc2", "conv2,fc1,fc2"])
+def test_aggregate_train_assembles_one_full_model_per_client(cuts):
+    strategy, grid, arrays = _setup(cuts)
+    _, (aggregated, metrics) = _round(strategy, grid, arrays)
+    assert aggregated is not None and metrics is not None
+    assert "round-wall-seconds" in metrics
+    replies = strategy.strategy.aggregated
+    assert len(replies) == len(CLIENTS)
+    for reply in replies:
+        client = reply.metadata.src_node_id
+        fill = grid.nodes[client].fill
+        full = reply.content["arrays"]
+        assert list(full.keys()) == strategy.full_keys  # head, body pieces, tail in order
+        for key, tensor in full.to_torch_state_dict().items():
+            assert torch.all(tensor == fill), f"client {client}: {key} is not its own"
+    assert set(strategy.helper_peak_mib) == set(HELPERS)
+
+
+def test_a_missing_chain_piece_leaves_that_client_out_and_aggregates_the_others():
+    strategy, grid, arrays = _setup("conv2,fc1,fc2")
+    strategy.configure_train(1, arrays, ConfigRecord({}), grid)  # to learn the chains
+    chains = strategy.assignment.chain_of
+    dropped = CLIENTS[1]
+    grid.silent = {(chains[dropped][1], dropped)}  # its second helper returns no piece
+    _, (aggregated, _) = _round(strategy, grid, arrays, 1)
+    assert aggregated is not None
+    assert sorted(r.metadata.src_node_id for r in strategy.strategy.aggregated) == [
+        c for c in CLIENTS if c != dropped
+    ]
+
+
+def test_a_round_without_enough_complete_clients_keeps_the_model():
+    strategy, grid, arrays = _setup("conv2,fc2", min_completed_clients=3)
+    strategy.configure_train(1, arrays, ConfigRecord({}), grid)
+    grid.silent = {(strategy.assignment.helper_of[CLIENTS[0]], CLIENTS[0])}
+    _, result = _round(strategy, grid, arrays)
+    assert result == (None, None)
+    assert 1 in strategy.round_times
+
+
+def test_aggregation_is_weighted_by_examples():
+    clients = (21, 22)
+    strategy, grid, arrays = _setup("conv2,fc2", clients=clients, examples=[1, 3])
+    _, (aggregated, metrics) = _round(strategy, grid, arrays)
+    fills = [grid.nodes[c].fill for c in clients]  # 1.0 and 2.0
+    expected = (1 * fills[0] + 3 * fills[1]) / 4
+    state = aggregated.to_torch_state_dict()
+    assert list(state) == strategy.full_keys
+    for key, tensor in state.items():
+        if tensor.is_floating_point():
+            assert torch.allclose(tensor, torch.full_like(tensor, expected)), key
+    assert metrics["train_loss"] == pytest.approx(expected)  # train_loss = fill
+
+
+def test_plain_federated_mode_sends_the_full_model_to_clients_only():
+    strategy, grid, arrays = _setup("conv2,fc2", split=False)
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord({}), grid))
+    assert {m.metadata.dst_node_id for m in messages} == set(CLIENTS)
+    assert all(m.content["config"]["mode"] == "fedavg" for m in messages)
+    assert set(messages[0].content["arrays"].keys()) == set(strategy.full_keys)
