@@ -260,6 +260,7 @@ def _serve_sync(
     except Exception:
         worker.stop()
         raise
+
     def metrics() -> dict[str, Any]:
         return {
             "sync-steps": len(worker.step_examples),
