@@ -323,7 +323,7 @@ def test_a_missing_helper_fails_within_the_deadline():
 def test_tls_settings_come_from_the_node_config(self_signed, tmp_path):
     from flwr.app import Context, RecordDict
 
-    from flsplit.client.app import client_tls, helper_tls
+    from flsplit.client.node import client_tls, helper_tls
 
     cert, key = self_signed
     (tmp_path / "h.pem").write_bytes(cert)

@@ -1,0 +1,227 @@
+"""What a node is: its role, data partition, index, device and emulation, its data-plane
+addresses and TLS material, and the concurrency of the simulation engine it runs in.
+
+The role comes from the node config key ``role`` (``"client"`` or ``"helper"``) in
+deployment. In simulation, where node configs only carry ``partition-id`` and
+``num-partitions``, the first ``num-helpers`` partitions (run config) are helpers and the
+others are clients with data partitions ``0 .. num-partitions - num-helpers - 1``.
+
+The data plane runs over TLS when the helper's node config names a certificate and key
+(``data-tls-cert``, ``data-tls-key``, PEM files) and each client's node config the root
+certificate to check it against (``data-tls-root-cert``; ``data-tls-server-name`` if the
+certificate names the helper differently from its advertised address); plaintext
+otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+from flwr.app import Context
+
+from flsplit.runtime import emulation
+from flsplit.runtime.dataplane import read_pem
+from flsplit.runtime.emulation import NO_EMULATION, Emulation
+
+ROLE_CLIENT = "client"
+ROLE_HELPER = "helper"
+
+
+def node_role(context: Context, config: Mapping[str, Any]) -> str:
+    """Return the role of the node running ``context``.
+
+    Parameters
+    ----------
+    context : Context
+        The node's context; its node config ``role`` decides in deployment.
+    config : Mapping
+        The run config; ``num-helpers`` decides in simulation.
+
+    Returns
+    -------
+    str
+        ``"client"`` or ``"helper"``.
+
+    Raises
+    ------
+    ValueError
+        If the node config names another role.
+    """
+    role = context.node_config.get("role")
+    if role is not None:
+        if role not in (ROLE_CLIENT, ROLE_HELPER):
+            raise ValueError(
+                f"node config role={role!r} is not 'client' or 'helper'; start the SuperNode "
+                "with --node-config 'role=\"client\"' or 'role=\"helper\"'"
+            )
+        return str(role)
+    partition = context.node_config.get("partition-id")
+    if partition is None:
+        return ROLE_CLIENT
+    return ROLE_HELPER if int(partition) < int(config["num-helpers"]) else ROLE_CLIENT
+
+
+def data_partition(context: Context, config: Mapping[str, Any]) -> tuple[int, int]:
+    """Return ``(partition_id, num_partitions)`` of a client's data.
+
+    In simulation the helpers hold the first ``num-helpers`` node partitions, so the
+    clients' data partitions are the node partitions shifted down by ``num-helpers``.
+
+    Raises
+    ------
+    ValueError
+        If the simulation has no node left for a client.
+    """
+    node = context.node_config
+    if "role" in node:  # deployment: the node config names its partition directly
+        return int(node.get("partition-id", 0)), int(node.get("num-partitions", 1))
+    helpers = int(config["num-helpers"])
+    partition = int(node.get("partition-id", helpers))
+    total = int(node.get("num-partitions", helpers + 1))
+    if total <= helpers:
+        raise ValueError(
+            f"num-helpers={helpers} leaves no client among {total} simulated nodes; "
+            "raise num-supernodes or lower num-helpers"
+        )
+    return partition - helpers, total - helpers
+
+
+def simulation_concurrency(config: Mapping[str, Any] | None = None) -> int | None:
+    """ClientApp calls the simulation engine runs at once, or None outside Ray.
+
+    The smaller of what the Ray backend's resources allow and the engine's own limit on
+    concurrent calls: ``simulation-workers`` when ``flsplit simulate`` set it, else
+    Python's default thread-pool size on this machine, ``min(32, cpus + 4)``.
+    """
+    try:
+        import ray
+    except ImportError:
+        return None
+    if not ray.is_initialized():
+        return None
+    assigned = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    total = ray.cluster_resources().get("CPU")
+    if not assigned or not total:
+        return None
+    engine = int((config or {}).get("simulation-workers", 0)) or min(32, (os.cpu_count() or 1) + 4)
+    return min(int(total / assigned + 1e-9), engine)
+
+
+def node_index(context: Context, config: Mapping[str, Any], role: str) -> int:
+    """A node's index within its role: data partition (clients) or helper number."""
+    if role == ROLE_CLIENT:
+        return data_partition(context, config)[0]
+    return int(context.node_config.get("helper-index", context.node_config.get("partition-id", 0)))
+
+
+def node_device(context: Context, config: Mapping[str, Any], role: str) -> str:
+    """The device preset a node runs as: node config ``device``, else drawn (emulation).
+
+    Returns ``""`` when neither names one.
+    """
+    device = context.node_config.get("device")
+    if device:
+        return str(device)
+    if config.get("emulate"):
+        return emulation.device_for(role, node_index(context, config, role), config)
+    return ""
+
+
+def node_emulation(
+    context: Context, config: Mapping[str, Any], role: str, link: bool = False
+) -> Emulation:
+    """The emulation a node applies this round (none unless ``emulate`` is set).
+
+    Parameters
+    ----------
+    context : Context
+        The node's context.
+    config : Mapping
+        The round's settings (run config and message config).
+    role : str
+        ``"client"`` or ``"helper"``.
+    link : bool
+        Whether the node also emulates the run config's link (clients dialling a helper).
+    """
+    if not config.get("emulate"):
+        return NO_EMULATION
+    index = node_index(context, config, role)
+    factor = emulation.compute_factor(node_device(context, config, role), config)
+    factor *= emulation.slowdown(role, index, int(config.get("server-round", 0)), config)
+    rate = float(config.get("link-mbps", 0.0)) if link else 0.0
+    latency = float(config.get("link-latency-ms", 0.0)) if link else 0.0
+    return Emulation(compute_factor=factor, rate_mbps=rate, latency_ms=latency)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """Return a TCP port that is free on ``host`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def helper_addresses(context: Context) -> tuple[str, str]:
+    """Return ``(listen, advertised)`` data-plane addresses of a helper.
+
+    Deployment: node config ``data-address`` (default ``0.0.0.0:9800``) and
+    ``advertise-address`` (default: the listen address with the host name). Simulation:
+    a free loopback port.
+    """
+    node = context.node_config
+    if "data-address" in node or "role" in node:
+        listen = str(node.get("data-address", "0.0.0.0:9800"))
+        host, port = listen.rsplit(":", 1)
+        default_adv = f"{socket.gethostname() if host in ('0.0.0.0', '[::]') else host}:{port}"
+        return listen, str(node.get("advertise-address", default_adv))
+    address = f"127.0.0.1:{free_port()}"
+    return address, address
+
+
+def helper_tls(context: Context) -> tuple[bytes, bytes] | None:
+    """The helper's PEM certificate and key from node config ``data-tls-cert`` and
+    ``data-tls-key``, or ``None`` (plaintext) if neither is set.
+
+    Raises
+    ------
+    ValueError
+        If only one of the two is set.
+    DataPlaneError
+        If a file cannot be read or is not PEM.
+    """
+    node = context.node_config
+    cert, key = node.get("data-tls-cert"), node.get("data-tls-key")
+    if not cert and not key:
+        return None
+    if not cert or not key:
+        raise ValueError("node config: data-tls-cert and data-tls-key go together")
+    return read_pem(str(cert), "data-tls-cert"), read_pem(str(key), "data-tls-key")
+
+
+def client_tls(context: Context) -> tuple[bytes | None, str | None]:
+    """A client's root certificate (node config ``data-tls-root-cert``) and expected
+    server name (``data-tls-server-name``); ``(None, None)`` means plaintext.
+
+    Raises
+    ------
+    DataPlaneError
+        If the root certificate cannot be read or is not PEM.
+    """
+    node = context.node_config
+    root = node.get("data-tls-root-cert")
+    name = node.get("data-tls-server-name")
+    return (read_pem(str(root), "data-tls-root-cert") if root else None), (
+        str(name) if name else None
+    )
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux and macOS)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # ru_maxrss is bytes on macOS and KiB on Linux
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
