@@ -13,7 +13,8 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "SplitTask": "flsplit.task",
-    "DEFAULT_RUN_CONFIG": "flsplit.task",
+    "DEFAULT_RUN_CONFIG": "flsplit.config",
+    "RunConfig": "flsplit.config",
     "make_client_app": "flsplit.client.app",
     "enable_split_learning": "flsplit.client.app",
     "make_server_app": "flsplit.server.app",

@@ -398,6 +398,10 @@ class RunConfig:
     cut_method: str
     sync: SyncSettings
     emulate: bool
+    client_devices: str
+    helper_devices: str
+    emulation_host: str
+    slowdown: str
     link_mbps: str
     link_latency_ms: float
     seed: int
@@ -469,11 +473,20 @@ class RunConfig:
             cut_method=str(values["cut-method"]),
             sync=sync_settings(values),
             emulate=_flag(values, "emulate"),
+            client_devices=str(values["client-devices"]),
+            helper_devices=str(values["helper-devices"]),
+            emulation_host=str(values["emulation-host"]),
+            slowdown=str(values["slowdown"]),
             link_mbps=str(values["link-mbps"]),
             link_latency_ms=_number(values, "link-latency-ms"),
             seed=_integer(values, "seed"),
             values=values,
         )
+
+    @classmethod
+    def of(cls, config: RunConfig | Mapping[str, Any] | None) -> RunConfig:
+        """``config`` itself if it is parsed already, else :meth:`parse` of it."""
+        return config if isinstance(config, RunConfig) else cls.parse(config)
 
     @property
     def planned(self) -> bool:

@@ -61,6 +61,10 @@ TRAIN_LOSS = "train_loss"
 TRAIN_ACC = "train_acc"
 EVAL_LOSS = "eval_loss"
 EVAL_ACC = "eval_acc"
+#: The run-config key the server pins in every train config: ``split`` or ``fedavg``.
+MODE = "mode"
+#: The round number Flower's strategies put in every train and evaluate config.
+SERVER_ROUND = "server-round"
 #: Added by the strategy to the round's aggregated train metrics.
 ROUND_WALL_SECONDS = "round-wall-seconds"
 
@@ -323,7 +327,7 @@ class HelperRound:
         config = ConfigRecord(
             {
                 **dict(run_config),
-                "server-round": int(self.server_round),
+                SERVER_ROUND: int(self.server_round),
                 "clients": [c.client for c in self.clients],
                 "client-cuts": [c.cuts for c in self.clients],
                 "client-piece": [int(c.piece) for c in self.clients],
@@ -356,7 +360,7 @@ class HelperRound:
             for client, cuts, piece, nxt, token in zip(clients, *columns, strict=True)
         ]
         return cls(
-            server_round=int(_get(config, "server-round", where)),
+            server_round=int(_get(config, SERVER_ROUND, where)),
             clients=served,
             token_key=bytes(_get(config, "token-key", where)),
             listen_address=str(_get(config, "listen-address", where)),
@@ -382,6 +386,8 @@ class ClientRound:
         Its (first) helper's data-plane address.
     round_token : str
         Its token for that helper, this round.
+    server_round : int
+        The round (Flower's ``server-round`` key).
     link_mbps, link_latency_ms : float, optional
         The emulated link to its helper (emulation with a planner), else ``None``.
     schedule : np.ndarray, optional
@@ -395,6 +401,7 @@ class ClientRound:
     cuts: str
     helper_address: str
     round_token: str
+    server_round: int = 0
     link_mbps: float | None = None
     link_latency_ms: float | None = None
     schedule: np.ndarray | None = None
@@ -410,6 +417,7 @@ class ClientRound:
                 "cuts": self.cuts,
                 "helper-address": self.helper_address,
                 "round-token": self.round_token,
+                SERVER_ROUND: int(self.server_round),
                 "sample-offset": int(self.sample_offset),
                 "client-parts": self.client_parts,
             }
@@ -420,6 +428,13 @@ class ClientRound:
         if self.schedule is not None:
             config.update(pack_schedule(self.schedule))
         return config
+
+    @property
+    def link(self) -> tuple[float, float] | None:
+        """``(rate Mbit/s, latency ms)`` of the emulated link, or ``None``."""
+        if self.link_mbps is None:
+            return None
+        return float(self.link_mbps), float(self.link_latency_ms or 0.0)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ClientRound:
@@ -433,6 +448,7 @@ class ClientRound:
             cuts=str(_get(config, "cuts", where)),
             helper_address=str(_get(config, "helper-address", where)),
             round_token=str(_get(config, "round-token", where)),
+            server_round=int(_get(config, SERVER_ROUND, where)),
             link_mbps=float(config["link-mbps"]) if emulated else None,
             link_latency_ms=float(config.get("link-latency-ms", 0.0)) if emulated else None,
             schedule=schedule,
@@ -653,12 +669,14 @@ __all__ = [
     "HELPER_TRAIN",
     "INFO",
     "METRICS",
+    "MODE",
     "NUM_EXAMPLES",
     "QUERY",
     "ROLES",
     "ROLE_CLIENT",
     "ROLE_HELPER",
     "ROUND_WALL_SECONDS",
+    "SERVER_ROUND",
     "SPLIT_ACTION",
     "TASK_KINDS",
     "TIMELINE",

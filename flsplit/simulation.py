@@ -22,11 +22,9 @@ from typing import Any
 from flwr.simulation import run_simulation
 
 from flsplit.client.app import make_client_app
-from flsplit.model.chain_cuts import chain_settings
 from flsplit.server.app import (
     ResultHook,
     StrategyFn,
-    check_modes,
     default_strategy,
     make_server_app,
 )
@@ -108,23 +106,25 @@ def simulate(
     verbose : bool
         Debug logging of the simulation engine.
     """
-    config = task.config(run_config)
-    helpers = int(config["num-helpers"])
-    total = num_supernodes or helpers + int(config.get("num-clients", 2))
+    settings = task.settings(run_config)  # checks every value before the engine starts
+    helpers = settings.num_helpers
+    total = num_supernodes or helpers + settings.num_clients
     if total <= helpers:
         raise ValueError(f"num-supernodes={total} leaves no client next to num-helpers={helpers}")
-    check_modes(config)
-    chain = chain_settings(config)
-    if config["mode"] == "split" and chain.length > helpers:
+    split = settings.mode == "split"
+    chain = settings.chain
+    if split and chain.length > helpers:
         raise ValueError(
             f"chain-length={chain.length} needs at least {chain.length} helpers, "
             f"num-helpers={helpers}: raise num-helpers or lower chain-length"
         )
-    cap = int(config.get("simulation-concurrency", 0)) or max(DEFAULT_MAX_CONCURRENT, helpers + 1)
+    cap = settings.simulation_concurrency or max(DEFAULT_MAX_CONCURRENT, helpers + 1)
     backend = dict(backend_config) if backend_config else backend_config_for(total, None, cap)
-    check_concurrency(helpers if config["mode"] == "split" else 0, backend)
-    config.setdefault("torch-threads", 1)
+    check_concurrency(helpers if split else 0, backend)
     workers = concurrent_workers(backend)
+    config = settings.as_dict()
+    # virtual nodes share this machine's cores: one torch thread each unless told
+    config["torch-threads"] = settings.torch_threads or 1
     config["simulation-workers"] = workers
     with _engine_workers(workers):
         run_simulation(

@@ -10,57 +10,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from flsplit.model.split import SplitModel, split_model
+from flsplit.config import RunConfig
+from flsplit.model.split import SplitModel, parse_cuts, split_model
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 OptimizerFn = Callable[[Iterable[nn.Parameter], Mapping[str, Any]], torch.optim.Optimizer]
 
-#: Run-config keys flsplit reads and their defaults (a ``[tool.flwr.app.config]`` may
-#: override any of them).
-DEFAULT_RUN_CONFIG: dict[str, Any] = {
-    "num-server-rounds": 3,
-    "num-helpers": 1,
-    "mode": "split",  # "split" or "fedavg" (plain FedAvg of the same model, for comparison)
-    "cuts": "",  # comma-separated module names or indices; empty = default U-shape
-    "lr": 0.05,
-    "momentum": 0.0,
-    "local-epochs": 1,
-    "batch-size": 32,
-    "round-timeout": 600.0,
-    "call-deadline": 120.0,
-    "client-idle-timeout": 120.0,  # a helper drops a client silent this long (0 = never)
-    "helper-memory": "per-client",  # or "shared": one body for all of a helper's clients
-    "chain-length": 1,  # helpers per client: the body is split again over a chain of them
-    "chain-cuts": "auto",  # inner cuts of a chain (comma-separated), or "auto": balanced
-    "micro-batches": 1,  # micro-batches per batch, pipelined through the helper(s)
-    "min-completed-clients": 1,  # fewer complete updates: the round is not aggregated
-    "checkpoint-dir": "",  # write a checkpoint after every round here; resume from it
-    "simulation-concurrency": 0,  # flsplit simulate: nodes at once (0 = all, at most 24)
-    "fraction-evaluate": 1.0,
-    "planner": "round-robin",  # or a planner method: auto, greedy, random-fcfs, ...
-    "planner-time-limit": 2.0,
-    # cut pairs the planner chooses from every round, ';'-separated ("conv2,fc1;bn2,fc2"),
-    # or "all"; empty = every client keeps `cuts`
-    "cut-candidates": "",
-    "cut-method": "auto",  # joint cut optimizer: auto, integrated, alternating, exact
-    # Global sampling (docs/sampling.md): "local" = every client its own local batches;
-    # "uniform" / "dirichlet" = synchronous steps whose composition the server samples
-    "sampler": "local",
-    "global-batch-size": 0,  # samples per synchronous step (0 = batch-size)
-    "sampler-concentration": 100.0,  # dirichlet: how close steps stay to the mean share
-    "sampler-straggler-weight": 0.0,  # dirichlet: 1 = shares proportional to data x speed
-    "sampler-seed": 0,
-    "sync-steps": 0,  # synchronous steps per round (0 = local-epochs epochs of the sampler)
-    "client-parts": "shared",  # synchronous steps: "shared" (exact) or "local" head/tail
-    "seed": 0,
-}
-
-
 def sgd(params: Iterable[nn.Parameter], config: Mapping[str, Any]) -> torch.optim.Optimizer:
     """Plain SGD with ``lr`` and ``momentum`` from the run config."""
-    return torch.optim.SGD(
-        params, lr=float(config.get("lr", 0.05)), momentum=float(config.get("momentum", 0.0))
-    )
+    settings = RunConfig.of(config)
+    return torch.optim.SGD(params, lr=settings.lr, momentum=settings.momentum)
 
 
 @dataclass
@@ -108,9 +67,14 @@ class SplitTask:
         """
         return _Batches(loader, self.batch_keys)
 
+    def settings(self, *run_configs: Mapping[str, Any] | None) -> RunConfig:
+        """flsplit's defaults, the task's own settings and ``run_configs`` (later ones
+        win), read and checked once (:class:`flsplit.config.RunConfig`)."""
+        return RunConfig.parse(self.run_config, *run_configs)
+
     def config(self, run_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Fuse flsplit's defaults, the task's own settings and a run config."""
-        return {**DEFAULT_RUN_CONFIG, **self.run_config, **dict(run_config or {})}
+        return self.settings(run_config).as_dict()
 
     def split(self, config: Mapping[str, Any]) -> SplitModel:
         """Split a fresh model at the run config's ``cuts`` (traced once per process)."""
@@ -137,18 +101,6 @@ class _Batches:
             else:
                 inputs, labels = batch
                 yield inputs, labels
-
-
-def parse_cuts(cuts: str | Iterable[str | int] | None) -> tuple[str | int, ...] | None:
-    """Turn ``"conv2,fc2"`` or ``"1,5"`` (run-config style) into cut names or indices."""
-    if cuts is None:
-        return None
-    if isinstance(cuts, str):
-        items = [c.strip() for c in cuts.split(",") if c.strip()]
-        if not items:
-            return None
-        return tuple(int(c) if c.lstrip("-").isdigit() else c for c in items)
-    return tuple(cuts)
 
 
 _SPLIT_CACHE: dict[tuple, SplitModel] = {}

@@ -1,9 +1,9 @@
 """One full model per client, from its head and tail and the body pieces of its helpers.
 
-A client replies with its head and tail; each helper of its chain replies with a
-``body.<client>`` record of the piece it trained for that client. The wrapped Flower
-strategy aggregates full models, so the pieces are put back together here; a client
-whose body is incomplete (a helper did not finish for it) is left out of the round.
+A client replies with its head and tail; each helper of its chain replies with a body
+record (:func:`flsplit.protocol.body_record`) of the piece it trained for that client.
+The wrapped Flower strategy aggregates full models, so the pieces are put back together
+here; a client whose body is incomplete (a helper did not finish for it) is left out of the round.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from logging import WARNING
 from typing import Any
 
-from flwr.app import ArrayRecord, Message, RecordDict
+from flwr.app import ArrayRecord, Message
 from flwr.supercore import log
 
-BODY_PREFIX = "body."
+from flsplit.protocol import ARRAYS, METRICS, bodies_of, reply_content
 
 
 def subset(arrays: ArrayRecord, keys: Sequence[str]) -> ArrayRecord:
@@ -71,9 +71,8 @@ def sort_replies(
             log(WARNING, "helper %d failed: %s", reply.metadata.src_node_id, reply.error.reason)
             continue
         result.helpers.append(reply)
-        for name, record in reply.content.array_records.items():
-            if name.startswith(BODY_PREFIX):
-                result.bodies.setdefault(int(name.removeprefix(BODY_PREFIX)), []).append(record)
+        for client, record in bodies_of(reply.content).items():
+            result.bodies.setdefault(client, []).append(record)
     return result
 
 
@@ -127,11 +126,9 @@ def full_model_replies(
                 sorted(missing)[0],
             )
             continue
-        head_tail = reply.content.array_records["arrays"]
+        head_tail = reply.content.array_records[ARRAYS]
         full = ArrayRecord()
         for key in full_keys:
             full[key] = body[key] if key in wanted else head_tail[key]
-        reply.content = RecordDict(
-            {"arrays": full, "metrics": reply.content.metric_records["metrics"]}
-        )
+        reply.content = reply_content(full, reply.content.metric_records[METRICS])
         yield reply

@@ -8,9 +8,10 @@ so it never samples a helper.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from logging import ERROR, INFO, WARNING
 from typing import Any
 
@@ -19,7 +20,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
-QUERY = "query.split"
+from flsplit.protocol import CONFIG, QUERY, ROLE_CLIENT, ROLE_HELPER, NodeReport
 
 
 class NodeGrid:
@@ -50,14 +51,43 @@ class NodeGrid:
 
 @dataclass
 class NodeInfo:
-    """What a node reported about itself at discovery."""
+    """What a node reported about itself at discovery.
+
+    Attributes
+    ----------
+    node_id : int
+    role : str
+        ``client`` or ``helper``.
+    examples : int
+        Training examples (clients).
+    address, listen_address : str
+        Helpers: the data-plane address clients dial, and where it listens.
+    report : NodeReport
+        Everything it reported (device, compute factor, memory, ...).
+    """
 
     node_id: int
     role: str
     examples: int = 0
     address: str = ""
     listen_address: str = ""
-    info: dict[str, Any] = field(default_factory=dict)
+    report: NodeReport | None = None
+
+    @property
+    def compute_factor(self) -> float:
+        """Times slower than the reference machine (1 when not reported)."""
+        return self.report.compute_factor if self.report is not None else 1.0
+
+    @property
+    def memory_mib(self) -> float:
+        """Memory of its device preset (unbounded when not reported)."""
+        memory = self.report.memory_mib if self.report is not None else None
+        return float(memory) if memory is not None else math.inf
+
+    @property
+    def index(self) -> int:
+        """Its index within its role (data partition or helper number)."""
+        return self.report.index if self.report is not None else 0
 
 
 def with_role(nodes: Mapping[int, NodeInfo], role: str) -> list[int]:
@@ -95,7 +125,7 @@ def query_nodes(
         del nodes[gone]
     if new:
         messages = [
-            Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type=QUERY)
+            Message(RecordDict({CONFIG: ConfigRecord()}), dst_node_id=n, message_type=QUERY)
             for n in new
         ]
         for reply in grid.send_and_receive(messages, timeout=timeout):
@@ -116,24 +146,24 @@ def query_nodes(
 
 
 def _node_info(node_id: int, reply: Message) -> NodeInfo:
-    info = dict(reply.content.config_records["info"])
+    report = NodeReport.from_content(reply.content)
     return NodeInfo(
         node_id=node_id,
-        role=str(info["role"]),
-        examples=int(reply.content.metric_records["metrics"]["num-examples"]),
-        address=str(info.get("address", "")),
-        listen_address=str(info.get("listen-address", "")),
-        info=info,
+        role=report.role,
+        examples=report.examples,
+        address=report.address,
+        listen_address=report.listen_address,
+        report=report,
     )
 
 
 def log_roles(nodes: Mapping[int, NodeInfo]) -> None:
     """Log how many clients and which helpers (with their addresses) are known."""
-    helpers = with_role(nodes, "helper")
+    helpers = with_role(nodes, ROLE_HELPER)
     log(
         INFO,
         "discovery: %d clients, %d helpers (%s)",
-        len(with_role(nodes, "client")),
+        len(with_role(nodes, ROLE_CLIENT)),
         len(helpers),
         ", ".join(f"{h}@{nodes[h].address}" for h in helpers),
     )
@@ -148,11 +178,11 @@ def check_concurrency(nodes: Mapping[int, NodeInfo]) -> None:
         If a node reported a ``simulation-concurrency`` below the number of helpers + 1.
     """
     reported = [
-        int(n.info["simulation-concurrency"])
+        n.report.simulation_concurrency
         for n in nodes.values()
-        if "simulation-concurrency" in n.info
+        if n.report is not None and n.report.simulation_concurrency is not None
     ]
-    helpers = len(with_role(nodes, "helper"))
+    helpers = len(with_role(nodes, ROLE_HELPER))
     if reported and min(reported) < helpers + 1:
         message = (
             f"the simulation backend runs {min(reported)} ClientApp calls at once, but "

@@ -1,12 +1,13 @@
 """The round's training messages: ``train.helper`` to helpers, ``train.split`` to clients.
 
-- ``train.split``: head and tail weights, the client's cuts, its first helper's address,
-  its round token for that helper, the wrapped strategy's config (and, under global
-  sampling, its schedule column);
-- ``train.helper``: the weights of every body piece the helper runs, and per client it
-  serves the client's cuts, the piece, the next hop's address and the client's token
-  there; the key to check tokens with, the task order, the listen address and the round
-  deadline (and the schedule columns of its clients).
+- ``train.split``: head and tail weights and a :class:`~flsplit.protocol.ClientRound`
+  (the client's cuts, its first helper's address, its round token for that helper and,
+  under global sampling, its schedule column) over the wrapped strategy's config;
+- ``train.helper``: the weights of every body piece the helper runs and a
+  :class:`~flsplit.protocol.HelperRound` (per client it serves the client's cuts, the
+  piece, the next hop's address and the client's token there; the key to check tokens
+  with, the task order, the listen address, the round deadline and the schedule columns
+  of its clients) over the round's config.
 """
 
 from __future__ import annotations
@@ -16,13 +17,20 @@ from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
+from flsplit.protocol import (
+    ARRAYS,
+    CLIENT_TRAIN,
+    CONFIG,
+    HELPER_TRAIN,
+    ClientRound,
+    HelperRound,
+    HelperTask,
+    ServedClient,
+)
 from strategies.assembly import subset
 from strategies.assignment import RoundAssignment, RoundTokens
 from strategies.discovery import NodeInfo
 from strategies.sync_schedule import SyncSchedule
-
-CLIENT_TRAIN = "train.split"
-HELPER_TRAIN = "train.helper"
 
 
 def plain(config: ConfigRecord) -> dict[str, Any]:
@@ -35,13 +43,12 @@ def helper_messages(
     config: ConfigRecord,
     *,
     server_round: int,
-    cuts: str,
     helpers: Sequence[int],
     assignment: RoundAssignment,
     tokens: RoundTokens,
     nodes: Mapping[int, NodeInfo],
     piece_keys: Callable[[str], Sequence[Sequence[str]]],
-    helper_order: Callable[[int, list[int]], list[str]],
+    helper_order: Callable[[int, list[int]], list[HelperTask]],
     round_timeout: float,
     schedule: SyncSchedule | None,
 ) -> list[Message]:
@@ -55,8 +62,6 @@ def helper_messages(
         The round's config, passed on to every helper.
     server_round : int
         The round, as the nodes see it.
-    cuts : str
-        The default cuts.
     helpers : sequence of int
         The known helpers, in the order their messages go out.
     assignment : RoundAssignment
@@ -83,31 +88,34 @@ def helper_messages(
             continue
         clients = [c for c, _ in served]
         body_keys = sorted({k for c, j in served for k in piece_keys(cuts_of[c])[j]})
-        nexts = [chain_of[c][j + 1] if j + 1 < len(chain_of[c]) else None for c, j in served]
-        helper_config = ConfigRecord(
-            {
-                **plain(config),
-                "server-round": server_round,
-                "cuts": cuts,
-                "clients": [str(c) for c in clients],
-                "client-cuts": [cuts_of[c] for c in clients],
-                "client-piece": [j + 1 for _, j in served],
-                "client-next": [nodes[n].address if n is not None else "" for n in nexts],
-                "client-next-token": [
-                    tokens.hops[(c, n)] if n is not None else ""
-                    for c, n in zip(clients, nexts, strict=True)
-                ],
-                "token-key": tokens.keys[helper],
-                "order": helper_order(helper, clients),
-                "listen-address": nodes[helper].listen_address,
-                "round-timeout": float(round_timeout),
-            }
+        entries = []
+        for client, position in served:
+            chain = chain_of[client]
+            nxt = chain[position + 1] if position + 1 < len(chain) else None
+            entries.append(
+                ServedClient(
+                    client=str(client),
+                    cuts=cuts_of[client],
+                    piece=position + 1,
+                    next_address=nodes[nxt].address if nxt is not None else "",
+                    next_token=tokens.hops[(client, nxt)] if nxt is not None else "",
+                )
+            )
+        round_ = HelperRound(
+            server_round=server_round,
+            clients=entries,
+            token_key=tokens.keys[helper],
+            listen_address=nodes[helper].listen_address,
+            round_timeout=float(round_timeout),
+            order=helper_order(helper, clients),
+            schedule=schedule.columns(clients) if schedule is not None else None,
+            client_parts=schedule.client_parts if schedule is not None else "shared",
         )
-        if schedule is not None:
-            helper_config.update(schedule.helper_fields(clients))
         messages.append(
             Message(
-                RecordDict({"arrays": subset(arrays, body_keys), "config": helper_config}),
+                RecordDict(
+                    {ARRAYS: subset(arrays, body_keys), CONFIG: round_.to_config(plain(config))}
+                ),
                 dst_node_id=helper,
                 message_type=HELPER_TRAIN,
             )
@@ -121,10 +129,11 @@ def client_message(
     *,
     config_key: str,
     head_tail_keys: Sequence[str],
+    server_round: int,
     cuts: str,
     helper_address: str,
     token: str,
-    extra: Mapping[str, Any],
+    link: tuple[float, float] | None,
     schedule: SyncSchedule | None,
 ) -> Message:
     """The ``train.split`` message that replaces the wrapped strategy's ``inner`` one.
@@ -139,32 +148,39 @@ def client_message(
         The wrapped strategy's config record key.
     head_tail_keys : sequence of str
         ``state_dict`` keys of the client's head and tail.
+    server_round : int
+        The round, as the nodes see it.
     cuts : str
         The client's cuts.
     helper_address : str
         Data-plane address of its first helper.
     token : str
         Its round token for that helper.
-    extra : Mapping
-        Further settings (:meth:`SplitStrategy.client_config`).
+    link : (float, float), optional
+        The emulated link to its helper (:meth:`SplitStrategy.client_link`).
     schedule : SyncSchedule, optional
         The round's synchronous-step schedule under global sampling.
     """
     client = inner.metadata.dst_node_id
     inner_config = inner.content.config_records.get(config_key, ConfigRecord())
-    client_config = ConfigRecord(
-        {
-            **plain(inner_config),
-            "cuts": cuts,
-            "helper-address": helper_address,
-            "round-token": token,
-            **extra,
-        }
+    round_ = ClientRound(
+        cuts=cuts,
+        helper_address=helper_address,
+        round_token=token,
+        server_round=server_round,
+        link_mbps=link[0] if link is not None else None,
+        link_latency_ms=link[1] if link is not None else None,
+        schedule=schedule.columns([client]) if schedule is not None else None,
+        sample_offset=schedule.offset[client] if schedule is not None else 0,
+        client_parts=schedule.client_parts if schedule is not None else "shared",
     )
-    if schedule is not None:
-        client_config.update(schedule.client_fields(client))
     return Message(
-        RecordDict({"arrays": subset(arrays, head_tail_keys), "config": client_config}),
+        RecordDict(
+            {
+                ARRAYS: subset(arrays, head_tail_keys),
+                CONFIG: round_.to_config(plain(inner_config)),
+            }
+        ),
         dst_node_id=client,
         message_type=CLIENT_TRAIN,
     )

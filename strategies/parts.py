@@ -63,8 +63,7 @@ def keys_of_split(parts: Any, model: Any = None, example_input: Any = None) -> t
     ValueError
         From the returned function, for other cuts when no ``model`` was given.
     """
-    from flsplit.model.split import part_state_keys
-    from flsplit.task import parse_cuts
+    from flsplit.model.split import parse_cuts, part_state_keys
 
     own = ",".join(parts.cuts)
     own_keys = [parts.part_keys(i) for i in range(len(parts.parts))]

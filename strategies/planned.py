@@ -23,6 +23,15 @@ from typing import Any
 from flwr.app import Message
 from flwr.supercore import log
 
+from flsplit.protocol import (
+    FORWARD,
+    METRICS,
+    ROLE_CLIENT,
+    ROLE_HELPER,
+    ClientResult,
+    HelperResult,
+    HelperTask,
+)
 from flsplit.server.round_planner import LinkFn, RoundPlan, RoundPlanner
 from strategies.split import SplitStrategy
 
@@ -92,13 +101,10 @@ class PlannedSplitStrategy(SplitStrategy):
         """Discover nodes and give the planner a profile for every new one."""
         super().discover(grid)
         for node, info in self.nodes.items():
-            factor = float(info.info.get("compute-factor", 1.0))
-            if info.role == "helper" and node not in self.planner.helpers:
-                memory = float(info.info.get("memory-mib", math.inf))
-                self.planner.add_helper(node, factor, memory)
-            elif info.role == "client" and node not in self.planner.clients:
-                memory = float(info.info.get("memory-mib", math.inf))
-                self.planner.add_client(node, factor, memory)
+            if info.role == ROLE_HELPER and node not in self.planner.helpers:
+                self.planner.add_helper(node, info.compute_factor, info.memory_mib)
+            elif info.role == ROLE_CLIENT and node not in self.planner.clients:
+                self.planner.add_client(node, info.compute_factor, info.memory_mib)
         for node in set(self.planner.clients) | set(self.planner.helpers):
             if node not in self.nodes:
                 self.planner.drop(node)
@@ -152,16 +158,16 @@ class PlannedSplitStrategy(SplitStrategy):
         planned = self.round_plan.cuts_of() if self.round_plan else {}
         return {c: planned.get(c, self.cuts) for c in clients}
 
-    def helper_order(self, helper: int, clients: Sequence[int]) -> list[str]:
+    def helper_order(self, helper: int, clients: Sequence[int]) -> list[HelperTask]:
         """The planned priority order of ``helper``'s tasks."""
         return self.round_plan.order_of(helper) if self.round_plan else []
 
-    def client_config(self, client: int, helper: int) -> dict[str, Any]:
+    def client_link(self, client: int, helper: int) -> tuple[float, float] | None:
         """The emulated link of the client to its helper, if links are emulated."""
         if self.link is None:
-            return {}
+            return None
         rate, latency = self.link(client, helper)
-        return {"link-mbps": float(rate), "link-latency-ms": float(latency)}
+        return float(rate), float(latency)
 
     # -- measurements -----------------------------------------------------------------
 
@@ -187,14 +193,14 @@ class PlannedSplitStrategy(SplitStrategy):
             if reply.has_error():
                 continue
             node = reply.metadata.src_node_id
-            metrics = reply.content.metric_records["metrics"]
-            if "stage1-ms" not in metrics or node not in assignment.helper_of:
+            result = ClientResult.from_metrics(reply.content.metric_records[METRICS])
+            if result is None or node not in assignment.helper_of:
                 continue
-            spans[node] = (float(metrics["started"]), float(metrics["ended"]))
+            spans[node] = (float(result.started), float(result.ended))
             stages[node] = (
-                float(metrics["stage1-ms"]),
-                float(metrics["stage3-ms"]),
-                float(metrics["stage5-ms"]),
+                float(result.stage1_ms),
+                float(result.stage3_ms),
+                float(result.stage5_ms),
             )
         first_start = min((a for a, _ in spans.values()), default=0.0)
         cuts_of = assignment.cuts_of
@@ -220,32 +226,27 @@ class PlannedSplitStrategy(SplitStrategy):
         timeline = []
         for reply in helper_replies:
             node = reply.metadata.src_node_id
-            metrics = reply.content.metric_records["metrics"]
-            record = reply.content.config_records.get("timeline")
-            tasks = []
-            if record is not None:
-                for client, kind, start, end in zip(
-                    record["client"], record["kind"], record["start"], record["end"], strict=True
-                ):
-                    tasks.append(
-                        {
-                            "helper": node,
-                            "client": int(client),
-                            "kind": kind,
-                            "start": float(start),
-                            "end": float(end),
-                        }
-                    )
+            result = HelperResult.from_content(reply.content)
+            # the history's task records (round-N.json)
+            tasks = [
+                {
+                    "helper": node,
+                    "client": int(span.client),
+                    "kind": span.kind,
+                    "start": span.start,
+                    "end": span.end,
+                }
+                for span in result.timeline
+            ]
             timeline.extend(tasks)
-            if metrics.get("tasks", 0) and node in self.planner.helpers:
+            if result.timeline and node in self.planner.helpers:
                 served = Counter(
-                    cuts_of.get(t["client"], self.cuts) for t in tasks if t["kind"] == "fwd"
+                    cuts_of.get(int(span.client), self.cuts)
+                    for span in result.timeline
+                    if span.kind == FORWARD
                 )
                 self.planner.observe_helper(
-                    node,
-                    float(metrics["body-fwd-ms"]),
-                    float(metrics["body-bwd-ms"]),
-                    served=dict(served),
+                    node, result.body_fwd_ms, result.body_bwd_ms, served=dict(served)
                 )
                 if node in warming:
                     self.planner.mark_provisional(node)

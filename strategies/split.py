@@ -28,11 +28,24 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Strategy
 from flwr.supercore import log
 
-from flsplit.plan.sampling.samplers import check_sync_config
+from flsplit.config import RunConfig
+from flsplit.protocol import (
+    CLIENT_TRAIN,
+    CONFIG,
+    HELPER_TRAIN,
+    MODE,
+    QUERY,
+    ROLE_CLIENT,
+    ROLE_HELPER,
+    ROUND_WALL_SECONDS,
+    TRAIN_ACC,
+    TRAIN_LOSS,
+    HelperResult,
+    HelperTask,
+)
 from strategies.assembly import full_model_replies, sort_replies
 from strategies.assignment import RoundAssignment, TokenIssuer, round_robin, round_robin_chains
 from strategies.discovery import (
-    QUERY,
     NodeGrid,
     NodeInfo,
     check_concurrency,
@@ -42,7 +55,7 @@ from strategies.discovery import (
     wait_for,
     with_role,
 )
-from strategies.messages import CLIENT_TRAIN, HELPER_TRAIN, client_message, helper_messages
+from strategies.messages import client_message, helper_messages
 from strategies.parts import ModelParts, keys_of_split
 from strategies.sync_schedule import SyncSchedule, draw_schedule
 
@@ -83,9 +96,9 @@ class SplitStrategy(Strategy):
     on_round_end : callable, optional
         ``on_round_end(server_round, arrays, strategy)`` after every round's aggregation
         (e.g. to write a checkpoint).
-    sampling : Mapping, optional
-        Run-config keys of global sampling (``sampler``, ``global-batch-size``, ...,
-        checked by :func:`flsplit.plan.sampling.samplers.check_sync_config`); ``None`` or
+    run_config : RunConfig or Mapping, optional
+        The run config; the strategy reads its global-sampling settings (``sampler``,
+        ``global-batch-size``, ...: :func:`flsplit.config.sync_settings`). ``None`` or
         ``sampler="local"``: every client trains on its own local batches.
     """
 
@@ -100,9 +113,10 @@ class SplitStrategy(Strategy):
         min_completed_clients: int = 1,
         round_offset: int = 0,
         on_round_end: Callable[[int, ArrayRecord, SplitStrategy], None] | None = None,
-        sampling: Mapping[str, Any] | None = None,
+        run_config: RunConfig | Mapping[str, Any] | None = None,
     ) -> None:
-        self.sampling = check_sync_config(sampling or {})
+        self.run_config = RunConfig.of(run_config)
+        self.sampling = self.run_config.sync
         #: round -> helper -> samples of each synchronous step the helper ran
         self.sync_steps: dict[int, dict[int, list[int]]] = {}
         self.schedules: dict[int, Any] = {}  # round -> (steps, clients) counts
@@ -153,8 +167,7 @@ class SplitStrategy(Strategy):
         **kwargs
             Further arguments of :class:`SplitStrategy`.
         """
-        from flsplit.model.split import split_model
-        from flsplit.task import parse_cuts
+        from flsplit.model.split import parse_cuts, split_model
 
         parts = split_model(model, parse_cuts(cuts), example_input)
         return cls.from_split(parts, model, example_input, strategy=strategy, **kwargs)
@@ -183,12 +196,12 @@ class SplitStrategy(Strategy):
     @property
     def helpers(self) -> list[int]:
         """Ids of the known helper nodes."""
-        return with_role(self.nodes, "helper")
+        return with_role(self.nodes, ROLE_HELPER)
 
     @property
     def clients(self) -> list[int]:
         """Ids of the known client nodes."""
-        return with_role(self.nodes, "client")
+        return with_role(self.nodes, ROLE_CLIENT)
 
     def discover(self, grid: Grid) -> None:
         """Query nodes not seen yet for role, examples and data-plane address.
@@ -273,13 +286,14 @@ class SplitStrategy(Strategy):
         """Cut pair of every client this round (the default cuts for everybody)."""
         return dict.fromkeys(clients, self.cuts)
 
-    def helper_order(self, helper: int, clients: Sequence[int]) -> list[str]:
+    def helper_order(self, helper: int, clients: Sequence[int]) -> list[HelperTask]:
         """Task priority order sent to ``helper``; empty means first come first served."""
         return []
 
-    def client_config(self, client: int, helper: int) -> dict[str, Any]:
-        """Extra settings for one client's train message (none by default)."""
-        return {}
+    def client_link(self, client: int, helper: int) -> tuple[float, float] | None:
+        """The emulated link ``(rate Mbit/s, latency ms)`` of a client to its helper, or
+        ``None`` (none by default)."""
+        return None
 
     def observe(
         self,
@@ -297,7 +311,7 @@ class SplitStrategy(Strategy):
         """Discover nodes, assign clients to helpers, and build client and helper messages."""
         server_round += self.round_offset
         self.wait_for_clients(grid)
-        config["mode"] = "split" if self.split else "fedavg"
+        config[MODE] = "split" if self.split else "fedavg"
         inner = list(
             self.strategy.configure_train(server_round, arrays, config, self.client_grid(grid))
         )
@@ -322,7 +336,6 @@ class SplitStrategy(Strategy):
             arrays,
             config,
             server_round=server_round,
-            cuts=self.cuts,
             helpers=self.helpers,
             assignment=assignment,
             tokens=tokens,
@@ -332,7 +345,9 @@ class SplitStrategy(Strategy):
             round_timeout=self.round_timeout,
             schedule=schedule,
         )
-        to_clients = [self._client_message(m, arrays, assignment, schedule) for m in inner]
+        to_clients = [
+            self._client_message(m, arrays, server_round, assignment, schedule) for m in inner
+        ]
         log(
             INFO,
             "configure_train: %d clients on %d helpers%s, cuts %s",
@@ -356,6 +371,7 @@ class SplitStrategy(Strategy):
         self,
         inner: Message,
         arrays: ArrayRecord,
+        server_round: int,
         assignment: RoundAssignment,
         schedule: SyncSchedule | None,
     ) -> Message:
@@ -366,12 +382,13 @@ class SplitStrategy(Strategy):
         return client_message(
             inner,
             arrays,
-            config_key=getattr(self.strategy, "configrecord_key", "config"),
+            config_key=getattr(self.strategy, "configrecord_key", CONFIG),
             head_tail_keys=head_keys + tail_keys,
+            server_round=server_round,
             cuts=cuts,
             helper_address=self.nodes[helper].address,
             token=assignment.tokens[client],
-            extra=self.client_config(client, helper),
+            link=self.client_link(client, helper),
             schedule=schedule,
         )
 
@@ -425,9 +442,9 @@ class SplitStrategy(Strategy):
         wall = time.perf_counter() - assignment.started
         self.round_times[server_round] = wall
         if metrics is not None:
-            metrics["round-wall-seconds"] = wall
-        loss = metrics.get("train_loss", float("nan")) if metrics else float("nan")
-        acc = metrics.get("train_acc", float("nan")) if metrics else float("nan")
+            metrics[ROUND_WALL_SECONDS] = wall
+        loss = metrics.get(TRAIN_LOSS, float("nan")) if metrics else float("nan")
+        acc = metrics.get(TRAIN_ACC, float("nan")) if metrics else float("nan")
         log(
             INFO,
             "round %d: %d/%d client updates aggregated, train_loss %.4f, train_acc %.4f, "
@@ -440,13 +457,10 @@ class SplitStrategy(Strategy):
         """Keep each helper's synchronous step sizes and its peak memory."""
         for reply in helper_replies:
             src = reply.metadata.src_node_id
-            metrics = reply.content.metric_records["metrics"]
-            steps = metrics.get("step-examples")
-            if steps is not None:
-                self.sync_steps.setdefault(server_round, {})[src] = [int(n) for n in steps]
-            peak = metrics.get("peak-rss-mib")
-            if peak is not None:
-                self.helper_peak_mib[src] = max(self.helper_peak_mib.get(src, 0.0), float(peak))
+            result = HelperResult.from_content(reply.content)
+            if result.step_examples is not None:
+                self.sync_steps.setdefault(server_round, {})[src] = result.step_examples
+            self.helper_peak_mib[src] = max(self.helper_peak_mib.get(src, 0.0), result.peak_rss_mib)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -1,7 +1,7 @@
 """The synchronous-step schedule of a round under global sampling.
 
 With ``sampler`` ``uniform`` or ``dirichlet`` a round runs as synchronous steps
-(:mod:`flsplit.runtime.syncplane`). The server draws the round's ``(steps, clients)``
+(:mod:`flsplit.runtime.sync_helper`). The server draws the round's ``(steps, clients)``
 counts from the clients' example counts (and per-sample costs from their compute
 factors), sends each client its column and where its draws continue, and each helper the
 columns of its clients in the order it concatenates them.
@@ -12,12 +12,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from logging import INFO
-from typing import Any
 
 import numpy as np
 from flwr.supercore import log
 
-from flsplit.plan.sampling.samplers import pack_schedule, round_schedule, sampler_from_config
+from flsplit.config import SyncSettings
+from flsplit.plan.sampling.samplers import round_schedule, sampler_from_settings
 from strategies.discovery import NodeInfo
 
 
@@ -42,24 +42,13 @@ class SyncSchedule:
     offset: dict[int, int]
     client_parts: str
 
-    def client_fields(self, client: int) -> dict[str, Any]:
-        """Config entries of ``client``'s ``train.split`` message: its column."""
-        return {
-            **pack_schedule(self.counts[:, [self.column[client]]]),
-            "sample-offset": self.offset[client],
-            "client-parts": self.client_parts,
-        }
-
-    def helper_fields(self, clients: Sequence[int]) -> dict[str, Any]:
-        """Config entries of a helper's message: its ``clients``' columns, in that order."""
-        return {
-            **pack_schedule(self.counts[:, [self.column[c] for c in clients]]),
-            "client-parts": self.client_parts,
-        }
+    def columns(self, clients: Sequence[int]) -> np.ndarray:
+        """The ``clients``' columns of the schedule, in that order."""
+        return self.counts[:, [self.column[c] for c in clients]]
 
 
 def draw_schedule(
-    sampling: Mapping[str, Any],
+    sampling: SyncSettings,
     nodes: Mapping[int, NodeInfo],
     server_round: int,
     clients: Sequence[int],
@@ -68,9 +57,8 @@ def draw_schedule(
 
     Parameters
     ----------
-    sampling : Mapping
-        Checked global-sampling settings
-        (:func:`flsplit.plan.sampling.samplers.check_sync_config`).
+    sampling : SyncSettings
+        The run config's global-sampling settings (:func:`flsplit.config.sync_settings`).
     nodes : Mapping
         What the clients reported at discovery (example counts, compute factors).
     server_round : int
@@ -83,7 +71,7 @@ def draw_schedule(
     RuntimeError
         If a client reported no training examples.
     """
-    if not sampling["sync"] or not clients:
+    if not sampling.sync or not clients:
         return None
     sizes = [nodes[c].examples for c in clients]
     empty = [c for c, n in zip(clients, sizes, strict=True) if n < 1]
@@ -92,11 +80,9 @@ def draw_schedule(
             f"clients {empty} reported no training examples; global sampling draws "
             "from every client's data"
         )
-    costs = [float(nodes[c].info.get("compute-factor", 1.0)) for c in clients]
-    sampler = sampler_from_config(sampling, sizes, costs)
-    counts, offsets = round_schedule(
-        sampler, server_round, int(sampling["sync-steps"]), int(sampling["local-epochs"])
-    )
+    costs = [nodes[c].compute_factor for c in clients]
+    sampler = sampler_from_settings(sampling, sizes, costs)
+    counts, offsets = round_schedule(sampler, server_round, sampling.steps, sampling.local_epochs)
     log(
         INFO,
         "round %d: %s sampling, %d synchronous steps, global batch %d (%.1f clients "
@@ -111,5 +97,5 @@ def draw_schedule(
         counts=counts,
         column={c: i for i, c in enumerate(clients)},
         offset={c: int(offsets[i]) for i, c in enumerate(clients)},
-        client_parts=sampling["client-parts"],
+        client_parts=sampling.client_parts,
     )

@@ -31,12 +31,10 @@ from flwr.clientapp import ClientApp
 from flsplit.client.client_role import evaluate_full_model, train_full_model, train_split_round
 from flsplit.client.discovery import answer_query
 from flsplit.client.helper_role import serve_helper_round
-from flsplit.client.node import peak_rss_mib as peak_rss_mib  # flsplit.server.app's import
 from flsplit.client.records import config_of
+from flsplit.config import RunConfig
+from flsplit.protocol import HELPER_ACTION, SPLIT_ACTION
 from flsplit.task import SplitTask
-
-SPLIT_ACTION = "split"
-HELPER_ACTION = "helper"
 
 
 def enable_split_learning(
@@ -60,15 +58,12 @@ def enable_split_learning(
     ClientApp
         ``app`` itself.
     """
-    base_config = dict(run_config or {})
-
-    def settings(msg: Message | None, context: Context) -> dict[str, Any]:
-        config = task.config({**base_config, **dict(context.run_config)})
-        if msg is not None:
-            config.update(config_of(msg))
-        threads = int(config.get("torch-threads", 0))
-        if threads > 0:
-            torch.set_num_threads(threads)
+    def settings(msg: Message | None, context: Context) -> RunConfig:
+        # read once per message: the task's defaults, the app's, Flower's run config and
+        # the message's config, later ones winning
+        config = task.settings(run_config, context.run_config, config_of(msg) if msg else None)
+        if config.torch_threads > 0:
+            torch.set_num_threads(config.torch_threads)
         return config
 
     @app.query(SPLIT_ACTION)
@@ -104,10 +99,9 @@ def make_client_app(task: SplitTask, run_config: Mapping[str, Any] | None = None
         on the client's validation data).
     """
     app = ClientApp()
-    base_config = dict(run_config or {})
 
-    def settings(msg: Message, context: Context) -> dict[str, Any]:
-        return {**task.config({**base_config, **dict(context.run_config)}), **config_of(msg)}
+    def settings(msg: Message, context: Context) -> RunConfig:
+        return task.settings(run_config, context.run_config, config_of(msg))
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

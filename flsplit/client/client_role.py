@@ -1,92 +1,102 @@
 """A client's handlers: its split training through a helper, and the plain full-model
 ``train`` and ``evaluate`` of :func:`~flsplit.client.app.make_client_app`.
 
-In split training a client trains its head and tail and dials its helper
-(``helper-address``, ``round-token``) for the body. When the train message carries a
-schedule (``schedule-shape``, ``schedule-counts``: global sampling, run config
-``sampler``), it trains its scheduled samples per global step
-(:mod:`flsplit.runtime.syncplane`) instead of its local epochs.
+In split training a client trains its head and tail and dials its helper (the message's
+:class:`~flsplit.protocol.ClientRound`: address and round token) for the body. When the
+round carries a schedule (global sampling, run config ``sampler``), it trains its
+scheduled samples per global step (:mod:`flsplit.runtime.sync_client`) instead of its
+local epochs.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message, RecordDict
 
-from flsplit.client.node import ROLE_CLIENT, client_tls, data_partition, node_emulation
-from flsplit.client.records import load_part, reply, state_dict_of
-from flsplit.plan.sampling.samplers import unpack_schedule
-from flsplit.runtime.dataplane import HelperClient
-from flsplit.runtime.syncplane import train_sync
+from flsplit.client.node import client_tls, data_partition, node_emulation
+from flsplit.client.records import config_of, load_part, reply, state_dict_of
+from flsplit.config import RunConfig
+from flsplit.protocol import (
+    ARRAYS,
+    METRICS,
+    ROLE_CLIENT,
+    ClientResult,
+    ClientRound,
+    eval_metrics,
+    train_metrics,
+)
+from flsplit.runtime.helper_client import HelperClient
+from flsplit.runtime.sync_client import train_sync
 from flsplit.runtime.trainer import train_split
 from flsplit.task import SplitTask, evaluate_model, train_full
 
 
-def count_train_examples(context: Context, task: SplitTask, config: Mapping[str, Any]) -> int:
+def count_train_examples(context: Context, task: SplitTask, config: RunConfig) -> int:
     """How many training examples the client's data partition holds."""
     partition, partitions = data_partition(context, config)
-    train, _ = task.load_data(partition, partitions, config)
+    train, _ = task.load_data(partition, partitions, config.as_dict())
     return _count_examples(train, task)
 
 
 def train_split_round(
-    msg: Message, context: Context, task: SplitTask, config: Mapping[str, Any]
+    msg: Message, context: Context, task: SplitTask, config: RunConfig
 ) -> Message:
     """Train the client's head and tail through its helper for one round.
 
     Parameters
     ----------
     msg : Message
-        The ``train.split`` message: the head's and tail's weights in ``arrays``.
+        The ``train.split`` message: the head's and tail's weights in ``arrays``, a
+        :class:`~flsplit.protocol.ClientRound` in ``config``.
     context : Context
         The client's context.
     task : SplitTask
         Model, data, loss and optimizer.
-    config : Mapping
+    config : RunConfig
         The round's settings (run config and the message's config).
 
     Returns
     -------
     Message
-        The trained head and tail, and the round's metrics.
+        The trained head and tail, and a :class:`~flsplit.protocol.ClientResult`.
     """
+    round_ = ClientRound.from_config(config_of(msg))
+    values = config.as_dict()
     partition, partitions = data_partition(context, config)
-    train_data, _ = task.load_data(partition, partitions, config)
-    state = state_dict_of(msg.content["arrays"])
-    split = task.split(config)
+    train_data, _ = task.load_data(partition, partitions, values)
+    state = state_dict_of(msg.content[ARRAYS])
+    split = task.split({**values, "cuts": round_.cuts})
     head, tail = split.head, split.tail
     load_part(head, state)
     load_part(tail, state)
-    optimizer = task.optimizer_fn(itertools.chain(head.parameters(), tail.parameters()), config)
+    optimizer = task.optimizer_fn(itertools.chain(head.parameters(), tail.parameters()), values)
     root_cert, server_name = client_tls(context)
     with HelperClient(
-        str(config["helper-address"]),
+        round_.helper_address,
         client=str(context.node_id),
-        token=str(config["round-token"]),
-        deadline=float(config["call-deadline"]),
+        token=round_.round_token,
+        deadline=config.call_deadline,
         tls_root_cert=root_cert,
         tls_server_name=server_name,
     ) as helper:
-        emulation = node_emulation(context, config, ROLE_CLIENT, link=True)
-        if "schedule-counts" in config:  # global sampling: synchronous steps
-            counts = unpack_schedule(config)
-            if counts.shape[1] != 1:
-                raise ValueError(f"schedule of shape {counts.shape} is not one column")
+        emulation = node_emulation(
+            context, config, ROLE_CLIENT, round_.server_round, link=round_.link
+        )
+        if round_.schedule is not None:  # global sampling: synchronous steps
             result = train_sync(
                 head,
                 tail,
                 helper,
                 _all_samples(task, train_data),
-                counts[:, 0],
+                round_.schedule[:, 0],
                 task.loss_fn,
                 optimizer,
-                client_parts=str(config.get("client-parts", "shared")),
-                seed=int(config.get("sampler-seed", 0)) * 100_003 + partition,
-                offset=int(config.get("sample-offset", 0)),
+                client_parts=round_.client_parts,
+                seed=config.sync.seed * 100_003 + partition,
+                offset=round_.sample_offset,
                 emulation=emulation,
             )
         else:
@@ -97,50 +107,50 @@ def train_split_round(
                 task.batches(train_data),
                 task.loss_fn,
                 optimizer,
-                int(config["local-epochs"]),
+                config.local_epochs,
                 emulation=emulation,
-                micro_batches=int(config.get("micro-batches", 1)),
+                micro_batches=config.chain.micro_batches,
             )
     arrays = ArrayRecord({**head.state_dict(), **tail.state_dict()})
-    metrics = {
-        "num-examples": result.examples,
-        "train_loss": result.loss,
-        "train_acc": result.accuracy,
-        "batches": result.batches,
-        "stage1-ms": result.stage1_ms,
-        "stage3-ms": result.stage3_ms,
-        "stage5-ms": result.stage5_ms,
-        "helper-service-ms": result.helper_service_ms,
-        "started": result.started,
-        "ended": result.ended,
-    }
-    return reply(msg, arrays, metrics)
+    metrics = ClientResult(
+        examples=result.examples,
+        loss=result.loss,
+        accuracy=result.accuracy,
+        batches=result.batches,
+        stage1_ms=result.stage1_ms,
+        stage3_ms=result.stage3_ms,
+        stage5_ms=result.stage5_ms,
+        helper_service_ms=result.helper_service_ms,
+        started=result.started,
+        ended=result.ended,
+    )
+    return reply(msg, arrays, metrics.to_metrics())
 
 
 def train_full_model(
-    msg: Message, context: Context, task: SplitTask, config: Mapping[str, Any]
+    msg: Message, context: Context, task: SplitTask, config: RunConfig
 ) -> Message:
     """Plain local training of the full model on the client's data (FedAvg comparison).
 
     Returns
     -------
     Message
-        The trained model and ``num-examples``, ``train_loss``, ``train_acc``.
+        The trained model and Flower's train metrics.
     """
+    values = config.as_dict()
     partition, partitions = data_partition(context, config)
-    train_data, _ = task.load_data(partition, partitions, config)
-    model = task.model_fn(config)
-    model.load_state_dict(state_dict_of(msg.content["arrays"]), strict=True)
-    optimizer = task.optimizer_fn(model.parameters(), config)
+    train_data, _ = task.load_data(partition, partitions, values)
+    model = task.model_fn(values)
+    model.load_state_dict(state_dict_of(msg.content[ARRAYS]), strict=True)
+    optimizer = task.optimizer_fn(model.parameters(), values)
     loss, acc, examples = train_full(
-        model, task.batches(train_data), task.loss_fn, optimizer, int(config["local-epochs"])
+        model, task.batches(train_data), task.loss_fn, optimizer, config.local_epochs
     )
-    metrics = {"num-examples": examples, "train_loss": loss, "train_acc": acc}
-    return reply(msg, ArrayRecord(model.state_dict()), metrics)
+    return reply(msg, ArrayRecord(model.state_dict()), train_metrics(examples, loss, acc))
 
 
 def evaluate_full_model(
-    msg: Message, context: Context, task: SplitTask, config: Mapping[str, Any]
+    msg: Message, context: Context, task: SplitTask, config: RunConfig
 ) -> Message:
     """The full global model on the client's validation data.
 
@@ -150,15 +160,16 @@ def evaluate_full_model(
     Returns
     -------
     Message
-        ``num-examples``, ``eval_loss``, ``eval_acc``.
+        Flower's evaluate metrics.
     """
+    values = config.as_dict()
     partition, partitions = data_partition(context, config)
-    _, val_data = task.load_data(partition, partitions, config)
-    model = task.model_fn(config)
-    model.load_state_dict(state_dict_of(msg.content["arrays"]), strict=True)
+    _, val_data = task.load_data(partition, partitions, values)
+    model = task.model_fn(values)
+    model.load_state_dict(state_dict_of(msg.content[ARRAYS]), strict=True)
     loss, acc, examples = evaluate_model(model, task.batches(val_data), task.loss_fn)
-    metrics = MetricRecord({"num-examples": examples, "eval_loss": loss, "eval_acc": acc})
-    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+    content = RecordDict({METRICS: eval_metrics(examples, loss, acc)})
+    return Message(content, reply_to=msg)
 
 
 def _all_samples(task: SplitTask, loader: Any) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Mapping
-from typing import Any
 
 import torch
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message
 
 from flsplit.client.client_role import count_train_examples
 from flsplit.client.node import (
-    ROLE_HELPER,
     helper_addresses,
     node_device,
     node_emulation,
@@ -21,12 +18,14 @@ from flsplit.client.node import (
     node_role,
     simulation_concurrency,
 )
+from flsplit.config import RunConfig
 from flsplit.model.presets import preset
+from flsplit.protocol import ROLE_HELPER, NodeReport
 from flsplit.task import SplitTask
 
 
 def answer_query(
-    msg: Message, context: Context, task: SplitTask, config: Mapping[str, Any]
+    msg: Message, context: Context, task: SplitTask, config: RunConfig
 ) -> Message:
     """Describe this node to the server.
 
@@ -38,39 +37,33 @@ def answer_query(
         The node's context.
     task : SplitTask
         Model, data, loss and optimizer (a client counts its training examples).
-    config : Mapping
+    config : RunConfig
         The run config.
 
     Returns
     -------
     Message
-        ``info`` (role, device, cpus, torch-threads, index; with emulation the device
-        preset's compute factor and memory; in simulation the engine's concurrency; for
-        helpers the listen and advertised addresses) and ``num-examples`` in ``metrics``.
+        A :class:`~flsplit.protocol.NodeReport`: role, index, device, cpus, torch
+        threads; with emulation the device preset's compute factor and memory; in
+        simulation the engine's concurrency; for helpers the listen and advertised
+        addresses; for clients their training examples.
     """
     role = node_role(context, config)
-    info: dict[str, Any] = {
-        "role": role,
-        "device": platform.machine() or "unknown",
-        "cpus": os.cpu_count() or 1,
-        "torch-threads": torch.get_num_threads(),
-    }
-    concurrency = simulation_concurrency(config)
-    if concurrency is not None:
-        info["simulation-concurrency"] = concurrency
-    device = node_device(context, config, role)
-    info["index"] = node_index(context, config, role)
-    if device:
-        info["device"] = device
-        info["compute-factor"] = node_emulation(context, config, role).compute_factor
-        info["memory-mib"] = float(preset(device).memory_mib)
-    examples = 0
-    if role == ROLE_HELPER:
-        listen, advertised = helper_addresses(context)
-        info["listen-address"], info["address"] = listen, advertised
-    else:
-        examples = count_train_examples(context, task, config)
-    reply = RecordDict(
-        {"info": ConfigRecord(info), "metrics": MetricRecord({"num-examples": examples})}
+    report = NodeReport(
+        role=role,
+        index=node_index(context, config, role),
+        device=platform.machine() or "unknown",
+        cpus=os.cpu_count() or 1,
+        torch_threads=torch.get_num_threads(),
+        simulation_concurrency=simulation_concurrency(config),
     )
-    return Message(reply, reply_to=msg)
+    device = node_device(context, config, role)
+    if device:
+        report.device = device
+        report.compute_factor = node_emulation(context, config, role).compute_factor
+        report.memory_mib = float(preset(device).memory_mib)
+    if role == ROLE_HELPER:
+        report.listen_address, report.address = helper_addresses(context)
+    else:
+        report.examples = count_train_examples(context, task, config)
+    return Message(report.to_content(), reply_to=msg)

@@ -2,107 +2,110 @@
 message until all of them finished or the round deadline passes, then return one body
 per client and the helper's metrics.
 
-In a chain a helper serves one piece of each listed client's body (``client-piece``: the
-part index in the client's ``client-cuts``) and relays to the next hop (``client-next``,
-``client-next-token``); it dials the next hop like a client does, over TLS when its node
-config names ``data-tls-root-cert``. With ``helper-memory = "shared"`` the clients of the
-same cuts and piece train one body between them.
+In a chain a helper serves one piece of each listed client's body
+(:class:`~flsplit.protocol.ServedClient`: the piece of the client's cuts, the next hop
+and the client's token for it) and relays to the next hop; it dials the next hop like a
+client does, over TLS when its node config names ``data-tls-root-cert``. With
+``helper-memory = "shared"`` the clients of the same cuts and piece train one body
+between them.
 
-When the message carries a schedule (``schedule-counts``: global sampling), the helper
-runs synchronous steps (:mod:`flsplit.runtime.syncplane`): one shared body behind a step
-barrier.
+When the round carries a schedule (global sampling), the helper runs synchronous steps
+(:mod:`flsplit.runtime.sync_helper`): one shared body behind a step barrier.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from logging import INFO, WARNING
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message
 from flwr.supercore import log
 
-from flsplit.client.node import ROLE_HELPER, client_tls, helper_tls, node_emulation, peak_rss_mib
-from flsplit.client.records import load_part, state_dict_of
-from flsplit.plan.sampling.samplers import unpack_schedule
+from flsplit.client.node import client_tls, helper_tls, node_emulation
+from flsplit.client.records import config_of, load_part, state_dict_of
+from flsplit.config import RunConfig
+from flsplit.protocol import (
+    ARRAYS,
+    BACKWARD,
+    FORWARD,
+    ROLE_HELPER,
+    HelperResult,
+    HelperRound,
+    ServedClient,
+    TaskSpan,
+)
 from flsplit.runtime.auth import TokenVerifier
-from flsplit.runtime.dataplane import HelperClient, HelperServer
-from flsplit.runtime.syncplane import SyncHelperServer, SyncWorker
-from flsplit.runtime.worker import MEMORY_MODES, HelperWorker, TaskRecord, TensorSpec
+from flsplit.runtime.dataplane import HelperServer
+from flsplit.runtime.helper_client import HelperClient
+from flsplit.runtime.memory import peak_rss_mib
+from flsplit.runtime.sync_helper import SyncHelperServer, SyncWorker
+from flsplit.runtime.worker import HelperWorker, TaskRecord, TensorSpec
 from flsplit.task import SplitTask
 
 
 def serve_helper_round(
-    msg: Message, context: Context, task: SplitTask, config: Mapping[str, Any]
+    msg: Message, context: Context, task: SplitTask, config: RunConfig
 ) -> Message:
     """Serve this round's clients their bodies (or body pieces) and reply with them.
 
     Parameters
     ----------
     msg : Message
-        The ``train.helper`` message: the model's weights in ``arrays``, the clients to
-        serve and their cuts, pieces and next hops in its config.
+        The ``train.helper`` message: the model's weights in ``arrays``, a
+        :class:`~flsplit.protocol.HelperRound` (the clients to serve, their cuts,
+        pieces and next hops) in ``config``.
     context : Context
         The helper's context (its node config names its TLS material).
     task : SplitTask
         Model, data, loss and optimizer.
-    config : Mapping
+    config : RunConfig
         The round's settings (run config and the message's config).
 
     Returns
     -------
     Message
-        ``body.<client>`` weights of each client that finished, the helper's metrics,
-        the finished clients and the timeline of executed tasks.
+        A :class:`~flsplit.protocol.HelperResult` with the bodies of the clients that
+        finished.
     """
-    state = state_dict_of(msg.content["arrays"])
+    round_ = HelperRound.from_config(config_of(msg))
+    state = state_dict_of(msg.content[ARRAYS])
     cert_key = helper_tls(context)  # before anything starts: a bad path fails cleanly
-    clients = [str(c) for c in config["clients"]]
-    client_cuts = [str(c) for c in config.get("client-cuts", [config["cuts"]] * len(clients))]
-    pieces = [int(p) for p in config.get("client-piece", [1] * len(clients))]
-    nexts = [str(a) for a in config.get("client-next", [""] * len(clients))]
-    next_tokens = [str(t) for t in config.get("client-next-token", [""] * len(clients))]
-    memory_mode = str(config.get("helper-memory", "per-client"))
-    if memory_mode not in MEMORY_MODES:
-        raise ValueError(f"helper-memory: {memory_mode!r} is not one of "
-                         f"{', '.join(MEMORY_MODES)}")
-    example = task.example_input(config)
-    if "schedule-counts" in config:  # global sampling: synchronous steps
-        return _serve_sync(msg, context, config, task, state, clients, client_cuts, cert_key)
-    bodies, specs = _build_bodies(
-        task, config, state, example, clients, client_cuts, pieces, memory_mode
-    )
-    order = [tuple(item.split(":", 1)) for item in config.get("order", [])]
+    clients = [c.client for c in round_.clients]
+    example = task.example_input(config.as_dict())
+    if round_.schedule is not None:  # global sampling: synchronous steps
+        return _serve_sync(msg, context, config, round_, task, state, cert_key)
+    bodies, specs = _build_bodies(task, config, state, example, round_.clients)
     worker = HelperWorker(
         bodies,
-        lambda params: task.optimizer_fn(params, config),
-        order=order,
-        emulation=node_emulation(context, config, ROLE_HELPER),
+        lambda params: task.optimizer_fn(params, config.as_dict()),
+        order=[(t.client, t.kind) for t in round_.order],
+        emulation=node_emulation(context, config, ROLE_HELPER, round_.server_round),
         input_specs=specs,
-        memory_mode=memory_mode,
+        memory_mode=config.helper_memory,
     )
-    verifier = _round_verifier(config, context, clients)
+    verifier = _round_verifier(round_, context)
     next_hops: dict[str, HelperClient] = {}
     try:
-        root_cert, server_name = client_tls(context) if any(nexts) else (None, None)
-        for client, address, token in zip(clients, nexts, next_tokens, strict=True):
-            if address:  # this helper is not the last of the client's chain
-                next_hops[client] = HelperClient(
-                    address,
-                    client=client,
-                    token=token,
-                    deadline=float(config["call-deadline"]),
-                    tls_root_cert=root_cert,
-                    tls_server_name=server_name,
-                )
+        chained = [c for c in round_.clients if c.next_address]
+        root_cert, server_name = client_tls(context) if chained else (None, None)
+        for served in chained:  # this helper is not the last of the client's chain
+            next_hops[served.client] = HelperClient(
+                served.next_address,
+                client=served.client,
+                token=served.next_token,
+                deadline=config.call_deadline,
+                tls_root_cert=root_cert,
+                tls_server_name=server_name,
+            )
         server = HelperServer(
             worker,
             verifier,
-            **_server_options(config, cert_key),
+            **_server_options(config, round_, cert_key),
             next_hops=next_hops,
-            in_flight=int(config.get("micro-batches", 1)) + 1,
+            in_flight=config.chain.micro_batches + 1,
         ).start()
     except Exception:
         # nothing serves the worker's thread or the dialled hops if the server never starts
@@ -110,31 +113,29 @@ def serve_helper_round(
         for hop in next_hops.values():
             hop.close()
         raise
-    return _serve_round(msg, config, clients, worker, server, relaying=len(next_hops))
+    return _serve_round(msg, round_, clients, worker, server, relaying=len(next_hops))
 
 
 def _build_bodies(
     task: SplitTask,
-    config: Mapping[str, Any],
+    config: RunConfig,
     state: Mapping[str, torch.Tensor],
     example: torch.Tensor,
-    clients: Sequence[str],
-    client_cuts: Sequence[str],
-    pieces: Sequence[int],
-    memory_mode: str,
+    served: Sequence[ServedClient],
 ) -> tuple[dict[str, torch.nn.Module], dict[str, TensorSpec]]:
     """Each client's body piece with the round's weights, and the spec of its input.
 
     In ``shared`` memory mode the clients of the same cuts and piece get the same module.
     """
     bodies, specs, spec_of_part, body_of_part = {}, {}, {}, {}
-    for client, cuts, piece in zip(clients, client_cuts, pieces, strict=True):
+    for entry in served:
+        client, cuts, piece = entry.client, entry.cuts, entry.piece
         part = (cuts, piece)
-        if memory_mode == "shared" and part in body_of_part:
+        if config.helper_memory == "shared" and part in body_of_part:
             # one body per piece, trained by all its clients (HelperWorker docs)
             bodies[client], specs[client] = body_of_part[part], spec_of_part[part]
             continue
-        split = task.split({**config, "cuts": cuts})
+        split = task.split({**config.as_dict(), "cuts": cuts})
         if not 1 <= piece < len(split.parts) - 1:
             raise ValueError(
                 f"client-piece {piece} is not a body piece of cuts {cuts!r} "
@@ -150,15 +151,15 @@ def _build_bodies(
 
 def _serve_round(
     msg: Message,
-    config: Mapping[str, Any],
+    round_: HelperRound,
     clients: list[str],
     worker: HelperWorker | SyncWorker,
     server: HelperServer,
-    extra: Callable[[], Mapping[str, Any]] | None = None,
+    sync: SyncWorker | None = None,
     relaying: int = 0,
 ) -> Message:
     """Serve the round's clients, then reply with their bodies and the helper's metrics
-    (and ``extra()``'s, read after the round); ``relaying`` clients' chains go on to a
+    (with ``sync``, also its synchronous steps); ``relaying`` clients' chains go on to a
     next hop."""
     start = time.perf_counter()
     log(
@@ -170,7 +171,7 @@ def _serve_round(
         f", relaying {relaying} of them to a next hop" if relaying else "",
     )
     try:
-        all_done = server.wait_clients(float(config["round-timeout"]))
+        all_done = server.wait_clients(round_.round_timeout)
     finally:
         server.stop()
     if server.dropped:
@@ -178,120 +179,103 @@ def _serve_round(
     if not all_done:
         missing = sorted(set(clients) - set(server.finished) - set(server.dropped))
         log(WARNING, "helper: clients %s did not finish before the round deadline", missing)
-    content = RecordDict()
+    bodies: dict[str, ArrayRecord] = {}
     records: dict[int, ArrayRecord] = {}  # shared mode: one record per shared body
     for client in server.finished:
         state = worker.bodies.get(client)
         if state is not None:
             if id(state.module) not in records:
                 records[id(state.module)] = ArrayRecord(state.module.state_dict())
-            content[f"body.{client}"] = records[id(state.module)]
+            bodies[client] = records[id(state.module)]
     tasks = worker.executed
-    content["metrics"] = MetricRecord(
-        {
-            "clients-finished": len(server.finished),
-            "clients-dropped": len(server.dropped),
-            "busy-seconds": sum(t.end - t.start for t in tasks),
-            "wall-seconds": time.perf_counter() - start,
-            "refused": server.refused_count,
-            "invalid-requests": server.invalid_count,
-            "tasks": len(tasks),
-            "peak-rss-mib": peak_rss_mib(),
-            "body-fwd-ms": _mean_ms(t for t in tasks if t.kind == "fwd"),
-            "body-bwd-ms": _mean_ms(t for t in tasks if t.kind == "bwd"),
-            **(dict(extra()) if extra is not None else {}),
-        }
+    result = HelperResult(
+        finished=list(server.finished),
+        dropped=list(server.dropped),
+        busy_seconds=sum(t.end - t.start for t in tasks),
+        wall_seconds=time.perf_counter() - start,
+        refused=server.refused_count,
+        invalid_requests=server.invalid_count,
+        peak_rss_mib=peak_rss_mib(),
+        body_fwd_ms=_mean_ms(t for t in tasks if t.kind == FORWARD),
+        body_bwd_ms=_mean_ms(t for t in tasks if t.kind == BACKWARD),
+        timeline=[TaskSpan(t.client, t.kind, t.start, t.end) for t in tasks],
+        step_examples=list(sync.step_examples) if sync is not None else None,
+        step_clients=list(sync.step_clients) if sync is not None else None,
     )
-    content["config"] = ConfigRecord({"finished": sorted(server.finished)})
-    content["timeline"] = ConfigRecord(
-        {
-            "client": [t.client for t in tasks],
-            "kind": [t.kind for t in tasks],
-            "start": [t.start for t in tasks],
-            "end": [t.end for t in tasks],
-        }
-    )
-    return Message(content, reply_to=msg)
+    return Message(result.to_content(bodies), reply_to=msg)
 
 
 def _serve_sync(
     msg: Message,
     context: Context,
-    config: Mapping[str, Any],
+    config: RunConfig,
+    round_: HelperRound,
     task: SplitTask,
     state: Mapping[str, torch.Tensor],
-    clients: list[str],
-    client_cuts: list[str],
     cert_key: tuple[bytes, bytes] | None,
 ) -> Message:
     """A helper's round of synchronous steps: one shared body behind a step barrier."""
-    if len(set(client_cuts)) > 1:
+    clients = [c.client for c in round_.clients]
+    client_cuts = sorted({c.cuts for c in round_.clients})
+    if len(client_cuts) > 1:
         raise ValueError(
             f"synchronous steps run one shared body, but the clients have different cuts "
-            f"{sorted(set(client_cuts))}; give every client the same cuts"
+            f"{client_cuts}; give every client the same cuts"
         )
-    counts = unpack_schedule(config)
-    if counts.shape[1] != len(clients):
+    counts = round_.schedule
+    if counts is None or counts.shape[1] != len(clients):
         raise ValueError(
-            f"schedule of shape {counts.shape} does not have one column per client "
-            f"({len(clients)})"
+            f"schedule of shape {None if counts is None else counts.shape} does not have "
+            f"one column per client ({len(clients)})"
         )
-    cuts = client_cuts[0] if client_cuts else str(config["cuts"])
-    split = task.split({**config, "cuts": cuts})
+    values = config.as_dict()
+    split = task.split({**values, "cuts": client_cuts[0]} if client_cuts else values)
     load_part(split.body, state)
     grad_size = sum(p.numel() for part in (split.head, split.tail) for p in part.parameters())
     worker = SyncWorker(
         split.body,
         clients,
         counts,
-        lambda params: task.optimizer_fn(params, config),
-        input_spec=_input_spec(split, task.example_input(config)),
-        client_parts=str(config.get("client-parts", "shared")),
+        lambda params: task.optimizer_fn(params, values),
+        input_spec=_input_spec(split, task.example_input(values)),
+        client_parts=round_.client_parts,
         grad_size=grad_size,
-        emulation=node_emulation(context, config, ROLE_HELPER),
+        emulation=node_emulation(context, config, ROLE_HELPER, round_.server_round),
     )
-    verifier = _round_verifier(config, context, clients)
+    verifier = _round_verifier(round_, context)
     try:
         server = SyncHelperServer(
             worker,
             verifier,
-            **_server_options(config, cert_key),
+            **_server_options(config, round_, cert_key),
         ).start()
     except Exception:
         worker.stop()
         raise
-
-    def metrics() -> dict[str, Any]:
-        return {
-            "sync-steps": len(worker.step_examples),
-            "step-examples": list(worker.step_examples) or [0],
-            "step-clients": list(worker.step_clients) or [0],
-        }
-
-    return _serve_round(msg, config, clients, worker, server, metrics)
+    return _serve_round(msg, round_, clients, worker, server, sync=worker)
 
 
-def _round_verifier(config: Mapping[str, Any], context: Context,
-                    clients: Sequence[str]) -> TokenVerifier:
+def _round_verifier(round_: HelperRound, context: Context) -> TokenVerifier:
     """The helper's check of this round's client tokens."""
     return TokenVerifier(
-        bytes(config["token-key"]),
+        round_.token_key,
         run_id=context.run_id,
-        server_round=int(config["server-round"]),
+        server_round=round_.server_round,
         helper=context.node_id,
-        clients=clients,
+        clients=[c.client for c in round_.clients],
     )
 
 
-def _server_options(config: Mapping[str, Any], cert_key: tuple[bytes, bytes] | None
-                    ) -> dict[str, Any]:
-    """Data-plane server settings of the run config (address, deadlines, TLS)."""
+def _server_options(
+    config: RunConfig, round_: HelperRound, cert_key: tuple[bytes, bytes] | None
+) -> dict[str, Any]:
+    """Data-plane server settings (address, deadlines, TLS)."""
     return {
-        "address": str(config["listen-address"]),
-        "task_timeout": float(config["call-deadline"]),
+        "address": round_.listen_address,
+        "task_timeout": config.call_deadline,
         "tls_cert": cert_key[0] if cert_key else None,
         "tls_key": cert_key[1] if cert_key else None,
-        "idle_timeout": float(config["client-idle-timeout"]) or None,
+        "idle_timeout": config.client_idle_timeout or None,
     }
 
 

@@ -22,15 +22,14 @@ from typing import Any
 
 from flwr.app import Context
 
+from flsplit.config import RunConfig
+from flsplit.protocol import ROLE_CLIENT, ROLE_HELPER, ROLES
 from flsplit.runtime import emulation
 from flsplit.runtime.dataplane import read_pem
 from flsplit.runtime.emulation import NO_EMULATION, Emulation
 
-ROLE_CLIENT = "client"
-ROLE_HELPER = "helper"
 
-
-def node_role(context: Context, config: Mapping[str, Any]) -> str:
+def node_role(context: Context, config: RunConfig | Mapping[str, Any]) -> str:
     """Return the role of the node running ``context``.
 
     Parameters
@@ -52,7 +51,7 @@ def node_role(context: Context, config: Mapping[str, Any]) -> str:
     """
     role = context.node_config.get("role")
     if role is not None:
-        if role not in (ROLE_CLIENT, ROLE_HELPER):
+        if role not in ROLES:
             raise ValueError(
                 f"node config role={role!r} is not 'client' or 'helper'; start the SuperNode "
                 "with --node-config 'role=\"client\"' or 'role=\"helper\"'"
@@ -61,10 +60,12 @@ def node_role(context: Context, config: Mapping[str, Any]) -> str:
     partition = context.node_config.get("partition-id")
     if partition is None:
         return ROLE_CLIENT
-    return ROLE_HELPER if int(partition) < int(config["num-helpers"]) else ROLE_CLIENT
+    return ROLE_HELPER if int(partition) < RunConfig.of(config).num_helpers else ROLE_CLIENT
 
 
-def data_partition(context: Context, config: Mapping[str, Any]) -> tuple[int, int]:
+def data_partition(
+    context: Context, config: RunConfig | Mapping[str, Any]
+) -> tuple[int, int]:
     """Return ``(partition_id, num_partitions)`` of a client's data.
 
     In simulation the helpers hold the first ``num-helpers`` node partitions, so the
@@ -78,7 +79,7 @@ def data_partition(context: Context, config: Mapping[str, Any]) -> tuple[int, in
     node = context.node_config
     if "role" in node:  # deployment: the node config names its partition directly
         return int(node.get("partition-id", 0)), int(node.get("num-partitions", 1))
-    helpers = int(config["num-helpers"])
+    helpers = RunConfig.of(config).num_helpers
     partition = int(node.get("partition-id", helpers))
     total = int(node.get("num-partitions", helpers + 1))
     if total <= helpers:
@@ -89,7 +90,7 @@ def data_partition(context: Context, config: Mapping[str, Any]) -> tuple[int, in
     return partition - helpers, total - helpers
 
 
-def simulation_concurrency(config: Mapping[str, Any] | None = None) -> int | None:
+def simulation_concurrency(config: RunConfig | Mapping[str, Any] | None = None) -> int | None:
     """ClientApp calls the simulation engine runs at once, or None outside Ray.
 
     The smaller of what the Ray backend's resources allow and the engine's own limit on
@@ -106,18 +107,19 @@ def simulation_concurrency(config: Mapping[str, Any] | None = None) -> int | Non
     total = ray.cluster_resources().get("CPU")
     if not assigned or not total:
         return None
-    engine = int((config or {}).get("simulation-workers", 0)) or min(32, (os.cpu_count() or 1) + 4)
+    workers = RunConfig.of(config).simulation_workers
+    engine = workers or min(32, (os.cpu_count() or 1) + 4)
     return min(int(total / assigned + 1e-9), engine)
 
 
-def node_index(context: Context, config: Mapping[str, Any], role: str) -> int:
+def node_index(context: Context, config: RunConfig | Mapping[str, Any], role: str) -> int:
     """A node's index within its role: data partition (clients) or helper number."""
     if role == ROLE_CLIENT:
         return data_partition(context, config)[0]
     return int(context.node_config.get("helper-index", context.node_config.get("partition-id", 0)))
 
 
-def node_device(context: Context, config: Mapping[str, Any], role: str) -> str:
+def node_device(context: Context, config: RunConfig | Mapping[str, Any], role: str) -> str:
     """The device preset a node runs as: node config ``device``, else drawn (emulation).
 
     Returns ``""`` when neither names one.
@@ -125,13 +127,18 @@ def node_device(context: Context, config: Mapping[str, Any], role: str) -> str:
     device = context.node_config.get("device")
     if device:
         return str(device)
-    if config.get("emulate"):
+    config = RunConfig.of(config)
+    if config.emulate:
         return emulation.device_for(role, node_index(context, config, role), config)
     return ""
 
 
 def node_emulation(
-    context: Context, config: Mapping[str, Any], role: str, link: bool = False
+    context: Context,
+    config: RunConfig | Mapping[str, Any],
+    role: str,
+    server_round: int = 0,
+    link: tuple[float, float] | None = None,
 ) -> Emulation:
     """The emulation a node applies this round (none unless ``emulate`` is set).
 
@@ -139,20 +146,23 @@ def node_emulation(
     ----------
     context : Context
         The node's context.
-    config : Mapping
-        The round's settings (run config and message config).
+    config : RunConfig or Mapping
+        The run config.
     role : str
         ``"client"`` or ``"helper"``.
-    link : bool
-        Whether the node also emulates the run config's link (clients dialling a helper).
+    server_round : int
+        The round (the run config's ``slowdown`` may start at a round).
+    link : (float, float), optional
+        The emulated link's rate (Mbit/s) and latency (ms) to the helper a client dials,
+        as the server planned them (:class:`flsplit.protocol.ClientRound`).
     """
-    if not config.get("emulate"):
+    config = RunConfig.of(config)
+    if not config.emulate:
         return NO_EMULATION
     index = node_index(context, config, role)
     factor = emulation.compute_factor(node_device(context, config, role), config)
-    factor *= emulation.slowdown(role, index, int(config.get("server-round", 0)), config)
-    rate = float(config.get("link-mbps", 0.0)) if link else 0.0
-    latency = float(config.get("link-latency-ms", 0.0)) if link else 0.0
+    factor *= emulation.slowdown(role, index, server_round, config)
+    rate, latency = link if link is not None else (0.0, 0.0)
     return Emulation(compute_factor=factor, rate_mbps=rate, latency_ms=latency)
 
 
@@ -215,13 +225,3 @@ def client_tls(context: Context) -> tuple[bytes | None, str | None]:
     return (read_pem(str(root), "data-tls-root-cert") if root else None), (
         str(name) if name else None
     )
-
-
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far, in MiB (Linux and macOS)."""
-    import resource
-    import sys
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # ru_maxrss is bytes on macOS and KiB on Linux
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024

@@ -7,13 +7,15 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Message, MetricRecord
+
+from flsplit.protocol import CONFIG, reply_content
 
 
 def config_of(message: Message) -> dict[str, Any]:
     """The message's ``config`` record as a dict (empty when it carries none)."""
     records = message.content.config_records
-    return dict(records["config"]) if "config" in records else {}
+    return dict(records[CONFIG]) if CONFIG in records else {}
 
 
 def state_dict_of(arrays: ArrayRecord) -> dict[str, torch.Tensor]:
@@ -36,7 +38,6 @@ def load_part(part: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     part.load_state_dict({k: state[k] for k in keys}, strict=True)
 
 
-def reply(msg: Message, arrays: ArrayRecord, metrics: Mapping[str, float | int]) -> Message:
-    """The reply to a train message: trained weights (``arrays``) and ``metrics``."""
-    content = RecordDict({"arrays": arrays, "metrics": MetricRecord(dict(metrics))})
-    return Message(content, reply_to=msg)
+def reply(msg: Message, arrays: ArrayRecord, metrics: MetricRecord) -> Message:
+    """The reply to a train message: trained weights and their metrics."""
+    return Message(reply_content(arrays, metrics), reply_to=msg)

@@ -1,6 +1,6 @@
-"""Run-config settings of helper chains and micro-batches, and the chain's inner cuts.
+"""The inner cuts of a helper chain.
 
-Run-config keys (defaults in :data:`flsplit.task.DEFAULT_RUN_CONFIG`):
+Run-config keys (read and checked by :func:`flsplit.config.chain_settings`):
 
 - ``chain-length``: helpers per client (1: one helper runs the whole body, as without
   chains). A client's body, between the outer cuts ``cuts``, is cut again into
@@ -18,89 +18,10 @@ Run-config keys (defaults in :data:`flsplit.task.DEFAULT_RUN_CONFIG`):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
-MAX_CHAIN_LENGTH = 16
-
-
-@dataclass(frozen=True)
-class ChainSettings:
-    """Validated chain settings of a run config.
-
-    Attributes
-    ----------
-    length : int
-        Helpers per client.
-    cuts : str
-        ``"auto"`` or the comma-separated inner cuts.
-    micro_batches : int
-        Micro-batches per batch.
-    """
-
-    length: int = 1
-    cuts: str = "auto"
-    micro_batches: int = 1
-
-
-def _positive_int(config: Mapping[str, Any], key: str, upper: int, fix: str) -> int:
-    value = config.get(key, 1)
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError(f"run config {key}={value!r} is not an integer; {fix}")
-    try:
-        number = int(value)
-    except ValueError:
-        raise ValueError(f"run config {key}={value!r} is not an integer; {fix}") from None
-    if number != float(value) or not 1 <= number <= upper:
-        raise ValueError(f"run config {key}={value!r} must be an integer in [1, {upper}]; {fix}")
-    return number
-
-
-def chain_settings(config: Mapping[str, Any]) -> ChainSettings:
-    """Read and check ``chain-length``, ``chain-cuts`` and ``micro-batches``.
-
-    Parameters
-    ----------
-    config : Mapping
-        The run config (``batch-size`` and ``helper-memory`` are checked against them).
-
-    Returns
-    -------
-    ChainSettings
-
-    Raises
-    ------
-    ValueError
-        Naming the bad value and the fix.
-    """
-    length = _positive_int(
-        config, "chain-length", MAX_CHAIN_LENGTH, "use 1 for one helper per client"
-    )
-    batch = int(config.get("batch-size", 32))
-    micro = _positive_int(
-        config,
-        "micro-batches",
-        max(batch, 1),
-        f"at most batch-size={batch} micro-batches (1 sends whole batches)",
-    )
-    cuts = str(config.get("chain-cuts", "auto")).strip()
-    if not cuts:
-        cuts = "auto"
-    if cuts != "auto":
-        names = [c for c in cuts.split(",") if c.strip()]
-        if len(names) != length - 1:
-            raise ValueError(
-                f"run config chain-cuts={cuts!r} names {len(names)} inner cuts, but "
-                f"chain-length={length} needs {length - 1}; or set chain-cuts='auto'"
-            )
-    memory = str(config.get("helper-memory", "per-client"))
-    if micro > 1 and memory == "shared":
-        raise ValueError(
-            f"run config micro-batches={micro} with helper-memory='shared': the shared body "
-            "takes whole batches only; set micro-batches=1 or helper-memory='per-client'"
-        )
-    return ChainSettings(length=length, cuts=cuts, micro_batches=micro)
+from flsplit.config import ChainSettings
 
 
 def balance(costs: Sequence[float], parts: int) -> list[int]:
@@ -231,8 +152,7 @@ def chain_cut_names(
     """
     import torch
 
-    from flsplit.model.split import candidate_cuts, resolve_cuts, split_model
-    from flsplit.task import parse_cuts
+    from flsplit.model.split import candidate_cuts, parse_cuts, resolve_cuts, split_model
 
     outer = tuple(outer)
     if len(outer) != 2:

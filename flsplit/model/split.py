@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import copy
 import operator
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -650,3 +650,15 @@ def _attach(part: nn.Module, key: str, root: nn.Module) -> None:
 
 def _analyze(model: nn.Module, example_input: torch.Tensor | None) -> _Analysis:
     return _Analysis(model, example_input)
+
+
+def parse_cuts(cuts: str | Iterable[str | int] | None) -> tuple[str | int, ...] | None:
+    """Turn ``"conv2,fc2"`` or ``"1,5"`` (run-config style) into cut names or indices."""
+    if cuts is None:
+        return None
+    if isinstance(cuts, str):
+        items = [c.strip() for c in cuts.split(",") if c.strip()]
+        if not items:
+            return None
+        return tuple(int(c) if c.lstrip("-").isdigit() else c for c in items)
+    return tuple(cuts)

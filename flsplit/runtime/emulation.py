@@ -36,6 +36,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from flsplit.config import RunConfig
 from flsplit.model.presets import preset
 
 
@@ -91,35 +92,34 @@ class Emulation:
 NO_EMULATION = Emulation()
 
 
-DEFAULT_LINK_MIX = "1-4:30,5-10:42,16-20:28"
-
-
 def overall_factor(name: str) -> float:
     """One compute factor per preset: the mean of its forward and backward factors."""
     p = preset(name)
     return (p.forward + p.backward) / 2.0
 
 
-def device_for(role: str, index: int, config: Mapping[str, Any]) -> str:
+def device_for(role: str, index: int, config: RunConfig | Mapping[str, Any]) -> str:
     """The preset a node emulates, drawn from the run config's device list."""
-    key = "helper-devices" if role == "helper" else "client-devices"
-    default = "vm" if role == "helper" else "rpi4"
-    names = [n.strip() for n in str(config.get(key, default)).split(",") if n.strip()]
+    config = RunConfig.of(config)
+    spec = config.helper_devices if role == "helper" else config.client_devices
+    names = [n.strip() for n in spec.split(",") if n.strip()]
     for name in names:
         preset(name)  # refuse unknown names early, with the list of known ones
-    return random.Random(f"{config.get('seed', 0)}:{role}:{index}").choice(names)
+    return random.Random(f"{config.seed}:{role}:{index}").choice(names)
 
 
-def compute_factor(device: str, config: Mapping[str, Any]) -> float:
+def compute_factor(device: str, config: RunConfig | Mapping[str, Any]) -> float:
     """How many times slower than this machine the device computes (at least 1)."""
-    host = str(config.get("emulation-host", "vm"))
+    host = RunConfig.of(config).emulation_host
     return max(overall_factor(device) / overall_factor(host), 1.0)
 
 
-def slowdown(role: str, index: int, server_round: int, config: Mapping[str, Any]) -> float:
+def slowdown(
+    role: str, index: int, server_round: int, config: RunConfig | Mapping[str, Any]
+) -> float:
     """Multiplier of a node's compute factor in ``server_round`` (1 when not slowed)."""
     factor = 1.0
-    for item in str(config.get("slowdown", "")).split(";"):
+    for item in RunConfig.of(config).slowdown.split(";"):
         if not item.strip():
             continue
         try:

@@ -120,7 +120,8 @@ def test_with_emulation_the_device_is_drawn_from_the_run_config_list_by_index():
 
 
 def test_an_unemulated_node_has_no_emulation():
-    assert node_emulation(simulated(2), {"num-helpers": 1}, ROLE_CLIENT, link=True) is NO_EMULATION
+    unemulated = node_emulation(simulated(2), {"num-helpers": 1}, ROLE_CLIENT, 2, link=(40.0, 5.0))
+    assert unemulated is NO_EMULATION
 
 
 def test_an_emulated_node_slows_by_its_device_its_slowdown_and_its_link():
@@ -129,18 +130,15 @@ def test_an_emulated_node_slows_by_its_device_its_slowdown_and_its_link():
         "emulate": True,
         "emulation-host": "vm",
         "slowdown": "client:0:3:2",
-        "server-round": 2,
-        "link-mbps": 40.0,
-        "link-latency-ms": 5.0,
     }
     client = context(device="rpi4", role="client", **{"partition-id": 0})
     expected = emulation.compute_factor("rpi4", config) * 3
-    linked = node_emulation(client, config, ROLE_CLIENT, link=True)
+    linked = node_emulation(client, config, ROLE_CLIENT, 2, link=(40.0, 5.0))
     assert linked.compute_factor == pytest.approx(expected)
     assert (linked.rate_mbps, linked.latency_ms) == (40.0, 5.0)
-    unlinked = node_emulation(client, config, ROLE_CLIENT)
+    unlinked = node_emulation(client, config, ROLE_CLIENT, 2)
     assert (unlinked.rate_mbps, unlinked.latency_ms) == (0.0, 0.0)
-    earlier = node_emulation(client, {**config, "server-round": 1}, ROLE_CLIENT)
+    earlier = node_emulation(client, config, ROLE_CLIENT, 1)
     assert earlier.compute_factor == pytest.approx(expected / 3)
 
 

@@ -14,9 +14,23 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
+
+from flsplit.protocol import (
+    ARRAYS,
+    CLIENT_TRAIN,
+    CONFIG,
+    HELPER_TRAIN,
+    QUERY,
+    ROLE_HELPER,
+    ClientResult,
+    HelperResult,
+    HelperRound,
+    NodeReport,
+    reply_content,
+)
 
 
 @dataclass
@@ -29,7 +43,7 @@ class FakeNode:
 
     @property
     def is_helper(self) -> bool:
-        return self.role == "helper"
+        return self.role == ROLE_HELPER
 
 
 @dataclass
@@ -99,58 +113,46 @@ class FakeGrid(Grid):
         node_id = message.metadata.dst_node_id
         node = self.nodes[node_id]
         kind = message.metadata.message_type
-        if kind == "query.split":
-            info = {"role": node.role, "index": node_id}
+        if kind == QUERY:
+            report = NodeReport(role=node.role, index=node_id, examples=node.examples)
             if node.is_helper:
-                info["address"] = f"helper-{node_id}:9000"
-                info["listen-address"] = "0.0.0.0:9000"
-            content = RecordDict(
-                {
-                    "info": ConfigRecord(info),
-                    "metrics": MetricRecord({"num-examples": node.examples}),
-                }
-            )
-        elif kind == "train.helper":
+                report.address = f"helper-{node_id}:9000"
+                report.listen_address = "0.0.0.0:9000"
+            content = report.to_content()
+        elif kind == HELPER_TRAIN:
             content = self._serve(node_id, message)
-        elif kind == "train.split":
+        elif kind == CLIENT_TRAIN:
             content = self._train(node, message)
         else:
             raise AssertionError(f"unexpected message type {kind!r}")
         return Message(content, reply_to=message)
 
     def _train(self, node: FakeNode, message: Message) -> RecordDict:
-        arrays = ArrayRecord(_filled(message.content["arrays"], node.fill))
-        metrics = {
-            "num-examples": node.examples,
-            "train_loss": node.fill,
-            "train_acc": 0.5,
-            "stage1-ms": 1.0,
-            "stage3-ms": 1.0,
-            "stage5-ms": 1.0,
-            "started": 0.0,
-            "ended": 1.0,
-        }
-        return RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)})
+        arrays = ArrayRecord(_filled(message.content[ARRAYS], node.fill))
+        result = ClientResult(
+            examples=node.examples,
+            loss=node.fill,
+            accuracy=0.5,
+            stage1_ms=1.0,
+            stage3_ms=1.0,
+            stage5_ms=1.0,
+            started=0.0,
+            ended=1.0,
+        )
+        return reply_content(arrays, result.to_metrics())
 
     def _serve(self, helper: int, message: Message) -> RecordDict:
-        config = message.content["config"]
-        state = message.content["arrays"].to_torch_state_dict()
-        content = RecordDict()
-        finished = []
-        for client, cuts, piece in zip(
-            config["clients"], config["client-cuts"], config["client-piece"], strict=True
-        ):
-            if (helper, int(client)) in self.silent:
+        round_ = HelperRound.from_config(message.content[CONFIG])
+        state = message.content[ARRAYS].to_torch_state_dict()
+        bodies = {}
+        for served in round_.clients:
+            if (helper, int(served.client)) in self.silent:
                 continue
-            keys = self.piece_keys(str(cuts))[int(piece) - 1]
-            fill = self.nodes[int(client)].fill
-            content[f"body.{client}"] = ArrayRecord(_filled({k: state[k] for k in keys}, fill))
-            finished.append(str(client))
-        content["metrics"] = MetricRecord(
-            {"clients-finished": len(finished), "tasks": 0, "peak-rss-mib": 100.0 + helper}
-        )
-        content["config"] = ConfigRecord({"finished": finished})
-        return content
+            keys = self.piece_keys(served.cuts)[served.piece - 1]
+            fill = self.nodes[int(served.client)].fill
+            bodies[served.client] = ArrayRecord(_filled({k: state[k] for k in keys}, fill))
+        result = HelperResult(finished=list(bodies), peak_rss_mib=100.0 + helper)
+        return result.to_content(bodies)
 
 
 def _filled(arrays: ArrayRecord | dict[str, torch.Tensor], value: float) -> dict:

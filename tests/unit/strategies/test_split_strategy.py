@@ -8,6 +8,19 @@ from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp.strategy import FedAvg
 
 from flsplit.model.zoo import SmallCNN
+from flsplit.protocol import (
+    ARRAYS,
+    CLIENT_TRAIN,
+    CONFIG,
+    HELPER_TRAIN,
+    MODE,
+    ROLE_CLIENT,
+    ROLE_HELPER,
+    ROUND_WALL_SECONDS,
+    TRAIN_LOSS,
+    ClientRound,
+    HelperRound,
+)
 from flsplit.runtime.auth import TokenVerifier
 from strategies import SplitStrategy
 from tests.unit.strategies.fake_grid import FakeGrid, FakeNode
@@ -34,10 +47,10 @@ def _setup(cuts, clients=CLIENTS, examples=None, **kwargs):
     strategy = SplitStrategy.for_model(
         model, torch.zeros(2, 1, 8, 8), cuts=cuts, strategy=RecordingFedAvg(), **kwargs
     )
-    nodes = {h: FakeNode("helper") for h in HELPERS}
+    nodes = {h: FakeNode(ROLE_HELPER) for h in HELPERS}
     for i, c in enumerate(clients):
         n = examples[i] if examples else 10 * (i + 1)
-        nodes[c] = FakeNode("client", examples=n, fill=float(i + 1))
+        nodes[c] = FakeNode(ROLE_CLIENT, examples=n, fill=float(i + 1))
     grid = FakeGrid(nodes, strategy.piece_keys, run_id=RUN)
     arrays = ArrayRecord(model.state_dict())
     return strategy, grid, arrays
@@ -58,35 +71,38 @@ def test_configure_train_sends_body_to_helpers_and_head_tail_to_clients():
     messages = list(strategy.configure_train(1, arrays, ConfigRecord({"lr": 0.1}), grid))
 
     kinds = [m.metadata.message_type for m in messages]
-    assert kinds == ["train.helper"] * 2 + ["train.split"] * 3  # helpers first
-    helper_msgs = _by_type(messages, "train.helper")
+    assert kinds == [HELPER_TRAIN] * 2 + [CLIENT_TRAIN] * 3  # helpers first
+    helper_msgs = _by_type(messages, HELPER_TRAIN)
     served = set()
     for helper, message in helper_msgs.items():
         assert helper in HELPERS
-        assert set(message.content.keys()) == {"arrays", "config"}
-        assert list(message.content["arrays"].keys()) == sorted(strategy.body_keys)
-        config = message.content["config"]
-        assert config["cuts"] == "conv2,fc2" and config["server-round"] == 1
+        assert set(message.content.keys()) == {ARRAYS, CONFIG}
+        assert list(message.content[ARRAYS].keys()) == sorted(strategy.body_keys)
+        config = message.content[CONFIG]
         assert config["lr"] == 0.1  # the wrapped strategy's config goes through
-        assert config["listen-address"] == "0.0.0.0:9000"
-        assert isinstance(config["token-key"], bytes) and len(config["token-key"]) == 32
-        assert list(config["client-piece"]) == [1] * len(config["clients"])
-        assert list(config["client-next"]) == [""] * len(config["clients"])
-        served |= {int(c) for c in config["clients"]}
+        round_ = HelperRound.from_config(config)
+        assert round_.server_round == 1
+        assert all(c.cuts == "conv2,fc2" for c in round_.clients)
+        assert round_.listen_address == "0.0.0.0:9000"
+        assert len(round_.token_key) == 32
+        assert [c.piece for c in round_.clients] == [1] * len(round_.clients)
+        assert [c.next_address for c in round_.clients] == [""] * len(round_.clients)
+        served |= {int(c.client) for c in round_.clients}
     assert served == set(CLIENTS)
 
-    client_msgs = _by_type(messages, "train.split")
+    client_msgs = _by_type(messages, CLIENT_TRAIN)
     assert set(client_msgs) == set(CLIENTS)
     for client, message in client_msgs.items():
-        assert set(message.content["arrays"].keys()) == set(
+        assert set(message.content[ARRAYS].keys()) == set(
             strategy.head_keys + strategy.tail_keys
         )
-        config = message.content["config"]
+        config = message.content[CONFIG]
+        round_ = ClientRound.from_config(config)
         helper = strategy.assignment.helper_of[client]
-        assert config["helper-address"] == f"helper-{helper}:9000"
-        assert config["cuts"] == "conv2,fc2"
-        assert config["mode"] == "split" and config["lr"] == 0.1
-        assert config["round-token"] == strategy.assignment.tokens[client]
+        assert round_.helper_address == f"helper-{helper}:9000"
+        assert round_.cuts == "conv2,fc2"
+        assert config[MODE] == "split" and config["lr"] == 0.1
+        assert round_.round_token == strategy.assignment.tokens[client]
     # round-robin: both helpers serve somebody
     assert set(strategy.assignment.helper_of.values()) == set(HELPERS)
 
@@ -99,27 +115,31 @@ def test_every_hop_of_a_chain_gets_a_token_for_that_helper_and_round_only():
     strategy, grid, arrays = _setup("conv2,fc1,fc2")
     assert strategy.chain_length == 2
     messages = list(strategy.configure_train(1, arrays, ConfigRecord({}), grid))
-    helper_cfg = {h: m.content["config"] for h, m in _by_type(messages, "train.helper").items()}
-    client_cfg = {c: m.content["config"] for c, m in _by_type(messages, "train.split").items()}
-    keys = {h: c["token-key"] for h, c in helper_cfg.items()}
+    helper_cfg = {
+        h: HelperRound.from_config(m.content[CONFIG])
+        for h, m in _by_type(messages, HELPER_TRAIN).items()
+    }
+    client_cfg = {
+        c: ClientRound.from_config(m.content[CONFIG])
+        for c, m in _by_type(messages, CLIENT_TRAIN).items()
+    }
+    keys = {h: c.token_key for h, c in helper_cfg.items()}
     assert set(keys) == set(HELPERS) and keys[11] != keys[12]
     chains = strategy.assignment.chain_of
     assert set(chains) == set(CLIENTS)
     for client, (first, second) in chains.items():
         assert first != second
         # hop 1: the client's own token, for its first helper
-        token1 = client_cfg[client]["round-token"]
-        assert client_cfg[client]["helper-address"] == f"helper-{first}:9000"
+        token1 = client_cfg[client].round_token
+        assert client_cfg[client].helper_address == f"helper-{first}:9000"
         # hop 2: the first helper relays with the client's token for the second helper
-        cfg = helper_cfg[first]
-        at = [int(c) for c in cfg["clients"]].index(client)
-        assert cfg["client-piece"][at] == 1
-        assert cfg["client-next"][at] == f"helper-{second}:9000"
-        token2 = cfg["client-next-token"][at]
-        last = helper_cfg[second]
-        at2 = [int(c) for c in last["clients"]].index(client)
-        assert last["client-piece"][at2] == 2
-        assert last["client-next"][at2] == "" and last["client-next-token"][at2] == ""
+        hop = next(c for c in helper_cfg[first].clients if int(c.client) == client)
+        assert hop.piece == 1
+        assert hop.next_address == f"helper-{second}:9000"
+        token2 = hop.next_token
+        last = next(c for c in helper_cfg[second].clients if int(c.client) == client)
+        assert last.piece == 2
+        assert last.next_address == "" and last.next_token == ""
 
         for helper, token in ((first, token1), (second, token2)):
             other = second if helper == first else first
@@ -143,13 +163,13 @@ def test_aggregate_train_assembles_one_full_model_per_client(cuts):
     strategy, grid, arrays = _setup(cuts)
     _, (aggregated, metrics) = _round(strategy, grid, arrays)
     assert aggregated is not None and metrics is not None
-    assert "round-wall-seconds" in metrics
+    assert ROUND_WALL_SECONDS in metrics
     replies = strategy.strategy.aggregated
     assert len(replies) == len(CLIENTS)
     for reply in replies:
         client = reply.metadata.src_node_id
         fill = grid.nodes[client].fill
-        full = reply.content["arrays"]
+        full = reply.content[ARRAYS]
         assert list(full.keys()) == strategy.full_keys  # head, body pieces, tail in order
         for key, tensor in full.to_torch_state_dict().items():
             assert torch.all(tensor == fill), f"client {client}: {key} is not its own"
@@ -189,12 +209,12 @@ def test_aggregation_is_weighted_by_examples():
     for key, tensor in state.items():
         if tensor.is_floating_point():
             assert torch.allclose(tensor, torch.full_like(tensor, expected)), key
-    assert metrics["train_loss"] == pytest.approx(expected)  # train_loss = fill
+    assert metrics[TRAIN_LOSS] == pytest.approx(expected)  # the clients' loss = their fill
 
 
 def test_plain_federated_mode_sends_the_full_model_to_clients_only():
     strategy, grid, arrays = _setup("conv2,fc2", split=False)
     messages = list(strategy.configure_train(1, arrays, ConfigRecord({}), grid))
     assert {m.metadata.dst_node_id for m in messages} == set(CLIENTS)
-    assert all(m.content["config"]["mode"] == "fedavg" for m in messages)
-    assert set(messages[0].content["arrays"].keys()) == set(strategy.full_keys)
+    assert all(m.content[CONFIG][MODE] == "fedavg" for m in messages)
+    assert set(messages[0].content[ARRAYS].keys()) == set(strategy.full_keys)
