@@ -23,7 +23,8 @@ from typing import Any
 from flwr.app import Message
 from flwr.supercore import log
 
-from flsplit.server.round_planner import LinkFn, RoundPlan, RoundPlanner
+from flsplit.server.node_profiles import LinkFn
+from flsplit.server.round_planner import RoundPlan, RoundPlanner
 from strategies.split import SplitStrategy
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from flwr.supercore import log
 
 from flsplit.client.app import peak_rss_mib
 from flsplit.model.chain_cuts import chain_cut_names, chain_settings
+from flsplit.model.costs import CutCosts, cut_costs, part_costs
 from flsplit.model.split import part_state_keys
 from flsplit.plan.sampling.samplers import check_sync_config
 from flsplit.runtime.emulation import DEFAULT_LINK_MIX, LinkTable
@@ -26,7 +27,7 @@ from flsplit.server.checkpoint import (
     run_fingerprint,
     save_checkpoint,
 )
-from flsplit.server.round_planner import FIXED_CUT_METHODS, CutCosts, PartCosts, RoundPlanner
+from flsplit.server.round_planner import FIXED_CUT_METHODS, RoundPlanner
 from flsplit.task import SplitTask, evaluate_model, parse_cuts
 from strategies.planned import PlannedSplitStrategy
 from strategies.split import SplitStrategy
@@ -262,132 +263,6 @@ def _shift_rounds(result: Result, offset: int) -> None:
         shifted = {r + offset: m for r, m in metrics.items()}
         metrics.clear()
         metrics.update(shifted)
-
-
-def part_costs(task: SplitTask, config: Mapping[str, Any], split: Any) -> PartCosts:
-    """Measure one batch through head, body and tail on this machine."""
-    import torch
-
-    from flsplit.model.profile import profile_model
-
-    example = task.example_input(config)
-    batch = torch.randn(int(config["batch-size"]), *example.shape[1:], dtype=example.dtype)
-    profile = profile_model(
-        task.model_fn(config), batch, cuts=list(split.cuts), repeats=3, warmup=1
-    )
-    layers = profile["layers"]
-    times = next(iter(profile["devices"].values()))
-    fwd, bwd, upd = times["forward_ms"], times["backward_ms"], times["update_ms"]
-    return PartCosts(
-        head_fwd_ms=fwd[0],
-        head_bwd_ms=bwd[0] + upd[0],
-        body_fwd_ms=fwd[1],
-        body_bwd_ms=bwd[1] + upd[1],
-        tail_ms=fwd[2] + bwd[2] + upd[2],
-        cut1_bytes=int(layers[0]["activation_kib"] * 1024),
-        cut2_bytes=int(layers[1]["activation_kib"] * 1024),
-        body_memory_mib=layers[1]["memory_kib"] / 1024,
-    )
-
-
-def cut_pairs(model: Any, example_input: Any, candidates: str, default: Sequence[str]) -> list[str]:
-    """The candidate cut pairs of the run config key ``cut-candidates``.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        The full model.
-    example_input : torch.Tensor
-        One input batch, to check the cuts on real shapes.
-    candidates : str
-        ``';'``-separated pairs of module names or candidate indices
-        (``"conv2,fc1;bn2,fc2"``), or ``"all"`` for every pair of candidate cuts.
-    default : sequence of str
-        The default cut pair (resolved names); ``"all"`` lists it first.
-
-    Returns
-    -------
-    list of str
-        Distinct pairs as resolved module names (``"conv2,fc1"``), in the given order.
-
-    Raises
-    ------
-    ValueError
-        Naming the item that is not a valid pair of cuts.
-    """
-    from flsplit.model.split import candidate_cuts, resolve_cuts
-
-    if candidates.strip().lower() == "all":
-        names = candidate_cuts(model, example_input)
-        pairs = [f"{a},{b}" for i, a in enumerate(names) for b in names[i + 1 :]]
-        first = ",".join(default)
-        return [first] + [p for p in pairs if p != first] if first in pairs else pairs
-    pairs: list[str] = []
-    for item in candidates.split(";"):
-        if not item.strip():
-            continue
-        try:
-            names = resolve_cuts(model, parse_cuts(item), example_input)
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"cut-candidates item {item.strip()!r}: {exc}") from None
-        if len(names) != 2:
-            raise ValueError(
-                f"cut-candidates item {item.strip()!r}: a cut pair needs exactly two cuts"
-            )
-        if ",".join(names) not in pairs:
-            pairs.append(",".join(names))
-    if not pairs:
-        raise ValueError(f"cut-candidates {candidates!r} names no cut pair")
-    return pairs
-
-
-def cut_costs(task: SplitTask, config: Mapping[str, Any], split: Any) -> CutCosts:
-    """Measure one batch through every segment the candidate cut pairs need.
-
-    Parameters
-    ----------
-    task : SplitTask
-        Model and example input.
-    config : Mapping
-        Run config (``cut-candidates``, ``batch-size``).
-    split : SplitModel
-        The model split at the default cuts.
-
-    Returns
-    -------
-    CutCosts
-        Per-segment costs; with ``"all"``, pairs whose body has no parameters are left out.
-
-    Raises
-    ------
-    ValueError
-        When a listed pair is invalid or its body has no parameters.
-    """
-    import torch
-
-    from flsplit.model.profile import profile_model
-    from flsplit.model.split import candidate_cuts
-
-    model = task.model_fn(config)
-    example = task.example_input(config)
-    pairs = cut_pairs(model, example, str(config["cut-candidates"]), split.cuts)
-    used = {name for pair in pairs for name in pair.split(",")} | set(split.cuts)
-    boundaries = [name for name in candidate_cuts(model, example) if name in used]
-    batch = torch.randn(int(config["batch-size"]), *example.shape[1:], dtype=example.dtype)
-    profile = profile_model(model, batch, cuts=boundaries, repeats=5, warmup=2)
-    costs = CutCosts.from_profile(profile, pairs, ",".join(split.cuts))
-    # A body without parameters leaves the helper nothing to train or return.
-    empty = [pair for pair in pairs if costs.body_weights_kib(pair) <= 0]
-    if empty and str(config["cut-candidates"]).strip().lower() != "all":
-        raise ValueError(
-            f"cut-candidates item {empty[0]!r}: its body has no parameters for the helper "
-            "to train; move a cut so that the body holds a layer with weights"
-        )
-    if empty:
-        costs = CutCosts.from_profile(
-            profile, [p for p in pairs if p not in empty], ",".join(split.cuts)
-        )
-    return costs
 
 
 def planned_strategy(

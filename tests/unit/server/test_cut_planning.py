@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 from quickstart.task import TASK
 
+from flsplit.model.costs import CutCosts, cut_costs, cut_pairs
 from flsplit.plan import check_plan, evaluate
-from flsplit.server.app import cut_costs, cut_pairs
-from flsplit.server.round_planner import CutCosts, RoundPlanner, transfer_ms
+from flsplit.server.node_profiles import transfer_ms
+from flsplit.server.round_planner import RoundPlanner
 
 #: Four segments "l0", "a", "b", "c" (a cut name starts its segment); every segment takes
 #: 10 ms forward and 10 ms backward on the server; activations shrink along the model.
