@@ -23,13 +23,8 @@ from flwr.simulation import run_simulation
 
 from flsplit.client.app import make_client_app
 from flsplit.model.chain_cuts import chain_settings
-from flsplit.server.app import (
-    ResultHook,
-    StrategyFn,
-    check_modes,
-    default_strategy,
-    make_server_app,
-)
+from flsplit.server.app import ResultHook, StrategyFn, default_strategy, make_server_app
+from flsplit.server.modes import check_modes
 from flsplit.task import SplitTask
 
 LOG = logging.getLogger("flsplit.simulation")
