@@ -106,12 +106,12 @@ def measure_helper(
     import torchvision  # noqa: F401  (loaded before the torch baseline is read)
 
     from benchmarks.helper_memory import (
-        _getrusage_peak_mib,
         _reset_peak,
         _status_mib,
         serve_in_flight,
     )
     from flsplit.model.split import split_model
+    from flsplit.runtime.memory import peak_rss_mib
     from flsplit.runtime.worker import HelperWorker
 
     torch.set_num_threads(threads)
@@ -141,7 +141,7 @@ def measure_helper(
     del protos
     gc.collect()
     reset = _reset_peak()
-    baseline = _status_mib("VmRSS") or _getrusage_peak_mib()
+    baseline = _status_mib("VmRSS") or peak_rss_mib()
     start = time.perf_counter()
     held = 0.0
     for _ in range(2):  # the second pass runs with every copy's gradients and momentum
@@ -150,7 +150,7 @@ def measure_helper(
         )
     seconds = time.perf_counter() - start
     worker.stop()
-    peak = (_status_mib("VmHWM") if reset else None) or _getrusage_peak_mib()
+    peak = (_status_mib("VmHWM") if reset else None) or peak_rss_mib()
     return {
         "hops": len(cuts) - 1,
         "pieces": {str(p): list(pieces).count(p) for p in sorted(set(pieces))},

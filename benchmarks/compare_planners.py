@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from flsplit.protocol import ROUND_WALL_SECONDS, TEST_ACC
 from flsplit.simulation import load_app_task, parse_run_config, read_app_config, simulate
 
 
@@ -30,7 +31,7 @@ def summarize(output_dir: Path, method: str) -> dict[str, Any]:
         key=lambda entry: entry["round"],
     )
     history = json.loads((output_dir / "history.json").read_text())
-    walls = {int(r): float(w) for r, w in history["round-wall-seconds"].items()}
+    walls = {int(r): float(w) for r, w in history[ROUND_WALL_SECONDS].items()}
     later = [e for e in rounds if e["round"] > 1]
     errors = [abs(e["predicted_ms"] - e["measured_ms"]) / e["measured_ms"] for e in later]
     server = history["server"]
@@ -50,7 +51,7 @@ def summarize(output_dir: Path, method: str) -> dict[str, Any]:
         "max_planning_share_pct": round(
             100 * max(e["planning_s"] / walls[e["round"]] for e in rounds), 2
         ),
-        "final_test_acc": server[last]["test_acc"] if last is not None else None,
+        "final_test_acc": server[last][TEST_ACC] if last is not None else None,
     }
 
 

@@ -23,12 +23,13 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import resource
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
+
+from flsplit.runtime.memory import peak_rss_mib
 
 MODES = ("shared", "per-client")
 
@@ -43,11 +44,6 @@ def _status_mib(field: str) -> float | None:
     except OSError:
         pass
     return None
-
-
-def _getrusage_peak_mib() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
 
 
 def _reset_peak() -> bool:
@@ -136,16 +132,16 @@ def measure(mode: str, clients: int, batch: int = 32, threads: int = 2,
         raise ValueError(f"mode: {mode!r} is not one of {', '.join(MODES)}")
     gc.collect()
     reset = _reset_peak()
-    baseline = _status_mib("VmRSS") or _getrusage_peak_mib()
+    baseline = _status_mib("VmRSS") or peak_rss_mib()
     start = time.perf_counter()
     held = serve_in_flight(worker, {n: (batch, *act_shape) for n in names})
     seconds = time.perf_counter() - start
     worker.stop()
-    peak = (_status_mib("VmHWM") if reset else None) or _getrusage_peak_mib()
+    peak = (_status_mib("VmHWM") if reset else None) or peak_rss_mib()
     return {"mode": mode, "clients": clients, "batch": batch,
             "baseline_rss_mib": round(baseline, 1), "peak_rss_mib": round(peak, 1),
             "peak_source": "VmHWM after reset" if reset else "getrusage",
-            "process_peak_rss_mib": round(_getrusage_peak_mib(), 1),
+            "process_peak_rss_mib": round(peak_rss_mib(), 1),
             "held_mib": round(held, 1), "seconds": round(seconds, 1)}
 
 

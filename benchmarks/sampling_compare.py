@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from flsplit.protocol import ROUND_WALL_SECONDS, TEST_ACC
+
 RUNS = (
     "local",
     "uniform",
@@ -68,13 +70,13 @@ def run_config(
 def summarize(name: str, history: dict[str, Any], seconds: float) -> dict[str, Any]:
     """Figures of one finished run from its ``history.json``."""
     server = {int(r): m for r, m in history["server"].items()}
-    walls = {int(r): float(w) for r, w in history["round-wall-seconds"].items()}
+    walls = {int(r): float(w) for r, w in history[ROUND_WALL_SECONDS].items()}
     steps = history.get("sync-step-examples", {})
     sizes = [n for per_helper in steps.values() for s in per_helper.values() for n in s]
     return {
         "run": name,
-        "accuracy": [round(server[r]["test_acc"], 4) for r in sorted(server)],
-        "final_accuracy": round(server[max(server)]["test_acc"], 4) if server else None,
+        "accuracy": [round(server[r][TEST_ACC], 4) for r in sorted(server)],
+        "final_accuracy": round(server[max(server)][TEST_ACC], 4) if server else None,
         "round_seconds": [round(walls[r], 2) for r in sorted(walls)],
         "train_seconds": round(sum(walls.values()), 2),
         # round 1 also pays for starting the nodes' processes

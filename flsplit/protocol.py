@@ -61,12 +61,18 @@ TRAIN_LOSS = "train_loss"
 TRAIN_ACC = "train_acc"
 EVAL_LOSS = "eval_loss"
 EVAL_ACC = "eval_acc"
+TEST_LOSS = "test_loss"
+TEST_ACC = "test_acc"
 #: The run-config key the server pins in every train config: ``split`` or ``fedavg``.
 MODE = "mode"
 #: The round number Flower's strategies put in every train and evaluate config.
 SERVER_ROUND = "server-round"
 #: Added by the strategy to the round's aggregated train metrics.
 ROUND_WALL_SECONDS = "round-wall-seconds"
+
+#: A synchronous-step schedule's keys in a train config (:func:`pack_schedule`).
+SCHEDULE_SHAPE = "schedule-shape"
+SCHEDULE_COUNTS = "schedule-counts"
 
 #: The two tasks a helper runs per batch of a client.
 FORWARD = "fwd"
@@ -224,8 +230,8 @@ def pack_schedule(counts: np.ndarray) -> dict[str, list[int]]:
     if counts.ndim != 2 or not np.issubdtype(counts.dtype, np.integer) or np.any(counts < 0):
         raise ValueError("counts must be a 2-D array of non-negative integers")
     return {
-        "schedule-shape": [int(d) for d in counts.shape],
-        "schedule-counts": [int(c) for c in counts.ravel()],
+        SCHEDULE_SHAPE: [int(d) for d in counts.shape],
+        SCHEDULE_COUNTS: [int(c) for c in counts.ravel()],
     }
 
 
@@ -247,13 +253,13 @@ def unpack_schedule(record: Mapping[str, Any]) -> np.ndarray:
     ValueError
         Naming the missing or malformed key.
     """
-    for key in ("schedule-shape", "schedule-counts"):
+    for key in (SCHEDULE_SHAPE, SCHEDULE_COUNTS):
         if key not in record:
             raise ValueError(f"{key} is missing")
-    shape = [int(d) for d in record["schedule-shape"]]
+    shape = [int(d) for d in record[SCHEDULE_SHAPE]]
     if len(shape) != 2 or min(shape) < 0:
         raise ValueError(f"schedule-shape must be [steps, clients], got {shape}")
-    flat = np.asarray(record["schedule-counts"], dtype=np.int64)
+    flat = np.asarray(record[SCHEDULE_COUNTS], dtype=np.int64)
     if flat.shape != (shape[0] * shape[1],) or np.any(flat < 0):
         raise ValueError(
             f"schedule-counts must hold {shape[0] * shape[1]} non-negative integers, "
@@ -264,7 +270,7 @@ def unpack_schedule(record: Mapping[str, Any]) -> np.ndarray:
 
 def has_schedule(record: Mapping[str, Any]) -> bool:
     """Whether a train message carries a synchronous-step schedule (global sampling)."""
-    return "schedule-counts" in record
+    return SCHEDULE_COUNTS in record
 
 
 @dataclass(frozen=True)
@@ -526,6 +532,11 @@ def eval_metrics(examples: int, loss: float, accuracy: float) -> MetricRecord:
     return MetricRecord({NUM_EXAMPLES: examples, EVAL_LOSS: loss, EVAL_ACC: accuracy})
 
 
+def test_metrics(examples: int, loss: float, accuracy: float) -> MetricRecord:
+    """The server-side evaluation's metrics (the strategy's ``evaluate_fn``)."""
+    return MetricRecord({NUM_EXAMPLES: examples, TEST_LOSS: loss, TEST_ACC: accuracy})
+
+
 def reply_content(arrays: ArrayRecord, metrics: MetricRecord) -> RecordDict:
     """A train reply's content: the model (part) and its metrics."""
     return RecordDict({ARRAYS: arrays, METRICS: metrics})
@@ -676,9 +687,13 @@ __all__ = [
     "ROLE_CLIENT",
     "ROLE_HELPER",
     "ROUND_WALL_SECONDS",
+    "SCHEDULE_COUNTS",
+    "SCHEDULE_SHAPE",
     "SERVER_ROUND",
     "SPLIT_ACTION",
     "TASK_KINDS",
+    "TEST_ACC",
+    "TEST_LOSS",
     "TIMELINE",
     "TRAIN_ACC",
     "TRAIN_LOSS",
@@ -698,6 +713,7 @@ __all__ = [
     "has_schedule",
     "pack_schedule",
     "reply_content",
+    "test_metrics",
     "train_metrics",
     "unpack_schedule",
 ]

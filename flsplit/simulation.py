@@ -22,12 +22,7 @@ from typing import Any
 from flwr.simulation import run_simulation
 
 from flsplit.client.app import make_client_app
-from flsplit.server.app import (
-    ResultHook,
-    StrategyFn,
-    default_strategy,
-    make_server_app,
-)
+from flsplit.server.app import ResultHook, StrategyFn, default_strategy, make_server_app
 from flsplit.task import SplitTask
 
 if sys.version_info >= (3, 11):

@@ -32,7 +32,8 @@ from flsplit.protocol import (
     HelperResult,
     HelperTask,
 )
-from flsplit.server.round_planner import LinkFn, RoundPlan, RoundPlanner
+from flsplit.server.node_profiles import LinkFn
+from flsplit.server.round_planner import RoundPlan, RoundPlanner
 from strategies.split import SplitStrategy
 
 

@@ -1,34 +1,32 @@
-"""A Flower ``ServerApp`` that runs split learning with helper nodes for a task."""
+"""A Flower ``ServerApp`` that runs split learning with helper nodes for a task.
+
+:func:`make_server_app` reads as the run's steps; each step lives with its concept:
+mode checks and the model split in :mod:`flsplit.server.modes`, resuming and
+checkpoints in :mod:`flsplit.server.checkpoint`, the planned strategy in
+:mod:`flsplit.server.planning`, server-side evaluation in
+:mod:`flsplit.server.evaluation` and ``history.json`` in :mod:`flsplit.server.history`.
+"""
 
 from __future__ import annotations
 
-import json
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, Result, Strategy
 from flwr.supercore import log
 
-from flsplit.client.app import peak_rss_mib
-from flsplit.model.chain_cuts import chain_cut_names, chain_settings
-from flsplit.model.split import part_state_keys
-from flsplit.plan.sampling.samplers import check_sync_config
-from flsplit.runtime.emulation import DEFAULT_LINK_MIX, LinkTable
-from flsplit.server.checkpoint import (
-    Checkpoint,
-    CheckpointError,
-    load_checkpoint,
-    run_fingerprint,
-    save_checkpoint,
-)
-from flsplit.server.round_planner import FIXED_CUT_METHODS, CutCosts, PartCosts, RoundPlanner
-from flsplit.task import SplitTask, evaluate_model, parse_cuts
-from strategies.planned import PlannedSplitStrategy
+from flsplit.config import RunConfig
+from flsplit.runtime.memory import peak_rss_mib
+from flsplit.server.checkpoint import checkpoint_writer, resume_point, saved_arrays, shift_rounds
+from flsplit.server.evaluation import server_evaluation
+from flsplit.server.history import write_history
+from flsplit.server.modes import mode_split
+from flsplit.server.planning import planned_strategy
+from flsplit.task import SplitTask
 from strategies.split import SplitStrategy
 
 StrategyFn = Callable[[Mapping[str, Any]], Strategy]
@@ -37,7 +35,7 @@ ResultHook = Callable[[ArrayRecord, Result, SplitStrategy], None]
 
 def default_strategy(config: Mapping[str, Any]) -> Strategy:
     """FedAvg weighted by example counts, evaluating on a fraction of the clients."""
-    return FedAvg(fraction_evaluate=float(config["fraction-evaluate"]))
+    return FedAvg(fraction_evaluate=RunConfig.of(config).fraction_evaluate)
 
 
 def make_server_app(
@@ -67,427 +65,96 @@ def make_server_app(
         has test data.
     """
     app = ServerApp()
-    base_config = dict(run_config or {})
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        config = task.config({**base_config, **dict(context.run_config)})
+        settings = task.settings(run_config, context.run_config)  # checked once, here
+        config = settings.as_dict()
         model = task.model_fn(config)
         initial = ArrayRecord(model.state_dict())
-        check_modes(config)
-        mode = str(config["mode"])
-        split = task.split(config)
-        chain = chain_settings(config)
-        if mode == "split" and chain.length > 1:
-            split = chain_split(task, config, split, chain)
-        num_rounds = int(config["num-server-rounds"])
-        checkpoint_dir = str(config.get("checkpoint-dir", ""))
+        split = mode_split(task, settings)
+        num_rounds = settings.num_server_rounds
+        checkpoint_dir = settings.checkpoint_dir
         saved = resume_point(checkpoint_dir, config, model)
         done = 0
         if saved is not None:
             done = min(saved.server_round, num_rounds)
-            # The saved arrays as they were, not as the model's buffers would cast them
-            # (an aggregated num_batches_tracked is a float, say).
-            initial = ArrayRecord(_tensors(saved.arrays))
+            initial = saved_arrays(saved)
             log(INFO, "resuming from %s after round %d of %d", checkpoint_dir, done, num_rounds)
-        common = {
-            "strategy": strategy_fn(config),
-            "round_timeout": float(config["round-timeout"]),
-            "split": mode == "split",
-            "min_completed_clients": int(config["min-completed-clients"]),
-            "round_offset": done,
-            "on_round_end": checkpoint_writer(checkpoint_dir, config) if checkpoint_dir else None,
-            "sampling": config,
-        }
-        if mode == "split" and str(config["planner"]) != "round-robin":
-            strategy = planned_strategy(task, config, split, model, common)
-        else:
-            if str(config.get("cut-candidates", "")).strip():
-                log(WARNING, "cut-candidates is ignored without a planner (run config planner)")
-            strategy = SplitStrategy.from_split(split, model, task.example_input(config), **common)
+        strategy = _split_strategy(task, settings, split, model, strategy_fn(config), done)
         if saved is not None:
             strategy.load_state(saved.state)
         if done >= num_rounds:
             log(INFO, "all %d rounds are done according to %s", num_rounds, checkpoint_dir)
             return
-        train_config = ConfigRecord(
-            {k: v for k, v in config.items() if isinstance(v, int | float | str | bool)}
-        )
-        result = strategy.start(
-            grid=grid,
-            initial_arrays=initial,
-            num_rounds=num_rounds - done,
-            timeout=float(config["round-timeout"]) + 60.0,
-            train_config=train_config,
-            evaluate_config=ConfigRecord(dict(train_config)),
-            evaluate_fn=_server_evaluation(task, config, round_offset=done),
-        )
-        if done:
-            _shift_rounds(result, done)
+        result = _run_rounds(grid, task, settings, strategy, initial, num_rounds, done)
         log(
             INFO,
             "peak memory: ServerApp process %.0f MiB, helpers %s",
             peak_rss_mib(),
             {h: round(m) for h, m in sorted(strategy.helper_peak_mib.items())} or "-",
         )
-        output_dir = str(config.get("output-dir", ""))
-        if output_dir:
-            write_history(Path(output_dir), result, strategy)
+        if settings.output_dir:
+            write_history(Path(settings.output_dir), result, strategy)
         if on_result is not None:
             on_result(initial, result, strategy)
 
     return app
 
 
-def check_modes(config: Mapping[str, Any]) -> None:
-    """Refuse run-config combinations that do not go together.
-
-    Global sampling (``sampler`` other than ``"local"``) needs ``mode = "split"``, the
-    ``round-robin`` planner and one helper per client (``chain-length = 1``).
-
-    Raises
-    ------
-    ValueError
-        Naming the values and the fix.
-    """
-    mode = str(config["mode"])
-    if mode not in ("split", "fedavg"):
-        raise ValueError(f"run config mode={mode!r} is not 'split' or 'fedavg'")
-    if not check_sync_config(config)["sync"]:
-        return
-    sampler = config["sampler"]
-    if mode != "split":
-        raise ValueError(
-            f"run config sampler={sampler!r} needs mode='split' (synchronous steps through "
-            "a helper); use sampler='local' with mode='fedavg'"
-        )
-    if str(config["planner"]) != "round-robin":
-        raise ValueError(
-            f"run config sampler={sampler!r} runs synchronous steps, which the planner "
-            f"{config['planner']!r} does not plan; set planner='round-robin' (or "
-            "sampler='local' to plan local batches)"
-        )
-    length = chain_settings(config).length
-    if length > 1:
-        raise ValueError(
-            f"run config sampler={sampler!r} with chain-length={length}: synchronous steps "
-            "run on one helper per client; set chain-length=1 or sampler='local'"
-        )
-
-
-def chain_split(task: SplitTask, config: Mapping[str, Any], split: Any, chain: Any) -> Any:
-    """The model split at the outer cuts and a chain's inner cuts (``chain-cuts``).
-
-    Raises
-    ------
-    ValueError
-        If the run config asks for a planner (chains are assigned round-robin), or the
-        inner cuts are invalid; the message names the value and the fix.
-    """
-    if str(config["planner"]) != "round-robin":
-        raise ValueError(
-            f"run config chain-length={chain.length} with planner={config['planner']!r}: "
-            "helper chains are assigned round-robin; set planner='round-robin' or "
-            "chain-length=1"
-        )
-    if str(config.get("cut-candidates", "")).strip():
-        raise ValueError(
-            f"run config chain-length={chain.length} with cut-candidates: every client of a "
-            "chain keeps the same cuts; clear cut-candidates or set chain-length=1"
-        )
-    model = task.model_fn(config)
-    example = task.example_input(config)
-    names = chain_cut_names(
-        model, example, split.cuts, chain, batch_size=int(config["batch-size"])
-    )
-    log(
-        INFO,
-        "helper chains of %d: cuts %s (%s), %d micro-batch(es) per batch",
-        chain.length,
-        ",".join(names),
-        "balanced helper memory" if chain.cuts == "auto" else "chain-cuts",
-        chain.micro_batches,
-    )
-    return task.split({**config, "cuts": ",".join(names)})
-
-
-def resume_point(
-    checkpoint_dir: str, config: Mapping[str, Any], model: Any
-) -> Checkpoint | None:
-    """Load the checkpoint of this run config into ``model`` (``None``: start afresh)."""
-    if not checkpoint_dir:
-        return None
-
-    saved = load_checkpoint(checkpoint_dir, run_fingerprint(config))
-    if saved is None:
-        return None
-    try:
-        model.load_state_dict(_tensors(saved.arrays), strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"{checkpoint_dir}: the model does not match ({err})") from None
-    return saved
-
-
-def _tensors(arrays: Mapping[str, Any]) -> dict[str, Any]:
-    import torch
-
-    return {key: torch.from_numpy(value.copy()) for key, value in arrays.items()}
-
-
-def checkpoint_writer(
-    checkpoint_dir: str, config: Mapping[str, Any]
-) -> Callable[[int, ArrayRecord, SplitStrategy], None]:
-    """``on_round_end`` hook writing a checkpoint after every round."""
-    fingerprint = run_fingerprint(config)
-
-    def write(server_round: int, arrays: ArrayRecord, strategy: SplitStrategy) -> None:
-        numpy_arrays = {key: array.numpy() for key, array in arrays.items()}
-        save_checkpoint(
-            checkpoint_dir,
-            Checkpoint(server_round, numpy_arrays, fingerprint, strategy.state()),
-        )
-        log(INFO, "round %d: checkpoint written to %s", server_round, checkpoint_dir)
-
-    return write
-
-
-def _shift_rounds(result: Result, offset: int) -> None:
-    """Number a resumed run's results by flsplit's rounds instead of Flower's."""
-    for name in (
-        "train_metrics_clientapp",
-        "evaluate_metrics_clientapp",
-        "evaluate_metrics_serverapp",
-    ):
-        metrics = getattr(result, name)
-        shifted = {r + offset: m for r, m in metrics.items()}
-        metrics.clear()
-        metrics.update(shifted)
-
-
-def part_costs(task: SplitTask, config: Mapping[str, Any], split: Any) -> PartCosts:
-    """Measure one batch through head, body and tail on this machine."""
-    import torch
-
-    from flsplit.model.profile import profile_model
-
-    example = task.example_input(config)
-    batch = torch.randn(int(config["batch-size"]), *example.shape[1:], dtype=example.dtype)
-    profile = profile_model(
-        task.model_fn(config), batch, cuts=list(split.cuts), repeats=3, warmup=1
-    )
-    layers = profile["layers"]
-    times = next(iter(profile["devices"].values()))
-    fwd, bwd, upd = times["forward_ms"], times["backward_ms"], times["update_ms"]
-    return PartCosts(
-        head_fwd_ms=fwd[0],
-        head_bwd_ms=bwd[0] + upd[0],
-        body_fwd_ms=fwd[1],
-        body_bwd_ms=bwd[1] + upd[1],
-        tail_ms=fwd[2] + bwd[2] + upd[2],
-        cut1_bytes=int(layers[0]["activation_kib"] * 1024),
-        cut2_bytes=int(layers[1]["activation_kib"] * 1024),
-        body_memory_mib=layers[1]["memory_kib"] / 1024,
-    )
-
-
-def cut_pairs(model: Any, example_input: Any, candidates: str, default: Sequence[str]) -> list[str]:
-    """The candidate cut pairs of the run config key ``cut-candidates``.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        The full model.
-    example_input : torch.Tensor
-        One input batch, to check the cuts on real shapes.
-    candidates : str
-        ``';'``-separated pairs of module names or candidate indices
-        (``"conv2,fc1;bn2,fc2"``), or ``"all"`` for every pair of candidate cuts.
-    default : sequence of str
-        The default cut pair (resolved names); ``"all"`` lists it first.
-
-    Returns
-    -------
-    list of str
-        Distinct pairs as resolved module names (``"conv2,fc1"``), in the given order.
-
-    Raises
-    ------
-    ValueError
-        Naming the item that is not a valid pair of cuts.
-    """
-    from flsplit.model.split import candidate_cuts, resolve_cuts
-
-    if candidates.strip().lower() == "all":
-        names = candidate_cuts(model, example_input)
-        pairs = [f"{a},{b}" for i, a in enumerate(names) for b in names[i + 1 :]]
-        first = ",".join(default)
-        return [first] + [p for p in pairs if p != first] if first in pairs else pairs
-    pairs: list[str] = []
-    for item in candidates.split(";"):
-        if not item.strip():
-            continue
-        try:
-            names = resolve_cuts(model, parse_cuts(item), example_input)
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"cut-candidates item {item.strip()!r}: {exc}") from None
-        if len(names) != 2:
-            raise ValueError(
-                f"cut-candidates item {item.strip()!r}: a cut pair needs exactly two cuts"
-            )
-        if ",".join(names) not in pairs:
-            pairs.append(",".join(names))
-    if not pairs:
-        raise ValueError(f"cut-candidates {candidates!r} names no cut pair")
-    return pairs
-
-
-def cut_costs(task: SplitTask, config: Mapping[str, Any], split: Any) -> CutCosts:
-    """Measure one batch through every segment the candidate cut pairs need.
-
-    Parameters
-    ----------
-    task : SplitTask
-        Model and example input.
-    config : Mapping
-        Run config (``cut-candidates``, ``batch-size``).
-    split : SplitModel
-        The model split at the default cuts.
-
-    Returns
-    -------
-    CutCosts
-        Per-segment costs; with ``"all"``, pairs whose body has no parameters are left out.
-
-    Raises
-    ------
-    ValueError
-        When a listed pair is invalid or its body has no parameters.
-    """
-    import torch
-
-    from flsplit.model.profile import profile_model
-    from flsplit.model.split import candidate_cuts
-
-    model = task.model_fn(config)
-    example = task.example_input(config)
-    pairs = cut_pairs(model, example, str(config["cut-candidates"]), split.cuts)
-    used = {name for pair in pairs for name in pair.split(",")} | set(split.cuts)
-    boundaries = [name for name in candidate_cuts(model, example) if name in used]
-    batch = torch.randn(int(config["batch-size"]), *example.shape[1:], dtype=example.dtype)
-    profile = profile_model(model, batch, cuts=boundaries, repeats=5, warmup=2)
-    costs = CutCosts.from_profile(profile, pairs, ",".join(split.cuts))
-    # A body without parameters leaves the helper nothing to train or return.
-    empty = [pair for pair in pairs if costs.body_weights_kib(pair) <= 0]
-    if empty and str(config["cut-candidates"]).strip().lower() != "all":
-        raise ValueError(
-            f"cut-candidates item {empty[0]!r}: its body has no parameters for the helper "
-            "to train; move a cut so that the body holds a layer with weights"
-        )
-    if empty:
-        costs = CutCosts.from_profile(
-            profile, [p for p in pairs if p not in empty], ",".join(split.cuts)
-        )
-    return costs
-
-
-def planned_strategy(
+def _split_strategy(
     task: SplitTask,
-    config: Mapping[str, Any],
+    config: RunConfig,
     split: Any,
     model: Any,
-    common: Mapping[str, Any],
-) -> PlannedSplitStrategy:
-    """A split strategy planned every round by ``config["planner"]``."""
-    links: LinkTable | None = None
-    if config.get("emulate"):
-        links = LinkTable(
-            config.get("link-mbps", DEFAULT_LINK_MIX),
-            float(config.get("link-latency-ms", 0.0)),
-            seed=int(config.get("seed", 0)),
-        )
-    holder: list[PlannedSplitStrategy] = []
-
-    def link(client: int, helper: int) -> tuple[float, float]:
-        if links is None:
-            return 0.0, 0.0
-        nodes = holder[0].nodes
-        return links(int(nodes[client].info["index"]), int(nodes[helper].info["index"]))
-
-    method = str(config["planner"])
-    segments: CutCosts | None = None
-    if str(config.get("cut-candidates", "")).strip():
-        if method in FIXED_CUT_METHODS:
-            log(
-                INFO,
-                "planner %s is a baseline: every client keeps cuts %s",
-                method,
-                ",".join(split.cuts),
-            )
-        else:
-            segments = cut_costs(task, config, split)
-            log(
-                INFO,
-                "cut candidates: %s (%d segments profiled on this machine)",
-                "; ".join(segments.candidates),
-                segments.num_segments,
-            )
-    costs = segments.part_costs(segments.default) if segments else part_costs(task, config, split)
-    log(INFO, "part costs on this machine (one batch): %s", costs)
-    planner = RoundPlanner(
-        costs,
-        link,
-        method=method,
-        time_limit=float(config["planner-time-limit"]),
-        seed=int(config.get("seed", 0)),
-        cut_costs=segments,
-        cut_method=str(config.get("cut-method", "auto")),
-    )
-    strategy = PlannedSplitStrategy(
-        lambda cuts: part_state_keys(model, parse_cuts(cuts), task.example_input(config)),
-        ",".join(split.cuts),
-        planner=planner,
-        link=link if links is not None else None,
-        batch_size=int(config["batch-size"]),
-        local_epochs=int(config["local-epochs"]),
-        output_dir=str(config.get("output-dir", "")) or None,
-        gantt=bool(config.get("gantt", False)),
-        **common,
-    )
-    holder.append(strategy)
-    return strategy
-
-
-def _server_evaluation(
-    task: SplitTask, config: Mapping[str, Any], round_offset: int = 0
-) -> Callable[[int, ArrayRecord], MetricRecord | None] | None:
-    if task.load_test_data is None:
-        return None
-    test_data = task.load_test_data(config)
-
-    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        server_round += round_offset
-        model = task.model_fn(config)
-        model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
-        loss, acc, examples = evaluate_model(model, task.batches(test_data), task.loss_fn)
-        log(INFO, "round %d: server test_loss %.4f test_acc %.4f", server_round, loss, acc)
-        return MetricRecord({"test_loss": loss, "test_acc": acc, "num-examples": examples})
-
-    return evaluate
-
-
-def write_history(output_dir: Path, result: Result, strategy: SplitStrategy) -> Path:
-    """Write per-round metrics and round times as JSON; return the file's path."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    history = {
-        "train": {r: dict(m) for r, m in result.train_metrics_clientapp.items()},
-        "evaluate": {r: dict(m) for r, m in result.evaluate_metrics_clientapp.items()},
-        "server": {r: dict(m) for r, m in result.evaluate_metrics_serverapp.items()},
-        "round-wall-seconds": strategy.round_times,
-        "helper-peak-rss-mib": strategy.helper_peak_mib,
-        "sync-step-examples": strategy.sync_steps,
-        "serverapp-peak-rss-mib": peak_rss_mib(),
-        "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    aggregation: Strategy,
+    done: int,
+) -> SplitStrategy:
+    """The split strategy the run config asks for, around ``aggregation``, continuing
+    after ``done`` rounds: planned every round, or round-robin (also for FedAvg mode)."""
+    checkpoint_dir = config.checkpoint_dir
+    on_round_end = checkpoint_writer(checkpoint_dir, config.as_dict()) if checkpoint_dir else None
+    common = {
+        "strategy": aggregation,
+        "round_timeout": config.round_timeout,
+        "split": config.mode == "split",
+        "min_completed_clients": config.min_completed_clients,
+        "round_offset": done,
+        "on_round_end": on_round_end,
+        "run_config": config,
     }
-    path = output_dir / "history.json"
-    path.write_text(json.dumps(history, indent=1, default=float))
-    return path
+    if config.mode == "split" and config.planned:
+        return planned_strategy(task, config, split, model, common)
+    if config.cut_candidates:
+        log(WARNING, "cut-candidates is ignored without a planner (run config planner)")
+    return SplitStrategy.from_split(split, model, task.example_input(config.as_dict()), **common)
+
+
+def _run_rounds(
+    grid: Grid,
+    task: SplitTask,
+    config: RunConfig,
+    strategy: SplitStrategy,
+    initial: ArrayRecord,
+    num_rounds: int,
+    done: int,
+) -> Result:
+    """Run the rounds after the first ``done`` of ``num_rounds``; results carry the run's
+    round numbers."""
+    # The run config travels with every train and evaluate message, as in Flower's own
+    # apps, so an app's train handler sees the server's settings.
+    train_config = ConfigRecord(
+        {k: v for k, v in config.values.items() if isinstance(v, int | float | str | bool)}
+    )
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=initial,
+        num_rounds=num_rounds - done,
+        timeout=config.round_timeout + 60.0,
+        train_config=train_config,
+        evaluate_config=ConfigRecord(dict(train_config)),
+        evaluate_fn=server_evaluation(task, config.as_dict(), round_offset=done),
+    )
+    if done:
+        shift_rounds(result, done)
+    return result

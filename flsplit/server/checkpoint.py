@@ -10,6 +10,10 @@ After every completed round the server writes, into one directory,
 
 ``checkpoint.json`` is replaced atomically after the arrays are on disk, so a crash while
 writing leaves the previous checkpoint intact. Only the newest two array files are kept.
+
+The ServerApp's side: :func:`checkpoint_writer` is the strategy's ``on_round_end`` hook
+that writes them; :func:`resume_point` and :func:`saved_arrays` pick a run up again, and
+:func:`shift_rounds` numbers the resumed run's results by the run's rounds.
 """
 
 from __future__ import annotations
@@ -17,12 +21,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from logging import INFO
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from flwr.app import ArrayRecord
+from flwr.supercore import log
+
+if TYPE_CHECKING:
+    from flwr.serverapp.strategy import Result
+
+    from strategies.split import SplitStrategy
 
 FORMAT = "flsplit-checkpoint"
 VERSION = 1
@@ -134,3 +146,70 @@ def load_checkpoint(directory: str | Path, fingerprint: str | None = None) -> Ch
         fingerprint=str(index.get("fingerprint", "")),
         state=dict(index.get("state") or {}),
     )
+
+
+def resume_point(
+    checkpoint_dir: str, config: Mapping[str, Any], model: Any
+) -> Checkpoint | None:
+    """Load the checkpoint of this run config into ``model`` (``None``: start afresh).
+
+    Raises
+    ------
+    CheckpointError
+        If the checkpoint is damaged, belongs to another run config or does not fit
+        ``model``.
+    """
+    if not checkpoint_dir:
+        return None
+
+    saved = load_checkpoint(checkpoint_dir, run_fingerprint(config))
+    if saved is None:
+        return None
+    try:
+        model.load_state_dict(_tensors(saved.arrays), strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{checkpoint_dir}: the model does not match ({err})") from None
+    return saved
+
+
+def saved_arrays(saved: Checkpoint) -> ArrayRecord:
+    """The global model of ``saved``, to start the resumed run from."""
+    # The saved arrays as they were, not as the model's buffers would cast them
+    # (an aggregated num_batches_tracked is a float, say).
+    return ArrayRecord(_tensors(saved.arrays))
+
+
+def _tensors(arrays: Mapping[str, Any]) -> dict[str, Any]:
+    import torch
+
+    return {key: torch.from_numpy(value.copy()) for key, value in arrays.items()}
+
+
+def checkpoint_writer(
+    checkpoint_dir: str, config: Mapping[str, Any]
+) -> Callable[[int, ArrayRecord, SplitStrategy], None]:
+    """``on_round_end`` hook writing a checkpoint after every round."""
+    fingerprint = run_fingerprint(config)
+
+    def write(server_round: int, arrays: ArrayRecord, strategy: SplitStrategy) -> None:
+        numpy_arrays = {key: array.numpy() for key, array in arrays.items()}
+        save_checkpoint(
+            checkpoint_dir,
+            Checkpoint(server_round, numpy_arrays, fingerprint, strategy.state()),
+        )
+        log(INFO, "round %d: checkpoint written to %s", server_round, checkpoint_dir)
+
+    return write
+
+
+def shift_rounds(result: Result, offset: int) -> None:
+    """Number a resumed run's results by flsplit's rounds instead of Flower's."""
+    for name in (
+        "train_metrics_clientapp",
+        "evaluate_metrics_clientapp",
+        "evaluate_metrics_serverapp",
+    ):
+        metrics = getattr(result, name)
+        shifted = {r + offset: m for r, m in metrics.items()}
+        metrics.clear()
+        metrics.update(shifted)

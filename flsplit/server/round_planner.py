@@ -1,25 +1,18 @@
-"""Plan every round from live measurements.
+"""Plan every round from the node profiles.
 
-The server keeps a profile per node: compute times of the parts it runs, one batch,
-smoothed exponentially over rounds. Until a node has been measured its times are the
-server's own measurement of the parts scaled by the node's reported compute factor.
-Links are modelled as ``latency + bits / rate`` per transfer, from the link table the
-server was given (emulated links, or rates the operator knows).
-
-Each round, :class:`RoundPlanner` turns the profiles into a planner
+Each round, :class:`RoundPlanner` turns the node profiles
+(:class:`~flsplit.server.node_profiles.NodeProfiles`) into a planner
 :class:`~flsplit.plan.Instance` for the sampled clients and live helpers, solves it with
 the configured method, and predicts the whole round (several batches per client) with
 :func:`~flsplit.plan.scheduling.rounds.predict_round`. The plan's assignment and per-helper order
 go out with the round's messages; the replies' measurements come back through
 :meth:`RoundPlanner.observe_client` and :meth:`RoundPlanner.observe_helper`.
 
-With :class:`CutCosts` (per-segment costs measured once for every candidate cut pair)
-the planner also chooses each client's cut pair every round, jointly with assignment and
-order (:func:`flsplit.plan.cuts.optimize.optimize_cuts`). A node's times at any cut are then the
-server's times of its parts scaled by the node's *speed factor*: its reported compute
-factor at first, then measured / predicted time of the parts it ran, smoothed
-exponentially, so a measurement at one cut carries over to every other cut. The
-baselines (:data:`FIXED_CUT_METHODS`) keep the default cut pair.
+With :class:`~flsplit.model.costs.CutCosts` the planner also chooses each client's cut
+pair every round, jointly with assignment and order
+(:func:`flsplit.plan.cuts.optimize.optimize_cuts`), from every node's per-segment times
+scaled by its speed factor. The baselines (:data:`FIXED_CUT_METHODS`) keep the default
+cut pair.
 """
 
 from __future__ import annotations
@@ -28,203 +21,30 @@ import copy
 import dataclasses
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from flsplit.model.costs import CutCosts, PartCosts
 from flsplit.plan import Instance, Plan, solve
 from flsplit.plan.cuts.optimize import CUT_METHODS, optimize_cuts, repick_plan
-from flsplit.plan.cuts.problem import (
-    CutProblem,
-    LayerProfile,
-    NodeCosts,
-    build_problem,
-    layer_profile,
-)
+from flsplit.plan.cuts.problem import CutProblem, build_problem
 from flsplit.plan.scheduling.rounds import RoundPrediction, predict_round
-
-LinkFn = Callable[[int, int], tuple[float, float]]  # (client, helper) -> (Mbit/s, latency ms)
+from flsplit.protocol import HelperTask
+from flsplit.server.node_profiles import (
+    ClientProfile,
+    HelperProfile,
+    LinkFn,
+    NodeProfiles,
+    transfer_ms,
+)
 
 #: Planner methods that keep the default cut pair even when cut candidates are given:
 #: the baselines, which the optimizing methods are compared against.
 FIXED_CUT_METHODS: frozenset[str] = frozenset({"random-fcfs", "balanced-fcfs"})
 #: Link rate (Mbit/s) standing for "free" (a link function's rate 0) in cut problems.
 FREE_LINK_MBPS = 1e12
-#: Memory (MiB) standing for "unknown / unlimited".
-UNLIMITED_MIB = 1e12
-#: Smallest time (ms) of a profiled segment; a measured 0 would read as "no data".
-MIN_SEGMENT_MS = 1e-4
-
-
-@dataclass(frozen=True)
-class PartCosts:
-    """One batch through the parts, measured once on the server's machine.
-
-    Times in ms; ``cut1_bytes`` and ``cut2_bytes`` are the activation sizes at the cuts
-    (their gradients have the same size); ``body_memory_mib`` is what a helper needs to
-    hold one client's body.
-    """
-
-    head_fwd_ms: float
-    head_bwd_ms: float
-    body_fwd_ms: float
-    body_bwd_ms: float
-    tail_ms: float
-    cut1_bytes: int
-    cut2_bytes: int
-    body_memory_mib: float
-
-
-def _cut_names(cuts: str) -> tuple[str, ...]:
-    return tuple(c.strip() for c in cuts.split(",") if c.strip())
-
-
-@dataclass(frozen=True)
-class CutCosts:
-    """Per-segment costs measured once on the server's machine, for candidate cut pairs.
-
-    The model is profiled with a boundary at every cut any candidate pair (or the
-    default pair) uses: segment 0 runs up to the first boundary, segment ``i`` starts at
-    ``boundaries[i - 1]``. A pair ``"a,b"`` is the cut pair ``(c1, c2)`` of the planner's
-    builder with ``c1 = boundaries.index(a) + 1`` (likewise ``c2``).
-
-    Attributes
-    ----------
-    profile : LayerProfile
-        Segment sizes and the server's times (its only device column).
-    boundaries : tuple of str
-        Cut names, in execution order.
-    candidates : tuple of str
-        The candidate pairs (``"a,b"``) the optimizing planners choose from.
-    default : str
-        The default pair (kept by :data:`FIXED_CUT_METHODS`).
-    """
-
-    profile: LayerProfile
-    boundaries: tuple[str, ...]
-    candidates: tuple[str, ...]
-    default: str
-
-    @classmethod
-    def from_profile(
-        cls, profile: Mapping[str, Any], candidates: Sequence[str], default: str
-    ) -> CutCosts:
-        """Costs from a profile of :func:`flsplit.model.profile.profile_model` (layer names
-        ``[first child, *boundaries]``, one device column).
-
-        Raises
-        ------
-        ValueError
-            When a pair is not two boundaries of the profile in execution order.
-        """
-        data = dict(profile)
-        column = dict(next(iter(data["devices"].values())))
-        for key in ("forward_ms", "backward_ms", "update_ms"):
-            column[key] = [max(float(v), MIN_SEGMENT_MS) for v in column[key]]
-        data["devices"] = {"server": column}
-        parsed = layer_profile(data)
-        boundaries = tuple(str(layer["name"]) for layer in data["layers"][1:])
-        costs = cls(parsed, boundaries, tuple(candidates), default)
-        for pair in (*costs.candidates, default):
-            costs.pair(pair)
-        if not costs.candidates:
-            raise ValueError("cut candidates: none given")
-        return costs
-
-    def pair(self, cuts: str) -> tuple[int, int]:
-        """The builder's ``(c1, c2)`` of the pair ``"a,b"``."""
-        names = _cut_names(cuts)
-        if len(names) != 2 or any(n not in self.boundaries for n in names):
-            raise ValueError(
-                f"cut pair {cuts!r}: expected two of the profiled cuts "
-                f"({', '.join(self.boundaries)})"
-            )
-        c1, c2 = (self.boundaries.index(n) + 1 for n in names)
-        if c1 >= c2:
-            raise ValueError(f"cut pair {cuts!r}: cuts must be distinct and in execution order")
-        return c1, c2
-
-    @property
-    def pairs(self) -> np.ndarray:
-        """``P x 2`` builder pairs of :attr:`candidates`."""
-        return np.array([self.pair(c) for c in self.candidates], dtype=int).reshape(-1, 2)
-
-    def _times(self) -> tuple[np.ndarray, np.ndarray]:
-        column = next(iter(self.profile.devices.values()))
-        fwd = np.asarray(column["forward_ms"], dtype=float)
-        bwd = np.asarray(column["backward_ms"], dtype=float)
-        return fwd, bwd + np.asarray(column["update_ms"], dtype=float)
-
-    def part_costs(self, cuts: str) -> PartCosts:
-        """Head, body and tail costs on the server's machine for the pair ``cuts``."""
-        c1, c2 = self.pair(cuts)
-        fwd, bwd = self._times()
-        activation = self.profile.activation_kib
-        return PartCosts(
-            head_fwd_ms=float(fwd[:c1].sum()),
-            head_bwd_ms=float(bwd[:c1].sum()),
-            body_fwd_ms=float(fwd[c1:c2].sum()),
-            body_bwd_ms=float(bwd[c1:c2].sum()),
-            tail_ms=float(fwd[c2:].sum() + bwd[c2:].sum()),
-            cut1_bytes=int(activation[c1 - 1] * 1024),
-            cut2_bytes=int(activation[c2 - 1] * 1024),
-            body_memory_mib=self.profile.memory_mib(c1, c2),
-        )
-
-    def body_weights_kib(self, cuts: str) -> float:
-        """Parameter size of the body of the pair ``cuts`` (0: the helper trains nothing)."""
-        c1, c2 = self.pair(cuts)
-        return float(self.profile.weights_kib[c1:c2].sum())
-
-    def client_memory_mib(self, cuts: str) -> float:
-        """Memory a client needs for the head and tail of the pair ``cuts``."""
-        c1, c2 = self.pair(cuts)
-        return self.profile.memory_mib(0, c1) + self.profile.memory_mib(c2, self.num_segments)
-
-    @property
-    def num_segments(self) -> int:
-        """Number of profiled segments."""
-        return self.profile.num_layers
-
-    def node(self, name: str, factor: float, memory_mib: float) -> NodeCosts:
-        """Costs of a node ``factor`` times slower than the server, for the builder."""
-        column = next(iter(self.profile.devices.values()))
-        memory = memory_mib if np.isfinite(memory_mib) else UNLIMITED_MIB
-        return NodeCosts.from_layers(
-            name,
-            [factor * v for v in column["forward_ms"]],
-            [factor * v for v in column["backward_ms"]],
-            [factor * v for v in column["update_ms"]],
-            memory,
-        )
-
-
-@dataclass
-class ClientProfile:
-    """Compute times of a client's head and tail (ms per batch) at the default cut, its
-    speed factor (times slower than the server) and its memory."""
-
-    head_fwd_ms: float
-    head_bwd_ms: float
-    tail_ms: float
-    measured: bool = False
-    start_offset_ms: float = 0.0
-    factor: float = 1.0
-    memory_mib: float = float("inf")
-
-
-@dataclass
-class HelperProfile:
-    """Compute times of a helper's body tasks (ms per batch) at the default cut, its speed
-    factor (times slower than the server) and its memory."""
-
-    body_fwd_ms: float
-    body_bwd_ms: float
-    memory_mib: float
-    measured: bool = False
-    factor: float = 1.0
 
 
 @dataclass
@@ -265,10 +85,11 @@ class RoundPlan:
         """Client node id -> helper node id."""
         return {self.node_ids[c]: self.node_ids[h] for c, h in self.plan.assignment.items()}
 
-    def order_of(self, helper: int) -> list[str]:
-        """The helper's task priority list as sent to it (``"client:fwd"`` strings)."""
+    def order_of(self, helper: int) -> list[HelperTask]:
+        """The helper's task priority list as sent to it."""
         name = f"h{helper}"
-        return [f"{self.node_ids[c]}:{kind}" for c, kind in self.plan.order.get(name, [])]
+        order = self.plan.order.get(name, [])
+        return [HelperTask(str(self.node_ids[c]), kind) for c, kind in order]
 
     def cuts_of(self) -> dict[int, str]:
         """Client node id -> its cut pair (empty when the plan keeps the default cut)."""
@@ -300,13 +121,7 @@ def _round_plan(
     )
 
 
-def transfer_ms(nbytes: float, rate_mbps: float, latency_ms: float) -> float:
-    """Time to move ``nbytes`` over a link."""
-    seconds = nbytes * 8.0 / (rate_mbps * 1e6) if rate_mbps > 0 else 0.0
-    return latency_ms + 1000.0 * seconds
-
-
-class RoundPlanner:
+class RoundPlanner(NodeProfiles):
     """Per-round planning from node profiles that measurements keep up to date.
 
     Parameters
@@ -329,6 +144,11 @@ class RoundPlanner:
     cut_method : str
         Method of :func:`flsplit.plan.cuts.optimize.optimize_cuts` (``auto``, ``integrated``,
         ``alternating``, ``exact``); ``method`` is its planner.
+
+    Raises
+    ------
+    ValueError
+        If ``smoothing`` is not in (0, 1] or ``cut_method`` is unknown.
     """
 
     def __init__(
@@ -342,161 +162,18 @@ class RoundPlanner:
         cut_costs: CutCosts | None = None,
         cut_method: str = "auto",
     ) -> None:
-        if not 0 < smoothing <= 1:
-            raise ValueError(f"smoothing={smoothing} must be in (0, 1]")
+        super().__init__(costs, link, smoothing=smoothing, cut_costs=cut_costs)
         if cut_method not in CUT_METHODS:
             raise ValueError(f"cut-method {cut_method!r} is not one of {', '.join(CUT_METHODS)}")
-        self.costs = costs
-        self.link = link
         self.method = method
         self.time_limit = time_limit
         self.seed = seed
-        self.smoothing = smoothing
-        self.cut_costs = cut_costs
         self.cut_method = cut_method
-        self.clients: dict[int, ClientProfile] = {}
-        self.helpers: dict[int, HelperProfile] = {}
-        #: Mean batch size over the full batch size per client (a last, smaller batch
-        #: per epoch makes it below 1); transfers of a mean batch scale with it.
-        self.batch_fill: dict[int, float] = {}
 
     @property
     def chooses_cuts(self) -> bool:
         """Whether :meth:`plan` chooses each client's cut pair."""
         return self.cut_costs is not None and self.method not in FIXED_CUT_METHODS
-
-    # -- profiles ---------------------------------------------------------------------
-
-    def add_client(
-        self, node: int, compute_factor: float = 1.0, memory_mib: float = float("inf")
-    ) -> None:
-        """Register a client whose compute is ``compute_factor`` times the server's and
-        that has ``memory_mib`` for its head and tail."""
-        c = self.costs
-        self.clients[node] = ClientProfile(
-            c.head_fwd_ms * compute_factor,
-            c.head_bwd_ms * compute_factor,
-            c.tail_ms * compute_factor,
-            factor=compute_factor,
-            memory_mib=memory_mib,
-        )
-
-    def add_helper(
-        self, node: int, compute_factor: float = 1.0, memory_mib: float = float("inf")
-    ) -> None:
-        """Register a helper whose compute is ``compute_factor`` times the server's."""
-        c = self.costs
-        self.helpers[node] = HelperProfile(
-            c.body_fwd_ms * compute_factor,
-            c.body_bwd_ms * compute_factor,
-            memory_mib,
-            factor=compute_factor,
-        )
-
-    def state_dict(self) -> dict[str, Any]:
-        """The node profiles as plain JSON-ready data (for checkpoints)."""
-        return {
-            "clients": {str(n): asdict(p) for n, p in self.clients.items()},
-            "helpers": {str(n): asdict(p) for n, p in self.helpers.items()},
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore profiles saved by :meth:`state_dict` (a resumed run)."""
-        self.clients = {
-            int(n): ClientProfile(**p) for n, p in state.get("clients", {}).items()
-        }
-        self.helpers = {
-            int(n): HelperProfile(**p) for n, p in state.get("helpers", {}).items()
-        }
-
-    def mark_provisional(self, node: int) -> None:
-        """Let the next measurement of ``node`` replace its profile instead of being
-        averaged in (after a warm-up round, say)."""
-        profile = self.clients.get(node) or self.helpers.get(node)
-        if profile is not None:
-            profile.measured = False
-
-    def drop(self, node: int) -> None:
-        """Forget a node that failed or left; it is planned out from now on."""
-        self.clients.pop(node, None)
-        self.helpers.pop(node, None)
-
-    def _blend(self, old: float, new: float, measured: bool) -> float:
-        return new if not measured else self.smoothing * new + (1 - self.smoothing) * old
-
-    def _costs_at(self, cuts: str | None) -> PartCosts:
-        if cuts is None or self.cut_costs is None or cuts == self.cut_costs.default:
-            return self.costs
-        return self.cut_costs.part_costs(cuts)
-
-    def observe_client(
-        self,
-        node: int,
-        helper: int,
-        stage1_ms: float,
-        stage3_ms: float,
-        stage5_ms: float,
-        start_offset_ms: float = 0.0,
-        cuts: str | None = None,
-    ) -> None:
-        """Update a client's profile from its measured stage means with ``helper`` at the
-        cut pair ``cuts`` (default: the default pair), and how long after the round's
-        first client it started training.
-
-        The compute times at the default cut are smoothed as measured (when ``cuts`` is
-        the default pair); the speed factor as measured / predicted compute of head and
-        tail on the server (when per-segment costs are known)."""
-        profile = self.clients.get(node)
-        if profile is None:
-            return
-        costs = self._costs_at(cuts)
-        rate, latency = self.link(node, helper)
-        fill = self.batch_fill.get(node, 1.0)
-        up1 = transfer_ms(costs.cut1_bytes * fill, rate, latency)
-        up2 = transfer_ms(costs.cut2_bytes * fill, rate, latency)
-        head_fwd = max(stage1_ms - up1, 0.0)
-        tail = max(stage3_ms - 2 * up2, 0.0)
-        head_bwd = max(stage5_ms - up1, 0.0)
-        seen = profile.measured
-        profile.start_offset_ms = self._blend(profile.start_offset_ms, start_offset_ms, seen)
-        if costs is self.costs:
-            profile.head_fwd_ms = self._blend(profile.head_fwd_ms, head_fwd, seen)
-            profile.tail_ms = self._blend(profile.tail_ms, tail, seen)
-            profile.head_bwd_ms = self._blend(profile.head_bwd_ms, head_bwd, seen)
-        predicted = costs.head_fwd_ms + costs.tail_ms + costs.head_bwd_ms
-        measured = head_fwd + tail + head_bwd
-        if predicted > 0 and measured > 0:
-            profile.factor = self._blend(profile.factor, measured / predicted, seen)
-        profile.measured = True
-
-    def observe_helper(
-        self,
-        node: int,
-        body_fwd_ms: float,
-        body_bwd_ms: float,
-        served: Mapping[str, int] | None = None,
-    ) -> None:
-        """Update a helper's profile from its measured task means.
-
-        ``served`` counts the forward tasks the helper ran per cut pair (default: all at
-        the default pair); the speed factor becomes measured / predicted body time."""
-        profile = self.helpers.get(node)
-        if profile is None:
-            return
-        counts = {cuts: n for cuts, n in (served or {}).items() if n > 0}
-        parts = [(self._costs_at(cuts), n) for cuts, n in counts.items()] or [(self.costs, 1)]
-        seen = profile.measured
-        if all(costs is self.costs for costs, _ in parts):
-            profile.body_fwd_ms = self._blend(profile.body_fwd_ms, body_fwd_ms, seen)
-            profile.body_bwd_ms = self._blend(profile.body_bwd_ms, body_bwd_ms, seen)
-        total = sum(n for _, n in parts)
-        predicted = sum(n * (c.body_fwd_ms + c.body_bwd_ms) for c, n in parts) / total
-        measured = body_fwd_ms + body_bwd_ms
-        if predicted > 0 and measured > 0:
-            profile.factor = self._blend(profile.factor, measured / predicted, seen)
-        profile.measured = True
-
-    # -- planning ---------------------------------------------------------------------
 
     def instance(self, clients: Sequence[int], helpers: Sequence[int]) -> Instance:
         """The planner instance of one batch at the default cut for these nodes."""

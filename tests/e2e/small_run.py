@@ -2,6 +2,7 @@
 
 from quickstart.task import TASK
 
+from flsplit.protocol import TEST_LOSS, TRAIN_LOSS
 from flsplit.simulation import simulate
 
 #: Two rounds of the quickstart task: three clients, one helper, cut after conv2 and fc2.
@@ -30,6 +31,6 @@ def assert_loss_falls(result) -> None:
     initial model's."""
     train = result.train_metrics_clientapp
     assert set(train) == {1, 2}
-    assert train[2]["train_loss"] < train[1]["train_loss"]
+    assert train[2][TRAIN_LOSS] < train[1][TRAIN_LOSS]
     server = result.evaluate_metrics_serverapp
-    assert server[2]["test_loss"] < server[0]["test_loss"]
+    assert server[2][TEST_LOSS] < server[0][TEST_LOSS]

@@ -5,7 +5,7 @@ import torch
 from quickstart.task import TASK
 
 from benchmarks.chain import rotated_pieces
-from flsplit.model.chain_cuts import chain_settings
+from flsplit.config import chain_settings
 from flsplit.simulation import simulate
 from strategies.split import NodeInfo, SplitStrategy
 from tests.e2e.small_run import assert_loss_falls, run_small

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from flsplit.protocol import CLIENT_TRAIN, HELPER_TRAIN, TEST_ACC, TEST_LOSS, TRAIN_LOSS
 from tests.paths import ROOT
 
 QUICKSTART = ROOT / "examples" / "quickstart"
@@ -274,14 +275,14 @@ def test_quickstart_runs_on_superlink_and_supernodes_and_learns(cluster: Cluster
             assert f"round {rnd}: 3/3 client updates aggregated" in log
         result = history(out)
         assert set(result["train"]) == {"1", "2"}
-        assert result["train"]["2"]["train_loss"] < result["train"]["1"]["train_loss"]
+        assert result["train"]["2"][TRAIN_LOSS] < result["train"]["1"][TRAIN_LOSS]
         server = result["server"]
-        assert server["2"]["test_acc"] > server["1"]["test_acc"] > server["0"]["test_acc"]
-        assert server["2"]["test_loss"] < server["1"]["test_loss"]
+        assert server["2"][TEST_ACC] > server["1"][TEST_ACC] > server["0"][TEST_ACC]
+        assert server["2"][TEST_LOSS] < server["1"][TEST_LOSS]
         helper_log = cluster.logs["helper0"].read_text(errors="replace")
-        assert "train.helper" in helper_log
+        assert HELPER_TRAIN in helper_log
         for i in range(NUM_CLIENTS):
-            assert "train.split" in cluster.logs[f"client{i}"].read_text(errors="replace")
+            assert CLIENT_TRAIN in cluster.logs[f"client{i}"].read_text(errors="replace")
 
 
 def test_a_client_supernode_killed_mid_round_is_left_out(cluster: Cluster):
@@ -311,6 +312,6 @@ def test_a_client_supernode_killed_mid_round_is_left_out(cluster: Cluster):
         result = history(out)
         assert set(result["train"]) == {"1"}
         server = result["server"]
-        assert server["1"]["test_acc"] > server["0"]["test_acc"]
+        assert server["1"][TEST_ACC] > server["0"][TEST_ACC]
         for name in ("superlink", "client0", "client1", "helper0"):
             assert cluster.procs[name].poll() is None, f"{name} exited"

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
+from flsplit.protocol import TEST_LOSS
 from flsplit.server.checkpoint import load_checkpoint
 from tests.e2e.small_run import run_small
 
@@ -31,7 +32,7 @@ def test_a_round_with_too_few_complete_updates_keeps_the_model():
     _, result, _ = run_small({"num-server-rounds": 1, "min-completed-clients": 4})
     assert result.train_metrics_clientapp == {}
     server = result.evaluate_metrics_serverapp
-    assert server[1]["test_loss"] == server[0]["test_loss"]
+    assert server[1][TEST_LOSS] == server[0][TEST_LOSS]
 
 
 def test_node_profiles_survive_a_checkpoint_as_json():

@@ -4,6 +4,7 @@ import pytest
 import torch
 from quickstart.task import TASK
 
+from flsplit.protocol import TEST_ACC, TRAIN_LOSS
 from flsplit.simulation import backend_config_for, check_concurrency, simulate
 from tests.e2e.small_run import assert_loss_falls, run_small
 
@@ -28,7 +29,7 @@ def test_three_clients_one_helper_two_rounds_train_every_layer():
 
     assert_loss_falls(result)
     server = result.evaluate_metrics_serverapp
-    assert server[2]["test_acc"] > server[0]["test_acc"]
+    assert server[2][TEST_ACC] > server[0][TEST_ACC]
 
 
 def test_configurations_that_would_deadlock_are_refused():
@@ -99,4 +100,4 @@ def test_clients_with_different_cuts_train_in_the_same_round():
     for key in ("conv1.weight", "conv2.weight", "bn2.weight", "fc1.weight", "fc2.weight"):
         assert not torch.allclose(before[key], after[key]), key
     train = result.train_metrics_clientapp
-    assert train[2]["train_loss"] < train[1]["train_loss"]
+    assert train[2][TRAIN_LOSS] < train[1][TRAIN_LOSS]

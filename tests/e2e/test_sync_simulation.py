@@ -4,6 +4,7 @@ import pytest
 from quickstart.task import TASK
 
 from flsplit.config import sync_settings
+from flsplit.protocol import TEST_ACC
 from flsplit.simulation import simulate
 from tests.e2e.small_run import assert_loss_falls, run_small
 
@@ -26,7 +27,7 @@ def test_uniform_sampling_runs_synchronous_steps_of_the_global_batch():
         assert len(steps) == -(-pooled // 24)
     assert_loss_falls(result)
     server = result.evaluate_metrics_serverapp
-    assert server[2]["test_acc"] > server[0]["test_acc"]
+    assert server[2][TEST_ACC] > server[0][TEST_ACC]
 
 
 @pytest.mark.parametrize(

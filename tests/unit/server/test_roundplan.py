@@ -2,7 +2,9 @@
 
 import pytest
 
-from flsplit.server.round_planner import PartCosts, RoundPlanner, transfer_ms
+from flsplit.model.costs import PartCosts
+from flsplit.server.node_profiles import transfer_ms
+from flsplit.server.round_planner import RoundPlanner
 
 
 def test_a_partial_mean_batch_scales_the_transfers():

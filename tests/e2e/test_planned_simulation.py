@@ -5,6 +5,7 @@ from flwr.simulation import run_simulation
 from quickstart.task import TASK
 
 from flsplit.client.app import enable_split_learning
+from flsplit.protocol import CONFIG, HELPER_TRAIN, ROLE_HELPER, SERVER_ROUND
 from flsplit.server.app import make_server_app
 from flsplit.simulation import backend_config_for
 
@@ -41,7 +42,7 @@ def test_a_slowed_helper_gets_less_work_in_the_next_round():
     slow = next(
         n
         for n, info in strategy.nodes.items()
-        if info.role == "helper" and int(info.info["index"]) == 0
+        if info.role == ROLE_HELPER and info.index == 0
     )
     served = [
         sum(1 for h in entry["plan"]["assignment"].values() if h == f"h{slow}")
@@ -55,9 +56,9 @@ def test_a_slowed_helper_gets_less_work_in_the_next_round():
 
 def _failing_helper_mod(msg, context, call_next):
     if (
-        msg.metadata.message_type == "train.helper"
+        msg.metadata.message_type == HELPER_TRAIN
         and int(context.node_config["partition-id"]) == 0
-        and int(msg.content["config"]["server-round"]) == 1
+        and int(msg.content[CONFIG][SERVER_ROUND]) == 1
     ):
         raise RuntimeError("helper 0 lost its power supply")
     return call_next(msg, context)
