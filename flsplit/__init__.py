@@ -1,7 +1,16 @@
 """flsplit: parallel split learning with helper nodes for Flower.
 
-The top-level names are imported lazily, so ``flsplit.plan`` stays free of torch and
-Flower.
+What a Flower app uses:
+
+- :class:`SplitTask`: the model, data, loss and optimizer, described once;
+- :func:`enable_split_learning` (add split learning to an existing ``ClientApp``) or
+  :func:`make_client_app` (a complete one);
+- :class:`SplitStrategy` (wraps any Flower strategy) or :class:`PlannedSplitStrategy`
+  (every round planned) in an existing ``ServerApp``, or :func:`make_server_app`;
+- :class:`RunConfig` and :data:`DEFAULT_RUN_CONFIG`: the run-config keys and defaults;
+- :func:`simulate`: run an app in the simulation engine.
+
+The names are imported lazily, so ``flsplit.plan`` stays free of torch and Flower.
 """
 
 from __future__ import annotations
@@ -18,6 +27,8 @@ _EXPORTS = {
     "make_client_app": "flsplit.client.app",
     "enable_split_learning": "flsplit.client.app",
     "make_server_app": "flsplit.server.app",
+    "SplitStrategy": "strategies.split",
+    "PlannedSplitStrategy": "strategies.planned",
     "simulate": "flsplit.simulation",
 }
 
@@ -29,3 +40,7 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'flsplit' has no attribute {name!r}")
     return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from flwr.app import Message
+from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from flsplit.protocol import (
@@ -79,6 +80,67 @@ class PlannedSplitStrategy(SplitStrategy):
         self.round_plan: RoundPlan | None = None
         self.history: list[dict[str, Any]] = []
         self.warm: set[int] = set()  # nodes whose warm-up round is behind them
+
+    @classmethod
+    def for_model(  # type: ignore[override]
+        cls,
+        model: Any,
+        example_input: Any = None,
+        cuts: str | Sequence[str | int] | None = None,
+        strategy: Strategy | None = None,
+        *,
+        planner: str = "auto",
+        time_limit: float = 2.0,
+        batch_size: int = 32,
+        seed: int = 0,
+        **kwargs: Any,
+    ) -> PlannedSplitStrategy:
+        """Build a planned strategy for a ``torch.nn.Module`` cut at ``cuts``, in any
+        Flower ``ServerApp``.
+
+        The planner starts from one batch of ``batch_size`` measured through head, body
+        and tail on this machine, scaled by each node's reported compute factor, and
+        learns every node's real times from the rounds it runs.
+
+        Parameters
+        ----------
+        model : torch.nn.Module
+            The full model.
+        example_input : torch.Tensor
+            One input batch (its shape without the batch dimension is measured).
+        cuts : str or sequence, optional
+            Module names or candidate indices; default U-shape if None.
+        strategy : Strategy, optional
+            The wrapped strategy (default: ``FedAvg()``).
+        planner : str
+            A planner method of :data:`flsplit.plan.METHODS` (``auto``, ``greedy``, ...).
+        time_limit : float
+            Seconds of planning per round.
+        batch_size : int
+            The clients' batch size (to count their batches per round).
+        seed : int
+            Planner seed.
+        **kwargs
+            Further arguments of :class:`PlannedSplitStrategy` and :class:`SplitStrategy`
+            (``local_epochs``, ``output_dir``, ``round_timeout``, ...).
+        """
+        from flsplit.model.costs import measure_part_costs
+        from flsplit.model.split import parse_cuts, split_model
+
+        parts = split_model(model, parse_cuts(cuts), example_input)
+        costs = measure_part_costs(model, example_input, parts.cuts, batch_size)
+        round_planner = RoundPlanner(
+            costs, _unemulated_link, method=planner, time_limit=time_limit, seed=seed
+        )
+        return cls.from_split(
+            parts,
+            model,
+            example_input,
+            strategy=strategy,
+            planner=round_planner,
+            batch_size=batch_size,
+            **kwargs,
+        )
 
     # -- state for checkpoints --------------------------------------------------------
 
@@ -298,3 +360,8 @@ class PlannedSplitStrategy(SplitStrategy):
                 from flsplit.plan.scheduling.gantt_rounds import planned_vs_measured
 
                 planned_vs_measured(entry, self.output_dir / f"round-{server_round}.png")
+
+
+def _unemulated_link(client: int, helper: int) -> tuple[float, float]:
+    """Links are not emulated: the planner learns their real times from the rounds."""
+    return 0.0, 0.0

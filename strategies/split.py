@@ -30,11 +30,9 @@ from flwr.supercore import log
 
 from flsplit.config import RunConfig
 from flsplit.protocol import (
-    CLIENT_TRAIN,
     CONFIG,
     HELPER_TRAIN,
     MODE,
-    QUERY,
     ROLE_CLIENT,
     ROLE_HELPER,
     ROUND_WALL_SECONDS,
@@ -59,10 +57,7 @@ from strategies.messages import client_message, helper_messages
 from strategies.parts import ModelParts, keys_of_split
 from strategies.sync_schedule import SyncSchedule, draw_schedule
 
-__all__ = [  # the message types and node records are imported from here too
-    "CLIENT_TRAIN", "HELPER_TRAIN", "QUERY", "NodeGrid", "NodeInfo", "RoundAssignment",
-    "SplitStrategy",
-]
+__all__ = ["SplitStrategy"]
 
 
 class SplitStrategy(Strategy):

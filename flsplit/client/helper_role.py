@@ -41,7 +41,8 @@ from flsplit.runtime.auth import TokenVerifier
 from flsplit.runtime.dataplane import HelperServer
 from flsplit.runtime.helper_client import HelperClient
 from flsplit.runtime.memory import peak_rss_mib
-from flsplit.runtime.sync_helper import SyncHelperServer, SyncWorker
+from flsplit.runtime.sync_helper import SyncWorker
+from flsplit.runtime.sync_server import SyncHelperServer
 from flsplit.runtime.worker import HelperWorker, TaskRecord, TensorSpec
 from flsplit.task import SplitTask
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from flsplit.config import RunConfig
 from flsplit.plan.cuts.problem import LayerProfile, NodeCosts, layer_profile
 
 if TYPE_CHECKING:
@@ -191,15 +192,24 @@ def part_costs(task: SplitTask, config: Mapping[str, Any], split: Any) -> PartCo
         Times of one batch (backward includes the optimizer step), activation sizes at
         the cuts and the body's memory.
     """
+    example = task.example_input(config)
+    return measure_part_costs(
+        task.model_fn(config), example, split.cuts, RunConfig.of(config).batch_size
+    )
+
+
+def measure_part_costs(
+    model: Any, example_input: Any, cuts: Sequence[str], batch_size: int
+) -> PartCosts:
+    """Measure one batch of ``batch_size`` through the head, body and tail of ``model``
+    cut at ``cuts`` on this machine (see :func:`part_costs`)."""
     import torch
 
     from flsplit.model.profile import profile_model
 
-    example = task.example_input(config)
-    batch = torch.randn(int(config["batch-size"]), *example.shape[1:], dtype=example.dtype)
-    profile = profile_model(
-        task.model_fn(config), batch, cuts=list(split.cuts), repeats=3, warmup=1
-    )
+    example = example_input
+    batch = torch.randn(batch_size, *example.shape[1:], dtype=example.dtype)
+    profile = profile_model(model, batch, cuts=list(cuts), repeats=3, warmup=1)
     layers = profile["layers"]
     times = next(iter(profile["devices"].values()))
     fwd, bwd, upd = times["forward_ms"], times["backward_ms"], times["update_ms"]

@@ -69,20 +69,17 @@ import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from flsplit.config import CLIENT_PARTS
-from flsplit.runtime import wire
 from flsplit.runtime.checks import InputError, TensorSpec, check_gradient
-from flsplit.runtime.dataplane import HelperServer
 from flsplit.runtime.emulation import NO_EMULATION, Emulation
 from flsplit.runtime.worker import ClientBody, OptimizerFn, TaskError, TaskRecord
 
-__all__ = ["SyncHelperServer", "SyncWorker"]
+__all__ = ["SyncWorker"]
 
 
 @dataclass
@@ -507,58 +504,3 @@ class SyncWorker:
         floor = min(live) if live else self.steps
         for s in [s for s in self._rows if s <= floor]:
             del self._rows[s]
-
-
-class SyncHelperServer(HelperServer):
-    """:class:`~flsplit.runtime.dataplane.HelperServer` for synchronous steps.
-
-    Same authentication, frame checks, deadlines and idle dropping; requests go to a
-    :class:`SyncWorker` with their step index, and a fourth method, ``Sync``, carries the
-    head and tail gradients (``client_parts="shared"``). A client waiting at a barrier is
-    never idle; a client idle for ``idle_timeout`` seconds is dropped from the barriers.
-    """
-
-    worker: SyncWorker
-
-    def __init__(self, worker: SyncWorker, *args: Any, **kwargs: Any) -> None:
-        super().__init__(worker, *args, **kwargs)  # type: ignore[arg-type]
-        self._in_flight: dict[str, int] = {}
-
-    def _methods(self) -> list:
-        return [*super()._methods(), ("Sync", self.sync)]
-
-    def sync(self, request: bytes, context: object) -> bytes:
-        """``Sync``: post the last step's head and tail gradient, fetch the reduced ones."""
-        return self._handle(request, context, "sync")  # type: ignore[arg-type]
-
-    def _busy(self, client: str) -> bool:  # called with the lock held
-        return self._in_flight.get(client, 0) > 0
-
-    def _submit(self, frame: wire.Frame, op: str) -> Future:
-        return self.worker.submit_step(frame.client, op, frame.step, frame.tensor)
-
-    def _serve(self, request: bytes, op: str) -> bytes:
-        if op == "sync":
-            received = time.perf_counter()
-            frame = self._admit(request, op)
-            return self._run_task(frame, op, received)
-        try:
-            return super()._serve(request, op)
-        finally:
-            if op == "finish":
-                self._retire_finished()
-
-    def _retire_finished(self) -> None:
-        for client in list(self.finished):
-            if client not in self.worker.retired:
-                self.worker.retire(client)
-
-    def _run_task(self, frame: wire.Frame, op: str, received: float) -> bytes:
-        with self._lock:  # a client waiting at a barrier is not idle
-            self._in_flight[frame.client] = self._in_flight.get(frame.client, 0) + 1
-        try:
-            return super()._run_task(frame, op, received)
-        finally:
-            with self._lock:
-                self._in_flight[frame.client] -= 1
-                self._last_seen[frame.client] = time.monotonic()

@@ -7,7 +7,8 @@ from quickstart.task import TASK
 from benchmarks.chain import rotated_pieces
 from flsplit.config import chain_settings
 from flsplit.simulation import simulate
-from strategies.split import NodeInfo, SplitStrategy
+from strategies import SplitStrategy
+from strategies.discovery import NodeInfo
 from tests.e2e.small_run import assert_loss_falls, run_small
 
 

@@ -15,7 +15,8 @@ from flsplit.model.zoo import SmallCNN
 from flsplit.runtime.auth import TokenVerifier, helper_key, new_run_secret
 from flsplit.runtime.helper_client import DataPlaneError, HelperClient
 from flsplit.runtime.sync_client import SampleStream, train_sync
-from flsplit.runtime.sync_helper import SyncHelperServer, SyncWorker
+from flsplit.runtime.sync_helper import SyncWorker
+from flsplit.runtime.sync_server import SyncHelperServer
 from flsplit.runtime.worker import TensorSpec
 
 CUTS = ("conv2", "fc2")  # head conv1; body conv2 .. fc1 with BatchNorm; tail fc2

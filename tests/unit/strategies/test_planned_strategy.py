@@ -1,0 +1,57 @@
+"""PlannedSplitStrategy built in a user's own ServerApp (for_model), against a fake Grid."""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord
+
+from flsplit.model.zoo import SmallCNN
+from flsplit.protocol import (
+    BACKWARD,
+    CONFIG,
+    FORWARD,
+    HELPER_TRAIN,
+    ROLE_CLIENT,
+    ROLE_HELPER,
+    HelperRound,
+)
+from strategies import PlannedSplitStrategy
+from tests.unit.strategies.fake_grid import FakeGrid, FakeNode
+from tests.unit.strategies.test_split_strategy import CLIENTS, HELPERS, RecordingFedAvg
+
+
+def test_a_planned_strategy_needs_only_the_model_and_plans_every_helpers_order():
+    model = SmallCNN()
+    strategy = PlannedSplitStrategy.for_model(
+        model,
+        torch.zeros(2, 1, 8, 8),
+        cuts="conv2,fc2",
+        strategy=RecordingFedAvg(),
+        planner="greedy",
+        time_limit=0.2,
+        batch_size=8,
+    )
+    nodes = {h: FakeNode(ROLE_HELPER) for h in HELPERS}
+    nodes.update({c: FakeNode(ROLE_CLIENT, examples=16, fill=1.0) for c in CLIENTS})
+    grid = FakeGrid(nodes, strategy.piece_keys)
+    arrays = ArrayRecord(model.state_dict())
+
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord({}), grid))
+    served = set()
+    for message in messages:
+        if message.metadata.message_type != HELPER_TRAIN:
+            continue
+        round_ = HelperRound.from_config(message.content[CONFIG])
+        clients = {c.client for c in round_.clients}
+        served |= clients
+        # the planned order has a forward and a backward task of each client it serves
+        assert {(t.client, t.kind) for t in round_.order} == {
+            (c, kind) for c in clients for kind in (FORWARD, BACKWARD)
+        }
+    assert served == {str(c) for c in CLIENTS}
+    assert strategy.round_plan is not None and strategy.round_plan.prediction.makespan > 0
+
+    aggregated, _ = strategy.aggregate_train(1, grid.send_and_receive(messages))
+    assert aggregated is not None
+    assert len(strategy.strategy.aggregated) == len(CLIENTS)
+    assert [entry["round"] for entry in strategy.history] == [1]
