@@ -379,6 +379,11 @@ class HelperRound:
 
 # -- a client's round -----------------------------------------------------------------
 
+# Not the run config's link-mbps (a mix the server draws every pair's rate from): the
+# rate drawn for this client and its helper.
+_LINK_MBPS = "emulated-link-mbps"
+_LINK_LATENCY_MS = "emulated-link-latency-ms"
+
 
 @dataclass
 class ClientRound:
@@ -429,8 +434,8 @@ class ClientRound:
             }
         )
         if self.link_mbps is not None:
-            config["link-mbps"] = float(self.link_mbps)
-            config["link-latency-ms"] = float(self.link_latency_ms or 0.0)
+            config[_LINK_MBPS] = float(self.link_mbps)
+            config[_LINK_LATENCY_MS] = float(self.link_latency_ms or 0.0)
         if self.schedule is not None:
             config.update(pack_schedule(self.schedule))
         return config
@@ -449,14 +454,14 @@ class ClientRound:
         schedule = unpack_schedule(config) if has_schedule(config) else None
         if schedule is not None and schedule.shape[1] != 1:
             raise ProtocolError(f"schedule of shape {schedule.shape} is not one column")
-        emulated = "link-mbps" in config and "helper-address" in config
+        emulated = _LINK_MBPS in config
         return cls(
             cuts=str(_get(config, "cuts", where)),
             helper_address=str(_get(config, "helper-address", where)),
             round_token=str(_get(config, "round-token", where)),
             server_round=int(_get(config, SERVER_ROUND, where)),
-            link_mbps=float(config["link-mbps"]) if emulated else None,
-            link_latency_ms=float(config.get("link-latency-ms", 0.0)) if emulated else None,
+            link_mbps=float(config[_LINK_MBPS]) if emulated else None,
+            link_latency_ms=float(config.get(_LINK_LATENCY_MS, 0.0)) if emulated else None,
             schedule=schedule,
             sample_offset=int(_get(config, "sample-offset", where)),
             client_parts=str(_get(config, "client-parts", where)),

@@ -6,7 +6,11 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from flsplit import protocol
+from flsplit.config import DEFAULT_RUN_CONFIG
+from flsplit.plan.sampling.samplers import UniformGlobalSampler
 from flsplit.protocol import (
+    SCHEDULE_COUNTS,
+    SCHEDULE_SHAPE,
     ClientResult,
     ClientRound,
     HelperResult,
@@ -16,6 +20,8 @@ from flsplit.protocol import (
     ProtocolError,
     ServedClient,
     TaskSpan,
+    pack_schedule,
+    unpack_schedule,
 )
 
 
@@ -69,7 +75,8 @@ def test_helper_round_round_trip_keeps_the_run_config_under_it():
 
 def test_client_round_round_trip_with_and_without_emulated_link():
     plain = ClientRound("conv2,fc1", "127.0.0.1:5000", "tok")
-    config = plain.to_config({"lr": 0.2})
+    # the run config's own link settings (a mix) pass through without being the link
+    config = plain.to_config({**DEFAULT_RUN_CONFIG, "lr": 0.2})
     assert config["lr"] == 0.2
     assert ClientRound.from_config(config) == plain
     linked = ClientRound("conv2,fc1", "h:1", "tok", link_mbps=30.0, link_latency_ms=5.0,
@@ -120,3 +127,17 @@ def test_a_reply_without_metrics_is_refused():
         HelperResult.from_content(RecordDict({protocol.CONFIG: ConfigRecord({})}))
     with pytest.raises(ProtocolError, match="'info'"):
         NodeReport.from_content(RecordDict({protocol.METRICS: MetricRecord({})}))
+
+
+def test_schedule_round_trips_through_config_lists() -> None:
+    sizes = [70, 30, 200, 5, 0, 113, 41]  # as in tests/unit/plan/test_sampling.py
+    counts = UniformGlobalSampler(sizes, 16, seed=2).epoch(0)
+    record = pack_schedule(counts)
+    assert all(isinstance(v, int) for v in record[SCHEDULE_COUNTS])
+    assert np.array_equal(unpack_schedule(record), counts)
+    with pytest.raises(ValueError, match=SCHEDULE_COUNTS):
+        unpack_schedule({SCHEDULE_SHAPE: [2, 2], SCHEDULE_COUNTS: [1, 2, 3]})
+    with pytest.raises(ValueError, match=SCHEDULE_SHAPE):
+        unpack_schedule({SCHEDULE_COUNTS: [1]})
+    with pytest.raises(ValueError, match="counts"):
+        pack_schedule(np.array([[-1, 2]]))

@@ -189,18 +189,3 @@ def test_sampler_from_run_config() -> None:
     assert (lds.batch_size, lds.concentration, lds.straggler_weight, lds.seed) == (64, 5.0, 1, 3)
     with pytest.raises(ValueError, match="sampler"):
         sampler_from_config({"sampler": "mine"}, SIZES)
-
-
-def test_schedule_round_trips_through_config_lists() -> None:
-    from flsplit.protocol import SCHEDULE_COUNTS, SCHEDULE_SHAPE, pack_schedule, unpack_schedule
-
-    counts = UniformGlobalSampler(SIZES, 16, seed=2).epoch(0)
-    record = pack_schedule(counts)
-    assert all(isinstance(v, int) for v in record[SCHEDULE_COUNTS])
-    assert np.array_equal(unpack_schedule(record), counts)
-    with pytest.raises(ValueError, match=SCHEDULE_COUNTS):
-        unpack_schedule({SCHEDULE_SHAPE: [2, 2], SCHEDULE_COUNTS: [1, 2, 3]})
-    with pytest.raises(ValueError, match=SCHEDULE_SHAPE):
-        unpack_schedule({SCHEDULE_COUNTS: [1]})
-    with pytest.raises(ValueError, match="counts"):
-        pack_schedule(np.array([[-1, 2]]))
