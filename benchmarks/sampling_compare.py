@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from flsplit.config import RunConfig
 from flsplit.protocol import ROUND_WALL_SECONDS, TEST_ACC
 
 RUNS = (
@@ -49,10 +50,10 @@ def straggler_slowdown(num_clients: int, fraction: float, factor: float) -> str:
 
 def steps_per_round(task: Any, config: dict[str, Any]) -> int:
     """Steps the local run takes per round: its largest client's batches per epoch."""
-    clients = int(config["num-clients"])
-    batch = int(config["batch-size"])
+    settings = RunConfig.of(config)
+    clients = settings.num_clients
     sizes = [len(task.load_data(pid, clients, config)[0].dataset) for pid in range(clients)]
-    return math.ceil(max(sizes) / batch) * int(config.get("local-epochs", 1))
+    return math.ceil(max(sizes) / settings.batch_size) * settings.local_epochs
 
 
 def run_config(

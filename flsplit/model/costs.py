@@ -306,15 +306,16 @@ def cut_costs(task: SplitTask, config: Mapping[str, Any], split: Any) -> CutCost
 
     model = task.model_fn(config)
     example = task.example_input(config)
-    pairs = cut_pairs(model, example, str(config["cut-candidates"]), split.cuts)
+    settings = RunConfig.of(config)
+    pairs = cut_pairs(model, example, settings.cut_candidates, split.cuts)
     used = {name for pair in pairs for name in pair.split(",")} | set(split.cuts)
     boundaries = [name for name in candidate_cuts(model, example) if name in used]
-    batch = torch.randn(int(config["batch-size"]), *example.shape[1:], dtype=example.dtype)
+    batch = torch.randn(settings.batch_size, *example.shape[1:], dtype=example.dtype)
     profile = profile_model(model, batch, cuts=boundaries, repeats=5, warmup=2)
     costs = CutCosts.from_profile(profile, pairs, ",".join(split.cuts))
     # A body without parameters leaves the helper nothing to train or return.
     empty = [pair for pair in pairs if costs.body_weights_kib(pair) <= 0]
-    if empty and str(config["cut-candidates"]).strip().lower() != "all":
+    if empty and settings.cut_candidates.lower() != "all":
         raise ValueError(
             f"cut-candidates item {empty[0]!r}: its body has no parameters for the helper "
             "to train; move a cut so that the body holds a layer with weights"

@@ -134,17 +134,7 @@ def partition(
     Flower Datasets' ``PathologicalPartitioner`` (``class_assignment_mode=
     "first-deterministic"``) when ``flwr-datasets`` is installed, otherwise
     :func:`pathological_partition`, the same algorithm, so the package does not need it.
-
-    Parameters
-    ----------
-    labels : np.ndarray
-        Label of every sample.
-    num_partitions : int
-        Number of partitions (clients).
-    classes_per_partition : int
-        Distinct classes per partition.
-    seed : int
-        Seed of the class draws and shuffles.
+    The parameters are :func:`pathological_partition`'s.
 
     Returns
     -------
