@@ -110,7 +110,7 @@ def measure_helper(
         _status_mib,
         serve_in_flight,
     )
-    from flsplit.model.split import split_model
+    from flsplit.model.splitting import split_model
     from flsplit.runtime.memory import peak_rss_mib
     from flsplit.runtime.worker import HelperWorker
 
@@ -247,7 +247,7 @@ def _serve_piece(spec: dict[str, Any], conn: Any) -> None:
     """Child process: serve one piece of the epoch model until its client finishes."""
     import torch
 
-    from flsplit.model.split import split_model
+    from flsplit.model.splitting import split_model
     from flsplit.runtime.auth import TokenVerifier
     from flsplit.runtime.dataplane import HelperClient, HelperServer
     from flsplit.runtime.emulation import Emulation
@@ -285,7 +285,7 @@ def epoch_time(hops: int, args: argparse.Namespace) -> float:
     import torch
     from torch import nn
 
-    from flsplit.model.split import split_model
+    from flsplit.model.splitting import split_model
     from flsplit.runtime.auth import helper_key, sign_token
     from flsplit.runtime.dataplane import HelperClient
     from flsplit.runtime.emulation import Emulation

@@ -34,7 +34,7 @@ if __name__ == "__main__":
 import torch
 from torch import nn
 
-from flsplit.model.split import SplitModel, resolve_cuts, split_model
+from flsplit.model.splitting import SplitModel, resolve_cuts, split_model
 from flsplit.model.zoo import build_model
 from flsplit.runtime.auth import TokenVerifier
 from flsplit.runtime.dataplane import HelperClient, HelperServer

@@ -105,7 +105,7 @@ def measure(mode: str, clients: int, batch: int = 32, threads: int = 2,
     import torch
     import torchvision
 
-    from flsplit.model.split import split_model
+    from flsplit.model.splitting import split_model
     from flsplit.runtime.worker import HelperWorker
 
     torch.set_num_threads(threads)

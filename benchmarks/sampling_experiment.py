@@ -117,7 +117,7 @@ def train_run(
     import torch
 
     from benchmarks.syncstep import ClientParts, SynchronousStep
-    from flsplit.model.split import split_model
+    from flsplit.model.splitting import split_model
     from flsplit.model.zoo import SmallCNN
 
     torch.manual_seed(seed)

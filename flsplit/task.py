@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from flsplit.config import RunConfig
-from flsplit.model.split import SplitModel, parse_cuts, split_model
+from flsplit.model.splitting import SplitModel, parse_cuts, split_model
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 OptimizerFn = Callable[[Iterable[nn.Parameter], Mapping[str, Any]], torch.optim.Optimizer]

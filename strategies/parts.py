@@ -54,7 +54,7 @@ class ModelParts:
 
 
 def keys_of_split(parts: Any, model: Any = None, example_input: Any = None) -> tuple[str, KeysFn]:
-    """The cuts of a :class:`flsplit.model.split.SplitModel` and a ``part_keys`` function.
+    """The cuts of a :class:`flsplit.model.splitting.SplitModel` and a ``part_keys`` function.
 
     Other cuts than the split's own are traced on ``model`` (with ``example_input``).
 
@@ -63,7 +63,7 @@ def keys_of_split(parts: Any, model: Any = None, example_input: Any = None) -> t
     ValueError
         From the returned function, for other cuts when no ``model`` was given.
     """
-    from flsplit.model.split import parse_cuts, part_state_keys
+    from flsplit.model.splitting import parse_cuts, part_state_keys
 
     own = ",".join(parts.cuts)
     own_keys = [parts.part_keys(i) for i in range(len(parts.parts))]

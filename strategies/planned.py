@@ -125,7 +125,7 @@ class PlannedSplitStrategy(SplitStrategy):
             (``local_epochs``, ``output_dir``, ``round_timeout``, ...).
         """
         from flsplit.model.costs import measure_part_costs
-        from flsplit.model.split import parse_cuts, split_model
+        from flsplit.model.splitting import parse_cuts, split_model
 
         parts = split_model(model, parse_cuts(cuts), example_input)
         costs = measure_part_costs(model, example_input, parts.cuts, batch_size)

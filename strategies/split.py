@@ -67,7 +67,7 @@ class SplitStrategy(Strategy):
     ----------
     part_keys : callable
         ``part_keys(cuts)`` returns the ``state_dict`` keys of every part for cuts such as
-        ``"conv2,fc2"`` (e.g. from :func:`flsplit.model.split.part_state_keys`).
+        ``"conv2,fc2"`` (e.g. from :func:`flsplit.model.splitting.part_state_keys`).
     cuts : str
         The default cut points, as sent to the nodes (comma-separated module names);
         :meth:`client_cuts` may choose others per client. More than two cuts make every
@@ -162,7 +162,7 @@ class SplitStrategy(Strategy):
         **kwargs
             Further arguments of :class:`SplitStrategy`.
         """
-        from flsplit.model.split import parse_cuts, split_model
+        from flsplit.model.splitting import parse_cuts, split_model
 
         parts = split_model(model, parse_cuts(cuts), example_input)
         return cls.from_split(parts, model, example_input, strategy=strategy, **kwargs)
@@ -171,7 +171,7 @@ class SplitStrategy(Strategy):
     def from_split(
         cls, parts: Any, model: Any = None, example_input: Any = None, **kwargs: Any
     ) -> SplitStrategy:
-        """Build the strategy from a :class:`flsplit.model.split.SplitModel` (and, for other
+        """Build the strategy from a :class:`flsplit.model.splitting.SplitModel` (and, for other
         cut pairs than its own, the model it came from)."""
         own, keys_for = keys_of_split(parts, model, example_input)
         return cls(part_keys=keys_for, cuts=own, **kwargs)

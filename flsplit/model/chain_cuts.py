@@ -7,7 +7,7 @@ Run-config keys (read and checked by :func:`flsplit.config.chain_settings`):
   ``chain-length`` pieces, one per helper of its chain.
 - ``chain-cuts``: the ``chain-length - 1`` inner cuts, comma-separated module names or
   candidate indices strictly between the outer cuts, or ``"auto"``: the block-level
-  candidate cuts (:func:`flsplit.model.split.candidate_cuts`) between the outer cuts that make
+  candidate cuts (:func:`flsplit.model.splitting.candidate_cuts`) between the outer cuts that make
   the memory a client's piece needs on its helper as even as possible (least largest
   piece): three times its parameter bytes (weights, gradients, momentum) plus the
   activations autograd keeps for the backward at the training batch size
@@ -152,7 +152,7 @@ def chain_cut_names(
     """
     import torch
 
-    from flsplit.model.split import candidate_cuts, parse_cuts, resolve_cuts, split_model
+    from flsplit.model.splitting import candidate_cuts, parse_cuts, resolve_cuts, split_model
 
     outer = tuple(outer)
     if len(outer) != 2:

@@ -250,7 +250,7 @@ def cut_pairs(model: Any, example_input: Any, candidates: str, default: Sequence
     ValueError
         Naming the item that is not a valid pair of cuts.
     """
-    from flsplit.model.split import candidate_cuts, resolve_cuts
+    from flsplit.model.splitting import candidate_cuts, resolve_cuts
     from flsplit.task import parse_cuts
 
     if candidates.strip().lower() == "all":
@@ -302,7 +302,7 @@ def cut_costs(task: SplitTask, config: Mapping[str, Any], split: Any) -> CutCost
     import torch
 
     from flsplit.model.profile import profile_model
-    from flsplit.model.split import candidate_cuts
+    from flsplit.model.splitting import candidate_cuts
 
     model = task.model_fn(config)
     example = task.example_input(config)

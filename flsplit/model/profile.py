@@ -1,6 +1,6 @@
 """Per-layer training costs of a model on this machine, in the shared profile format.
 
-The model is split at every candidate cut (:func:`flsplit.model.split.candidate_cuts`); each
+The model is split at every candidate cut (:func:`flsplit.model.splitting.candidate_cuts`); each
 segment is one profiled "layer". For every segment the profiler measures, per batch,
 forward, backward and update (SGD step) time, the size of its output activation (what
 crosses a cut placed after it), its parameter size, and the memory it needs while
@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from flsplit.model.split import candidate_cuts, split_model
+from flsplit.model.splitting import candidate_cuts, split_model
 from flsplit.runtime.memory import peak_rss_mib, tensor_nbytes
 
 KIB = 1024.0

@@ -16,7 +16,7 @@ from flwr.supercore import log
 
 from flsplit.config import RunConfig
 from flsplit.model.costs import CutCosts, cut_costs, part_costs
-from flsplit.model.split import parse_cuts, part_state_keys
+from flsplit.model.splitting import parse_cuts, part_state_keys
 from flsplit.runtime.emulation import LinkTable
 from flsplit.server.round_planner import FIXED_CUT_METHODS, RoundPlanner
 from flsplit.task import SplitTask

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from benchmarks.syncstep import ClientParts, SynchronousStep
-from flsplit.model.split import split_model
+from flsplit.model.splitting import split_model
 from flsplit.model.zoo import SmallCNN
 
 CUTS = ("conv2", "fc2")  # head conv1; body conv2 .. fc1 with BatchNorm; tail fc2

@@ -8,7 +8,7 @@ import torch
 
 from flsplit.model.presets import PRESETS, preset
 from flsplit.model.profile import profile_model, validate_profile, write_profile
-from flsplit.model.split import candidate_cuts
+from flsplit.model.splitting import candidate_cuts
 from flsplit.model.zoo import SmallCNN
 from tests.paths import SHARED_PROFILES
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from flsplit.model.split import split_model
+from flsplit.model.splitting import split_model
 from flsplit.model.zoo import SmallCNN
 from flsplit.runtime import wire
 from flsplit.runtime.auth import TokenVerifier, helper_key, new_run_secret, sign_token

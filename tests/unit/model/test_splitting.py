@@ -1,4 +1,4 @@
-"""Tests for flsplit.model.split: cut points, key partition and exactness of split training."""
+"""Tests for flsplit.model.splitting: cut points, key partition and exactness of split training."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from torch import nn
 from torchvision import models
 
-from flsplit.model.split import (
+from flsplit.model.splitting import (
     SplitModel,
     candidate_cuts,
     part_state_keys,
