@@ -169,6 +169,32 @@ def log_roles(nodes: Mapping[int, NodeInfo]) -> None:
     )
 
 
+def check_roles(nodes: Mapping[int, NodeInfo], num_helpers: int) -> None:
+    """Refuse a simulation in which every node is a helper, naming the setting to change.
+
+    In simulation all virtual nodes answer discovery at once and the first
+    ``num-helpers`` of them are helpers, so none left to be a client is a setting, not a
+    node still starting (in deployment a helper may start before its clients: nothing is
+    refused there).
+
+    Raises
+    ------
+    RuntimeError
+        If every node is a simulated helper.
+    """
+    simulated = [n for n in nodes.values() if n.report and n.report.simulation_concurrency]
+    if not nodes or len(simulated) < len(nodes) or with_role(nodes, ROLE_CLIENT):
+        return
+    message = (
+        f"all {len(nodes)} simulated nodes are helpers: run config num-helpers={num_helpers} "
+        "leaves no node to be a client; lower num-helpers, or start more nodes (flwr run "
+        "--federation-config 'num-supernodes=<num-helpers + clients>', or num-clients with "
+        "flsplit simulate)"
+    )
+    log(ERROR, message)
+    raise RuntimeError(message)
+
+
 def check_concurrency(nodes: Mapping[int, NodeInfo]) -> None:
     """Refuse a simulation whose backend cannot run every helper and a client at once.
 

@@ -47,6 +47,7 @@ from strategies.discovery import (
     NodeGrid,
     NodeInfo,
     check_concurrency,
+    check_roles,
     clients_needed,
     log_roles,
     query_nodes,
@@ -176,6 +177,14 @@ class SplitStrategy(Strategy):
         own, keys_for = keys_of_split(parts, model, example_input)
         return cls(part_keys=keys_for, cuts=own, **kwargs)
 
+    def __getattr__(self, name: str) -> Any:
+        # Reached only for names SplitStrategy lacks: the wrapped strategy's own attributes
+        # and methods, so an app that configures the strategy it built keeps working.
+        inner = self.__dict__.get("strategy")
+        if inner is None or name.startswith("__"):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(inner, name)
+
     def part_keys(self, cuts: str) -> tuple[list[str], list[str], list[str]]:
         """Head, body and tail ``state_dict`` keys for ``cuts`` (cached); the body is every
         piece of a chain together."""
@@ -210,6 +219,7 @@ class SplitStrategy(Strategy):
         unanswered = query_nodes(grid, self.nodes, node_ids, self.query_timeout)
         self._known_ids = frozenset(node_ids) - frozenset(unanswered)
         if self.split:
+            check_roles(self.nodes, self.run_config.num_helpers)
             check_concurrency(self.nodes)
         log_roles(self.nodes)
 

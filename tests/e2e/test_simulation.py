@@ -60,6 +60,23 @@ def test_a_backend_too_small_for_the_helpers_fails_fast_with_a_clear_message():
     assert not finished
 
 
+def test_a_simulation_with_only_helpers_names_num_helpers():
+    """flwr run with num-supernodes <= num-helpers: the refusal says no node is a client."""
+    from flwr.simulation import run_simulation
+
+    from flsplit.client.app import make_client_app
+    from flsplit.server.app import make_server_app
+
+    config = TASK.config({"num-helpers": 2, "num-server-rounds": 1})
+    with pytest.raises(RuntimeError, match="num-helpers=2 leaves no node to be a client"):
+        run_simulation(
+            server_app=make_server_app(TASK, config),
+            client_app=make_client_app(TASK, config),
+            num_supernodes=2,
+            backend_config={"init_args": {"num_cpus": 2}, "client_resources": {"num_cpus": 1}},
+        )
+
+
 def test_clients_with_different_cuts_train_in_the_same_round():
     """One helper holds bodies of different depths; every part of the model trains."""
     from flwr.app import ArrayRecord, ConfigRecord

@@ -20,9 +20,11 @@ from flsplit.protocol import (
     TRAIN_LOSS,
     ClientRound,
     HelperRound,
+    NodeReport,
 )
 from flsplit.runtime.auth import TokenVerifier
 from strategies import SplitStrategy
+from strategies.discovery import NodeInfo, check_roles
 from tests.unit.strategies.fake_grid import FakeGrid, FakeNode
 
 HELPERS = (11, 12)
@@ -218,3 +220,29 @@ def test_plain_federated_mode_sends_the_full_model_to_clients_only():
     assert {m.metadata.dst_node_id for m in messages} == set(CLIENTS)
     assert all(m.content[CONFIG][MODE] == "fedavg" for m in messages)
     assert set(messages[0].content[ARRAYS].keys()) == set(strategy.full_keys)
+
+
+def test_the_wrapped_strategy_stays_reachable_through_the_split_strategy():
+    class AppStrategy(RecordingFedAvg):
+        def set_results_path(self, path):
+            self.results_path = path
+
+    inner = AppStrategy(fraction_evaluate=0.25)
+    strategy = SplitStrategy.for_model(SmallCNN(), torch.zeros(2, 1, 8, 8), "conv2,fc2", inner)
+    strategy.set_results_path("out/results.json")  # the app's own method, on the wrapper
+    assert inner.results_path == "out/results.json"
+    assert strategy.fraction_evaluate == 0.25 and strategy.min_train_nodes == 1
+    with pytest.raises(AttributeError, match="no attribute 'not_there'"):
+        _ = strategy.not_there
+
+
+def test_a_simulation_without_a_client_names_num_helpers():
+    reports = {
+        n: NodeInfo(n, ROLE_HELPER, report=NodeReport(ROLE_HELPER, simulation_concurrency=6))
+        for n in (1, 2)
+    }
+    with pytest.raises(RuntimeError, match="num-helpers=2 leaves no node to be a client"):
+        check_roles(reports, 2)
+    check_roles({**reports, 3: NodeInfo(3, ROLE_CLIENT)}, 2)  # a client: fine
+    deployed = {n: NodeInfo(n, ROLE_HELPER, report=NodeReport(ROLE_HELPER)) for n in (1, 2)}
+    check_roles(deployed, 2)  # deployment: clients may still be starting
