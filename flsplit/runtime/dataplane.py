@@ -322,7 +322,15 @@ class HelperServer:
     def _serve(self, request: bytes, op: str) -> bytes:
         received = time.perf_counter()
         frame = self._admit(request, op)
+        if frame.optim is not None and self.relay.relays(frame.client):
+            raise _StatusError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "a chain of helpers cannot follow the client's own optimizer; train with "
+                "flsplit's own loop (no train_fn) or without chains",
+            )
         if op == "finish":
+            if frame.optim:  # the client's last optimizer step rides on its finish
+                self._run_task(frame, "optim", received)
             relay_error = None
             if self.relay.relays(frame.client):
                 try:
@@ -342,7 +350,9 @@ class HelperServer:
 
     def _submit(self, frame: wire.Frame, op: str) -> futures.Future:
         """Queue the frame's task on the worker."""
-        return self.worker.submit(frame.client, op, frame.tensor, frame.micro, frame.micros)
+        return self.worker.submit(
+            frame.client, op, frame.tensor, frame.micro, frame.micros, frame.optim
+        )
 
     def _run_task(self, frame: wire.Frame, op: str, received: float) -> bytes:
         """Submit the frame's task (a chain's gradient goes to the next hop first), wait

@@ -68,6 +68,13 @@ class Emulation:
         """Time the enclosed compute step and stretch it to ``compute_factor`` times."""
         start, cpu_start = time.perf_counter(), time.process_time()
         yield
+        self.stretch(start, cpu_start)
+
+    def stretch(self, start: float, cpu_start: float) -> None:
+        """Stretch the compute since ``start`` (``time.perf_counter()``) and ``cpu_start``
+        (``time.process_time()``) to ``compute_factor`` times; for compute that a
+        ``with`` block cannot enclose, such as a user's own training loop between two
+        data-plane calls."""
         if self.compute_factor > 1.0:
             wall = time.perf_counter() - start
             own = min(wall, time.process_time() - cpu_start)

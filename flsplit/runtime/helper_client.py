@@ -99,14 +99,20 @@ class HelperClient:
             for name in ("Forward", "Backward", "Finish", "Sync")
         }
 
-    def forward(self, activation: torch.Tensor, step: int | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        activation: torch.Tensor,
+        step: int | None = None,
+        optim: list[list] | None = None,
+    ) -> torch.Tensor:
         """Send cut-1 activations; return the body output.
 
         ``step`` names the global step in synchronous-step mode; by default the client's
-        own batch counter goes up by one.
+        own batch counter goes up by one. ``optim``: the client's optimizer events since
+        its last frame (its own training loop; see :mod:`flsplit.runtime.wire`).
         """
         self.step = self.step + 1 if step is None else int(step)
-        return self._call("Forward", "fwd", activation)
+        return self._call("Forward", "fwd", activation, optim)
 
     def call(
         self,
@@ -143,10 +149,13 @@ class HelperClient:
         """
         return self._request(_METHODS[op], op, tensor, step, micro, micros)
 
-    def backward(self, grad_output: torch.Tensor) -> torch.Tensor:
+    def backward(
+        self, grad_output: torch.Tensor, optim: list[list] | None = None
+    ) -> torch.Tensor:
         """Send the gradient at cut 2 (of the last forward's step); return the gradient
-        at cut 1."""
-        return self._call("Backward", "bwd", grad_output)
+        at cut 1. With ``optim`` (even empty) the helper only accumulates the gradient: the
+        client's optimizer events step its body."""
+        return self._call("Backward", "bwd", grad_output, optim)
 
     def sync(self, step: int, tensor: torch.Tensor | None = None) -> torch.Tensor:
         """Synchronous-step mode: post this client's head and tail gradient of its last
@@ -158,9 +167,10 @@ class HelperClient:
             raise DataPlaneError(f"helper {self.address} answered Sync without a tensor")
         return result
 
-    def finish(self) -> None:
-        """Tell the helper this client is done for the round."""
-        self._call("Finish", "finish", None)
+    def finish(self, optim: list[list] | None = None) -> None:
+        """Tell the helper this client is done for the round (after applying ``optim``,
+        the client's last optimizer events)."""
+        self._call("Finish", "finish", None, optim)
 
     def connect(self) -> None:
         """Wait until the helper's data plane accepts the connection (within the deadline).
@@ -185,8 +195,14 @@ class HelperClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: str, op: str, tensor: torch.Tensor | None) -> torch.Tensor | None:
-        result, network, service = self._request(method, op, tensor, self.step)
+    def _call(
+        self,
+        method: str,
+        op: str,
+        tensor: torch.Tensor | None,
+        optim: list[list] | None = None,
+    ) -> torch.Tensor | None:
+        result, network, service = self._request(method, op, tensor, self.step, optim=optim)
         self.last_network_seconds, self.last_service_seconds = network, service
         return result
 
@@ -198,9 +214,13 @@ class HelperClient:
         step: int,
         micro: int = 0,
         micros: int = 1,
+        optim: list[list] | None = None,
     ) -> tuple[torch.Tensor | None, float, float]:
         request = wire.encode(
-            wire.Frame(op, self.client, self.token, step, tensor, micro=micro, micros=micros)
+            wire.Frame(
+                op, self.client, self.token, step, tensor, micro=micro, micros=micros,
+                optim=optim,
+            )
         )
         start = time.perf_counter()
         try:

@@ -11,6 +11,7 @@ from typing import Any
 from flsplit.runtime import wire
 from flsplit.runtime.dataplane import HelperServer
 from flsplit.runtime.sync_helper import SyncWorker
+from flsplit.runtime.worker import TaskError
 
 
 class SyncHelperServer(HelperServer):
@@ -39,6 +40,11 @@ class SyncHelperServer(HelperServer):
         return self._in_flight.get(client, 0) > 0
 
     def _submit(self, frame: wire.Frame, op: str) -> Future:
+        if frame.optim is not None:
+            raise TaskError(
+                "synchronous steps (global sampling) step the body on the helper; they "
+                "cannot follow a client's own optimizer"
+            )
         return self.worker.submit_step(frame.client, op, frame.step, frame.tensor)
 
     def _serve(self, request: bytes, op: str) -> bytes:

@@ -21,6 +21,13 @@ The header is a UTF-8 JSON object with the fields
   batch's micro-batches and steps once, after the last of them. Frames without these
   fields are a batch of one micro-batch, as before they existed; :func:`encode` leaves
   them out then, so receivers that predate them read such frames unchanged.
+- ``optim`` (optional, ``fwd``, ``bwd`` and ``finish`` frames of a client whose own
+  training loop drives the body's optimizer, :mod:`flsplit.runtime.remote_body`): the
+  optimizer events since the client's last frame, applied to its body in order before
+  the frame's task: ``["zero"]`` (clear the body's gradients) or
+  ``["step", CLASS, HYPERPARAMETERS]`` (step the body with ``torch.optim.CLASS`` and those
+  hyperparameters). A ``bwd`` frame with the field (even an empty list) only adds its
+  gradients to the body's; the body steps on ``step`` events alone.
 
 The payload is the tensor's raw bytes in C order, exactly ``nbytes`` long. Every field is
 checked before any byte of the payload is interpreted: allowed dtypes only, a bounded
@@ -47,6 +54,9 @@ MAX_DIM = 2**40
 MAX_ID_CHARS = 256
 MAX_TOKEN_CHARS = 512
 MAX_MICROS = 4096
+MAX_OPTIM_EVENTS = 64
+MAX_HYPERPARAMETERS = 32
+MAX_NAME_CHARS = 64
 OPS = ("fwd", "bwd", "finish", "result", "sync")
 
 DTYPES: dict[str, torch.dtype] = {
@@ -94,6 +104,7 @@ class Frame:
     service_ms: float = 0.0
     micro: int = 0
     micros: int = 1
+    optim: list[list] | None = None
 
 
 def encode(frame: Frame) -> bytes:
@@ -125,6 +136,8 @@ def encode(frame: Frame) -> bytes:
     if frame.micros != 1 or frame.micro != 0:
         _check_micro(frame.micro, frame.micros)
         fields["micro"], fields["micros"] = frame.micro, frame.micros
+    if frame.optim is not None:
+        fields["optim"] = check_optim_events(frame.optim)
     header = json.dumps(fields, separators=(",", ":")).encode()
     return _PREFIX.pack(MAGIC, len(header)) + header + payload
 
@@ -262,6 +275,7 @@ def decode_header(data: bytes, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
         if not isinstance(value, int) or isinstance(value, bool):
             raise FrameError(f"header field {name!r} must be int, got {_short(value, 40)}")
     _check_micro(micro, micros)
+    optim = header.get("optim")
     frame = Frame(
         op=op,
         client=client,
@@ -270,6 +284,7 @@ def decode_header(data: bytes, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
         service_ms=float(service_ms),
         micro=micro,
         micros=micros,
+        optim=None if optim is None else check_optim_events(optim),
     )
     payload = memoryview(data)[_PREFIX.size + header_len :]
     spec = header.get("tensor")
@@ -337,3 +352,58 @@ def _tensor_layout(spec: object, payload: memoryview) -> tuple[torch.dtype, tupl
     if len(payload) != expected:
         raise FrameError(f"payload has {len(payload)} bytes, header announces {expected}")
     return dtype, tuple(shape)
+
+
+def check_optim_events(events: object) -> list[list]:
+    """Validate a frame's ``optim`` field and return it with lists as they were.
+
+    Raises
+    ------
+    FrameError
+        If it is not a list of at most :data:`MAX_OPTIM_EVENTS` events, each ``["zero"]``
+        or ``["step", name, hyperparameters]`` with a short identifier as ``name`` and at
+        most :data:`MAX_HYPERPARAMETERS` hyperparameters, each a finite number, a bool,
+        ``null`` or a list of at most 4 finite numbers.
+    """
+    if not isinstance(events, list) or len(events) > MAX_OPTIM_EVENTS:
+        raise FrameError(
+            f"header field 'optim' must be a list of at most {MAX_OPTIM_EVENTS} events, "
+            f"got {_short(events, 60)}"
+        )
+    for event in events:
+        if event == ["zero"]:
+            continue
+        if not (isinstance(event, list) and len(event) == 3 and event[0] == "step"):
+            raise FrameError(
+                f"optim event {_short(event, 60)} is not [\"zero\"] or [\"step\", name, {{...}}]"
+            )
+        name, hyper = event[1], event[2]
+        if not isinstance(name, str) or not name.isidentifier() or len(name) > MAX_NAME_CHARS:
+            raise FrameError(f"optim step names no optimizer class: {_short(name, 60)}")
+        if not isinstance(hyper, dict) or len(hyper) > MAX_HYPERPARAMETERS:
+            raise FrameError(
+                f"optim step hyperparameters must be an object of at most "
+                f"{MAX_HYPERPARAMETERS} entries, got {_short(hyper, 60)}"
+            )
+        for key, value in hyper.items():
+            if not key.isidentifier() or len(key) > MAX_NAME_CHARS:
+                raise FrameError(f"optim hyperparameter name {_short(key, 60)} is not valid")
+            if not _hyper_value_ok(value):
+                raise FrameError(
+                    f"optim hyperparameter {key}={_short(value, 60)} is not a finite number, "
+                    "bool, null or short list of numbers"
+                )
+    return events
+
+
+def _hyper_value_ok(value: object) -> bool:
+    if value is None or isinstance(value, bool):
+        return True
+    if isinstance(value, int | float):
+        return math.isfinite(value) and abs(value) < 1e300
+    if isinstance(value, list):
+        return len(value) <= 4 and all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            for v in value
+        )
+    return False

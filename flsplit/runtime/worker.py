@@ -24,6 +24,22 @@ normalises each micro-batch on its own). ``"shared"`` mode takes batches of one
 micro-batch only (its optimizer is shared, so accumulating across clients would mix
 their gradients).
 
+The client's own optimizer
+--------------------------
+A client whose own training loop trains the split model
+(:mod:`flsplit.runtime.remote_body`) sends its optimizer's events with its frames (the
+``optim`` field of :mod:`flsplit.runtime.wire`). Its body then follows them: a backward
+task only adds its gradients, a ``zero`` event clears them and a ``step`` event steps the
+body with the client's optimizer class and hyperparameters (the learning rate a scheduler
+set included), one optimizer kept across steps so momentum and Adam's moments carry on.
+Only ``torch.optim`` classes are built (a class name from the network never imports
+anything) and only in ``"per-client"`` mode, whole batches.
+
+A proximal term (``proximal_mu``, FedProx's ``proximal-mu`` of the round) adds
+``mu * (w - w_round_start)`` to the body's gradients before every step, the gradient of
+``mu / 2 * ||w - w_round_start||^2``, the term a FedProx client adds to its loss for the
+weights it holds.
+
 Memory modes (``memory_mode``)
 ------------------------------
 ``"per-client"`` (default)
@@ -54,6 +70,7 @@ from __future__ import annotations
 
 import copy
 import heapq
+import inspect
 import itertools
 import threading
 import time
@@ -93,6 +110,9 @@ class ClientBody:
     recompute: bool = False
     rng_state: tuple[torch.Tensor, torch.Tensor | None] | None = None
     accumulated: int = 0
+    follow: bool = False
+    followed: str | None = None
+    anchor: list[torch.Tensor] | None = None
     batches: int = 0
     examples: int = 0
     busy_seconds: float = 0.0
@@ -119,6 +139,7 @@ class _Task:
     future: Future = field(compare=False)
     micro: int = field(default=0, compare=False)
     micros: int = field(default=1, compare=False)
+    optim: list[list] | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -161,6 +182,9 @@ class HelperWorker:
         forward and backward. ``"shared"``: clients given the same module object share
         it and one optimizer, and the forward is recomputed at backward time from the
         kept input (see the module docstring for what each step equals).
+    proximal_mu : float
+        FedProx's ``mu``: the gradient of ``mu / 2 * ||w - w0||^2`` (``w0``: the weights the
+        round started from) is added to the body's before every step (0: none).
     """
 
     def __init__(
@@ -172,7 +196,11 @@ class HelperWorker:
         input_specs: Mapping[str, TensorSpec] | None = None,
         max_batch: int | None = None,
         memory_mode: str = "per-client",
+        proximal_mu: float = 0.0,
     ) -> None:
+        if proximal_mu < 0:
+            raise ValueError(f"proximal_mu={proximal_mu} must be >= 0")
+        self.proximal_mu = float(proximal_mu)
         if memory_mode not in MEMORY_MODES:
             raise ValueError(
                 f"memory_mode: {memory_mode!r} is not one of {', '.join(MEMORY_MODES)}"
@@ -195,6 +223,8 @@ class HelperWorker:
             self.bodies[client] = ClientBody(
                 module, optimizer, input_spec=specs.get(client), recompute=shared
             )
+            if self.proximal_mu > 0:
+                self.bodies[client].anchor = [p.detach().clone() for p in module.parameters()]
         self._rank = {tuple(task): i for i, task in enumerate(order or [])}
         self._unranked = len(self._rank)
         self._queue: list[_Task] = []
@@ -280,7 +310,13 @@ class HelperWorker:
         return total
 
     def check(
-        self, client: str, kind: str, tensor: torch.Tensor, micro: int = 0, micros: int = 1
+        self,
+        client: str,
+        kind: str,
+        tensor: torch.Tensor | None,
+        micro: int = 0,
+        micros: int = 1,
+        optim: list[list] | None = None,
     ) -> None:
         """Check that ``tensor`` fits a ``kind`` task of ``client`` right now.
 
@@ -292,20 +328,29 @@ class HelperWorker:
             The activation (forward) or the gradient of the output (backward).
         micro, micros : int
             Micro-batch ``micro`` of ``micros`` in the client's batch.
+        optim : list, optional
+            The client's optimizer events to apply first (its own training loop).
 
         Raises
         ------
         TaskError
             Unknown client or kind, a backward task without a pending forward, or
-            micro-batches in ``"shared"`` mode.
+            micro-batches in ``"shared"`` mode, or optimizer events where they cannot be
+            followed.
         InputError
             The tensor's shape or dtype does not fit; names the field.
         """
         state = self.bodies.get(client)
         if state is None:
             raise TaskError(f"client {client!r:.80} is not served by this helper")
-        if kind not in ("fwd", "bwd"):
-            raise TaskError(f"task kind {kind!r:.20} is not 'fwd' or 'bwd'")
+        if kind not in ("fwd", "bwd", "optim"):
+            raise TaskError(f"task kind {kind!r:.20} is not 'fwd', 'bwd' or 'optim'")
+        if optim is not None:
+            _check_followable(state, optim, micros)
+        if kind == "optim":
+            return
+        if tensor is None:
+            raise InputError(f"a {kind} task needs a tensor")
         if not 0 <= micro < micros:
             raise TaskError(f"micro-batch {micro} is not in [0, {micros})")
         if micros > 1 and state.recompute:
@@ -328,7 +373,13 @@ class HelperWorker:
             state.input_spec.check(tensor)
 
     def submit(
-        self, client: str, kind: str, tensor: torch.Tensor, micro: int = 0, micros: int = 1
+        self,
+        client: str,
+        kind: str,
+        tensor: torch.Tensor | None,
+        micro: int = 0,
+        micros: int = 1,
+        optim: list[list] | None = None,
     ) -> Future:
         """Check a ``"fwd"`` or ``"bwd"`` task (:meth:`check`) and queue it.
 
@@ -341,13 +392,16 @@ class HelperWorker:
         micro, micros : int
             Micro-batch ``micro`` of ``micros`` in the client's batch; the body steps
             after the batch's ``micros``-th backward.
+        optim : list, optional
+            The client's optimizer events, applied before the task (kind ``"optim"``:
+            nothing else); see the module docstring.
 
         Returns
         -------
         Future
             Resolves to the output tensor.
         """
-        self.check(client, kind, tensor, micro, micros)
+        self.check(client, kind, tensor, micro, micros, optim)
         future: Future = Future()
         rank = self._rank.get((client, kind), self._unranked)
         with self._cond:
@@ -357,7 +411,7 @@ class HelperWorker:
                 self._queue,
                 _Task(
                     rank, next(self._seq), time.time(), client, kind, tensor, future,
-                    micro, micros,
+                    micro, micros, optim,
                 ),
             )
             self._cond.notify()
@@ -403,17 +457,55 @@ class HelperWorker:
             if state is not None:
                 state.busy_seconds += end - start
 
-    def _execute(self, task: _Task) -> torch.Tensor:
+    def _execute(self, task: _Task) -> torch.Tensor | None:
         state = self.bodies.get(task.client)
         if state is None:
             raise TaskError(f"client {task.client!r} was dropped")
+        if task.optim is not None:
+            state.follow = True
+            self._apply_events(state, task.optim)
+        if task.kind == "optim":
+            return None
         if task.kind == "fwd":
             if state.recompute:
                 return self._forward_lean(state, task.tensor)
             return self._forward(state, task.tensor, task.micro)
         if state.recompute:
-            return self._backward_lean(state, task.tensor)
-        return self._backward(state, task.tensor, task.micro, task.micros)
+            return self._backward_lean(state, task.tensor, self._add_proximal)
+        return self._backward(state, task.tensor, task.micro, task.micros, self._add_proximal)
+
+    def _apply_events(self, state: ClientBody, events: list[list]) -> None:
+        """Apply a client's optimizer events to its body, in order."""
+        for event in events:
+            if event[0] == "zero":
+                state.module.zero_grad(set_to_none=True)
+                continue
+            _, name, hyper = event
+            values = {k: tuple(v) if isinstance(v, list) else v for k, v in hyper.items()}
+            if state.followed != name:
+                cls = optimizer_class(name)
+                accepted = inspect.signature(cls).parameters
+                try:
+                    state.optimizer = cls(
+                        state.module.parameters(),
+                        **{k: v for k, v in values.items() if k in accepted and k != "params"},
+                    )
+                except (TypeError, ValueError) as err:
+                    raise InputError(f"torch.optim.{name} refused {hyper}: {err}") from None
+                state.followed = name
+            for group in state.optimizer.param_groups:
+                group.update(values)
+            self._add_proximal(state)
+            state.optimizer.step()
+
+    def _add_proximal(self, state: ClientBody) -> None:
+        """Add FedProx's proximal gradient ``mu * (w - w0)`` to the body's gradients."""
+        if state.anchor is None:
+            return
+        with torch.no_grad():
+            for param, start in zip(state.module.parameters(), state.anchor, strict=True):
+                if param.grad is not None:
+                    param.grad.add_(param - start, alpha=self.proximal_mu)
 
     @staticmethod
     def _forward_lean(state: ClientBody, activation: torch.Tensor) -> torch.Tensor:
@@ -430,7 +522,11 @@ class HelperWorker:
         return out
 
     @staticmethod
-    def _backward_lean(state: ClientBody, grad_output: torch.Tensor) -> torch.Tensor:
+    def _backward_lean(
+        state: ClientBody,
+        grad_output: torch.Tensor,
+        before_step: Callable[[ClientBody], None] = lambda state: None,
+    ) -> torch.Tensor:
         saved, meta = state.pending_input, state.pending_output
         if saved is None or meta is None or state.rng_state is None:
             raise TaskError("backward task without a preceding forward task")
@@ -455,6 +551,7 @@ class HelperWorker:
         with torch.no_grad():  # the forward task already updated them (after backward:
             for buffer, value in buffers:  # autograd may have saved them)
                 buffer.copy_(value)
+        before_step(state)
         state.optimizer.step()
         state.optimizer.zero_grad(set_to_none=True)
         state.inputs.clear()
@@ -477,7 +574,11 @@ class HelperWorker:
 
     @staticmethod
     def _backward(
-        state: ClientBody, grad_output: torch.Tensor, micro: int = 0, micros: int = 1
+        state: ClientBody,
+        grad_output: torch.Tensor,
+        micro: int = 0,
+        micros: int = 1,
+        before_step: Callable[[ClientBody], None] = lambda state: None,
     ) -> torch.Tensor:
         inp, out = state.inputs.get(micro), state.outputs.get(micro)
         if out is None or inp is None:
@@ -487,6 +588,13 @@ class HelperWorker:
                 f"gradient shape {tuple(grad_output.shape)} does not match the body output "
                 f"shape {tuple(out.shape)}"
             )
+        if state.follow:  # the client's optimizer events zero and step the body
+            out.backward(grad_output.to(out.dtype))
+            del state.inputs[micro], state.outputs[micro]
+            state.examples += int(inp.shape[0])
+            state.batches += 1
+            grad = inp.grad
+            return grad if grad is not None else torch.zeros_like(inp)
         if state.accumulated == 0:  # the batch's first backward: start from no gradient
             state.optimizer.zero_grad(set_to_none=True)
         out.backward(grad_output.to(out.dtype))
@@ -494,6 +602,7 @@ class HelperWorker:
         state.accumulated += 1
         state.examples += int(inp.shape[0])
         if state.accumulated >= micros:  # the batch's last micro-batch: one step
+            before_step(state)
             state.optimizer.step()
             state.accumulated = 0
             state.batches += 1
@@ -506,3 +615,46 @@ def _same_spec(
 ) -> dict[str, TensorSpec] | None:
     """The same input spec for every client (``None``: learn each from its first forward)."""
     return dict.fromkeys(clients, spec) if spec is not None else None
+
+
+#: ``torch.optim`` classes a body can follow; LBFGS needs the loss closure of the client.
+_UNFOLLOWABLE = ("LBFGS",)
+
+
+def optimizer_class(name: str) -> type[torch.optim.Optimizer]:
+    """The ``torch.optim`` optimizer class called ``name``.
+
+    Raises
+    ------
+    InputError
+        If ``torch.optim`` has no such optimizer class or it cannot be followed.
+    """
+    cls = getattr(torch.optim, name, None)
+    if (
+        not isinstance(cls, type)
+        or not issubclass(cls, torch.optim.Optimizer)
+        or cls is torch.optim.Optimizer
+        or name in _UNFOLLOWABLE
+    ):
+        raise InputError(
+            f"optimizer {name!r} cannot be followed on the helper: the body follows "
+            f"torch.optim optimizers except {', '.join(_UNFOLLOWABLE)}"
+        )
+    return cls
+
+
+def _check_followable(state: ClientBody, events: list[list], micros: int) -> None:
+    if state.recompute:
+        raise TaskError(
+            "the client's own training loop drives the body's optimizer, which the "
+            "helper's 'shared' memory mode cannot follow (one optimizer for all clients); "
+            "use helper-memory='per-client'"
+        )
+    if micros > 1:
+        raise TaskError(
+            "the client's own training loop sends whole batches; micro-batches need "
+            "flsplit's own loop (micro-batches=1 or no train_fn)"
+        )
+    for event in events:
+        if event[0] == "step":
+            optimizer_class(event[1])
