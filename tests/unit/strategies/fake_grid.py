@@ -5,7 +5,8 @@ as :func:`flsplit.client.app` replies. A client's ``train.split`` gets its head 
 back with every tensor set to the client's fill value (so a test can tell whose tensors
 ended up where) and its metrics; a helper's ``train.helper`` gets, per client it serves, a
 ``body.<client>`` record of the piece it ran for that client, filled with that client's
-value, plus the helper metrics and timeline records the real handler sends.
+value, plus the helper metrics and timeline records the real handler sends. A client's
+Flower ``evaluate`` gets its evaluation metrics (loss = its fill value).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from flwr.app import ArrayRecord, Message, RecordDict
+from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
@@ -22,7 +23,11 @@ from flsplit.protocol import (
     ARRAYS,
     CLIENT_TRAIN,
     CONFIG,
+    EVAL_ACC,
+    EVAL_LOSS,
     HELPER_TRAIN,
+    METRICS,
+    NUM_EXAMPLES,
     QUERY,
     ROLE_HELPER,
     ClientResult,
@@ -123,6 +128,9 @@ class FakeGrid(Grid):
             content = self._serve(node_id, message)
         elif kind == CLIENT_TRAIN:
             content = self._train(node, message)
+        elif kind == MessageType.EVALUATE and not node.is_helper:
+            metrics = {EVAL_LOSS: node.fill, EVAL_ACC: 0.5, NUM_EXAMPLES: node.examples}
+            content = RecordDict({METRICS: MetricRecord(metrics)})
         else:
             raise AssertionError(f"unexpected message type {kind!r}")
         return Message(content, reply_to=message)
