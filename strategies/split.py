@@ -64,6 +64,7 @@ from strategies.discovery import (
     check_concurrency,
     check_roles,
     clients_needed,
+    failure_summary,
     log_roles,
     query_nodes,
     wait_for,
@@ -200,6 +201,8 @@ class SplitStrategy(Strategy, metaclass=_Built):
         self.round_offset = round_offset
         self.on_round_end = on_round_end
         self.nodes: dict[int, NodeInfo] = {}
+        #: node -> error text of its last discovery reply, while it fails discovery
+        self.discovery_failures: dict[int, str] = {}
         self.assignment: RoundAssignment | None = None
         self.round_times: dict[int, float] = {}
         self.helper_peak_mib: dict[int, float] = {}  # peak resident memory per helper
@@ -365,7 +368,9 @@ class SplitStrategy(Strategy, metaclass=_Built):
         node_ids = sorted(grid.get_node_ids())
         if frozenset(node_ids) == self._known_ids:
             return
-        unanswered = query_nodes(grid, self.nodes, node_ids, self.query_timeout)
+        unanswered = query_nodes(
+            grid, self.nodes, node_ids, self.query_timeout, self.discovery_failures
+        )
         self._known_ids = frozenset(node_ids) - frozenset(unanswered)
         if self.split:
             check_roles(self.nodes, self.run_config.num_helpers)
@@ -396,12 +401,15 @@ class SplitStrategy(Strategy, metaclass=_Built):
         needed = clients_needed(self.strategy, stage)
 
         def too_few() -> str:
+            failed = failure_summary(self.discovery_failures)
             return (
                 f"{len(self.clients)} client nodes (and {len(self.helpers)} helpers) "
                 f"answered discovery within {self.query_timeout:.0f} s, but the wrapped "
                 f"strategy needs at least {needed} clients (its min_available_nodes / "
-                f"min_{stage}_nodes): start more client SuperNodes, lower those minimums, "
-                "or give the nodes more time (query_timeout)"
+                f"min_{stage}_nodes): "
+                + (f"{failed}: fix what it says, or " if failed else "")
+                + "start more client SuperNodes, lower those minimums, or give the nodes "
+                "more time (query_timeout)"
             )
 
         wait_for(

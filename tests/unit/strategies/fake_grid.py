@@ -6,7 +6,8 @@ back with every tensor set to the client's fill value (so a test can tell whose 
 ended up where) and its metrics; a helper's ``train.helper`` gets, per client it serves, a
 ``body.<client>`` record of the piece it ran for that client, filled with that client's
 value, plus the helper metrics and timeline records the real handler sends. A client's
-Flower ``evaluate`` gets its evaluation metrics (loss = its fill value).
+Flower ``evaluate`` gets its evaluation metrics (loss = its fill value). A node given an
+``error`` replies to everything with that error, as Flower does when a ClientApp raises.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from flwr.app import ArrayRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
@@ -45,6 +47,7 @@ class FakeNode:
     role: str
     examples: int = 0
     fill: float = 0.0  # value of every tensor this client's training returns
+    error: str = ""  # the exception text its ClientApp raises on every message
 
     @property
     def is_helper(self) -> bool:
@@ -118,6 +121,11 @@ class FakeGrid(Grid):
         node_id = message.metadata.dst_node_id
         node = self.nodes[node_id]
         kind = message.metadata.message_type
+        if node.error:
+            # Flower's reply when a ClientApp raises (flwr.supernode.runtime.run_clientapp)
+            reason = f"<class 'ValueError'>:<'{node.error}'>"
+            error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason)
+            return Message(error, reply_to=message)
         if kind == QUERY:
             report = NodeReport(role=node.role, index=node_id, examples=node.examples)
             if node.is_helper:
