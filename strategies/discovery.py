@@ -96,12 +96,17 @@ def with_role(nodes: Mapping[int, NodeInfo], role: str) -> list[int]:
 
 
 def query_nodes(
-    grid: Grid, nodes: MutableMapping[int, NodeInfo], node_ids: Sequence[int], timeout: float
+    grid: Grid,
+    nodes: MutableMapping[int, NodeInfo],
+    node_ids: Sequence[int],
+    timeout: float,
+    failures: MutableMapping[int, str] | None = None,
 ) -> list[int]:
     """Bring ``nodes`` up to date with the connected ``node_ids``.
 
     Nodes that left are removed; nodes not in ``nodes`` yet are queried and added as
-    they answer.
+    they answer. A node that answers with an error is logged with the node's error text
+    (once per distinct text: it is asked again at every call) and kept in ``failures``.
 
     Parameters
     ----------
@@ -113,16 +118,24 @@ def query_nodes(
         The ids of the connected nodes.
     timeout : float
         Seconds to wait for the answers.
+    failures : dict, optional
+        Node id -> the error text of its last discovery reply, updated in place: a node
+        is removed once it answers properly or leaves.
 
     Returns
     -------
     list of int
-        The new nodes that did not answer in time (to be asked again later).
+        The new nodes that did not answer in time or answered with an error (to be asked
+        again later).
     """
+    failures = {} if failures is None else failures
     new = [n for n in node_ids if n not in nodes]
     for gone in set(nodes) - set(node_ids):
         log(WARNING, "node %d left; it is planned out", gone)
         del nodes[gone]
+    for gone in set(failures) - set(node_ids):
+        del failures[gone]
+    failed = set()
     if new:
         messages = [
             Message(RecordDict({CONFIG: ConfigRecord()}), dst_node_id=n, message_type=QUERY)
@@ -131,18 +144,41 @@ def query_nodes(
         for reply in grid.send_and_receive(messages, timeout=timeout):
             src = reply.metadata.src_node_id
             if reply.has_error():
-                log(WARNING, "node %d failed discovery: %s", src, reply.error.reason)
+                text = error_text(reply)
+                if failures.get(src) != text:
+                    log(ERROR, "node %d failed discovery: %s", src, text)
+                failures[src] = text
+                failed.add(src)
                 continue
+            failures.pop(src, None)
             nodes[src] = _node_info(src, reply)
     unanswered = sorted(set(new) - set(nodes))
-    if unanswered:
+    silent = [n for n in unanswered if n not in failed]
+    if silent:
         log(
             WARNING,
             "%d nodes did not answer discovery within %.0f s; asking them again later",
-            len(unanswered),
+            len(silent),
             timeout,
         )
     return unanswered
+
+
+def error_text(reply: Message) -> str:
+    """The error a node replied with, on one line (Flower's reason carries the node's
+    exception text; in simulation wrapped in ``ClientAppException``)."""
+    reason = " ".join(str(reply.error.reason).split())
+    return f"{reason} (error code {reply.error.code})"
+
+
+def failure_summary(failures: Mapping[int, str], most: int = 3) -> str:
+    """``failures`` for an error message: the first ``most`` nodes' error texts."""
+    if not failures:
+        return ""
+    shown = "; ".join(f"node {n}: {failures[n]}" for n in sorted(failures)[:most])
+    more = f"; and {len(failures) - most} more" if len(failures) > most else ""
+    nodes = f"{len(failures)} node" + ("s" if len(failures) > 1 else "")
+    return f"{nodes} answered discovery with an error ({shown}{more})"
 
 
 def _node_info(node_id: int, reply: Message) -> NodeInfo:

@@ -14,18 +14,33 @@ update per client from its head and tail and its helpers' body pieces
 A chain is one helper long unless the cuts name more than two modules
 (``"conv2,relu2,fc2"``): then the body is split again into pieces, one per helper of a
 client's chain ``client -> h1 -> h2 -> ... -> client``.
+
+The wrapped strategy stays itself. An app's own strategy may override ``start`` (Flower's
+``advanced-pytorch`` example logs to W&B, keeps the best model and writes a results file
+there, with private helpers and attributes its own methods set). Its ``start`` is the
+app's round loop, so :meth:`SplitStrategy.start` runs *it*, on its own object: while it
+runs, that object's Strategy API methods (:data:`ROUTED`) are instance attributes
+pointing at this wrapper's, so every round its loop drives is a split round, and the
+wrapper calls the methods they shadow (captured before routing, so never itself). Calling
+the subclass's ``start`` with the wrapper as ``self`` instead would break on everything
+the subclass keeps on its own object; copying the loop would drop what it adds. The
+routing is removed when ``start`` returns or raises. A strategy that does not override
+``start`` runs Flower's base loop on the wrapper, as it always did.
 """
 
 from __future__ import annotations
 
+import inspect
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from abc import ABCMeta
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from logging import ERROR, INFO
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, Strategy
+from flwr.serverapp.strategy import FedAvg, Result, Strategy
 from flwr.supercore import log
 
 from flsplit.config import RunConfig
@@ -49,6 +64,7 @@ from strategies.discovery import (
     check_concurrency,
     check_roles,
     clients_needed,
+    failure_summary,
     log_roles,
     query_nodes,
     wait_for,
@@ -58,10 +74,24 @@ from strategies.messages import client_message, helper_messages
 from strategies.parts import ModelParts, keys_of_split
 from strategies.sync_schedule import SyncSchedule, draw_schedule
 
-__all__ = ["SplitStrategy"]
+__all__ = ["ROUTED", "SplitStrategy"]
+
+#: The wrapped strategy's methods that run split learning while its own ``start`` runs.
+ROUTED = ("configure_train", "aggregate_train", "configure_evaluate", "aggregate_evaluate",
+          "summary")
 
 
-class SplitStrategy(Strategy):
+class _Built(ABCMeta):
+    """Marks a strategy built once its whole constructor (a subclass's too) has run, so
+    attributes set from then on that the wrapper lacks go to the wrapped strategy."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        strategy = super().__call__(*args, **kwargs)
+        object.__setattr__(strategy, "_built", True)
+        return strategy
+
+
+class SplitStrategy(Strategy, metaclass=_Built):
     """Parallel split learning with helper nodes around any Flower strategy.
 
     Parameters
@@ -96,6 +126,42 @@ class SplitStrategy(Strategy):
         The run config; the strategy reads its global-sampling settings (``sampler``,
         ``global-batch-size``, ...: :func:`flsplit.config.sync_settings`). ``None`` or
         ``sampler="local"``: every client trains on its own local batches.
+
+    Raises
+    ------
+    ValueError
+        If ``strategy`` is not a Flower Message-API strategy
+        (``flwr.serverapp.strategy.Strategy``; a legacy ``flwr.server.strategy`` one
+        included), is itself a :class:`SplitStrategy`, or overrides ``start`` but has
+        one of the Strategy API methods to be routed (:data:`ROUTED`) as a property.
+
+    Notes
+    -----
+    The wrapped strategy stays itself:
+
+    - Its attributes and methods are reachable through the wrapper
+      (``strategy.set_save_path_and_run_dir(...)``, ``strategy.fraction_evaluate``);
+      once built, an attribute the wrapper does not have itself is read from and
+      written to the wrapped strategy.
+    - If its class overrides ``start``, :meth:`start` runs that ``start`` on the
+      wrapped object, with its ``configure_train``, ``aggregate_train``,
+      ``configure_evaluate``, ``aggregate_evaluate`` and ``summary`` routed to this
+      wrapper's for the duration, so everything it does besides (results files,
+      logging, best-model keeping from its ``evaluate_fn``) still happens on split
+      rounds, and the :class:`~flwr.serverapp.strategy.Result` it returns is returned.
+      Otherwise Flower's base loop runs on the wrapper.
+    - The wrapper calls the wrapped strategy's own methods (overrides included, e.g. a
+      learning-rate schedule in its ``configure_train``) with the rounds shifted by
+      ``round_offset``; its ``start`` loop and ``evaluate_fn`` see Flower's rounds.
+    - A ``start`` that calls a base class's method explicitly
+      (``FedAvg.configure_train(self, ...)``) bypasses split learning for that call.
+
+    Examples
+    --------
+    >>> strategy = SplitStrategy.for_model(Net(), x, cuts="conv2,fc3",
+    ...                                    strategy=CustomFedAvg(fraction_train=0.5))
+    >>> strategy.set_save_path_and_run_dir(path, run_dir)  # CustomFedAvg's own method
+    >>> result = strategy.start(grid, arrays, num_rounds=10)  # CustomFedAvg.start, split
     """
 
     def __init__(
@@ -125,7 +191,9 @@ class SplitStrategy(Strategy):
         self.head_keys, self.body_keys, self.tail_keys = self.part_keys(cuts)
         self.chain_length = len(self.piece_keys(cuts))
         self.full_keys = self.head_keys + self.body_keys + self.tail_keys
-        self.strategy = strategy if strategy is not None else FedAvg()
+        self.strategy = _wrappable(strategy) if strategy is not None else FedAvg()
+        # while the wrapped strategy's own start runs: its methods that ROUTED shadows
+        self._shadowed: dict[str, Callable[..., Any]] = {}
         self.round_timeout = round_timeout
         self.query_timeout = query_timeout
         self.split = split
@@ -133,6 +201,8 @@ class SplitStrategy(Strategy):
         self.round_offset = round_offset
         self.on_round_end = on_round_end
         self.nodes: dict[int, NodeInfo] = {}
+        #: node -> error text of its last discovery reply, while it fails discovery
+        self.discovery_failures: dict[int, str] = {}
         self.assignment: RoundAssignment | None = None
         self.round_times: dict[int, float] = {}
         self.helper_peak_mib: dict[int, float] = {}  # peak resident memory per helper
@@ -185,6 +255,88 @@ class SplitStrategy(Strategy):
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
         return getattr(inner, name)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Once built, a name the wrapper lacks belongs to the wrapped strategy, as when it is
+        # read (``strategy.save_path = ...`` is what the wrapped strategy's start reads).
+        # During construction every attribute is the wrapper's own.
+        own = self.__dict__
+        if (
+            own.get("_built")
+            and name not in own
+            and not name.startswith("__")
+            and not hasattr(type(self), name)
+        ):
+            setattr(own["strategy"], name, value)
+        else:
+            object.__setattr__(self, name, value)
+
+    # -- the run ----------------------------------------------------------------------
+
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+        **kwargs: Any,
+    ) -> Result:
+        """Run the rounds: the wrapped strategy's own ``start`` if its class has one, with
+        split learning inside, else Flower's loop.
+
+        Parameters are those of :meth:`flwr.serverapp.strategy.Strategy.start`;
+        ``kwargs`` go to an overriding ``start`` that takes more.
+
+        Returns
+        -------
+        Result
+            What the ``start`` that ran returned.
+        """
+        args = {
+            "num_rounds": num_rounds,
+            "timeout": timeout,
+            "train_config": train_config,
+            "evaluate_config": evaluate_config,
+            "evaluate_fn": evaluate_fn,
+            **kwargs,
+        }
+        if not _overrides_start(self.strategy):
+            return super().start(grid, initial_arrays, **args)
+        log(INFO, "%s runs its own start() with split learning inside",
+            type(self.strategy).__name__)
+        with self._routed():
+            return self.strategy.start(grid, initial_arrays, **args)
+
+    @contextmanager
+    def _routed(self) -> Iterator[None]:
+        """Point the wrapped strategy's :data:`ROUTED` methods at this wrapper's while the
+        block runs, and restore them (an instance attribute it had included) after."""
+        if self._shadowed:
+            raise RuntimeError("start() is already running on this strategy")
+        inner = self.strategy
+        own = vars(inner)
+        had = {name: own[name] for name in ROUTED if name in own}
+        self._shadowed = {name: getattr(inner, name) for name in ROUTED}
+        try:
+            for name in ROUTED:
+                setattr(inner, name, getattr(self, name))
+            yield
+        finally:
+            for name in ROUTED:
+                if name in had:
+                    setattr(inner, name, had[name])
+                else:
+                    own.pop(name, None)
+            self._shadowed = {}
+
+    def _wrapped(self, name: str) -> Callable[..., Any]:
+        """The wrapped strategy's own method ``name``, never the routed one (which would
+        call this wrapper again)."""
+        method = self._shadowed.get(name)
+        return method if method is not None else getattr(self.strategy, name)
+
     def part_keys(self, cuts: str) -> tuple[list[str], list[str], list[str]]:
         """Head, body and tail ``state_dict`` keys for ``cuts`` (cached); the body is every
         piece of a chain together."""
@@ -216,7 +368,9 @@ class SplitStrategy(Strategy):
         node_ids = sorted(grid.get_node_ids())
         if frozenset(node_ids) == self._known_ids:
             return
-        unanswered = query_nodes(grid, self.nodes, node_ids, self.query_timeout)
+        unanswered = query_nodes(
+            grid, self.nodes, node_ids, self.query_timeout, self.discovery_failures
+        )
         self._known_ids = frozenset(node_ids) - frozenset(unanswered)
         if self.split:
             check_roles(self.nodes, self.run_config.num_helpers)
@@ -247,12 +401,15 @@ class SplitStrategy(Strategy):
         needed = clients_needed(self.strategy, stage)
 
         def too_few() -> str:
+            failed = failure_summary(self.discovery_failures)
             return (
                 f"{len(self.clients)} client nodes (and {len(self.helpers)} helpers) "
                 f"answered discovery within {self.query_timeout:.0f} s, but the wrapped "
                 f"strategy needs at least {needed} clients (its min_available_nodes / "
-                f"min_{stage}_nodes): start more client SuperNodes, lower those minimums, "
-                "or give the nodes more time (query_timeout)"
+                f"min_{stage}_nodes): "
+                + (f"{failed}: fix what it says, or " if failed else "")
+                + "start more client SuperNodes, lower those minimums, or give the nodes "
+                "more time (query_timeout)"
             )
 
         wait_for(
@@ -318,7 +475,9 @@ class SplitStrategy(Strategy):
         self.wait_for_clients(grid)
         config[MODE] = "split" if self.split else "fedavg"
         inner = list(
-            self.strategy.configure_train(server_round, arrays, config, self.client_grid(grid))
+            self._wrapped("configure_train")(
+                server_round, arrays, config, self.client_grid(grid)
+            )
         )
         inner = [m for m in inner if m.metadata.dst_node_id in self.nodes]
         if not self.split:
@@ -443,7 +602,7 @@ class SplitStrategy(Strategy):
             )
             self.round_times[server_round] = time.perf_counter() - assignment.started
             return None, None
-        arrays, metrics = self.strategy.aggregate_train(server_round, full_replies)
+        arrays, metrics = self._wrapped("aggregate_train")(server_round, full_replies)
         wall = time.perf_counter() - assignment.started
         self.round_times[server_round] = wall
         if metrics is not None:
@@ -479,7 +638,7 @@ class SplitStrategy(Strategy):
         if self.on_round_end is not None:
             self.on_round_end(server_round, arrays, self)
         self.wait_for_clients(grid, "evaluate")
-        return self.strategy.configure_evaluate(
+        return self._wrapped("configure_evaluate")(
             server_round, arrays, config, self.client_grid(grid)
         )
 
@@ -488,7 +647,7 @@ class SplitStrategy(Strategy):
     ) -> MetricRecord | None:
         """Aggregate evaluation metrics with the wrapped strategy."""
         server_round += self.round_offset
-        return self.strategy.aggregate_evaluate(server_round, replies)
+        return self._wrapped("aggregate_evaluate")(server_round, replies)
 
     # -- state for checkpoints --------------------------------------------------------
 
@@ -507,5 +666,53 @@ class SplitStrategy(Strategy):
         log(INFO, "\t│\t└── head %d, body %d, tail %d tensors", len(self.head_keys),
             len(self.body_keys), len(self.tail_keys))
         log(INFO, "\t└──> Aggregation by %s:", type(self.strategy).__name__)
-        self.strategy.summary()
+        self._wrapped("summary")()
 
+
+
+def _overrides_start(strategy: Strategy) -> bool:
+    """Whether ``strategy`` brings its own ``start`` (its class's or its object's)."""
+    own_start = "start" in getattr(strategy, "__dict__", {})
+    return own_start or type(strategy).start is not Strategy.start
+
+
+def _wrappable(strategy: Any) -> Strategy:
+    """``strategy`` if split learning can wrap it.
+
+    Raises
+    ------
+    ValueError
+        Naming the reason and the fix.
+    """
+    kind = f"{type(strategy).__module__}.{type(strategy).__qualname__}"
+    if isinstance(strategy, SplitStrategy):
+        raise ValueError(
+            f"strategy= is already a split strategy ({kind}); split learning wraps a "
+            "strategy once: pass the strategy it wraps (its .strategy) instead"
+        )
+    if not isinstance(strategy, Strategy):
+        legacy = type(strategy).__module__.startswith("flwr.server.strategy")
+        raise ValueError(
+            f"strategy= must be a Flower Message-API strategy "
+            f"(flwr.serverapp.strategy.Strategy, e.g. FedAvg), not {kind}: "
+            + (
+                f"use flwr.serverapp.strategy.{type(strategy).__name__} (or subclass it) "
+                "instead of the legacy flwr.server.strategy one"
+                if legacy
+                else "subclass flwr.serverapp.strategy.Strategy (or FedAvg) for it"
+            )
+        )
+    # Strategy has no __slots__, so its object always takes instance attributes; a data
+    # descriptor (a property) on the class would still win over them.
+    fixed = [
+        name
+        for name in ROUTED
+        if hasattr(type(inspect.getattr_static(type(strategy), name, None)), "__set__")
+    ]
+    if fixed and _overrides_start(strategy):
+        raise ValueError(
+            f"{kind} overrides start(), which runs with split learning routed into its "
+            f"methods, but its {', '.join(fixed)} cannot be replaced on its object (a "
+            "property or other data descriptor): define them as ordinary methods"
+        )
+    return strategy

@@ -5,7 +5,9 @@ as :func:`flsplit.client.app` replies. A client's ``train.split`` gets its head 
 back with every tensor set to the client's fill value (so a test can tell whose tensors
 ended up where) and its metrics; a helper's ``train.helper`` gets, per client it serves, a
 ``body.<client>`` record of the piece it ran for that client, filled with that client's
-value, plus the helper metrics and timeline records the real handler sends.
+value, plus the helper metrics and timeline records the real handler sends. A client's
+Flower ``evaluate`` gets its evaluation metrics (loss = its fill value). A node given an
+``error`` replies to everything with that error, as Flower does when a ClientApp raises.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from flwr.app import ArrayRecord, Message, RecordDict
+from flwr.app import ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
@@ -22,7 +25,11 @@ from flsplit.protocol import (
     ARRAYS,
     CLIENT_TRAIN,
     CONFIG,
+    EVAL_ACC,
+    EVAL_LOSS,
     HELPER_TRAIN,
+    METRICS,
+    NUM_EXAMPLES,
     QUERY,
     ROLE_HELPER,
     ClientResult,
@@ -40,6 +47,7 @@ class FakeNode:
     role: str
     examples: int = 0
     fill: float = 0.0  # value of every tensor this client's training returns
+    error: str = ""  # the exception text its ClientApp raises on every message
 
     @property
     def is_helper(self) -> bool:
@@ -113,6 +121,11 @@ class FakeGrid(Grid):
         node_id = message.metadata.dst_node_id
         node = self.nodes[node_id]
         kind = message.metadata.message_type
+        if node.error:
+            # Flower's reply when a ClientApp raises (flwr.supernode.runtime.run_clientapp)
+            reason = f"<class 'ValueError'>:<'{node.error}'>"
+            error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason)
+            return Message(error, reply_to=message)
         if kind == QUERY:
             report = NodeReport(role=node.role, index=node_id, examples=node.examples)
             if node.is_helper:
@@ -123,6 +136,9 @@ class FakeGrid(Grid):
             content = self._serve(node_id, message)
         elif kind == CLIENT_TRAIN:
             content = self._train(node, message)
+        elif kind == MessageType.EVALUATE and not node.is_helper:
+            metrics = {EVAL_LOSS: node.fill, EVAL_ACC: 0.5, NUM_EXAMPLES: node.examples}
+            content = RecordDict({METRICS: MetricRecord(metrics)})
         else:
             raise AssertionError(f"unexpected message type {kind!r}")
         return Message(content, reply_to=message)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
@@ -246,3 +248,31 @@ def test_a_simulation_without_a_client_names_num_helpers():
     check_roles({**reports, 3: NodeInfo(3, ROLE_CLIENT)}, 2)  # a client: fine
     deployed = {n: NodeInfo(n, ROLE_HELPER, report=NodeReport(ROLE_HELPER)) for n in (1, 2)}
     check_roles(deployed, 2)  # deployment: clients may still be starting
+
+
+def test_a_node_failing_discovery_shows_its_error_in_the_log_and_the_exception(caplog):
+    model = SmallCNN()
+    inner = FedAvg(min_available_nodes=3, min_train_nodes=3)
+    strategy = SplitStrategy.for_model(
+        model, torch.zeros(2, 1, 8, 8), "conv2,fc2", inner, query_timeout=0
+    )
+    nodes = {h: FakeNode(ROLE_HELPER) for h in HELPERS}
+    nodes.update({c: FakeNode(ROLE_CLIENT, examples=10) for c in CLIENTS})
+    nodes[23].error = "partition-id 9 is out of range for num-partitions=3"
+    grid = FakeGrid(nodes, strategy.piece_keys)
+
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        strategy.discover(grid)
+        strategy.discover(grid)  # asked again: same error, logged once
+        with pytest.raises(
+            RuntimeError, match=r"node 23: .*partition-id 9 is out of range.*fix what it says"
+        ):
+            strategy.configure_train(1, ArrayRecord(model.state_dict()), ConfigRecord(), grid)
+    failed = [r.getMessage() for r in caplog.records if "failed discovery" in r.getMessage()]
+    assert len(failed) == 1 and "partition-id 9 is out of range" in failed[0]
+    assert "did not answer" not in caplog.text  # it answered, with an error
+    assert set(strategy.clients) == {21, 22}
+
+    nodes[23].error = ""  # fixed: answers properly the next time it is asked
+    strategy.discover(grid)
+    assert set(strategy.clients) == set(CLIENTS) and not strategy.discovery_failures
