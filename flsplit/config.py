@@ -30,6 +30,12 @@ DEFAULT_RUN_CONFIG: dict[str, Any] = {
     "cuts": "",  # comma-separated module names or indices; empty = default U-shape
     "lr": 0.05,
     "momentum": 0.0,
+    # FedProx's mu (Flower's FedProx puts it in every train message): the body adds its
+    # proximal term on the helper, flsplit's own loop for head and tail too
+    "proximal-mu": 0.0,
+    # the client's proximal term: "squared" mu/2 ||w - w0||^2 (the FedProx paper) or "norm"
+    # mu/2 ||w - w0|| per tensor (Flower's FedProx docstring)
+    "proximal-term": "squared",
     "local-epochs": 1,
     "batch-size": 32,
     "round-timeout": 600.0,
@@ -75,6 +81,7 @@ DEFAULT_RUN_CONFIG: dict[str, Any] = {
 
 MODES = ("split", "fedavg")
 HELPER_MEMORY_MODES = ("per-client", "shared")
+PROXIMAL_TERMS = ("squared", "norm")
 SAMPLERS = ("local", "uniform", "dirichlet")
 CLIENT_PARTS = ("shared", "local")
 ROUND_ROBIN = "round-robin"
@@ -377,6 +384,8 @@ class RunConfig:
     cuts: str
     lr: float
     momentum: float
+    proximal_mu: float
+    proximal_term: str
     local_epochs: int
     batch_size: int
     round_timeout: float
@@ -440,7 +449,7 @@ class RunConfig:
         for key in ("round-timeout", "call-deadline", "planner-time-limit"):
             if _number(values, key) <= 0:
                 raise _bad(key, values[key], "must be positive", DEFAULT_RUN_CONFIG[key])
-        for key in ("client-idle-timeout", "link-latency-ms", "lr", "momentum"):
+        for key in ("client-idle-timeout", "link-latency-ms", "lr", "momentum", "proximal-mu"):
             if _number(values, key) < 0:
                 raise _bad(key, values[key], "must not be negative", DEFAULT_RUN_CONFIG[key])
         check_modes(values)
@@ -452,6 +461,8 @@ class RunConfig:
             cuts=values["cuts"],
             lr=_number(values, "lr"),
             momentum=_number(values, "momentum"),
+            proximal_mu=_number(values, "proximal-mu"),
+            proximal_term=_choice(values, "proximal-term", PROXIMAL_TERMS),
             local_epochs=_integer(values, "local-epochs"),
             batch_size=_integer(values, "batch-size"),
             round_timeout=_number(values, "round-timeout"),
@@ -508,6 +519,7 @@ __all__ = [
     "HELPER_MEMORY_MODES",
     "MAX_CHAIN_LENGTH",
     "MODES",
+    "PROXIMAL_TERMS",
     "ROUND_ROBIN",
     "SAMPLERS",
     "ChainSettings",

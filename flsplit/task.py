@@ -15,6 +15,10 @@ from flsplit.model.splitting import SplitModel, parse_cuts, split_model
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 OptimizerFn = Callable[[Iterable[nn.Parameter], Mapping[str, Any]], torch.optim.Optimizer]
+#: ``train_fn(model, train_loader, config, device)``: the app's own training function.
+TrainFn = Callable[[nn.Module, Any, dict[str, Any], torch.device], Any]
+#: ``hook(model, context)``: the app's own code before or after a client trains.
+StateHook = Callable[[nn.Module, Any], None]
 
 def sgd(params: Iterable[nn.Parameter], config: Mapping[str, Any]) -> torch.optim.Optimizer:
     """Plain SGD with ``lr`` and ``momentum`` from the run config."""
@@ -40,7 +44,22 @@ class SplitTask:
         ``loss_fn(logits, labels)``, mean over the batch; runs on the client.
     optimizer_fn : callable
         ``optimizer_fn(params, run_config)``; used for head and tail on the client and for
-        the body on the helper.
+        the body on the helper by flsplit's own training loop (not with ``train_fn``).
+    train_fn : callable, optional
+        The app's own training function, ``train_fn(model, train_loader, config,
+        device)``: ``model`` is the split model as the client holds it
+        (:class:`~flsplit.model.client_view.ClientModel`: head and tail here, the body on
+        the helper, driven by the function's own ``loss.backward()`` and
+        ``optimizer.step()``), ``train_loader`` what ``load_data`` returned, ``config``
+        the run config with the server's train config over it (``lr``, FedProx's
+        ``proximal-mu``, ...), ``device`` the node's compute device. It returns the mean
+        train loss (a number, or a dict with ``train_loss``), or nothing. Without it
+        flsplit's own loop trains with ``loss_fn`` and ``optimizer_fn``
+        (:mod:`flsplit.runtime.remote_body` says what a training function can do).
+    restore_state, save_state : callable, optional
+        ``hook(model, context)`` before and after ``train_fn``: the app's own code that
+        keeps state across rounds in ``context.state`` (a personal layer restored before
+        training and saved after), as its plain ``train`` handler does.
     load_test_data : callable, optional
         ``load_test_data(run_config) -> iterable of batches`` for server-side evaluation.
     batch_keys : tuple of str
@@ -58,6 +77,9 @@ class SplitTask:
     load_test_data: Callable[[Mapping[str, Any]], Iterable] | None = None
     batch_keys: tuple[str, str] = ("img", "label")
     run_config: dict[str, Any] = field(default_factory=dict)
+    train_fn: TrainFn | None = None
+    restore_state: StateHook | None = None
+    save_state: StateHook | None = None
 
     def batches(self, loader: Iterable) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         """``(inputs, labels)`` of ``loader``, whether it yields tuples or dicts.

@@ -11,26 +11,30 @@ local epochs.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, Context, Message, RecordDict
 
-from flsplit.client.node import client_tls, data_partition, node_emulation
+from flsplit.client.node import client_tls, compute_device, data_partition, node_emulation
 from flsplit.client.records import config_of, load_part, reply, state_dict_of
 from flsplit.config import RunConfig
+from flsplit.model.client_view import ClientModel
 from flsplit.protocol import (
     ARRAYS,
     METRICS,
     ROLE_CLIENT,
+    TRAIN_LOSS,
     ClientResult,
     ClientRound,
     eval_metrics,
     train_metrics,
 )
 from flsplit.runtime.helper_client import HelperClient
+from flsplit.runtime.remote_body import RemoteBody
 from flsplit.runtime.sync_client import train_sync
-from flsplit.runtime.trainer import train_split
+from flsplit.runtime.trainer import TrainResult, train_split
 from flsplit.task import SplitTask, evaluate_model, train_full
 
 
@@ -72,8 +76,13 @@ def train_split_round(
     head, tail = split.head, split.tail
     load_part(head, state)
     load_part(tail, state)
-    optimizer = task.optimizer_fn(itertools.chain(head.parameters(), tail.parameters()), values)
+    if task.train_fn is not None:
+        _check_own_loop(config, round_)
+    device = compute_device(context)
+    head.to(device)
+    tail.to(device)
     root_cert, server_name = client_tls(context)
+    own_loss: float | None = None
     with HelperClient(
         round_.helper_address,
         client=str(context.node_id),
@@ -85,7 +94,12 @@ def train_split_round(
         emulation = node_emulation(
             context, config, ROLE_CLIENT, round_.server_round, link=round_.link
         )
-        if round_.schedule is not None:  # global sampling: synchronous steps
+        if task.train_fn is not None:  # the app's own training function
+            result, own_loss = _train_own_loop(
+                task, context, split, helper, train_data, values, device, emulation
+            )
+        elif round_.schedule is not None:  # global sampling: synchronous steps
+            optimizer = _optimizer(task, head, tail, values)
             result = train_sync(
                 head,
                 tail,
@@ -104,18 +118,27 @@ def train_split_round(
                 head,
                 tail,
                 helper,
-                task.batches(train_data),
+                _on_device(task.batches(train_data), device),
                 task.loss_fn,
-                optimizer,
+                _optimizer(task, head, tail, values),
                 config.local_epochs,
                 emulation=emulation,
                 micro_batches=config.chain.micro_batches,
+                proximal_mu=config.proximal_mu,
+                proximal_form=config.proximal_term,
             )
-    arrays = ArrayRecord({**head.state_dict(), **tail.state_dict()})
+    arrays = ArrayRecord(
+        {k: v.detach().cpu() for k, v in {**head.state_dict(), **tail.state_dict()}.items()}
+    )
+    if own_loss is not None:  # the app's loop: its loss, its data set's size (as unsplit)
+        examples = _count_examples(train_data, task) or result.examples
+        loss, accuracy = own_loss, float("nan")
+    else:
+        examples, loss, accuracy = result.examples, result.loss, result.accuracy
     metrics = ClientResult(
-        examples=result.examples,
-        loss=result.loss,
-        accuracy=result.accuracy,
+        examples=examples,
+        loss=loss,
+        accuracy=accuracy,
         batches=result.batches,
         stage1_ms=result.stage1_ms,
         stage3_ms=result.stage3_ms,
@@ -125,6 +148,85 @@ def train_split_round(
         ended=result.ended,
     )
     return reply(msg, arrays, metrics.to_metrics())
+
+
+def _optimizer(task: SplitTask, head: Any, tail: Any, values: dict) -> torch.optim.Optimizer:
+    return task.optimizer_fn(itertools.chain(head.parameters(), tail.parameters()), values)
+
+
+def _check_own_loop(config: RunConfig, round_: ClientRound) -> None:
+    """Refuse the settings an app's own training loop cannot run with, naming the fix."""
+    if round_.schedule is not None:
+        raise ValueError(
+            f"run config sampler={config.sync.sampler!r}: synchronous steps run flsplit's own "
+            "loop; with SplitTask(train_fn=...) set sampler='local'"
+        )
+    if config.chain.length > 1 or config.chain.micro_batches > 1:
+        raise ValueError(
+            f"run config chain-length={config.chain.length}, micro-batches="
+            f"{config.chain.micro_batches}: chains and micro-batches run flsplit's own loop; "
+            "with SplitTask(train_fn=...) set both to 1"
+        )
+    if config.helper_memory != "per-client":
+        raise ValueError(
+            f"run config helper-memory={config.helper_memory!r}: a shared body cannot follow "
+            "each client's own optimizer; with SplitTask(train_fn=...) use 'per-client'"
+        )
+
+
+def _train_own_loop(
+    task: SplitTask,
+    context: Context,
+    split: Any,
+    helper: HelperClient,
+    train_data: Any,
+    values: dict[str, Any],
+    device: torch.device,
+    emulation: Any,
+) -> tuple[TrainResult, float]:
+    """Run the app's ``train_fn`` on the split model; return the measured round and the
+    loss the function reported (NaN if none)."""
+    assert task.train_fn is not None
+    body_modules = {name.split(".")[0] for name, _ in split.body.named_modules() if name}
+    with RemoteBody(helper, split.head, split.tail, emulation) as body:
+        model = ClientModel(split.head, split.tail, body, body_modules)
+        if task.restore_state is not None:
+            task.restore_state(model, context)
+        model.to(device)
+        reported = task.train_fn(model, train_data, values, device)
+        result = body.finish()
+    if task.save_state is not None:
+        task.save_state(model, context)
+    return result, _reported_loss(reported)
+
+
+def _reported_loss(value: Any) -> float:
+    """The train loss a training function returned: a number, or ``train_loss`` / ``loss``
+    of a dict (NaN if it returned neither)."""
+    if isinstance(value, Mapping):
+        value = value.get(TRAIN_LOSS, value.get("loss"))
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    return float(value) if isinstance(value, int | float) else float("nan")
+
+
+def _on_device(
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device
+) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    """``batches`` moved to ``device`` as they are read (each epoch iterates again)."""
+    if device.type == "cpu":
+        return batches
+    return _DeviceBatches(batches, device)
+
+
+class _DeviceBatches:
+    def __init__(self, batches: Iterable, device: torch.device) -> None:
+        self.batches, self.device = batches, device
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for inputs, labels in self.batches:
+            yield (inputs.to(self.device, non_blocking=True),
+                   labels.to(self.device, non_blocking=True))
 
 
 def train_full_model(

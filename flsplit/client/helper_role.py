@@ -24,7 +24,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message
 from flwr.supercore import log
 
-from flsplit.client.node import client_tls, helper_tls, node_emulation
+from flsplit.client.node import client_tls, compute_device, helper_tls, node_emulation
 from flsplit.client.records import config_of, load_part, state_dict_of
 from flsplit.config import RunConfig
 from flsplit.protocol import (
@@ -79,6 +79,9 @@ def serve_helper_round(
     if round_.schedule is not None:  # global sampling: synchronous steps
         return _serve_sync(msg, context, config, round_, task, state, cert_key)
     bodies, specs = _build_bodies(task, config, state, example, round_.clients)
+    device = compute_device(context)
+    for body in {id(b): b for b in bodies.values()}.values():
+        body.to(device)
     worker = HelperWorker(
         bodies,
         lambda params: task.optimizer_fn(params, config.as_dict()),
@@ -86,6 +89,8 @@ def serve_helper_round(
         emulation=node_emulation(context, config, ROLE_HELPER, round_.server_round),
         input_specs=specs,
         memory_mode=config.helper_memory,
+        proximal_mu=config.proximal_mu,
+        proximal_term=config.proximal_term,
     )
     verifier = _round_verifier(round_, context)
     next_hops: dict[str, HelperClient] = {}
@@ -186,7 +191,9 @@ def _serve_round(
         state = worker.bodies.get(client)
         if state is not None:
             if id(state.module) not in records:
-                records[id(state.module)] = ArrayRecord(state.module.state_dict())
+                records[id(state.module)] = ArrayRecord(
+                    {k: v.detach().cpu() for k, v in state.module.state_dict().items()}
+                )
             bodies[client] = records[id(state.module)]
     tasks = worker.executed
     result = HelperResult(

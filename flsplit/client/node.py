@@ -16,10 +16,12 @@ otherwise.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from flwr.app import Context
 
 from flsplit.config import RunConfig
@@ -119,13 +121,42 @@ def node_index(context: Context, config: RunConfig | Mapping[str, Any], role: st
     return int(context.node_config.get("helper-index", context.node_config.get("partition-id", 0)))
 
 
+#: Node config ``device`` values that name where torch computes rather than a preset.
+_COMPUTE_DEVICE = re.compile(r"^(auto|cpu|cuda|mps|xpu)(:\d+)?$")
+
+
+def compute_device(context: Context) -> torch.device:
+    """Where this node computes: node config ``device`` when it names a torch device
+    (``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...), else ``auto``: the GPU when
+    torch sees one, the CPU otherwise.
+
+    Raises
+    ------
+    ValueError
+        If the node config names a device this machine does not have.
+    """
+    value = str(context.node_config.get("device") or "auto")
+    if not _COMPUTE_DEVICE.match(value) or value == "auto":  # a preset name, or auto
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(value)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= count:
+            raise ValueError(
+                f"node config device={value!r}: this node has {count} CUDA device(s); start "
+                "the SuperNode with --node-config 'device=\"auto\"' or 'device=\"cpu\"'"
+            )
+    return device
+
+
 def node_device(context: Context, config: RunConfig | Mapping[str, Any], role: str) -> str:
-    """The device preset a node runs as: node config ``device``, else drawn (emulation).
+    """The device preset a node runs as: node config ``device`` (unless it names a torch
+    device, :func:`compute_device`), else drawn (emulation).
 
     Returns ``""`` when neither names one.
     """
     device = context.node_config.get("device")
-    if device:
+    if device and not _COMPUTE_DEVICE.match(str(device)):
         return str(device)
     config = RunConfig.of(config)
     if config.emulate:

@@ -12,8 +12,9 @@ helper (or the chain of helpers) pipelined, gradients accumulated to one step pe
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +24,7 @@ from flsplit.runtime.emulation import NO_EMULATION, Emulation
 from flsplit.runtime.helper_client import HelperClient
 from flsplit.runtime.memory import tensor_nbytes
 from flsplit.runtime.microbatch import MicroBatchStep
+from flsplit.runtime.worker import ProximalTerm
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -67,6 +69,8 @@ def train_split(
     epochs: int = 1,
     emulation: Emulation = NO_EMULATION,
     micro_batches: int = 1,
+    proximal_mu: float = 0.0,
+    proximal_form: str = "squared",
 ) -> TrainResult:
     """Train head and tail through a helper for ``epochs`` passes over ``batches``.
 
@@ -88,6 +92,9 @@ def train_split(
         Stretches this client's compute and transfers to emulate a device and link.
     micro_batches : int
         Micro-batches per batch, pipelined through the helper chain (1: whole batches).
+    proximal_mu, proximal_form : float, str
+        FedProx's ``mu`` and term (:class:`~flsplit.runtime.worker.ProximalTerm`): every
+        step of head and tail adds the term's gradient (the helper adds the body's).
 
     Returns
     -------
@@ -100,18 +107,41 @@ def train_split(
     if connect is not None:  # the helper coming up is a late start, not network time
         connect()
     started = time.time()
-    if micro_batches > 1:
-        return _train_micro_batched(
-            head, tail, helper, batches, loss_fn, optimizer, epochs, emulation, micro_batches,
-            started,
-        )
-    totals = RoundTotals()
-    for _ in range(epochs):
-        for inputs, labels in batches:
-            split_batch(head, tail, helper, inputs, labels, loss_fn, optimizer, totals,
-                        emulation)
+    params = [*head.parameters(), *tail.parameters()]
+    with proximal_term(optimizer, params, ProximalTerm(proximal_mu, proximal_form)):
+        if micro_batches > 1:
+            return _train_micro_batched(
+                head, tail, helper, batches, loss_fn, optimizer, epochs, emulation,
+                micro_batches, started,
+            )
+        totals = RoundTotals()
+        for _ in range(epochs):
+            for inputs, labels in batches:
+                split_batch(head, tail, helper, inputs, labels, loss_fn, optimizer, totals,
+                            emulation)
     helper.finish()
     return totals.result(started)
+
+
+@contextlib.contextmanager
+def proximal_term(
+    optimizer: torch.optim.Optimizer, params: Sequence[torch.Tensor], term: ProximalTerm
+) -> Iterator[None]:
+    """While in the block, every ``optimizer.step()`` first adds the gradient of ``term``
+    (FedProx's proximal term around the weights at entry) to ``params``' gradients."""
+    if term.mu <= 0:
+        yield
+        return
+    start = [p.detach().clone() for p in params]
+
+    def add(*_: object) -> None:
+        term.add_gradient(params, start)
+
+    handle = optimizer.register_step_pre_hook(add)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 class RoundTotals:
@@ -184,7 +214,7 @@ def split_batch(
     t2 = time.perf_counter()
     emulation.transfer(tensor_nbytes(body_out))
     with emulation.compute():
-        cut2 = body_out.requires_grad_(True)
+        cut2 = body_out.to(cut1.device).requires_grad_(True)
         logits = tail(cut2)
         loss = loss_fn(logits, labels)
         loss.backward()
@@ -196,7 +226,7 @@ def split_batch(
     t4 = time.perf_counter()
     emulation.transfer(tensor_nbytes(grad_cut1))
     with emulation.compute():
-        cut1.backward(grad_cut1.to(cut1.dtype))
+        cut1.backward(grad_cut1.to(device=cut1.device, dtype=cut1.dtype))
         if exchange is None:
             optimizer.step()
     if exchange is not None:

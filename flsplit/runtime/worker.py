@@ -35,10 +35,11 @@ set included), one optimizer kept across steps so momentum and Adam's moments ca
 Only ``torch.optim`` classes are built (a class name from the network never imports
 anything) and only in ``"per-client"`` mode, whole batches.
 
-A proximal term (``proximal_mu``, FedProx's ``proximal-mu`` of the round) adds
-``mu * (w - w_round_start)`` to the body's gradients before every step, the gradient of
-``mu / 2 * ||w - w_round_start||^2``, the term a FedProx client adds to its loss for the
-weights it holds.
+A proximal term (``proximal_mu``, FedProx's ``proximal-mu`` of the round) adds the
+gradient of the term a FedProx client adds to its loss for the weights it holds to the
+body's gradients before every step: of ``mu / 2 * ||w - w0||^2`` (``proximal_term =
+"squared"``, the FedProx paper's) or of ``mu / 2 * ||w - w0||`` per tensor (``"norm"``,
+Flower's FedProx docstring), ``w0`` being the weights the round started from.
 
 Memory modes (``memory_mode``)
 ------------------------------
@@ -183,8 +184,11 @@ class HelperWorker:
         it and one optimizer, and the forward is recomputed at backward time from the
         kept input (see the module docstring for what each step equals).
     proximal_mu : float
-        FedProx's ``mu``: the gradient of ``mu / 2 * ||w - w0||^2`` (``w0``: the weights the
-        round started from) is added to the body's before every step (0: none).
+        FedProx's ``mu``: the gradient of the proximal term is added to the body's before
+        every step (0: none).
+    proximal_term : {"squared", "norm"}
+        ``mu / 2 * ||w - w0||^2`` or ``mu / 2 * ||w - w0||`` per tensor (``w0``: the
+        weights the round started from).
     """
 
     def __init__(
@@ -197,9 +201,11 @@ class HelperWorker:
         max_batch: int | None = None,
         memory_mode: str = "per-client",
         proximal_mu: float = 0.0,
+        proximal_term: str = "squared",
     ) -> None:
         if proximal_mu < 0:
             raise ValueError(f"proximal_mu={proximal_mu} must be >= 0")
+        self.proximal = ProximalTerm(float(proximal_mu), proximal_term)
         self.proximal_mu = float(proximal_mu)
         if memory_mode not in MEMORY_MODES:
             raise ValueError(
@@ -499,17 +505,13 @@ class HelperWorker:
             state.optimizer.step()
 
     def _add_proximal(self, state: ClientBody) -> None:
-        """Add FedProx's proximal gradient ``mu * (w - w0)`` to the body's gradients."""
-        if state.anchor is None:
-            return
-        with torch.no_grad():
-            for param, start in zip(state.module.parameters(), state.anchor, strict=True):
-                if param.grad is not None:
-                    param.grad.add_(param - start, alpha=self.proximal_mu)
+        """Add FedProx's proximal gradient to the body's gradients."""
+        if state.anchor is not None:
+            self.proximal.add_gradient(list(state.module.parameters()), state.anchor)
 
     @staticmethod
     def _forward_lean(state: ClientBody, activation: torch.Tensor) -> torch.Tensor:
-        inp = activation.detach()
+        inp = _to_module(activation.detach(), state.module)
         cuda = torch.cuda.get_rng_state(inp.device) if inp.is_cuda else None
         state.rng_state = (torch.get_rng_state(), cuda)
         with torch.no_grad():
@@ -536,6 +538,7 @@ class HelperWorker:
                 f"shape {tuple(meta.shape)}"
             )
         module = state.module
+        grad_output = _to_module(grad_output, module)
         inp = saved.detach().requires_grad_(True)
         buffers = [(b, b.detach().clone()) for b in module.buffers()]
         cpu_rng, cuda_rng = state.rng_state
@@ -564,7 +567,7 @@ class HelperWorker:
 
     @staticmethod
     def _forward(state: ClientBody, activation: torch.Tensor, micro: int = 0) -> torch.Tensor:
-        inp = activation.detach().requires_grad_(True)
+        inp = _to_module(activation.detach(), state.module).requires_grad_(True)
         with torch.enable_grad():
             out = state.module(inp)
         state.inputs[micro], state.outputs[micro] = inp, out
@@ -588,6 +591,7 @@ class HelperWorker:
                 f"gradient shape {tuple(grad_output.shape)} does not match the body output "
                 f"shape {tuple(out.shape)}"
             )
+        grad_output = grad_output.to(device=out.device, non_blocking=out.is_cuda)
         if state.follow:  # the client's optimizer events zero and step the body
             out.backward(grad_output.to(out.dtype))
             del state.inputs[micro], state.outputs[micro]
@@ -658,3 +662,42 @@ def _check_followable(state: ClientBody, events: list[list], micros: int) -> Non
     for event in events:
         if event[0] == "step":
             optimizer_class(event[1])
+
+
+@dataclass(frozen=True)
+class ProximalTerm:
+    """FedProx's proximal term ``mu / 2 * ||w - w0||^2`` (``"squared"``) or
+    ``mu / 2 * ||w - w0||`` per tensor (``"norm"``), applied as its gradient."""
+
+    mu: float
+    form: str = "squared"
+
+    def __post_init__(self) -> None:
+        if self.form not in ("squared", "norm"):
+            raise ValueError(f"proximal term {self.form!r} is not 'squared' or 'norm'")
+
+    def add_gradient(self, params: Sequence[torch.Tensor], start: Sequence[torch.Tensor]) -> None:
+        """Add the term's gradient at ``params`` to their ``.grad``."""
+        if self.mu <= 0:
+            return
+        with torch.no_grad():
+            for param, initial in zip(params, start, strict=True):
+                if param.grad is None:
+                    continue
+                delta = param - initial
+                if self.form == "squared":
+                    param.grad.add_(delta, alpha=self.mu)
+                else:  # d/dw of ||w - w0|| is (w - w0) / ||w - w0|| (0 where w = w0)
+                    norm = float(delta.norm())
+                    if norm > 0:
+                        param.grad.add_(delta, alpha=self.mu / 2 / norm)
+
+
+def _to_module(tensor: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """``tensor`` on the device of ``module``'s weights (tensors arrive on the CPU)."""
+    weight = next(itertools.chain(module.parameters(), module.buffers()), None)
+    if weight is None or weight.device == tensor.device:
+        return tensor
+    if weight.is_cuda:  # pinned host memory lets the copy overlap
+        return tensor.pin_memory().to(weight.device, non_blocking=True)
+    return tensor.to(weight.device)
