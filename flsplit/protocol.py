@@ -27,6 +27,7 @@ A client replies with its head and tail (``arrays``) and a :class:`ClientResult`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -491,8 +492,8 @@ class ClientResult:
     """
 
     examples: int
-    loss: float
-    accuracy: float
+    loss: float = math.nan
+    accuracy: float = math.nan
     batches: int = 0
     stage1_ms: float = 0.0
     stage3_ms: float = 0.0
@@ -515,8 +516,13 @@ class ClientResult:
     }
 
     def to_metrics(self) -> MetricRecord:
-        """The reply's ``metrics`` record."""
-        return MetricRecord({key: getattr(self, name) for name, key in self._KEYS.items()})
+        """The reply's ``metrics`` record; a loss or accuracy the client does not know (NaN:
+        the app's own training function reported none) is left out."""
+        values = {key: getattr(self, name) for name, key in self._KEYS.items()}
+        for key in (TRAIN_LOSS, TRAIN_ACC):
+            if isinstance(values[key], float) and math.isnan(values[key]):
+                del values[key]
+        return MetricRecord(values)
 
     @classmethod
     def from_metrics(cls, metrics: Mapping[str, Any]) -> ClientResult | None:

@@ -607,13 +607,14 @@ class SplitStrategy(Strategy, metaclass=_Built):
         self.round_times[server_round] = wall
         if metrics is not None:
             metrics[ROUND_WALL_SECONDS] = wall
-        loss = metrics.get(TRAIN_LOSS, float("nan")) if metrics else float("nan")
-        acc = metrics.get(TRAIN_ACC, float("nan")) if metrics else float("nan")
+        figures = "".join(
+            f", {key} {metrics[key]:.4f}" for key in (TRAIN_LOSS, TRAIN_ACC)
+            if metrics is not None and key in metrics
+        )
         log(
             INFO,
-            "round %d: %d/%d client updates aggregated, train_loss %.4f, train_acc %.4f, "
-            "wall %.2f s",
-            server_round, completed, len(by_sender.clients), loss, acc, wall,
+            "round %d: %d/%d client updates aggregated%s, wall %.2f s",
+            server_round, completed, len(by_sender.clients), figures, wall,
         )
         return arrays, metrics
 

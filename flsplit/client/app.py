@@ -21,7 +21,8 @@ What a node is (role, data partition, device, addresses, TLS material) is read i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -31,6 +32,7 @@ from flwr.clientapp import ClientApp
 from flsplit.client.client_role import evaluate_full_model, train_full_model, train_split_round
 from flsplit.client.discovery import answer_query
 from flsplit.client.helper_role import serve_helper_round
+from flsplit.client.node import check_simulation_roles, client_partition_view
 from flsplit.client.records import config_of
 from flsplit.config import RunConfig
 from flsplit.protocol import HELPER_ACTION, SPLIT_ACTION
@@ -66,6 +68,10 @@ def enable_split_learning(
             torch.set_num_threads(config.torch_threads)
         return config
 
+    declared = "num-helpers" in (run_config or {}) or "num-helpers" in task.run_config
+    _wrap_lifespan(app, lambda context: settings(None, context),
+                   lambda context: declared or "num-helpers" in context.run_config)
+
     @app.query(SPLIT_ACTION)
     def query(msg: Message, context: Context) -> Message:
         return answer_query(msg, context, task, settings(None, context))
@@ -79,6 +85,26 @@ def enable_split_learning(
         return serve_helper_round(msg, context, task, settings(msg, context))
 
     return app
+
+
+def _wrap_lifespan(
+    app: ClientApp,
+    settings: Callable[[Context], RunConfig],
+    declares_helpers: Callable[[Context], bool],
+) -> None:
+    """Run every message of ``app`` (its own handlers and flsplit's) inside
+    :func:`~flsplit.client.node.client_partition_view`, after the check that a simulation
+    says how many of its nodes are helpers, and inside the app's own lifespan."""
+    inner = app._lifespan  # Flower keeps the registered lifespan here; no public getter
+
+    @contextlib.contextmanager
+    def lifespan(context: Context) -> Iterator[None]:
+        check_simulation_roles(context, declares_helpers(context))
+        config = settings(context)
+        with client_partition_view(context, config), inner(context):
+            yield
+
+    app._lifespan = lifespan
 
 
 def make_client_app(task: SplitTask, run_config: Mapping[str, Any] | None = None) -> ClientApp:

@@ -4,7 +4,10 @@ addresses and TLS material, and the concurrency of the simulation engine it runs
 The role comes from the node config key ``role`` (``"client"`` or ``"helper"``) in
 deployment. In simulation, where node configs only carry ``partition-id`` and
 ``num-partitions``, the first ``num-helpers`` partitions (run config) are helpers and the
-others are clients with data partitions ``0 .. num-partitions - num-helpers - 1``.
+others are clients with data partitions ``0 .. num-partitions - num-helpers - 1``. While a
+message is handled, a client's node config shows that data partition
+(:func:`client_partition_view`), so the app's own handlers (``evaluate``, ``query``, ...)
+and flsplit's load the same data.
 
 The data plane runs over TLS when the helper's node config names a certificate and key
 (``data-tls-cert``, ``data-tls-key``, PEM files) and each client's node config the root
@@ -15,10 +18,12 @@ otherwise.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -59,10 +64,78 @@ def node_role(context: Context, config: RunConfig | Mapping[str, Any]) -> str:
                 "with --node-config 'role=\"client\"' or 'role=\"helper\"'"
             )
         return str(role)
-    partition = context.node_config.get("partition-id")
-    if partition is None:
+    simulated = simulated_node(context)
+    if simulated is None:
         return ROLE_CLIENT
-    return ROLE_HELPER if int(partition) < RunConfig.of(config).num_helpers else ROLE_CLIENT
+    return ROLE_HELPER if simulated[0] < RunConfig.of(config).num_helpers else ROLE_CLIENT
+
+
+def check_simulation_roles(context: Context, declared: bool) -> None:
+    """Refuse a simulation whose run config does not say how many nodes are helpers.
+
+    ``declared``: whether the app's run config (its ``pyproject.toml``, the run's
+    overrides or the app's own defaults) sets ``num-helpers``. Without it every node would
+    silently take flsplit's default of one helper, and Flower would refuse
+    ``--run-config num-helpers=...`` for a key the app's ``pyproject.toml`` lacks.
+
+    Raises
+    ------
+    ValueError
+        Naming the key and where to add it.
+    """
+    if declared or simulated_node(context) is None:
+        return
+    raise ValueError(
+        "run config has no num-helpers: in simulation flsplit makes the first num-helpers "
+        "nodes helpers and the others clients. Add it under [tool.flwr.app.config] in the "
+        "app's pyproject.toml, e.g. `num-helpers = 2` (Flower accepts --run-config only for "
+        "keys that table has)"
+    )
+
+
+#: The simulation's own (partition-id, num-partitions) of the node whose message is being
+#: handled while its node config shows the client's data partition instead.
+_SIMULATED: contextvars.ContextVar[tuple[int, int] | None] = contextvars.ContextVar(
+    "flsplit_simulated_node", default=None
+)
+
+
+def simulated_node(context: Context) -> tuple[int, int] | None:
+    """The simulation engine's ``(partition-id, num-partitions)`` of this node, or
+    ``None`` outside simulation (a node config with ``role`` or without ``partition-id``)."""
+    shown = _SIMULATED.get()
+    if shown is not None:
+        return shown
+    node = context.node_config
+    if "role" in node or "partition-id" not in node:
+        return None
+    partition = int(node["partition-id"])
+    return partition, int(node.get("num-partitions", partition + 1))
+
+
+@contextlib.contextmanager
+def client_partition_view(
+    context: Context, config: RunConfig | Mapping[str, Any]
+) -> Iterator[None]:
+    """In simulation, let a client's node config show its data partition while a message
+    is handled: ``partition-id`` and ``num-partitions`` become the client's
+    (:func:`data_partition`), so the app's own handlers load the data flsplit trains on.
+    Restored afterwards; helpers and deployed nodes are left as they are."""
+    simulated = simulated_node(context)
+    if simulated is None or _SIMULATED.get() is not None:
+        yield
+        return
+    node = context.node_config
+    shown = data_partition(context, config) if node_role(context, config) == ROLE_CLIENT else None
+    token = _SIMULATED.set(simulated)
+    try:
+        if shown is not None:
+            node["partition-id"], node["num-partitions"] = shown
+        yield
+    finally:
+        if shown is not None:
+            node["partition-id"], node["num-partitions"] = simulated
+        _SIMULATED.reset(token)
 
 
 def data_partition(
@@ -79,11 +152,11 @@ def data_partition(
         If the simulation has no node left for a client.
     """
     node = context.node_config
-    if "role" in node:  # deployment: the node config names its partition directly
+    simulated = simulated_node(context)
+    if simulated is None:  # deployment: the node config names its partition directly
         return int(node.get("partition-id", 0)), int(node.get("num-partitions", 1))
     helpers = RunConfig.of(config).num_helpers
-    partition = int(node.get("partition-id", helpers))
-    total = int(node.get("num-partitions", helpers + 1))
+    partition, total = simulated
     if total <= helpers:
         raise ValueError(
             f"num-helpers={helpers} leaves no client among {total} simulated nodes; "

@@ -86,6 +86,7 @@ enable_split_learning(
         model_fn=lambda cfg: Net(),
         example_input=lambda cfg: torch.zeros(1, 1, 8, 8),
         load_data=lambda pid, n, cfg: load_data(pid, n, 32),
+        train_fn=lambda net, loader, cfg, device: train_fn(net, loader, cfg["lr"]),
     ),
     {"num-helpers": 1},  # in a Flower app: num-helpers in [tool.flwr.app.config]
 )

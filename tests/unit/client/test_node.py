@@ -241,3 +241,46 @@ def test_concurrency_is_unknown_outside_ray(monkeypatch):
     monkeypatch.setattr(fake, "is_initialized", lambda: False)
     monkeypatch.setitem(sys.modules, "ray", fake)
     assert simulation_concurrency({"simulation-workers": 3}) is None
+
+
+def test_a_clients_node_config_shows_its_data_partition_while_a_message_is_handled():
+    ctx = simulated(3, 5)
+    seen = {}
+    with node.client_partition_view(ctx, {"num-helpers": 2}):
+        seen["view"] = (ctx.node_config["partition-id"], ctx.node_config["num-partitions"])
+        # flsplit's own reads inside the view are not shifted twice
+        seen["data"] = data_partition(ctx, {"num-helpers": 2})
+        seen["role"] = node_role(ctx, {"num-helpers": 2})
+    assert seen == {"view": (1, 3), "data": (1, 3), "role": ROLE_CLIENT}
+    assert (ctx.node_config["partition-id"], ctx.node_config["num-partitions"]) == (3, 5)
+
+
+def test_helpers_and_deployed_nodes_keep_their_node_config():
+    helper = simulated(1, 5)
+    with node.client_partition_view(helper, {"num-helpers": 2}):
+        assert helper.node_config["partition-id"] == 1
+        assert node_role(helper, {"num-helpers": 2}) == ROLE_HELPER
+    deployed = context(role="client", **{"partition-id": 4, "num-partitions": 9})
+    with node.client_partition_view(deployed, {"num-helpers": 2}):
+        assert deployed.node_config["partition-id"] == 4
+
+
+def test_a_simulation_without_num_helpers_in_its_run_config_is_refused_naming_the_key():
+    with pytest.raises(ValueError, match=r"no num-helpers.*\[tool.flwr.app.config\].*num-helpers = 2"):
+        node.check_simulation_roles(simulated(3), declared=False)
+    node.check_simulation_roles(simulated(3), declared=True)
+    node.check_simulation_roles(context(role="client"), declared=False)  # deployment
+
+
+def test_compute_device_reads_torch_devices_and_leaves_presets_alone():
+    import torch
+
+    assert node.compute_device(context(device="cpu")) == torch.device("cpu")
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    assert node.compute_device(context()).type == auto
+    assert node.compute_device(context(device="rpi4")).type == auto  # a preset name
+    assert node_device(context(device="cpu"), {}, ROLE_CLIENT) == ""
+    assert node_device(context(device="rpi4"), {}, ROLE_CLIENT) == "rpi4"
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device='cuda:1'.*has 0 CUDA"):
+            node.compute_device(context(device="cuda:1"))
