@@ -11,6 +11,7 @@ from flwr.app import Context, Message
 
 from flsplit.client.client_role import count_train_examples
 from flsplit.client.node import (
+    compute_device,
     helper_addresses,
     node_device,
     node_emulation,
@@ -53,6 +54,7 @@ def answer_query(
         role=role,
         index=node_index(context, config, role),
         device=platform.machine() or "unknown",
+        compute_device=str(compute_device(context)),
         cpus=os.cpu_count() or 1,
         torch_threads=torch.get_num_threads(),
         simulation_concurrency=simulation_concurrency(config),
