@@ -22,3 +22,9 @@ def test_flower_style_app_trains_through_its_helper():
         assert not torch.allclose(before[key], after[key]), key
     # the app's own evaluate handler ran on the clients (helpers excluded)
     assert set(result.evaluate_metrics_clientapp) == {1, 2}
+    for server_round, metrics in result.evaluate_metrics_clientapp.items():
+        # it saw the partitions flsplit trains on: 0, 1, 2 of 3 (one node is the helper)
+        assert metrics["num-partitions"] == 3
+        assert metrics["partition-id"] == 1  # their mean, weighted by equal shard sizes
+        # the app's state in context.state was kept across the split rounds
+        assert metrics["rounds-trained"] == server_round

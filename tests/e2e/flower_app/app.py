@@ -43,6 +43,13 @@ def load_data(partition_id, num_partitions, batch_size):
     return DataLoader(part[20:], batch_size=batch_size), DataLoader(part[:20], batch_size=20)
 
 
+def count_round(state):
+    """The app's own state across rounds: how many rounds this client trained."""
+    record = state.get("counter", ConfigRecord({"rounds": 0}))
+    record["rounds"] = int(record["rounds"]) + 1
+    state["counter"] = record
+
+
 def train_fn(net, loader, lr):
     optimizer = torch.optim.SGD(net.parameters(), lr=lr)
     for batch in loader:
@@ -61,6 +68,7 @@ def train(msg: Message, context: Context):
     pid, n = context.node_config["partition-id"], context.node_config["num-partitions"]
     trainloader, _ = load_data(pid, n, 32)
     train_fn(model, trainloader, msg.content["config"]["lr"])
+    count_round(context.state)
     metrics = MetricRecord({"num-examples": len(trainloader.dataset)})
     return Message(
         RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=msg
@@ -75,7 +83,11 @@ def evaluate(msg: Message, context: Context):
     _, valloader = load_data(pid, n, 32)
     batch = next(iter(valloader))
     acc = float((model(batch["img"]).argmax(1) == batch["label"]).float().mean())
-    metrics = MetricRecord({"eval_acc": acc, "num-examples": len(valloader.dataset)})
+    rounds = int(context.state.get("counter", ConfigRecord({"rounds": 0}))["rounds"])
+    metrics = MetricRecord({
+        "eval_acc": acc, "num-examples": len(valloader.dataset), "rounds-trained": rounds,
+        "partition-id": pid, "num-partitions": n,
+    })
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
 
@@ -87,6 +99,7 @@ enable_split_learning(
         example_input=lambda cfg: torch.zeros(1, 1, 8, 8),
         load_data=lambda pid, n, cfg: load_data(pid, n, 32),
         train_fn=lambda net, loader, cfg, device: train_fn(net, loader, cfg["lr"]),
+        save_state=lambda net, ctx: count_round(ctx.state),
     ),
     {"num-helpers": 1},  # in a Flower app: num-helpers in [tool.flwr.app.config]
 )

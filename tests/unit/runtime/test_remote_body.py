@@ -234,3 +234,18 @@ def test_param_groups_with_different_hyperparameters_are_refused():
             optimizer.step()
 
     _refused(grouped, "differ in lr")
+
+
+def test_a_method_of_the_model_that_is_not_its_forward_is_refused_naming_it():
+    class WithFeatures(SmallCNN):
+        def features(self, x):
+            return self.conv1(x)
+
+    torch.manual_seed(0)
+    model = WithFeatures()
+    split = split_model(model, CUTS, torch.zeros(2, 1, 8, 8))
+    net = ClientModel(split.head, split.tail, lambda t: t, ["conv2", "fc1"], split.model_type)
+    with pytest.raises(AttributeError, match=r"WithFeatures.features is not part of the split"):
+        net.features(torch.zeros(1, 1, 8, 8))
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        _ = net.nothing
