@@ -6,7 +6,6 @@ from typing import Any
 import pytest
 from flwr.app import Context, RecordDict
 
-from flsplit.client import node
 from flsplit.client.node import (
     ROLE_CLIENT,
     ROLE_HELPER,
@@ -224,14 +223,13 @@ class _FakeRay:
         return {"CPU": self.total}
 
 
-def test_concurrency_is_the_smaller_of_ray_resources_and_engine_workers(monkeypatch):
+def test_concurrency_is_what_the_ray_resources_allow(monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "ray", _FakeRay(assigned=0.5, total=4))
-    assert simulation_concurrency({"simulation-workers": 3}) == 3
-    assert simulation_concurrency({"simulation-workers": 20}) == 8
-    monkeypatch.setattr(node.os, "cpu_count", lambda: 2)
-    assert simulation_concurrency({}) == 6  # min(32, cpus + 4) on this "machine"
+    assert simulation_concurrency() == 8
+    monkeypatch.setitem(sys.modules, "ray", _FakeRay(assigned=1, total=12))
+    assert simulation_concurrency() == 12  # the engine's own limit is the server's to check
 
 
 def test_concurrency_is_unknown_outside_ray(monkeypatch):
@@ -240,4 +238,4 @@ def test_concurrency_is_unknown_outside_ray(monkeypatch):
     fake = _FakeRay(assigned=1, total=4)
     monkeypatch.setattr(fake, "is_initialized", lambda: False)
     monkeypatch.setitem(sys.modules, "ray", fake)
-    assert simulation_concurrency({"simulation-workers": 3}) is None
+    assert simulation_concurrency() is None
