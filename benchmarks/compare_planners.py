@@ -20,8 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from flsplit.launch import parse_run_config, read_app_config
 from flsplit.protocol import ROUND_WALL_SECONDS, TEST_ACC
-from flsplit.simulation import load_app_task, parse_run_config, read_app_config, simulate
+from flsplit.simulation import load_app_task, simulate
 
 
 def summarize(output_dir: Path, method: str) -> dict[str, Any]:

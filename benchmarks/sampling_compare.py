@@ -96,7 +96,8 @@ def compare_sampling(
     output_root: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``app_dir`` once per entry of ``runs``; print and return each run's figures."""
-    from flsplit.simulation import load_app_task, read_app_config, simulate
+    from flsplit.launch import read_app_config
+    from flsplit.simulation import load_app_task, simulate
 
     unknown = [r for r in runs if r not in RUNS]
     if unknown:
@@ -156,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the comparison from the command line; returns the exit code."""
-    from flsplit.simulation import parse_run_config
+    from flsplit.launch import parse_run_config
 
     args = build_parser().parse_args(argv)
     results = compare_sampling(
