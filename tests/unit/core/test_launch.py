@@ -1,8 +1,10 @@
 """``flsplit simulate``'s preparation: finding an app's split learning from its ClientApp,
-sizing the federation, checking overrides as ``flwr run`` will."""
+sizing the federation, checking overrides as ``flwr run`` will; and the documented
+``flsplit simulate`` / ``flwr run`` commands against the apps they run."""
 
 from __future__ import annotations
 
+import re
 import sys
 
 import pytest
@@ -13,12 +15,14 @@ from flsplit.launch import (
     federation_config,
     load_split_app,
     parse_run_config,
+    read_app_config,
 )
 from flsplit.task import SplitTask
 from tests.paths import ROOT
 
 QUICKSTART = ROOT / "examples" / "quickstart"
 FLOWER_APP = ROOT / "tests" / "e2e" / "flower_app"
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 @pytest.fixture
@@ -102,3 +106,44 @@ def test_the_family_of_a_process_includes_what_outlived_its_parent():
         201: (200, 200, 4),
     }
     assert _family(100, table) == {100: 5, 101: 6, 102: 7, 103: 8, 104: 9}
+
+
+# -- the documented commands ---------------------------------------------------------
+
+_SIMULATE = re.compile(r"flsplit simulate ([\w/.-]+)`?((?:\s+--run-config\s+(['\"]).*?\3)*)", re.S)
+_RUN_CONFIG = re.compile(r"--run-config\s+(['\"])(.*?)\1", re.S)
+_FLWR_RUN = re.compile(r"flwr run (examples/\w+)([^\n]*)")
+
+
+def _commands(pattern: re.Pattern[str]) -> list[tuple[str, re.Match[str]]]:
+    found = []
+    for doc in DOCS:
+        text = doc.read_text().replace("\\\n", " ")  # continued shell lines as one
+        for match in pattern.finditer(text):
+            found.append((f"{doc.name}: {match.group(0)[:80]}", match))
+    return found
+
+
+def test_every_documented_flsplit_simulate_overrides_only_keys_its_app_lists():
+    commands = _commands(_SIMULATE)
+    assert len(commands) >= 10
+    for where, match in commands:
+        app = ROOT / match.group(1).rstrip("`")
+        listed = read_app_config(app)
+        items = [m.group(2) for m in _RUN_CONFIG.finditer(match.group(2))]
+        unknown = set(parse_run_config(items)) - set(listed)
+        assert not unknown, f"{where}: {sorted(unknown)} not in {app.name}'s app config"
+
+
+def test_every_documented_local_flwr_run_sizes_the_federation_for_its_helpers():
+    commands = [(w, m) for w, m in _commands(_FLWR_RUN) if "my-superlink" not in m.group(0)]
+    assert commands, "no flwr run command in the docs"
+    for where, match in commands:
+        config = read_app_config(ROOT / match.group(1))
+        helpers, clients = config["num-helpers"], config["num-clients"]
+        flags = re.findall(r"--federation-config\s+(['\"])(.*?)\1", match.group(2))
+        assert flags, f"{where}: no --federation-config"
+        federation = parse_run_config([flags[0][1]])
+        assert federation["num-supernodes"] == helpers + clients, where
+        concurrent = federation["init-args-num-cpus"] // federation["client-resources-num-cpus"]
+        assert concurrent >= helpers + 1, where
