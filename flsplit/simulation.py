@@ -19,13 +19,12 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from flwr.simulation import run_simulation
 
 from flsplit.client.app import make_client_app
-from flsplit.launch import federation_config, load_split_app
+from flsplit.launch import federation_config
 from flsplit.server.app import ResultHook, StrategyFn, default_strategy, make_server_app
 from flsplit.task import SplitTask
 
@@ -114,8 +113,3 @@ def simulate(
         backend_config=backend,
         verbose_logging=verbose,
     )
-
-
-def load_app_task(app_dir: str | Path) -> SplitTask:
-    """The :class:`SplitTask` a Flower app's ``ClientApp`` runs split learning with."""
-    return load_split_app(app_dir).split.task
