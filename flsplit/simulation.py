@@ -7,11 +7,12 @@ result in the same process. Commands do not use it: ``flsplit simulate`` runs an
 ``ServerApp`` and ``ClientApp`` with ``flwr run`` (:mod:`flsplit.launch`).
 
 A helper's ``ClientApp`` call blocks while it serves its clients, so every helper and at
-least one client must run at the same time. :func:`backend_config_for` gives each
-virtual node a fractional CPU share so that the Ray backend starts enough workers, and
-:func:`check_concurrency` refuses a configuration that would leave clients waiting for a
-helper that never starts. The engine's own limit on concurrent calls is lifted by the
-``ClientApp`` (:mod:`flsplit.engine`).
+least one client must run at the same time: :func:`simulate` sizes the Ray backend as
+``flsplit simulate`` sizes the federation (:func:`flsplit.launch.federation_config`),
+:func:`backend_config_for` gives tests that call ``run_simulation`` themselves a backend
+running a given number of nodes at once, and :func:`check_concurrency` refuses one that
+would leave clients waiting for a helper that never starts. The engine's own limit on
+concurrent calls is lifted by the ``ClientApp`` (:mod:`flsplit.engine`).
 """
 
 from __future__ import annotations
