@@ -134,7 +134,7 @@ class NodeReport:
     address, listen_address : str
         Helpers: the data-plane address clients dial, and where it listens.
     simulation_concurrency : int, optional
-        ClientApp calls the simulation engine runs at once (simulation only).
+        ClientApp calls the simulation's Ray backend runs at once (simulation only).
     """
 
     role: str

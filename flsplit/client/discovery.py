@@ -46,7 +46,7 @@ def answer_query(
     Message
         A :class:`~flsplit.protocol.NodeReport`: role, index, device, cpus, torch
         threads; with emulation the device preset's compute factor and memory; in
-        simulation the engine's concurrency; for helpers the listen and advertised
+        simulation the Ray backend's concurrency; for helpers the listen and advertised
         addresses; for clients their training examples.
     """
     role = node_role(context, config)
@@ -57,7 +57,7 @@ def answer_query(
         compute_device=str(compute_device(context)),
         cpus=os.cpu_count() or 1,
         torch_threads=torch.get_num_threads(),
-        simulation_concurrency=simulation_concurrency(config),
+        simulation_concurrency=simulation_concurrency(),
     )
     device = node_device(context, config, role)
     if device:

@@ -1,6 +1,7 @@
 """A Flower app written the way Flower's quickstart-pytorch is, turned into split learning
 by the statements marked ``# flsplit`` (the README's diff). Data: the offline digits, served as
-``{"img", "label"}`` dict batches like Flower Datasets' loaders."""
+``{"img", "label"}`` dict batches like Flower Datasets' loaders. Its ``pyproject.toml`` names
+``server`` and ``client``, so ``flwr run`` and ``flsplit simulate`` run it as any Flower app."""
 
 import torch
 import torch.nn.functional as F
@@ -101,7 +102,7 @@ enable_split_learning(
         train_fn=lambda net, loader, cfg, device: train_fn(net, loader, cfg["lr"]),
         save_state=lambda net, ctx: count_round(ctx.state),
     ),
-    {"num-helpers": 1},  # in a Flower app: num-helpers in [tool.flwr.app.config]
+    {"num-helpers": 1},  # for Flower's Python API; flwr run reads pyproject.toml
 )
 
 server = ServerApp()
@@ -109,18 +110,24 @@ server = ServerApp()
 
 @server.main()
 def main(grid: Grid, context: Context) -> None:
+    # Flower's Python simulation API passes no run config: the pyproject's values then
+    fraction_evaluate = context.run_config.get("fraction-evaluate", 1.0)
+    num_rounds = context.run_config.get("num-server-rounds", 2)
+    lr = context.run_config.get("lr", 0.1)
     arrays = ArrayRecord(Net().state_dict())
-    # flsplit: was `strategy = FedAvg(fraction_evaluate=1.0)`
+    # flsplit: was `strategy = FedAvg(fraction_evaluate=fraction_evaluate)`
     strategy = SplitStrategy.for_model(
         Net(),
         torch.zeros(1, 1, 8, 8),
         cuts="conv2,fc2",
-        strategy=FedAvg(fraction_evaluate=1.0),
+        strategy=FedAvg(fraction_evaluate=fraction_evaluate),
     )
     result = strategy.start(
         grid=grid,
         initial_arrays=arrays,
-        train_config=ConfigRecord({"lr": 0.1}),
-        num_rounds=2,
+        train_config=ConfigRecord({"lr": lr}),
+        num_rounds=num_rounds,
     )
     RESULTS.append((arrays, result, strategy))
+    print("\nSaving final model to disk...")
+    torch.save(result.arrays.to_torch_state_dict(), "final_model.pt")

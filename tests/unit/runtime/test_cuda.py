@@ -63,11 +63,14 @@ def test_the_apps_loop_on_a_gpu_client_and_gpu_helper_equals_the_unsplit_model()
     split = split_model(model, ("conv2", "fc2"), torch.zeros(2, 1, 8, 8, dtype=torch.float64))
     worker, server = _serve(copy.deepcopy(split.body).cuda())
     try:
-        with HelperClient(server.address, "1", sign_token(KEY, 1, 1, "1", 2)) as helper:
-            with RemoteBody(helper, split.head, split.tail) as body:
-                net = ClientModel(split.head, split.tail, body).cuda()
-                _loop(net, _batches("cuda"))
-                body.finish()
+        token = sign_token(KEY, 1, 1, "1", 2)
+        with (
+            HelperClient(server.address, "1", token) as helper,
+            RemoteBody(helper, split.head, split.tail) as body,
+        ):
+            net = ClientModel(split.head, split.tail, body).cuda()
+            _loop(net, _batches("cuda"))
+            body.finish()
     finally:
         server.stop()
     for key, value in reference.state_dict().items():

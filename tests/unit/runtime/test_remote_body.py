@@ -50,11 +50,13 @@ def _train_split(model, loop, batches, proximal_mu=0.0):
     ).start()
     try:
         token = sign_token(KEY, RUN, ROUND, "1", HELPER)
-        with HelperClient(server.address, "1", token, deadline=30) as helper:
-            with RemoteBody(helper, split.head, split.tail) as body:
-                net = ClientModel(split.head, split.tail, body, ["conv2", "fc1"])
-                loop(net, batches)
-                result = body.finish()
+        with (
+            HelperClient(server.address, "1", token, deadline=30) as helper,
+            RemoteBody(helper, split.head, split.tail) as body,
+        ):
+            net = ClientModel(split.head, split.tail, body, ["conv2", "fc1"])
+            loop(net, batches)
+            result = body.finish()
         assert server.wait_clients(10)
     finally:
         server.stop()
@@ -118,7 +120,7 @@ def _fedprox(net, batches):
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
     for x, y in batches:
         optimizer.zero_grad()
-        proximal = sum(((w - w0) ** 2).sum() for w, w0 in zip(net.parameters(), start))
+        proximal = sum(((w - w0) ** 2).sum() for w, w0 in zip(net.parameters(), start, strict=True))
         loss = nn.functional.cross_entropy(net(x), y) + MU / 2 * proximal
         loss.backward()
         optimizer.step()
