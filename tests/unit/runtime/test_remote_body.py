@@ -169,6 +169,14 @@ def test_the_client_model_looks_like_the_full_model_for_its_local_parts():
     torch.testing.assert_close(clone.conv1.weight, net.conv1.weight)
 
 
+def _plain_loop(model, optimizer, batches, after_backward=lambda: None):
+    for x, y in batches:
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        after_backward()
+        optimizer.step()
+
+
 def _refused(loop, match):
     with pytest.raises((SplitTrainingError, DataPlaneError), match=match):
         _train_split(_model(), loop, _batches(n=2))
@@ -177,11 +185,8 @@ def _refused(loop, match):
 def test_clipping_by_the_global_norm_is_refused_with_the_reason():
     def clipping(net, batches):
         optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
-        for x, y in batches:
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(net(x), y).backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            optimizer.step()
+        _plain_loop(net, optimizer, batches,
+                    lambda: torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0))
 
     _refused(clipping, "clip_grad_norm_ .* stay on the helper")
     # outside a round, clipping works as ever
@@ -195,11 +200,7 @@ def test_a_custom_optimizer_class_is_refused_by_name():
         pass
 
     def custom(net, batches):
-        optimizer = MySGD(net.parameters(), lr=0.1)
-        for x, y in batches:
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(net(x), y).backward()
-            optimizer.step()
+        _plain_loop(net, MySGD(net.parameters(), lr=0.1), batches)
 
     _refused(custom, "MySGD")
 
@@ -215,11 +216,7 @@ def test_evaluating_inside_the_training_function_is_refused():
 def test_a_training_function_that_never_calls_the_model_is_refused():
     def own_model(net, batches):
         other = SmallCNN().double()
-        optimizer = torch.optim.SGD(other.parameters(), lr=0.1)
-        for x, y in batches:
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(other(x), y).backward()
-            optimizer.step()
+        _plain_loop(other, torch.optim.SGD(other.parameters(), lr=0.1), batches)
 
     _refused(own_model, "never trained the model it was given")
 
@@ -230,10 +227,7 @@ def test_param_groups_with_different_hyperparameters_are_refused():
             [{"params": list(net.conv1.parameters()), "lr": 0.01},
              {"params": list(net.fc2.parameters())}], lr=0.1,
         )
-        for x, y in batches:
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(net(x), y).backward()
-            optimizer.step()
+        _plain_loop(net, optimizer, batches)
 
     _refused(grouped, "differ in lr")
 
