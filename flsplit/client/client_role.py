@@ -70,12 +70,14 @@ def train_split_round(
     round_ = ClientRound.from_config(config_of(msg))
     values = config.as_dict()
     partition, partitions = data_partition(context, config)
-    train_data, _ = task.load_data(partition, partitions, values)
+    # the model first, then the data, as a Flower train handler does: building the model
+    # draws random numbers, so an app that seeds its data loading shuffles as it did
     state = state_dict_of(msg.content[ARRAYS])
     split = task.split({**values, "cuts": round_.cuts})
     head, tail = split.head, split.tail
     load_part(head, state)
     load_part(tail, state)
+    train_data, _ = task.load_data(partition, partitions, values)
     if task.train_fn is not None:
         _check_own_loop(config, round_)
     device = compute_device(context)
