@@ -1,4 +1,5 @@
-# flsplit: `make run` sets up and runs the quickstart simulation; `make test` runs the tests.
+# flsplit: `make run` sets up and runs the quickstart simulation (`flwr run` on a local SuperLink
+# that `flsplit simulate` starts and stops); `make test` runs the tests.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin

@@ -1,9 +1,11 @@
 """Benchmark: the same Flower app run once per planner method, figures side by side.
 
 Every run uses the same seeds, data, emulated devices and links; only the run config's
-``planner`` differs. For each method it prints one JSON line: mean measured round
-makespan (rounds after the first), mean and worst relative error of the predicted
-makespan, planning time as a share of the round, and the final server-side accuracy.
+``planner`` differs. Each run is ``flsplit simulate APP`` (the app's own ServerApp and
+ClientApp through ``flwr run``), its log in ``<out-dir>/<method>/run.log``. For each
+method it prints one JSON line: mean measured round makespan (rounds after the first),
+mean and worst relative error of the predicted makespan, planning time as a share of the
+round, and the final server-side accuracy.
 
 Run ``python -m benchmarks.compare_planners APP [--methods ...]`` (``--help`` for the
 options).
@@ -20,8 +22,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from flsplit.launch import config_args, parse_run_config, simulate_app
 from flsplit.protocol import ROUND_WALL_SECONDS, TEST_ACC
-from flsplit.simulation import load_app_task, parse_run_config, read_app_config, simulate
 
 
 def summarize(output_dir: Path, method: str) -> dict[str, Any]:
@@ -62,14 +64,17 @@ def compare(
     output_root: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``app_dir`` once per method and return the figures of each run."""
-    task = load_app_task(app_dir)
-    root = Path(output_root or tempfile.mkdtemp(prefix="flsplit-compare-"))
+    root = Path(output_root or tempfile.mkdtemp(prefix="flsplit-compare-")).resolve()
     results = []
     for method in methods:
-        config = {**read_app_config(app_dir), **(overrides or {})}
         output_dir = root / method
-        config.update({"planner": method, "output-dir": str(output_dir)})
-        simulate(task, config)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        config = {**(overrides or {}), "planner": method, "output-dir": str(output_dir)}
+        # the app's own ServerApp and ClientApp through flwr run, as `flsplit simulate`
+        with (output_dir / "run.log").open("w") as log:
+            code = simulate_app(app_dir, [config_args(config)], out=log)
+        if code != 0:
+            raise RuntimeError(f"the {method} run failed (exit {code}): {output_dir / 'run.log'}")
         results.append(summarize(output_dir, method))
         print(json.dumps(results[-1]), flush=True)
     base = next((r for r in results if r["method"] == "random-fcfs"), None)

@@ -1,11 +1,14 @@
 """Benchmark: per-batch step time over the gRPC data plane against one process.
 
-For each model, the same three parts (head, body, tail) train on the same batches twice:
-once in one process with detached cuts (no data plane), once with the helper in a
-separate process on loopback. Both sides use the same number of torch threads; since a
-client and its helper never compute at the same time, the comparison isolates what the
-data plane adds (serialization, validation, gRPC, scheduling). Prints one JSON line per
-case.
+For each model, the same three parts (head, body, tail) train on the same batches three
+ways: in one process with detached cuts (no data plane); with the helper in a separate
+process on loopback, driven by flsplit's own loop; and the same, driven by an app's own
+training loop on :class:`~flsplit.model.client_view.ClientModel` (the remote-body
+module: autograd over the data plane, the helper following the client's optimizer).
+Both sides use the same number of torch threads; since a client and its helper never
+compute at the same time, the comparison isolates what the data plane adds
+(serialization, validation, gRPC, scheduling) and what the remote-body module adds on top.
+Prints one JSON line per case, with the device the parts ran on.
 
 Run ``python -m benchmarks.dataplane`` (``--help`` for the options).
 """
@@ -34,10 +37,12 @@ if __name__ == "__main__":
 import torch
 from torch import nn
 
+from flsplit.model.client_view import ClientModel
 from flsplit.model.splitting import SplitModel, resolve_cuts, split_model
 from flsplit.model.zoo import build_model
 from flsplit.runtime.auth import TokenVerifier
 from flsplit.runtime.dataplane import HelperClient, HelperServer
+from flsplit.runtime.remote_body import RemoteBody
 from flsplit.runtime.worker import HelperWorker
 
 DEFAULT_CUTS = {
@@ -123,8 +128,10 @@ def data_plane_step_times(
     batches: list,
     warmup: int,
     threads: int,
+    own_loop: bool = False,
 ) -> list[float]:
-    """Per-step seconds with the body in a helper process over gRPC on loopback."""
+    """Per-step seconds with the body in a helper process over gRPC on loopback, driven by
+    flsplit's own loop or (``own_loop``) by an app's loop on the remote-body module."""
     context = mp.get_context("spawn")
     queue = context.Queue()
     process = context.Process(
@@ -139,6 +146,8 @@ def data_plane_step_times(
         with HelperClient(
             address, "bench", _bench_verifier().token_for("bench"), deadline=120
         ) as helper:
+            if own_loop:
+                return _own_loop_step_times(helper, split, batches, warmup)
 
             def step(x: torch.Tensor, y: torch.Tensor) -> None:
                 optimizer.zero_grad()
@@ -154,6 +163,26 @@ def data_plane_step_times(
         process.join(timeout=60)
         if process.is_alive():
             process.kill()
+    return times
+
+
+def _own_loop_step_times(
+    helper: HelperClient, split: SplitModel, batches: list, warmup: int
+) -> list[float]:
+    """An app's loop as Flower's examples write it, on the split model."""
+    with RemoteBody(helper, split.head, split.tail) as body:
+        net = ClientModel(split.head, split.tail, body)
+        optimizer = _sgd(net.parameters())
+        criterion = nn.CrossEntropyLoss()
+        net.train()
+
+        def step(x: torch.Tensor, y: torch.Tensor) -> None:
+            optimizer.zero_grad()
+            criterion(net(x), y).backward()
+            optimizer.step()
+
+        times = _step_times(step, batches, warmup)
+        body.finish()
     return times
 
 
@@ -176,13 +205,17 @@ def run_case(
     batches = _batches(batch, steps + warmup)
     local: list[float] = []
     remote: list[float] = []
+    own: list[float] = []
     for _ in range(repeats):
         split = _split(name, cuts, batch)
         local += in_process_step_times(split, batches, warmup)
         split = _split(name, cuts, batch)
         remote += data_plane_step_times(name, cuts, split, batches, warmup, threads)
+        split = _split(name, cuts, batch)
+        own += data_plane_step_times(name, cuts, split, batches, warmup, threads, True)
     local_ms = statistics.median(local) * 1000
     remote_ms = statistics.median(remote) * 1000
+    own_ms = statistics.median(own) * 1000
     return {
         "benchmark": "dataplane",
         "model": name,
@@ -192,9 +225,12 @@ def run_case(
         "steps": steps,
         "repeats": repeats,
         "threads": threads,
+        "device": str(next(split.head.parameters()).device),
         "in_process_ms": round(local_ms, 2),
         "data_plane_ms": round(remote_ms, 2),
         "overhead_pct": round(100 * (remote_ms / local_ms - 1), 1),
+        "own_loop_ms": round(own_ms, 2),
+        "own_loop_overhead_pct": round(100 * (own_ms / remote_ms - 1), 1),
     }
 
 

@@ -8,7 +8,9 @@ with stragglers (``+stragglers``: every ``1/fraction``-th client computes
 sampling runs get as many steps per round as the local run takes (``sync-steps`` =
 ``ceil(largest client / batch-size) * local-epochs``), so accuracies compare at equal
 numbers of steps. Training time is the sum of the rounds' wall times as the strategy
-measures them (dispatch to aggregation, without start-up and evaluation).
+measures them (dispatch to aggregation, without start-up and evaluation). Each run is
+``flsplit simulate APP`` with its settings as ``--run-config`` (the app must list the keys
+a run changes), its log in ``<out-dir>/<run>/run.log``.
 """
 
 from __future__ import annotations
@@ -96,24 +98,30 @@ def compare_sampling(
     output_root: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``app_dir`` once per entry of ``runs``; print and return each run's figures."""
-    from flsplit.simulation import load_app_task, read_app_config, simulate
+    from flsplit.launch import config_args, load_split_app, read_app_config, simulate_app
 
     unknown = [r for r in runs if r not in RUNS]
     if unknown:
         raise ValueError(f"unknown runs {unknown}; choose from {', '.join(RUNS)}")
-    task = load_app_task(app_dir)
+    task = load_split_app(app_dir).split.task
     base = task.config({**read_app_config(app_dir), **(overrides or {})})
     steps = steps_per_round(task, base)
     slowdown = straggler_slowdown(int(base["num-clients"]), straggler_fraction, straggler_factor)
-    root = Path(output_root or tempfile.mkdtemp(prefix="flsplit-sampling-"))
+    root = Path(output_root or tempfile.mkdtemp(prefix="flsplit-sampling-")).resolve()
     print(json.dumps({"steps_per_round": steps, "stragglers": slowdown}), flush=True)
     results = []
     for name in runs:
         config = run_config(base, name, steps, slowdown)
         output = root / name.replace("+", "-")
         config["output-dir"] = str(output)
+        # what differs from the app's config goes to flwr run as --run-config
+        changed = {k: v for k, v in config.items() if k in (overrides or {}) or base[k] != v}
+        output.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        simulate(task, config)
+        with (output / "run.log").open("w") as log:
+            code = simulate_app(app_dir, [config_args(changed)], out=log)
+        if code != 0:
+            raise RuntimeError(f"run {name} failed (exit {code}): {output / 'run.log'}")
         history = json.loads((output / "history.json").read_text())
         results.append(summarize(name, history, time.perf_counter() - start))
         print(json.dumps(results[-1]), flush=True)
@@ -156,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the comparison from the command line; returns the exit code."""
-    from flsplit.simulation import parse_run_config
+    from flsplit.launch import parse_run_config
 
     args = build_parser().parse_args(argv)
     results = compare_sampling(

@@ -8,7 +8,9 @@ What a Flower app uses:
 - :class:`SplitStrategy` (wraps any Flower strategy) or :class:`PlannedSplitStrategy`
   (every round planned) in an existing ``ServerApp``, or :func:`make_server_app`;
 - :class:`RunConfig` and :data:`DEFAULT_RUN_CONFIG`: the run-config keys and defaults;
-- :func:`simulate`: run an app in the simulation engine.
+- :func:`simulate_app`: what ``flsplit simulate`` does: run a Flower app with ``flwr run``
+  on a local simulation SuperLink of its own;
+- :func:`simulate`: run a task in-process in the simulation engine (tests, benchmarks).
 
 The names are imported lazily, so ``flsplit.plan`` stays free of torch and Flower.
 """
@@ -30,6 +32,7 @@ _EXPORTS = {
     "SplitStrategy": "strategies.split",
     "PlannedSplitStrategy": "strategies.planned",
     "simulate": "flsplit.simulation",
+    "simulate_app": "flsplit.launch",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -12,19 +12,15 @@ from collections.abc import Sequence
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from flsplit.simulation import (
-        load_app_task,
-        parse_run_config,
-        read_app_config,
-        simulate,
-    )
+    from flsplit.launch import simulate_app
 
-    config = read_app_config(args.app)
-    config.update(parse_run_config(args.run_config))
-    simulate(
-        load_app_task(args.app), config, num_supernodes=args.num_supernodes, verbose=args.verbose
-    )
-    return 0
+    try:
+        return simulate_app(
+            args.app, args.run_config, num_supernodes=args.num_supernodes, verbose=args.verbose
+        )
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"flsplit simulate: {err}", file=sys.stderr)
+        return 2
 
 
 def _profile(args: argparse.Namespace) -> int:
@@ -74,7 +70,13 @@ def _register_runtime_commands(sub: argparse._SubParsersAction) -> None:
 
     simulate = sub.add_parser(
         "simulate",
-        help="run a flsplit Flower app in the simulation engine (no background SuperLink)",
+        help="run a Flower app whose ClientApp calls enable_split_learning with flwr run, "
+        "on a local simulation SuperLink of its own (stopped at the end)",
+        description="Runs the app's own ServerApp and ClientApp with `flwr run APP --stream` "
+        "on a local simulation SuperLink started for the run (a temporary FLWR_HOME, a free "
+        "port) and stopped when it ends: num-helpers + num-clients virtual nodes, with Ray "
+        "CPUs so that every helper and a client run at once. Exit code 0 only if the run "
+        "completed.",
     )
     simulate.add_argument("app", help="Flower app directory (holds pyproject.toml)")
     simulate.add_argument(
@@ -82,7 +84,7 @@ def _register_runtime_commands(sub: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="'KEY=VALUE ...'",
-        help="override [tool.flwr.app.config] values, as flwr run --run-config",
+        help="override [tool.flwr.app.config] values, passed to flwr run --run-config",
     )
     simulate.add_argument(
         "--num-supernodes",
@@ -90,7 +92,9 @@ def _register_runtime_commands(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="virtual nodes (default: num-helpers + num-clients)",
     )
-    simulate.add_argument("--verbose", action="store_true", help="debug logging")
+    simulate.add_argument(
+        "--verbose", action="store_true", help="debug logging of the simulation engine"
+    )
     simulate.set_defaults(func=_simulate)
 
 

@@ -50,7 +50,6 @@ DEFAULT_RUN_CONFIG: dict[str, Any] = {
     "output-dir": "",  # history.json, and with a planner round-N.json (and round-N.png)
     "gantt": False,  # with a planner and output-dir: planned vs measured Gantt per round
     "simulation-concurrency": 0,  # flsplit simulate: nodes at once (0 = all, at most 24)
-    "simulation-workers": 0,  # set by flsplit simulate: the engine's concurrent calls
     "torch-threads": 0,  # torch threads per node (0 = torch's default)
     "fraction-evaluate": 1.0,
     "planner": "round-robin",  # or a planner method: auto, greedy, random-fcfs, ...
@@ -398,7 +397,6 @@ class RunConfig:
     output_dir: str
     gantt: bool
     simulation_concurrency: int
-    simulation_workers: int
     torch_threads: int
     fraction_evaluate: float
     planner: str
@@ -443,7 +441,7 @@ class RunConfig:
             if _integer(values, key) < 1:
                 raise _bad(key, values[key], "must be at least 1", DEFAULT_RUN_CONFIG[key])
         for key in ("num-helpers", "min-completed-clients", "simulation-concurrency",
-                    "simulation-workers", "torch-threads", "seed"):
+                    "torch-threads", "seed"):
             if _integer(values, key) < 0:
                 raise _bad(key, values[key], "must not be negative", DEFAULT_RUN_CONFIG[key])
         for key in ("round-timeout", "call-deadline", "planner-time-limit"):
@@ -475,7 +473,6 @@ class RunConfig:
             output_dir=values["output-dir"],
             gantt=_flag(values, "gantt"),
             simulation_concurrency=_integer(values, "simulation-concurrency"),
-            simulation_workers=_integer(values, "simulation-workers"),
             torch_threads=_integer(values, "torch-threads"),
             fraction_evaluate=_number(values, "fraction-evaluate"),
             planner=str(values["planner"]),

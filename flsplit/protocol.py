@@ -123,6 +123,8 @@ class NodeReport:
         Training examples (clients).
     device : str
         Device preset it runs as, or the machine's architecture.
+    compute_device : str
+        Where torch computes on it (``cpu``, ``cuda:0``, ...).
     cpus, torch_threads : int
         The node's cores and torch's threads.
     compute_factor : float
@@ -132,13 +134,14 @@ class NodeReport:
     address, listen_address : str
         Helpers: the data-plane address clients dial, and where it listens.
     simulation_concurrency : int, optional
-        ClientApp calls the simulation engine runs at once (simulation only).
+        ClientApp calls the simulation's Ray backend runs at once (simulation only).
     """
 
     role: str
     index: int = 0
     examples: int = 0
     device: str = ""
+    compute_device: str = "cpu"
     cpus: int = 1
     torch_threads: int = 1
     compute_factor: float = 1.0
@@ -151,6 +154,7 @@ class NodeReport:
         "role": "role",
         "index": "index",
         "device": "device",
+        "compute_device": "compute-device",
         "cpus": "cpus",
         "torch_threads": "torch-threads",
         "compute_factor": "compute-factor",

@@ -1,41 +1,33 @@
-"""Run split learning in Flower's simulation engine with resources that cannot deadlock.
+"""Run split learning in-process in Flower's simulation engine, for tests and benchmarks.
+
+:func:`simulate` drives Flower's Python simulation API (``flwr.simulation.run_simulation``,
+deprecated in Flower in favour of ``flwr run``) with flsplit's own ``ServerApp`` built
+from a :class:`SplitTask`, so a test can pass a strategy factory and read the run's
+result in the same process. Commands do not use it: ``flsplit simulate`` runs an app's own
+``ServerApp`` and ``ClientApp`` with ``flwr run`` (:mod:`flsplit.launch`).
 
 A helper's ``ClientApp`` call blocks while it serves its clients, so every helper and at
-least one client must run at the same time. :func:`backend_config_for` gives each
-virtual node a fractional CPU share so that the Ray backend starts enough workers, and
-:func:`check_concurrency` refuses a configuration that would leave clients waiting for a
-helper that never starts.
+least one client must run at the same time: :func:`simulate` sizes the Ray backend as
+``flsplit simulate`` sizes the federation (:func:`flsplit.launch.federation_config`),
+:func:`backend_config_for` gives tests that call ``run_simulation`` themselves a backend
+running a given number of nodes at once, and :func:`check_concurrency` refuses one that
+would leave clients waiting for a helper that never starts. The engine's own limit on
+concurrent calls is lifted by the ``ClientApp`` (:mod:`flsplit.engine`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import logging
 import math
 import os
-import sys
-from collections.abc import Iterator, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from flwr.simulation import run_simulation
 
 from flsplit.client.app import make_client_app
+from flsplit.launch import federation_config
 from flsplit.server.app import ResultHook, StrategyFn, default_strategy, make_server_app
 from flsplit.task import SplitTask
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # tomllib is new in Python 3.11; tomli is the same parser, kept as a backport
-    import tomli as tomllib
-
-LOG = logging.getLogger("flsplit.simulation")
-
-
-#: Most virtual nodes run at once by default: each is a process holding torch (a few
-#: hundred MiB), so larger federations run their clients in waves.
-DEFAULT_MAX_CONCURRENT = 24
 
 
 def backend_config_for(
@@ -95,124 +87,30 @@ def simulate(
     num_supernodes : int, optional
         Virtual nodes in total (default: ``num-helpers + num-clients`` of the run config).
     backend_config : Mapping, optional
-        Ray backend settings (default: :func:`backend_config_for`).
+        Ray backend settings (default: one CPU per node, as many CPUs as nodes run at
+        once: :func:`flsplit.launch.federation_config`).
     strategy_fn, on_result
         As in :func:`flsplit.server.app.make_server_app`.
     verbose : bool
         Debug logging of the simulation engine.
     """
     settings = task.settings(run_config)  # checks every value before the engine starts
-    helpers = settings.num_helpers
-    total = num_supernodes or helpers + settings.num_clients
-    if total <= helpers:
-        raise ValueError(f"num-supernodes={total} leaves no client next to num-helpers={helpers}")
-    split = settings.mode == "split"
-    chain = settings.chain
-    if split and chain.length > helpers:
-        raise ValueError(
-            f"chain-length={chain.length} needs at least {chain.length} helpers, "
-            f"num-helpers={helpers}: raise num-helpers or lower chain-length"
-        )
-    cap = settings.simulation_concurrency or max(DEFAULT_MAX_CONCURRENT, helpers + 1)
-    backend = dict(backend_config) if backend_config else backend_config_for(total, None, cap)
-    check_concurrency(helpers if split else 0, backend)
-    workers = concurrent_workers(backend)
+    federation = federation_config(settings, num_supernodes)
+    if backend_config:
+        backend = dict(backend_config)
+    else:
+        backend = {
+            "init_args": {"num_cpus": federation["init-args-num-cpus"]},
+            "client_resources": {"num_cpus": federation["client-resources-num-cpus"]},
+        }
+    check_concurrency(settings.num_helpers if settings.mode == "split" else 0, backend)
     config = settings.as_dict()
     # virtual nodes share this machine's cores: one torch thread each unless told
     config["torch-threads"] = settings.torch_threads or 1
-    config["simulation-workers"] = workers
-    with _engine_workers(workers):
-        run_simulation(
-            server_app=make_server_app(task, config, strategy_fn=strategy_fn, on_result=on_result),
-            client_app=make_client_app(task, config),
-            num_supernodes=total,
-            backend_config=backend,
-            verbose_logging=verbose,
-        )
-
-
-def engine_worker_limit() -> int:
-    """ClientApp calls Flower's simulation engine runs at once, whatever the backend allows.
-
-    The engine drives its backend workers from a ``ThreadPoolExecutor()`` with Python's
-    default size, ``min(32, os.cpu_count() + 4)``: on a 2-core machine 6 calls at once.
-    """
-    return min(32, (os.cpu_count() or 1) + 4)
-
-
-@contextlib.contextmanager
-def _engine_workers(workers: int) -> Iterator[None]:
-    """Let the in-process simulation engine run ``workers`` ClientApp calls at once.
-
-    Helpers block their worker for a whole round, so on a small machine the engine's
-    default thread pool (:func:`engine_worker_limit`) would run clients in waves of
-    ``limit - helpers`` and the measured round would say little about the plan. Only
-    ``flsplit simulate`` lifts the limit, and only while it runs; with ``flwr run`` the
-    limit stands and the strategy checks helpers + 1 against it.
-    """
-    try:
-        from flwr.server.superlink.fleet.vce import vce_api
-    except ImportError:  # another Flower layout: nothing to lift
-        yield
-        return
-    original = getattr(vce_api, "ThreadPoolExecutor", None)
-    if original is None or workers <= engine_worker_limit():
-        yield
-        return
-    vce_api.ThreadPoolExecutor = functools.partial(original, max_workers=workers)
-    try:
-        yield
-    finally:
-        vce_api.ThreadPoolExecutor = original
-
-
-def read_app_config(app_dir: str | Path) -> dict[str, Any]:
-    """Return a Flower app's ``[tool.flwr.app.config]``."""
-    pyproject = Path(app_dir) / "pyproject.toml"
-    if not pyproject.is_file():
-        raise FileNotFoundError(f"{pyproject} not found: is {app_dir} a Flower app directory?")
-    data = tomllib.loads(pyproject.read_text())
-    return dict(data.get("tool", {}).get("flwr", {}).get("app", {}).get("config", {}))
-
-
-def load_app_task(app_dir: str | Path) -> SplitTask:
-    """Find the :class:`SplitTask` of a Flower app built with flsplit's factories.
-
-    ``[tool.flsplit] task = "module:attribute"`` in the app's ``pyproject.toml`` names it;
-    otherwise the ServerApp component's module must hold exactly one ``SplitTask``.
-    """
-    import importlib
-    import sys
-
-    app_dir = Path(app_dir).resolve()
-    data = tomllib.loads((app_dir / "pyproject.toml").read_text())
-    if str(app_dir) not in sys.path:
-        sys.path.insert(0, str(app_dir))
-    reference = data.get("tool", {}).get("flsplit", {}).get("task")
-    if reference:
-        module_name, _, attribute = reference.partition(":")
-        return getattr(importlib.import_module(module_name), attribute)
-    component = data["tool"]["flwr"]["app"]["components"]["serverapp"]
-    module = importlib.import_module(component.split(":")[0])
-    tasks = [v for v in vars(module).values() if isinstance(v, SplitTask)]
-    if len(tasks) != 1:
-        raise ValueError(
-            f"{component}: found {len(tasks)} SplitTask objects; name one with "
-            '[tool.flsplit] task = "module:attribute" in pyproject.toml'
-        )
-    return tasks[0]
-
-
-def parse_run_config(items: list[str]) -> dict[str, Any]:
-    """Parse ``key=value`` items (TOML values, bare words as strings), as ``flwr run``."""
-    config: dict[str, Any] = {}
-    for item in items:
-        for pair in item.split():
-            key, sep, raw = pair.partition("=")
-            if not sep or not key:
-                raise ValueError(f"run config item {pair!r} is not key=value")
-            try:
-                config[key] = tomllib.loads(f"v = {raw}")["v"]
-            except tomllib.TOMLDecodeError:
-                config[key] = raw
-    return config
+    run_simulation(
+        server_app=make_server_app(task, config, strategy_fn=strategy_fn, on_result=on_result),
+        client_app=make_client_app(task, config),
+        num_supernodes=federation["num-supernodes"],
+        backend_config=backend,
+        verbose_logging=verbose,
+    )

@@ -20,6 +20,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
+from flsplit.engine import engine_limit
 from flsplit.protocol import CONFIG, QUERY, ROLE_CLIENT, ROLE_HELPER, NodeReport
 
 
@@ -232,31 +233,48 @@ def check_roles(nodes: Mapping[int, NodeInfo], num_helpers: int) -> None:
 
 
 def check_concurrency(nodes: Mapping[int, NodeInfo]) -> None:
-    """Refuse a simulation whose backend cannot run every helper and a client at once.
+    """Refuse a simulation that cannot run every helper and a client at once.
+
+    The nodes report what the Ray backend runs at once; the engine's own limit
+    (:func:`flsplit.engine.engine_limit`, lifted by flsplit's ClientApp) is known here,
+    since the ServerApp runs in the simulation engine's process.
 
     Raises
     ------
     RuntimeError
-        If a node reported a ``simulation-concurrency`` below the number of helpers + 1.
+        If fewer than the number of helpers + 1 ClientApp calls can run at once.
     """
     reported = [
         n.report.simulation_concurrency
         for n in nodes.values()
         if n.report is not None and n.report.simulation_concurrency is not None
     ]
+    if not reported:
+        return
     helpers = len(with_role(nodes, ROLE_HELPER))
-    if reported and min(reported) < helpers + 1:
+    backend = min(reported)
+    engine = engine_limit()
+    if min(backend, engine or backend) >= helpers + 1:
+        return
+    if engine is not None and engine < backend:
         message = (
-            f"the simulation backend runs {min(reported)} ClientApp calls at once, but "
+            f"Flower's simulation engine runs {engine} ClientApp calls at once "
+            "(min(32, cpus + 4)) and flsplit could not lift that limit in this process "
+            f"(the ClientApp was built before the engine was imported), but {helpers} "
+            "helpers (each busy for the whole round) plus at least one client must run "
+            "together: lower num-helpers, or build the ClientApp after importing "
+            "flwr.simulation"
+        )
+    else:
+        message = (
+            f"the simulation backend runs {backend} ClientApp calls at once, but "
             f"{helpers} helpers (each busy for the whole round) plus at least "
             "one client must run together: give each virtual node a smaller CPU share, "
             "e.g. flwr run --federation-config 'client-resources-num-cpus=1 "
-            "init-args-num-cpus=<num-supernodes>'; Flower's simulation engine itself "
-            "runs at most min(32, cpus + 4) calls at once, a limit `flsplit simulate` "
-            "lifts"
+            "init-args-num-cpus=<num-supernodes>' (flsplit simulate sizes it so)"
         )
-        log(ERROR, message)
-        raise RuntimeError(message)
+    log(ERROR, message)
+    raise RuntimeError(message)
 
 
 def clients_needed(strategy: Strategy, stage: str) -> int:

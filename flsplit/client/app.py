@@ -22,7 +22,9 @@ What a node is (role, data partition, device, addresses, TLS material) is read i
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -35,8 +37,37 @@ from flsplit.client.helper_role import serve_helper_round
 from flsplit.client.node import check_simulation_roles, client_partition_view
 from flsplit.client.records import config_of
 from flsplit.config import RunConfig
+from flsplit.engine import in_simulation, lift_engine_limit
 from flsplit.protocol import HELPER_ACTION, SPLIT_ACTION
 from flsplit.task import SplitTask
+
+
+@dataclass(frozen=True)
+class SplitLearning:
+    """What :func:`enable_split_learning` was given for a ``ClientApp``.
+
+    Attributes
+    ----------
+    task : SplitTask
+        Model, data, loss and optimizer.
+    run_config : Mapping
+        Settings used where the run config is silent.
+    """
+
+    task: SplitTask
+    run_config: Mapping[str, Any] = field(default_factory=dict)
+
+
+_ENABLED: weakref.WeakKeyDictionary[ClientApp, SplitLearning] = weakref.WeakKeyDictionary()
+
+
+def split_learning_of(app: ClientApp) -> SplitLearning | None:
+    """The task and settings ``app`` runs split learning with, or None if it does not.
+
+    ``flsplit simulate`` finds a Flower app's split learning this way, from the
+    ``ClientApp`` its ``pyproject.toml`` names.
+    """
+    return _ENABLED.get(app)
 
 
 def enable_split_learning(
@@ -60,12 +91,19 @@ def enable_split_learning(
     ClientApp
         ``app`` itself.
     """
+    _ENABLED[app] = SplitLearning(task, dict(run_config or {}))
+    # Built in the simulation engine's process just before the engine sizes its thread
+    # pool: lift the pool's CPU-count limit so that every helper and a client run at once.
+    lift_engine_limit()
+
     def settings(msg: Message | None, context: Context) -> RunConfig:
         # read once per message: the task's defaults, the app's, Flower's run config and
         # the message's config, later ones winning
         config = task.settings(run_config, context.run_config, config_of(msg) if msg else None)
-        if config.torch_threads > 0:
-            torch.set_num_threads(config.torch_threads)
+        # virtual nodes share this machine's cores: one torch thread each unless told
+        threads = config.torch_threads or (1 if in_simulation() else 0)
+        if threads > 0:
+            torch.set_num_threads(threads)
         return config
 
     declared = "num-helpers" in (run_config or {}) or "num-helpers" in task.run_config

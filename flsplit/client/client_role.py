@@ -189,7 +189,7 @@ def _train_own_loop(
     assert task.train_fn is not None
     body_modules = {name.split(".")[0] for name, _ in split.body.named_modules() if name}
     with RemoteBody(helper, split.head, split.tail, emulation) as body:
-        model = ClientModel(split.head, split.tail, body, body_modules)
+        model = ClientModel(split.head, split.tail, body, body_modules, split.model_type)
         if task.restore_state is not None:
             task.restore_state(model, context)
         model.to(device)

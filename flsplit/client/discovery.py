@@ -11,6 +11,7 @@ from flwr.app import Context, Message
 
 from flsplit.client.client_role import count_train_examples
 from flsplit.client.node import (
+    compute_device,
     helper_addresses,
     node_device,
     node_emulation,
@@ -45,7 +46,7 @@ def answer_query(
     Message
         A :class:`~flsplit.protocol.NodeReport`: role, index, device, cpus, torch
         threads; with emulation the device preset's compute factor and memory; in
-        simulation the engine's concurrency; for helpers the listen and advertised
+        simulation the Ray backend's concurrency; for helpers the listen and advertised
         addresses; for clients their training examples.
     """
     role = node_role(context, config)
@@ -53,9 +54,10 @@ def answer_query(
         role=role,
         index=node_index(context, config, role),
         device=platform.machine() or "unknown",
+        compute_device=str(compute_device(context)),
         cpus=os.cpu_count() or 1,
         torch_threads=torch.get_num_threads(),
-        simulation_concurrency=simulation_concurrency(config),
+        simulation_concurrency=simulation_concurrency(),
     )
     device = node_device(context, config, role)
     if device:

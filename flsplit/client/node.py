@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import os
 import re
 import socket
 from collections.abc import Iterator, Mapping
@@ -165,12 +164,12 @@ def data_partition(
     return partition - helpers, total - helpers
 
 
-def simulation_concurrency(config: RunConfig | Mapping[str, Any] | None = None) -> int | None:
-    """ClientApp calls the simulation engine runs at once, or None outside Ray.
+def simulation_concurrency() -> int | None:
+    """ClientApp calls the Ray backend runs at once, or None outside Ray.
 
-    The smaller of what the Ray backend's resources allow and the engine's own limit on
-    concurrent calls: ``simulation-workers`` when ``flsplit simulate`` set it, else
-    Python's default thread-pool size on this machine, ``min(32, cpus + 4)``.
+    Ray's CPUs over each node's share. The engine's own limit on concurrent calls
+    (:func:`flsplit.engine.engine_limit`) is known in the engine's process, where the
+    ServerApp checks both.
     """
     try:
         import ray
@@ -182,9 +181,7 @@ def simulation_concurrency(config: RunConfig | Mapping[str, Any] | None = None) 
     total = ray.cluster_resources().get("CPU")
     if not assigned or not total:
         return None
-    workers = RunConfig.of(config).simulation_workers
-    engine = workers or min(32, (os.cpu_count() or 1) + 4)
-    return min(int(total / assigned + 1e-9), engine)
+    return int(total / assigned + 1e-9)
 
 
 def node_index(context: Context, config: RunConfig | Mapping[str, Any], role: str) -> int:

@@ -31,11 +31,19 @@ def load_part(part: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     ValueError
         If ``state`` lacks some of the part's keys.
     """
-    keys = part.state_dict().keys()
-    missing = [k for k in keys if k not in state]
-    if missing:
-        raise ValueError(f"train message lacks weights for {missing[:3]} (+{len(missing)} keys)")
-    part.load_state_dict({k: state[k] for k in keys}, strict=True)
+    own = part.state_dict()
+    missing = [k for k in own if k not in state]
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or wrong:
+        what = (
+            f"lacks weights for {missing[:3]} ({len(missing)} keys)" if missing else
+            f"has weights of other shapes for {wrong[:3]} ({len(wrong)} keys)"
+        )
+        raise ValueError(
+            f"the train message {what}: the model this node's SplitTask.model_fn builds is "
+            "not the one the server split (SplitStrategy.for_model); give both the same model"
+        )
+    part.load_state_dict({k: state[k] for k in own}, strict=True)
 
 
 def reply(msg: Message, arrays: ArrayRecord, metrics: MetricRecord) -> Message:

@@ -39,10 +39,17 @@ class ClientModel(nn.Module):
         ``body(cut1) -> cut2``, differentiable with respect to ``cut1``.
     body_modules : iterable of str
         Names of the modules that run elsewhere, for error messages.
+    model_type : type, optional
+        The class of the model that was split, for error messages about its other methods.
     """
 
     def __init__(
-        self, head: nn.Module, tail: nn.Module, body: BodyFn, body_modules: Iterable[str] = ()
+        self,
+        head: nn.Module,
+        tail: nn.Module,
+        body: BodyFn,
+        body_modules: Iterable[str] = (),
+        model_type: type | None = None,
     ) -> None:
         super().__init__()
         # kept out of the module tree: the tree holds the parts' own submodules instead,
@@ -50,6 +57,7 @@ class ClientModel(nn.Module):
         object.__setattr__(self, "_parts", (head, tail))
         object.__setattr__(self, "_body", body)
         object.__setattr__(self, "_body_modules", frozenset(body_modules))
+        object.__setattr__(self, "_model_type", model_type)
         _merge(self, (head, tail))
 
     def forward(self, inputs: Any) -> Any:
@@ -79,7 +87,7 @@ class ClientModel(nn.Module):
     def __deepcopy__(self, memo: dict[int, Any]) -> ClientModel:
         # the parts are copied; the way to the body is not (it is a connection)
         head, tail = (copy.deepcopy(part, memo) for part in self._parts)
-        clone = ClientModel(head, tail, self._body, self._body_modules)
+        clone = ClientModel(head, tail, self._body, self._body_modules, self._model_type)
         clone.train(self.training)
         return clone
 
@@ -92,6 +100,13 @@ class ClientModel(nn.Module):
                     f"{name!r} runs on the helper (it is part of the body), so the client's "
                     "model has no such attribute; choose cuts that keep it in the head or "
                     "tail if the client must reach it"
+                ) from None
+            model_type = self.__dict__.get("_model_type")
+            if model_type is not None and hasattr(model_type, name):
+                raise AttributeError(
+                    f"{model_type.__name__}.{name} is not part of the split model: it runs "
+                    f"{model_type.__name__}.forward only, traced and cut at the cuts; call "
+                    "the model itself (net(inputs)) in the training function"
                 ) from None
             raise
 

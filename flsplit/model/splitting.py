@@ -112,11 +112,14 @@ class SplitModel:
         ``i - 1`` (part 0 takes the model input), the last part returns the model output.
     full_keys : tuple of str
         The full model's ``state_dict`` keys, in order (used to order :meth:`part_keys`).
+    model_type : type, optional
+        The class of the model that was split (for messages about what the parts lack).
     """
 
     cuts: tuple[str, ...]
     parts: list[nn.Module]
     full_keys: tuple[str, ...] = field(default=(), repr=False)
+    model_type: type | None = field(default=None, repr=False, compare=False)
 
     @property
     def head(self) -> nn.Module:
@@ -284,7 +287,9 @@ def split_model(
     analysis = _analyze(source, example_input)
     names = analysis.resolve(cuts)
     parts = analysis.build_parts([analysis.names[n] for n in names])
-    return SplitModel(cuts=names, parts=parts, full_keys=tuple(analysis.full_keys))
+    return SplitModel(
+        cuts=names, parts=parts, full_keys=tuple(analysis.full_keys), model_type=type(model)
+    )
 
 
 def part_state_keys(

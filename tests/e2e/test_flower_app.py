@@ -1,4 +1,6 @@
-"""A Flower app with its own train/evaluate handlers, switched to split learning."""
+"""A Flower app with its own train/evaluate handlers, switched to split learning, run
+in-process through Flower's Python simulation API (test_flsplit_simulate.py runs it with
+``flwr run``)."""
 
 import torch
 from flwr.simulation import run_simulation
@@ -7,7 +9,8 @@ from flsplit.simulation import backend_config_for
 from tests.e2e.flower_app import app as flower_app
 
 
-def test_flower_style_app_trains_through_its_helper():
+def test_flower_style_app_trains_through_its_helper(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where the app's ServerApp saves final_model.pt
     run_simulation(
         server_app=flower_app.server,
         client_app=flower_app.client,
@@ -22,3 +25,10 @@ def test_flower_style_app_trains_through_its_helper():
         assert not torch.allclose(before[key], after[key]), key
     # the app's own evaluate handler ran on the clients (helpers excluded)
     assert set(result.evaluate_metrics_clientapp) == {1, 2}
+    for server_round, metrics in result.evaluate_metrics_clientapp.items():
+        # it saw the partitions flsplit trains on: 0, 1, 2 of 3 (one node is the helper)
+        assert metrics["num-partitions"] == 3
+        assert metrics["partition-id"] == 1  # their mean, weighted by equal shard sizes
+        # the app's state in context.state was kept across the split rounds
+        assert metrics["rounds-trained"] == server_round
+    assert (tmp_path / "final_model.pt").exists()

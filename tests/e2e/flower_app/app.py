@@ -1,6 +1,7 @@
 """A Flower app written the way Flower's quickstart-pytorch is, turned into split learning
 by the statements marked ``# flsplit`` (the README's diff). Data: the offline digits, served as
-``{"img", "label"}`` dict batches like Flower Datasets' loaders."""
+``{"img", "label"}`` dict batches like Flower Datasets' loaders. Its ``pyproject.toml`` names
+``server`` and ``client``, so ``flwr run`` and ``flsplit simulate`` run it as any Flower app."""
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +44,13 @@ def load_data(partition_id, num_partitions, batch_size):
     return DataLoader(part[20:], batch_size=batch_size), DataLoader(part[:20], batch_size=20)
 
 
+def count_round(state):
+    """The app's own state across rounds: how many rounds this client trained."""
+    record = state.get("counter", ConfigRecord({"rounds": 0}))
+    record["rounds"] = int(record["rounds"]) + 1
+    state["counter"] = record
+
+
 def train_fn(net, loader, lr):
     optimizer = torch.optim.SGD(net.parameters(), lr=lr)
     for batch in loader:
@@ -61,6 +69,7 @@ def train(msg: Message, context: Context):
     pid, n = context.node_config["partition-id"], context.node_config["num-partitions"]
     trainloader, _ = load_data(pid, n, 32)
     train_fn(model, trainloader, msg.content["config"]["lr"])
+    count_round(context.state)
     metrics = MetricRecord({"num-examples": len(trainloader.dataset)})
     return Message(
         RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=msg
@@ -75,7 +84,11 @@ def evaluate(msg: Message, context: Context):
     _, valloader = load_data(pid, n, 32)
     batch = next(iter(valloader))
     acc = float((model(batch["img"]).argmax(1) == batch["label"]).float().mean())
-    metrics = MetricRecord({"eval_acc": acc, "num-examples": len(valloader.dataset)})
+    rounds = int(context.state.get("counter", ConfigRecord({"rounds": 0}))["rounds"])
+    metrics = MetricRecord({
+        "eval_acc": acc, "num-examples": len(valloader.dataset), "rounds-trained": rounds,
+        "partition-id": pid, "num-partitions": n,
+    })
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
 
@@ -87,8 +100,9 @@ enable_split_learning(
         example_input=lambda cfg: torch.zeros(1, 1, 8, 8),
         load_data=lambda pid, n, cfg: load_data(pid, n, 32),
         train_fn=lambda net, loader, cfg, device: train_fn(net, loader, cfg["lr"]),
+        save_state=lambda net, ctx: count_round(ctx.state),
     ),
-    {"num-helpers": 1},  # in a Flower app: num-helpers in [tool.flwr.app.config]
+    {"num-helpers": 1},  # for Flower's Python API; flwr run reads pyproject.toml
 )
 
 server = ServerApp()
@@ -96,18 +110,24 @@ server = ServerApp()
 
 @server.main()
 def main(grid: Grid, context: Context) -> None:
+    # Flower's Python simulation API passes no run config: the pyproject's values then
+    fraction_evaluate = context.run_config.get("fraction-evaluate", 1.0)
+    num_rounds = context.run_config.get("num-server-rounds", 2)
+    lr = context.run_config.get("lr", 0.1)
     arrays = ArrayRecord(Net().state_dict())
-    # flsplit: was `strategy = FedAvg(fraction_evaluate=1.0)`
+    # flsplit: was `strategy = FedAvg(fraction_evaluate=fraction_evaluate)`
     strategy = SplitStrategy.for_model(
         Net(),
         torch.zeros(1, 1, 8, 8),
         cuts="conv2,fc2",
-        strategy=FedAvg(fraction_evaluate=1.0),
+        strategy=FedAvg(fraction_evaluate=fraction_evaluate),
     )
     result = strategy.start(
         grid=grid,
         initial_arrays=arrays,
-        train_config=ConfigRecord({"lr": 0.1}),
-        num_rounds=2,
+        train_config=ConfigRecord({"lr": lr}),
+        num_rounds=num_rounds,
     )
     RESULTS.append((arrays, result, strategy))
+    print("\nSaving final model to disk...")
+    torch.save(result.arrays.to_torch_state_dict(), "final_model.pt")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from benchmarks.sampling_compare import run_config, steps_per_round, straggler_slowdown
+from flsplit.launch import read_app_config
 from flsplit.model.data import digits
-from flsplit.simulation import read_app_config
 from tests.paths import ROOT
 
 APP = ROOT / "examples" / "noniid"

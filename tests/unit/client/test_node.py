@@ -224,14 +224,13 @@ class _FakeRay:
         return {"CPU": self.total}
 
 
-def test_concurrency_is_the_smaller_of_ray_resources_and_engine_workers(monkeypatch):
+def test_concurrency_is_what_the_ray_resources_allow(monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "ray", _FakeRay(assigned=0.5, total=4))
-    assert simulation_concurrency({"simulation-workers": 3}) == 3
-    assert simulation_concurrency({"simulation-workers": 20}) == 8
-    monkeypatch.setattr(node.os, "cpu_count", lambda: 2)
-    assert simulation_concurrency({}) == 6  # min(32, cpus + 4) on this "machine"
+    assert simulation_concurrency() == 8
+    monkeypatch.setitem(sys.modules, "ray", _FakeRay(assigned=1, total=12))
+    assert simulation_concurrency() == 12  # the engine's own limit is the server's to check
 
 
 def test_concurrency_is_unknown_outside_ray(monkeypatch):
@@ -240,7 +239,7 @@ def test_concurrency_is_unknown_outside_ray(monkeypatch):
     fake = _FakeRay(assigned=1, total=4)
     monkeypatch.setattr(fake, "is_initialized", lambda: False)
     monkeypatch.setitem(sys.modules, "ray", fake)
-    assert simulation_concurrency({"simulation-workers": 3}) is None
+    assert simulation_concurrency() is None
 
 
 def test_a_clients_node_config_shows_its_data_partition_while_a_message_is_handled():
@@ -266,7 +265,8 @@ def test_helpers_and_deployed_nodes_keep_their_node_config():
 
 
 def test_a_simulation_without_num_helpers_in_its_run_config_is_refused_naming_the_key():
-    with pytest.raises(ValueError, match=r"no num-helpers.*\[tool.flwr.app.config\].*num-helpers = 2"):
+    expected = r"no num-helpers.*\[tool.flwr.app.config\].*num-helpers = 2"
+    with pytest.raises(ValueError, match=expected):
         node.check_simulation_roles(simulated(3), declared=False)
     node.check_simulation_roles(simulated(3), declared=True)
     node.check_simulation_roles(context(role="client"), declared=False)  # deployment
@@ -282,5 +282,5 @@ def test_compute_device_reads_torch_devices_and_leaves_presets_alone():
     assert node_device(context(device="cpu"), {}, ROLE_CLIENT) == ""
     assert node_device(context(device="rpi4"), {}, ROLE_CLIENT) == "rpi4"
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="device='cuda:1'.*has 0 CUDA"):
+        with pytest.raises(ValueError, match=r"device='cuda:1'.*has 0 CUDA"):
             node.compute_device(context(device="cuda:1"))

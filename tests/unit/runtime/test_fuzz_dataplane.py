@@ -89,6 +89,29 @@ SHAPES = st.one_of(
 )
 FLOATS = st.sampled_from([0.0, 1.0, -2.5, float("nan"), float("inf"), -float("inf"), 1e38])
 
+HYPER_VALUES = st.sampled_from(
+    [0.1, 0, -1.0, 1e299, True, None, [0.9, 0.99], [1, 2, 3, 4, 5], "x", {"a": 1}, [True]]
+)
+OPTIM_EVENTS = st.one_of(
+    st.lists(
+        st.one_of(
+            st.just(["zero"]),
+            st.builds(
+                lambda name, hyper: ["step", name, hyper],
+                st.sampled_from(["SGD", "Adam", "LBFGS", "Optimizer", "os.system", "", "x" * 80]),
+                st.dictionaries(
+                    st.sampled_from(["lr", "momentum", "betas", "weight_decay", "bad key", "x"]),
+                    HYPER_VALUES,
+                    max_size=4,
+                ),
+            ),
+            st.sampled_from([["step"], ["zero", 1], "zero", None, [], ["step", "SGD", []]]),
+        ),
+        max_size=4,
+    ),
+    st.sampled_from([None, "zero", {}, 3, [["zero"]] * 100]),
+)
+
 
 @st.composite
 def header_edits(draw: st.DrawFn) -> bytes:
@@ -102,6 +125,8 @@ def header_edits(draw: st.DrawFn) -> bytes:
     }
     if draw(st.booleans()):
         header["service_ms"] = draw(st.sampled_from([0.5, -1, float("nan"), "x", 10**400]))
+    if draw(st.integers(0, 3)) == 0:
+        header["optim"] = draw(OPTIM_EVENTS)
     if draw(st.integers(0, 9)) == 0:
         header["tensor"] = None
         return _frame(header, draw(st.binary(max_size=8)))

@@ -50,11 +50,13 @@ def _train_split(model, loop, batches, proximal_mu=0.0):
     ).start()
     try:
         token = sign_token(KEY, RUN, ROUND, "1", HELPER)
-        with HelperClient(server.address, "1", token, deadline=30) as helper:
-            with RemoteBody(helper, split.head, split.tail) as body:
-                net = ClientModel(split.head, split.tail, body, ["conv2", "fc1"])
-                loop(net, batches)
-                result = body.finish()
+        with (
+            HelperClient(server.address, "1", token, deadline=30) as helper,
+            RemoteBody(helper, split.head, split.tail) as body,
+        ):
+            net = ClientModel(split.head, split.tail, body, ["conv2", "fc1"])
+            loop(net, batches)
+            result = body.finish()
         assert server.wait_clients(10)
     finally:
         server.stop()
@@ -118,7 +120,7 @@ def _fedprox(net, batches):
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
     for x, y in batches:
         optimizer.zero_grad()
-        proximal = sum(((w - w0) ** 2).sum() for w, w0 in zip(net.parameters(), start))
+        proximal = sum(((w - w0) ** 2).sum() for w, w0 in zip(net.parameters(), start, strict=True))
         loss = nn.functional.cross_entropy(net(x), y) + MU / 2 * proximal
         loss.backward()
         optimizer.step()
@@ -167,6 +169,14 @@ def test_the_client_model_looks_like_the_full_model_for_its_local_parts():
     torch.testing.assert_close(clone.conv1.weight, net.conv1.weight)
 
 
+def _plain_loop(model, optimizer, batches, after_backward=lambda: None):
+    for x, y in batches:
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        after_backward()
+        optimizer.step()
+
+
 def _refused(loop, match):
     with pytest.raises((SplitTrainingError, DataPlaneError), match=match):
         _train_split(_model(), loop, _batches(n=2))
@@ -175,11 +185,8 @@ def _refused(loop, match):
 def test_clipping_by_the_global_norm_is_refused_with_the_reason():
     def clipping(net, batches):
         optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
-        for x, y in batches:
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(net(x), y).backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-            optimizer.step()
+        _plain_loop(net, optimizer, batches,
+                    lambda: torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0))
 
     _refused(clipping, "clip_grad_norm_ .* stay on the helper")
     # outside a round, clipping works as ever
@@ -193,11 +200,7 @@ def test_a_custom_optimizer_class_is_refused_by_name():
         pass
 
     def custom(net, batches):
-        optimizer = MySGD(net.parameters(), lr=0.1)
-        for x, y in batches:
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(net(x), y).backward()
-            optimizer.step()
+        _plain_loop(net, MySGD(net.parameters(), lr=0.1), batches)
 
     _refused(custom, "MySGD")
 
@@ -213,11 +216,7 @@ def test_evaluating_inside_the_training_function_is_refused():
 def test_a_training_function_that_never_calls_the_model_is_refused():
     def own_model(net, batches):
         other = SmallCNN().double()
-        optimizer = torch.optim.SGD(other.parameters(), lr=0.1)
-        for x, y in batches:
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(other(x), y).backward()
-            optimizer.step()
+        _plain_loop(other, torch.optim.SGD(other.parameters(), lr=0.1), batches)
 
     _refused(own_model, "never trained the model it was given")
 
@@ -228,9 +227,21 @@ def test_param_groups_with_different_hyperparameters_are_refused():
             [{"params": list(net.conv1.parameters()), "lr": 0.01},
              {"params": list(net.fc2.parameters())}], lr=0.1,
         )
-        for x, y in batches:
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(net(x), y).backward()
-            optimizer.step()
+        _plain_loop(net, optimizer, batches)
 
     _refused(grouped, "differ in lr")
+
+
+def test_a_method_of_the_model_that_is_not_its_forward_is_refused_naming_it():
+    class WithFeatures(SmallCNN):
+        def features(self, x):
+            return self.conv1(x)
+
+    torch.manual_seed(0)
+    model = WithFeatures()
+    split = split_model(model, CUTS, torch.zeros(2, 1, 8, 8))
+    net = ClientModel(split.head, split.tail, lambda t: t, ["conv2", "fc1"], split.model_type)
+    with pytest.raises(AttributeError, match=r"WithFeatures.features is not part of the split"):
+        net.features(torch.zeros(1, 1, 8, 8))
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        _ = net.nothing

@@ -158,3 +158,23 @@ def test_decode_header_checks_the_layout_but_reads_no_values():
     with pytest.raises(wire.FrameError, match="NaN"):
         raw.tensor()
     assert torch.isnan(raw.tensor(require_finite=False)[1])
+
+
+def test_optimizer_events_round_trip_and_bad_ones_name_the_field():
+    events = [["zero"], ["step", "Adam", {"lr": 0.01, "betas": [0.9, 0.99], "foreach": None}]]
+    frame = wire.decode(wire.encode(wire.Frame("bwd", "1", "t", 3, torch.ones(2), optim=events)))
+    assert frame.optim == events
+    assert wire.decode(wire.encode(wire.Frame("fwd", "1", "t", 3, torch.ones(2)))).optim is None
+    for bad, match in [
+        ("zero", "'optim' must be a list"),
+        ([["zero"]] * (wire.MAX_OPTIM_EVENTS + 1), "'optim' must be a list"),
+        ([["jump"]], "is not"),
+        ([["step", "os.system", {}]], "names no optimizer class"),
+        ([["step", "SGD", {"lr": float("inf")}]], "lr=inf"),
+        ([["step", "SGD", {"lr": "0.1"}]], "not a finite number"),
+        ([["step", "SGD", {"bad key": 1}]], "name 'bad key'"),
+        ([["step", "SGD", {f"k{i}": 1 for i in range(40)}]], "at most"),
+    ]:
+        header = {**GOOD_HEADER, "optim": bad}
+        with pytest.raises(wire.FrameError, match=match):
+            wire.decode(_frame_with_header(header, b"\0" * 4))

@@ -25,8 +25,8 @@ from flsplit.protocol import (
     NodeReport,
 )
 from flsplit.runtime.auth import TokenVerifier
-from strategies import SplitStrategy
-from strategies.discovery import NodeInfo, check_roles
+from strategies import SplitStrategy, discovery
+from strategies.discovery import NodeInfo, check_concurrency, check_roles
 from tests.unit.strategies.fake_grid import FakeGrid, FakeNode
 
 HELPERS = (11, 12)
@@ -276,3 +276,24 @@ def test_a_node_failing_discovery_shows_its_error_in_the_log_and_the_exception(c
     nodes[23].error = ""  # fixed: answers properly the next time it is asked
     strategy.discover(grid)
     assert set(strategy.clients) == set(CLIENTS) and not strategy.discovery_failures
+
+
+def _simulated(helpers: int, clients: int, concurrency: int) -> dict[int, NodeInfo]:
+    roles = [ROLE_HELPER] * helpers + [ROLE_CLIENT] * clients
+    return {
+        n: NodeInfo(n, role, report=NodeReport(role, simulation_concurrency=concurrency))
+        for n, role in enumerate(roles, start=1)
+    }
+
+
+def test_helpers_and_a_client_must_fit_the_backend_and_the_engine(monkeypatch):
+    monkeypatch.setattr(discovery, "engine_limit", lambda: None)  # lifted by the ClientApp
+    check_concurrency(_simulated(helpers=8, clients=4, concurrency=12))
+    with pytest.raises(RuntimeError, match=r"backend runs 2 ClientApp calls at once, but 2 help"):
+        check_concurrency(_simulated(helpers=2, clients=4, concurrency=2))
+    monkeypatch.setattr(discovery, "engine_limit", lambda: 6)  # not lifted: min(32, 2 + 4)
+    check_concurrency(_simulated(helpers=5, clients=4, concurrency=12))
+    with pytest.raises(RuntimeError, match="engine runs 6 ClientApp calls at once"):
+        check_concurrency(_simulated(helpers=8, clients=4, concurrency=12))
+    deployed = {n: NodeInfo(n, ROLE_HELPER, report=NodeReport(ROLE_HELPER)) for n in range(9)}
+    check_concurrency(deployed)  # deployment: nothing to check
