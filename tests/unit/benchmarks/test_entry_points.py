@@ -17,6 +17,7 @@ BENCHMARKS = (
     "bandwidth",
     "chain",
     "compare_planners",
+    "flower_apps",
     "cuts",
     "dataplane",
     "helper_memory",
