@@ -33,7 +33,7 @@ LOG = """\
 \x1b[92mINFO \x1b[0m:      Global evaluation
 \x1b[92mINFO \x1b[0m:      \t\u2514\u2500\u2500> MetricRecord: {'accuracy': 0.25, 'loss': 2.1}
 \x1b[92mINFO \x1b[0m:      [ROUND 2/2]
-\x1b[92mINFO \x1b[0m:      \t\u2514\u2500\u2500> Aggregated MetricRecord: {'eval_acc': 0.9}
+\x1b[92mINFO \x1b[0m:      \t\u2514\u2500\u2500> Aggregated MetricRecord: {'val_accuracy': 0.9}
 \x1b[92mINFO \x1b[0m:      Global evaluation
 \x1b[92mINFO \x1b[0m:      \t\u2514\u2500\u2500> MetricRecord: {'accuracy': 0.5, 'loss': 1.5}
 \x1b[92mINFO \x1b[0m:      Strategy execution finished in 49.24s
@@ -43,7 +43,7 @@ LOG = """\
 def test_log_accuracy_is_the_last_global_evaluation_not_a_client_metric() -> None:
     assert accuracy_from_log(LOG) == 0.5
     assert accuracy_from_log(LOG, "loss") == 1.5
-    assert accuracy_from_log(LOG, "eval_acc") is None  # the clients' aggregate is not read
+    assert accuracy_from_log(LOG, "val_accuracy") is None  # the clients' aggregate is not read
     assert accuracy_from_log(LOG.split("[ROUND 1/2]")[0]) is None  # round 0 only
     assert rounds_done(LOG) == 2
     assert strategy_seconds(LOG) == pytest.approx(49.24)
