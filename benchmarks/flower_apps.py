@@ -420,7 +420,7 @@ def run_all(args: argparse.Namespace) -> list[Run]:
     app, plain_config = read_app(plain_dir)
     _, split_config = read_app(split_dir)
     helpers = args.helpers if args.helpers is not None else int(split_config.get("num-helpers", 1))
-    root = Path(args.out_dir or tempfile.mkdtemp(prefix="flower-apps-"))
+    root = Path(args.out_dir or tempfile.mkdtemp(prefix="flower-apps-")).resolve()
     source = AccuracySource.parse(args.accuracy, args.metric)
     for config, where in ((plain_config, plain_dir), (split_config, split_dir)):
         if args.seed_key not in config:

@@ -518,6 +518,7 @@ class ClientResult:
         "started": "started",
         "ended": "ended",
     }
+    _APP_FIELDS = ("examples", "loss", "accuracy")
 
     def to_metrics(self) -> MetricRecord:
         """The reply's ``metrics`` record; a loss or accuracy the client does not know (NaN:
@@ -527,6 +528,14 @@ class ClientResult:
             if isinstance(values[key], float) and math.isnan(values[key]):
                 del values[key]
         return MetricRecord(values)
+
+    @classmethod
+    def app_metrics(cls, metrics: Mapping[str, Any]) -> MetricRecord:
+        """``metrics`` without the measurements the planner reads (batches, stage times,
+        span): what the wrapped strategy aggregates and the app's results show, as they
+        would be without split learning."""
+        measured = {key for name, key in cls._KEYS.items() if name not in cls._APP_FIELDS}
+        return MetricRecord({key: value for key, value in metrics.items() if key not in measured})
 
     @classmethod
     def from_metrics(cls, metrics: Mapping[str, Any]) -> ClientResult | None:

@@ -16,7 +16,7 @@ from typing import Any
 from flwr.app import ArrayRecord, Message
 from flwr.supercore import log
 
-from flsplit.protocol import ARRAYS, METRICS, bodies_of, reply_content
+from flsplit.protocol import ARRAYS, METRICS, ClientResult, bodies_of, reply_content
 
 
 def subset(arrays: ArrayRecord, keys: Sequence[str]) -> ArrayRecord:
@@ -88,7 +88,8 @@ def full_model_replies(
     ----------
     client_replies : sequence of Message
         The clients' replies; each one's content is replaced by ``arrays`` (the full
-        model, in ``full_keys`` order) and its ``metrics``.
+        model, in ``full_keys`` order) and its ``metrics`` without the stage times and
+        spans the planner read (:meth:`ClientResult.app_metrics`).
     bodies : Mapping
         Client -> the pieces its helpers returned.
     body_keys : callable
@@ -130,5 +131,6 @@ def full_model_replies(
         full = ArrayRecord()
         for key in full_keys:
             full[key] = body[key] if key in wanted else head_tail[key]
-        reply.content = reply_content(full, reply.content.metric_records[METRICS])
+        metrics = ClientResult.app_metrics(reply.content.metric_records[METRICS])
+        reply.content = reply_content(full, metrics)
         yield reply

@@ -15,10 +15,13 @@ from flsplit.protocol import (
     CLIENT_TRAIN,
     CONFIG,
     HELPER_TRAIN,
+    METRICS,
     MODE,
+    NUM_EXAMPLES,
     ROLE_CLIENT,
     ROLE_HELPER,
     ROUND_WALL_SECONDS,
+    TRAIN_ACC,
     TRAIN_LOSS,
     ClientRound,
     HelperRound,
@@ -177,6 +180,10 @@ def test_aggregate_train_assembles_one_full_model_per_client(cuts):
         assert list(full.keys()) == strategy.full_keys  # head, body pieces, tail in order
         for key, tensor in full.to_torch_state_dict().items():
             assert torch.all(tensor == fill), f"client {client}: {key} is not its own"
+        # The wrapped strategy (and the app's results) get the client's own metrics, not
+        # the stage times and spans the planner read.
+        assert set(reply.content[METRICS]) == {NUM_EXAMPLES, TRAIN_LOSS, TRAIN_ACC}
+    assert set(metrics) == {TRAIN_LOSS, TRAIN_ACC, ROUND_WALL_SECONDS}
     assert set(strategy.helper_peak_mib) == set(HELPERS)
 
 
