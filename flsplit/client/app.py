@@ -34,7 +34,11 @@ from flwr.clientapp import ClientApp
 from flsplit.client.client_role import evaluate_full_model, train_full_model, train_split_round
 from flsplit.client.discovery import answer_query
 from flsplit.client.helper_role import serve_helper_round
-from flsplit.client.node import check_simulation_roles, client_partition_view
+from flsplit.client.node import (
+    check_partition_view,
+    check_simulation_roles,
+    client_partition_view,
+)
 from flsplit.client.records import config_of
 from flsplit.config import RunConfig
 from flsplit.engine import in_simulation, lift_engine_limit
@@ -112,14 +116,17 @@ def enable_split_learning(
 
     @app.query(SPLIT_ACTION)
     def query(msg: Message, context: Context) -> Message:
+        check_partition_view(context)
         return answer_query(msg, context, task, settings(None, context))
 
     @app.train(SPLIT_ACTION)
     def train(msg: Message, context: Context) -> Message:
+        check_partition_view(context)
         return train_split_round(msg, context, task, settings(msg, context))
 
     @app.train(HELPER_ACTION)
     def serve(msg: Message, context: Context) -> Message:
+        check_partition_view(context)
         return serve_helper_round(msg, context, task, settings(msg, context))
 
     return app

@@ -137,6 +137,25 @@ def client_partition_view(
         _SIMULATED.reset(token)
 
 
+def check_partition_view(context: Context) -> None:
+    """Refuse a simulated node's split-learning message handled outside
+    :func:`client_partition_view`: the app replaced the lifespan that installs it.
+
+    Raises
+    ------
+    RuntimeError
+        Naming the fix: register the app's own lifespan before ``enable_split_learning``.
+    """
+    if _SIMULATED.get() is None and simulated_node(context) is not None:
+        raise RuntimeError(
+            "this ClientApp's lifespan is not the one enable_split_learning installed: an "
+            "`@app.lifespan()` registered after `enable_split_learning(app, ...)` replaced it, "
+            "so the app's own handlers would see other data partitions than flsplit's. "
+            "Register the app's lifespan first and call enable_split_learning after it "
+            "(flsplit wraps it)"
+        )
+
+
 def data_partition(
     context: Context, config: RunConfig | Mapping[str, Any]
 ) -> tuple[int, int]:

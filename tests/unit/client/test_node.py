@@ -284,3 +284,43 @@ def test_compute_device_reads_torch_devices_and_leaves_presets_alone():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match=r"device='cuda:1'.*has 0 CUDA"):
             node.compute_device(context(device="cuda:1"))
+
+
+def test_a_lifespan_registered_after_enable_split_learning_is_refused_naming_the_fix(
+    monkeypatch,
+):
+    from flwr.app import Message
+    from flwr.clientapp import ClientApp
+    from flwr.common.constant import SUPERLINK_NODE_ID
+    from flwr.supercore.task_identity import TaskIdentity
+
+    # Outside Flower's processes nobody sets who is sending; Message() reads it.
+    for name, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", SUPERLINK_NODE_ID)):
+        monkeypatch.setattr(TaskIdentity, name, value)
+
+    from flsplit import SplitTask, enable_split_learning
+    from flsplit.model.zoo import SmallCNN
+    from flsplit.protocol import QUERY
+
+    def make_app(lifespan_first: bool) -> ClientApp:
+        app = ClientApp()
+        task = SplitTask(model_fn=lambda cfg: SmallCNN(), example_input=lambda cfg: None,
+                         load_data=lambda pid, n, cfg: ([], []))
+        if not lifespan_first:
+            enable_split_learning(app, task, {"num-helpers": 1})
+
+        @app.lifespan()
+        def lifespan(context):  # the app's own set-up around every message
+            yield
+
+        if lifespan_first:
+            enable_split_learning(app, task, {"num-helpers": 1})
+        return app
+
+    def query(app: ClientApp) -> Message:
+        return app(Message(RecordDict(), dst_node_id=7, message_type=QUERY), simulated(3))
+
+    # the app's lifespan first: flsplit's view wraps it and the query is answered
+    assert not query(make_app(lifespan_first=True)).has_error()
+    with pytest.raises(RuntimeError, match=r"@app.lifespan\(\)` registered after.*Register"):
+        query(make_app(lifespan_first=False))
