@@ -583,7 +583,8 @@ class HelperResult:
     Attributes
     ----------
     finished, dropped : list of str
-        Clients that finished the round, and clients dropped as idle.
+        Clients that finished the round, and clients dropped as idle (silent, or never
+        connected, for ``client-idle-timeout``).
     busy_seconds, wall_seconds : float
         Time spent running tasks, and the whole round.
     refused, invalid_requests : int
@@ -596,6 +597,9 @@ class HelperResult:
         Every task it ran.
     step_examples, step_clients : list of int, optional
         Global sampling: examples and clients of each synchronous step.
+    aborted : dict of str to str
+        Clients that gave up their round mid-way, released at once: client -> reason (the
+        client's ``Abort``, e.g. ``"ValueError: bad batch"``, or its connection closing).
     """
 
     finished: list[str]
@@ -610,6 +614,7 @@ class HelperResult:
     timeline: list[TaskSpan] = field(default_factory=list)
     step_examples: list[int] | None = None
     step_clients: list[int] | None = None
+    aborted: dict[str, str] = field(default_factory=dict)
 
     def to_content(self, bodies: Mapping[str, ArrayRecord]) -> RecordDict:
         """The reply's content, with ``bodies`` (client -> its trained body)."""
@@ -619,6 +624,7 @@ class HelperResult:
         metrics: dict[str, Any] = {
             "clients-finished": len(self.finished),
             "clients-dropped": len(self.dropped),
+            "clients-aborted": len(self.aborted),
             "busy-seconds": self.busy_seconds,
             "wall-seconds": self.wall_seconds,
             "refused": self.refused,
@@ -633,8 +639,14 @@ class HelperResult:
             metrics["step-examples"] = list(self.step_examples) or [0]
             metrics["step-clients"] = list(self.step_clients or []) or [0]
         content[METRICS] = MetricRecord(metrics)
+        aborted = sorted(self.aborted)
         content[CONFIG] = ConfigRecord(
-            {"finished": sorted(self.finished), "dropped": sorted(self.dropped)}
+            {
+                "finished": sorted(self.finished),
+                "dropped": sorted(self.dropped),
+                "aborted": aborted,
+                "aborted-reasons": [self.aborted[c] for c in aborted],
+            }
         )
         content[TIMELINE] = ConfigRecord(
             {
@@ -662,6 +674,13 @@ class HelperResult:
         return cls(
             finished=[str(c) for c in config.get("finished", [])],
             dropped=[str(c) for c in config.get("dropped", [])],
+            aborted=dict(
+                zip(
+                    [str(c) for c in config.get("aborted", [])],
+                    [str(r) for r in config.get("aborted-reasons", [])],
+                    strict=False,
+                )
+            ),
             busy_seconds=float(metrics.get("busy-seconds", 0.0)),
             wall_seconds=float(metrics.get("wall-seconds", 0.0)),
             refused=int(metrics.get("refused", 0)),

@@ -35,7 +35,7 @@ import time
 from abc import ABCMeta
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from logging import ERROR, INFO
+from logging import ERROR, INFO, WARNING
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -619,10 +619,14 @@ class SplitStrategy(Strategy, metaclass=_Built):
         return arrays, metrics
 
     def _record_helper_metrics(self, server_round: int, helper_replies: Sequence[Message]) -> None:
-        """Keep each helper's synchronous step sizes and its peak memory."""
+        """Keep each helper's synchronous step sizes and its peak memory; log the clients
+        that aborted their round on it, with the cause the client sent."""
         for reply in helper_replies:
             src = reply.metadata.src_node_id
             result = HelperResult.from_content(reply.content)
+            for client, reason in sorted(result.aborted.items()):
+                log(WARNING, "round %d: client %s aborted its round on helper %d: %s",
+                    server_round, client, src, reason)
             if result.step_examples is not None:
                 self.sync_steps.setdefault(server_round, {})[src] = result.step_examples
             self.helper_peak_mib[src] = max(self.helper_peak_mib.get(src, 0.0), result.peak_rss_mib)

@@ -2,7 +2,9 @@
 ``train`` and ``evaluate`` of :func:`~flsplit.client.app.make_client_app`.
 
 In split training a client trains its head and tail and dials its helper (the message's
-:class:`~flsplit.protocol.ClientRound`: address and round token) for the body. When the
+:class:`~flsplit.protocol.ClientRound`: address and round token) for the body. A round
+that fails on the client (its data, its model, the app's training function) tells the
+helper (``Abort``, with the cause), which releases the client at once. When the
 round carries a schedule (global sampling, run config ``sampler``), it trains its
 scheduled samples per global step (:mod:`flsplit.runtime.sync_client`) instead of its
 local epochs.
@@ -69,22 +71,11 @@ def train_split_round(
     """
     round_ = ClientRound.from_config(config_of(msg))
     values = config.as_dict()
-    partition, partitions = data_partition(context, config)
-    # the model first, then the data, as a Flower train handler does: building the model
-    # draws random numbers, so an app that seeds its data loading shuffles as it did
-    state = state_dict_of(msg.content[ARRAYS])
-    split = task.split({**values, "cuts": round_.cuts})
-    head, tail = split.head, split.tail
-    load_part(head, state)
-    load_part(tail, state)
-    train_data, _ = task.load_data(partition, partitions, values)
-    if task.train_fn is not None:
-        _check_own_loop(config, round_)
-    device = compute_device(context)
-    head.to(device)
-    tail.to(device)
     root_cert, server_name = client_tls(context)
     own_loss: float | None = None
+    # Everything of the round runs inside the connection's block: a failure anywhere in
+    # it (the data, the model, the app's training function) tells the helper at once
+    # (HelperClient.__exit__ sends Abort with the cause) and still fails this handler.
     with HelperClient(
         round_.helper_address,
         client=str(context.node_id),
@@ -93,6 +84,21 @@ def train_split_round(
         tls_root_cert=root_cert,
         tls_server_name=server_name,
     ) as helper:
+        partition, partitions = data_partition(context, config)
+        # the model first, then the data, as a Flower train handler does: building the
+        # model draws random numbers, so an app that seeds its data loading shuffles as
+        # it did
+        state = state_dict_of(msg.content[ARRAYS])
+        split = task.split({**values, "cuts": round_.cuts})
+        head, tail = split.head, split.tail
+        load_part(head, state)
+        load_part(tail, state)
+        train_data, _ = task.load_data(partition, partitions, values)
+        if task.train_fn is not None:
+            _check_own_loop(config, round_)
+        device = compute_device(context)
+        head.to(device)
+        tail.to(device)
         emulation = node_emulation(
             context, config, ROLE_CLIENT, round_.server_round, link=round_.link
         )

@@ -180,10 +180,13 @@ def _serve_round(
         all_done = server.wait_clients(round_.round_timeout)
     finally:
         server.stop()
-    if server.dropped:
-        log(WARNING, "helper: dropped idle clients %s", sorted(server.dropped))
+    for client, reason in sorted(server.aborted.items()):
+        log(WARNING, "helper: client %s aborted: %s", client, reason)
+    for client, reason in sorted(server.dropped.items()):
+        log(WARNING, "helper: client %s dropped: %s", client, reason)
     if not all_done:
-        missing = sorted(set(clients) - set(server.finished) - set(server.dropped))
+        gone = set(server.finished) | set(server.dropped) | set(server.aborted)
+        missing = sorted(set(clients) - gone)
         log(WARNING, "helper: clients %s did not finish before the round deadline", missing)
     bodies: dict[str, ArrayRecord] = {}
     records: dict[int, ArrayRecord] = {}  # shared mode: one record per shared body
@@ -209,6 +212,7 @@ def _serve_round(
         timeline=[TaskSpan(t.client, t.kind, t.start, t.end) for t in tasks],
         step_examples=list(sync.step_examples) if sync is not None else None,
         step_clients=list(sync.step_clients) if sync is not None else None,
+        aborted=dict(server.aborted),
     )
     return Message(result.to_content(bodies), reply_to=msg)
 

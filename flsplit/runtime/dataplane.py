@@ -1,10 +1,22 @@
 """gRPC data plane between clients and their helper: the helper's server.
 
-The helper serves three unary methods on the service ``flsplit.Helper``: ``Forward``
+The helper serves unary methods on the service ``flsplit.Helper``: ``Forward``
 (cut-1 activations in, body output out), ``Backward`` (cut-2 gradient in, cut-1 gradient
-out) and ``Finish`` (the client is done for the round). Requests and replies are frames of
-:mod:`flsplit.runtime.wire`; no protobuf code generation and nothing pickled. The client
-side is :mod:`flsplit.runtime.helper_client`.
+out), ``Finish`` (the client is done for the round), ``Abort`` (the client gives up its
+round, with the reason) and ``Watch`` (held open by the client for the round). Requests and
+replies are frames of :mod:`flsplit.runtime.wire`; no protobuf code generation and
+nothing pickled. The client side is :mod:`flsplit.runtime.helper_client`.
+
+A client that fails mid-round is released at once, without waiting for the idle timeout:
+it sends ``Abort`` with the cause (``"ValueError: ..."``) from its error path, and if its
+process ends without doing so, its ``Watch`` call ends with its connection. Either way
+the helper logs ``client 'X' aborted: <reason>``, frees the client's body state, relays the
+abort to the client's next hop (chains), keeps the reason in :attr:`HelperServer.aborted`
+(the helper's reply carries it to the server) and ends its round when its other clients
+are done. The idle timeout stays for a client that is connected but silent, and for one
+that never reaches the helper: the helper then says that it never connected (a TLS
+mismatch looks like that from the helper's side: gRPC handles the handshake below
+Python, so a failed one reaches no handler).
 
 Every request is checked in this order, and nothing is done for it before it passes:
 
@@ -149,8 +161,12 @@ class HelperServer:
         self.tls = tls_cert is not None
         self.finished: dict[str, int] = {}
         self.dropped: dict[str, str] = {}  # client -> why it was dropped
+        self.aborted: dict[str, str] = {}  # client -> why it gave up (Abort, or Watch ended)
         self.idle_timeout = idle_timeout
         self._last_seen: dict[str, float] = {}
+        self._seen: set[str] = set()  # clients that reached the helper (authenticated)
+        self._watches: dict[str, threading.Event] = {}
+        self._stopping = False
         self.refused: list[str] = []
         self.refused_count = 0
         self.invalid_count = 0
@@ -162,7 +178,8 @@ class HelperServer:
             raise DataPlaneError(f"next hops given for clients not served here: {unknown[:3]}")
         self._server = grpc.server(
             futures.ThreadPoolExecutor(
-                max_workers=(max(in_flight, 1) + 1) * len(self.clients) + 4,
+                # per client: its requests in flight, its Finish and its Watch
+                max_workers=(max(in_flight, 1) + 2) * len(self.clients) + 4,
                 thread_name_prefix="flsplit-dataplane",
             ),
             options=grpc_options(max_frame_bytes),
@@ -188,7 +205,13 @@ class HelperServer:
 
     def _methods(self) -> list[tuple[str, Callable[[bytes, grpc.ServicerContext], bytes]]]:
         """The RPC methods served (subclasses add their own)."""
-        return [("Forward", self.forward), ("Backward", self.backward), ("Finish", self.finish)]
+        return [
+            ("Forward", self.forward),
+            ("Backward", self.backward),
+            ("Finish", self.finish),
+            ("Abort", self.abort),
+            ("Watch", self.watch),
+        ]
 
     def _busy(self, client: str) -> bool:
         """Whether ``client`` has a request in progress (never idle then); none here.
@@ -212,8 +235,8 @@ class HelperServer:
         return self
 
     def wait_clients(self, timeout: float) -> bool:
-        """Block until every client called ``Finish`` or was dropped as idle, or until
-        ``timeout`` passes; return whether no client is left to wait for."""
+        """Block until every client called ``Finish``, aborted or was dropped as idle, or
+        until ``timeout`` passes; return whether no client is left to wait for."""
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
@@ -225,30 +248,88 @@ class HelperServer:
             if self.idle_timeout is not None:
                 self._drop_idle(time.monotonic())
 
+    def _over(self, client: str) -> bool:
+        """Whether ``client``'s round here is over (called with ``self._lock`` held)."""
+        return client in self.finished or client in self.dropped or client in self.aborted
+
+    def _check_done(self) -> None:
+        """Set the round's end once no client is left (called with ``self._lock`` held)."""
+        if set(self.finished) | set(self.dropped) | set(self.aborted) >= self.clients:
+            self._all_done.set()
+
     def _drop_idle(self, now: float) -> None:
         with self._lock:
             idle = [
                 client
                 for client, seen in self._last_seen.items()
-                if client not in self.finished
-                and client not in self.dropped
+                if not self._over(client)
                 and now - seen > self.idle_timeout
                 and not self._busy(client)
             ]
+            never = {client for client in idle if client not in self._seen}
             for client in idle:
-                self.dropped[client] = f"no request for {self.idle_timeout:.0f} s"
-            if set(self.finished) | set(self.dropped) >= self.clients:
-                self._all_done.set()
+                self.dropped[client] = (
+                    f"never reached the helper in {self.idle_timeout:.0f} s"
+                    if client in never
+                    else f"no request for {self.idle_timeout:.0f} s"
+                )
+                self._wake_watch(client)
+            self._check_done()
         for client in idle:
-            LOG.warning(
-                "client %r sent nothing for %.0f s: dropped, its update is discarded",
-                client,
-                self.idle_timeout,
-            )
+            if client in never:
+                LOG.warning(
+                    "client %r never reached this helper in %.0f s: dropped. It failed "
+                    "before connecting, dials another address than %s, or disagrees on "
+                    "TLS: this helper serves %s, so its clients need %s",
+                    client,
+                    self.idle_timeout,
+                    self.address,
+                    "TLS" if self.tls else "plaintext",
+                    "data-tls-root-cert (the CA of its data-tls-cert)"
+                    if self.tls
+                    else "no data-tls-root-cert",
+                )
+            else:
+                LOG.warning(
+                    "client %r sent nothing for %.0f s: dropped, its update is discarded",
+                    client,
+                    self.idle_timeout,
+                )
             self.worker.drop(client)
+            if self.relay.relays(client):
+                self.relay.abort(client, f"dropped by the previous helper: {self.dropped[client]}")
+
+    def _wake_watch(self, client: str) -> None:
+        """End ``client``'s ``Watch`` call, if any (called with ``self._lock`` held)."""
+        watch = self._watches.get(client)
+        if watch is not None:
+            watch.set()
+
+    def release(self, client: str, reason: str) -> bool:
+        """Give up waiting for ``client`` this round: it aborted (``reason``: why).
+
+        Its body state is freed, its update will not be returned, its next hop (chains)
+        is told, and the round ends when the other clients are done. Returns whether the
+        client was still in the round (``False``: it had finished or was already gone).
+        """
+        with self._lock:
+            if client not in self.clients or self._over(client):
+                return False
+            self.aborted[client] = reason
+            self._wake_watch(client)
+            self._check_done()
+        LOG.warning("client %r aborted: %s", client, reason)
+        self.worker.drop(client)
+        if self.relay.relays(client):
+            self.relay.abort(client, reason)
+        return True
 
     def stop(self, grace: float = 1.0) -> None:
         """Stop the server, the worker and the connections to next hops."""
+        with self._lock:
+            self._stopping = True
+            for watch in self._watches.values():
+                watch.set()
         self._server.stop(grace).wait()
         self.worker.stop()
         self.relay.close()
@@ -267,6 +348,42 @@ class HelperServer:
         """``Finish``: the client is done for the round."""
         return self._handle(request, context, "finish")
 
+    def abort(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        """``Abort``: the client gives up its round (the frame's ``reason`` says why)."""
+        return self._handle(request, context, "abort")
+
+    def watch(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        """``Watch``: held open by the client until its round here is over; if it ends
+        first (the client's connection closed), the client is released as aborted."""
+        try:
+            frame = self._admit(request, "watch", over_ok=True)
+        except _StatusError as error:
+            context.abort(error.code, error.details)
+            raise  # abort raises; this is never reached with a real context
+        client = frame.client
+        ended = threading.Event()
+        with self._lock:
+            if client in self._watches:
+                context.abort(grpc.StatusCode.ALREADY_EXISTS, f"client {client!r} is watched")
+            if self._stopping or self._over(client):
+                return wire.encode(wire.Frame("result", client, step=frame.step))
+            self._watches[client] = ended
+        try:
+            if not context.add_callback(ended.set):  # the call already ended
+                ended.set()
+            ended.wait()
+        finally:
+            with self._lock:
+                self._watches.pop(client, None)
+                gone = not self._stopping and not self._over(client)
+        if gone:
+            self.release(
+                client,
+                "its connection closed before it finished (its process ended or it closed "
+                "the channel)",
+            )
+        return wire.encode(wire.Frame("result", client, step=frame.step))
+
     def _handle(self, request: bytes, context: grpc.ServicerContext, op: str) -> bytes:
         try:
             return self._serve(request, op)
@@ -280,7 +397,11 @@ class HelperServer:
         LOG.info("invalid request: %s", details)
         return _StatusError(grpc.StatusCode.INVALID_ARGUMENT, details)
 
-    def _admit(self, request: bytes, op: str) -> wire.Frame:
+    def _admit(self, request: bytes, op: str, over_ok: bool = False) -> wire.Frame:
+        """Decode, authenticate and check a request (the module docstring's order).
+
+        ``over_ok``: also admit a client whose round here is over (``Abort``, ``Watch``).
+        """
         try:
             raw = wire.decode_header(request, max_frame_bytes=self.max_frame_bytes)
         except wire.FrameError as err:
@@ -302,6 +423,10 @@ class HelperServer:
                     LOG.warning("more than %d refused requests this round", KEPT_REASONS)
                 LOG.debug("refused request: %s", reason)
             raise _StatusError(grpc.StatusCode.UNAUTHENTICATED, reason)
+        with self._lock:
+            self._seen.add(frame.client)
+        if over_ok:
+            return frame
         if frame.client in self.finished:
             raise _StatusError(
                 grpc.StatusCode.FAILED_PRECONDITION, f"client {frame.client!r} finished"
@@ -310,6 +435,11 @@ class HelperServer:
             raise _StatusError(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"client {frame.client!r} was dropped this round: {self.dropped[frame.client]}",
+            )
+        if frame.client in self.aborted:
+            raise _StatusError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"client {frame.client!r} aborted this round: {self.aborted[frame.client]}",
             )
         with self._lock:
             self._last_seen[frame.client] = time.monotonic()
@@ -321,6 +451,10 @@ class HelperServer:
 
     def _serve(self, request: bytes, op: str) -> bytes:
         received = time.perf_counter()
+        if op == "abort":
+            frame = self._admit(request, op, over_ok=True)
+            self.release(frame.client, frame.reason or "no reason given")
+            return wire.encode(wire.Frame("result", frame.client, step=frame.step))
         frame = self._admit(request, op)
         if frame.optim is not None and self.relay.relays(frame.client):
             raise _StatusError(
@@ -338,9 +472,14 @@ class HelperServer:
                 except RelayError as err:
                     relay_error = _StatusError(grpc.StatusCode.FAILED_PRECONDITION, str(err))
             with self._lock:
+                if frame.client in self.aborted or frame.client in self.dropped:
+                    raise _StatusError(  # released while its finish was relayed
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        f"client {frame.client!r} left this round before it finished",
+                    )
                 self.finished[frame.client] = frame.step
-                if set(self.finished) | set(self.dropped) >= self.clients:
-                    self._all_done.set()
+                self._wake_watch(frame.client)
+                self._check_done()
             if relay_error is not None:
                 raise relay_error
             return wire.encode(wire.Frame("result", frame.client, step=frame.step))

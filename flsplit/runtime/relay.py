@@ -7,8 +7,8 @@ client's id and the client's round token *for the next helper*. ``Forward``: the
 own output goes on to the next hop and the next hop's answer is the chain's output.
 ``Backward``: the gradient is checked against the shape and dtype of that answer and
 relayed first; what the next hop answers is the gradient of this helper's output.
-``Finish`` is relayed too. Every relayed tensor crosses the emulated link between the
-two helpers.
+``Finish`` is relayed too, and so is a client's abort (or its drop as idle). Every
+relayed tensor crosses the emulated link between the two helpers.
 
 Failures are raised as the worker's errors so that the server answers them like its own:
 :class:`~flsplit.runtime.checks.InputError` for a gradient that does not fit,
@@ -114,6 +114,12 @@ class ChainRelay:
             self.next_hops[client].call("finish", None, step)
         except DataPlaneError as err:
             raise RelayError(f"next hop: {err}") from None
+
+    def abort(self, client: str, reason: str) -> None:
+        """Tell the next hop the client gave up its round (best effort, never raises)."""
+        hop = self.next_hops.get(client)
+        if hop is not None:
+            hop.abort(reason)
 
     def close(self) -> None:
         """Close the connections to the next hops."""

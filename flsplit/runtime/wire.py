@@ -7,7 +7,9 @@ A frame is::
 The header is a UTF-8 JSON object with the fields
 
 - ``op``: what the frame asks for or answers (``"fwd"``, ``"bwd"``, ``"finish"``,
-  ``"result"``; ``"sync"`` in synchronous-step mode, :mod:`flsplit.runtime.sync_helper`),
+  ``"result"``; ``"sync"`` in synchronous-step mode, :mod:`flsplit.runtime.sync_helper`;
+  ``"abort"``: the client gives up its round, ``"watch"``: the client's connection is
+  watched for the round, :mod:`flsplit.runtime.dataplane`),
 - ``client``: the sending client's id (a string),
 - ``token``: the round token the server gave that client,
 - ``step``: the batch counter of the sending client (in synchronous-step mode the global
@@ -28,6 +30,9 @@ The header is a UTF-8 JSON object with the fields
   ``["step", CLASS, HYPERPARAMETERS]`` (step the body with ``torch.optim.CLASS`` and those
   hyperparameters). A ``bwd`` frame with the field (even an empty list) only adds its
   gradients to the body's; the body steps on ``step`` events alone.
+- ``reason`` (optional, ``abort`` frames): why the client gives up, e.g.
+  ``"ValueError: bad batch"``: at most :data:`MAX_REASON_CHARS` printable characters (no
+  line breaks or control characters, so it is safe to log).
 
 The payload is the tensor's raw bytes in C order, exactly ``nbytes`` long. Every field is
 checked before any byte of the payload is interpreted: allowed dtypes only, a bounded
@@ -57,7 +62,8 @@ MAX_MICROS = 4096
 MAX_OPTIM_EVENTS = 64
 MAX_HYPERPARAMETERS = 32
 MAX_NAME_CHARS = 64
-OPS = ("fwd", "bwd", "finish", "result", "sync")
+MAX_REASON_CHARS = 300
+OPS = ("fwd", "bwd", "finish", "result", "sync", "abort", "watch")
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -94,6 +100,10 @@ class Frame:
         Replies: time the helper held the request, in ms.
     micro, micros : int
         Micro-batch index and micro-batches in the batch (``0`` and ``1``: a whole batch).
+    optim : list, optional
+        The client's optimizer events (its own training loop).
+    reason : str
+        ``abort`` frames: why the client gives up its round.
     """
 
     op: str
@@ -105,6 +115,7 @@ class Frame:
     micro: int = 0
     micros: int = 1
     optim: list[list] | None = None
+    reason: str = ""
 
 
 def encode(frame: Frame) -> bytes:
@@ -138,6 +149,8 @@ def encode(frame: Frame) -> bytes:
         fields["micro"], fields["micros"] = frame.micro, frame.micros
     if frame.optim is not None:
         fields["optim"] = check_optim_events(frame.optim)
+    if frame.reason:
+        fields["reason"] = check_reason(frame.reason)
     header = json.dumps(fields, separators=(",", ":")).encode()
     return _PREFIX.pack(MAGIC, len(header)) + header + payload
 
@@ -276,6 +289,7 @@ def decode_header(data: bytes, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
             raise FrameError(f"header field {name!r} must be int, got {_short(value, 40)}")
     _check_micro(micro, micros)
     optim = header.get("optim")
+    reason = header.get("reason", "")
     frame = Frame(
         op=op,
         client=client,
@@ -285,6 +299,7 @@ def decode_header(data: bytes, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
         micro=micro,
         micros=micros,
         optim=None if optim is None else check_optim_events(optim),
+        reason=check_reason(reason),
     )
     payload = memoryview(data)[_PREFIX.size + header_len :]
     spec = header.get("tensor")
@@ -352,6 +367,35 @@ def _tensor_layout(spec: object, payload: memoryview) -> tuple[torch.dtype, tupl
     if len(payload) != expected:
         raise FrameError(f"payload has {len(payload)} bytes, header announces {expected}")
     return dtype, tuple(shape)
+
+
+def check_reason(reason: object) -> str:
+    """Validate a frame's ``reason`` field and return it.
+
+    Raises
+    ------
+    FrameError
+        If it is not a string of at most :data:`MAX_REASON_CHARS` printable characters.
+    """
+    if not isinstance(reason, str):
+        raise FrameError(f"header field 'reason' must be str, got {_short(reason, 40)}")
+    if len(reason) > MAX_REASON_CHARS:
+        raise FrameError(f"header field 'reason' is longer than {MAX_REASON_CHARS} characters")
+    if not reason.isprintable():
+        raise FrameError("header field 'reason' holds line breaks or control characters")
+    return reason
+
+
+def short_reason(error: BaseException) -> str:
+    """``"Type: message"`` of ``error`` as a valid ``reason`` field: its first line, control
+    characters replaced, cut to :data:`MAX_REASON_CHARS` characters."""
+    text = str(error).strip().splitlines()
+    message = text[0] if text else ""
+    reason = f"{type(error).__name__}: {message}" if message else type(error).__name__
+    reason = "".join(c if c.isprintable() else "?" for c in reason)
+    if len(reason) > MAX_REASON_CHARS:
+        reason = reason[: MAX_REASON_CHARS - 3] + "..."
+    return reason
 
 
 def check_optim_events(events: object) -> list[list]:

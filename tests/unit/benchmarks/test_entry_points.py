@@ -20,6 +20,7 @@ BENCHMARKS = (
     "flower_apps",
     "cuts",
     "dataplane",
+    "failures",
     "helper_memory",
     "placement",
     "planner",

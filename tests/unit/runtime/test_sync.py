@@ -189,11 +189,14 @@ def test_a_client_dying_mid_step_is_dropped_and_the_others_finish():
                 seed=k,
             )
 
-    def dying():  # sends the forward of step 0, then is gone
+    silent = threading.Event()
+
+    def dying():  # sends the forward of step 0, then falls silent (connection open: hung)
         head = copy.deepcopy(split.head)
         with HelperClient(server.address, "2", verifier.token_for("2"), 30) as helper:
             helper.sync(0)
             helper.forward(head(datas[2][0][:2]).detach(), step=0)
+            silent.wait(60)
 
     threads = [threading.Thread(target=client, args=(k,)) for k in (0, 1)]
     threads.append(threading.Thread(target=dying))
@@ -202,6 +205,7 @@ def test_a_client_dying_mid_step_is_dropped_and_the_others_finish():
     try:
         assert server.wait_clients(30)
     finally:
+        silent.set()
         for t in threads:
             t.join(30)
         server.stop()
@@ -211,6 +215,51 @@ def test_a_client_dying_mid_step_is_dropped_and_the_others_finish():
     assert set(server.dropped) == {"2"} and set(server.finished) == {"0", "1"}
     assert set(done) == {0, 1} and all(r.batches == 3 for r in done.values())
     assert worker.step_clients == [3, 2, 2]  # step 0 ran the body on 3, the rest on 2
+
+
+def test_a_client_failing_mid_step_aborts_and_the_others_go_on_without_waiting():
+    """Its Abort drops it from the barriers at once (an idle timeout of an hour is never
+    reached)."""
+    model = _model()
+    split = split_model(model, CUTS, torch.zeros(2, 1, 8, 8, dtype=torch.float64))
+    datas = _data([6, 6, 6])
+    counts = np.array([[2, 2, 2], [2, 2, 2], [2, 2, 2]])
+    _, verifier, server = _serve(split.body, counts, "shared", 0.0, idle_timeout=3600)
+    done: dict[int, object] = {}
+    failed: list[BaseException] = []
+
+    def client(k):
+        head, tail = copy.deepcopy(split.head), copy.deepcopy(split.tail)
+        opt = _sgd(0.0)([*head.parameters(), *tail.parameters()])
+        with HelperClient(server.address, str(k), verifier.token_for(str(k)), 30) as helper:
+            done[k] = train_sync(
+                head, tail, helper, datas[k], counts[:, k], nn.functional.cross_entropy, opt,
+                seed=k,
+            )
+
+    def failing():  # its loss code fails after the forward of step 0
+        head = copy.deepcopy(split.head)
+        try:
+            with HelperClient(server.address, "2", verifier.token_for("2"), 30) as helper:
+                helper.sync(0)
+                helper.forward(head(datas[2][0][:2]).detach(), step=0)
+                raise ArithmeticError("loss overflow")
+        except ArithmeticError as err:
+            failed.append(err)
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in (0, 1)]
+    threads.append(threading.Thread(target=failing))
+    for t in threads:
+        t.start()
+    try:
+        assert server.wait_clients(60)
+    finally:
+        for t in threads:
+            t.join(30)
+        server.stop()
+    assert server.aborted == {"2": "ArithmeticError: loss overflow"} and len(failed) == 1
+    assert not server.dropped and set(server.finished) == {"0", "1"}
+    assert set(done) == {0, 1} and all(r.batches == 3 for r in done.values())
 
 
 def test_a_forward_with_the_wrong_number_of_rows_is_refused():

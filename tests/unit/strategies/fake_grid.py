@@ -69,12 +69,15 @@ class FakeGrid(Grid):
         The run's id (round tokens are bound to it).
     silent : set of (helper, client)
         Hops whose helper returns no body for that client (it did not finish).
+    aborted : dict of (helper, client) to str
+        Hops whose client aborted its round on that helper, with the reason it sent.
     """
 
     nodes: dict[int, FakeNode]
     piece_keys: Callable[[str], Sequence[Sequence[str]]]
     run_id: int = 7
     silent: set[tuple[int, int]] = field(default_factory=set)
+    aborted: dict[tuple[int, int], str] = field(default_factory=dict)
     sent: list[Message] = field(default_factory=list)
     _replies: dict[str, Message] = field(default_factory=dict)
 
@@ -160,14 +163,19 @@ class FakeGrid(Grid):
     def _serve(self, helper: int, message: Message) -> RecordDict:
         round_ = HelperRound.from_config(message.content[CONFIG])
         state = message.content[ARRAYS].to_torch_state_dict()
-        bodies = {}
+        bodies, aborted = {}, {}
         for served in round_.clients:
-            if (helper, int(served.client)) in self.silent:
+            hop = (helper, int(served.client))
+            if hop in self.aborted:
+                aborted[served.client] = self.aborted[hop]
+            if hop in self.silent or hop in self.aborted:
                 continue
             keys = self.piece_keys(served.cuts)[served.piece - 1]
             fill = self.nodes[int(served.client)].fill
             bodies[served.client] = ArrayRecord(_filled({k: state[k] for k in keys}, fill))
-        result = HelperResult(finished=list(bodies), peak_rss_mib=100.0 + helper)
+        result = HelperResult(
+            finished=list(bodies), peak_rss_mib=100.0 + helper, aborted=aborted
+        )
         return result.to_content(bodies)
 
 

@@ -200,6 +200,21 @@ def test_a_missing_chain_piece_leaves_that_client_out_and_aggregates_the_others(
     ]
 
 
+def test_a_client_that_aborted_on_its_helper_is_named_with_its_cause(caplog):
+    strategy, grid, arrays = _setup("conv2,fc2")
+    strategy.configure_train(1, arrays, ConfigRecord({}), grid)
+    crashed = CLIENTS[2]
+    helper = strategy.assignment.helper_of[crashed]
+    grid.aborted = {(helper, crashed): "OSError: disk gone"}
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        _, (aggregated, _) = _round(strategy, grid, arrays, 1)
+    assert aggregated is not None
+    assert crashed not in [r.metadata.src_node_id for r in strategy.strategy.aggregated]
+    named = [r.getMessage() for r in caplog.records if "aborted" in r.getMessage()]
+    assert named == [f"round 1: client {crashed} aborted its round on helper {helper}: "
+                     "OSError: disk gone"]
+
+
 def test_a_round_without_enough_complete_clients_keeps_the_model():
     strategy, grid, arrays = _setup("conv2,fc2", min_completed_clients=3)
     strategy.configure_train(1, arrays, ConfigRecord({}), grid)
