@@ -493,6 +493,12 @@ class ClientResult:
         Mean per batch of the time the helper spent on the client's tasks.
     started, ended : float
         Wall-clock seconds of the first batch's start and the last one's end.
+    load_ms : float
+        Mean per batch of the time spent getting the batches from the client's data
+        loader: outside the stages, before each batch's stage 1 (its own training loop:
+        everything it does between one batch's stage 5 and the next batch's head
+        forward). The planner adds it to the client's stage 1; a client that does not
+        report it (an older flsplit) counts as loading for free.
     """
 
     examples: int
@@ -505,6 +511,7 @@ class ClientResult:
     helper_service_ms: float = 0.0
     started: float = 0.0
     ended: float = 0.0
+    load_ms: float = 0.0
 
     _KEYS = {
         "examples": NUM_EXAMPLES,
@@ -517,6 +524,7 @@ class ClientResult:
         "helper_service_ms": "helper-service-ms",
         "started": "started",
         "ended": "ended",
+        "load_ms": "load-ms",
     }
     _APP_FIELDS = ("examples", "loss", "accuracy")
 
@@ -531,8 +539,8 @@ class ClientResult:
 
     @classmethod
     def app_metrics(cls, metrics: Mapping[str, Any]) -> MetricRecord:
-        """``metrics`` without the measurements the planner reads (batches, stage times,
-        span): what the wrapped strategy aggregates and the app's results show, as they
+        """``metrics`` without the measurements the planner reads (batches, stage and load
+        times, span): what the wrapped strategy aggregates and the app's results show, as they
         would be without split learning."""
         measured = {key for name, key in cls._KEYS.items() if name not in cls._APP_FIELDS}
         return MetricRecord({key: value for key, value in metrics.items() if key not in measured})

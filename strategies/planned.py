@@ -252,6 +252,7 @@ class PlannedSplitStrategy(SplitStrategy):
             self.nodes.pop(helper, None)
         spans: dict[int, tuple[float, float]] = {}
         stages: dict[int, tuple[float, float, float]] = {}
+        loads: dict[int, float] = {}
         for reply in client_replies:
             if reply.has_error():
                 continue
@@ -265,6 +266,7 @@ class PlannedSplitStrategy(SplitStrategy):
                 float(result.stage3_ms),
                 float(result.stage5_ms),
             )
+            loads[node] = float(result.load_ms)
         first_start = min((a for a, _ in spans.values()), default=0.0)
         cuts_of = assignment.cuts_of
         # A node's first round includes starting its process (imports, model tracing,
@@ -280,7 +282,8 @@ class PlannedSplitStrategy(SplitStrategy):
         for node, (s1, s3, s5) in stages.items():
             offset = 1000.0 * (spans[node][0] - first_start) if node not in warming else 0.0
             self.planner.observe_client(
-                node, assignment.helper_of[node], s1, s3, s5, offset, cuts=cuts_of.get(node)
+                node, assignment.helper_of[node], s1, s3, s5, offset, cuts=cuts_of.get(node),
+                load_ms=loads[node],
             )
             if node in warming:
                 self.planner.mark_provisional(node)

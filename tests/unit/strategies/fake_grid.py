@@ -48,6 +48,7 @@ class FakeNode:
     examples: int = 0
     fill: float = 0.0  # value of every tensor this client's training returns
     error: str = ""  # the exception text its ClientApp raises on every message
+    load_ms: float = 0.0  # the time per batch its data loader takes, as it reports
 
     @property
     def is_helper(self) -> bool:
@@ -154,6 +155,7 @@ class FakeGrid(Grid):
             stage5_ms=1.0,
             started=0.0,
             ended=1.0,
+            load_ms=node.load_ms,
         )
         return reply_content(arrays, result.to_metrics())
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
 
+import flsplit.model.costs
+from flsplit.model.costs import PartCosts
 from flsplit.model.zoo import SmallCNN
 from flsplit.protocol import (
     BACKWARD,
@@ -55,3 +58,34 @@ def test_a_planned_strategy_needs_only_the_model_and_plans_every_helpers_order()
     assert aggregated is not None
     assert len(strategy.strategy.aggregated) == len(CLIENTS)
     assert [entry["round"] for entry in strategy.history] == [1]
+
+
+def _second_round_prediction(load_ms):
+    """Predicted makespan of round 2 of one client (2 batches) and one helper, after the
+    client reported ``load_ms`` per batch in round 1 (the parts' costs fixed, not measured
+    on this machine, so two strategies start from the same)."""
+    model = SmallCNN()
+    strategy = PlannedSplitStrategy.for_model(
+        model, torch.zeros(2, 1, 8, 8), cuts="conv2,fc2", strategy=RecordingFedAvg(),
+        planner="greedy", time_limit=0.2, batch_size=8,
+    )
+    client, helper = CLIENTS[0], HELPERS[0]
+    nodes = {
+        helper: FakeNode(ROLE_HELPER),
+        client: FakeNode(ROLE_CLIENT, examples=16, fill=1.0, load_ms=load_ms),
+    }
+    grid = FakeGrid(nodes, strategy.piece_keys)
+    arrays = ArrayRecord(model.state_dict())
+    replies = grid.send_and_receive(strategy.configure_train(1, arrays, ConfigRecord({}), grid))
+    strategy.aggregate_train(1, replies)
+    assert strategy.planner.clients[client].load_ms == load_ms
+    list(strategy.configure_train(2, arrays, ConfigRecord({}), grid))
+    assert strategy.round_plan is not None and strategy.round_plan.batches == {f"c{client}": 2}
+    return strategy.round_plan.prediction.makespan
+
+
+def test_the_load_time_a_client_reports_lengthens_the_next_rounds_prediction(monkeypatch):
+    costs = PartCosts(5.0, 6.0, 20.0, 30.0, 4.0, 4_000, 1_000, 12.0)
+    monkeypatch.setattr(flsplit.model.costs, "measure_part_costs", lambda *a, **k: costs)
+    fast, slow = _second_round_prediction(0.0), _second_round_prediction(600.0)
+    assert slow == pytest.approx(fast + 2 * 600.0)
