@@ -343,6 +343,7 @@ class PlannedSplitStrategy(SplitStrategy):
             "plan": round_plan.plan.to_dict(),
             "node_ids": round_plan.node_ids,
             "batches": round_plan.batches,
+            "client_load_ms": {str(node): load for node, load in loads.items()},
             "client_spans_ms": {
                 str(node): [1000 * (a - origin), 1000 * (b - origin)]
                 for node, (a, b) in spans.items()

@@ -25,6 +25,7 @@ BENCHMARKS = (
     "planner",
     "sampling_compare",
     "sampling_experiment",
+    "slow_loader",
 )
 
 
