@@ -120,8 +120,10 @@ class SplitStrategy(Strategy, metaclass=_Built):
         Rounds already completed before this run (a resumed run): Flower's round ``r``
         is flsplit's round ``r + round_offset`` in messages, logs and plans.
     on_round_end : callable, optional
-        ``on_round_end(server_round, arrays, strategy)`` after every round's aggregation
-        (e.g. to write a checkpoint).
+        ``on_round_end(server_round, arrays, strategy)`` once a round is over, ``arrays``
+        being its global model (e.g. to write a checkpoint and ``history.json``): right
+        after that round's server-side ``evaluate_fn`` returned, else when the next round
+        starts or the run ends; not when the run fails before.
     run_config : RunConfig or Mapping, optional
         The run config; the strategy reads its global-sampling settings (``sampler``,
         ``global-batch-size``, ...: :func:`flsplit.config.sync_settings`). ``None`` or
@@ -205,6 +207,14 @@ class SplitStrategy(Strategy, metaclass=_Built):
         self.discovery_failures: dict[int, str] = {}
         self.assignment: RoundAssignment | None = None
         self.round_times: dict[int, float] = {}
+        #: "train", "evaluate" (the clients') and "server" metrics per round, as the
+        #: run's Result holds them but by flsplit's round, kept for ``history.json``
+        self.results: dict[str, dict[int, dict[str, Any]]] = {
+            "train": {}, "evaluate": {}, "server": {}
+        }
+        #: the round whose on_round_end is due, and its global model
+        self._ending: tuple[int, ArrayRecord] | None = None
+        self._round_arrays: ArrayRecord | None = None
         self.helper_peak_mib: dict[int, float] = {}  # peak resident memory per helper
         self._known_ids: frozenset[int] = frozenset()
         self._tokens = TokenIssuer()  # holds the run's secret, never sent
@@ -299,15 +309,50 @@ class SplitStrategy(Strategy, metaclass=_Built):
             "timeout": timeout,
             "train_config": train_config,
             "evaluate_config": evaluate_config,
-            "evaluate_fn": evaluate_fn,
+            "evaluate_fn": self._evaluating(evaluate_fn) if evaluate_fn is not None else None,
             **kwargs,
         }
+        self._ending = None
         if not _overrides_start(self.strategy):
-            return super().start(grid, initial_arrays, **args)
-        log(INFO, "%s runs its own start() with split learning inside",
-            type(self.strategy).__name__)
-        with self._routed():
-            return self.strategy.start(grid, initial_arrays, **args)
+            result = super().start(grid, initial_arrays, **args)
+        else:
+            log(INFO, "%s runs its own start() with split learning inside",
+                type(self.strategy).__name__)
+            with self._routed():
+                result = self.strategy.start(grid, initial_arrays, **args)
+        self._end_round()
+        return result
+
+    def _evaluating(
+        self, evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None]
+    ) -> Callable[[int, ArrayRecord], MetricRecord | None]:
+        """``evaluate_fn`` keeping its metrics in :attr:`results`; a round is over once
+        its server-side evaluation returned."""
+
+        def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+            metrics = evaluate_fn(server_round, arrays)
+            server_round += self.round_offset
+            if metrics is not None:
+                self._record("server", server_round, metrics)
+            if self._ending is not None and self._ending[0] == server_round:
+                self._end_round()
+            return metrics
+
+        return evaluate
+
+    def _record(self, kind: str, server_round: int, metrics: MetricRecord) -> None:
+        table = self.results[kind]
+        if server_round <= self.round_offset and server_round in table:
+            # a resumed run evaluates the model it starts from again: the rounds before
+            # the resume point keep what the run that did them recorded
+            return
+        table[server_round] = dict(metrics)
+
+    def _end_round(self) -> None:
+        """Run :attr:`on_round_end` for the round that is over, once."""
+        ending, self._ending = self._ending, None
+        if ending is not None and self.on_round_end is not None:
+            self.on_round_end(ending[0], ending[1], self)
 
     @contextmanager
     def _routed(self) -> Iterator[None]:
@@ -471,7 +516,9 @@ class SplitStrategy(Strategy, metaclass=_Built):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Discover nodes, assign clients to helpers, and build client and helper messages."""
+        self._end_round()  # the previous round's, if no server-side evaluation ended it
         server_round += self.round_offset
+        self._round_arrays = arrays
         self.wait_for_clients(grid)
         config[MODE] = "split" if self.split else "fedavg"
         inner = list(
@@ -601,12 +648,15 @@ class SplitStrategy(Strategy, metaclass=_Built):
                 self.min_completed_clients,
             )
             self.round_times[server_round] = time.perf_counter() - assignment.started
+            self._ending = (server_round, self._kept_arrays())
             return None, None
         arrays, metrics = self._wrapped("aggregate_train")(server_round, full_replies)
         wall = time.perf_counter() - assignment.started
         self.round_times[server_round] = wall
+        self._ending = (server_round, arrays if arrays is not None else self._kept_arrays())
         if metrics is not None:
             metrics[ROUND_WALL_SECONDS] = wall
+            self._record("train", server_round, metrics)
         figures = "".join(
             f", {key} {metrics[key]:.4f}" for key in (TRAIN_LOSS, TRAIN_ACC)
             if metrics is not None and key in metrics
@@ -617,6 +667,10 @@ class SplitStrategy(Strategy, metaclass=_Built):
             server_round, completed, len(by_sender.clients), figures, wall,
         )
         return arrays, metrics
+
+    def _kept_arrays(self) -> ArrayRecord:
+        """The global model of a round that aggregated nothing: the one it started from."""
+        return self._round_arrays if self._round_arrays is not None else ArrayRecord()
 
     def _record_helper_metrics(self, server_round: int, helper_replies: Sequence[Message]) -> None:
         """Keep each helper's synchronous step sizes and its peak memory."""
@@ -633,11 +687,11 @@ class SplitStrategy(Strategy, metaclass=_Built):
         """Federated evaluation on clients (full model run locally), via the wrapped strategy.
 
         Called once the round's training is aggregated, so ``arrays`` is the round's global
-        model: :attr:`on_round_end` (checkpoints) runs here.
+        model (the one :attr:`on_round_end` gets).
         """
         server_round += self.round_offset
-        if self.on_round_end is not None:
-            self.on_round_end(server_round, arrays, self)
+        if self._ending is not None and self._ending[0] == server_round:
+            self._ending = (server_round, arrays)
         self.wait_for_clients(grid, "evaluate")
         return self._wrapped("configure_evaluate")(
             server_round, arrays, config, self.client_grid(grid)
@@ -648,17 +702,40 @@ class SplitStrategy(Strategy, metaclass=_Built):
     ) -> MetricRecord | None:
         """Aggregate evaluation metrics with the wrapped strategy."""
         server_round += self.round_offset
-        return self._wrapped("aggregate_evaluate")(server_round, replies)
+        metrics = self._wrapped("aggregate_evaluate")(server_round, replies)
+        if metrics is not None:
+            self._record("evaluate", server_round, metrics)
+        return metrics
 
     # -- state for checkpoints --------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
-        """JSON-ready state a resumed run needs besides the model (round times)."""
-        return {"round_times": {str(r): t for r, t in self.round_times.items()}}
+        """JSON-ready state a resumed run needs besides the model: every round's metrics
+        and round time, the helpers' peak memory and synchronous steps."""
+        return {
+            "round_times": {str(r): t for r, t in self.round_times.items()},
+            "results": {
+                kind: {str(r): dict(m) for r, m in table.items()}
+                for kind, table in self.results.items()
+            },
+            "helper_peak_mib": {str(h): m for h, m in self.helper_peak_mib.items()},
+            "sync_steps": {
+                str(r): {str(h): list(s) for h, s in steps.items()}
+                for r, steps in self.sync_steps.items()
+            },
+        }
 
     def load_state(self, state: Mapping[str, Any]) -> None:
-        """Restore what :meth:`state` returned."""
+        """Restore what :meth:`state` returned (a key it lacks leaves that part as is)."""
         self.round_times = {int(r): float(t) for r, t in state.get("round_times", {}).items()}
+        for kind, table in (state.get("results") or {}).items():
+            if kind in self.results:
+                self.results[kind] = {int(r): dict(m) for r, m in table.items()}
+        for helper, mib in (state.get("helper_peak_mib") or {}).items():
+            peak = max(self.helper_peak_mib.get(int(helper), 0.0), float(mib))
+            self.helper_peak_mib[int(helper)] = peak
+        for r, steps in (state.get("sync_steps") or {}).items():
+            self.sync_steps[int(r)] = {int(h): [int(n) for n in s] for h, s in steps.items()}
 
     def summary(self) -> None:
         """Log the configuration."""
