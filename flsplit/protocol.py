@@ -604,6 +604,9 @@ class HelperResult:
         Every task it ran.
     step_examples, step_clients : list of int, optional
         Global sampling: examples and clients of each synchronous step.
+    drop_reasons : dict
+        Dropped client -> why the helper dropped it (``no request for 120 s``); the
+        server names it in the round's failures.
     """
 
     finished: list[str]
@@ -618,6 +621,7 @@ class HelperResult:
     timeline: list[TaskSpan] = field(default_factory=list)
     step_examples: list[int] | None = None
     step_clients: list[int] | None = None
+    drop_reasons: dict[str, str] = field(default_factory=dict)
 
     def to_content(self, bodies: Mapping[str, ArrayRecord]) -> RecordDict:
         """The reply's content, with ``bodies`` (client -> its trained body)."""
@@ -641,8 +645,13 @@ class HelperResult:
             metrics["step-examples"] = list(self.step_examples) or [0]
             metrics["step-clients"] = list(self.step_clients or []) or [0]
         content[METRICS] = MetricRecord(metrics)
+        dropped = sorted(self.dropped)
         content[CONFIG] = ConfigRecord(
-            {"finished": sorted(self.finished), "dropped": sorted(self.dropped)}
+            {
+                "finished": sorted(self.finished),
+                "dropped": dropped,
+                "drop-reasons": [self.drop_reasons.get(c, "") for c in dropped],
+            }
         )
         content[TIMELINE] = ConfigRecord(
             {
@@ -667,9 +676,11 @@ class HelperResult:
             for c, k, s, e in zip(*columns, strict=True)
         ]
         steps = metrics.get("step-examples")
+        dropped = [str(c) for c in config.get("dropped", [])]
+        reasons = [str(r) for r in config.get("drop-reasons", [])]
         return cls(
             finished=[str(c) for c in config.get("finished", [])],
-            dropped=[str(c) for c in config.get("dropped", [])],
+            dropped=dropped,
             busy_seconds=float(metrics.get("busy-seconds", 0.0)),
             wall_seconds=float(metrics.get("wall-seconds", 0.0)),
             refused=int(metrics.get("refused", 0)),
@@ -682,6 +693,7 @@ class HelperResult:
             step_clients=[int(n) for n in metrics.get("step-clients", [])]
             if steps is not None
             else None,
+            drop_reasons={c: r for c, r in zip(dropped, reasons, strict=False) if r},
         )
 
 

@@ -9,7 +9,9 @@ sends ``train.split`` to clients and ``train.helper`` to helpers
 :mod:`strategies.sync_schedule` under global sampling), then assembles one full-model
 update per client from its head and tail and its helpers' body pieces
 (:mod:`strategies.assembly`) and hands those to the wrapped strategy's
-``aggregate_train``.
+``aggregate_train``. Before that it logs every client and helper that failed in the round,
+by the node its message went to, with the cause (:mod:`strategies.failures`; kept in
+:attr:`SplitStrategy.failures`).
 
 A chain is one helper long unless the cuts name more than two modules
 (``"conv2,relu2,fc2"``): then the body is split again into pieces, one per helper of a
@@ -56,7 +58,7 @@ from flsplit.protocol import (
     HelperResult,
     HelperTask,
 )
-from strategies.assembly import full_model_replies, sort_replies
+from strategies.assembly import full_model_replies, incomplete_bodies, sort_replies
 from strategies.assignment import RoundAssignment, TokenIssuer, round_robin, round_robin_chains
 from strategies.discovery import (
     NodeGrid,
@@ -70,6 +72,7 @@ from strategies.discovery import (
     wait_for,
     with_role,
 )
+from strategies.failures import Failure, SentMessages, log_failures, round_failures
 from strategies.messages import client_message, helper_messages
 from strategies.parts import ModelParts, keys_of_split
 from strategies.sync_schedule import SyncSchedule, draw_schedule
@@ -215,6 +218,9 @@ class SplitStrategy(Strategy, metaclass=_Built):
         #: the round whose on_round_end is due, and its global model
         self._ending: tuple[int, ArrayRecord] | None = None
         self._round_arrays: ArrayRecord | None = None
+        #: round -> the clients and helpers that failed in its training, and why
+        self.failures: dict[int, list[Failure]] = {}
+        self._sent = SentMessages(())  # the last configure_* call's messages
         self.helper_peak_mib: dict[int, float] = {}  # peak resident memory per helper
         self._known_ids: frozenset[int] = frozenset()
         self._tokens = TokenIssuer()  # holds the run's secret, never sent
@@ -529,6 +535,7 @@ class SplitStrategy(Strategy, metaclass=_Built):
         inner = [m for m in inner if m.metadata.dst_node_id in self.nodes]
         if not self.split:
             self.assignment = RoundAssignment({}, {}, time.perf_counter())
+            self._sent = SentMessages(inner)
             return inner
         sampled = [m.metadata.dst_node_id for m in inner]
         chain_of = self._chains(server_round, sampled)
@@ -569,7 +576,9 @@ class SplitStrategy(Strategy, metaclass=_Built):
         )
         # Helpers first: the simulation engine hands out workers in this order, and a
         # client can only progress once its helper serves.
-        return to_helpers + to_clients
+        messages = to_helpers + to_clients
+        self._sent = SentMessages(messages, self.helpers)
+        return messages
 
     def _chains(self, server_round: int, clients: Sequence[int]) -> dict[int, list[int]]:
         """Each client's chain of helpers; one helper long (from :meth:`assign`) without
@@ -619,11 +628,28 @@ class SplitStrategy(Strategy, metaclass=_Built):
         assignment = self.assignment
         if assignment is None:
             raise RuntimeError("aggregate_train called before configure_train")
-        helpers = set(self.helpers)
-        by_sender = sort_replies(
-            replies,
-            lambda r: r.metadata.message_type == HELPER_TRAIN or r.metadata.src_node_id in helpers,
+        replies = list(replies)
+        sent = self._sent
+        by_sender = sort_replies(replies, sent)
+        incomplete = (
+            incomplete_bodies(
+                by_sender.clients,
+                by_sender.bodies,
+                lambda c: self.part_keys(assignment.cuts_of[c])[1],
+            )
+            if self.split
+            else {}
         )
+        failures = round_failures(
+            sent,
+            replies,
+            chain_of=assignment.chain_of,
+            helper_results=by_sender.helper_results,
+            pieces_from=by_sender.pieces_from,
+            incomplete=incomplete,
+        )
+        self.failures[server_round] = failures
+        log_failures(server_round, failures)
         self.observe(server_round, by_sender.clients, by_sender.helpers)
         self._record_helper_metrics(server_round, by_sender.helpers)
         if self.split:
@@ -638,14 +664,17 @@ class SplitStrategy(Strategy, metaclass=_Built):
         else:
             full_replies = by_sender.clients
         completed = sum(1 for r in full_replies if not r.has_error())
+        clients = sum(1 for m in sent.messages if m.metadata.message_type != HELPER_TRAIN)
         if completed < self.min_completed_clients:
             log(
                 ERROR,
-                "round %d: only %d complete client updates, fewer than min-completed-clients="
-                "%d; the global model is kept as it was",
+                "round %d: only %d complete client updates of %d, fewer than "
+                "min-completed-clients=%d; the global model is kept as it was%s",
                 server_round,
                 completed,
+                clients,
                 self.min_completed_clients,
+                f" ({len(failures)} nodes failed: see above)" if failures else "",
             )
             self.round_times[server_round] = time.perf_counter() - assignment.started
             self._ending = (server_round, self._kept_arrays())
@@ -664,7 +693,7 @@ class SplitStrategy(Strategy, metaclass=_Built):
         log(
             INFO,
             "round %d: %d/%d client updates aggregated%s, wall %.2f s",
-            server_round, completed, len(by_sender.clients), figures, wall,
+            server_round, completed, clients, figures, wall,
         )
         return arrays, metrics
 
@@ -693,15 +722,22 @@ class SplitStrategy(Strategy, metaclass=_Built):
         if self._ending is not None and self._ending[0] == server_round:
             self._ending = (server_round, arrays)
         self.wait_for_clients(grid, "evaluate")
-        return self._wrapped("configure_evaluate")(
-            server_round, arrays, config, self.client_grid(grid)
+        messages = list(
+            self._wrapped("configure_evaluate")(
+                server_round, arrays, config, self.client_grid(grid)
+            )
         )
+        self._sent = SentMessages(messages)
+        return messages
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        """Aggregate evaluation metrics with the wrapped strategy."""
+        """Aggregate evaluation metrics with the wrapped strategy (the clients that failed
+        logged first, by the node each message went to)."""
         server_round += self.round_offset
+        replies = list(replies)
+        log_failures(server_round, round_failures(self._sent, replies), "evaluate")
         metrics = self._wrapped("aggregate_evaluate")(server_round, replies)
         if metrics is not None:
             self._record("evaluate", server_round, metrics)

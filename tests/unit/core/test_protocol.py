@@ -125,7 +125,8 @@ def test_client_result_carries_the_load_time_to_the_planner_not_to_the_app():
 
 def test_helper_result_round_trip_with_bodies():
     result = HelperResult(["3"], ["4"], 1.5, 2.0, 1, 2, 300.0, 4.0, 5.0,
-                          [TaskSpan("3", protocol.FORWARD, 0.0, 0.1)], [8, 8], [2, 1])
+                          [TaskSpan("3", protocol.FORWARD, 0.0, 0.1)], [8, 8], [2, 1],
+                          {"4": "no request for 120 s"})
     body = ArrayRecord([np.zeros(2, dtype=np.float32)])
     content = result.to_content({"3": body})
     assert HelperResult.from_content(content) == result
