@@ -34,7 +34,8 @@ def summarize(output_dir: Path, method: str) -> dict[str, Any]:
     )
     history = json.loads((output_dir / "history.json").read_text())
     walls = {int(r): float(w) for r, w in history[ROUND_WALL_SECONDS].items()}
-    later = [e for e in rounds if e["round"] > 1]
+    # a round in which no client finished has nothing measured (its failures say why)
+    later = [e for e in rounds if e["round"] > 1 and e["measured_ms"] is not None]
     errors = [abs(e["predicted_ms"] - e["measured_ms"]) / e["measured_ms"] for e in later]
     server = history["server"]
     last = max(server, key=int) if server else None

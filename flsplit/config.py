@@ -78,6 +78,31 @@ DEFAULT_RUN_CONFIG: dict[str, Any] = {
     "seed": 0,
 }
 
+#: Run-config keys that may change between a run and its resumption from a checkpoint:
+#: they bound, place, time or record the run, but do not change the model's trajectory
+#: (what the same rounds with the same data would compute). Every other key, an app's own
+#: keys included (a key added later too), is part of the checkpoint's fingerprint, so a
+#: resumed run refuses a checkpoint written with another value of it.
+RESUMABLE_KEYS: frozenset[str] = frozenset({
+    # how many rounds, and where the run writes: more rounds continue the same trajectory
+    "num-server-rounds", "checkpoint-dir", "output-dir", "gantt",
+    # timeouts and limits: they decide only what happens when something fails (a client
+    # or helper left out, a round kept), which an operator raises after a timed-out round
+    "round-timeout", "call-deadline", "client-idle-timeout", "min-completed-clients",
+    # resources of the machine running it
+    "simulation-concurrency", "torch-threads",
+    # federated evaluation of the global model: reported, never trained on
+    "fraction-evaluate",
+    # who runs which part where: with a body per client (helper-memory "per-client") a
+    # client's update is the same on any helper, so the planner, its time limit and its
+    # cut optimizer place work without changing it (cuts and cut-candidates stay
+    # fingerprinted: with a shared body they change what is computed)
+    "planner", "planner-time-limit", "cut-method",
+    # emulated heterogeneity in simulation: it slows nodes and links down, nothing else
+    "emulate", "client-devices", "helper-devices", "emulation-host", "link-mbps",
+    "link-latency-ms", "slowdown",
+})
+
 MODES = ("split", "fedavg")
 HELPER_MEMORY_MODES = ("per-client", "shared")
 PROXIMAL_TERMS = ("squared", "norm")
@@ -517,6 +542,7 @@ __all__ = [
     "MAX_CHAIN_LENGTH",
     "MODES",
     "PROXIMAL_TERMS",
+    "RESUMABLE_KEYS",
     "ROUND_ROBIN",
     "SAMPLERS",
     "ChainSettings",

@@ -493,6 +493,12 @@ class ClientResult:
         Mean per batch of the time the helper spent on the client's tasks.
     started, ended : float
         Wall-clock seconds of the first batch's start and the last one's end.
+    load_ms : float
+        Mean per batch of the time spent getting the batches from the client's data
+        loader: outside the stages, before each batch's stage 1 (its own training loop:
+        everything it does between one batch's stage 5 and the next batch's head
+        forward). The planner adds it to the client's stage 1; a client that does not
+        report it (an older flsplit) counts as loading for free.
     """
 
     examples: int
@@ -505,6 +511,7 @@ class ClientResult:
     helper_service_ms: float = 0.0
     started: float = 0.0
     ended: float = 0.0
+    load_ms: float = 0.0
 
     _KEYS = {
         "examples": NUM_EXAMPLES,
@@ -517,6 +524,7 @@ class ClientResult:
         "helper_service_ms": "helper-service-ms",
         "started": "started",
         "ended": "ended",
+        "load_ms": "load-ms",
     }
     _APP_FIELDS = ("examples", "loss", "accuracy")
 
@@ -531,8 +539,8 @@ class ClientResult:
 
     @classmethod
     def app_metrics(cls, metrics: Mapping[str, Any]) -> MetricRecord:
-        """``metrics`` without the measurements the planner reads (batches, stage times,
-        span): what the wrapped strategy aggregates and the app's results show, as they
+        """``metrics`` without the measurements the planner reads (batches, stage and load
+        times, span): what the wrapped strategy aggregates and the app's results show, as they
         would be without split learning."""
         measured = {key for name, key in cls._KEYS.items() if name not in cls._APP_FIELDS}
         return MetricRecord({key: value for key, value in metrics.items() if key not in measured})
@@ -597,6 +605,9 @@ class HelperResult:
         Every task it ran.
     step_examples, step_clients : list of int, optional
         Global sampling: examples and clients of each synchronous step.
+    drop_reasons : dict
+        Dropped client -> why the helper dropped it (``no request for 120 s``); the
+        server names it in the round's failures.
     aborted : dict of str to str
         Clients that gave up their round mid-way, released at once: client -> reason (the
         client's ``Abort``, e.g. ``"ValueError: bad batch"``, or its connection closing).
@@ -614,6 +625,7 @@ class HelperResult:
     timeline: list[TaskSpan] = field(default_factory=list)
     step_examples: list[int] | None = None
     step_clients: list[int] | None = None
+    drop_reasons: dict[str, str] = field(default_factory=dict)
     aborted: dict[str, str] = field(default_factory=dict)
 
     def to_content(self, bodies: Mapping[str, ArrayRecord]) -> RecordDict:
@@ -639,11 +651,12 @@ class HelperResult:
             metrics["step-examples"] = list(self.step_examples) or [0]
             metrics["step-clients"] = list(self.step_clients or []) or [0]
         content[METRICS] = MetricRecord(metrics)
-        aborted = sorted(self.aborted)
+        dropped, aborted = sorted(self.dropped), sorted(self.aborted)
         content[CONFIG] = ConfigRecord(
             {
                 "finished": sorted(self.finished),
-                "dropped": sorted(self.dropped),
+                "dropped": dropped,
+                "drop-reasons": [self.drop_reasons.get(c, "") for c in dropped],
                 "aborted": aborted,
                 "aborted-reasons": [self.aborted[c] for c in aborted],
             }
@@ -671,16 +684,11 @@ class HelperResult:
             for c, k, s, e in zip(*columns, strict=True)
         ]
         steps = metrics.get("step-examples")
+        dropped = [str(c) for c in config.get("dropped", [])]
+        reasons = [str(r) for r in config.get("drop-reasons", [])]
         return cls(
             finished=[str(c) for c in config.get("finished", [])],
-            dropped=[str(c) for c in config.get("dropped", [])],
-            aborted=dict(
-                zip(
-                    [str(c) for c in config.get("aborted", [])],
-                    [str(r) for r in config.get("aborted-reasons", [])],
-                    strict=False,
-                )
-            ),
+            dropped=dropped,
             busy_seconds=float(metrics.get("busy-seconds", 0.0)),
             wall_seconds=float(metrics.get("wall-seconds", 0.0)),
             refused=int(metrics.get("refused", 0)),
@@ -693,6 +701,14 @@ class HelperResult:
             step_clients=[int(n) for n in metrics.get("step-clients", [])]
             if steps is not None
             else None,
+            drop_reasons={c: r for c, r in zip(dropped, reasons, strict=False) if r},
+            aborted=dict(
+                zip(
+                    [str(c) for c in config.get("aborted", [])],
+                    [str(r) for r in config.get("aborted-reasons", [])],
+                    strict=False,
+                )
+            ),
         )
 
 

@@ -3,20 +3,28 @@
 A client replies with its head and tail; each helper of its chain replies with a body
 record (:func:`flsplit.protocol.body_record`) of the piece it trained for that client.
 The wrapped Flower strategy aggregates full models, so the pieces are put back together
-here; a client whose body is incomplete (a helper did not finish for it) is left out of the round.
+here; a client whose body is incomplete (a helper did not finish for it) is left out of the
+round, and the round's failures (:mod:`strategies.failures`) say why.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from logging import WARNING
 from typing import Any
 
 from flwr.app import ArrayRecord, Message
-from flwr.supercore import log
 
-from flsplit.protocol import ARRAYS, METRICS, ClientResult, bodies_of, reply_content
+from flsplit.protocol import (
+    ARRAYS,
+    METRICS,
+    ROLE_HELPER,
+    ClientResult,
+    HelperResult,
+    bodies_of,
+    reply_content,
+)
+from strategies.failures import SentMessages
 
 
 def subset(arrays: ArrayRecord, keys: Sequence[str]) -> ArrayRecord:
@@ -38,7 +46,8 @@ def subset(arrays: ArrayRecord, keys: Sequence[str]) -> ArrayRecord:
 
 @dataclass
 class RoundReplies:
-    """A round's replies, sorted by who sent them.
+    """A round's replies, sorted by the role of the node each one is about (the node its
+    request went to: :class:`~strategies.failures.SentMessages`).
 
     Attributes
     ----------
@@ -48,32 +57,70 @@ class RoundReplies:
         Helper replies without an error.
     bodies : dict
         Client -> the body pieces its helpers returned (one per helper of its chain).
+    pieces_from : dict
+        Client -> the helpers that returned a piece of its body.
+    helper_results : dict
+        Helper -> its :class:`~flsplit.protocol.HelperResult` (replies without an error).
     """
 
     clients: list[Message] = field(default_factory=list)
     helpers: list[Message] = field(default_factory=list)
     bodies: dict[int, list[ArrayRecord]] = field(default_factory=dict)
+    pieces_from: dict[int, list[int]] = field(default_factory=dict)
+    helper_results: dict[int, HelperResult] = field(default_factory=dict)
 
 
-def sort_replies(
-    replies: Iterable[Message], is_helper: Callable[[Message], bool]
-) -> RoundReplies:
+def sort_replies(replies: Iterable[Message], sent: SentMessages) -> RoundReplies:
     """Sort ``replies`` into client and helper replies and collect the helpers' pieces.
 
-    A helper reply with an error is logged and dropped.
+    A reply counts for the role of the message it answers, so the SuperLink's error reply
+    for an unreachable helper is that helper's, not a client's. A helper reply with an
+    error is dropped (the round's failures name it: :func:`~strategies.failures.round_failures`).
     """
     result = RoundReplies()
     for reply in replies:
-        if not is_helper(reply):
+        if sent.role_of(reply) != ROLE_HELPER:
             result.clients.append(reply)
             continue
         if reply.has_error():
-            log(WARNING, "helper %d failed: %s", reply.metadata.src_node_id, reply.error.reason)
             continue
+        helper = sent.node_of(reply)
         result.helpers.append(reply)
+        result.helper_results[helper] = HelperResult.from_content(reply.content)
         for client, record in bodies_of(reply.content).items():
             result.bodies.setdefault(client, []).append(record)
+            result.pieces_from.setdefault(client, []).append(helper)
     return result
+
+
+def incomplete_bodies(
+    client_replies: Sequence[Message],
+    bodies: Mapping[int, Sequence[ArrayRecord]],
+    body_keys: Callable[[int], Sequence[str]],
+) -> dict[int, str]:
+    """Client -> why its body cannot be assembled, for the clients that replied without
+    an error but whose helpers returned no body, or not every piece of it."""
+    incomplete = {}
+    for reply in client_replies:
+        if reply.has_error():
+            continue
+        src = reply.metadata.src_node_id
+        why = _incomplete(bodies.get(src, ()), body_keys(src))
+        if why is not None:
+            incomplete[src] = why
+    return incomplete
+
+
+def _incomplete(pieces: Sequence[ArrayRecord], body_keys: Sequence[str]) -> str | None:
+    if not pieces:
+        return "no body returned by its helper"
+    missing = set(body_keys) - {key for piece in pieces for key in piece}
+    if missing:
+        return (
+            f"a helper of its chain returned no piece ({len(missing)} body tensors "
+            f"missing, e.g. {sorted(missing)[0]})"
+        )
+    return None
 
 
 def full_model_replies(
@@ -101,7 +148,8 @@ def full_model_replies(
     ------
     Message
         Replies with an error unchanged, and the complete clients' replies; a client
-        whose helpers returned no body, or not every piece of it, is logged and left out.
+        whose helpers returned no body, or not every piece of it, is left out (the
+        round's failures say why: :func:`incomplete_bodies`).
     """
     for reply in client_replies:
         src = reply.metadata.src_node_id
@@ -109,24 +157,12 @@ def full_model_replies(
             yield reply
             continue
         wanted = set(body_keys(src))
-        if not bodies.get(src):
-            log(WARNING, "client %d: its helper returned no body; update dropped", src)
+        if _incomplete(bodies.get(src, ()), list(wanted)) is not None:
             continue
         body: dict[str, Any] = {}
         for piece in bodies[src]:
             for key in piece:
                 body[key] = piece[key]
-        missing = wanted - set(body)
-        if missing:
-            log(
-                WARNING,
-                "client %d: a helper of its chain returned no piece (%d body tensors "
-                "missing, e.g. %s); update dropped",
-                src,
-                len(missing),
-                sorted(missing)[0],
-            )
-            continue
         head_tail = reply.content.array_records[ARRAYS]
         full = ArrayRecord()
         for key in full_keys:

@@ -22,6 +22,7 @@ from flwr.supercore import log
 
 from flsplit.engine import engine_limit
 from flsplit.protocol import CONFIG, QUERY, ROLE_CLIENT, ROLE_HELPER, NodeReport
+from strategies.failures import SentMessages
 
 
 class NodeGrid:
@@ -142,10 +143,12 @@ def query_nodes(
             Message(RecordDict({CONFIG: ConfigRecord()}), dst_node_id=n, message_type=QUERY)
             for n in new
         ]
+        sent = SentMessages(messages)
         for reply in grid.send_and_receive(messages, timeout=timeout):
-            src = reply.metadata.src_node_id
+            # the node asked, not the sender: the SuperLink answers for a node it cannot reach
+            src = sent.node_of(reply)
             if reply.has_error():
-                text = error_text(reply)
+                text = sent.error_cause(reply)
                 if failures.get(src) != text:
                     log(ERROR, "node %d failed discovery: %s", src, text)
                 failures[src] = text
@@ -163,13 +166,6 @@ def query_nodes(
             timeout,
         )
     return unanswered
-
-
-def error_text(reply: Message) -> str:
-    """The error a node replied with, on one line (Flower's reason carries the node's
-    exception text; in simulation wrapped in ``ClientAppException``)."""
-    reason = " ".join(str(reply.error.reason).split())
-    return f"{reason} (error code {reply.error.code})"
 
 
 def failure_summary(failures: Mapping[int, str], most: int = 3) -> str:

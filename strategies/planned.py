@@ -5,9 +5,10 @@ which helper serves which client and in what order each helper works, sends that
 the helpers (they follow it, work-conserving), and after the round feeds the measured
 stage times back into the node profiles. Each round it logs the predicted and the
 measured makespan and the planning time, and (with ``output_dir``) saves the plan, the
-prediction and the measured helper timeline as JSON, plus a Gantt chart of planned vs
-measured when asked. When the planner chooses cut pairs (run config ``cut-candidates``)
-each client gets its own pair, and the round's pairs are logged and saved.
+prediction, the measured helper timeline and the round's failures as JSON, plus a Gantt
+chart of planned vs measured when asked. A helper that failed is planned out. When the
+planner chooses cut pairs (run config ``cut-candidates``) each client gets its own pair,
+and the round's pairs are logged and saved.
 """
 
 from __future__ import annotations
@@ -246,12 +247,15 @@ class PlannedSplitStrategy(SplitStrategy):
         if assignment is None or round_plan is None:
             return
         answered = {r.metadata.src_node_id for r in helper_replies}
-        for helper in set(assignment.helper_of.values()) - answered:
-            log(WARNING, "helper %d did not answer; it is planned out from now on", helper)
-            self.planner.drop(helper)
-            self.nodes.pop(helper, None)
+        failures = self.failures.get(server_round, [])
+        for failure in failures:
+            if failure.role == ROLE_HELPER:
+                log(WARNING, "helper %d is planned out from now on", failure.node)
+                self.planner.drop(failure.node)
+                self.nodes.pop(failure.node, None)
         spans: dict[int, tuple[float, float]] = {}
         stages: dict[int, tuple[float, float, float]] = {}
+        loads: dict[int, float] = {}
         for reply in client_replies:
             if reply.has_error():
                 continue
@@ -265,6 +269,7 @@ class PlannedSplitStrategy(SplitStrategy):
                 float(result.stage3_ms),
                 float(result.stage5_ms),
             )
+            loads[node] = float(result.load_ms)
         first_start = min((a for a, _ in spans.values()), default=0.0)
         cuts_of = assignment.cuts_of
         # A node's first round includes starting its process (imports, model tracing,
@@ -280,7 +285,8 @@ class PlannedSplitStrategy(SplitStrategy):
         for node, (s1, s3, s5) in stages.items():
             offset = 1000.0 * (spans[node][0] - first_start) if node not in warming else 0.0
             self.planner.observe_client(
-                node, assignment.helper_of[node], s1, s3, s5, offset, cuts=cuts_of.get(node)
+                node, assignment.helper_of[node], s1, s3, s5, offset, cuts=cuts_of.get(node),
+                load_ms=loads[node],
             )
             if node in warming:
                 self.planner.mark_provisional(node)
@@ -313,21 +319,31 @@ class PlannedSplitStrategy(SplitStrategy):
                 )
                 if node in warming:
                     self.planner.mark_provisional(node)
-        if not starts:
-            return
-        origin = min(starts)
-        measured_ms = (max(ends) - origin) * 1000.0
         predicted_ms = round_plan.prediction.makespan
-        error = (predicted_ms - measured_ms) / measured_ms if measured_ms > 0 else float("nan")
-        log(
-            INFO,
-            "round %d: predicted makespan %.0f ms, measured %.0f ms (%+.1f%%), planning %.3f s",
-            server_round,
-            predicted_ms,
-            measured_ms,
-            100 * error,
-            round_plan.planning_seconds,
-        )
+        # No client finished: nothing to measure, but the round is saved (its failures)
+        origin = min(starts, default=None)
+        measured_ms = (max(ends) - origin) * 1000.0 if origin is not None else None
+        if measured_ms is None:
+            log(
+                WARNING,
+                "round %d: predicted makespan %.0f ms, nothing measured (no client "
+                "finished), planning %.3f s",
+                server_round,
+                predicted_ms,
+                round_plan.planning_seconds,
+            )
+        else:
+            error = (predicted_ms - measured_ms) / measured_ms if measured_ms > 0 else math.nan
+            log(
+                INFO,
+                "round %d: predicted makespan %.0f ms, measured %.0f ms (%+.1f%%), "
+                "planning %.3f s",
+                server_round,
+                predicted_ms,
+                measured_ms,
+                100 * error,
+                round_plan.planning_seconds,
+            )
         entry = {
             "round": server_round,
             "method": round_plan.plan.method,
@@ -340,6 +356,7 @@ class PlannedSplitStrategy(SplitStrategy):
             "plan": round_plan.plan.to_dict(),
             "node_ids": round_plan.node_ids,
             "batches": round_plan.batches,
+            "client_load_ms": {str(node): load for node, load in loads.items()},
             "client_spans_ms": {
                 str(node): [1000 * (a - origin), 1000 * (b - origin)]
                 for node, (a, b) in spans.items()
@@ -349,14 +366,17 @@ class PlannedSplitStrategy(SplitStrategy):
             "measured_tasks": [
                 {**t, "start": 1000 * (t["start"] - origin), "end": 1000 * (t["end"] - origin)}
                 for t in timeline
-            ],
+            ]
+            if origin is not None
+            else [],
+            "failures": [failure.to_dict() for failure in failures],
         }
         self.history.append(entry)
         if self.output_dir is not None:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             path = self.output_dir / f"round-{server_round}.json"
             path.write_text(json.dumps(entry, indent=1, default=float))
-            if self.gantt:
+            if self.gantt and measured_ms is not None:
                 from flsplit.plan.scheduling.gantt_rounds import planned_vs_measured
 
                 planned_vs_measured(entry, self.output_dir / f"round-{server_round}.png")

@@ -9,7 +9,9 @@ sends ``train.split`` to clients and ``train.helper`` to helpers
 :mod:`strategies.sync_schedule` under global sampling), then assembles one full-model
 update per client from its head and tail and its helpers' body pieces
 (:mod:`strategies.assembly`) and hands those to the wrapped strategy's
-``aggregate_train``.
+``aggregate_train``. Before that it logs every client and helper that failed in the round,
+by the node its message went to, with the cause (:mod:`strategies.failures`; kept in
+:attr:`SplitStrategy.failures`).
 
 A chain is one helper long unless the cuts name more than two modules
 (``"conv2,relu2,fc2"``): then the body is split again into pieces, one per helper of a
@@ -56,7 +58,7 @@ from flsplit.protocol import (
     HelperResult,
     HelperTask,
 )
-from strategies.assembly import full_model_replies, sort_replies
+from strategies.assembly import full_model_replies, incomplete_bodies, sort_replies
 from strategies.assignment import RoundAssignment, TokenIssuer, round_robin, round_robin_chains
 from strategies.discovery import (
     NodeGrid,
@@ -70,6 +72,7 @@ from strategies.discovery import (
     wait_for,
     with_role,
 )
+from strategies.failures import Failure, SentMessages, log_failures, round_failures
 from strategies.messages import client_message, helper_messages
 from strategies.parts import ModelParts, keys_of_split
 from strategies.sync_schedule import SyncSchedule, draw_schedule
@@ -120,8 +123,10 @@ class SplitStrategy(Strategy, metaclass=_Built):
         Rounds already completed before this run (a resumed run): Flower's round ``r``
         is flsplit's round ``r + round_offset`` in messages, logs and plans.
     on_round_end : callable, optional
-        ``on_round_end(server_round, arrays, strategy)`` after every round's aggregation
-        (e.g. to write a checkpoint).
+        ``on_round_end(server_round, arrays, strategy)`` once a round is over, ``arrays``
+        being its global model (e.g. to write a checkpoint and ``history.json``): right
+        after that round's server-side ``evaluate_fn`` returned, else when the next round
+        starts or the run ends; not when the run fails before.
     run_config : RunConfig or Mapping, optional
         The run config; the strategy reads its global-sampling settings (``sampler``,
         ``global-batch-size``, ...: :func:`flsplit.config.sync_settings`). ``None`` or
@@ -205,6 +210,17 @@ class SplitStrategy(Strategy, metaclass=_Built):
         self.discovery_failures: dict[int, str] = {}
         self.assignment: RoundAssignment | None = None
         self.round_times: dict[int, float] = {}
+        #: "train", "evaluate" (the clients') and "server" metrics per round, as the
+        #: run's Result holds them but by flsplit's round, kept for ``history.json``
+        self.results: dict[str, dict[int, dict[str, Any]]] = {
+            "train": {}, "evaluate": {}, "server": {}
+        }
+        #: the round whose on_round_end is due, and its global model
+        self._ending: tuple[int, ArrayRecord] | None = None
+        self._round_arrays: ArrayRecord | None = None
+        #: round -> the clients and helpers that failed in its training, and why
+        self.failures: dict[int, list[Failure]] = {}
+        self._sent = SentMessages(())  # the last configure_* call's messages
         self.helper_peak_mib: dict[int, float] = {}  # peak resident memory per helper
         self._known_ids: frozenset[int] = frozenset()
         self._tokens = TokenIssuer()  # holds the run's secret, never sent
@@ -299,15 +315,50 @@ class SplitStrategy(Strategy, metaclass=_Built):
             "timeout": timeout,
             "train_config": train_config,
             "evaluate_config": evaluate_config,
-            "evaluate_fn": evaluate_fn,
+            "evaluate_fn": self._evaluating(evaluate_fn) if evaluate_fn is not None else None,
             **kwargs,
         }
+        self._ending = None
         if not _overrides_start(self.strategy):
-            return super().start(grid, initial_arrays, **args)
-        log(INFO, "%s runs its own start() with split learning inside",
-            type(self.strategy).__name__)
-        with self._routed():
-            return self.strategy.start(grid, initial_arrays, **args)
+            result = super().start(grid, initial_arrays, **args)
+        else:
+            log(INFO, "%s runs its own start() with split learning inside",
+                type(self.strategy).__name__)
+            with self._routed():
+                result = self.strategy.start(grid, initial_arrays, **args)
+        self._end_round()
+        return result
+
+    def _evaluating(
+        self, evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None]
+    ) -> Callable[[int, ArrayRecord], MetricRecord | None]:
+        """``evaluate_fn`` keeping its metrics in :attr:`results`; a round is over once
+        its server-side evaluation returned."""
+
+        def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+            metrics = evaluate_fn(server_round, arrays)
+            server_round += self.round_offset
+            if metrics is not None:
+                self._record("server", server_round, metrics)
+            if self._ending is not None and self._ending[0] == server_round:
+                self._end_round()
+            return metrics
+
+        return evaluate
+
+    def _record(self, kind: str, server_round: int, metrics: MetricRecord) -> None:
+        table = self.results[kind]
+        if server_round <= self.round_offset and server_round in table:
+            # a resumed run evaluates the model it starts from again: the rounds before
+            # the resume point keep what the run that did them recorded
+            return
+        table[server_round] = dict(metrics)
+
+    def _end_round(self) -> None:
+        """Run :attr:`on_round_end` for the round that is over, once."""
+        ending, self._ending = self._ending, None
+        if ending is not None and self.on_round_end is not None:
+            self.on_round_end(ending[0], ending[1], self)
 
     @contextmanager
     def _routed(self) -> Iterator[None]:
@@ -471,7 +522,9 @@ class SplitStrategy(Strategy, metaclass=_Built):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Discover nodes, assign clients to helpers, and build client and helper messages."""
+        self._end_round()  # the previous round's, if no server-side evaluation ended it
         server_round += self.round_offset
+        self._round_arrays = arrays
         self.wait_for_clients(grid)
         config[MODE] = "split" if self.split else "fedavg"
         inner = list(
@@ -482,6 +535,7 @@ class SplitStrategy(Strategy, metaclass=_Built):
         inner = [m for m in inner if m.metadata.dst_node_id in self.nodes]
         if not self.split:
             self.assignment = RoundAssignment({}, {}, time.perf_counter())
+            self._sent = SentMessages(inner)
             return inner
         sampled = [m.metadata.dst_node_id for m in inner]
         chain_of = self._chains(server_round, sampled)
@@ -522,7 +576,9 @@ class SplitStrategy(Strategy, metaclass=_Built):
         )
         # Helpers first: the simulation engine hands out workers in this order, and a
         # client can only progress once its helper serves.
-        return to_helpers + to_clients
+        messages = to_helpers + to_clients
+        self._sent = SentMessages(messages, self.helpers)
+        return messages
 
     def _chains(self, server_round: int, clients: Sequence[int]) -> dict[int, list[int]]:
         """Each client's chain of helpers; one helper long (from :meth:`assign`) without
@@ -572,11 +628,28 @@ class SplitStrategy(Strategy, metaclass=_Built):
         assignment = self.assignment
         if assignment is None:
             raise RuntimeError("aggregate_train called before configure_train")
-        helpers = set(self.helpers)
-        by_sender = sort_replies(
-            replies,
-            lambda r: r.metadata.message_type == HELPER_TRAIN or r.metadata.src_node_id in helpers,
+        replies = list(replies)
+        sent = self._sent
+        by_sender = sort_replies(replies, sent)
+        incomplete = (
+            incomplete_bodies(
+                by_sender.clients,
+                by_sender.bodies,
+                lambda c: self.part_keys(assignment.cuts_of[c])[1],
+            )
+            if self.split
+            else {}
         )
+        failures = round_failures(
+            sent,
+            replies,
+            chain_of=assignment.chain_of,
+            helper_results=by_sender.helper_results,
+            pieces_from=by_sender.pieces_from,
+            incomplete=incomplete,
+        )
+        self.failures[server_round] = failures
+        log_failures(server_round, failures)
         self.observe(server_round, by_sender.clients, by_sender.helpers)
         self._record_helper_metrics(server_round, by_sender.helpers)
         if self.split:
@@ -591,22 +664,28 @@ class SplitStrategy(Strategy, metaclass=_Built):
         else:
             full_replies = by_sender.clients
         completed = sum(1 for r in full_replies if not r.has_error())
+        clients = sum(1 for m in sent.messages if m.metadata.message_type != HELPER_TRAIN)
         if completed < self.min_completed_clients:
             log(
                 ERROR,
-                "round %d: only %d complete client updates, fewer than min-completed-clients="
-                "%d; the global model is kept as it was",
+                "round %d: only %d complete client updates of %d, fewer than "
+                "min-completed-clients=%d; the global model is kept as it was%s",
                 server_round,
                 completed,
+                clients,
                 self.min_completed_clients,
+                f" ({len(failures)} nodes failed: see above)" if failures else "",
             )
             self.round_times[server_round] = time.perf_counter() - assignment.started
+            self._ending = (server_round, self._kept_arrays())
             return None, None
         arrays, metrics = self._wrapped("aggregate_train")(server_round, full_replies)
         wall = time.perf_counter() - assignment.started
         self.round_times[server_round] = wall
+        self._ending = (server_round, arrays if arrays is not None else self._kept_arrays())
         if metrics is not None:
             metrics[ROUND_WALL_SECONDS] = wall
+            self._record("train", server_round, metrics)
         figures = "".join(
             f", {key} {metrics[key]:.4f}" for key in (TRAIN_LOSS, TRAIN_ACC)
             if metrics is not None and key in metrics
@@ -614,9 +693,13 @@ class SplitStrategy(Strategy, metaclass=_Built):
         log(
             INFO,
             "round %d: %d/%d client updates aggregated%s, wall %.2f s",
-            server_round, completed, len(by_sender.clients), figures, wall,
+            server_round, completed, clients, figures, wall,
         )
         return arrays, metrics
+
+    def _kept_arrays(self) -> ArrayRecord:
+        """The global model of a round that aggregated nothing: the one it started from."""
+        return self._round_arrays if self._round_arrays is not None else ArrayRecord()
 
     def _record_helper_metrics(self, server_round: int, helper_replies: Sequence[Message]) -> None:
         """Keep each helper's synchronous step sizes and its peak memory; log the clients
@@ -637,32 +720,62 @@ class SplitStrategy(Strategy, metaclass=_Built):
         """Federated evaluation on clients (full model run locally), via the wrapped strategy.
 
         Called once the round's training is aggregated, so ``arrays`` is the round's global
-        model: :attr:`on_round_end` (checkpoints) runs here.
+        model (the one :attr:`on_round_end` gets).
         """
         server_round += self.round_offset
-        if self.on_round_end is not None:
-            self.on_round_end(server_round, arrays, self)
+        if self._ending is not None and self._ending[0] == server_round:
+            self._ending = (server_round, arrays)
         self.wait_for_clients(grid, "evaluate")
-        return self._wrapped("configure_evaluate")(
-            server_round, arrays, config, self.client_grid(grid)
+        messages = list(
+            self._wrapped("configure_evaluate")(
+                server_round, arrays, config, self.client_grid(grid)
+            )
         )
+        self._sent = SentMessages(messages)
+        return messages
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        """Aggregate evaluation metrics with the wrapped strategy."""
+        """Aggregate evaluation metrics with the wrapped strategy (the clients that failed
+        logged first, by the node each message went to)."""
         server_round += self.round_offset
-        return self._wrapped("aggregate_evaluate")(server_round, replies)
+        replies = list(replies)
+        log_failures(server_round, round_failures(self._sent, replies), "evaluate")
+        metrics = self._wrapped("aggregate_evaluate")(server_round, replies)
+        if metrics is not None:
+            self._record("evaluate", server_round, metrics)
+        return metrics
 
     # -- state for checkpoints --------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
-        """JSON-ready state a resumed run needs besides the model (round times)."""
-        return {"round_times": {str(r): t for r, t in self.round_times.items()}}
+        """JSON-ready state a resumed run needs besides the model: every round's metrics
+        and round time, the helpers' peak memory and synchronous steps."""
+        return {
+            "round_times": {str(r): t for r, t in self.round_times.items()},
+            "results": {
+                kind: {str(r): dict(m) for r, m in table.items()}
+                for kind, table in self.results.items()
+            },
+            "helper_peak_mib": {str(h): m for h, m in self.helper_peak_mib.items()},
+            "sync_steps": {
+                str(r): {str(h): list(s) for h, s in steps.items()}
+                for r, steps in self.sync_steps.items()
+            },
+        }
 
     def load_state(self, state: Mapping[str, Any]) -> None:
-        """Restore what :meth:`state` returned."""
+        """Restore what :meth:`state` returned (a key it lacks leaves that part as is)."""
         self.round_times = {int(r): float(t) for r, t in state.get("round_times", {}).items()}
+        for kind, table in (state.get("results") or {}).items():
+            if kind in self.results:
+                self.results[kind] = {int(r): dict(m) for r, m in table.items()}
+        for helper, mib in (state.get("helper_peak_mib") or {}).items():
+            peak = max(self.helper_peak_mib.get(int(helper), 0.0), float(mib))
+            self.helper_peak_mib[int(helper)] = peak
+        for r, steps in (state.get("sync_steps") or {}).items():
+            self.sync_steps[int(r)] = {int(h): [int(n) for n in s] for h, s in steps.items()}
 
     def summary(self) -> None:
         """Log the configuration."""

@@ -154,6 +154,7 @@ def train_split_round(
         helper_service_ms=result.helper_service_ms,
         started=result.started,
         ended=result.ended,
+        load_ms=result.load_ms,
     )
     return reply(msg, arrays, metrics.to_metrics())
 

@@ -202,6 +202,7 @@ def _serve_round(
     result = HelperResult(
         finished=list(server.finished),
         dropped=list(server.dropped),
+        drop_reasons=dict(server.dropped),
         busy_seconds=sum(t.end - t.start for t in tasks),
         wall_seconds=time.perf_counter() - start,
         refused=server.refused_count,

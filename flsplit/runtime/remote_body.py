@@ -41,10 +41,14 @@ Mixed precision with a ``GradScaler`` is not followed either (the body's gradien
 would stay scaled); it is not detected.
 
 Stage times for the planner are measured per batch as in flsplit's own loop
-(:class:`~flsplit.runtime.trainer.TrainResult`): stage 1 is the head's forward and
-upload, stage 3 everything from the body's output to the backward's upload (tail, loss,
-the user's code in between), stage 5 the download and everything up to the next batch's
-forward (head backward, optimizer step, loading the next batch).
+(:class:`~flsplit.runtime.trainer.TrainResult`): stage 1 is the head's forward (from the
+call of the model's head) and upload, stage 3 everything from the body's output to the
+backward's upload (tail, loss, the user's code in between), stage 5 the download, the
+head's backward (up to the end of ``loss.backward()``) and the optimizer's steps. The
+rest of the time between one batch's backward and the next batch's head forward (its
+data loader, whatever the function does between batches, before its first batch and
+after its last) is the client's load time (``load_ms``), which the planner adds to the
+client's stage 1: it makes the round as long as slow compute would.
 """
 
 from __future__ import annotations
@@ -59,7 +63,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
+from torch.optim.optimizer import (
+    register_optimizer_step_post_hook,
+    register_optimizer_step_pre_hook,
+)
 
 from flsplit.runtime.checks import InputError
 from flsplit.runtime.emulation import NO_EMULATION, Emulation
@@ -110,9 +117,15 @@ class RemoteBody:
         # a leaf that needs a gradient, so the body's backward runs even for a head that
         # has no trainable parameters
         self._anchor = torch.zeros((), requires_grad=True)
+        self.head = head
         self._batch: dict[str, float] = {}
         self._span = (0.0, 0.0)
         self._hooks: contextlib.ExitStack | None = None
+        # the time between batches: since when (the end of the last batch's backward, or
+        # the start of the round), and how much of it went to optimizer steps (stage 5)
+        self._gap_start = 0.0
+        self._gap_steps = 0.0
+        self._step_start: float | None = None
 
     # -- context ----------------------------------------------------------------------
 
@@ -121,12 +134,17 @@ class RemoteBody:
         if connect is not None:  # the helper coming up is a late start, not network time
             connect()
         stack = contextlib.ExitStack()
-        handle = register_optimizer_step_post_hook(self._on_step)
-        stack.callback(handle.remove)
+        for handle in (
+            register_optimizer_step_pre_hook(self._before_step),
+            register_optimizer_step_post_hook(self._on_step),
+            self.head.register_forward_pre_hook(self._on_head),
+        ):
+            stack.callback(handle.remove)
         stack.enter_context(_refusing_clipping(self.local_ids))
         self._hooks = stack
         self.started = time.time()
         self._span = (time.perf_counter(), time.process_time())
+        self._gap_start, self._gap_steps = self._span[0], 0.0
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -158,10 +176,9 @@ class RemoteBody:
 
     def forward(self, cut1: torch.Tensor) -> torch.Tensor:
         """Send ``cut1``; return the body's output on ``cut1``'s device."""
-        now = self._end_span()
-        self._close_batch(now)
-        self._batch = {"t0": now}
-        # the head ran since the span began at the end of the last batch: stretched above
+        now = self._end_span()  # stretches the head's forward (or all since the last batch)
+        if not self._head_ran():  # the body called without the head: the gap ends here
+            self._start_batch(now)
         self.emulation.transfer(tensor_nbytes(cut1))
         t1 = time.perf_counter()
         out = self.helper.forward(cut1.detach(), optim=self._take_events())
@@ -192,6 +209,11 @@ class RemoteBody:
         self.backwards += 1
         self.steps_since_backward = 0
         self._span = (time.perf_counter(), time.process_time())
+        self._gap_start, self._gap_steps = self._span[0], 0.0
+        # the head's backward goes on after this returns: stage 5 ends with it (outside an
+        # autograd backward, called directly, it ends here)
+        with contextlib.suppress(AttributeError, RuntimeError):
+            torch.autograd.Variable._execution_engine.queue_callback(self._backward_done)
         return grad_cut1.to(device=like.device, dtype=like.dtype)
 
     # -- the end of the round -----------------------------------------------------------
@@ -220,16 +242,55 @@ class RemoteBody:
         self.helper.finish(optim=self._take_events())
         return self.totals.result(self.started)
 
+    # -- the time between batches (hooks) -----------------------------------------------
+
+    def _on_head(self, module: nn.Module, args: Any) -> None:
+        """Forward pre-hook of the head: the next batch starts, the gap before it ends."""
+        if self._hooks is None or self.pending or self._head_ran():
+            return
+        self._start_batch(self._end_span())
+
+    def _head_ran(self) -> bool:
+        """Whether the head already ran for a batch whose body has not run yet."""
+        return "th" in self._batch and "t1" not in self._batch
+
+    def _backward_done(self) -> None:
+        """Runs when ``loss.backward()`` is done: the head's backward ends stage 5's
+        compute; what follows, up to the next head forward, is the gap."""
+        if self._hooks is None or "t4" not in self._batch:
+            return
+        now = self._end_span()
+        self._batch["tb"] = now
+        self._gap_start, self._gap_steps = now, 0.0
+
+    def _before_step(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
+        if self._holds(optimizer) and not self.pending:
+            self._step_start = self._end_span()  # what ran before the step is the gap's
+
+    def _start_batch(self, now: float) -> None:
+        """Close the last batch with the gap that ends ``now``; a new batch starts."""
+        self._close_batch(now)
+        self._batch = {"th": now}
+
     # -- internals ----------------------------------------------------------------------
 
+    def _holds(self, optimizer: torch.optim.Optimizer) -> bool:
+        return any(
+            id(p) in self.local_ids for g in optimizer.param_groups for p in g["params"]
+        )
+
     def _on_step(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
-        """Global step hook: queue a step of the optimizer holding the client's weights."""
+        """Global step hook: queue a step of the optimizer holding the client's weights
+        (and count its time to the last batch's stage 5)."""
         held = [
             g for g in optimizer.param_groups
             if any(id(p) in self.local_ids for p in g["params"])
         ]
         if not held:
             return
+        if self._step_start is not None:
+            self._gap_steps += self._end_span() - self._step_start
+            self._step_start = None
         if self.optimizer is None:
             self.optimizer = optimizer
         elif self.optimizer is not optimizer:
@@ -255,27 +316,35 @@ class RemoteBody:
         return events
 
     def _end_span(self) -> float:
-        """Stretch the client's compute since the last data-plane call (emulation)."""
+        """Stretch the client's compute since the last data-plane call or hook
+        (emulation), so each stretch counts to the stage (or gap) whose compute it is."""
         self.emulation.stretch(*self._span)
-        return time.perf_counter()
+        self._span = (time.perf_counter(), time.process_time())
+        return self._span[0]
 
     def _close_batch(self, now: float) -> None:
-        """Add the finished batch (if any) to the totals: its stage 5 ends ``now``."""
+        """Add the finished batch (if any) to the totals and the gap that ends ``now``
+        to the load time: stage 5 is the download, the head's backward and the optimizer
+        steps since; the rest of the gap is loading (the first batch's gap included)."""
         b = self._batch
-        if "t4" not in b:
-            return
-        self.totals.add(
-            int(b["examples"]),
-            0.0,
-            0,
-            (
-                (b["t1"] - b["t0"]) + b["fwd_net"] / 2,
-                b["fwd_net"] / 2 + (b["t3"] - b["t2"]) + b["bwd_net"] / 2,
-                b["bwd_net"] / 2 + (now - b["t4"]),
-            ),
-            b["fwd_service"] + b["bwd_service"],
-        )
-        self._batch = {}
+        gap = max(now - self._gap_start - self._gap_steps, 0.0)
+        if "t4" in b:
+            backward_end = b.get("tb", b["t4"])
+            self.totals.add(
+                int(b["examples"]),
+                0.0,
+                0,
+                (
+                    (b["t1"] - b["th"]) + b["fwd_net"] / 2,
+                    b["fwd_net"] / 2 + (b["t3"] - b["t2"]) + b["bwd_net"] / 2,
+                    b["bwd_net"] / 2 + (backward_end - b["t4"]) + self._gap_steps,
+                ),
+                b["fwd_service"] + b["bwd_service"],
+            )
+            self._batch = {}
+        if "t4" in b or self.backwards == 0:  # the gap before the first batch too
+            self.totals.add_load(gap)
+        self._gap_start, self._gap_steps = now, 0.0
 
 
 class _BodyFunction(torch.autograd.Function):

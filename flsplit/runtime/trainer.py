@@ -40,6 +40,9 @@ class TrainResult:
     evenly between the two directions. With micro-batches the stages overlap: stage 1 is
     the head's forward, stage 3 the tails, stage 5 the head's backward and step, and
     ``helper_service_ms`` the rest of the batch's wall time (waiting for the chain).
+    ``load_ms`` is the time spent getting the batches from the client's data loader
+    (creating its iterator each epoch, ``next`` on it, the final exhausted call
+    included), per batch: it precedes each batch's stage 1 and is in none of the stages.
     """
 
     examples: int
@@ -52,6 +55,7 @@ class TrainResult:
     helper_service_ms: float
     started: float
     ended: float
+    load_ms: float = 0.0
 
     @property
     def wall_seconds(self) -> float:
@@ -116,7 +120,7 @@ def train_split(
             )
         totals = RoundTotals()
         for _ in range(epochs):
-            for inputs, labels in batches:
+            for inputs, labels in totals.timed(batches):
                 split_batch(head, tail, helper, inputs, labels, loss_fn, optimizer, totals,
                             emulation)
     helper.finish()
@@ -152,6 +156,32 @@ class RoundTotals:
         self.loss_sum = 0.0
         self.stages = [0.0, 0.0, 0.0]
         self.service = 0.0
+        self.load = 0.0
+
+    def timed(
+        self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Iterate ``batches`` once, adding the time spent inside the loader (making its
+        iterator, every ``next``, the last one that finds it exhausted) to the load time:
+        a slow loader makes a slow client as much as slow compute does, and the planner
+        must see it."""
+        start = time.perf_counter()
+        iterator = iter(batches)
+        while True:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                self.load += time.perf_counter() - start
+                return
+            self.load += time.perf_counter() - start
+            yield batch
+            start = time.perf_counter()
+
+    def add_load(self, seconds: float) -> None:
+        """Add ``seconds`` the client spent outside the five stages getting its next
+        batch (its own training loop: everything between a batch's last stage and the
+        next one's first)."""
+        self.load += seconds
 
     def add(self, examples: int, loss_sum: float, correct: int,
             stages: Sequence[float], service: float) -> None:
@@ -166,7 +196,8 @@ class RoundTotals:
         self.service += service
 
     def result(self, started: float) -> TrainResult:
-        """The round's :class:`TrainResult` (stage and service times in ms per batch)."""
+        """The round's :class:`TrainResult` (stage, service and load times in ms per
+        batch)."""
         per_batch = 1000.0 / max(self.batches, 1)
         return TrainResult(
             examples=self.examples,
@@ -179,6 +210,7 @@ class RoundTotals:
             helper_service_ms=self.service * per_batch,
             started=started,
             ended=time.time(),
+            load_ms=self.load * per_batch,
         )
 
 
@@ -258,7 +290,7 @@ def _train_micro_batched(
         head, tail, helper, loss_fn, optimizer, micro_batches, emulation
     ) as stepper:
         for _ in range(epochs):
-            for inputs, labels in batches:
+            for inputs, labels in totals.timed(batches):
                 outcome = stepper.run(inputs, labels)
                 totals.add(outcome.examples, outcome.loss_sum, outcome.correct,
                            (outcome.head_seconds, outcome.tail_seconds,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from logging import INFO, WARNING
-from pathlib import Path
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context
@@ -23,7 +22,7 @@ from flsplit.config import RunConfig
 from flsplit.runtime.memory import peak_rss_mib
 from flsplit.server.checkpoint import checkpoint_writer, resume_point, saved_arrays, shift_rounds
 from flsplit.server.evaluation import server_evaluation
-from flsplit.server.history import write_history
+from flsplit.server.history import history_writer, resumed_state, write_history
 from flsplit.server.modes import mode_split
 from flsplit.server.planning import planned_strategy
 from flsplit.task import SplitTask
@@ -31,6 +30,7 @@ from strategies.split import SplitStrategy
 
 StrategyFn = Callable[[Mapping[str, Any]], Strategy]
 ResultHook = Callable[[ArrayRecord, Result, SplitStrategy], None]
+RoundHook = Callable[[int, ArrayRecord, SplitStrategy], None]
 
 
 def default_strategy(config: Mapping[str, Any]) -> Strategy:
@@ -83,9 +83,12 @@ def make_server_app(
             log(INFO, "resuming from %s after round %d of %d", checkpoint_dir, done, num_rounds)
         strategy = _split_strategy(task, settings, split, model, strategy_fn(config), done)
         if saved is not None:
-            strategy.load_state(saved.state)
+            # the rounds before the resume point stay in history.json
+            strategy.load_state(resumed_state(saved.state, settings.output_dir, done))
         if done >= num_rounds:
             log(INFO, "all %d rounds are done according to %s", num_rounds, checkpoint_dir)
+            if settings.output_dir:
+                write_history(settings.output_dir, strategy)
             return
         result = _run_rounds(grid, task, settings, strategy, initial, num_rounds, done)
         log(
@@ -95,7 +98,7 @@ def make_server_app(
             {h: round(m) for h, m in sorted(strategy.helper_peak_mib.items())} or "-",
         )
         if settings.output_dir:
-            write_history(Path(settings.output_dir), result, strategy)
+            write_history(settings.output_dir, strategy)
         if on_result is not None:
             on_result(initial, result, strategy)
 
@@ -111,16 +114,20 @@ def _split_strategy(
     done: int,
 ) -> SplitStrategy:
     """The split strategy the run config asks for, around ``aggregation``, continuing
-    after ``done`` rounds: planned every round, or round-robin (also for FedAvg mode)."""
-    checkpoint_dir = config.checkpoint_dir
-    on_round_end = checkpoint_writer(checkpoint_dir, config.as_dict()) if checkpoint_dir else None
+    after ``done`` rounds: planned every round, or round-robin (also for FedAvg mode).
+    After every round it writes the checkpoint, then ``history.json``."""
+    hooks: list[RoundHook] = []
+    if config.checkpoint_dir:
+        hooks.append(checkpoint_writer(config.checkpoint_dir, config.as_dict()))
+    if config.output_dir:
+        hooks.append(history_writer(config.output_dir))
     common = {
         "strategy": aggregation,
         "round_timeout": config.round_timeout,
         "split": config.mode == "split",
         "min_completed_clients": config.min_completed_clients,
         "round_offset": done,
-        "on_round_end": on_round_end,
+        "on_round_end": _each(hooks) if hooks else None,
         "run_config": config,
     }
     if config.mode == "split" and config.planned:
@@ -128,6 +135,16 @@ def _split_strategy(
     if config.cut_candidates:
         log(WARNING, "cut-candidates is ignored without a planner (run config planner)")
     return SplitStrategy.from_split(split, model, task.example_input(config.as_dict()), **common)
+
+
+def _each(hooks: list[RoundHook]) -> RoundHook:
+    """One ``on_round_end`` hook running ``hooks`` in turn."""
+
+    def run(server_round: int, arrays: ArrayRecord, strategy: SplitStrategy) -> None:
+        for hook in hooks:
+            hook(server_round, arrays, strategy)
+
+    return run
 
 
 def _run_rounds(

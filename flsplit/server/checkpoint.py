@@ -4,12 +4,20 @@ After every completed round the server writes, into one directory,
 
 - ``round-N.npz``: the global model (``state_dict`` keys -> arrays), written with numpy and
   read back with ``allow_pickle=False``;
-- ``checkpoint.json``: the round ``N``, a fingerprint of the run config, the array file's
-  name and its SHA-256, and the strategy's own state (node profiles, plan history, round
-  times) as plain JSON.
+- ``checkpoint.json``: the round ``N``, the run config's values that make up its
+  fingerprint (every key but :data:`flsplit.config.RESUMABLE_KEYS`) and their SHA-256, the
+  array file's name and its SHA-256, and the strategy's own state (metrics of every round
+  so far, node profiles, plan history, round times) as plain JSON.
 
-``checkpoint.json`` is replaced atomically after the arrays are on disk, so a crash while
-writing leaves the previous checkpoint intact. Only the newest two array files are kept.
+Both files are written to a temporary file, fsynced and renamed over the old one
+(:mod:`flsplit.server.atomic`), ``checkpoint.json`` after the arrays are on disk, so a
+crash while writing leaves the previous checkpoint intact. Only the newest two array files
+are kept.
+
+A resumed run must have the same fingerprinted values: a checkpoint written with another
+``lr`` (or seed, data, model, ...) is refused, naming every key that differs with its old
+and new value; the keys of :data:`~flsplit.config.RESUMABLE_KEYS` (rounds, timeouts,
+limits, planner, output, emulation) may change.
 
 The ServerApp's side: :func:`checkpoint_writer` is the strategy's ``on_round_end`` hook
 that writes them; :func:`resume_point` and :func:`saved_arrays` pick a run up again, and
@@ -20,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from logging import INFO
@@ -31,6 +38,9 @@ import numpy as np
 from flwr.app import ArrayRecord
 from flwr.supercore import log
 
+from flsplit.config import RESUMABLE_KEYS
+from flsplit.server.atomic import write_atomically, write_json_atomically
+
 if TYPE_CHECKING:
     from flwr.serverapp.strategy import Result
 
@@ -39,8 +49,9 @@ if TYPE_CHECKING:
 FORMAT = "flsplit-checkpoint"
 VERSION = 1
 INDEX = "checkpoint.json"
-#: Run-config keys that may change between a run and its resumption.
-RESUMABLE_KEYS = frozenset({"num-server-rounds", "checkpoint-dir", "output-dir", "gantt"})
+#: The keys earlier checkpoints (without ``run_config`` in ``checkpoint.json``) left out of
+#: their fingerprint, so a run they saved still resumes.
+_LEGACY_RESUMABLE_KEYS = frozenset({"num-server-rounds", "checkpoint-dir", "output-dir", "gantt"})
 
 
 class CheckpointError(RuntimeError):
@@ -55,13 +66,60 @@ class Checkpoint:
     arrays: dict[str, np.ndarray]
     fingerprint: str
     state: dict[str, Any] = field(default_factory=dict)
+    #: the fingerprinted run-config values (``None``: a checkpoint that kept only the hash)
+    run_config: dict[str, Any] | None = None
+
+
+def fingerprinted(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The run config's values that must not change across a resume, as plain JSON.
+
+    Every key but :data:`flsplit.config.RESUMABLE_KEYS`: an app's own keys too.
+    """
+    return _plain({k: v for k, v in sorted(run_config.items()) if k not in RESUMABLE_KEYS})
 
 
 def run_fingerprint(run_config: Mapping[str, Any]) -> str:
     """SHA-256 of the run config, without the keys a resumed run may change."""
-    relevant = {k: v for k, v in sorted(run_config.items()) if k not in RESUMABLE_KEYS}
-    text = json.dumps(relevant, sort_keys=True, default=str, separators=(",", ":"))
+    return _hash(fingerprinted(run_config))
+
+
+def config_changes(
+    saved: Mapping[str, Any], current: Mapping[str, Any]
+) -> dict[str, tuple[Any, Any]]:
+    """Fingerprinted keys whose value differs: key -> (saved value, current value).
+
+    A key missing on one side counts as changed (its value there is ``None``); numbers
+    compare by value (``1`` equals ``1.0``), ``true`` equals no number.
+    """
+    now = fingerprinted(current)
+    missing = object()
+    changes = {}
+    for key in sorted((set(saved) | set(now)) - RESUMABLE_KEYS):
+        old, new = saved.get(key, missing), now.get(key, missing)
+        if not _same(old, new):
+            changes[key] = (None if old is missing else old, None if new is missing else new)
+    return changes
+
+
+def _same(old: Any, new: Any) -> bool:
+    if isinstance(old, bool) or isinstance(new, bool):
+        return type(old) is type(new) and old == new
+    return bool(old == new)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples as lists, unknown objects as text)."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def _hash(values: Mapping[str, Any]) -> str:
+    text = json.dumps(values, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _legacy_fingerprint(run_config: Mapping[str, Any]) -> str:
+    relevant = {k: v for k, v in sorted(run_config.items()) if k not in _LEGACY_RESUMABLE_KEYS}
+    return _hash(relevant)
 
 
 def _sha256(path: Path) -> str:
@@ -75,13 +133,13 @@ def _sha256(path: Path) -> str:
 def save_checkpoint(directory: str | Path, checkpoint: Checkpoint) -> Path:
     """Write ``checkpoint`` into ``directory``; return the index file's path."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     arrays_name = f"round-{checkpoint.server_round}.npz"
-    arrays_path = directory / arrays_name
-    tmp_arrays = directory / f".{arrays_name}.tmp"
-    with tmp_arrays.open("wb") as stream:
-        np.savez(stream, **{k: np.asarray(v) for k, v in checkpoint.arrays.items()})
-    os.replace(tmp_arrays, arrays_path)
+    arrays_path = write_atomically(
+        directory / arrays_name,
+        lambda stream: np.savez(
+            stream, **{k: np.asarray(v) for k, v in checkpoint.arrays.items()}
+        ),
+    )
     index = {
         "format": FORMAT,
         "version": VERSION,
@@ -92,9 +150,9 @@ def save_checkpoint(directory: str | Path, checkpoint: Checkpoint) -> Path:
         "keys": list(checkpoint.arrays),
         "state": checkpoint.state,
     }
-    tmp_index = directory / f".{INDEX}.tmp"
-    tmp_index.write_text(json.dumps(index, indent=1, default=float))
-    os.replace(tmp_index, directory / INDEX)
+    if checkpoint.run_config is not None:
+        index["run_config"] = checkpoint.run_config
+    write_json_atomically(directory / INDEX, index)
     for old in directory.glob("round-*.npz"):
         number = old.stem.removeprefix("round-")
         if number.isdigit() and int(number) < checkpoint.server_round - 1:
@@ -102,14 +160,24 @@ def save_checkpoint(directory: str | Path, checkpoint: Checkpoint) -> Path:
     return directory / INDEX
 
 
-def load_checkpoint(directory: str | Path, fingerprint: str | None = None) -> Checkpoint | None:
+def load_checkpoint(
+    directory: str | Path, run_config: Mapping[str, Any] | None = None
+) -> Checkpoint | None:
     """Read the newest checkpoint in ``directory`` (``None`` if there is none).
+
+    Parameters
+    ----------
+    directory : str or Path
+        The checkpoint directory.
+    run_config : Mapping, optional
+        The resuming run's config: the checkpoint must have been written with the same
+        values of every key but :data:`flsplit.config.RESUMABLE_KEYS`.
 
     Raises
     ------
     CheckpointError
-        If the checkpoint is damaged or belongs to a run with another run config
-        (``fingerprint`` given and different).
+        If the checkpoint is damaged or belongs to a run with another run config (the
+        message names each differing key with its old and new value).
     """
     directory = Path(directory)
     index_path = directory / INDEX
@@ -123,11 +191,11 @@ def load_checkpoint(directory: str | Path, fingerprint: str | None = None) -> Ch
         raise CheckpointError(f"{index_path}: not a flsplit checkpoint")
     if index.get("version") != VERSION:
         raise CheckpointError(f"{index_path}: unsupported version {index.get('version')!r}")
-    if fingerprint is not None and index.get("fingerprint") != fingerprint:
-        raise CheckpointError(
-            f"{index_path} belongs to a run with another run config; resume with the same "
-            "run config (num-server-rounds may differ) or choose a new checkpoint-dir"
-        )
+    saved_config = index.get("run_config")
+    if saved_config is not None and not isinstance(saved_config, dict):
+        raise CheckpointError(f"{index_path}: field 'run_config' is malformed")
+    if run_config is not None:
+        _check_same_run(index_path, index, run_config)
     server_round = index.get("round")
     name = index.get("arrays")
     if not isinstance(server_round, int) or server_round < 0 or not isinstance(name, str):
@@ -145,7 +213,48 @@ def load_checkpoint(directory: str | Path, fingerprint: str | None = None) -> Ch
         arrays={key: arrays[key] for key in order},
         fingerprint=str(index.get("fingerprint", "")),
         state=dict(index.get("state") or {}),
+        run_config=saved_config,
     )
+
+
+def _check_same_run(
+    index_path: Path, index: Mapping[str, Any], run_config: Mapping[str, Any]
+) -> None:
+    """Refuse a checkpoint written with other values of the fingerprinted keys."""
+    saved = index.get("run_config")
+    if saved is None:
+        # Written before checkpoints kept their run config: only the hash can tell.
+        if index.get("fingerprint") in (_legacy_fingerprint(run_config),
+                                        run_fingerprint(run_config)):
+            return
+        raise CheckpointError(
+            f"{index_path} belongs to a run with another run config (it keeps only a "
+            "fingerprint, not which keys); resume with the run config it was written with "
+            "(num-server-rounds may differ) or choose a new checkpoint-dir"
+        )
+    changes = config_changes(saved, run_config)
+    if not changes:
+        return
+    listed = ", ".join(f"{key} {_show(old)} -> {_show(new)}" for key, (old, new) in changes.items())
+    restore = " ".join(
+        f"{key}={_toml(old)}" for key, (old, _) in changes.items() if old is not None
+    )
+    raise CheckpointError(
+        f"{index_path} was written by a run with another run config: {listed}. These keys "
+        "change the model's trajectory, so the run cannot resume with them changed: "
+        + (f"set them back (--run-config '{restore}') " if restore else "set them back ")
+        + "or choose a new checkpoint-dir (keys that may change across a resume: "
+        + ", ".join(sorted(RESUMABLE_KEYS))
+        + ")"
+    )
+
+
+def _show(value: Any) -> str:
+    return "(not set)" if value is None else json.dumps(value)
+
+
+def _toml(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, bool | int | float | str) else str(value)
 
 
 def resume_point(
@@ -162,7 +271,7 @@ def resume_point(
     if not checkpoint_dir:
         return None
 
-    saved = load_checkpoint(checkpoint_dir, run_fingerprint(config))
+    saved = load_checkpoint(checkpoint_dir, config)
     if saved is None:
         return None
     try:
@@ -189,13 +298,14 @@ def checkpoint_writer(
     checkpoint_dir: str, config: Mapping[str, Any]
 ) -> Callable[[int, ArrayRecord, SplitStrategy], None]:
     """``on_round_end`` hook writing a checkpoint after every round."""
-    fingerprint = run_fingerprint(config)
+    values = fingerprinted(config)
+    fingerprint = _hash(values)
 
     def write(server_round: int, arrays: ArrayRecord, strategy: SplitStrategy) -> None:
         numpy_arrays = {key: array.numpy() for key, array in arrays.items()}
         save_checkpoint(
             checkpoint_dir,
-            Checkpoint(server_round, numpy_arrays, fingerprint, strategy.state()),
+            Checkpoint(server_round, numpy_arrays, fingerprint, strategy.state(), values),
         )
         log(INFO, "round %d: checkpoint written to %s", server_round, checkpoint_dir)
 

@@ -4,7 +4,10 @@ The server keeps a profile per node: compute times of the parts it runs, one bat
 smoothed exponentially over rounds. Until a node has been measured its times are the
 server's own measurement of the parts scaled by the node's reported compute factor.
 Links are modelled as ``latency + bits / rate`` per transfer (:func:`transfer_ms`), from
-the link table the server was given (emulated links, or rates the operator knows).
+the link table the server was given (emulated links, or rates the operator knows). A
+client's data loading (the time it spends getting each batch from its loader, measured
+apart from the stages) is kept as its own per-batch time: the planner adds it to the
+client's stage 1 at every cut pair, since it does not depend on where the model is cut.
 
 With :class:`~flsplit.model.costs.CutCosts` (per-segment costs measured once for every
 candidate cut pair) a node's times at any cut are the server's times of its parts scaled
@@ -33,7 +36,8 @@ def transfer_ms(nbytes: float, rate_mbps: float, latency_ms: float) -> float:
 @dataclass
 class ClientProfile:
     """Compute times of a client's head and tail (ms per batch) at the default cut, its
-    speed factor (times slower than the server) and its memory."""
+    speed factor (times slower than the server), its memory, and the time it takes to
+    get a batch from its data loader (ms per batch, at any cut)."""
 
     head_fwd_ms: float
     head_bwd_ms: float
@@ -42,6 +46,7 @@ class ClientProfile:
     start_offset_ms: float = 0.0
     factor: float = 1.0
     memory_mib: float = float("inf")
+    load_ms: float = 0.0
 
 
 @dataclass
@@ -167,14 +172,16 @@ class NodeProfiles:
         stage5_ms: float,
         start_offset_ms: float = 0.0,
         cuts: str | None = None,
+        load_ms: float = 0.0,
     ) -> None:
         """Update a client's profile from its measured stage means with ``helper`` at the
-        cut pair ``cuts`` (default: the default pair), and how long after the round's
-        first client it started training.
+        cut pair ``cuts`` (default: the default pair), how long after the round's first
+        client it started training, and its mean time per batch in its data loader.
 
         The compute times at the default cut are smoothed as measured (when ``cuts`` is
         the default pair); the speed factor as measured / predicted compute of head and
-        tail on the server (when per-segment costs are known)."""
+        tail on the server (when per-segment costs are known); the load time at any cut
+        (it is not compute, so it stays out of the speed factor)."""
         profile = self.clients.get(node)
         if profile is None:
             return
@@ -188,6 +195,7 @@ class NodeProfiles:
         head_bwd = max(stage5_ms - up1, 0.0)
         seen = profile.measured
         profile.start_offset_ms = self._blend(profile.start_offset_ms, start_offset_ms, seen)
+        profile.load_ms = self._blend(profile.load_ms, max(load_ms, 0.0), seen)
         if costs is self.costs:
             profile.head_fwd_ms = self._blend(profile.head_fwd_ms, head_fwd, seen)
             profile.tail_ms = self._blend(profile.tail_ms, tail, seen)

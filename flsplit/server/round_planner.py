@@ -190,7 +190,7 @@ class RoundPlanner(NodeProfiles):
                 fill = self.batch_fill.get(client, 1.0)
                 cut1 = transfer_ms(self.costs.cut1_bytes * fill, rate, latency)
                 cut2 = transfer_ms(self.costs.cut2_bytes * fill, rate, latency)
-                grids["head_fwd_up"][i, j] = cp.head_fwd_ms + cut1
+                grids["head_fwd_up"][i, j] = cp.load_ms + cp.head_fwd_ms + cut1
                 grids["body_fwd"][i, j] = hp.body_fwd_ms
                 grids["tail_fwd_bwd"][i, j] = 2 * cut2 + cp.tail_ms
                 grids["body_bwd"][i, j] = hp.body_bwd_ms
@@ -208,8 +208,9 @@ class RoundPlanner(NodeProfiles):
         """Stage times of one batch for these nodes at every candidate cut pair.
 
         Every node's times are the server's per-segment times scaled by its speed
-        factor; links add ``latency + bits / rate`` per transfer. ``allowed`` excludes
-        the pairs whose head and tail do not fit a client's memory.
+        factor; links add ``latency + bits / rate`` per transfer; a client's load time
+        adds to its stage 1 at every pair. ``allowed`` excludes the pairs whose head and
+        tail do not fit a client's memory.
         """
         cut_costs = self.cut_costs
         if cut_costs is None:
@@ -230,7 +231,8 @@ class RoundPlanner(NodeProfiles):
             meta={"candidates": list(cut_costs.candidates)},
         )
         lat = latency[:, :, None]
-        problem.stages["head_fwd_up"] = problem.stages["head_fwd_up"] + lat
+        load = np.array([self.clients[c].load_ms for c in clients])[:, None, None]
+        problem.stages["head_fwd_up"] = problem.stages["head_fwd_up"] + lat + load
         problem.stages["tail_fwd_bwd"] = problem.stages["tail_fwd_bwd"] + 2 * lat
         problem.stages["down_head_bwd"] = problem.stages["down_head_bwd"] + lat
         return problem

@@ -309,6 +309,13 @@ def test_a_client_supernode_killed_mid_round_is_left_out(cluster: Cluster):
         assert "round 1: 2/3 client updates aggregated" in log
         assert re.search(r"aggregate_train: Received 2 results and 1 failures", log)
         assert "Node Unavailable" in log  # the SuperLink's error reply for the dead node
+        # named by its own id, not the SuperLink's (1), which sent the reply
+        dead = re.search(
+            r"round 1: client (\d+) failed: the SuperLink replied for it: Error: Node "
+            r"Unavailable",
+            log,
+        )
+        assert dead is not None and int(dead[1]) != 1, log[-3000:]
         result = history(out)
         assert set(result["train"]) == {"1"}
         server = result["server"]

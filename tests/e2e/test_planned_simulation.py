@@ -75,3 +75,12 @@ def test_a_vanished_helper_is_planned_out_without_an_exception():
     assert set(second.values()) == {f"h{lost[0]}"}
     assert len(second) == 3
     assert 2 in result.train_metrics_clientapp
+    # round-1.json names the helper by its own id, with its error, and its clients
+    failures = strategy.history[0]["failures"]
+    dead = [f for f in failures if f["role"] == "helper"]
+    assert len(dead) == 1 and dead[0]["node"] not in strategy.nodes
+    assert dead[0]["cause"] == "helper 0 lost its power supply (error code 2)"
+    # its clients failed too (each with its own error: it could not reach the helper)
+    first = strategy.history[0]["plan"]["assignment"]
+    orphans = sum(1 for h in first.values() if h == f"h{dead[0]['node']}")
+    assert orphans == len([f for f in failures if f["role"] == "client"]) > 0

@@ -1,5 +1,6 @@
 """Checkpoints after every round, resuming a stopped run, and the minimum of clients."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,11 @@ from tests.e2e.small_run import run_small
 
 def test_a_restarted_run_continues_from_the_last_completed_round(tmp_path: Path):
     directory = str(tmp_path / "ckpt")
-    _, first, _ = run_small({"num-server-rounds": 1, "checkpoint-dir": directory})
+    out = tmp_path / "out"
+    _, first, _ = run_small(
+        {"num-server-rounds": 1, "checkpoint-dir": directory, "output-dir": str(out)}
+    )
+    before = json.loads((out / "history.json").read_text())
     saved = load_checkpoint(directory)
     assert saved is not None and saved.server_round == 1
     final = first.arrays.to_numpy_ndarrays()
@@ -19,13 +24,21 @@ def test_a_restarted_run_continues_from_the_last_completed_round(tmp_path: Path)
         np.testing.assert_array_equal(saved.arrays[key], value)
     assert set(saved.state["round_times"]) == {"1"}
 
-    # The same run config with one more round: only round 2 runs, from round 1's model.
-    initial, resumed, strategy = run_small({"num-server-rounds": 2, "checkpoint-dir": directory})
+    # The same run config with one more round (and a longer round timeout, which may
+    # change): only round 2 runs, from round 1's model.
+    initial, resumed, strategy = run_small({
+        "num-server-rounds": 2, "checkpoint-dir": directory, "output-dir": str(out),
+        "round-timeout": 240.0,
+    })
     for key, value in zip(initial.keys(), initial.to_numpy_ndarrays(), strict=True):
         np.testing.assert_array_equal(saved.arrays[key], value)
     assert set(resumed.train_metrics_clientapp) == {2}
     assert set(strategy.round_times) == {1, 2}
     assert load_checkpoint(directory).server_round == 2
+    history = json.loads((out / "history.json").read_text())  # round 1 kept, round 2 added
+    assert set(history["train"]) == {"1", "2"}
+    assert history["train"]["1"] == before["train"]["1"]
+    assert set(history["server"]) == {"0", "1", "2"}
 
 
 def test_a_round_with_too_few_complete_updates_keeps_the_model():

@@ -26,6 +26,7 @@ BENCHMARKS = (
     "planner",
     "sampling_compare",
     "sampling_experiment",
+    "slow_loader",
 )
 
 

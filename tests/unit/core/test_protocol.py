@@ -111,9 +111,22 @@ def test_client_result_is_flower_metrics_plus_stage_times():
     assert ClientResult.from_metrics(protocol.train_metrics(64, 0.5, 0.75)) is None
 
 
+def test_client_result_carries_the_load_time_to_the_planner_not_to_the_app():
+    result = ClientResult(64, 0.5, 0.75, 2, 1.0, 2.0, 3.0, 4.0, 10.0, 11.0, load_ms=600.0)
+    metrics = result.to_metrics()
+    load_key = ClientResult._KEYS["load_ms"]  # the wire name lives in the protocol module
+    assert metrics[load_key] == 600.0
+    assert ClientResult.from_metrics(metrics) == result
+    assert load_key not in ClientResult.app_metrics(metrics)
+    # a client that does not report it (an older flsplit) loads for free
+    older = {k: v for k, v in metrics.items() if k != load_key}
+    assert ClientResult.from_metrics(older).load_ms == 0.0
+
+
 def test_helper_result_round_trip_with_bodies():
     result = HelperResult(["3"], ["4"], 1.5, 2.0, 1, 2, 300.0, 4.0, 5.0,
                           [TaskSpan("3", protocol.FORWARD, 0.0, 0.1)], [8, 8], [2, 1],
+                          {"4": "no request for 120 s"},
                           aborted={"6": "ValueError: bad batch", "5": "its connection closed"})
     body = ArrayRecord([np.zeros(2, dtype=np.float32)])
     content = result.to_content({"3": body})

@@ -5,6 +5,7 @@ import datetime
 import ipaddress
 import itertools
 import logging
+import time
 
 import pytest
 import torch
@@ -75,6 +76,44 @@ def test_one_batch_over_the_data_plane_equals_one_sgd_step_of_the_unsplit_model(
     for key, value in expected.items():
         torch.testing.assert_close(trained[key], value, atol=1e-5, rtol=0, msg=key)
     assert not torch.equal(expected["conv2.weight"], model.state_dict()["conv2.weight"])
+
+
+class _SleepingLoader:
+    """A data loader that takes ``seconds`` to produce each batch (iterable again)."""
+
+    def __init__(self, batches, seconds):
+        self.batches, self.seconds = batches, seconds
+
+    def __iter__(self):
+        for batch in self.batches:
+            time.sleep(self.seconds)
+            yield batch
+
+
+@pytest.mark.parametrize("micro_batches", [1, 2])
+def test_the_time_a_client_waits_for_its_loader_is_measured_apart_from_the_stages(
+    micro_batches,
+):
+    torch.manual_seed(0)
+    split = _split(SmallCNN())
+    batches = [(torch.randn(8, 1, 8, 8), torch.randint(0, 10, (8,))) for _ in range(3)]
+    sleep = 0.1
+    server = _serve(split.body, ["1"])
+    try:
+        optimizer = _sgd(itertools.chain(split.head.parameters(), split.tail.parameters()))
+        with HelperClient(server.address, "1", _token("1"), deadline=30) as helper:
+            result = train_split(
+                split.head, split.tail, helper, _SleepingLoader(batches, sleep),
+                nn.functional.cross_entropy, optimizer, epochs=2, micro_batches=micro_batches,
+            )
+        assert server.wait_clients(10)
+    finally:
+        server.stop()
+    assert result.batches == 6
+    assert result.load_ms >= 1000 * sleep  # mean per batch: every batch slept that long
+    # the loader's time is in no stage: stages, helper time and loading never overlap
+    busy = result.stage1_ms + result.stage3_ms + result.stage5_ms + result.helper_service_ms
+    assert result.batches * (busy + result.load_ms) <= 1000 * result.wall_seconds + 5
 
 
 FORGERIES = [

@@ -2,6 +2,7 @@
 same loop on the unsplit model (float64), and what cannot follow is refused."""
 
 import copy
+import time
 
 import pytest
 import torch
@@ -65,6 +66,33 @@ def _train_split(model, loop, batches, proximal_mu=0.0):
         **worker.bodies["1"].module.state_dict(),
         **split.tail.state_dict(),
     }, result
+
+
+def _slow_loader(net, batches, seconds=0.1):
+    """The app's own loop over a loader that takes ``seconds`` per batch."""
+
+    def loader():
+        for batch in batches:
+            time.sleep(seconds)
+            yield batch
+
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    for x, y in loader():
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        optimizer.step()
+
+
+def test_the_apps_loader_time_between_batches_is_the_clients_load_time():
+    batches = _batches(n=3)
+    _, result = _train_split(_model(), _slow_loader, batches)
+    assert result.batches == 3
+    assert result.load_ms >= 100.0  # mean per batch: each batch waited 0.1 s for the loader
+    # the wait is not also counted in a stage (stage 5 ends with the optimizer's step):
+    # stages, helper time and loading never overlap
+    busy = result.stage1_ms + result.stage3_ms + result.stage5_ms + result.helper_service_ms
+    assert result.batches * (busy + result.load_ms) <= 1000 * result.wall_seconds + 5
+    assert result.stage1_ms > 0 and result.stage5_ms > 0
 
 
 def _assert_same(trained, reference, untouched):

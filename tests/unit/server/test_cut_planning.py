@@ -225,3 +225,33 @@ def test_server_profiles_the_segments_of_the_candidates_and_refuses_empty_bodies
         cut_costs(TASK, {**config, "cut-candidates": "relu3,fc2"}, split)
     everything = cut_costs(TASK, {**config, "cut-candidates": "all"}, split)
     assert "relu3,fc2" not in everything.candidates and "relu1,fc2" in everything.candidates
+
+
+def test_a_clients_load_time_adds_to_its_stage_1_at_every_cut_and_not_to_its_factor():
+    link = lambda c, h: (8.0, 2.0)  # noqa: E731
+    fast, slow = _planner(link), _planner(link)
+    for planner, load in ((fast, 0.0), (slow, 400.0)):
+        planner.add_client(1, compute_factor=1.0)
+        planner.add_helper(10, compute_factor=1.0)
+        at = planner.cut_costs.part_costs("a,c")
+        up1, up2 = (transfer_ms(b, 8.0, 2.0) for b in (at.cut1_bytes, at.cut2_bytes))
+        planner.observe_client(
+            1, 10, 3 * at.head_fwd_ms + up1, 3 * at.tail_ms + 2 * up2,
+            3 * at.head_bwd_ms + up1, cuts="a,c", load_ms=load,
+        )
+    assert slow.clients[1].factor == pytest.approx(fast.clients[1].factor) == pytest.approx(3.0)
+    for pair in PAIRS:
+        before, after = _stage_times(fast, pair), _stage_times(slow, pair)
+        assert after["head_fwd_up"] == pytest.approx(before["head_fwd_up"] + 400.0), pair
+        for stage in ("body_fwd", "tail_fwd_bwd", "body_bwd", "down_head_bwd"):
+            assert after[stage] == pytest.approx(before[stage]), (pair, stage)
+    batches = 5
+    fast_plan = fast.plan(1, [1], [10], {1: batches})
+    slow_plan = slow.plan(1, [1], [10], {1: batches})
+    assert slow_plan.cuts_of() == fast_plan.cuts_of()
+    assert evaluate(slow_plan.instance, slow_plan.plan).makespan == pytest.approx(
+        evaluate(fast_plan.instance, fast_plan.plan).makespan + 400.0
+    )
+    assert slow_plan.prediction.makespan == pytest.approx(
+        fast_plan.prediction.makespan + batches * 400.0
+    )

@@ -1,8 +1,9 @@
-"""Round planning details: partial batches."""
+"""Round planning details: partial batches, the clients' data-loading time."""
 
 import pytest
 
 from flsplit.model.costs import PartCosts
+from flsplit.plan import evaluate
 from flsplit.server.node_profiles import transfer_ms
 from flsplit.server.round_planner import RoundPlanner
 
@@ -24,3 +25,46 @@ def test_a_partial_mean_batch_scales_the_transfers():
     planner.observe_client(1, 9, 7.0 + up_half, 30.0, 8.0 + up_half)
     assert planner.clients[1].head_fwd_ms == pytest.approx(7.0)
     assert planner.clients[1].head_bwd_ms == pytest.approx(8.0)
+
+
+def _planner_with(load_ms, **kwargs):
+    costs = PartCosts(5.0, 6.0, 20.0, 30.0, 4.0, 400_000, 100_000, 12.0)
+    planner = RoundPlanner(costs, lambda c, h: (2.0, 5.0), time_limit=0.2, **kwargs)
+    planner.add_client(1)
+    planner.add_helper(9)
+    up1 = transfer_ms(400_000, 2.0, 5.0)
+    planner.observe_client(1, 9, 7.0 + up1, 30.0, 8.0 + up1, load_ms=load_ms)
+    return planner
+
+
+@pytest.mark.parametrize("method", ["greedy", "auto", "balanced-fcfs", "random-fcfs"])
+def test_a_slow_loader_lengthens_the_predicted_round_by_batches_times_its_load_time(method):
+    fast, slow = _planner_with(0.0, method=method), _planner_with(600.0, method=method)
+    batches = 7
+    fast_plan = fast.plan(1, [1], [9], {1: batches})
+    slow_plan = slow.plan(1, [1], [9], {1: batches})
+    # stage 1 is the loader's time plus the head's forward and the upload ...
+    assert slow_plan.instance.head_fwd_up[0, 0] == pytest.approx(
+        fast_plan.instance.head_fwd_up[0, 0] + 600.0
+    )
+    # ... which the plan's one-batch makespan (the shared evaluator) and the whole round's
+    # prediction both count, once per batch
+    assert evaluate(slow_plan.instance, slow_plan.plan).makespan == pytest.approx(
+        evaluate(fast_plan.instance, fast_plan.plan).makespan + 600.0
+    )
+    assert slow_plan.prediction.makespan == pytest.approx(
+        fast_plan.prediction.makespan + batches * 600.0
+    )
+    # loading is not compute: the client's measured compute times are the same
+    assert slow.clients[1].head_fwd_ms == pytest.approx(fast.clients[1].head_fwd_ms)
+    assert slow.clients[1].factor == pytest.approx(fast.clients[1].factor)
+
+
+def test_the_load_time_is_smoothed_and_survives_a_checkpoint():
+    planner = _planner_with(600.0, method="greedy")
+    up1 = transfer_ms(400_000, 2.0, 5.0)
+    planner.observe_client(1, 9, 7.0 + up1, 30.0, 8.0 + up1, load_ms=100.0)
+    assert planner.clients[1].load_ms == pytest.approx(0.6 * 100.0 + 0.4 * 600.0)
+    restored = RoundPlanner(planner.costs, planner.link)
+    restored.load_state_dict(planner.state_dict())
+    assert restored.clients[1].load_ms == planner.clients[1].load_ms

@@ -7,7 +7,11 @@ ended up where) and its metrics; a helper's ``train.helper`` gets, per client it
 ``body.<client>`` record of the piece it ran for that client, filled with that client's
 value, plus the helper metrics and timeline records the real handler sends. A client's
 Flower ``evaluate`` gets its evaluation metrics (loss = its fill value). A node given an
-``error`` replies to everything with that error, as Flower does when a ClientApp raises.
+``error`` replies to everything with that error, as Flower does when a ClientApp raises;
+an ``unreachable`` node gets the SuperLink's reply for a node that stopped sending
+heartbeats (``Error: Node Unavailable``, sent by node 1, not by the node); a ``lost``
+node's messages get no reply at all (the ServerApp stops waiting for them). Every pushed
+message gets an id, as the real grids give it, that its reply names.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from flwr.app import ArrayRecord, Error, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.constant import ErrorCode
+from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
@@ -48,6 +53,9 @@ class FakeNode:
     examples: int = 0
     fill: float = 0.0  # value of every tensor this client's training returns
     error: str = ""  # the exception text its ClientApp raises on every message
+    load_ms: float = 0.0  # the time per batch its data loader takes, as it reports
+    unreachable: bool = False  # the SuperLink replies for it: Node Unavailable
+    lost: bool = False  # its messages get no reply
 
     @property
     def is_helper(self) -> bool:
@@ -69,6 +77,8 @@ class FakeGrid(Grid):
         The run's id (round tokens are bound to it).
     silent : set of (helper, client)
         Hops whose helper returns no body for that client (it did not finish).
+    idle : set of (helper, client)
+        Hops whose helper drops that client as idle (no body, reported as dropped).
     aborted : dict of (helper, client) to str
         Hops whose client aborted its round on that helper, with the reason it sent.
     """
@@ -77,6 +87,7 @@ class FakeGrid(Grid):
     piece_keys: Callable[[str], Sequence[Sequence[str]]]
     run_id: int = 7
     silent: set[tuple[int, int]] = field(default_factory=set)
+    idle: set[tuple[int, int]] = field(default_factory=set)
     aborted: dict[tuple[int, int], str] = field(default_factory=dict)
     sent: list[Message] = field(default_factory=list)
     _replies: dict[str, Message] = field(default_factory=dict)
@@ -106,7 +117,9 @@ class FakeGrid(Grid):
         for message in messages:
             self.sent.append(message)
             message_id = str(len(self.sent))
-            self._replies[message_id] = self.answer(message)
+            message.metadata.__dict__["_message_id"] = message_id  # as the real grids do
+            if not self.nodes[message.metadata.dst_node_id].lost:
+                self._replies[message_id] = self.answer(message)
             ids.append(message_id)
         return ids
 
@@ -124,6 +137,11 @@ class FakeGrid(Grid):
         node_id = message.metadata.dst_node_id
         node = self.nodes[node_id]
         kind = message.metadata.message_type
+        if node.unreachable:
+            # what the SuperLink stores for a message to a node without heartbeats
+            return create_message_error_unavailable_res_message(
+                message.metadata, "node_unavail"
+            )
         if node.error:
             # Flower's reply when a ClientApp raises (flwr.supernode.runtime.run_clientapp)
             reason = f"<class 'ValueError'>:<'{node.error}'>"
@@ -157,15 +175,19 @@ class FakeGrid(Grid):
             stage5_ms=1.0,
             started=0.0,
             ended=1.0,
+            load_ms=node.load_ms,
         )
         return reply_content(arrays, result.to_metrics())
 
     def _serve(self, helper: int, message: Message) -> RecordDict:
         round_ = HelperRound.from_config(message.content[CONFIG])
         state = message.content[ARRAYS].to_torch_state_dict()
-        bodies, aborted = {}, {}
+        bodies, dropped, aborted = {}, {}, {}
         for served in round_.clients:
             hop = (helper, int(served.client))
+            if hop in self.idle:
+                dropped[served.client] = "no request for 120 s"
+                continue
             if hop in self.aborted:
                 aborted[served.client] = self.aborted[hop]
             if hop in self.silent or hop in self.aborted:
@@ -174,7 +196,11 @@ class FakeGrid(Grid):
             fill = self.nodes[int(served.client)].fill
             bodies[served.client] = ArrayRecord(_filled({k: state[k] for k in keys}, fill))
         result = HelperResult(
-            finished=list(bodies), peak_rss_mib=100.0 + helper, aborted=aborted
+            finished=list(bodies),
+            dropped=list(dropped),
+            peak_rss_mib=100.0 + helper,
+            drop_reasons=dropped,
+            aborted=aborted,
         )
         return result.to_content(bodies)
 

@@ -6,7 +6,8 @@ import logging
 
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp.strategy import FedAvg
 
 from flsplit.model.zoo import SmallCNN
@@ -30,6 +31,7 @@ from flsplit.protocol import (
 from flsplit.runtime.auth import TokenVerifier
 from strategies import SplitStrategy, discovery
 from strategies.discovery import NodeInfo, check_concurrency, check_roles
+from strategies.failures import error_text
 from tests.unit.strategies.fake_grid import FakeGrid, FakeNode
 
 HELPERS = (11, 12)
@@ -198,6 +200,14 @@ def test_a_missing_chain_piece_leaves_that_client_out_and_aggregates_the_others(
     assert sorted(r.metadata.src_node_id for r in strategy.strategy.aggregated) == [
         c for c in CLIENTS if c != dropped
     ]
+    # the helper that returned no piece is named, not the one that did
+    assert [f.to_dict() for f in strategy.failures[1]] == [
+        {
+            "node": dropped,
+            "role": ROLE_CLIENT,
+            "cause": f"no body returned by helper {chains[dropped][1]}",
+        }
+    ]
 
 
 def test_a_client_that_aborted_on_its_helper_is_named_with_its_cause(caplog):
@@ -211,8 +221,15 @@ def test_a_client_that_aborted_on_its_helper_is_named_with_its_cause(caplog):
     assert aggregated is not None
     assert crashed not in [r.metadata.src_node_id for r in strategy.strategy.aggregated]
     named = [r.getMessage() for r in caplog.records if "aborted" in r.getMessage()]
-    assert named == [f"round 1: client {crashed} aborted its round on helper {helper}: "
-                     "OSError: disk gone"]
+    assert named == [
+        # its own reply came back fine here, so the round's failures name the helper's word
+        f"round 1: client {crashed} failed: aborted on helper {helper}: OSError: disk gone",
+        f"round 1: client {crashed} aborted its round on helper {helper}: OSError: disk gone",
+    ]
+    assert [f.to_dict() for f in strategy.failures[1]] == [
+        {"node": crashed, "role": "client",
+         "cause": f"aborted on helper {helper}: OSError: disk gone"}
+    ]
 
 
 def test_a_round_without_enough_complete_clients_keeps_the_model():
@@ -319,3 +336,120 @@ def test_helpers_and_a_client_must_fit_the_backend_and_the_engine(monkeypatch):
         check_concurrency(_simulated(helpers=8, clients=4, concurrency=12))
     deployed = {n: NodeInfo(n, ROLE_HELPER, report=NodeReport(ROLE_HELPER)) for n in range(9)}
     check_concurrency(deployed)  # deployment: nothing to check
+
+
+# -- who failed, and why -----------------------------------------------------------------
+
+
+def _failure_lines(caplog):
+    return [r.getMessage() for r in caplog.records if " failed: " in r.getMessage()]
+
+
+def test_an_unreachable_helper_is_named_by_its_own_id_not_the_superlinks(caplog):
+    strategy, grid, arrays = _setup("conv2,fc2")
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord({}), grid))
+    dead = HELPERS[0]
+    grid.nodes[dead].unreachable = True  # died after discovery
+    replies = grid.send_and_receive(messages)
+    from_superlink = [r for r in replies if r.has_error()]
+    assert [r.metadata.src_node_id for r in from_superlink] == [SUPERLINK_NODE_ID]
+
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        aggregated, _ = strategy.aggregate_train(1, replies)
+
+    orphans = sorted(c for c, h in strategy.assignment.helper_of.items() if h == dead)
+    assert orphans
+    lines = _failure_lines(caplog)
+    assert lines[0].startswith(
+        f"round 1: helper {dead} failed: the SuperLink replied for it: Error: Node Unavailable"
+    )
+    assert lines[1:] == [
+        f"round 1: client {c} failed: no body: helper {dead} failed" for c in orphans
+    ]
+    assert f"helper {SUPERLINK_NODE_ID} failed" not in caplog.text
+    failures = strategy.failures[1]
+    assert [(f.node, f.role) for f in failures] == [(dead, ROLE_HELPER)] + [
+        (c, ROLE_CLIENT) for c in orphans
+    ]
+    # the other helper's clients are aggregated
+    assert aggregated is not None
+    assert sorted(r.metadata.src_node_id for r in strategy.strategy.aggregated) == sorted(
+        set(CLIENTS) - set(orphans)
+    )
+
+
+def test_an_unreachable_client_is_a_clients_failure_and_the_wrapped_strategy_counts_it(caplog):
+    strategy, grid, arrays = _setup("conv2,fc2")
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord({}), grid))
+    dead = CLIENTS[1]
+    grid.nodes[dead].unreachable = True
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        aggregated, _ = strategy.aggregate_train(1, grid.send_and_receive(messages))
+    assert [(f.node, f.role) for f in strategy.failures[1]] == [(dead, ROLE_CLIENT)]
+    assert "Node Unavailable" in strategy.failures[1][0].cause
+    assert _failure_lines(caplog)[0].startswith(f"round 1: client {dead} failed: the SuperLink")
+    assert aggregated is not None
+    # its error reply goes to the wrapped strategy with the others, not to the helpers'
+    errors = [r for r in strategy.strategy.aggregated if r.has_error()]
+    assert len(errors) == 1 and len(strategy.strategy.aggregated) == len(CLIENTS)
+
+
+def test_a_round_below_min_completed_clients_logs_why_each_failed_first(caplog):
+    clients = (21, 22, 23, 24)
+    strategy, grid, arrays = _setup("conv2,fc2", clients=clients, min_completed_clients=3)
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord({}), grid))
+    helper_of = strategy.assignment.helper_of
+    grid.nodes[21].error = "the data loader broke"  # its ClientApp raises
+    grid.idle = {(helper_of[22], 22)}  # its helper dropped it as idle
+    grid.silent = {(helper_of[23], 23)}  # its helper returned no body for it
+    grid.nodes[24].lost = True  # no reply at all
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        result = strategy.aggregate_train(1, grid.send_and_receive(messages))
+
+    assert result == (None, None)
+    messages = [r.getMessage() for r in caplog.records]
+    skipped = next(i for i, m in enumerate(messages) if "only 0 complete client updates" in m)
+    assert messages[:skipped] == [
+        "round 1: client 21 failed: ValueError: the data loader broke (error code 2)",
+        f"round 1: client 22 failed: dropped by helper {helper_of[22]}: no request for 120 s",
+        f"round 1: client 23 failed: no body returned by helper {helper_of[23]}",
+        "round 1: client 24 failed: no reply before the ServerApp stopped waiting "
+        "(start()'s timeout)",
+    ]
+    assert "only 0 complete client updates of 4" in messages[skipped]
+
+
+def test_a_node_unreachable_at_discovery_is_named_by_its_own_id():
+    strategy, grid, _ = _setup("conv2,fc2")
+    grid.nodes[23].unreachable = True
+    strategy.discover(grid)
+    assert set(strategy.discovery_failures) == {23}
+    assert "Node Unavailable" in strategy.discovery_failures[23]
+
+
+def test_an_evaluation_failure_is_logged_with_the_clients_id(caplog):
+    strategy, grid, arrays = _setup("conv2,fc2")
+    messages = list(strategy.configure_evaluate(1, arrays, ConfigRecord({}), grid))
+    grid.nodes[22].unreachable = True
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        strategy.aggregate_evaluate(1, grid.send_and_receive(messages))
+    assert _failure_lines(caplog)[0].startswith(
+        "round 1 evaluate: client 22 failed: the SuperLink replied for it"
+    )
+
+
+def test_an_error_reply_is_shortened_to_the_clientapps_exception():
+    def reply(reason):
+        sent = Message(RecordDict(), dst_node_id=21, message_type=CLIENT_TRAIN)
+        return Message(Error(code=2, reason=reason), reply_to=sent)
+
+    deployed = reply("<class 'flsplit.runtime.helper_client.DataPlaneError'>:<'helper down'>")
+    assert error_text(deployed) == "DataPlaneError: helper down (error code 2)"
+    simulated = reply(
+        "<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'ray::ClientAppActor."
+        "run() Traceback ... RuntimeError: power lost\n\nThe above exception ... "
+        "Exception ClientAppException occurred. Message: power lost'>"
+    )
+    assert error_text(simulated) == "power lost (error code 2)"
+    assert error_text(reply("Error: Node Unavailable")) == "Error: Node Unavailable (error code 2)"
