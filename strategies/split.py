@@ -57,7 +57,13 @@ from flsplit.protocol import (
     HelperTask,
 )
 from strategies.assembly import full_model_replies, sort_replies
-from strategies.assignment import RoundAssignment, TokenIssuer, round_robin, round_robin_chains
+from strategies.assignment import (
+    RoundAssignment,
+    TokenIssuer,
+    round_outcome,
+    round_robin,
+    round_robin_chains,
+)
 from strategies.discovery import (
     NodeGrid,
     NodeInfo,
@@ -205,6 +211,8 @@ class SplitStrategy(Strategy, metaclass=_Built):
         self.discovery_failures: dict[int, str] = {}
         self.assignment: RoundAssignment | None = None
         self.round_times: dict[int, float] = {}
+        #: round -> its clients, complete and failed updates, helpers (round_outcome)
+        self.round_records: dict[int, dict[str, Any]] = {}
         self.helper_peak_mib: dict[int, float] = {}  # peak resident memory per helper
         self._known_ids: frozenset[int] = frozenset()
         self._tokens = TokenIssuer()  # holds the run's secret, never sent
@@ -591,6 +599,12 @@ class SplitStrategy(Strategy, metaclass=_Built):
         else:
             full_replies = by_sender.clients
         completed = sum(1 for r in full_replies if not r.has_error())
+        self.round_records[server_round] = round_outcome(
+            assignment,  # an error reply may come from the SuperLink: only replies count
+            (r.metadata.src_node_id for r in by_sender.clients if not r.has_error()),
+            (r.metadata.src_node_id for r in full_replies if not r.has_error()),
+            aggregated=completed >= self.min_completed_clients,
+        )
         if completed < self.min_completed_clients:
             log(
                 ERROR,

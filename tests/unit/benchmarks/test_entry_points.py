@@ -12,7 +12,7 @@ import pytest
 from flsplit.cli import build_parser
 from tests.paths import ROOT
 
-USER_COMMANDS = {"simulate", "plan", "gen-instance", "profile"}
+USER_COMMANDS = {"simulate", "status", "plan", "gen-instance", "profile"}
 BENCHMARKS = (
     "bandwidth",
     "chain",
@@ -21,6 +21,7 @@ BENCHMARKS = (
     "cuts",
     "dataplane",
     "helper_memory",
+    "helper_restart",
     "placement",
     "planner",
     "sampling_compare",
