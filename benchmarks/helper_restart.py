@@ -84,7 +84,8 @@ class Outcome:
     survivor: int | None = None
     restarted: int | None = None  # its node id after the restart
     killed_in: int | None = None  # the round running when it was killed
-    restarted_in: int | None = None
+    restarted_in: int | None = None  # ... when it was started again
+    joined_in: int | None = None  # ... once it had its node id (for the record)
     status: dict[str, Any] | None = None
     history_rounds: list[int] = field(default_factory=list)
     error: str = ""
@@ -139,10 +140,11 @@ def run_once(
         say(f"run {run}: {VICTIM} ({outcome.victim}) SIGKILLed in round {outcome.killed_in}")
         # the restart round has reached the surviving helper
         deployment.wait_for(SURVIVOR, SERVING, 400, "flwr-run", count=restart_round)
-        outcome.restarted = deployment.restart(VICTIM)
         outcome.restarted_in = _round_running(out)
-        say(f"run {run}: {VICTIM} restarted as {outcome.restarted} in round "
-            f"{outcome.restarted_in}")  # fmt: skip
+        outcome.restarted = deployment.restart(VICTIM)
+        outcome.joined_in = _round_running(out)
+        say(f"run {run}: {VICTIM} restarted in round {outcome.restarted_in}, registered as "
+            f"{outcome.restarted} in round {outcome.joined_in}")  # fmt: skip
         deployment.finish(flwr_run, RUN_TIMEOUT)
     except (AssertionError, RuntimeError, OSError) as err:
         outcome.error = f"{type(err).__name__}: {err}"
