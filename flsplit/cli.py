@@ -1,4 +1,5 @@
-"""The ``flsplit`` command line: ``simulate``, ``plan``, ``gen-instance`` and ``profile``.
+"""The ``flsplit`` command line: ``simulate``, ``status``, ``plan``, ``gen-instance`` and
+``profile``.
 
 Benchmarks and experiments are not part of it: they run from a checkout as
 ``python -m benchmarks.NAME`` (see docs/benchmarks.md).
@@ -21,6 +22,19 @@ def _simulate(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"flsplit simulate: {err}", file=sys.stderr)
         return 2
+
+
+def _status(args: argparse.Namespace) -> int:
+    from flsplit.server.status import describe, exit_code, read_status
+
+    try:
+        status = read_status(args.output_dir)
+    except (OSError, ValueError) as err:
+        print(f"flsplit status: cannot read the status in {args.output_dir}: {err}",
+              file=sys.stderr)
+        return 2
+    print(describe(status))
+    return exit_code(status)
 
 
 def _profile(args: argparse.Namespace) -> int:
@@ -96,6 +110,18 @@ def _register_runtime_commands(sub: argparse._SubParsersAction) -> None:
         "--verbose", action="store_true", help="debug logging of the simulation engine"
     )
     simulate.set_defaults(func=_simulate)
+
+    status = sub.add_parser(
+        "status",
+        help="how a run went: the status.json its ServerApp wrote in output-dir",
+        description="Prints one line from the status.json that flsplit's ServerApp keeps in "
+        "the run config's output-dir (running, completed or failed, the last round, the "
+        "error). `flwr run --stream` exits 0 even when the ServerApp raised; this exits 0 "
+        "only if the run completed, 1 if it failed, 2 if there is no status, 3 if it is "
+        "still running (or its ServerApp was killed).",
+    )
+    status.add_argument("output_dir", help="the run's output-dir (or its status.json)")
+    status.set_defaults(func=_status)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -47,6 +47,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from flsplit.config import RunConfig
+from flsplit.processes import family as _family
+from flsplit.processes import process_table as _process_table
+from flsplit.processes import signal_all as _signal_all
+from flsplit.processes import still_running as _still_running
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -245,54 +249,6 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _process_table() -> dict[int, tuple[int, int, int]]:
-    """``pid -> (parent pid, session id, start time)`` of every process (Linux /proc;
-    empty elsewhere)."""
-    table = {}
-    with contextlib.suppress(OSError):
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (name) "
-            # fields: state ppid pgrp session tty_nr tpgid flags ... starttime is the 20th
-            table[int(entry)] = (int(fields[1]), int(fields[3]), int(fields[19]))
-    return table
-
-
-def _family(root: int, table: Mapping[int, tuple[int, int, int]]) -> dict[int, int]:
-    """``root`` and what it spawned: its descendants and every process in a session one
-    of them leads (a child that started its own session, and what was left in it after
-    its parent exited). ``pid -> start time``."""
-    family = {root}
-    grown = True
-    while grown:
-        grown = False
-        for pid, (ppid, session, _) in table.items():
-            if pid not in family and (ppid in family or session in family):
-                family.add(pid)
-                grown = True
-    return {pid: table[pid][2] for pid in family if pid in table}
-
-
-def _signal_all(pids: Mapping[int, int], signum: int) -> None:
-    """Send ``signum`` to each of ``pids`` still running with the start time it had."""
-    table = _process_table()
-    for pid, started in pids.items():
-        if table and table.get(pid, (0, 0, -1))[2] != started:
-            continue  # gone (or the pid is another process's now)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signum)
-
-
-def _still_running(pids: Mapping[int, int]) -> dict[int, int]:
-    table = _process_table()
-    return {pid: s for pid, s in pids.items() if table.get(pid, (0, 0, -1))[2] == s}
 
 
 class LocalSuperLink:

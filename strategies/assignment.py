@@ -10,8 +10,9 @@ first helper, and a helper in a chain the client's token for its next hop.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from flsplit.runtime.auth import helper_key, new_run_secret, sign_token
 
@@ -31,6 +32,25 @@ class RoundAssignment:
     started: float
     cuts_of: dict[int, str] = field(default_factory=dict)
     chain_of: dict[int, list[int]] = field(default_factory=dict)
+
+
+def round_outcome(
+    assignment: RoundAssignment, replied: Iterable[int], completed: Iterable[int], aggregated: bool
+) -> dict[str, Any]:
+    """What became of a round's assignment, JSON-ready (the run status keeps it): the
+    clients sent a training message (``clients``: those assigned, and in FedAvg mode those
+    that ``replied``), those whose update came back complete (``completed``) and the
+    others (``failed``), whether the round was ``aggregated`` (enough complete updates)
+    and the helper that served each client (``helper-of``, the first of its chain)."""
+    done = set(completed)
+    clients = sorted(set(assignment.helper_of) | set(replied) | done)
+    return {
+        "clients": clients,
+        "completed": sorted(done),
+        "failed": [c for c in clients if c not in done],
+        "aggregated": aggregated,
+        "helper-of": {str(c): h for c, h in sorted(assignment.helper_of.items())},
+    }
 
 
 def round_robin(

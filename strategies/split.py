@@ -59,7 +59,13 @@ from flsplit.protocol import (
     HelperTask,
 )
 from strategies.assembly import full_model_replies, incomplete_bodies, sort_replies
-from strategies.assignment import RoundAssignment, TokenIssuer, round_robin, round_robin_chains
+from strategies.assignment import (
+    RoundAssignment,
+    TokenIssuer,
+    round_outcome,
+    round_robin,
+    round_robin_chains,
+)
 from strategies.discovery import (
     NodeGrid,
     NodeInfo,
@@ -221,6 +227,8 @@ class SplitStrategy(Strategy, metaclass=_Built):
         #: round -> the clients and helpers that failed in its training, and why
         self.failures: dict[int, list[Failure]] = {}
         self._sent = SentMessages(())  # the last configure_* call's messages
+        #: round -> its clients, complete and failed updates, helpers (round_outcome)
+        self.round_records: dict[int, dict[str, Any]] = {}
         self.helper_peak_mib: dict[int, float] = {}  # peak resident memory per helper
         self._known_ids: frozenset[int] = frozenset()
         self._tokens = TokenIssuer()  # holds the run's secret, never sent
@@ -665,6 +673,12 @@ class SplitStrategy(Strategy, metaclass=_Built):
             full_replies = by_sender.clients
         completed = sum(1 for r in full_replies if not r.has_error())
         clients = sum(1 for m in sent.messages if m.metadata.message_type != HELPER_TRAIN)
+        self.round_records[server_round] = round_outcome(
+            assignment,  # an error reply may come from the SuperLink: only replies count
+            (r.metadata.src_node_id for r in by_sender.clients if not r.has_error()),
+            (r.metadata.src_node_id for r in full_replies if not r.has_error()),
+            aggregated=completed >= self.min_completed_clients,
+        )
         if completed < self.min_completed_clients:
             log(
                 ERROR,

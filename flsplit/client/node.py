@@ -13,7 +13,9 @@ The data plane runs over TLS when the helper's node config names a certificate a
 (``data-tls-cert``, ``data-tls-key``, PEM files) and each client's node config the root
 certificate to check it against (``data-tls-root-cert``; ``data-tls-server-name`` if the
 certificate names the helper differently from its advertised address); plaintext
-otherwise.
+otherwise. The README's "Securing a deployment" makes them with a CA of one's own, next to
+Flower's control-plane TLS and SuperNode authentication, with the commands
+``tests/e2e/test_secure_deployment.py`` runs.
 """
 
 from __future__ import annotations

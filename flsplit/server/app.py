@@ -4,7 +4,9 @@
 mode checks and the model split in :mod:`flsplit.server.modes`, resuming and
 checkpoints in :mod:`flsplit.server.checkpoint`, the planned strategy in
 :mod:`flsplit.server.planning`, server-side evaluation in
-:mod:`flsplit.server.evaluation` and ``history.json`` in :mod:`flsplit.server.history`.
+:mod:`flsplit.server.evaluation`, ``history.json`` in :mod:`flsplit.server.history` and
+``status.json`` (running, completed or failed, round by round) in
+:mod:`flsplit.server.status`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from flsplit.server.evaluation import server_evaluation
 from flsplit.server.history import history_writer, resumed_state, write_history
 from flsplit.server.modes import mode_split
 from flsplit.server.planning import planned_strategy
+from flsplit.server.status import RunStatus
 from flsplit.task import SplitTask
 from strategies.split import SplitStrategy
 
@@ -68,6 +71,16 @@ def make_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
+        # `flwr run` cannot tell a failed run from a completed one: status.json can
+        status = RunStatus.for_run(context, run_config)
+        try:
+            run(grid, context, status)
+        except BaseException as err:
+            status.failed(err)
+            raise
+        status.completed()
+
+    def run(grid: Grid, context: Context, status: RunStatus) -> None:
         settings = task.settings(run_config, context.run_config)  # checked once, here
         config = settings.as_dict()
         model = task.model_fn(config)
@@ -81,7 +94,9 @@ def make_server_app(
             done = min(saved.server_round, num_rounds)
             initial = saved_arrays(saved)
             log(INFO, "resuming from %s after round %d of %d", checkpoint_dir, done, num_rounds)
+        status.started(done, num_rounds)
         strategy = _split_strategy(task, settings, split, model, strategy_fn(config), done)
+        strategy.on_round_end = status.after_round(strategy.on_round_end)
         if saved is not None:
             # the rounds before the resume point stay in history.json
             strategy.load_state(resumed_state(saved.state, settings.output_dir, done))

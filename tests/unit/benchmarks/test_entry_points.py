@@ -12,7 +12,7 @@ import pytest
 from flsplit.cli import build_parser
 from tests.paths import ROOT
 
-USER_COMMANDS = {"simulate", "plan", "gen-instance", "profile"}
+USER_COMMANDS = {"simulate", "status", "plan", "gen-instance", "profile"}
 BENCHMARKS = (
     "bandwidth",
     "chain",
@@ -22,6 +22,7 @@ BENCHMARKS = (
     "dataplane",
     "failures",
     "helper_memory",
+    "helper_restart",
     "placement",
     "planner",
     "sampling_compare",

@@ -232,6 +232,21 @@ def test_a_client_that_aborted_on_its_helper_is_named_with_its_cause(caplog):
     ]
 
 
+def test_each_round_records_its_clients_helpers_and_who_failed():
+    strategy, grid, arrays = _setup("conv2,fc2")
+    strategy.configure_train(1, arrays, ConfigRecord({}), grid)
+    dropped = CLIENTS[2]
+    grid.silent = {(strategy.assignment.helper_of[dropped], dropped)}  # its body never came
+    _round(strategy, grid, arrays, 1)
+    record = strategy.round_records[1]
+    assert record["clients"] == list(CLIENTS)
+    assert record["completed"] == [c for c in CLIENTS if c != dropped]
+    assert record["failed"] == [dropped]
+    assert record["aggregated"] is True
+    assert record["helper-of"] == {str(c): h for c, h in strategy.assignment.helper_of.items()}
+    assert set(record["helper-of"].values()) == set(HELPERS)
+
+
 def test_a_round_without_enough_complete_clients_keeps_the_model():
     strategy, grid, arrays = _setup("conv2,fc2", min_completed_clients=3)
     strategy.configure_train(1, arrays, ConfigRecord({}), grid)
@@ -239,6 +254,8 @@ def test_a_round_without_enough_complete_clients_keeps_the_model():
     _, result = _round(strategy, grid, arrays)
     assert result == (None, None)
     assert 1 in strategy.round_times
+    assert strategy.round_records[1]["aggregated"] is False
+    assert strategy.round_records[1]["failed"] == [CLIENTS[0]]
 
 
 def test_aggregation_is_weighted_by_examples():
