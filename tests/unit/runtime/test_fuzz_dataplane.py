@@ -384,7 +384,9 @@ def test_fuzzing_the_helper_while_a_good_client_trains(capsys):
     assert worker.bodies["good"].batches == report["batches"]
     assert counts["handler"] >= HANDLER_EXAMPLES * HANDLER_VARIANTS
     assert counts["grpc"] >= GRPC_EXAMPLES
-    assert codes.get("UNAUTHENTICATED", 0) > 100 and codes.get("INVALID_ARGUMENT", 0) > 100
+    # how many random frames get as far as the token check varies from run to run (60-250
+    # of 5300 seen): some must, and be refused
+    assert codes.get("UNAUTHENTICATED", 0) >= 10 and codes.get("INVALID_ARGUMENT", 0) > 100
     assert codes.get("OK", 0) > 10  # some fuzzed frames were good enough to run
 
 
