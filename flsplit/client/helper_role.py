@@ -16,7 +16,7 @@ When the round carries a schedule (global sampling), the helper runs synchronous
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from logging import INFO, WARNING
 from typing import Any
 
@@ -24,8 +24,9 @@ import torch
 from flwr.app import ArrayRecord, Context, Message
 from flwr.supercore import log
 
+from flsplit.client.base_cache import PartState, part_state, without
 from flsplit.client.node import client_tls, compute_device, helper_tls, node_emulation
-from flsplit.client.records import config_of, load_part, state_dict_of
+from flsplit.client.records import config_of, load_part
 from flsplit.config import RunConfig
 from flsplit.protocol import (
     ARRAYS,
@@ -36,6 +37,7 @@ from flsplit.protocol import (
     HelperRound,
     ServedClient,
     TaskSpan,
+    with_base_hash,
 )
 from flsplit.runtime.auth import TokenVerifier
 from flsplit.runtime.dataplane import HelperServer
@@ -72,15 +74,19 @@ def serve_helper_round(
         finished.
     """
     round_ = HelperRound.from_config(config_of(msg))
-    state = state_dict_of(msg.content[ARRAYS])
     cert_key = helper_tls(context)  # before anything starts: a bad path fails cleanly
     clients = [c.client for c in round_.clients]
     example = task.example_input(config.as_dict())
     if round_.schedule is not None:  # global sampling: synchronous steps
-        return _serve_sync(msg, context, config, round_, task, state, cert_key)
-    bodies, specs = _build_bodies(task, config, state, example, round_.clients)
+        return _serve_sync(msg, context, config, round_, task, cert_key)
+    bodies, specs = _build_bodies(task, config, example, round_.clients)
+    distinct = list({id(b): b for b in bodies.values()}.values())
+    # One set of frozen tensors for every body: per-client bodies share the base's memory
+    # (it never changes), a shared body holds it once.
+    weights = part_state(context, distinct, msg.content[ARRAYS], round_.base_hash)
     device = compute_device(context)
-    for body in {id(b): b for b in bodies.values()}.values():
+    for body in distinct:
+        load_part(body, weights.state, assign=weights.frozen)
         body.to(device)
     worker = HelperWorker(
         bodies,
@@ -119,17 +125,18 @@ def serve_helper_round(
         for hop in next_hops.values():
             hop.close()
         raise
-    return _serve_round(msg, round_, clients, worker, server, relaying=len(next_hops))
+    return _serve_round(
+        msg, round_, clients, worker, server, relaying=len(next_hops), weights=weights
+    )
 
 
 def _build_bodies(
     task: SplitTask,
     config: RunConfig,
-    state: Mapping[str, torch.Tensor],
     example: torch.Tensor,
     served: Sequence[ServedClient],
 ) -> tuple[dict[str, torch.nn.Module], dict[str, TensorSpec]]:
-    """Each client's body piece with the round's weights, and the spec of its input.
+    """Each client's body piece (its weights not loaded yet), and the spec of its input.
 
     In ``shared`` memory mode the clients of the same cuts and piece get the same module.
     """
@@ -148,7 +155,6 @@ def _build_bodies(
                 f"(1 .. {len(split.parts) - 2})"
             )
         bodies[client] = body_of_part[part] = split.parts[piece]
-        load_part(bodies[client], state)
         if part not in spec_of_part:
             spec_of_part[part] = _input_spec(split, example, piece)
         specs[client] = spec_of_part[part]
@@ -163,10 +169,12 @@ def _serve_round(
     server: HelperServer,
     sync: SyncWorker | None = None,
     relaying: int = 0,
+    weights: PartState | None = None,
 ) -> Message:
     """Serve the round's clients, then reply with their bodies and the helper's metrics
     (with ``sync``, also its synchronous steps); ``relaying`` clients' chains go on to a
-    next hop."""
+    next hop. The bodies go back without their frozen tensors (``weights.frozen``)."""
+    frozen = weights.frozen if weights is not None else set()
     start = time.perf_counter()
     log(
         INFO,
@@ -195,7 +203,10 @@ def _serve_round(
         if state is not None:
             if id(state.module) not in records:
                 records[id(state.module)] = ArrayRecord(
-                    {k: v.detach().cpu() for k, v in state.module.state_dict().items()}
+                    {
+                        k: v.detach().cpu()
+                        for k, v in without(state.module.state_dict(), frozen).items()
+                    }
                 )
             bodies[client] = records[id(state.module)]
     tasks = worker.executed
@@ -215,7 +226,9 @@ def _serve_round(
         step_clients=list(sync.step_clients) if sync is not None else None,
         aborted=dict(server.aborted),
     )
-    return Message(result.to_content(bodies), reply_to=msg)
+    content = result.to_content(bodies)
+    with_base_hash(content, weights.held if weights is not None else "")
+    return Message(content, reply_to=msg)
 
 
 def _serve_sync(
@@ -224,7 +237,6 @@ def _serve_sync(
     config: RunConfig,
     round_: HelperRound,
     task: SplitTask,
-    state: Mapping[str, torch.Tensor],
     cert_key: tuple[bytes, bytes] | None,
 ) -> Message:
     """A helper's round of synchronous steps: one shared body behind a step barrier."""
@@ -243,7 +255,8 @@ def _serve_sync(
         )
     values = config.as_dict()
     split = task.split({**values, "cuts": client_cuts[0]} if client_cuts else values)
-    load_part(split.body, state)
+    weights = part_state(context, (split.body,), msg.content[ARRAYS], round_.base_hash)
+    load_part(split.body, weights.state, assign=weights.frozen)
     grad_size = sum(p.numel() for part in (split.head, split.tail) for p in part.parameters())
     worker = SyncWorker(
         split.body,
@@ -265,7 +278,7 @@ def _serve_sync(
     except Exception:
         worker.stop()
         raise
-    return _serve_round(msg, round_, clients, worker, server, sync=worker)
+    return _serve_round(msg, round_, clients, worker, server, sync=worker, weights=weights)
 
 
 def _round_verifier(round_: HelperRound, context: Context) -> TokenVerifier:

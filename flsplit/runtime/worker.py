@@ -230,7 +230,11 @@ class HelperWorker:
                 module, optimizer, input_spec=specs.get(client), recompute=shared
             )
             if self.proximal_mu > 0:
-                self.bodies[client].anchor = [p.detach().clone() for p in module.parameters()]
+                # a frozen tensor never moves from its start: no copy of it (a frozen base)
+                self.bodies[client].anchor = [
+                    p.detach().clone() if p.requires_grad else p.detach()
+                    for p in module.parameters()
+                ]
         self._rank = {tuple(task): i for i, task in enumerate(order or [])}
         self._unranked = len(self._rank)
         self._queue: list[_Task] = []
