@@ -58,7 +58,7 @@ def held_base(context: Context) -> str:
 
 
 def part_state(context: Context, parts: Iterable[nn.Module], arrays: ArrayRecord,
-               declared: str) -> PartState:
+               declared: str, shared: dict[str, torch.Tensor] | None = None) -> PartState:
     """The round's weights for ``parts``: the message's ``arrays`` completed with the
     frozen tensors cached from earlier messages; frozen tensors the message carries are
     cached.
@@ -74,6 +74,9 @@ def part_state(context: Context, parts: Iterable[nn.Module], arrays: ArrayRecord
         The message's tensors.
     declared : str
         The server's base hash (the message's ``base-hash``; ``""``: no frozen base).
+    shared : dict, optional
+        Frozen tensors made by earlier calls of the same message, reused (and added to),
+        so that parts loaded one after the other share them.
 
     Raises
     ------
@@ -112,10 +115,12 @@ def part_state(context: Context, parts: Iterable[nn.Module], arrays: ArrayRecord
             f"(e.g. {missing[0]}) and the message does not carry them: it restarted or "
             "never received them; the server sends them again in its next round"
         )
-    state = {k: _tensor(arrays[k]) for k in arrays}
+    memo = shared if shared is not None else {}
+    state = {k: _tensor(arrays[k]) for k in arrays if k not in frozen}
     for key in frozen:
-        if key not in state:
-            state[key] = _tensor(cache[key])
+        if key not in memo:
+            memo[key] = _tensor(arrays[key] if key in arrays else cache[key])
+        state[key] = memo[key]
     return PartState(state, frozen, declared)
 
 

@@ -16,7 +16,7 @@ When the round carries a schedule (global sampling), the helper runs synchronous
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from logging import INFO, WARNING
 from typing import Any
 
@@ -79,15 +79,21 @@ def serve_helper_round(
     example = task.example_input(config.as_dict())
     if round_.schedule is not None:  # global sampling: synchronous steps
         return _serve_sync(msg, context, config, round_, task, cert_key)
-    bodies, specs = _build_bodies(task, config, example, round_.clients)
-    distinct = list({id(b): b for b in bodies.values()}.values())
     # One set of frozen tensors for every body: per-client bodies share the base's memory
-    # (it never changes), a shared body holds it once.
-    weights = part_state(context, distinct, msg.content[ARRAYS], round_.base_hash)
+    # (it never changes), a shared body holds it once. Each body is loaded as soon as it
+    # is built, so the bases the model builds are dropped one at a time.
+    weights = PartState({}, set(), "")
+    shared: dict[str, torch.Tensor] = {}
     device = compute_device(context)
-    for body in distinct:
-        load_part(body, weights.state, assign=weights.frozen)
+
+    def load(body: torch.nn.Module) -> None:
+        loaded = part_state(context, (body,), msg.content[ARRAYS], round_.base_hash, shared)
+        load_part(body, loaded.state, assign=loaded.frozen)
         body.to(device)
+        weights.frozen |= loaded.frozen
+        weights.held = loaded.held or weights.held
+
+    bodies, specs = _build_bodies(task, config, example, round_.clients, load)
     worker = HelperWorker(
         bodies,
         lambda params: task.optimizer_fn(params, config.as_dict()),
@@ -135,8 +141,10 @@ def _build_bodies(
     config: RunConfig,
     example: torch.Tensor,
     served: Sequence[ServedClient],
+    load: Callable[[torch.nn.Module], None],
 ) -> tuple[dict[str, torch.nn.Module], dict[str, TensorSpec]]:
-    """Each client's body piece (its weights not loaded yet), and the spec of its input.
+    """Each client's body piece, given to ``load`` once built (the round's weights), and
+    the spec of its input.
 
     In ``shared`` memory mode the clients of the same cuts and piece get the same module.
     """
@@ -155,6 +163,7 @@ def _build_bodies(
                 f"(1 .. {len(split.parts) - 2})"
             )
         bodies[client] = body_of_part[part] = split.parts[piece]
+        load(bodies[client])
         if part not in spec_of_part:
             spec_of_part[part] = _input_spec(split, example, piece)
         specs[client] = spec_of_part[part]

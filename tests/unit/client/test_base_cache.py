@@ -29,13 +29,16 @@ TASK = SplitTask(model_fn=_model, load_data=lambda *a: ([], []),
 def _bodies(memory: str, clients: int = 3):
     config = RunConfig.parse({"helper-memory": memory, "cuts": CUTS})
     served = [ServedClient(str(c), CUTS, 1) for c in range(clients)]
-    bodies, _ = _build_bodies(TASK, config, torch.zeros(2, 16), served)
-    distinct = list({id(b): b for b in bodies.values()}.values())
     state = ArrayRecord(_model({}).state_dict())
-    weights = part_state(Context(7, 11, {}, RecordDict(), {}), distinct, state, "h")
-    for body in distinct:
+    context, shared, frozen = Context(7, 11, {}, RecordDict(), {}), {}, set()
+
+    def load(body):  # as the helper's handler loads each body it builds
+        weights = part_state(context, (body,), state, "h", shared)
         load_part(body, weights.state, assign=weights.frozen)
-    return bodies, weights.frozen
+        frozen.update(weights.frozen)
+
+    bodies, _ = _build_bodies(TASK, config, torch.zeros(2, 16), served, load)
+    return bodies, frozen
 
 
 def _pointers(module: torch.nn.Module, trainable: bool) -> dict[str, int]:
