@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import copy
 import operator
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -331,6 +332,17 @@ def _restore_modes(model: nn.Module) -> Iterator[None]:
             m.training = mode
 
 
+class _Tracer(fx.Tracer):
+    """fx's tracer, keeping ``peft`` adapter layers (LoRA's ``Linear``, ...) whole: their
+    forward loops over the active adapters in Python, which fx cannot trace."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        tuners = sys.modules.get("peft.tuners.tuners_utils")  # peft only if the model uses it
+        if tuners is not None and isinstance(m, tuners.BaseTunerLayer):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
+
+
 def _trace(model: nn.Module) -> fx.GraphModule:
     """Trace ``model`` with fx in train and eval mode and check both graphs agree."""
     before = set(vars(model))
@@ -339,7 +351,7 @@ def _trace(model: nn.Module) -> fx.GraphModule:
         for mode in (True, False):
             model.train(mode)
             try:
-                graph = fx.Tracer().trace(model)
+                graph = _Tracer().trace(model)
                 traced.append(fx.GraphModule(model, graph, class_name=type(model).__name__))
             except Exception as exc:  # fx raises many exception types
                 raise ValueError(

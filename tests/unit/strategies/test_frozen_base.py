@@ -52,6 +52,24 @@ def _model() -> AdaptedMLP:
     return AdaptedMLP(inputs=64, width=16, rank=2, depth=2)
 
 
+def _peft_model() -> torch.nn.Module:
+    """The same layers with peft's LoRA on the hidden layers (the classifier trained in
+    full), as ``get_peft_model`` leaves the model it wraps."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential()
+    model.add_module("fc_in", torch.nn.Linear(64, 16))
+    model.add_module("act_in", torch.nn.ReLU())
+    model.add_module("hidden0", torch.nn.Linear(16, 16))
+    model.add_module("act0", torch.nn.ReLU())
+    model.add_module("norm", torch.nn.BatchNorm1d(16))
+    model.add_module("fc_out", torch.nn.Linear(16, 10))
+    get_peft_model(model, LoraConfig(r=2, target_modules=["fc_in", "hidden0"],
+                                     modules_to_save=["norm", "fc_out"]))
+    return model  # with the adapters in place, base frozen
+
+
 class RecordingFedAvg(FedAvg):
     """FedAvg that keeps the arrays and replies it was given."""
 
@@ -77,6 +95,7 @@ class FrozenGrid(FakeGrid):
 
     contexts: dict[int, Context] = field(default_factory=dict)
     claims: dict[int, str] = field(default_factory=dict)
+    model_fn: object = _model
 
     def context(self, node: int) -> Context:
         if node not in self.contexts:
@@ -93,7 +112,7 @@ class FrozenGrid(FakeGrid):
     def _train(self, node: FakeNode, message: Message) -> RecordDict:
         node_id = message.metadata.dst_node_id
         round_ = ClientRound.from_config(message.content[CONFIG])
-        split = split_model(_model(), parse_cuts(round_.cuts), EXAMPLE)
+        split = split_model(self.model_fn(), parse_cuts(round_.cuts), EXAMPLE)
         parts = (split.head, split.tail)
         weights = part_state(self.context(node_id), parts, message.content[ARRAYS],
                              round_.base_hash)
@@ -107,7 +126,7 @@ class FrozenGrid(FakeGrid):
         round_ = HelperRound.from_config(message.content[CONFIG])
         bodies, held = {}, ""
         for served in round_.clients:
-            split = split_model(_model(), parse_cuts(served.cuts), EXAMPLE)
+            split = split_model(self.model_fn(), parse_cuts(served.cuts), EXAMPLE)
             body = split.parts[served.piece]
             weights = part_state(self.context(helper), (body,), message.content[ARRAYS],
                                  round_.base_hash)
@@ -121,14 +140,14 @@ class FrozenGrid(FakeGrid):
         return with_base_hash(content, self.claims.get(helper, held))
 
 
-def _setup(**kwargs):
-    model = _model()
+def _setup(model_fn=_model, **kwargs):
+    model = model_fn()
     wrapped = RecordingFedAvg()
     strategy = SplitStrategy.for_model(model, EXAMPLE, cuts=CUTS, strategy=wrapped, **kwargs)
     nodes = {h: FakeNode(ROLE_HELPER) for h in HELPERS}
     for i, c in enumerate(CLIENTS):
         nodes[c] = FakeNode(ROLE_CLIENT, examples=10, fill=float(i + 1))
-    grid = FrozenGrid(nodes, strategy.piece_keys)
+    grid = FrozenGrid(nodes, strategy.piece_keys, model_fn=model_fn)
     return strategy, wrapped, grid, ArrayRecord(model.state_dict()), frozen_keys(model)
 
 
@@ -144,8 +163,9 @@ def _frozen_sent(messages, frozen):
             for m in messages}
 
 
-def test_the_base_goes_to_each_node_once_and_never_to_the_wrapped_strategy(caplog):
-    strategy, wrapped, grid, arrays, frozen = _setup()
+@pytest.mark.parametrize("model_fn", [_model, _peft_model], ids=["by-hand", "peft-lora"])
+def test_the_base_goes_to_each_node_once_and_never_to_the_wrapped_strategy(caplog, model_fn):
+    strategy, wrapped, grid, arrays, frozen = _setup(model_fn)
     assert frozen and set(frozen) == set(strategy.base.keys)
     initial = arrays.to_torch_state_dict()
     caplog.set_level(logging.INFO)
@@ -153,8 +173,9 @@ def test_the_base_goes_to_each_node_once_and_never_to_the_wrapped_strategy(caplo
     first, arrays = _round(strategy, grid, arrays, 1)
     sent = _frozen_sent(first, frozen)
     assert sent[11] == sorted(k for k in frozen if k.startswith("hidden"))  # the body's
+    assert sent[11] and sent[21]
     for client in CLIENTS:
-        assert sent[client] == sorted(k for k in frozen if k.startswith("fc_in"))
+        assert sent[client] == sorted(k for k in frozen if not k.startswith("hidden"))
     declared = {m.content[CONFIG][BASE_HASH] for m in first}
     assert declared == {strategy.base.hash} and strategy.base.hash == base_hash(initial, frozen)
 
@@ -176,7 +197,8 @@ def test_the_base_goes_to_each_node_once_and_never_to_the_wrapped_strategy(caplo
     assert list(after) == list(initial)
     for key in frozen:
         assert torch.equal(after[key], initial[key]), key
-    assert torch.allclose(after["hidden0.up.weight"], torch.full((16, 2), 1.5))
+    adapter = "hidden0.up.weight" if model_fn is _model else "hidden0.lora_B.default.weight"
+    assert torch.allclose(after[adapter], torch.full((16, 2), 1.5))
 
     # parameter bytes per round: the base only in round 1
     bytes_ = strategy.param_bytes
