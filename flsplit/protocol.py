@@ -23,6 +23,10 @@ message type              to              content
 A client replies with its head and tail (``arrays``) and a :class:`ClientResult`
 (``metrics``); a helper with one ``body.<client>`` record per client that finished and a
 :class:`HelperResult` (``metrics``, ``config``, ``timeline``).
+
+With a frozen base (:mod:`flsplit.model.frozen`) the train configs name its hash
+(``BASE_HASH``), ``arrays`` carry its tensors only until the node confirmed holding them,
+replies leave them out and name the base the node holds (a ``BASE`` record).
 """
 
 from __future__ import annotations

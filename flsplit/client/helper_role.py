@@ -88,6 +88,10 @@ def serve_helper_round(
 
     def load(body: torch.nn.Module) -> None:
         loaded = part_state(context, (body,), msg.content[ARRAYS], round_.base_hash, shared)
+        for key in loaded.frozen:  # moved to the device once, for every body
+            if shared[key].device != device:
+                shared[key] = shared[key].to(device)
+            loaded.state[key] = shared[key]
         load_part(body, loaded.state, assign=loaded.frozen)
         body.to(device)
         weights.frozen |= loaded.frozen
