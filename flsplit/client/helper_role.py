@@ -270,7 +270,10 @@ def _serve_sync(
     split = task.split({**values, "cuts": client_cuts[0]} if client_cuts else values)
     weights = part_state(context, (split.body,), msg.content[ARRAYS], round_.base_hash)
     load_part(split.body, weights.state, assign=weights.frozen)
-    grad_size = sum(p.numel() for part in (split.head, split.tail) for p in part.parameters())
+    grad_size = sum(  # the clients' trainable head and tail parameters (train_sync)
+        p.numel() for part in (split.head, split.tail) for p in part.parameters()
+        if p.requires_grad
+    )
     worker = SyncWorker(
         split.body,
         clients,

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -39,17 +40,24 @@ TASK = SplitTask(
 )
 
 
-def test_adapters_train_and_the_base_travels_once():
-    # shared helper memory: one body (and one base) for both clients; per-client bodies
-    # sharing the base are tested in tests/unit/client/test_base_cache.py
+RUN = {"num-server-rounds": 3, "num-helpers": 1, "num-clients": 2, "cuts": "hidden0,norm",
+       "lr": 0.1, "fraction-evaluate": 0.0, "round-timeout": 120.0}
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        # one body (and one base) for both clients; per-client bodies sharing the base are
+        # tested in tests/unit/client/test_base_cache.py
+        {"helper-memory": "shared"},
+        # synchronous steps: the clients' trainable gradients all-reduced, not the base's
+        {"sampler": "uniform", "global-batch-size": 32},
+    ],
+    ids=["shared-memory", "sync-steps"],
+)
+def test_adapters_train_and_the_base_travels_once(settings):
     runs = []
-    simulate(
-        TASK,
-        {"num-server-rounds": 3, "num-helpers": 1, "num-clients": 2, "cuts": "hidden0,norm",
-         "lr": 0.1, "fraction-evaluate": 0.0, "helper-memory": "shared",
-         "round-timeout": 120.0},
-        on_result=lambda *run: runs.append(run),
-    )
+    simulate(TASK, {**RUN, **settings}, on_result=lambda *run: runs.append(run))
     assert len(runs) == 1, "the ServerApp did not finish"
     initial, result, strategy = runs[0]
     frozen = frozen_keys(model_fn({}))
