@@ -796,7 +796,8 @@ class SplitStrategy(Strategy, metaclass=_Built):
 
     def state(self) -> dict[str, Any]:
         """JSON-ready state a resumed run needs besides the model: every round's metrics
-        and round time, the helpers' peak memory and synchronous steps."""
+        and round time, the helpers' peak memory and synchronous steps, the parameter
+        bytes."""
         return {
             "round_times": {str(r): t for r, t in self.round_times.items()},
             "results": {
@@ -808,6 +809,7 @@ class SplitStrategy(Strategy, metaclass=_Built):
                 str(r): {str(h): list(s) for h, s in steps.items()}
                 for r, steps in self.sync_steps.items()
             },
+            "param_bytes": {str(r): dict(b) for r, b in self.param_bytes.items()},
         }
 
     def load_state(self, state: Mapping[str, Any]) -> None:
@@ -821,6 +823,8 @@ class SplitStrategy(Strategy, metaclass=_Built):
             self.helper_peak_mib[int(helper)] = peak
         for r, steps in (state.get("sync_steps") or {}).items():
             self.sync_steps[int(r)] = {int(h): [int(n) for n in s] for h, s in steps.items()}
+        for r, figures in (state.get("param_bytes") or {}).items():
+            self.param_bytes[int(r)] = {k: int(v) for k, v in figures.items()}
 
     def summary(self) -> None:
         """Log the configuration."""

@@ -8,6 +8,7 @@ their fill value, as :mod:`tests.unit.strategies.fake_grid` does.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 
@@ -205,6 +206,9 @@ def test_the_base_goes_to_each_node_once_and_never_to_the_wrapped_strategy(caplo
     assert bytes_[1]["sent-base"] > 0 and bytes_[2]["sent-base"] == bytes_[3]["sent-base"] == 0
     assert bytes_[2]["sent"] == bytes_[1]["sent"] - bytes_[1]["sent-base"]
     assert bytes_[2]["received"] == bytes_[1]["received"] > 0
+    resumed, *_ = _setup(model_fn)
+    resumed.load_state(json.loads(json.dumps(strategy.state())))  # as a checkpoint keeps it
+    assert resumed.param_bytes == bytes_
     lines = [r.getMessage() for r in caplog.records if "parameter bytes sent" in r.getMessage()]
     assert lines == [
         f"round {r}: parameter bytes sent {b['sent']} (frozen base {b['sent-base']}), "
