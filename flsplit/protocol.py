@@ -149,6 +149,8 @@ class NodeReport:
         Helpers: the data-plane address clients dial, and where it listens.
     simulation_concurrency : int, optional
         ClientApp calls the simulation's Ray backend runs at once (simulation only).
+    base_hash : str
+        The frozen base the node holds for the run (``""``: none yet).
     """
 
     role: str
@@ -163,6 +165,7 @@ class NodeReport:
     address: str = ""
     listen_address: str = ""
     simulation_concurrency: int | None = None
+    base_hash: str = ""
 
     _KEYS = {
         "role": "role",
@@ -176,6 +179,7 @@ class NodeReport:
         "address": "address",
         "listen_address": "listen-address",
         "simulation_concurrency": "simulation-concurrency",
+        "base_hash": BASE_HASH,
     }
 
     def to_content(self) -> RecordDict:

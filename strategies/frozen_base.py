@@ -30,7 +30,7 @@ from flwr.app import ArrayRecord, Message
 from flwr.supercore import log
 
 from flsplit.model.frozen import base_hash, trainable_keys
-from flsplit.protocol import base_hash_of
+from flsplit.protocol import NodeReport, base_hash_of
 from strategies.assembly import subset
 from strategies.failures import Failure, SentMessages
 
@@ -95,6 +95,14 @@ class FrozenBase:
                 "gets it again", self.hash, digest)
             self.held.clear()
         self.hash, self._base = digest, base
+
+    def refusal(self, report: NodeReport) -> str:
+        """Why a node meeting the server is refused: it holds another base (``""``: it
+        is not refused)."""
+        if self.keys and self.hash and report.base_hash and report.base_hash != self.hash:
+            return (f"it holds frozen base {report.base_hash} but the server's is "
+                    f"{self.hash} (give every node the server's base)")
+        return ""
 
     def trainable(self, arrays: ArrayRecord) -> ArrayRecord:
         """``arrays`` without the frozen base (what the wrapped strategy sees)."""

@@ -446,7 +446,8 @@ class SplitStrategy(Strategy, metaclass=_Built):
         if frozenset(node_ids) == self._known_ids:
             return
         unanswered = query_nodes(
-            grid, self.nodes, node_ids, self.query_timeout, self.discovery_failures
+            grid, self.nodes, node_ids, self.query_timeout, self.discovery_failures,
+            refuse=self.base.refusal if self.split else None,
         )
         self._known_ids = frozenset(node_ids) - frozenset(unanswered)
         if self.split:
@@ -551,12 +552,12 @@ class SplitStrategy(Strategy, metaclass=_Built):
         self._end_round()  # the previous round's, if no server-side evaluation ended it
         server_round += self.round_offset
         self._round_arrays = arrays
+        if self.split:  # its hash first: discovery refuses a node holding another base
+            self.base.take(arrays)
         self.wait_for_clients(grid)
         config[MODE] = "split" if self.split else "fedavg"
-        if self.split:  # the wrapped strategy sees the trainable tensors only
-            self.base.take(arrays)
         inner = list(
-            self._wrapped("configure_train")(
+            self._wrapped("configure_train")(  # it sees the trainable tensors only
                 server_round,
                 self.base.trainable(arrays) if self.split else arrays,
                 config,

@@ -29,12 +29,14 @@ from flsplit.protocol import (
     CLIENT_TRAIN,
     CONFIG,
     HELPER_TRAIN,
+    QUERY,
     ROLE_CLIENT,
     ROLE_HELPER,
     ClientResult,
     ClientRound,
     HelperResult,
     HelperRound,
+    NodeReport,
     reply_content,
     with_base_hash,
 )
@@ -105,10 +107,19 @@ class FrozenGrid(FakeGrid):
 
     def answer(self, message: Message) -> Message:
         try:
+            if message.metadata.message_type == QUERY:
+                return self._query(message)
             return super().answer(message)
         except ValueError as err:  # what Flower replies when a ClientApp raises
             reason = f"<class 'ValueError'>:<'{err}'>"
             return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=message)
+
+    def _query(self, message: Message) -> Message:
+        node = message.metadata.dst_node_id
+        reply = super().answer(message)
+        report = NodeReport.from_content(reply.content)
+        report.base_hash = held_base(self.context(node))  # as flsplit's discovery answers
+        return Message(report.to_content(), reply_to=message)
 
     def _train(self, node: FakeNode, message: Message) -> RecordDict:
         node_id = message.metadata.dst_node_id
@@ -232,14 +243,33 @@ def test_a_node_that_lost_its_base_fails_once_and_gets_it_again():
     assert held_base(grid.contexts[22]) == strategy.base.hash
 
 
-def test_a_node_holding_another_base_is_refused_naming_both_hashes():
+def test_a_node_holding_another_base_refuses_the_round_naming_both_hashes():
     strategy, wrapped, grid, arrays, _ = _setup()
+    _, arrays = _round(strategy, grid, arrays, 1)
+    # after discovery, the node came to hold another base (its own handler checks)
     grid.context(21).state[BASE_CACHE_INFO] = ConfigRecord({BASE_HASH: "0123456789abcdef"})
-    _round(strategy, grid, arrays, 1)
-    cause = {f.node: f.cause for f in strategy.failures[1]}[21]
-    assert "holds frozen base 0123456789abcdef" in cause
-    assert f"the server's is {strategy.base.hash}" in cause
-    assert [r.metadata.src_node_id for r in wrapped.aggregated[0] if not r.has_error()] == [22]
+    _round(strategy, grid, arrays, 2)
+    cause = {f.node: f.cause for f in strategy.failures[2]}[21]
+    assert "this node holds frozen base 0123456789abcdef" in cause
+    assert f"the server's is {strategy.base.hash}: the node is refused" in cause
+    assert [r.metadata.src_node_id for r in wrapped.aggregated[1] if not r.has_error()] == [22]
+
+
+def test_a_node_meeting_the_server_with_another_base_is_refused_at_discovery(caplog):
+    strategy, wrapped, grid, arrays, _ = _setup()
+    grid.context(22).state[BASE_CACHE_INFO] = ConfigRecord({BASE_HASH: "0123456789abcdef"})
+    with caplog.at_level(logging.ERROR):
+        messages, _ = _round(strategy, grid, arrays, 1)
+    assert 22 not in strategy.nodes and 22 not in {m.metadata.dst_node_id for m in messages}
+    cause = strategy.discovery_failures[22]
+    assert cause == (f"it holds frozen base 0123456789abcdef but the server's is "
+                     f"{strategy.base.hash} (give every node the server's base)")
+    assert any(f"node 22 refused at discovery: {cause}" == r.getMessage()
+               for r in caplog.records)
+    assert [r.metadata.src_node_id for r in wrapped.aggregated[0]] == [21]
+    grid.contexts.pop(22)  # restarted: it holds no base now, and is asked again
+    messages, _ = _round(strategy, grid, arrays, 2)
+    assert 22 in strategy.nodes and 22 not in strategy.discovery_failures
 
 
 def test_a_reply_naming_another_base_is_refused_by_the_server(caplog):
