@@ -123,7 +123,7 @@ def test_the_apps_own_training_function_over_multi_tensor_cuts_equals_the_unspli
 
 def test_only_the_flagged_tensors_get_gradients_back():
     split = toy.split(toy.model())
-    worker, server = _serve(split.body)
+    _, server = _serve(split.body)
     (inputs, _), *_ = toy.batches(n=1)
     try:
         with HelperClient(server.address, "1", TOKEN, deadline=30) as helper:
@@ -143,7 +143,7 @@ def test_only_the_flagged_tensors_get_gradients_back():
 
 def test_a_gradient_tuple_that_does_not_fit_is_refused_naming_the_tensor():
     split = toy.split(toy.model())
-    worker, server = _serve(split.body)
+    _, server = _serve(split.body)
     (inputs, _), *_ = toy.batches(n=1)
     try:
         with HelperClient(server.address, "1", TOKEN, deadline=30) as helper:
@@ -165,9 +165,11 @@ def test_a_helper_chain_refuses_a_multi_tensor_cut_naming_chain_length():
     worker, server = _serve(split.body, next_hops={"1": hop})
     (inputs, _), *_ = toy.batches(n=1)
     try:
-        with HelperClient(server.address, "1", TOKEN, deadline=30) as helper:
-            with pytest.raises(DataPlaneError) as refused:
-                helper.forward(split.head(inputs))
+        with (
+            HelperClient(server.address, "1", TOKEN, deadline=30) as helper,
+            pytest.raises(DataPlaneError) as refused,
+        ):
+            helper.forward(split.head(inputs))
         message = str(refused.value)
         assert "FAILED_PRECONDITION" in message
         assert "carries 3 tensors" in message and "use chain-length 1" in message
@@ -181,7 +183,7 @@ def test_synchronous_steps_refuse_a_multi_tensor_cut_naming_the_sampler():
     worker = SyncWorker(split.body, ["1"], np.array([[6]]), _adamw)
     (inputs, _), *_ = toy.batches(n=1)
     try:
-        with pytest.raises(InputError, match="carries 3 tensors; synchronous steps.*sampler"):
+        with pytest.raises(InputError, match=r"carries 3 tensors; synchronous steps.*sampler"):
             worker.submit_step("1", "fwd", 0, tuple(t.detach() for t in split.head(inputs)))
     finally:
         worker.stop()
