@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from flsplit.model.client_view import ClientModel
+from flsplit.model.outputs import correct_count
 from flsplit.runtime.auth import TokenVerifier, helper_key, new_run_secret, sign_token
 from flsplit.runtime.checks import InputError
 from flsplit.runtime.dataplane import HelperServer
@@ -21,6 +22,7 @@ from flsplit.runtime.remote_body import RemoteBody
 from flsplit.runtime.sync_helper import SyncWorker
 from flsplit.runtime.trainer import train_split
 from flsplit.runtime.worker import HelperWorker
+from flsplit.task import evaluate_model, train_full
 from tests.unit.runtime import multi_tensor_toy as toy
 
 SECRET = new_run_secret()
@@ -123,13 +125,17 @@ def test_the_apps_own_training_function_over_multi_tensor_cuts_equals_the_unspli
 
 def test_only_the_flagged_tensors_get_gradients_back():
     split = toy.split(toy.model())
-    _, server = _serve(split.body)
+    worker, server = _serve(split.body)
     (inputs, _), *_ = toy.batches(n=1)
     try:
         with HelperClient(server.address, "1", TOKEN, deadline=30) as helper:
             hidden, mask, table = split.head(inputs)
             assert hidden.requires_grad and not table.requires_grad
+            idle = worker.held_bytes()
             out = helper.forward((hidden, mask, table))
+            # the pending forward's inputs and outputs are held: all three tensors each
+            held = sum(t.numel() * t.element_size() for t in (hidden, mask, table))
+            assert worker.held_bytes() - idle >= held + out[0].numel() * 8
             # the hidden state needs a gradient, the mask and the doubled table do not
             assert [t.requires_grad for t in out] == [True, False, False]
             assert out[1].dtype == torch.bool and torch.equal(out[1], mask)
@@ -187,3 +193,35 @@ def test_synchronous_steps_refuse_a_multi_tensor_cut_naming_the_sampler():
             worker.submit_step("1", "fwd", 0, tuple(t.detach() for t in split.head(inputs)))
     finally:
         worker.stop()
+
+
+def test_the_unsplit_models_own_training_and_evaluation_take_named_inputs_and_model_outputs():
+    batches = toy.batches()
+    full = toy.model()
+    loss, accuracy, examples = train_full(full, batches, toy.loss_fn, _adamw(full.parameters()))
+    assert examples == 18 and 0.0 <= accuracy <= 1.0
+    _assert_equal(toy.parts_state(full), _reference(batches))
+    full.eval()
+    with torch.no_grad():
+        outputs = [(full(**inputs).logits, labels) for inputs, labels in batches]
+    loss, accuracy, examples = evaluate_model(full, batches, toy.loss_fn)
+    assert examples == 18
+    assert loss == pytest.approx(sum(float(toy.loss_fn(o, y)) for o, y in outputs) / 3)
+    # per example: the fraction of its labelled (unmasked) tokens predicted right
+    right = [
+        float((o[i].argmax(-1) == y[i])[y[i] != -100].double().mean())
+        for o, y in outputs
+        for i in range(y.shape[0])
+    ]
+    assert accuracy == pytest.approx(sum(right) / 18)
+    assert correct_count(*outputs[0]) == pytest.approx(sum(right[:6]))
+
+
+def test_the_client_model_takes_one_input_or_keyword_inputs():
+    split = toy.split(toy.model())
+    net = ClientModel(split.head, split.tail, lambda act: toy.Body().double()(*act))
+    (inputs, _), *_ = toy.batches(n=1)
+    assert net(**inputs).logits.shape == (6, toy.SEQ, toy.VOCAB)
+    assert net(inputs).logits.shape == (6, toy.SEQ, toy.VOCAB)
+    with pytest.raises(TypeError, match="one input or keyword inputs only"):
+        net(inputs["ids"], inputs["mask"])
