@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from flsplit.config import RunConfig
+from flsplit.model.outputs import correct_count, logits_of
 from flsplit.model.splitting import SplitModel, parse_cuts, split_model
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -131,15 +132,19 @@ _SPLIT_CACHE: dict[tuple, SplitModel] = {}
 def evaluate_model(
     model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], loss_fn: LossFn
 ) -> tuple[float, float, int]:
-    """Return mean loss, accuracy and example count of ``model`` on ``batches``."""
+    """Return mean loss, accuracy and example count of ``model`` on ``batches``.
+
+    The loss gets the logits of the model's output (:func:`~flsplit.model.outputs.logits_of`);
+    the accuracy counts per example (:func:`~flsplit.model.outputs.correct_count`).
+    """
     model.eval()
-    loss_sum, correct, total = 0.0, 0, 0
+    loss_sum, correct, total = 0.0, 0.0, 0
     with torch.no_grad():
         for inputs, labels in batches:
-            logits = model(inputs)
+            logits = logits_of(_call(model, inputs))
             n = int(labels.shape[0])
             loss_sum += float(loss_fn(logits, labels)) * n
-            correct += int((logits.argmax(dim=1) == labels).sum())
+            correct += correct_count(logits, labels)
             total += n
     return loss_sum / max(total, 1), correct / max(total, 1), total
 
@@ -153,16 +158,22 @@ def train_full(
 ) -> tuple[float, float, int]:
     """Train the unsplit model locally (plain FedAvg); return loss, accuracy, examples."""
     model.train()
-    loss_sum, correct, total = 0.0, 0, 0
+    loss_sum, correct, total = 0.0, 0.0, 0
     for _ in range(epochs):
         for inputs, labels in batches:
             optimizer.zero_grad(set_to_none=True)
-            logits = model(inputs)
+            logits = logits_of(_call(model, inputs))
             loss = loss_fn(logits, labels)
             loss.backward()
             optimizer.step()
             n = int(labels.shape[0])
             loss_sum += float(loss.detach()) * n
-            correct += int((logits.detach().argmax(dim=1) == labels).sum())
+            correct += correct_count(logits, labels)
             total += n
     return loss_sum / max(total, 1), correct / max(total, 1), total
+
+
+def _call(model: nn.Module, inputs: Any) -> Any:
+    """The unsplit model on a batch's inputs: ``model(**inputs)`` for named inputs (Hugging
+    Face style, as the split model's head gets them), else ``model(inputs)``."""
+    return model(**inputs) if isinstance(inputs, Mapping) else model(inputs)

@@ -24,6 +24,7 @@ from flsplit.client.node import client_tls, compute_device, data_partition, node
 from flsplit.client.records import config_of, load_part, reply, state_dict_of
 from flsplit.config import RunConfig
 from flsplit.model.client_view import ClientModel
+from flsplit.model.crossing import to_device
 from flsplit.protocol import (
     ARRAYS,
     METRICS,
@@ -242,8 +243,8 @@ class _DeviceBatches:
         self.batches, self.device = batches, device
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for inputs, labels in self.batches:
-            yield (inputs.to(self.device, non_blocking=True),
+        for inputs, labels in self.batches:  # inputs: a tensor or named tensors
+            yield (to_device(inputs, self.device, non_blocking=True),
                    labels.to(self.device, non_blocking=True))
 
 

@@ -28,6 +28,7 @@ from flsplit.client.base_cache import PartState, part_state, without
 from flsplit.client.node import client_tls, compute_device, helper_tls, node_emulation
 from flsplit.client.records import config_of, load_part
 from flsplit.config import RunConfig
+from flsplit.model.crossing import call_part
 from flsplit.protocol import (
     ARRAYS,
     BACKWARD,
@@ -40,12 +41,13 @@ from flsplit.protocol import (
     with_base_hash,
 )
 from flsplit.runtime.auth import TokenVerifier
+from flsplit.runtime.checks import ActivationSpec, spec_of
 from flsplit.runtime.dataplane import HelperServer
 from flsplit.runtime.helper_client import HelperClient
 from flsplit.runtime.memory import peak_rss_mib
 from flsplit.runtime.sync_helper import SyncWorker
 from flsplit.runtime.sync_server import SyncHelperServer
-from flsplit.runtime.worker import HelperWorker, TaskRecord, TensorSpec
+from flsplit.runtime.worker import HelperWorker, TaskRecord
 from flsplit.task import SplitTask
 
 
@@ -146,7 +148,7 @@ def _build_bodies(
     example: torch.Tensor,
     served: Sequence[ServedClient],
     load: Callable[[torch.nn.Module], None],
-) -> tuple[dict[str, torch.nn.Module], dict[str, TensorSpec]]:
+) -> tuple[dict[str, torch.nn.Module], dict[str, ActivationSpec]]:
     """Each client's body piece, given to ``load`` once built (the round's weights), and
     the spec of its input.
 
@@ -321,15 +323,16 @@ def _server_options(
     }
 
 
-def _input_spec(split: Any, example: torch.Tensor, piece: int = 1) -> TensorSpec:
+def _input_spec(split: Any, example: Any, piece: int = 1) -> ActivationSpec:
     """Shape (without batch) and dtype of the input of part ``piece`` (the body, or a
-    chain's piece), from the parts before it on an example."""
+    chain's piece; one per tensor when several cross its cut), from the parts before it
+    on an example."""
     out = example
     with torch.no_grad():
-        for part in split.parts[:piece]:
+        for i, part in enumerate(split.parts[:piece]):
             part.eval()
-            out = part(out)
-    return TensorSpec(tuple(out.shape[1:]), out.dtype)
+            out = part(out) if i == 0 else call_part(part, out)
+    return spec_of(out)
 
 
 def _mean_ms(tasks: Iterable[TaskRecord]) -> float:
