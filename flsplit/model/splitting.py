@@ -34,24 +34,37 @@ frozen into the parts.
 
 Which cuts are valid
 --------------------
-A position in the flat graph is a valid cut when exactly one value, a tensor, crosses it,
-and no parameter or buffer is used on both sides (so weights tied across the cut are
-refused). Cuts inside a residual block are therefore invalid (the block input and the
-branch output both cross). :func:`candidate_cuts` lists valid cuts at *block* granularity:
-the children of the model, where ``nn.Sequential`` / ``nn.ModuleList`` / ``nn.ModuleDict``
-containers and single-child wrappers are expanded into their children. Any other module
-that starts at a valid position (e.g. ``"features.0.1"``) is accepted by name as well; a
+A position in the flat graph is a valid cut when at least one tensor crosses it and no
+parameter or buffer is used on both sides (so weights tied across the cut are refused).
+One crossing tensor travels bare (part ``i`` returns it, part ``i + 1`` takes it); several
+travel as a tuple in graph order (part ``i + 1`` takes them as separate arguments).
+Several values may cross only *between blocks*: where no module other than the root and
+``nn.Sequential`` / ``nn.ModuleList`` / ``nn.ModuleDict`` containers is running, or at the
+start of one of several same-class blocks held by a container. Cuts inside a residual
+block (block input and branch output both cross) are therefore refused.
+
+:func:`candidate_cuts` lists valid cuts at *block* granularity: the children of the model,
+where containers and single-child wrappers are expanded into their children, plus the
+children of every container, at any depth, that holds two or more blocks of one class
+(ViT's ``encoder.layers.encoder_layer_1``, ResNet's ``layer1.1``). Any other module that
+starts at a valid position (e.g. ``"features.0.1"``) is accepted by name as well; a
 name is reported as the outermost module starting at its position (``"layer2.0"`` ->
 ``"layer2"``). Modules called more than once cannot name a cut (the name is ambiguous).
 
 When an example input is given, the traced graph is run once on it (in eval mode, without
 gradients, restoring every module's mode afterwards, so the model is not changed) to check
-that the crossing values are tensors and to find parts that modify their input in place
-(e.g. a body starting with ``nn.ReLU(inplace=True)``). Such a part clones its input first,
-so a data plane may feed it ``activation.detach().requires_grad_()``.
+what crosses each cut. A crossing ``None``, bool, int, float or str is a constant: the next
+part holds it and it never travels; it must be the same for a batch of one and of two
+(an int such as ``x.size(0)`` is refused); any other non-tensor value refuses the cut.
+Without an example input every crossing value is taken to be a tensor. The run also finds
+parts that modify an input in place (e.g. a body starting with ``nn.ReLU(inplace=True)``);
+such a part clones that input first, so a data plane may feed it
+``activation.detach().requires_grad_()``.
 
 Limitations: the model takes one positional tensor input (dimension 0 is the batch) and
 must be traceable by ``torch.fx.symbolic_trace`` (no data-dependent Python control flow).
+Models that do not trace, and every ``transformers`` model, are split at the boundaries of
+their repeated blocks by :mod:`flsplit.model.blocks` instead (see :func:`split_model`).
 Hooks registered on non-leaf modules (e.g. on a whole residual block) are not carried
 into the parts, because fx inlines those modules; hooks on leaf modules are kept.
 """
@@ -108,8 +121,9 @@ class SplitModel:
     cuts : tuple of str
         Names of the modules that start parts ``1 .. len(cuts)``.
     parts : list of nn.Module
-        ``len(cuts) + 1`` modules; part ``i`` takes the single output tensor of part
-        ``i - 1`` (part 0 takes the model input), the last part returns the model output.
+        ``len(cuts) + 1`` modules; part 0 takes the model input, part ``i`` takes the
+        output of part ``i - 1`` (a tensor, or a tuple of tensors as separate arguments),
+        the last part returns the model output.
     full_keys : tuple of str
         The full model's ``state_dict`` keys, in order (used to order :meth:`part_keys`).
     model_type : type, optional
@@ -178,8 +192,8 @@ class SplitModel:
         Any
             The output of the last part.
         """
-        for part in self.parts:
-            x = part(x)
+        for i, part in enumerate(self.parts):
+            x = part(*x) if i and isinstance(x, tuple) else part(x)
         return x
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -387,7 +401,8 @@ class _Analysis:
         self.full_keys = list(model.state_dict().keys())
         self._find_module_starts()
         self._find_valid_positions()
-        self.mutated: set[int] = set()
+        self.mutated: set[tuple[int, fx.Node]] = set()
+        self.constants: dict[fx.Node, Any] = {}  # non-tensor crossings seen in the example
         if example_input is not None:
             self._run_example(example_input)
         self.names = self._name_positions()
@@ -397,12 +412,39 @@ class _Analysis:
 
     def _find_module_starts(self) -> None:
         self.starts: dict[str, int] = {}
+        self.ends: dict[str, int] = {}
         calls: dict[str, set[str]] = {}
         for i, node in enumerate(self.nodes):
             for key, (path, _) in node.meta.get("nn_module_stack", {}).items():
                 self.starts.setdefault(path, i)
+                self.ends[path] = i
                 calls.setdefault(path, set()).add(key)
         self.calls = {path: len(keys) for path, keys in calls.items()}
+        # children of containers holding >= 2 blocks of one class (repeated blocks)
+        self.repeated: list[str] = []
+        for path, module in self.model.named_modules():
+            children = list(module.named_children())
+            kinds = {type(c) for _, c in children}
+            if (
+                isinstance(module, _CONTAINERS)
+                and len(children) >= 2
+                and len(kinds) == 1
+                and any(True for _ in children[0][1].children())
+            ):
+                self.repeated += [f"{path}.{n}" if path else n for n, _ in children]
+        self.block_starts = {self.starts[b] for b in self.repeated if self.calls.get(b) == 1}
+
+    def _inside_block(self, p: int) -> str | None:
+        """The innermost non-container module running across position ``p``, if any."""
+        if p in self.block_starts:
+            return None  # a boundary between repeated blocks
+        inner = [
+            path
+            for path, start in self.starts.items()
+            if path and start < p <= self.ends[path]
+            and not isinstance(self.modules.get(path), _CONTAINERS)
+        ]
+        return max(inner, key=lambda s: s.count("."), default=None)
 
     def _state_ids(self, node: fx.Node) -> set[int]:
         if node.op == "call_module":
@@ -431,7 +473,7 @@ class _Analysis:
         for first, last in span.values():
             for p in range(first + 1, last + 1):
                 blocked[p] = True
-        self.crossing: dict[int, fx.Node] = {}
+        self.crossing: dict[int, tuple[fx.Node, ...]] = {}
         self.reasons: dict[int, str] = {}
         live: dict[fx.Node, int] = {}  # values computed before p and used at or after p
         for p in range(1, n):
@@ -440,44 +482,69 @@ class _Analysis:
                 live[node] = last_use[p - 1]
             for done in [v for v, last in live.items() if last < p]:
                 del live[done]
+            block = self._inside_block(p) if len(live) > 1 else None
             if blocked[p]:
                 self.reasons[p] = "a parameter or buffer is used on both sides"
-            elif len(live) != 1:
+            elif not live:
+                self.reasons[p] = "no value crosses it"
+            elif block is not None:
                 self.reasons[p] = (
-                    f"{len(live)} values cross it, need exactly one "
-                    "(e.g. it is inside a residual block)"
+                    f"{len(live)} values cross it inside {block!r} (e.g. a residual block); "
+                    "several values may cross only between blocks"
                 )
             else:
-                self.crossing[p] = next(iter(live))
+                self.crossing[p] = tuple(live)  # in graph order
 
-    def _run_example(self, example_input: torch.Tensor) -> None:
-        """Run the graph once; drop non-tensor crossings and find in-place consumers."""
+    def _probe(self, example_input: torch.Tensor) -> dict[tuple[int, fx.Node], tuple[Any, int]]:
+        """Run the graph once in eval mode; return each crossing value and its version."""
         analysis = self
-        seen: dict[int, tuple[Any, int]] = {}
+        seen: dict[tuple[int, fx.Node], tuple[Any, int]] = {}
 
         class _Probe(fx.Interpreter):
             def run_node(self, node: fx.Node) -> Any:
                 p = analysis.index[node]
-                if p in analysis.crossing:
-                    value = self.env[analysis.crossing[p]]
+                for crossing in analysis.crossing.get(p, ()):
+                    value = self.env[crossing]
                     version = value._version if isinstance(value, torch.Tensor) else -1
-                    seen[p] = (value, version)
+                    seen[(p, crossing)] = (value, version)
                 return super().run_node(node)
 
-        if example_input.dim() > 0 and example_input.size(0) > 1:
-            example_input = example_input[:1]  # one sample is enough for these checks
         with _restore_modes(self.gm), torch.no_grad():
             self.gm.eval()
             try:
                 _Probe(self.gm).run(example_input)
             except Exception as exc:
                 raise ValueError(f"example_input does not run through the model: {exc}") from exc
-        for p, (value, version) in seen.items():
-            if not isinstance(value, torch.Tensor):
-                del self.crossing[p]
-                self.reasons[p] = f"the value crossing it is a {type(value).__name__}"
-            elif value._version != version:
-                self.mutated.add(p)
+        return seen
+
+    def _refuse(self, p: int, reason: str) -> None:
+        self.crossing.pop(p, None)
+        self.reasons[p] = reason
+
+    def _run_example(self, example_input: torch.Tensor) -> None:
+        """Find non-tensor crossings (constants or refused) and in-place consumers."""
+        if example_input.dim() > 0 and example_input.size(0) > 1:
+            example_input = example_input[:1]  # one sample is enough for these checks
+        seen = self._probe(example_input)
+        for (p, node), (value, version) in seen.items():
+            if isinstance(value, torch.Tensor):
+                if value._version != version:
+                    self.mutated.add((p, node))
+            elif value is None or isinstance(value, (bool, int, float, str)):
+                self.constants[node] = value
+            else:
+                self._refuse(p, f"a {type(value).__name__} crosses it (only tensors and "
+                             "None/bool/int/float/str constants can)")  # fmt: skip
+        if self.constants and example_input.dim() > 0:
+            # a constant must not depend on the input: compare with a batch of two
+            again = self._probe(torch.cat([example_input, example_input]))
+            for (p, node), (value, _) in again.items():
+                if node in self.constants and value != self.constants[node]:
+                    self._refuse(p, f"the {type(value).__name__} {node.name!r} crossing it "
+                                 "depends on the input (e.g. its batch size)")  # fmt: skip
+        for p, nodes in list(self.crossing.items()):
+            if all(n in self.constants for n in nodes):
+                self._refuse(p, "no tensor crosses it")
 
     def _name_positions(self) -> dict[str, int]:
         """Map every module name that can name a valid cut to its position."""
@@ -505,6 +572,7 @@ class _Analysis:
                     blocks.append(path)
 
         expand(self.model, "")
+        blocks += self.repeated
         positions = sorted({self.names[b] for b in blocks if b in self.names})
         return [self.canonical[p] for p in positions]
 
@@ -578,7 +646,7 @@ class _Analysis:
 
     def _build_segment(self, k: int, start: int, stop: int, last: bool) -> fx.GraphModule:
         graph = fx.Graph()
-        env: dict[fx.Node, fx.Node] = {}
+        env: dict[fx.Node, Any] = {}
 
         def lookup(node: fx.Node) -> fx.Node:
             if node not in env:
@@ -587,15 +655,17 @@ class _Analysis:
                 env[node] = graph.get_attr(str(node.target))
             return env[node]
 
-        if start > 0:
-            crossing = self.crossing[start]
+        for crossing in self.crossing[start] if start > 0 else ():
+            if crossing in self.constants:  # held by the part, never sent
+                env[crossing] = self.constants[crossing]
+                continue
             value = graph.placeholder(crossing.name, type_expr=torch.Tensor)
             inplace = any(
                 _is_inplace(u, self.modules) and u.args and u.args[0] is crossing
                 for u in crossing.users
                 if self.index[u] >= start
             )
-            if inplace or start in self.mutated:
+            if inplace or (start, crossing) in self.mutated:
                 value = graph.call_method("clone", (value,))
             env[crossing] = value
         for node in self.nodes[start:stop]:
@@ -604,7 +674,8 @@ class _Analysis:
         if last:
             graph.output(fx.map_arg(self.output.args[0], lookup))
         else:
-            graph.output(lookup(self.crossing[stop]))
+            sent = [lookup(n) for n in self.crossing[stop] if n not in self.constants]
+            graph.output(sent[0] if len(sent) == 1 else tuple(sent))
         graph.lint()
         return fx.GraphModule(self.gm, graph, class_name=f"Part{k}")
 
