@@ -300,7 +300,7 @@ def split_model(
     source = model if share_weights else copy.deepcopy(model)
     analysis = _analyze(source, example_input)
     names = analysis.resolve(cuts)
-    parts = analysis.build_parts([analysis.names[n] for n in names])
+    parts = analysis.parts_for(names)
     return SplitModel(
         cuts=names, parts=parts, full_keys=tuple(analysis.full_keys), model_type=type(model)
     )
@@ -356,7 +356,7 @@ def _trace(model: nn.Module) -> fx.GraphModule:
                 graph = fx.Tracer().trace(model)
                 traced.append(fx.GraphModule(model, graph, class_name=type(model).__name__))
             except Exception as exc:  # fx raises many exception types
-                raise ValueError(
+                raise _TraceError(
                     f"cannot trace {type(model).__name__} with torch.fx.symbolic_trace: {exc}"
                 ) from exc
             finally:
@@ -629,6 +629,9 @@ class _Analysis:
 
     # -- parts -------------------------------------------------------------------------
 
+    def parts_for(self, names: Sequence[str]) -> list[nn.Module]:
+        return self.build_parts([self.names[n] for n in names])
+
     def build_parts(self, positions: list[int]) -> list[nn.Module]:
         bounds = [0, *positions, len(self.nodes)]
         parts: list[nn.Module] = []
@@ -724,8 +727,25 @@ def _attach(part: nn.Module, key: str, root: nn.Module) -> None:
         owner.register_buffer(attr, value)
 
 
-def _analyze(model: nn.Module, example_input: torch.Tensor | None) -> _Analysis:
-    return _Analysis(model, example_input)
+class _TraceError(ValueError):
+    """``torch.fx.symbolic_trace`` failed on the model."""
+
+
+def _analyze(model: nn.Module, example_input: Any) -> Any:
+    """fx analysis, or block analysis for transformers models and models fx cannot trace."""
+    from flsplit.model import blocks
+
+    if blocks.is_transformers_model(model):
+        return blocks.analyze(model, example_input)
+    try:
+        return _Analysis(model, example_input)
+    except _TraceError as exc:
+        if example_input is None:
+            raise
+        try:
+            return blocks.analyze(model, example_input)
+        except ValueError as err:
+            raise ValueError(f"{exc}; and splitting at its blocks failed: {err}") from err
 
 
 def parse_cuts(cuts: str | Iterable[str | int] | None) -> tuple[str | int, ...] | None:

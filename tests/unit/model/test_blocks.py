@@ -1,0 +1,213 @@
+"""Tests for flsplit.model.blocks: transformers models split between their repeated blocks."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from flsplit.model.splitting import SplitModel, candidate_cuts, part_state_keys, split_model
+
+transformers = pytest.importorskip("transformers")
+
+TOL = 1e-6
+VOCAB = 100
+
+
+@pytest.fixture(autouse=True)
+def _quiet() -> Iterator[None]:
+    """Small test vocabularies make transformers warn about the default token ids."""
+    logger = logging.getLogger("transformers")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    transformers.logging.set_verbosity_error()
+    yield
+    logger.setLevel(level)
+
+
+def _gpt2(dropout: float = 0.0, **extra: Any) -> nn.Module:
+    config = transformers.GPT2Config(
+        n_layer=4, n_embd=32, n_head=2, vocab_size=VOCAB, n_positions=64,
+        use_cache=False, tie_word_embeddings=False, resid_pdrop=dropout,
+        embd_pdrop=dropout, attn_pdrop=dropout, **extra,
+    )  # fmt: skip
+    return transformers.GPT2LMHeadModel(config)
+
+
+def _bert(dropout: float = 0.0) -> nn.Module:
+    config = transformers.BertConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64, num_labels=3,
+        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+    )  # fmt: skip
+    return transformers.BertForSequenceClassification(config)
+
+
+def _llama(dropout: float = 0.0) -> nn.Module:
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        use_cache=False, tie_word_embeddings=False, attention_dropout=dropout,
+    )  # fmt: skip
+    return transformers.LlamaForCausalLM(config)
+
+
+def _inputs(name: str, batch: int = 3, length: int = 7, seed: int = 0) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, VOCAB, (batch, length), generator=gen)
+    if name == "bert":
+        mask = torch.ones(batch, length, dtype=torch.long)
+        mask[0, -3:] = 0  # padding
+        return {"input_ids": ids, "attention_mask": mask}
+    return {"input_ids": ids, "labels": ids}
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {"gpt2": _gpt2, "bert": _bert, "llama": _llama}
+BLOCKS = {"gpt2": "transformer.h", "bert": "bert.encoder.layer", "llama": "model.layers"}
+
+
+def _loss(output: Any, name: str) -> torch.Tensor:
+    if name == "bert":
+        return nn.functional.cross_entropy(output.logits, torch.tensor([0, 2, 1]))
+    return output.loss
+
+
+def _forward(split: SplitModel, inputs: Any) -> tuple[Any, list]:
+    """Part by part as a data plane runs it: hidden states detached and re-attached."""
+    out = split.parts[0](inputs)
+    links = []
+    for part in split.parts[1:]:
+        sent = out if isinstance(out, tuple) else (out,)
+        received = tuple(t.detach().requires_grad_(t.requires_grad) for t in sent)
+        links.append((sent, received))
+        out = part(*received)
+    return out, links
+
+
+def _backward(loss: torch.Tensor, links: list) -> None:
+    loss.backward()
+    for sent, received in reversed(links):
+        pairs = [(s, r.grad) for s, r in zip(sent, received, strict=True) if r.requires_grad]
+        torch.autograd.backward([s for s, _ in pairs], [g for _, g in pairs])
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_split_training_equals_the_unsplit_model(name: str) -> None:
+    torch.manual_seed(0)
+    model = MODELS[name](dropout=0.1).double().train()
+    inputs = _inputs(name)
+    assert candidate_cuts(model, inputs) == [f"{BLOCKS[name]}.{k}" for k in (1, 2, 3)]
+    full = copy.deepcopy(model)
+    split = split_model(model, None, inputs)
+    assert split.cuts == (f"{BLOCKS[name]}.1", f"{BLOCKS[name]}.3")
+    opt_full = torch.optim.AdamW(full.parameters(), lr=1e-2)
+    opt_split = [torch.optim.AdamW(p.parameters(), lr=1e-2) for p in split.parts]
+    for step in range(3):
+        batch = _inputs(name, seed=step)
+        torch.manual_seed(10 + step)  # dropout draws the same masks in both runs
+        expected = full(**batch)
+        _loss(expected, name).backward()
+        torch.manual_seed(10 + step)
+        got, links = _forward(split, batch)
+        _backward(_loss(got, name), links)
+        assert type(got) is type(expected)
+        torch.testing.assert_close(got.logits, expected.logits, rtol=0, atol=TOL)
+        grads = {k: p.grad for part in split.parts for k, p in part.named_parameters()}
+        assert grads.keys() == dict(full.named_parameters()).keys()
+        for key, param in full.named_parameters():
+            torch.testing.assert_close(grads[key], param.grad, rtol=0, atol=TOL, msg=key)
+        opt_full.step()
+        opt_full.zero_grad()
+        for opt in opt_split:
+            opt.step()
+            opt.zero_grad()
+    state = split.state_dict()
+    for key, value in full.state_dict().items():
+        torch.testing.assert_close(state[key], value, rtol=0, atol=TOL, msg=key)
+    # eval mode: dropout off in every part, as in model.eval()
+    full.eval()
+    split.eval()
+    batch = _inputs(name, seed=7)
+    with torch.no_grad():
+        expected = full(**batch).logits
+        torch.testing.assert_close(split.forward(batch).logits, expected, rtol=0, atol=TOL)
+        torch.testing.assert_close(split.forward(batch).logits, expected, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_part_keys_partition_the_full_state_dict(name: str) -> None:
+    torch.manual_seed(0)
+    model = MODELS[name]()
+    inputs = _inputs(name)
+    full_keys = list(model.state_dict())
+    split = split_model(model, [0, 1, 2], inputs, share_weights=True)  # two bodies
+    per_part = [split.part_keys(i) for i in range(4)]
+    assert part_state_keys(model, [0, 1, 2], inputs) == per_part
+    assert sorted(k for keys in per_part for k in keys) == sorted(full_keys)
+    assert all(per_part), per_part
+    blocks = BLOCKS[name]
+    depth = len(blocks.split("."))
+    assert {k.split(".")[depth] for k in per_part[1]} == {"1"}
+    assert {k.split(".")[depth] for k in per_part[2]} == {"2"}
+    assert all(k.startswith(f"{blocks}.3.") or not k.startswith(blocks) for k in per_part[3])
+    ptrs = {t.data_ptr() for t in model.state_dict().values()}
+    assert all(t.data_ptr() in ptrs for t in split.state_dict().values())
+    with torch.no_grad():
+        model.eval()
+        split.eval()
+        torch.testing.assert_close(
+            split.forward(inputs).logits, model(**inputs).logits, rtol=0, atol=TOL
+        )
+
+
+def test_head_and_tail_pair_up_in_order_across_micro_batches() -> None:
+    torch.manual_seed(0)
+    model = _gpt2().eval()
+    split = split_model(model, None, _inputs("gpt2")).eval()
+    batches = [_inputs("gpt2", batch=2, seed=s) for s in range(3)]
+    with torch.no_grad():
+        sent = [split.head(b) for b in batches]  # all heads first, as a pipeline does
+        mids = [split.body(*s) for s in sent]
+        for batch, mid in zip(batches, mids, strict=True):
+            expected = model(**batch).logits
+            torch.testing.assert_close(split.tail(mid).logits, expected, rtol=0, atol=TOL)
+        with pytest.raises(RuntimeError, match="run the head"):
+            split.tail(mids[0])
+
+
+def test_refusals_name_the_reason() -> None:
+    inputs = _inputs("gpt2")
+    with pytest.raises(ValueError, match="use_cache=False"):
+        candidate_cuts(_cached_gpt2(), inputs)
+    tied = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(n_layer=4, n_embd=32, n_head=2, vocab_size=VOCAB, use_cache=False)
+    )
+    with pytest.raises(ValueError, match="tie_word_embeddings=False"):
+        split_model(tied, None, inputs)
+    with pytest.raises(ValueError, match=r"'transformer.h.9'.*valid cuts: \['transformer.h.1'"):
+        split_model(_gpt2(), ["transformer.h.9"], inputs)
+    with pytest.raises(ValueError, match=r"'transformer.h.0': it starts the model"):
+        split_model(_gpt2(), ["transformer.h.0"], inputs)
+    with pytest.raises(ValueError, match="example input"):
+        candidate_cuts(_gpt2())
+
+
+def _cached_gpt2() -> nn.Module:
+    config = transformers.GPT2Config(
+        n_layer=2, n_embd=32, n_head=2, vocab_size=VOCAB, use_cache=True, tie_word_embeddings=False
+    )
+    return transformers.GPT2LMHeadModel(config)
+
+
+def test_an_example_without_the_batches_mask_is_named_at_run_time() -> None:
+    torch.manual_seed(0)
+    model = _bert()
+    plain = {"input_ids": _inputs("bert")["input_ids"]}
+    split = split_model(model, None, plain)
+    with pytest.raises(RuntimeError, match="attention_mask"):
+        split.head(_inputs("bert"))
