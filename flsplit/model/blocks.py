@@ -161,8 +161,8 @@ class _Layout:
             raise ValueError(f"the blocks' arguments differ from the example's: {call!r:.200}")
         return [v for _, v in leaves]
 
-    def pack(self, call: tuple[tuple, dict], with_rest: bool) -> torch.Tensor | tuple:
-        """The crossing of a captured block call: hidden state, then the other tensors."""
+    def pack(self, call: tuple[tuple, dict], with_rest: bool, tag: torch.Tensor) -> tuple:
+        """The crossing of a captured block call: hidden state, other tensors, row tags."""
         args, kwargs = call
         hidden = kwargs["hidden_states"] if self.hidden_kw else args[0]
         leaves = self.leaves(call)
@@ -176,8 +176,12 @@ class _Layout:
                     "(e.g. with its attention_mask)"
                 )
         if not with_rest:
-            return hidden
-        return (hidden, *(v for k, v in zip(self.kinds, leaves, strict=True) if k == "tensor"))
+            return (hidden, tag)
+        batch = hidden.shape[0]
+        rest = [v for k, v in zip(self.kinds, leaves, strict=True) if k == "tensor"]
+        # batch first, so that a data plane can split every crossing tensor into micro-batches
+        rest = [v.expand(batch, *v.shape[1:]) if v.dim() and len(v) == 1 else v for v in rest]
+        return (hidden, *rest, tag)
 
     def call(self, hidden: torch.Tensor, tensors: Sequence[torch.Tensor]) -> tuple[tuple, dict]:
         it = iter(tensors)
@@ -197,12 +201,27 @@ def _meta(value: Any) -> Any:
     return value
 
 
-def _zeros(meta: Any, device: torch.device) -> Any:
+def _zeros(meta: Any, device: torch.device, batch: tuple[int, int]) -> Any:
+    """Zeros shaped like ``meta``; a first dimension ``batch[0]`` becomes ``batch[1]``."""
     if isinstance(meta, tuple) and meta[:1] == ("meta",):
-        return torch.zeros(meta[1], dtype=meta[2], device=device)
+        shape = meta[1]
+        if shape and shape[0] == batch[0]:
+            shape = (batch[1], *shape[1:])
+        return torch.zeros(shape, dtype=meta[2], device=device)
     if isinstance(meta, (tuple, list)):
-        return type(meta)(_zeros(m, device) for m in meta)
+        return type(meta)(_zeros(m, device, batch) for m in meta)
     return meta
+
+
+def _rows(inputs: Any, rows: torch.Tensor, batch: int) -> Any:
+    """The rows ``rows`` of the batch-first tensors in ``inputs`` (a tensor or a mapping)."""
+    if isinstance(inputs, torch.Tensor):
+        if inputs.dim() and len(inputs) == batch:
+            return inputs[rows.to(inputs.device)]
+        return inputs
+    if isinstance(inputs, Mapping):
+        return {k: _rows(v, rows, batch) for k, v in inputs.items()}
+    return inputs
 
 
 class _Context:
@@ -210,6 +229,7 @@ class _Context:
 
     def __init__(self) -> None:
         self.metas: dict[str, deque] = {}
+        self.batch = (0, 0)  # the head's batch size, the rows answered here
         self.hidden: Any = None
         self.rng: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
@@ -249,14 +269,51 @@ class _ShapeStub(nn.Module):
         queue = self.context.metas.get(self.path)
         if not queue:
             raise RuntimeError(f"{self.path!r} belongs to another part and cannot run here")
-        return _zeros(queue.popleft(), self.context.hidden.device)
+        return _zeros(queue.popleft(), self.context.hidden.device, self.context.batch)
+
+
+_ROW_BITS = 32
+_KEPT = 64  # head calls whose rows the tail has not all answered, at most
 
 
 class _Inbox:
-    """The head's inputs waiting for the tail (FIFO), shared by head and tail."""
+    """The head's inputs, by call number, until the tail has answered all their rows.
+
+    The head tags every row it sends with ``call << 32 | row`` (an int64 crossing
+    tensor without gradient, split with the batch into micro-batches); the tail finds
+    the inputs of the rows it receives by their tags, in whatever order they come.
+    """
 
     def __init__(self) -> None:
-        self.queue: deque = deque()
+        self.calls: dict[int, list] = {}  # call -> [inputs, metas, batch, rows left]
+        self.count = 0
+
+    def put(self, inputs: Any, metas: dict, batch: int, device: torch.device) -> torch.Tensor:
+        self.count += 1
+        self.calls[self.count] = [inputs, metas, batch, batch]
+        while len(self.calls) > _KEPT:  # heads whose tail never came (an error between)
+            del self.calls[next(iter(self.calls))]
+        return (self.count << _ROW_BITS) + torch.arange(batch, device=device)
+
+    def take(self, tag: torch.Tensor) -> tuple[Any, dict, tuple[int, int]]:
+        if not isinstance(tag, torch.Tensor) or tag.dtype != torch.int64 or tag.dim() != 1:
+            raise RuntimeError("the tail takes the hidden state and the row tags the head sent")
+        calls = (tag >> _ROW_BITS).unique().tolist()
+        if len(calls) != 1 or calls[0] not in self.calls:
+            raise RuntimeError(
+                f"the tail answers a head call: run the head on this client first (rows of "
+                f"head calls {calls}, waiting: {list(self.calls)})"
+            )
+        entry = self.calls[calls[0]]
+        inputs, metas, batch = entry[0], entry[1], entry[2]
+        rows = tag & ((1 << _ROW_BITS) - 1)
+        entry[3] -= len(rows)
+        if entry[3] <= 0:
+            del self.calls[calls[0]]
+        if len(rows) == batch and bool((rows == torch.arange(batch, device=rows.device)).all()):
+            return inputs, metas, (batch, batch)
+        metas = {p: deque(q) for p, q in metas.items()}  # other rows may still need them
+        return _rows(inputs, rows, batch), metas, (batch, len(rows))
 
 
 class _HeadMixin:
@@ -285,8 +342,10 @@ class _HeadMixin:
         finally:
             for handle in handles:
                 handle.remove()
-        info["inbox"].queue.append((inputs, metas))
-        return info["layout"].pack(call, info["with_rest"])
+        args, kwargs = call
+        hidden = kwargs["hidden_states"] if info["layout"].hidden_kw else args[0]
+        tag = info["inbox"].put(inputs, metas, len(hidden), hidden.device)
+        return info["layout"].pack(call, info["with_rest"], tag)
 
 
 class _TailMixin:
@@ -294,14 +353,13 @@ class _TailMixin:
 
     _flsplit: dict[str, Any]
 
-    def forward(self, hidden: torch.Tensor, *_rest: torch.Tensor) -> Any:
+    def forward(self, hidden: torch.Tensor, tag: torch.Tensor | None = None) -> Any:
         info = self._flsplit
-        if not info["inbox"].queue:
-            raise RuntimeError("the tail answers a head call: run the head on this client first")
-        inputs, metas = info["inbox"].queue.popleft()
+        inputs, metas, batch = info["inbox"].take(tag)
         context: _Context = info["context"]
         cuda = torch.cuda.get_rng_state(hidden.device) if hidden.is_cuda else None
-        context.metas, context.hidden, context.rng = metas, hidden, (torch.get_rng_state(), cuda)
+        context.metas, context.hidden, context.batch = metas, hidden, batch
+        context.rng = (torch.get_rng_state(), cuda)
         try:
             if isinstance(inputs, Mapping):
                 return super().forward(**inputs)  # type: ignore[misc]
@@ -336,7 +394,7 @@ class _Body(nn.Module):
             args, kwargs = self.layout.call(hidden, tensors)
             out = self.get_submodule(path)(*args, **kwargs)
             hidden = out[0] if self.as_tuple else out
-        return (hidden, *tensors) if self.with_rest else hidden
+        return (hidden, *tensors) if self.with_rest else (hidden, tensors[-1])
 
 
 class BlockAnalysis:
