@@ -56,7 +56,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from flsplit.model.splitting import SplitModel, _attach, _restore_modes
+from flsplit.model.splitting import _attach, _restore_modes
 
 __all__ = ["BlockAnalysis", "analyze", "is_transformers_model"]
 
@@ -715,13 +715,3 @@ def _attach_module(root: nn.Module, path: str, module: nn.Module) -> None:
             owner.add_module(atom, child)
         owner = child
     owner.add_module(name, module)
-
-
-def split_blocks(model: nn.Module, analysis: BlockAnalysis, names: tuple[str, ...]) -> SplitModel:
-    """The :class:`SplitModel` of ``analysis`` at ``names``."""
-    return SplitModel(
-        cuts=names,
-        parts=analysis.parts_for(names),
-        full_keys=tuple(analysis.full_keys),
-        model_type=type(model),
-    )

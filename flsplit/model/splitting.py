@@ -11,9 +11,17 @@ Every part is a :class:`torch.fx.GraphModule` whose submodules sit at the same q
 paths as in the original model, so ``part.state_dict()`` keys are the full model's
 ``state_dict`` keys, and the parts' key sets partition the full key set.
 
-Implementation choice
----------------------
-The parts are built with :mod:`torch.fx`, not with ``torch.distributed.pipelining``.
+Which splitter, and why
+-----------------------
+Two splitters share this API. Models that ``torch.fx.symbolic_trace`` traces are split here,
+in the traced graph (any module boundary can be a cut). ``transformers`` models, and models
+fx cannot trace (when an example input is given), are split by :mod:`flsplit.model.blocks`
+between their repeated blocks by running the model's own forward: ``transformers`` 5 has
+no fx tracer of its own and ``symbolic_trace`` fails in its mask code ("co_varnames is too
+small"); ``torch.export`` would freeze dropout's training flag (below). The split of a
+model that fx traces is unchanged by the block splitter's existence.
+
+The fx parts are built with :mod:`torch.fx`, not with ``torch.distributed.pipelining``.
 ``pipelining.pipeline(...)`` traces the model with ``torch.export``, which lowers every
 ``nn.BatchNorm`` and ``nn.Dropout`` call to an ATen op whose ``training`` flag is a constant
 of the graph. Checked with torch 2.14 on ResNet-18 and VGG-11: the exported stage modules
@@ -75,12 +83,13 @@ import copy
 import operator
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.fx as fx
 from torch import nn
+
+from flsplit.model.parts import SplitModel
 
 __all__ = [
     "SplitModel",
@@ -112,120 +121,18 @@ _INPLACE_FUNCTIONS = {
 # --------------------------------------------------------------------------- public API
 
 
-@dataclass
-class SplitModel:
-    """A model cut into sequential parts.
-
-    Attributes
-    ----------
-    cuts : tuple of str
-        Names of the modules that start parts ``1 .. len(cuts)``.
-    parts : list of nn.Module
-        ``len(cuts) + 1`` modules; part 0 takes the model input, part ``i`` takes the
-        output of part ``i - 1`` (a tensor, or a tuple of tensors as separate arguments),
-        the last part returns the model output.
-    full_keys : tuple of str
-        The full model's ``state_dict`` keys, in order (used to order :meth:`part_keys`).
-    model_type : type, optional
-        The class of the model that was split (for messages about what the parts lack).
-    """
-
-    cuts: tuple[str, ...]
-    parts: list[nn.Module]
-    full_keys: tuple[str, ...] = field(default=(), repr=False)
-    model_type: type | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def head(self) -> nn.Module:
-        """The first part (kept by the client)."""
-        return self.parts[0]
-
-    @property
-    def body(self) -> nn.Module:
-        """The middle part of a three-part (U-shaped) split (run by a helper).
-
-        Raises
-        ------
-        ValueError
-            If the split does not have exactly three parts; use ``parts[1:-1]`` then.
-        """
-        if len(self.parts) != 3:
-            raise ValueError(
-                f"body is defined for 3 parts, this split has {len(self.parts)}; use parts[1:-1]"
-            )
-        return self.parts[1]
-
-    @property
-    def tail(self) -> nn.Module:
-        """The last part (kept by the client; returns the model output)."""
-        return self.parts[-1]
-
-    def part_keys(self, index: int) -> list[str]:
-        """Return the ``state_dict`` keys of part ``index``.
-
-        Parameters
-        ----------
-        index : int
-            Part index (negative indices count from the end).
-
-        Returns
-        -------
-        list of str
-            Keys in the order of the full model's ``state_dict``.
-        """
-        keys = self.parts[index].state_dict().keys()
-        if not self.full_keys:
-            return list(keys)
-        present = set(keys)
-        return [k for k in self.full_keys if k in present]
-
-    def forward(self, x: torch.Tensor) -> Any:
-        """Run all parts in sequence (the unsplit computation).
-
-        Parameters
-        ----------
-        x : torch.Tensor
-            Model input.
-
-        Returns
-        -------
-        Any
-            The output of the last part.
-        """
-        for i, part in enumerate(self.parts):
-            x = part(*x) if i and isinstance(x, tuple) else part(x)
-        return x
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Return the union of the parts' state dicts (full-model keys)."""
-        merged: dict[str, torch.Tensor] = {}
-        for part in self.parts:
-            merged.update(part.state_dict())
-        if not self.full_keys:
-            return merged
-        return {k: merged[k] for k in self.full_keys if k in merged}
-
-    def train(self, mode: bool = True) -> SplitModel:
-        """Set every part to train (``mode=True``) or eval mode; return ``self``."""
-        for part in self.parts:
-            part.train(mode)
-        return self
-
-    def eval(self) -> SplitModel:
-        """Set every part to eval mode; return ``self``."""
-        return self.train(False)
-
-
-def candidate_cuts(model: nn.Module, example_input: torch.Tensor | None = None) -> list[str]:
+def candidate_cuts(model: nn.Module, example_input: Any = None) -> list[str]:
     """List the block-level cut points of ``model`` in execution order.
 
     Parameters
     ----------
     model : nn.Module
-        Model traceable by ``torch.fx.symbolic_trace``; it is not modified.
-    example_input : torch.Tensor, optional
-        Input used to check that the value crossing each cut is a tensor. Without it
-        only the graph structure is checked.
+        The model; it is not modified. Traced with fx, or split at its blocks (module
+        docstring).
+    example_input : torch.Tensor or Mapping of str to torch.Tensor, optional
+        Input used to check what crosses each cut. Without it only the fx graph
+        structure is checked; block splitting needs it (a mapping is passed as
+        ``model(**example_input)``).
 
     Returns
     -------
@@ -239,7 +146,7 @@ def candidate_cuts(model: nn.Module, example_input: torch.Tensor | None = None) 
 def resolve_cuts(
     model: nn.Module,
     cuts: Sequence[str | int] | None,
-    example_input: torch.Tensor | None = None,
+    example_input: Any = None,
 ) -> tuple[str, ...]:
     """Turn cut names or candidate indices into canonical cut names.
 
@@ -251,7 +158,7 @@ def resolve_cuts(
         Module names or indices into :func:`candidate_cuts` (negative indices count from
         the end), in execution order. ``None`` gives the default U-shape: two cuts, after
         the first block and before the last block (``candidates[0]``, ``candidates[-1]``).
-    example_input : torch.Tensor, optional
+    example_input : torch.Tensor or Mapping of str to torch.Tensor, optional
         See :func:`candidate_cuts`.
 
     Returns
@@ -272,7 +179,7 @@ def resolve_cuts(
 def split_model(
     model: nn.Module,
     cuts: Sequence[str | int] | None = None,
-    example_input: torch.Tensor | None = None,
+    example_input: Any = None,
     *,
     share_weights: bool = False,
 ) -> SplitModel:
@@ -281,12 +188,14 @@ def split_model(
     Parameters
     ----------
     model : nn.Module
-        Model traceable by ``torch.fx.symbolic_trace`` with one positional tensor input.
+        Model traceable by ``torch.fx.symbolic_trace`` with one positional tensor input,
+        or a model with repeated blocks (:mod:`flsplit.model.blocks`).
     cuts : sequence of str or int, or None
         See :func:`resolve_cuts`; ``None`` gives head, body and tail.
-    example_input : torch.Tensor, optional
+    example_input : torch.Tensor or Mapping of str to torch.Tensor, optional
         Example input (any batch size; the parts accept any batch size). Recommended:
-        it enables the tensor and in-place checks described in the module docstring.
+        it enables the checks described in the module docstring; block splitting
+        needs it.
     share_weights : bool, default False
         If False the parts own a deep copy of the model's parameters and buffers; if True
         they use the model's own modules and tensors (training the parts trains
@@ -309,7 +218,7 @@ def split_model(
 def part_state_keys(
     model: nn.Module,
     cuts: Sequence[str | int] | None = None,
-    example_input: torch.Tensor | None = None,
+    example_input: Any = None,
 ) -> list[list[str]]:
     """Return the ``state_dict`` keys of every part, without copying any tensor.
 
@@ -319,7 +228,7 @@ def part_state_keys(
         The model; it is not modified.
     cuts : sequence of str or int, or None
         See :func:`resolve_cuts`.
-    example_input : torch.Tensor, optional
+    example_input : torch.Tensor or Mapping of str to torch.Tensor, optional
         See :func:`candidate_cuts`.
 
     Returns

@@ -217,3 +217,73 @@ def test_an_example_without_the_batches_mask_is_named_at_run_time() -> None:
     split = split_model(model, None, plain)
     with pytest.raises(RuntimeError, match="attention_mask"):
         split.head(_inputs("bert"))
+
+
+def test_a_task_with_mapping_inputs_splits_once_and_hands_out_copies() -> None:
+    from flsplit.task import SplitTask
+
+    torch.manual_seed(0)
+    model = _gpt2().eval()
+    task = SplitTask(
+        model_fn=lambda cfg: copy.deepcopy(model),
+        load_data=lambda p, n, cfg: ([], []),
+        example_input=lambda cfg: _inputs("gpt2"),
+    )
+    config = task.config()
+    first, second = task.split(config), task.split(config)
+    assert first.cuts == ("transformer.h.1", "transformer.h.3")
+    inbox = second.head._flsplit["inbox"]  # head and tail of one copy pair up, copies do not
+    assert second.tail._flsplit["inbox"] is inbox is not first.head._flsplit["inbox"]
+    batch = _inputs("gpt2", seed=3)
+    with torch.no_grad():
+        got = second.eval().forward(batch).logits
+        torch.testing.assert_close(got, model(**batch).logits, rtol=0, atol=TOL)
+
+
+class _Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return h + torch.tanh(self.lin(h))
+
+
+class _Untraceable(nn.Module):
+    """Data-dependent control flow: fx cannot trace it, its blocks can still be cut."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, 8)
+        self.blocks = nn.ModuleList(_Residual() for _ in range(4))
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        if h.sum() > 0:
+            h = h * 2
+        for block in self.blocks:
+            h = block(h)
+        return self.out(h)
+
+
+def test_a_model_fx_cannot_trace_is_split_at_its_blocks() -> None:
+    torch.manual_seed(0)
+    model = _Untraceable().double()
+    x = torch.randn(3, 4, dtype=torch.float64)
+    with pytest.raises(ValueError, match="cannot trace"):
+        candidate_cuts(model)  # no example input: no way to run its blocks
+    assert candidate_cuts(model, x) == ["blocks.1", "blocks.2", "blocks.3"]
+    split = split_model(model, ["blocks.2"], x)
+    assert split.part_keys(1) == [
+        "blocks.2.lin.weight", "blocks.2.lin.bias", "blocks.3.lin.weight", "blocks.3.lin.bias",
+        "out.weight", "out.bias",
+    ]  # fmt: skip
+    got, links = _forward(split, x)
+    expected = model(x)
+    torch.testing.assert_close(got, expected, rtol=0, atol=TOL)
+    _backward(got.sum(), links)
+    expected.sum().backward()
+    grads = {k: p.grad for part in split.parts for k, p in part.named_parameters()}
+    for key, param in model.named_parameters():
+        torch.testing.assert_close(grads[key], param.grad, rtol=0, atol=TOL, msg=key)
