@@ -287,3 +287,22 @@ def test_a_model_fx_cannot_trace_is_split_at_its_blocks() -> None:
     grads = {k: p.grad for part in split.parts for k, p in part.named_parameters()}
     for key, param in model.named_parameters():
         torch.testing.assert_close(grads[key], param.grad, rtol=0, atol=TOL, msg=key)
+
+
+def test_profile_measures_every_block_of_a_transformers_model() -> None:
+    from flsplit.model.profile import profile_model, validate_profile
+
+    model = _gpt2()
+    profile = profile_model(model, _inputs("gpt2", batch=2), repeats=1, warmup=0)
+    validate_profile(profile)
+    layers = profile["layers"]
+    assert [layer["name"] for layer in layers] == ["transformer"] + [
+        f"transformer.h.{k}" for k in (1, 2, 3)
+    ]
+    total = sum(p.numel() * 4 for p in model.parameters()) / 1024
+    assert sum(layer["weights_kib"] for layer in layers) == pytest.approx(total, rel=1e-3)
+    hidden, position_ids, tags = 2 * 7 * 32 * 4, 2 * 7 * 8, 2 * 8  # bytes, body to body
+    kib = [layer["activation_kib"] for layer in layers]
+    assert kib[1] == pytest.approx((hidden + position_ids + tags) / 1024, abs=1e-3)
+    assert kib[2] == pytest.approx((hidden + tags) / 1024, abs=1e-3)  # to the tail
+    assert profile["batch_size"] == 2
