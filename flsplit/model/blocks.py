@@ -134,9 +134,11 @@ class _Layout:
         self.spec = (tuple, [_flatten(v, n, leaves) for v, n in zip(rest[0], named, strict=True)])
         self.kwspec = _flatten(rest[1], "", leaves)
         self.names = [n for n, _ in leaves]
-        self.kinds: list[Any] = []  # "tensor" or ("const", value)
+        self.kinds: list[Any] = []  # "tensor", "mask" or ("const", value)
         for name, value in leaves:
-            if isinstance(value, torch.Tensor):
+            if name.endswith("mask") and (value is None or isinstance(value, torch.Tensor)):
+                self.kinds.append("mask")  # None for a batch without padding, else a tensor
+            elif isinstance(value, torch.Tensor):
                 self.kinds.append("tensor")
             elif value is None or isinstance(value, _CONSTANTS):
                 self.kinds.append(("const", value))
@@ -168,29 +170,45 @@ class _Layout:
         leaves = self.leaves(call)
         for name, kind, value in zip(self.names, self.kinds, leaves, strict=True):
             is_tensor = isinstance(value, torch.Tensor)
+            if kind == "mask" and (value is None or is_tensor):
+                continue
             if (kind == "tensor") != is_tensor or (not is_tensor and value != kind[1]):
                 was = "a tensor" if kind == "tensor" else repr(kind[1])
                 raise RuntimeError(
                     f"block argument {name!r} is {type(value).__name__} here but was {was} in "
-                    "the example input; split with an example input shaped like the batches "
-                    "(e.g. with its attention_mask)"
+                    "the example input; split with an example input like the batches (with "
+                    "the same keys)"
                 )
         if not with_rest:
             return (hidden, tag)
         batch = hidden.shape[0]
-        rest = [v for k, v in zip(self.kinds, leaves, strict=True) if k == "tensor"]
+        # a missing mask travels as an empty (batch, 0) bool tensor
+        none = torch.empty(batch, 0, dtype=torch.bool, device=hidden.device)
+        rest = [
+            none if v is None else v
+            for k, v in zip(self.kinds, leaves, strict=True)
+            if k in ("tensor", "mask")
+        ]
         # batch first, so that a data plane can split every crossing tensor into micro-batches
         rest = [v.expand(batch, *v.shape[1:]) if v.dim() and len(v) == 1 else v for v in rest]
         return (hidden, *rest, tag)
 
     def call(self, hidden: torch.Tensor, tensors: Sequence[torch.Tensor]) -> tuple[tuple, dict]:
         it = iter(tensors)
-        values = iter([next(it) if k == "tensor" else k[1] for k in self.kinds])
+        values = iter(
+            [_received(next(it), k) if k in ("tensor", "mask") else k[1] for k in self.kinds]
+        )
         args = _unflatten(self.spec, values)
         kwargs = _unflatten(self.kwspec, values)
         if self.hidden_kw:
             return args, {"hidden_states": hidden, **kwargs}
         return (hidden, *args), kwargs
+
+
+def _received(value: torch.Tensor, kind: str) -> torch.Tensor | None:
+    if kind == "mask" and value.dtype == torch.bool and value.dim() == 2 and not value.shape[1]:
+        return None
+    return value
 
 
 def _meta(value: Any) -> Any:

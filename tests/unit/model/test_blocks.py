@@ -210,13 +210,21 @@ def _cached_gpt2() -> nn.Module:
     return transformers.GPT2LMHeadModel(config)
 
 
-def test_an_example_without_the_batches_mask_is_named_at_run_time() -> None:
+@pytest.mark.parametrize("name", ["gpt2", "bert"])
+def test_batches_with_and_without_padding_follow_an_example_without_it(name: str) -> None:
     torch.manual_seed(0)
-    model = _bert()
-    plain = {"input_ids": _inputs("bert")["input_ids"]}
-    split = split_model(model, None, plain)
-    with pytest.raises(RuntimeError, match="attention_mask"):
-        split.head(_inputs("bert"))
+    model = MODELS[name]().double().eval()
+    padded = _inputs("bert")
+    ones = torch.ones_like(padded["attention_mask"])
+    plain = {"input_ids": padded["input_ids"], "attention_mask": ones}
+    split = split_model(model, None, plain).eval()
+    with torch.no_grad():
+        for batch in (padded, plain, {"input_ids": padded["input_ids"]}):
+            sent = split.head(batch)
+            masks = [t for t in sent if t.dtype == torch.bool]
+            assert masks[0].dim() == (4 if batch is padded else 2)  # (batch, 0): None
+            got = split.tail(*split.body(*sent)).logits
+            torch.testing.assert_close(got, model(**batch).logits, rtol=0, atol=TOL)
 
 
 def test_a_task_with_mapping_inputs_splits_once_and_hands_out_copies() -> None:
