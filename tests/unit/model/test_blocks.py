@@ -314,3 +314,26 @@ def test_profile_measures_every_block_of_a_transformers_model() -> None:
     assert kib[1] == pytest.approx((hidden + position_ids + tags) / 1024, abs=1e-3)
     assert kib[2] == pytest.approx((hidden + tags) / 1024, abs=1e-3)  # to the tail
     assert profile["batch_size"] == 2
+
+
+def test_chain_cuts_balance_the_blocks_of_a_transformers_model() -> None:
+    from flsplit.model.chain_cuts import ChainSettings, chain_cut_names
+
+    config = transformers.GPT2Config(
+        n_layer=6, n_embd=32, n_head=2, vocab_size=VOCAB, use_cache=False,
+        tie_word_embeddings=False,
+    )  # fmt: skip
+    model = transformers.GPT2LMHeadModel(config)
+    outer = ("transformer.h.1", "transformer.h.5")
+    got = chain_cut_names(model, _inputs("gpt2"), outer, ChainSettings(length=2), batch_size=8)
+    assert got == ("transformer.h.1", "transformer.h.3", "transformer.h.5")  # 2 + 2 blocks
+
+
+def test_part_costs_measure_a_transformers_model_on_a_batch_of_the_training_size() -> None:
+    from flsplit.model.costs import measure_part_costs
+
+    costs = measure_part_costs(
+        _gpt2(), _inputs("gpt2", batch=2), ("transformer.h.1", "transformer.h.3"), 5
+    )
+    assert costs.cut1_bytes == 5 * 7 * 32 * 4 + 5 * 7 * 8 + 5 * 8  # hidden, position ids, tags
+    assert costs.body_fwd_ms > 0 and costs.tail_ms > 0
