@@ -126,6 +126,11 @@ class _Layout:
     def __init__(self, call: tuple[tuple, dict], names: list[str]) -> None:
         args, kwargs = call
         self.hidden_kw = not args
+        if self.hidden_kw and "hidden_states" not in kwargs:
+            raise ValueError(
+                "the blocks receive their input neither as their first positional argument "
+                "nor as hidden_states"
+            )
         rest = (args[1:], {k: v for k, v in kwargs.items() if k != "hidden_states"})
         named = [
             (names[i + 1] if i + 1 < len(names) else f"args[{i + 1}]") for i in range(len(args) - 1)
@@ -558,7 +563,7 @@ class BlockAnalysis:
             else:
                 k = self.index.get(cut) if isinstance(cut, str) else None
                 why = (
-                    self.reasons.get(k, "it starts the model")
+                    self.reasons.get(k, "the first block stays in the head")
                     if k is not None
                     else f"not a block of {type(self.model).__name__} (its blocks are "
                     f"{self.blocks[0].rpartition('.')[0] or 'top-level'}.*)"

@@ -197,7 +197,7 @@ def test_refusals_name_the_reason() -> None:
         split_model(tied, None, inputs)
     with pytest.raises(ValueError, match=r"'transformer.h.9'.*valid cuts: \['transformer.h.1'"):
         split_model(_gpt2(), ["transformer.h.9"], inputs)
-    with pytest.raises(ValueError, match=r"'transformer.h.0': it starts the model"):
+    with pytest.raises(ValueError, match=r"'transformer.h.0': the first block stays in the head"):
         split_model(_gpt2(), ["transformer.h.0"], inputs)
     with pytest.raises(ValueError, match="example input"):
         candidate_cuts(_gpt2())
