@@ -56,7 +56,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from flsplit.model.splitting import _attach, _restore_modes
+from flsplit.model.parts import attach_state, restore_modes
 
 __all__ = ["BlockAnalysis", "analyze", "is_transformers_model"]
 
@@ -492,7 +492,7 @@ class BlockAnalysis:
 
                 handles.append(module.register_forward_hook(post))
         try:
-            with _restore_modes(self.model), torch.no_grad():
+            with restore_modes(self.model), torch.no_grad():
                 self.model.eval()
                 if isinstance(example_input, Mapping):
                     self.model(**example_input)
@@ -659,7 +659,7 @@ class BlockAnalysis:
                 _attach_module(body, path, self.model.get_submodule(path))
             for key, p in owner.items():
                 if p == i and not any(key.startswith(f"{b}.") for b in body.paths):
-                    _attach(body, key, self.model)
+                    attach_state(body, key, self.model)
             parts.append(body)
         context = _Context()
         tail = self._skeleton(self.model, "", last, ks, context)

@@ -4,18 +4,20 @@ The parts come from the fx splitter (:mod:`flsplit.model.splitting`) or the bloc
 (:mod:`flsplit.model.blocks`); either way part 0 takes the model input (a tensor, or a
 mapping of tensors for ``model(**inputs)``), part ``i > 0`` takes what part ``i - 1``
 returned (a tensor, or a tuple of tensors as separate arguments), and the last part
-returns the model output.
+returns the model output. The helpers below serve both splitters.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["SplitModel"]
+__all__ = ["SplitModel", "attach_state", "restore_modes"]
 
 
 @dataclass
@@ -120,3 +122,31 @@ class SplitModel:
     def eval(self) -> SplitModel:
         """Set every part to eval mode; return ``self``."""
         return self.train(False)
+
+
+@contextmanager
+def restore_modes(model: nn.Module) -> Iterator[None]:
+    """Restore the ``training`` flag of every submodule on exit."""
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def attach_state(part: nn.Module, key: str, root: nn.Module) -> None:
+    """Install ``root``'s parameter or buffer ``key`` in ``part`` at the same path."""
+    path, _, attr = key.rpartition(".")
+    value = getattr(root.get_submodule(path) if path else root, attr)
+    owner = part
+    for atom in path.split(".") if path else []:
+        child = owner._modules.get(atom)
+        if child is None:
+            child = nn.Module()
+            owner.add_module(atom, child)
+        owner = child
+    if isinstance(value, nn.Parameter):
+        owner.register_parameter(attr, value)
+    elif isinstance(value, torch.Tensor):
+        owner.register_buffer(attr, value)

@@ -81,15 +81,14 @@ from __future__ import annotations
 
 import copy
 import operator
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 import torch.fx as fx
 from torch import nn
 
-from flsplit.model.parts import SplitModel
+from flsplit.model.parts import SplitModel, attach_state, restore_modes
 
 __all__ = [
     "SplitModel",
@@ -243,22 +242,11 @@ def part_state_keys(
 # --------------------------------------------------------------------------- internals
 
 
-@contextmanager
-def _restore_modes(model: nn.Module) -> Iterator[None]:
-    """Restore the ``training`` flag of every submodule on exit."""
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
-
-
 def _trace(model: nn.Module) -> fx.GraphModule:
     """Trace ``model`` with fx in train and eval mode and check both graphs agree."""
     before = set(vars(model))
     traced: list[fx.GraphModule] = []
-    with _restore_modes(model):
+    with restore_modes(model):
         for mode in (True, False):
             model.train(mode)
             try:
@@ -418,7 +406,7 @@ class _Analysis:
                     seen[(p, crossing)] = (value, version)
                 return super().run_node(node)
 
-        with _restore_modes(self.gm), torch.no_grad():
+        with restore_modes(self.gm), torch.no_grad():
             self.gm.eval()
             try:
                 _Probe(self.gm).run(example_input)
@@ -615,25 +603,8 @@ class _Analysis:
 
             scores = [max((shared(o) for o in c), default=0) for c in covered]
             target = scores.index(max(scores))
-            _attach(parts[target], key, self.model)
+            attach_state(parts[target], key, self.model)
             covered[target].add(key)
-
-
-def _attach(part: nn.Module, key: str, root: nn.Module) -> None:
-    """Install ``root``'s parameter or buffer ``key`` in ``part`` at the same path."""
-    path, _, attr = key.rpartition(".")
-    value = getattr(root.get_submodule(path) if path else root, attr)
-    owner = part
-    for atom in path.split(".") if path else []:
-        child = owner._modules.get(atom)
-        if child is None:
-            child = nn.Module()
-            owner.add_module(atom, child)
-        owner = child
-    if isinstance(value, nn.Parameter):
-        owner.register_parameter(attr, value)
-    elif isinstance(value, torch.Tensor):
-        owner.register_buffer(attr, value)
 
 
 class _TraceError(ValueError):
