@@ -22,18 +22,26 @@ module call and the arguments of every block. The cut before block ``k`` is vali
 block ``k``'s first positional (or ``hidden_states``) argument is block ``k - 1``'s output
 (or its ``[0]``) and no module is called between the two blocks. All other arguments must
 be the same objects for every block (an attention mask, position ids, rotary cos/sin).
-Their tensors cross the cut after the hidden state, in argument order, without gradient;
-``None``, bools, ints, floats and strings are constants held by the parts. Any other object
-refuses the split, e.g. a ``DynamicCache``: build the model with ``use_cache=False``.
+Their tensors cross the cut after the hidden state, in argument order, without gradient,
+batch-first (one of batch size 1 is expanded), so a data plane can split every crossing
+tensor into micro-batches. An argument named ``*mask`` may be ``None`` (no padding) or a
+tensor from batch to batch; ``None`` crosses as an empty ``(batch, 0)`` bool tensor. Other
+``None``s, bools, ints, floats and strings are constants held by the parts. Any other
+object refuses the split, e.g. a ``DynamicCache``: build the model with
+``use_cache=False``.
 
 Parts
 -----
 * The head runs the model's forward on the inputs and stops when block ``a`` is called;
-  it returns the hidden state, plus the other crossing tensors when the next part is a body.
-* A body runs its blocks directly on what it receives, with its constants.
-* The tail runs the model's forward again on the inputs of the head call it answers (head
-  and tail live on the same client: the head keeps a FIFO of its inputs; call them in the
-  same order). In the tail, modules owned by other parts are stubs without weights: a
+  it returns the hidden state, the other crossing tensors when the next part is a body,
+  and last an int64 tensor of row tags (``call << 32 | row``).
+* A body runs its blocks directly on what it receives, with its constants, and passes the
+  tags on.
+* The tail runs the model's forward again on the inputs of the rows it receives. Head and
+  tail live on the same client: the head keeps its inputs until the tail has answered all
+  their rows and the tail finds them by the tags, so micro-batches may come back in any
+  order (the inputs of at most 64 head calls wait). In the tail, modules owned by other
+  parts are stubs without weights: a
   block before ``b`` returns the received hidden state, other modules return zeros shaped
   like what they returned in the head; the random-number state is restored before block
   ``b``, so dropout after the cut draws what the unsplit model draws. The tail returns the

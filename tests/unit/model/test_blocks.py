@@ -337,3 +337,19 @@ def test_part_costs_measure_a_transformers_model_on_a_batch_of_the_training_size
     )
     assert costs.cut1_bytes == 5 * 7 * 32 * 4 + 5 * 7 * 8 + 5 * 8  # hidden, position ids, tags
     assert costs.body_fwd_ms > 0 and costs.tail_ms > 0
+
+
+def test_a_lora_wrapped_model_is_split_at_its_blocks() -> None:
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(0)
+    config = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+    model = peft.get_peft_model(_llama(), config).eval()
+    inputs = _inputs("llama")
+    split = split_model(model, None, inputs).eval()
+    assert split.cuts == ("base_model.model.model.layers.1", "base_model.model.model.layers.3")
+    trainable = {k for part in split.parts for k, p in part.named_parameters() if p.requires_grad}
+    assert trainable == {k for k, p in model.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        torch.testing.assert_close(
+            split.forward(inputs).logits, model(**inputs).logits, rtol=0, atol=TOL
+        )
