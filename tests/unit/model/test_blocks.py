@@ -96,15 +96,18 @@ def _backward(loss: torch.Tensor, links: list) -> None:
         torch.autograd.backward([s for s, _ in pairs], [g for _, g in pairs])
 
 
-@pytest.mark.parametrize("name", list(MODELS))
-def test_split_training_equals_the_unsplit_model(name: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "cuts"), [("gpt2", None), ("bert", None), ("llama", None), ("bert", [0, 1, 2])]
+)
+def test_split_training_equals_the_unsplit_model(name: str, cuts: list[int] | None) -> None:
     torch.manual_seed(0)
     model = MODELS[name](dropout=0.1).double().train()
     inputs = _inputs(name)
     assert candidate_cuts(model, inputs) == [f"{BLOCKS[name]}.{k}" for k in (1, 2, 3)]
     full = copy.deepcopy(model)
-    split = split_model(model, None, inputs)
-    assert split.cuts == (f"{BLOCKS[name]}.1", f"{BLOCKS[name]}.3")
+    split = split_model(model, cuts, inputs)
+    blocks = (1, 3) if cuts is None else (1, 2, 3)  # U-shape, or a chain of two bodies
+    assert split.cuts == tuple(f"{BLOCKS[name]}.{k}" for k in blocks)
     opt_full = torch.optim.AdamW(full.parameters(), lr=1e-2)
     opt_split = [torch.optim.AdamW(p.parameters(), lr=1e-2) for p in split.parts]
     for step in range(3):
