@@ -357,7 +357,7 @@ class _Analysis:
         return getattr(self.gm.get_submodule(owner) if owner else self.gm, name)
 
     def _find_valid_positions(self) -> None:
-        """Positions (boundary before ``nodes[p]``) crossed by exactly one value."""
+        """Valid positions (boundary before ``nodes[p]``) and the values crossing them."""
         self.state_tensor_ids = {id(t) for t in self.model.state_dict(keep_vars=True).values()}
         n = len(self.nodes)
         last_use = [max((self.index[u] for u in node.users), default=-1) for node in self.nodes]
