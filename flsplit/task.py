@@ -40,7 +40,8 @@ class SplitTask:
         ``load_data(partition_id, num_partitions, run_config) -> (train, val)`` with two
         iterables of ``(inputs, labels)`` batches for one client.
     example_input : callable
-        ``example_input(run_config)`` returns one input batch, used to trace the model.
+        ``example_input(run_config)`` returns one input batch, used to trace the model: a
+        tensor, or a mapping of tensors passed as ``model(**inputs)`` (transformers).
     loss_fn : callable
         ``loss_fn(logits, labels)``, mean over the batch; runs on the client.
     optimizer_fn : callable
@@ -72,7 +73,7 @@ class SplitTask:
 
     model_fn: Callable[[Mapping[str, Any]], nn.Module]
     load_data: Callable[[int, int, Mapping[str, Any]], tuple[Iterable, Iterable]]
-    example_input: Callable[[Mapping[str, Any]], torch.Tensor]
+    example_input: Callable[[Mapping[str, Any]], torch.Tensor | Mapping[str, torch.Tensor]]
     loss_fn: LossFn = nn.functional.cross_entropy
     optimizer_fn: OptimizerFn = sgd
     load_test_data: Callable[[Mapping[str, Any]], Iterable] | None = None
@@ -103,11 +104,20 @@ class SplitTask:
         """Split a fresh model at the run config's ``cuts`` (traced once per process)."""
         model = self.model_fn(config)
         example = self.example_input(config)
-        key = (repr(model), tuple(example.shape), str(example.dtype), parse_cuts(config["cuts"]))
+        key = (repr(model), _signature(example), parse_cuts(config["cuts"]))
         cached = _SPLIT_CACHE.get(key)
         if cached is None:
             cached = _SPLIT_CACHE[key] = split_model(model, key[-1], example)
         return copy.deepcopy(cached)
+
+
+def _signature(example: Any) -> tuple:
+    """Shapes and dtypes of an example input (a tensor or a mapping of tensors)."""
+    if isinstance(example, Mapping):
+        return tuple((k, *_signature(v)) for k, v in sorted(example.items()))
+    if isinstance(example, torch.Tensor):
+        return (tuple(example.shape), str(example.dtype))
+    return (repr(example),)
 
 
 @dataclass(frozen=True)

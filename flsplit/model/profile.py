@@ -37,6 +37,20 @@ def _param_bytes(module: nn.Module) -> int:
     return sum(tensor_nbytes(p) for p in module.parameters())
 
 
+def _tensors(value: Any) -> tuple[torch.Tensor, ...]:
+    """The tensors of a part's output: a tensor, a tuple, or a ``ModelOutput``'s logits."""
+    if isinstance(value, torch.Tensor):
+        return (value,)
+    if isinstance(value, tuple):
+        return tuple(v for v in value if isinstance(v, torch.Tensor))
+    return (value.logits,)
+
+
+def _received(sent: Any) -> tuple[torch.Tensor, ...]:
+    """What the next part receives: detached, floating-point tensors needing a gradient."""
+    return tuple(t.detach().requires_grad_(t.requires_grad) for t in _tensors(sent))
+
+
 class _SavedBytes:
     """Counts the bytes autograd saves for backward while active."""
 
@@ -58,7 +72,7 @@ class _SavedBytes:
 
 def profile_model(
     model: nn.Module,
-    example_input: torch.Tensor,
+    example_input: Any,
     *,
     model_name: str = "model",
     dataset: str = "",
@@ -74,8 +88,9 @@ def profile_model(
     ----------
     model : nn.Module
         The model (not modified: it is split into copies).
-    example_input : torch.Tensor
-        One batch; its first dimension is the batch size profiled.
+    example_input : torch.Tensor or Mapping of str to torch.Tensor
+        One batch; its first dimension is the batch size profiled. A mapping is passed
+        as ``model(**inputs)`` (a model split at its blocks, :mod:`flsplit.model.blocks`).
     model_name, dataset : str
         Labels written to the profile.
     device_name : str
@@ -111,32 +126,37 @@ def profile_model(
     saved = [0] * len(parts)
     for run in range(warmup + repeats):
         measured = run >= warmup
-        inputs: list[torch.Tensor] = []
-        outputs: list[torch.Tensor] = []
+        inputs: list[tuple[torch.Tensor, ...]] = []
+        outputs: list[Any] = []
         x = example_input
         for i, part in enumerate(parts):
-            x_in = x.detach().requires_grad_(i > 0)
+            x_in = _received(x) if i else ()
             with _SavedBytes() as counter:
                 start = time.perf_counter()
-                y = part(x_in)
+                y = part(*x_in) if i else part(x)
                 elapsed = time.perf_counter() - start
             if measured:
                 forward[i].append(elapsed)
-            activation[i], saved[i] = tensor_nbytes(y), counter.total
+            activation[i] = sum(tensor_nbytes(t) for t in _tensors(y))
+            saved[i] = counter.total
             inputs.append(x_in)
             outputs.append(y)
             x = y
+        logits = _tensors(outputs[-1])[0]
         if target is None:
-            target = torch.zeros(outputs[-1].shape[0], dtype=torch.long)
-        grad = None
+            target = torch.zeros(logits.shape[0], dtype=torch.long)
         for i in reversed(range(len(parts))):
             start = time.perf_counter()
             if i == len(parts) - 1:
-                nn.functional.cross_entropy(outputs[i].float().flatten(1), target).backward()
+                nn.functional.cross_entropy(logits.float().flatten(1), target).backward()
             else:
-                outputs[i].backward(grad)
+                flows = [
+                    (s, r.grad)
+                    for s, r in zip(_tensors(outputs[i]), inputs[i + 1], strict=True)
+                    if r.requires_grad
+                ]
+                torch.autograd.backward([s for s, _ in flows], [g for _, g in flows])
             elapsed = time.perf_counter() - start
-            grad = inputs[i].grad
             if measured:
                 backward[i].append(elapsed)
         for i, optimizer in enumerate(optimizers):
@@ -164,7 +184,7 @@ def profile_model(
     return {
         "model": model_name,
         "dataset": dataset,
-        "batch_size": int(example_input.shape[0]),
+        "batch_size": len(logits),
         "units": {
             "time": "ms per batch",
             "size": "KiB per batch (activations) / KiB (weights)",
