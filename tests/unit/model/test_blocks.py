@@ -9,11 +9,10 @@ from typing import Any
 
 import pytest
 import torch
+import transformers
 from torch import nn
 
 from flsplit.model.splitting import SplitModel, candidate_cuts, part_state_keys, split_model
-
-transformers = pytest.importorskip("transformers")
 
 TOL = 1e-6
 VOCAB = 100
@@ -343,7 +342,7 @@ def test_part_costs_measure_a_transformers_model_on_a_batch_of_the_training_size
 
 
 def test_a_lora_wrapped_model_is_split_at_its_blocks() -> None:
-    peft = pytest.importorskip("peft")
+    import peft
     torch.manual_seed(0)
     config = peft.LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
     model = peft.get_peft_model(_llama(), config).eval()
