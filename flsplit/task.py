@@ -13,6 +13,12 @@ from torch import nn
 from flsplit.config import RunConfig
 from flsplit.model.splitting import SplitModel, parse_cuts, split_model
 
+#: A batch's inputs: one tensor, or named tensors the model takes as keyword arguments
+#: (``model(**inputs)``, as Hugging Face models take ``input_ids`` and ``attention_mask``).
+Inputs = torch.Tensor | Mapping[str, torch.Tensor]
+#: ``(inputs, labels)`` keys of dict batches: one input key, or several (a tuple) that make
+#: the inputs a dict of those keys.
+BatchKeys = tuple[str | tuple[str, ...], str]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 OptimizerFn = Callable[[Iterable[nn.Parameter], Mapping[str, Any]], torch.optim.Optimizer]
 #: ``train_fn(model, train_loader, config, device)``: the app's own training function.
@@ -37,11 +43,16 @@ class SplitTask:
         weights matter (they are broadcast).
     load_data : callable
         ``load_data(partition_id, num_partitions, run_config) -> (train, val)`` with two
-        iterables of ``(inputs, labels)`` batches for one client.
+        iterables of batches for one client: ``(inputs, labels)`` tuples or dicts read
+        with ``batch_keys``.
     example_input : callable
-        ``example_input(run_config)`` returns one input batch, used to trace the model.
+        ``example_input(run_config)`` returns one input batch, used to trace the model:
+        a tensor, or a mapping of named tensors when the model takes keyword inputs
+        (``model(**inputs)``), as the batches' inputs are.
     loss_fn : callable
-        ``loss_fn(logits, labels)``, mean over the batch; runs on the client.
+        ``loss_fn(logits, labels)``, mean over the batch; runs on the client. ``logits``
+        is the model's output, or its ``.logits`` when it returns a ``transformers``
+        ``ModelOutput``.
     optimizer_fn : callable
         ``optimizer_fn(params, run_config)``; used for head and tail on the client and for
         the body on the helper by flsplit's own training loop (not with ``train_fn``).
@@ -62,26 +73,32 @@ class SplitTask:
         training and saved after), as its plain ``train`` handler does.
     load_test_data : callable, optional
         ``load_test_data(run_config) -> iterable of batches`` for server-side evaluation.
-    batch_keys : tuple of str
-        Keys of inputs and labels when batches are dicts (Flower Datasets' loaders yield
-        ``{"img": ..., "label": ...}``); tuple batches are ``(inputs, labels)``.
+    batch_keys : tuple
+        ``(inputs, labels)`` keys when batches are dicts (Flower Datasets' loaders yield
+        ``{"img": ..., "label": ...}``); tuple batches are ``(inputs, labels)``. The inputs
+        key may be a tuple of keys: ``(("input_ids", "attention_mask"), "labels")`` makes
+        each batch's inputs the dict of those two, which the model takes as keyword
+        arguments; the labels key must not be one of them (labels stay with the loss).
     run_config : dict
         Defaults of this task, between flsplit's and the run config's.
     """
 
     model_fn: Callable[[Mapping[str, Any]], nn.Module]
     load_data: Callable[[int, int, Mapping[str, Any]], tuple[Iterable, Iterable]]
-    example_input: Callable[[Mapping[str, Any]], torch.Tensor]
+    example_input: Callable[[Mapping[str, Any]], Inputs]
     loss_fn: LossFn = nn.functional.cross_entropy
     optimizer_fn: OptimizerFn = sgd
     load_test_data: Callable[[Mapping[str, Any]], Iterable] | None = None
-    batch_keys: tuple[str, str] = ("img", "label")
+    batch_keys: BatchKeys = ("img", "label")
     run_config: dict[str, Any] = field(default_factory=dict)
     train_fn: TrainFn | None = None
     restore_state: StateHook | None = None
     save_state: StateHook | None = None
 
-    def batches(self, loader: Iterable) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    def __post_init__(self) -> None:
+        self.batch_keys = _checked_keys(self.batch_keys)
+
+    def batches(self, loader: Iterable) -> Iterable[tuple[Inputs, torch.Tensor]]:
         """``(inputs, labels)`` of ``loader``, whether it yields tuples or dicts.
 
         The result can be iterated again (one pass over ``loader`` each time), so several
@@ -102,11 +119,43 @@ class SplitTask:
         """Split a fresh model at the run config's ``cuts`` (traced once per process)."""
         model = self.model_fn(config)
         example = self.example_input(config)
-        key = (repr(model), tuple(example.shape), str(example.dtype), parse_cuts(config["cuts"]))
+        key = (repr(model), _example_key(example), parse_cuts(config["cuts"]))
         cached = _SPLIT_CACHE.get(key)
         if cached is None:
             cached = _SPLIT_CACHE[key] = split_model(model, key[-1], example)
         return copy.deepcopy(cached)
+
+
+def _checked_keys(keys: Any) -> BatchKeys:
+    """``keys`` as ``(inputs key or keys, labels key)``, or ``ValueError`` saying why not."""
+    example = (
+        'batch_keys=("img", "label") or batch_keys=(("input_ids", "attention_mask"), "labels")'
+    )
+    if isinstance(keys, str) or not isinstance(keys, tuple | list) or len(keys) != 2:
+        raise ValueError(f"batch_keys={keys!r} is not an (inputs, labels) pair; e.g. {example}")
+    inputs, labels = keys
+    if not isinstance(inputs, str):
+        inputs = tuple(inputs) if isinstance(inputs, tuple | list) else inputs
+        if (not isinstance(inputs, tuple) or not inputs
+                or not all(isinstance(k, str) for k in inputs)):
+            raise ValueError(
+                f"batch_keys={keys!r}: the inputs are one key or a tuple of keys; e.g. {example}"
+            )
+    if not isinstance(labels, str):
+        raise ValueError(f"batch_keys={keys!r}: the labels are one key; e.g. {example}")
+    if labels in ((inputs,) if isinstance(inputs, str) else inputs):
+        raise ValueError(
+            f"batch_keys={keys!r}: the labels key {labels!r} is also an input; the labels "
+            "stay with the loss on the client, so name them once, as the labels key"
+        )
+    return inputs, labels
+
+
+def _example_key(example: Inputs) -> tuple:
+    """What tracing depends on in an example input: its names, shapes and dtypes."""
+    if isinstance(example, Mapping):
+        return tuple((k, tuple(v.shape), str(v.dtype)) for k, v in example.items())
+    return tuple(example.shape), str(example.dtype)
 
 
 @dataclass(frozen=True)
@@ -114,55 +163,103 @@ class _Batches:
     """A re-iterable view of a data loader as ``(inputs, labels)`` pairs."""
 
     loader: Iterable
-    keys: tuple[str, str]
+    keys: BatchKeys
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[Inputs, torch.Tensor]]:
+        inputs_key, labels_key = self.keys
         for batch in self.loader:
             if isinstance(batch, Mapping):
-                yield batch[self.keys[0]], batch[self.keys[1]]
+                yield _pick(batch, inputs_key), _pick(batch, labels_key)
             else:
                 inputs, labels = batch
                 yield inputs, labels
+
+
+def _pick(batch: Mapping[str, Any], key: str | tuple[str, ...]) -> Any:
+    """``batch[key]``, or the dict of ``batch``'s values under the keys ``key`` names."""
+    wanted = (key,) if isinstance(key, str) else key
+    missing = [k for k in wanted if k not in batch]
+    if missing:
+        raise KeyError(
+            f"a batch has keys {sorted(batch)} but batch_keys names {missing}: set "
+            "SplitTask(batch_keys=(inputs, labels)) to the keys its loader yields"
+        )
+    return batch[key] if isinstance(key, str) else {k: batch[k] for k in key}
+
+
+def _forward(model: nn.Module, inputs: Inputs) -> Any:
+    """``model(inputs)``, or ``model(**inputs)`` for named inputs (a Hugging Face model's)."""
+    return model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
+
+
+def _logits_of(output: Any) -> torch.Tensor:
+    """The logits of a model's output: a tensor as it is, a ``transformers``
+    ``ModelOutput``'s ``.logits``, a tuple's first element (``return_dict=False``)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(output, tuple | list) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise TypeError(f"a model output of type {type(output).__name__} has no logits")
+
+
+def _correct(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
+    """Right predictions and labels counted, labels -100 (ignored by the loss) left out.
+
+    Classes are the last dimension when the logits have one more than the labels and
+    agree on the others (a classifier's ``(N, C)``, a language model's ``(N, T, V)``),
+    else dimension 1 (``(N, C, H, W)`` against ``(N, H, W)``).
+    """
+    sequence = logits.dim() == labels.dim() + 1 and logits.shape[:-1] == labels.shape
+    predicted = logits.argmax(dim=-1 if sequence else 1)
+    counted = labels != -100
+    return int(((predicted == labels) & counted).sum()), int(counted.sum())
 
 
 _SPLIT_CACHE: dict[tuple, SplitModel] = {}
 
 
 def evaluate_model(
-    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], loss_fn: LossFn
+    model: nn.Module, batches: Iterable[tuple[Inputs, torch.Tensor]], loss_fn: LossFn
 ) -> tuple[float, float, int]:
-    """Return mean loss, accuracy and example count of ``model`` on ``batches``."""
+    """Return mean loss, accuracy and example count of ``model`` on ``batches``.
+
+    The loss is the batches' losses weighted by their examples (``labels.shape[0]``);
+    the accuracy counts every label but -100, so a language model's is per token.
+    """
     model.eval()
-    loss_sum, correct, total = 0.0, 0, 0
+    loss_sum, correct, counted, total = 0.0, 0, 0, 0
     with torch.no_grad():
         for inputs, labels in batches:
-            logits = model(inputs)
+            logits = _logits_of(_forward(model, inputs))
             n = int(labels.shape[0])
             loss_sum += float(loss_fn(logits, labels)) * n
-            correct += int((logits.argmax(dim=1) == labels).sum())
-            total += n
-    return loss_sum / max(total, 1), correct / max(total, 1), total
+            right, labelled = _correct(logits, labels)
+            correct, counted, total = correct + right, counted + labelled, total + n
+    return loss_sum / max(total, 1), correct / max(counted, 1), total
 
 
 def train_full(
     model: nn.Module,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    batches: Iterable[tuple[Inputs, torch.Tensor]],
     loss_fn: LossFn,
     optimizer: torch.optim.Optimizer,
     epochs: int = 1,
 ) -> tuple[float, float, int]:
     """Train the unsplit model locally (plain FedAvg); return loss, accuracy, examples."""
     model.train()
-    loss_sum, correct, total = 0.0, 0, 0
+    loss_sum, correct, counted, total = 0.0, 0, 0, 0
     for _ in range(epochs):
         for inputs, labels in batches:
             optimizer.zero_grad(set_to_none=True)
-            logits = model(inputs)
+            logits = _logits_of(_forward(model, inputs))
             loss = loss_fn(logits, labels)
             loss.backward()
             optimizer.step()
             n = int(labels.shape[0])
             loss_sum += float(loss.detach()) * n
-            correct += int((logits.detach().argmax(dim=1) == labels).sum())
-            total += n
-    return loss_sum / max(total, 1), correct / max(total, 1), total
+            right, labelled = _correct(logits.detach(), labels)
+            correct, counted, total = correct + right, counted + labelled, total + n
+    return loss_sum / max(total, 1), correct / max(counted, 1), total

@@ -234,8 +234,11 @@ class _DeviceBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for inputs, labels in self.batches:
-            yield (inputs.to(self.device, non_blocking=True),
-                   labels.to(self.device, non_blocking=True))
+            if isinstance(inputs, Mapping):  # named inputs (SplitTask.batch_keys)
+                inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
+            else:
+                inputs = inputs.to(self.device, non_blocking=True)
+            yield inputs, labels.to(self.device, non_blocking=True)
 
 
 def train_full_model(
