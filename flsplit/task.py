@@ -151,6 +151,25 @@ def _checked_keys(keys: Any) -> BatchKeys:
     return inputs, labels
 
 
+def batch_like(example: Inputs, batch_size: int) -> Inputs:
+    """An input batch of ``batch_size`` examples shaped like ``example``, to measure costs.
+
+    Floating-point tensors are drawn from a normal distribution; other tensors (token
+    ids, attention masks) repeat ``example``'s rows, so their values stay valid. A
+    mapping of named inputs gets the same rows in every value.
+    """
+
+    def like(tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.is_floating_point():
+            return torch.randn(batch_size, *tensor.shape[1:], dtype=tensor.dtype)
+        rows = torch.arange(batch_size) % max(int(tensor.shape[0]), 1)
+        return tensor[rows].clone()
+
+    if isinstance(example, Mapping):
+        return {name: like(tensor) for name, tensor in example.items()}
+    return like(example)
+
+
 def _example_key(example: Inputs) -> tuple:
     """What tracing depends on in an example input: its names, shapes and dtypes."""
     if isinstance(example, Mapping):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from flsplit.task import SplitTask, _example_key, evaluate_model, train_full
+from flsplit.task import SplitTask, _example_key, batch_like, evaluate_model, train_full
 
 
 def _task():
@@ -170,3 +170,12 @@ def test_the_split_cache_tells_example_inputs_apart_by_names_shapes_and_dtypes()
         {**one, "attention_mask": torch.zeros(1, 4, dtype=torch.long)}
     )
     assert _example_key(torch.zeros(1, 4)) != _example_key(torch.zeros(1, 4, dtype=torch.long))
+
+
+def test_a_batch_like_the_example_keeps_token_ids_valid_and_draws_floats():
+    ids = torch.tensor([[5, 6, 7], [8, 9, 0]])
+    batch = batch_like({"input_ids": ids, "attention_mask": torch.ones(2, 3, dtype=torch.long)}, 5)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 9, 0], [5, 6, 7], [8, 9, 0], [5, 6, 7]]
+    assert batch["attention_mask"].shape == (5, 3) and batch["attention_mask"].dtype == torch.long
+    images = batch_like(torch.zeros(1, 3, 4, 4), 6)
+    assert images.shape == (6, 3, 4, 4) and images.dtype == torch.float32 and images.std() > 0
