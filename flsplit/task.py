@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from flsplit.config import RunConfig
+from flsplit.model.outputs import correct_count, logits_of
 from flsplit.model.splitting import SplitModel, parse_cuts, split_model
 
 #: A batch's inputs: one tensor, or named tensors the model takes as keyword arguments
@@ -46,9 +47,8 @@ class SplitTask:
         iterables of batches for one client: ``(inputs, labels)`` tuples or dicts read
         with ``batch_keys``.
     example_input : callable
-        ``example_input(run_config)`` returns one input batch, used to trace the model:
-        a tensor, or a mapping of named tensors when the model takes keyword inputs
-        (``model(**inputs)``), as the batches' inputs are.
+        ``example_input(run_config)`` returns one input batch, used to trace the model: a
+        tensor, or a mapping of tensors passed as ``model(**inputs)`` (transformers).
     loss_fn : callable
         ``loss_fn(logits, labels)``, mean over the batch; runs on the client. ``logits``
         is the model's output, or its ``.logits`` when it returns a ``transformers``
@@ -85,7 +85,7 @@ class SplitTask:
 
     model_fn: Callable[[Mapping[str, Any]], nn.Module]
     load_data: Callable[[int, int, Mapping[str, Any]], tuple[Iterable, Iterable]]
-    example_input: Callable[[Mapping[str, Any]], Inputs]
+    example_input: Callable[[Mapping[str, Any]], torch.Tensor | Mapping[str, torch.Tensor]]
     loss_fn: LossFn = nn.functional.cross_entropy
     optimizer_fn: OptimizerFn = sgd
     load_test_data: Callable[[Mapping[str, Any]], Iterable] | None = None
@@ -119,11 +119,49 @@ class SplitTask:
         """Split a fresh model at the run config's ``cuts`` (traced once per process)."""
         model = self.model_fn(config)
         example = self.example_input(config)
-        key = (repr(model), _example_key(example), parse_cuts(config["cuts"]))
+        key = (repr(model), _signature(example), parse_cuts(config["cuts"]))
         cached = _SPLIT_CACHE.get(key)
         if cached is None:
             cached = _SPLIT_CACHE[key] = split_model(model, key[-1], example)
         return copy.deepcopy(cached)
+
+
+def _signature(example: Any) -> tuple:
+    """Shapes and dtypes of an example input (a tensor or a mapping of tensors)."""
+    if isinstance(example, Mapping):
+        return tuple((k, *_signature(v)) for k, v in sorted(example.items()))
+    if isinstance(example, torch.Tensor):
+        return (tuple(example.shape), str(example.dtype))
+    return (repr(example),)
+
+
+@dataclass(frozen=True)
+class _Batches:
+    """A re-iterable view of a data loader as ``(inputs, labels)`` pairs."""
+
+    loader: Iterable
+    keys: BatchKeys
+
+    def __iter__(self) -> Iterator[tuple[Inputs, torch.Tensor]]:
+        inputs_key, labels_key = self.keys
+        for batch in self.loader:
+            if isinstance(batch, Mapping):
+                yield _pick(batch, inputs_key), _pick(batch, labels_key)
+            else:
+                inputs, labels = batch
+                yield inputs, labels
+
+
+def _pick(batch: Mapping[str, Any], key: str | tuple[str, ...]) -> Any:
+    """``batch[key]``, or the dict of ``batch``'s values under the keys ``key`` names."""
+    wanted = (key,) if isinstance(key, str) else key
+    missing = [k for k in wanted if k not in batch]
+    if missing:
+        raise KeyError(
+            f"a batch has keys {sorted(batch)} but batch_keys names {missing}: set "
+            "SplitTask(batch_keys=(inputs, labels)) to the keys its loader yields"
+        )
+    return batch[key] if isinstance(key, str) else {k: batch[k] for k in key}
 
 
 def _checked_keys(keys: Any) -> BatchKeys:
@@ -170,115 +208,54 @@ def batch_like(example: Inputs, batch_size: int) -> Inputs:
     return like(example)
 
 
-def _example_key(example: Inputs) -> tuple:
-    """What tracing depends on in an example input: its names, shapes and dtypes."""
-    if isinstance(example, Mapping):
-        return tuple((k, tuple(v.shape), str(v.dtype)) for k, v in example.items())
-    return tuple(example.shape), str(example.dtype)
-
-
-@dataclass(frozen=True)
-class _Batches:
-    """A re-iterable view of a data loader as ``(inputs, labels)`` pairs."""
-
-    loader: Iterable
-    keys: BatchKeys
-
-    def __iter__(self) -> Iterator[tuple[Inputs, torch.Tensor]]:
-        inputs_key, labels_key = self.keys
-        for batch in self.loader:
-            if isinstance(batch, Mapping):
-                yield _pick(batch, inputs_key), _pick(batch, labels_key)
-            else:
-                inputs, labels = batch
-                yield inputs, labels
-
-
-def _pick(batch: Mapping[str, Any], key: str | tuple[str, ...]) -> Any:
-    """``batch[key]``, or the dict of ``batch``'s values under the keys ``key`` names."""
-    wanted = (key,) if isinstance(key, str) else key
-    missing = [k for k in wanted if k not in batch]
-    if missing:
-        raise KeyError(
-            f"a batch has keys {sorted(batch)} but batch_keys names {missing}: set "
-            "SplitTask(batch_keys=(inputs, labels)) to the keys its loader yields"
-        )
-    return batch[key] if isinstance(key, str) else {k: batch[k] for k in key}
-
-
-def _forward(model: nn.Module, inputs: Inputs) -> Any:
-    """``model(inputs)``, or ``model(**inputs)`` for named inputs (a Hugging Face model's)."""
-    return model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
-
-
-def _logits_of(output: Any) -> torch.Tensor:
-    """The logits of a model's output: a tensor as it is, a ``transformers``
-    ``ModelOutput``'s ``.logits``, a tuple's first element (``return_dict=False``)."""
-    if isinstance(output, torch.Tensor):
-        return output
-    logits = getattr(output, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
-    if isinstance(output, tuple | list) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    raise TypeError(f"a model output of type {type(output).__name__} has no logits")
-
-
-def _correct(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
-    """Right predictions and labels counted, labels -100 (ignored by the loss) left out.
-
-    Classes are the last dimension when the logits have one more than the labels and
-    agree on the others (a classifier's ``(N, C)``, a language model's ``(N, T, V)``),
-    else dimension 1 (``(N, C, H, W)`` against ``(N, H, W)``).
-    """
-    sequence = logits.dim() == labels.dim() + 1 and logits.shape[:-1] == labels.shape
-    predicted = logits.argmax(dim=-1 if sequence else 1)
-    counted = labels != -100
-    return int(((predicted == labels) & counted).sum()), int(counted.sum())
-
-
 _SPLIT_CACHE: dict[tuple, SplitModel] = {}
 
 
 def evaluate_model(
-    model: nn.Module, batches: Iterable[tuple[Inputs, torch.Tensor]], loss_fn: LossFn
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], loss_fn: LossFn
 ) -> tuple[float, float, int]:
     """Return mean loss, accuracy and example count of ``model`` on ``batches``.
 
-    The loss is the batches' losses weighted by their examples (``labels.shape[0]``);
-    the accuracy counts every label but -100, so a language model's is per token.
+    The loss gets the logits of the model's output (:func:`~flsplit.model.outputs.logits_of`);
+    the accuracy counts per example (:func:`~flsplit.model.outputs.correct_count`).
     """
     model.eval()
-    loss_sum, correct, counted, total = 0.0, 0, 0, 0
+    loss_sum, correct, total = 0.0, 0.0, 0
     with torch.no_grad():
         for inputs, labels in batches:
-            logits = _logits_of(_forward(model, inputs))
+            logits = logits_of(_call(model, inputs))
             n = int(labels.shape[0])
             loss_sum += float(loss_fn(logits, labels)) * n
-            right, labelled = _correct(logits, labels)
-            correct, counted, total = correct + right, counted + labelled, total + n
-    return loss_sum / max(total, 1), correct / max(counted, 1), total
+            correct += correct_count(logits, labels)
+            total += n
+    return loss_sum / max(total, 1), correct / max(total, 1), total
 
 
 def train_full(
     model: nn.Module,
-    batches: Iterable[tuple[Inputs, torch.Tensor]],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     loss_fn: LossFn,
     optimizer: torch.optim.Optimizer,
     epochs: int = 1,
 ) -> tuple[float, float, int]:
     """Train the unsplit model locally (plain FedAvg); return loss, accuracy, examples."""
     model.train()
-    loss_sum, correct, counted, total = 0.0, 0, 0, 0
+    loss_sum, correct, total = 0.0, 0.0, 0
     for _ in range(epochs):
         for inputs, labels in batches:
             optimizer.zero_grad(set_to_none=True)
-            logits = _logits_of(_forward(model, inputs))
+            logits = logits_of(_call(model, inputs))
             loss = loss_fn(logits, labels)
             loss.backward()
             optimizer.step()
             n = int(labels.shape[0])
             loss_sum += float(loss.detach()) * n
-            right, labelled = _correct(logits.detach(), labels)
-            correct, counted, total = correct + right, counted + labelled, total + n
-    return loss_sum / max(total, 1), correct / max(counted, 1), total
+            correct += correct_count(logits, labels)
+            total += n
+    return loss_sum / max(total, 1), correct / max(total, 1), total
+
+
+def _call(model: nn.Module, inputs: Any) -> Any:
+    """The unsplit model on a batch's inputs: ``model(**inputs)`` for named inputs (Hugging
+    Face style, as the split model's head gets them), else ``model(inputs)``."""
+    return model(**inputs) if isinstance(inputs, Mapping) else model(inputs)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from flsplit.task import SplitTask, _example_key, batch_like, evaluate_model, train_full
+from flsplit.task import SplitTask, _signature, batch_like, evaluate_model, train_full
 
 
 def _task():
@@ -127,7 +127,7 @@ def test_a_missing_key_names_the_keys_the_batch_has():
         list(task.batches(_dict_batches()))
 
 
-def test_named_inputs_train_and_evaluate_the_full_model_per_token():
+def test_named_inputs_train_and_evaluate_the_full_model():
     torch.manual_seed(0)
     task = SplitTask(
         model_fn=lambda cfg: _keyword_model(), load_data=lambda p, n, cfg: ([], []),
@@ -142,13 +142,12 @@ def test_named_inputs_train_and_evaluate_the_full_model_per_token():
     train_full(model, batches, _lm_loss, optimizer, epochs=20)
     after, acc, _ = evaluate_model(model, batches, _lm_loss)
     assert after < before
-    # three labelled tokens (2, 3 and 1), the -100s left out: 3/3 once they are learnt
-    assert acc == 1.0
+    assert acc == 1.0  # the labelled tokens 2, 3 and 1 (the -100s left out) are learnt
     with torch.no_grad():
         model.embed.weight[2] = 0.0  # input 2 predicts 0, not its label 3, now
         model.embed.weight[2, 0] = 1.0
     _, acc, _ = evaluate_model(model, batches, _lm_loss)
-    assert acc == pytest.approx(2 / 3)
+    assert acc == pytest.approx((1 / 2 + 1) / 2)  # per sequence: half of the first right
 
 
 def test_classifier_accuracy_is_per_example_as_before():
@@ -163,13 +162,13 @@ def test_classifier_accuracy_is_per_example_as_before():
 
 def test_the_split_cache_tells_example_inputs_apart_by_names_shapes_and_dtypes():
     one = {"input_ids": torch.zeros(1, 4, dtype=torch.long)}
-    assert _example_key(one) == _example_key({"input_ids": torch.ones(1, 4, dtype=torch.long)})
-    assert _example_key(one) != _example_key({"input_ids": torch.zeros(1, 5, dtype=torch.long)})
-    assert _example_key(one) != _example_key({"input_ids": torch.zeros(1, 4)})
-    assert _example_key(one) != _example_key(
+    assert _signature(one) == _signature({"input_ids": torch.ones(1, 4, dtype=torch.long)})
+    assert _signature(one) != _signature({"input_ids": torch.zeros(1, 5, dtype=torch.long)})
+    assert _signature(one) != _signature({"input_ids": torch.zeros(1, 4)})
+    assert _signature(one) != _signature(
         {**one, "attention_mask": torch.zeros(1, 4, dtype=torch.long)}
     )
-    assert _example_key(torch.zeros(1, 4)) != _example_key(torch.zeros(1, 4, dtype=torch.long))
+    assert _signature(torch.zeros(1, 4)) != _signature(torch.zeros(1, 4, dtype=torch.long))
 
 
 def test_a_batch_like_the_example_keeps_token_ids_valid_and_draws_floats():
