@@ -112,6 +112,11 @@ class TextDataset(Dataset):
     Labels are the inputs shifted by one (``labels[t] = input_ids[t + 1]``): the model's
     output at position ``t`` predicts ``labels[t]``, so the loss needs no shift. Padding
     and the last position are ``-100``; the attention mask is 0 on padding.
+
+    Every sequence ends in at least one padding token (texts are cut to ``seq_len - 1``
+    tokens), so every batch has an attention mask with zeros. ``transformers`` drops an
+    all-ones mask inside the model, and a model split at its blocks must see the same
+    kind of inputs in every batch as in its example input (:func:`llm.model.example_input`).
     """
 
     def __init__(self, texts: Sequence[str], seq_len: int) -> None:
@@ -120,7 +125,7 @@ class TextDataset(Dataset):
         self.attention_mask = torch.zeros((n, seq_len), dtype=torch.long)
         self.labels = torch.full((n, seq_len), IGNORE, dtype=torch.long)
         for i, text in enumerate(texts):
-            ids = torch.tensor(TOKENIZER.encode(text)[:seq_len])
+            ids = torch.tensor(TOKENIZER.encode(text)[: seq_len - 1])
             self.input_ids[i, : len(ids)] = ids
             self.attention_mask[i, : len(ids)] = 1
             self.labels[i, : len(ids) - 1] = ids[1:]
@@ -142,7 +147,7 @@ def texts(seed: int, count: int, seq_len: int, alpha: float = 0.0) -> list[str]:
     if alpha > 0:
         weights = np.random.default_rng(10_000 + seed).dirichlet([alpha] * len(NOUNS))
     grammar = Grammar(seed, weights)
-    return [grammar.text(seq_len) for _ in range(count)]
+    return [grammar.text(seq_len - 1) for _ in range(count)]  # room for one pad
 
 
 def partition(

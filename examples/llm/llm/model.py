@@ -76,11 +76,15 @@ def default_cuts(config: Mapping[str, Any]) -> str:
 
 
 def example_input(config: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """One batch of named inputs, as the loaders yield them (values do not matter)."""
+    """One batch of named inputs like the loaders' (token values do not matter): its
+    attention mask is 0 on padding, as every batch's is (:class:`llm.data.TextDataset`)."""
     seq_len = int(setting(config, "seq-len"))
+    mask = torch.ones((2, seq_len), dtype=torch.long)
+    mask[:, -1] = 0
+    mask[1, seq_len // 2 :] = 0
     return {
-        "input_ids": torch.full((2, seq_len), TOKENIZER.bos_id, dtype=torch.long),
-        "attention_mask": torch.ones((2, seq_len), dtype=torch.long),
+        "input_ids": torch.full((2, seq_len), TOKENIZER.bos_id, dtype=torch.long) * mask,
+        "attention_mask": mask,
     }
 
 
