@@ -9,6 +9,8 @@ sends and returns the whole model, 25 times the adapters)."""
 
 from __future__ import annotations
 
+import json
+import re
 import sys
 from collections import defaultdict
 from collections.abc import Iterable
@@ -27,6 +29,7 @@ if str(LLM) not in sys.path:
     sys.path.insert(0, str(LLM))
 
 from llm.figures import adapter_figures  # noqa: E402
+from llm.model import BLOCKS  # noqa: E402
 from llm.settings import APP_DEFAULTS  # noqa: E402
 from llm.task import TASK  # noqa: E402
 
@@ -110,3 +113,26 @@ def test_three_rounds_of_lora_split_learning_lower_the_loss_and_move_adapters_on
     # ... and every round each client's adapters come back, its body's from its helper
     for server_round in (1, 2, 3):
         assert CLIENTS * adapters <= round_bytes["up"][server_round] <= CLIENTS * adapters * 1.05
+
+
+def test_the_llm_is_profiled_at_its_blocks_and_planned_for_the_example_nodes(tmp_path, capsys):
+    from flsplit.cli import main
+
+    profile_path = tmp_path / "llm-profile.json"
+    assert main(["profile", "--app", str(LLM), "--batch", "8", "--repeats", "1",
+                 "--warmup", "0", "--out", str(profile_path)]) == 0
+    profile = json.loads(profile_path.read_text())
+    names = [layer["name"] for layer in profile["layers"]]
+    # the embeddings and block 0, then one layer per block from block 1 on
+    assert names[1:] == [f"{BLOCKS}.{i}" for i in range(1, 6)]
+    adapters_in_body = adapter_figures(APP_DEFAULTS)["body_adapter_bytes"]
+    assert profile["layers"][2]["activation_kib"] > 0
+    assert sum(layer["weights_kib"] for layer in profile["layers"][1:5]) * 1024 > adapters_in_body
+    capsys.readouterr()
+    assert main(["plan", "--profiles", str(profile_path), "--nodes", str(LLM / "nodes.json"),
+                 "--time-limit", "1"]) == 0
+    printed = capsys.readouterr().out
+    print(printed)
+    assert "4 clients, 2 helpers" in printed
+    for client in ("pi-a", "pi-b", "jet-a", "lap-a"):
+        assert re.search(rf"^\s+{client}\s+\d+\s+\d+\s+vm-[ab]", printed, re.M), printed
