@@ -2,10 +2,7 @@
 clients in Flower's simulation engine. The loss falls, and after the first round a round
 moves the adapters only: each client's head and tail adapters to it and back, the body's
 adapters to its helper and back (the frozen weights travel once, in the first round).
-
-Until transformer models can be split, the run fails where the ServerApp splits the
-model; until only trainable weights travel, the byte checks fail (today every round
-sends and returns the whole model, 25 times the adapters)."""
+Then the model is profiled at its blocks and planned for the example's nodes."""
 
 from __future__ import annotations
 
@@ -104,7 +101,7 @@ def test_three_rounds_of_lora_split_learning_lower_the_loss_and_move_adapters_on
     assert server[3][TEST_LOSS] < server[0][TEST_LOSS] - 0.2
 
     assert set(round_bytes["down"]) == set(round_bytes["up"]) == {1, 2, 3}
-    # the frozen base reaches the nodes in the first round (today: every round) ...
+    # the frozen base reaches the nodes in the first round ...
     assert round_bytes["down"][1] >= full
     # ... afterwards a round sends each client its head and tail adapters and each helper
     # its clients' body adapters (the global body once per helper), nothing frozen ...
