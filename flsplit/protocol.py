@@ -23,6 +23,10 @@ message type              to              content
 A client replies with its head and tail (``arrays``) and a :class:`ClientResult`
 (``metrics``); a helper with one ``body.<client>`` record per client that finished and a
 :class:`HelperResult` (``metrics``, ``config``, ``timeline``).
+
+With a frozen base (:mod:`flsplit.model.frozen`) the train configs name its hash
+(``BASE_HASH``), ``arrays`` carry its tensors only until the node confirmed holding them,
+replies leave them out and name the base the node holds (a ``BASE`` record).
 """
 
 from __future__ import annotations
@@ -70,6 +74,16 @@ MODE = "mode"
 SERVER_ROUND = "server-round"
 #: Added by the strategy to the round's aggregated train metrics.
 ROUND_WALL_SECONDS = "round-wall-seconds"
+
+#: The frozen base's hash (:func:`flsplit.model.frozen.base_hash`): the server's in every
+#: train message's config, the one a node holds in its replies' ``BASE`` record.
+BASE_HASH = "base-hash"
+#: Reply record (a ConfigRecord) naming the frozen base the node holds.
+BASE = "base"
+#: A node's ``Context.state`` records: the frozen base tensors it received this run
+#: (ArrayRecord) and the hash of the base they belong to (ConfigRecord).
+BASE_CACHE = "flsplit.base"
+BASE_CACHE_INFO = "flsplit.base-info"
 
 #: A synchronous-step schedule's keys in a train config (:func:`pack_schedule`).
 SCHEDULE_SHAPE = "schedule-shape"
@@ -135,6 +149,8 @@ class NodeReport:
         Helpers: the data-plane address clients dial, and where it listens.
     simulation_concurrency : int, optional
         ClientApp calls the simulation's Ray backend runs at once (simulation only).
+    base_hash : str
+        The frozen base the node holds for the run (``""``: none yet).
     """
 
     role: str
@@ -149,6 +165,7 @@ class NodeReport:
     address: str = ""
     listen_address: str = ""
     simulation_concurrency: int | None = None
+    base_hash: str = ""
 
     _KEYS = {
         "role": "role",
@@ -162,6 +179,7 @@ class NodeReport:
         "address": "address",
         "listen_address": "listen-address",
         "simulation_concurrency": "simulation-concurrency",
+        "base_hash": BASE_HASH,
     }
 
     def to_content(self) -> RecordDict:
@@ -332,6 +350,7 @@ class HelperRound:
     order: list[HelperTask] = field(default_factory=list)
     schedule: np.ndarray | None = None
     client_parts: str = "shared"
+    base_hash: str = ""
 
     def to_config(self, run_config: Mapping[str, Any]) -> ConfigRecord:
         """The message's ``config``: ``run_config`` with this round's keys over it."""
@@ -351,6 +370,8 @@ class HelperRound:
                 "client-parts": self.client_parts,
             }
         )
+        if self.base_hash:  # a frozen base only
+            config[BASE_HASH] = self.base_hash
         if self.schedule is not None:
             config.update(pack_schedule(self.schedule))
         return config
@@ -379,6 +400,7 @@ class HelperRound:
             order=[HelperTask.decode(item) for item in _get(config, "order", where)],
             schedule=unpack_schedule(config) if has_schedule(config) else None,
             client_parts=str(_get(config, "client-parts", where)),
+            base_hash=str(config.get(BASE_HASH, "")),
         )
 
 
@@ -423,6 +445,7 @@ class ClientRound:
     schedule: np.ndarray | None = None
     sample_offset: int = 0
     client_parts: str = "shared"
+    base_hash: str = ""
 
     def to_config(self, inner: Mapping[str, Any]) -> ConfigRecord:
         """The message's ``config``: the wrapped strategy's ``inner`` config and this
@@ -438,6 +461,8 @@ class ClientRound:
                 "client-parts": self.client_parts,
             }
         )
+        if self.base_hash:  # a frozen base only
+            config[BASE_HASH] = self.base_hash
         if self.link_mbps is not None:
             config[_LINK_MBPS] = float(self.link_mbps)
             config[_LINK_LATENCY_MS] = float(self.link_latency_ms or 0.0)
@@ -470,6 +495,7 @@ class ClientRound:
             schedule=schedule,
             sample_offset=int(_get(config, "sample-offset", where)),
             client_parts=str(_get(config, "client-parts", where)),
+            base_hash=str(config.get(BASE_HASH, "")),
         )
 
 
@@ -712,6 +738,20 @@ class HelperResult:
         )
 
 
+def with_base_hash(content: RecordDict, held: str) -> RecordDict:
+    """``content`` with the hash of the frozen base the replying node holds (nothing is
+    added without a frozen base)."""
+    if held:
+        content[BASE] = ConfigRecord({BASE_HASH: held})
+    return content
+
+
+def base_hash_of(content: RecordDict) -> str:
+    """The frozen base hash a reply names (:func:`with_base_hash`), or ``""``."""
+    record = content.config_records.get(BASE)
+    return str(record.get(BASE_HASH, "")) if record is not None else ""
+
+
 def bodies_of(content: RecordDict) -> dict[int, ArrayRecord]:
     """The ``body.<client>`` records of a helper's reply, by client."""
     bodies: dict[int, ArrayRecord] = {}
@@ -730,6 +770,10 @@ def as_dict(result: ClientResult | HelperResult | NodeReport) -> dict[str, Any]:
 __all__ = [
     "ARRAYS",
     "BACKWARD",
+    "BASE",
+    "BASE_CACHE",
+    "BASE_CACHE_INFO",
+    "BASE_HASH",
     "CLIENT_TRAIN",
     "CONFIG",
     "EVAL_ACC",
@@ -765,6 +809,7 @@ __all__ = [
     "ProtocolError",
     "ServedClient",
     "TaskSpan",
+    "base_hash_of",
     "bodies_of",
     "body_owner",
     "body_record",
@@ -775,4 +820,5 @@ __all__ = [
     "test_metrics",
     "train_metrics",
     "unpack_schedule",
+    "with_base_hash",
 ]

@@ -103,6 +103,7 @@ def query_nodes(
     node_ids: Sequence[int],
     timeout: float,
     failures: MutableMapping[int, str] | None = None,
+    refuse: Callable[[NodeReport], str] | None = None,
 ) -> list[int]:
     """Bring ``nodes`` up to date with the connected ``node_ids``.
 
@@ -123,6 +124,9 @@ def query_nodes(
     failures : dict, optional
         Node id -> the error text of its last discovery reply, updated in place: a node
         is removed once it answers properly or leaves.
+    refuse : callable, optional
+        ``refuse(report)``: why a node that answered is refused (``""``: it is not); a
+        refused node counts as failed discovery, and is asked again at the next call.
 
     Returns
     -------
@@ -154,8 +158,16 @@ def query_nodes(
                 failures[src] = text
                 failed.add(src)
                 continue
+            info = _node_info(src, reply)
+            cause = refuse(info.report) if refuse is not None and info.report else ""
+            if cause:
+                if failures.get(src) != cause:
+                    log(ERROR, "node %d refused at discovery: %s", src, cause)
+                failures[src] = cause
+                failed.add(src)
+                continue
             failures.pop(src, None)
-            nodes[src] = _node_info(src, reply)
+            nodes[src] = info
     unanswered = sorted(set(new) - set(nodes))
     silent = [n for n in unanswered if n not in failed]
     if silent:

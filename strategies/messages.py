@@ -30,6 +30,7 @@ from flsplit.protocol import (
 from strategies.assembly import subset
 from strategies.assignment import RoundAssignment, RoundTokens
 from strategies.discovery import NodeInfo
+from strategies.frozen_base import FrozenBase
 from strategies.sync_schedule import SyncSchedule
 
 
@@ -51,6 +52,7 @@ def helper_messages(
     helper_order: Callable[[int, list[int]], list[HelperTask]],
     round_timeout: float,
     schedule: SyncSchedule | None,
+    base: FrozenBase | None = None,
 ) -> list[Message]:
     """One ``train.helper`` message per helper that serves somebody this round.
 
@@ -78,6 +80,8 @@ def helper_messages(
         Seconds a helper waits for its clients.
     schedule : SyncSchedule, optional
         The round's synchronous-step schedule under global sampling.
+    base : FrozenBase, optional
+        The frozen base: a helper gets the frozen tensors of its pieces until it holds them.
     """
     chain_of, cuts_of = assignment.chain_of, assignment.cuts_of
     messages = []
@@ -88,6 +92,8 @@ def helper_messages(
             continue
         clients = [c for c, _ in served]
         body_keys = sorted({k for c, j in served for k in piece_keys(cuts_of[c])[j]})
+        if base is not None:
+            body_keys = base.to_send(helper, body_keys)
         entries = []
         for client, position in served:
             chain = chain_of[client]
@@ -110,6 +116,7 @@ def helper_messages(
             order=helper_order(helper, clients),
             schedule=schedule.columns(clients) if schedule is not None else None,
             client_parts=schedule.client_parts if schedule is not None else "shared",
+            base_hash=base.hash if base is not None else "",
         )
         messages.append(
             Message(
@@ -135,6 +142,7 @@ def client_message(
     token: str,
     link: tuple[float, float] | None,
     schedule: SyncSchedule | None,
+    base_hash: str = "",
 ) -> Message:
     """The ``train.split`` message that replaces the wrapped strategy's ``inner`` one.
 
@@ -147,7 +155,7 @@ def client_message(
     config_key : str
         The wrapped strategy's config record key.
     head_tail_keys : sequence of str
-        ``state_dict`` keys of the client's head and tail.
+        ``state_dict`` keys of the client's head and tail it gets (a frozen base's once).
     server_round : int
         The round, as the nodes see it.
     cuts : str
@@ -160,6 +168,8 @@ def client_message(
         The emulated link to its helper (:meth:`SplitStrategy.client_link`).
     schedule : SyncSchedule, optional
         The round's synchronous-step schedule under global sampling.
+    base_hash : str
+        The frozen base's hash (``""``: none).
     """
     client = inner.metadata.dst_node_id
     inner_config = inner.content.config_records.get(config_key, ConfigRecord())
@@ -173,6 +183,7 @@ def client_message(
         schedule=schedule.columns([client]) if schedule is not None else None,
         sample_offset=schedule.offset[client] if schedule is not None else 0,
         client_parts=schedule.client_parts if schedule is not None else "shared",
+        base_hash=base_hash,
     )
     return Message(
         RecordDict(

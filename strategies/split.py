@@ -79,6 +79,7 @@ from strategies.discovery import (
     with_role,
 )
 from strategies.failures import Failure, SentMessages, log_failures, round_failures
+from strategies.frozen_base import FrozenBase
 from strategies.messages import client_message, helper_messages
 from strategies.parts import ModelParts, keys_of_split
 from strategies.sync_schedule import SyncSchedule, draw_schedule
@@ -137,6 +138,13 @@ class SplitStrategy(Strategy, metaclass=_Built):
         The run config; the strategy reads its global-sampling settings (``sampler``,
         ``global-batch-size``, ...: :func:`flsplit.config.sync_settings`). ``None`` or
         ``sampler="local"``: every client trains on its own local batches.
+    frozen_keys : sequence of str
+        ``state_dict`` keys of the model's frozen parameters (``requires_grad=False``: a
+        base fine-tuned through adapters; :meth:`for_model` and :meth:`from_split` read
+        them from the model). In split rounds they go to each node once
+        (:mod:`flsplit.client.base_cache`), are never aggregated and the wrapped strategy
+        sees only the other tensors; the global model (checkpoints, ``evaluate_fn``) keeps
+        them.
 
     Raises
     ------
@@ -187,6 +195,7 @@ class SplitStrategy(Strategy, metaclass=_Built):
         round_offset: int = 0,
         on_round_end: Callable[[int, ArrayRecord, SplitStrategy], None] | None = None,
         run_config: RunConfig | Mapping[str, Any] | None = None,
+        frozen_keys: Sequence[str] = (),
     ) -> None:
         self.run_config = RunConfig.of(run_config)
         self.sampling = self.run_config.sync
@@ -202,6 +211,9 @@ class SplitStrategy(Strategy, metaclass=_Built):
         self.head_keys, self.body_keys, self.tail_keys = self.part_keys(cuts)
         self.chain_length = len(self.piece_keys(cuts))
         self.full_keys = self.head_keys + self.body_keys + self.tail_keys
+        self.base = FrozenBase(frozen_keys, self.full_keys)
+        #: round -> parameter bytes of its train messages and replies (FrozenBase.traffic)
+        self.param_bytes: dict[int, dict[str, int]] = {}
         self.strategy = _wrappable(strategy) if strategy is not None else FedAvg()
         # while the wrapped strategy's own start runs: its methods that ROUTED shadows
         self._shadowed: dict[str, Callable[..., Any]] = {}
@@ -267,8 +279,14 @@ class SplitStrategy(Strategy, metaclass=_Built):
         cls, parts: Any, model: Any = None, example_input: Any = None, **kwargs: Any
     ) -> SplitStrategy:
         """Build the strategy from a :class:`flsplit.model.splitting.SplitModel` (and, for other
-        cut pairs than its own, the model it came from)."""
+        cut pairs than its own, the model it came from); its frozen parameters are the
+        frozen base (``frozen_keys``)."""
+        from flsplit.model.frozen import frozen_keys
+
         own, keys_for = keys_of_split(parts, model, example_input)
+        if "frozen_keys" not in kwargs:
+            modules = [model] if model is not None else list(parts.parts)
+            kwargs["frozen_keys"] = sorted({k for m in modules for k in frozen_keys(m)})
         return cls(part_keys=keys_for, cuts=own, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
@@ -428,7 +446,8 @@ class SplitStrategy(Strategy, metaclass=_Built):
         if frozenset(node_ids) == self._known_ids:
             return
         unanswered = query_nodes(
-            grid, self.nodes, node_ids, self.query_timeout, self.discovery_failures
+            grid, self.nodes, node_ids, self.query_timeout, self.discovery_failures,
+            refuse=self.base.refusal if self.split else None,
         )
         self._known_ids = frozenset(node_ids) - frozenset(unanswered)
         if self.split:
@@ -533,11 +552,16 @@ class SplitStrategy(Strategy, metaclass=_Built):
         self._end_round()  # the previous round's, if no server-side evaluation ended it
         server_round += self.round_offset
         self._round_arrays = arrays
+        if self.split:  # its hash first: discovery refuses a node holding another base
+            self.base.take(arrays)
         self.wait_for_clients(grid)
         config[MODE] = "split" if self.split else "fedavg"
         inner = list(
-            self._wrapped("configure_train")(
-                server_round, arrays, config, self.client_grid(grid)
+            self._wrapped("configure_train")(  # it sees the trainable tensors only
+                server_round,
+                self.base.trainable(arrays) if self.split else arrays,
+                config,
+                self.client_grid(grid),
             )
         )
         inner = [m for m in inner if m.metadata.dst_node_id in self.nodes]
@@ -570,6 +594,7 @@ class SplitStrategy(Strategy, metaclass=_Built):
             helper_order=self.helper_order,
             round_timeout=self.round_timeout,
             schedule=schedule,
+            base=self.base,
         )
         to_clients = [
             self._client_message(m, arrays, server_round, assignment, schedule) for m in inner
@@ -586,6 +611,7 @@ class SplitStrategy(Strategy, metaclass=_Built):
         # client can only progress once its helper serves.
         messages = to_helpers + to_clients
         self._sent = SentMessages(messages, self.helpers)
+        self.base.sending(messages)
         return messages
 
     def _chains(self, server_round: int, clients: Sequence[int]) -> dict[int, list[int]]:
@@ -611,7 +637,8 @@ class SplitStrategy(Strategy, metaclass=_Built):
             inner,
             arrays,
             config_key=getattr(self.strategy, "configrecord_key", CONFIG),
-            head_tail_keys=head_keys + tail_keys,
+            head_tail_keys=self.base.to_send(client, head_keys + tail_keys),
+            base_hash=self.base.hash,
             server_round=server_round,
             cuts=cuts,
             helper_address=self.nodes[helper].address,
@@ -638,13 +665,17 @@ class SplitStrategy(Strategy, metaclass=_Built):
             raise RuntimeError("aggregate_train called before configure_train")
         replies = list(replies)
         sent = self._sent
+        refused: dict[int, Failure] = {}
+        if self.split:
+            replies, refused = self.base.received(server_round, replies, sent)
+            self.param_bytes[server_round] = self.base.traffic(server_round)
         by_sender = sort_replies(replies, sent)
+
+        def body_keys(client: int) -> list[str]:  # what its helpers send back
+            return self.base.trainable_of(self.part_keys(assignment.cuts_of[client])[1])
+
         incomplete = (
-            incomplete_bodies(
-                by_sender.clients,
-                by_sender.bodies,
-                lambda c: self.part_keys(assignment.cuts_of[c])[1],
-            )
+            incomplete_bodies(by_sender.clients, by_sender.bodies, body_keys)
             if self.split
             else {}
         )
@@ -656,17 +687,16 @@ class SplitStrategy(Strategy, metaclass=_Built):
             pieces_from=by_sender.pieces_from,
             incomplete=incomplete,
         )
+        if refused:  # refused for their frozen base, not silent
+            failures = [f for f in failures if f.node not in refused] + list(refused.values())
         self.failures[server_round] = failures
         log_failures(server_round, failures)
         self.observe(server_round, by_sender.clients, by_sender.helpers)
         self._record_helper_metrics(server_round, by_sender.helpers)
         if self.split:
-            full_replies = list(
+            full_replies = list(  # trainable tensors and buffers only
                 full_model_replies(
-                    by_sender.clients,
-                    by_sender.bodies,
-                    lambda c: self.part_keys(assignment.cuts_of[c])[1],
-                    self.full_keys,
+                    by_sender.clients, by_sender.bodies, body_keys, self.base.trainable_keys
                 )
             )
         else:
@@ -694,6 +724,8 @@ class SplitStrategy(Strategy, metaclass=_Built):
             self._ending = (server_round, self._kept_arrays())
             return None, None
         arrays, metrics = self._wrapped("aggregate_train")(server_round, full_replies)
+        if self.split and arrays is not None:  # the global model keeps its frozen base
+            arrays = self.base.whole(arrays)
         wall = time.perf_counter() - assignment.started
         self.round_times[server_round] = wall
         self._ending = (server_round, arrays if arrays is not None else self._kept_arrays())
@@ -765,7 +797,8 @@ class SplitStrategy(Strategy, metaclass=_Built):
 
     def state(self) -> dict[str, Any]:
         """JSON-ready state a resumed run needs besides the model: every round's metrics
-        and round time, the helpers' peak memory and synchronous steps."""
+        and round time, the helpers' peak memory and synchronous steps, the parameter
+        bytes."""
         return {
             "round_times": {str(r): t for r, t in self.round_times.items()},
             "results": {
@@ -777,6 +810,7 @@ class SplitStrategy(Strategy, metaclass=_Built):
                 str(r): {str(h): list(s) for h, s in steps.items()}
                 for r, steps in self.sync_steps.items()
             },
+            "param_bytes": {str(r): dict(b) for r, b in self.param_bytes.items()},
         }
 
     def load_state(self, state: Mapping[str, Any]) -> None:
@@ -790,6 +824,8 @@ class SplitStrategy(Strategy, metaclass=_Built):
             self.helper_peak_mib[int(helper)] = peak
         for r, steps in (state.get("sync_steps") or {}).items():
             self.sync_steps[int(r)] = {int(h): [int(n) for n in s] for h, s in steps.items()}
+        for r, figures in (state.get("param_bytes") or {}).items():
+            self.param_bytes[int(r)] = {k: int(v) for k, v in figures.items()}
 
     def summary(self) -> None:
         """Log the configuration."""

@@ -19,10 +19,12 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, Context, Message, RecordDict
 
+from flsplit.client.base_cache import part_state, without
 from flsplit.client.node import client_tls, compute_device, data_partition, node_emulation
 from flsplit.client.records import config_of, load_part, reply, state_dict_of
 from flsplit.config import RunConfig
 from flsplit.model.client_view import ClientModel
+from flsplit.model.crossing import to_device
 from flsplit.protocol import (
     ARRAYS,
     METRICS,
@@ -32,6 +34,7 @@ from flsplit.protocol import (
     ClientRound,
     eval_metrics,
     train_metrics,
+    with_base_hash,
 )
 from flsplit.runtime.helper_client import HelperClient
 from flsplit.runtime.remote_body import RemoteBody
@@ -88,11 +91,12 @@ def train_split_round(
         # the model first, then the data, as a Flower train handler does: building the
         # model draws random numbers, so an app that seeds its data loading shuffles as
         # it did
-        state = state_dict_of(msg.content[ARRAYS])
         split = task.split({**values, "cuts": round_.cuts})
         head, tail = split.head, split.tail
-        load_part(head, state)
-        load_part(tail, state)
+        # the frozen base comes from the node's cache after the first round
+        weights = part_state(context, (head, tail), msg.content[ARRAYS], round_.base_hash)
+        load_part(head, weights.state, assign=weights.frozen)
+        load_part(tail, weights.state, assign=weights.frozen)
         train_data, _ = task.load_data(partition, partitions, values)
         if task.train_fn is not None:
             _check_own_loop(config, round_)
@@ -135,8 +139,12 @@ def train_split_round(
                 proximal_mu=config.proximal_mu,
                 proximal_form=config.proximal_term,
             )
-    arrays = ArrayRecord(
-        {k: v.detach().cpu() for k, v in {**head.state_dict(), **tail.state_dict()}.items()}
+    arrays = ArrayRecord(  # the trainable tensors and buffers: the base stays here
+        {
+            k: v.detach().cpu()
+            for k, v in without({**head.state_dict(), **tail.state_dict()},
+                                weights.frozen).items()
+        }
     )
     if own_loss is not None:  # the app's loop: its loss, its data set's size (as unsplit)
         examples = _count_examples(train_data, task) or result.examples
@@ -156,7 +164,9 @@ def train_split_round(
         ended=result.ended,
         load_ms=result.load_ms,
     )
-    return reply(msg, arrays, metrics.to_metrics())
+    out = reply(msg, arrays, metrics.to_metrics())
+    with_base_hash(out.content, weights.held)
+    return out
 
 
 def _optimizer(task: SplitTask, head: Any, tail: Any, values: dict) -> torch.optim.Optimizer:
@@ -233,12 +243,9 @@ class _DeviceBatches:
         self.batches, self.device = batches, device
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for inputs, labels in self.batches:
-            if isinstance(inputs, Mapping):  # named inputs (SplitTask.batch_keys)
-                inputs = {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
-            else:
-                inputs = inputs.to(self.device, non_blocking=True)
-            yield inputs, labels.to(self.device, non_blocking=True)
+        for inputs, labels in self.batches:  # inputs: a tensor or named tensors
+            yield (to_device(inputs, self.device, non_blocking=True),
+                   labels.to(self.device, non_blocking=True))
 
 
 def train_full_model(

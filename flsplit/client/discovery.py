@@ -9,6 +9,7 @@ import platform
 import torch
 from flwr.app import Context, Message
 
+from flsplit.client.base_cache import held_base
 from flsplit.client.client_role import count_train_examples
 from flsplit.client.node import (
     compute_device,
@@ -58,6 +59,7 @@ def answer_query(
         cpus=os.cpu_count() or 1,
         torch_threads=torch.get_num_threads(),
         simulation_concurrency=simulation_concurrency(),
+        base_hash=held_base(context),
     )
     device = node_device(context, config, role)
     if device:

@@ -16,7 +16,7 @@ When the round carries a schedule (global sampling), the helper runs synchronous
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from logging import INFO, WARNING
 from typing import Any
 
@@ -24,9 +24,11 @@ import torch
 from flwr.app import ArrayRecord, Context, Message
 from flwr.supercore import log
 
+from flsplit.client.base_cache import PartState, part_state, without
 from flsplit.client.node import client_tls, compute_device, helper_tls, node_emulation
-from flsplit.client.records import config_of, load_part, state_dict_of
+from flsplit.client.records import config_of, load_part
 from flsplit.config import RunConfig
+from flsplit.model.crossing import call_part
 from flsplit.protocol import (
     ARRAYS,
     BACKWARD,
@@ -36,14 +38,16 @@ from flsplit.protocol import (
     HelperRound,
     ServedClient,
     TaskSpan,
+    with_base_hash,
 )
 from flsplit.runtime.auth import TokenVerifier
+from flsplit.runtime.checks import ActivationSpec, spec_of
 from flsplit.runtime.dataplane import HelperServer
 from flsplit.runtime.helper_client import HelperClient
 from flsplit.runtime.memory import peak_rss_mib
 from flsplit.runtime.sync_helper import SyncWorker
 from flsplit.runtime.sync_server import SyncHelperServer
-from flsplit.runtime.worker import HelperWorker, TaskRecord, TensorSpec
+from flsplit.runtime.worker import HelperWorker, TaskRecord
 from flsplit.task import SplitTask
 
 
@@ -72,16 +76,30 @@ def serve_helper_round(
         finished.
     """
     round_ = HelperRound.from_config(config_of(msg))
-    state = state_dict_of(msg.content[ARRAYS])
     cert_key = helper_tls(context)  # before anything starts: a bad path fails cleanly
     clients = [c.client for c in round_.clients]
     example = task.example_input(config.as_dict())
     if round_.schedule is not None:  # global sampling: synchronous steps
-        return _serve_sync(msg, context, config, round_, task, state, cert_key)
-    bodies, specs = _build_bodies(task, config, state, example, round_.clients)
+        return _serve_sync(msg, context, config, round_, task, cert_key)
+    # One set of frozen tensors for every body: per-client bodies share the base's memory
+    # (it never changes), a shared body holds it once. Each body is loaded as soon as it
+    # is built, so the bases the model builds are dropped one at a time.
+    weights = PartState({}, set(), "")
+    shared: dict[str, torch.Tensor] = {}
     device = compute_device(context)
-    for body in {id(b): b for b in bodies.values()}.values():
+
+    def load(body: torch.nn.Module) -> None:
+        loaded = part_state(context, (body,), msg.content[ARRAYS], round_.base_hash, shared)
+        for key in loaded.frozen:  # moved to the device once, for every body
+            if shared[key].device != device:
+                shared[key] = shared[key].to(device)
+            loaded.state[key] = shared[key]
+        load_part(body, loaded.state, assign=loaded.frozen)
         body.to(device)
+        weights.frozen |= loaded.frozen
+        weights.held = loaded.held or weights.held
+
+    bodies, specs = _build_bodies(task, config, example, round_.clients, load)
     worker = HelperWorker(
         bodies,
         lambda params: task.optimizer_fn(params, config.as_dict()),
@@ -119,17 +137,20 @@ def serve_helper_round(
         for hop in next_hops.values():
             hop.close()
         raise
-    return _serve_round(msg, round_, clients, worker, server, relaying=len(next_hops))
+    return _serve_round(
+        msg, round_, clients, worker, server, relaying=len(next_hops), weights=weights
+    )
 
 
 def _build_bodies(
     task: SplitTask,
     config: RunConfig,
-    state: Mapping[str, torch.Tensor],
     example: torch.Tensor,
     served: Sequence[ServedClient],
-) -> tuple[dict[str, torch.nn.Module], dict[str, TensorSpec]]:
-    """Each client's body piece with the round's weights, and the spec of its input.
+    load: Callable[[torch.nn.Module], None],
+) -> tuple[dict[str, torch.nn.Module], dict[str, ActivationSpec]]:
+    """Each client's body piece, given to ``load`` once built (the round's weights), and
+    the spec of its input.
 
     In ``shared`` memory mode the clients of the same cuts and piece get the same module.
     """
@@ -148,7 +169,7 @@ def _build_bodies(
                 f"(1 .. {len(split.parts) - 2})"
             )
         bodies[client] = body_of_part[part] = split.parts[piece]
-        load_part(bodies[client], state)
+        load(bodies[client])
         if part not in spec_of_part:
             spec_of_part[part] = _input_spec(split, example, piece)
         specs[client] = spec_of_part[part]
@@ -163,10 +184,12 @@ def _serve_round(
     server: HelperServer,
     sync: SyncWorker | None = None,
     relaying: int = 0,
+    weights: PartState | None = None,
 ) -> Message:
     """Serve the round's clients, then reply with their bodies and the helper's metrics
     (with ``sync``, also its synchronous steps); ``relaying`` clients' chains go on to a
-    next hop."""
+    next hop. The bodies go back without their frozen tensors (``weights.frozen``)."""
+    frozen = weights.frozen if weights is not None else set()
     start = time.perf_counter()
     log(
         INFO,
@@ -195,7 +218,10 @@ def _serve_round(
         if state is not None:
             if id(state.module) not in records:
                 records[id(state.module)] = ArrayRecord(
-                    {k: v.detach().cpu() for k, v in state.module.state_dict().items()}
+                    {
+                        k: v.detach().cpu()
+                        for k, v in without(state.module.state_dict(), frozen).items()
+                    }
                 )
             bodies[client] = records[id(state.module)]
     tasks = worker.executed
@@ -215,7 +241,9 @@ def _serve_round(
         step_clients=list(sync.step_clients) if sync is not None else None,
         aborted=dict(server.aborted),
     )
-    return Message(result.to_content(bodies), reply_to=msg)
+    content = result.to_content(bodies)
+    with_base_hash(content, weights.held if weights is not None else "")
+    return Message(content, reply_to=msg)
 
 
 def _serve_sync(
@@ -224,7 +252,6 @@ def _serve_sync(
     config: RunConfig,
     round_: HelperRound,
     task: SplitTask,
-    state: Mapping[str, torch.Tensor],
     cert_key: tuple[bytes, bytes] | None,
 ) -> Message:
     """A helper's round of synchronous steps: one shared body behind a step barrier."""
@@ -243,8 +270,12 @@ def _serve_sync(
         )
     values = config.as_dict()
     split = task.split({**values, "cuts": client_cuts[0]} if client_cuts else values)
-    load_part(split.body, state)
-    grad_size = sum(p.numel() for part in (split.head, split.tail) for p in part.parameters())
+    weights = part_state(context, (split.body,), msg.content[ARRAYS], round_.base_hash)
+    load_part(split.body, weights.state, assign=weights.frozen)
+    grad_size = sum(  # the clients' trainable head and tail parameters (train_sync)
+        p.numel() for part in (split.head, split.tail) for p in part.parameters()
+        if p.requires_grad
+    )
     worker = SyncWorker(
         split.body,
         clients,
@@ -265,7 +296,7 @@ def _serve_sync(
     except Exception:
         worker.stop()
         raise
-    return _serve_round(msg, round_, clients, worker, server, sync=worker)
+    return _serve_round(msg, round_, clients, worker, server, sync=worker, weights=weights)
 
 
 def _round_verifier(round_: HelperRound, context: Context) -> TokenVerifier:
@@ -292,15 +323,16 @@ def _server_options(
     }
 
 
-def _input_spec(split: Any, example: torch.Tensor, piece: int = 1) -> TensorSpec:
+def _input_spec(split: Any, example: Any, piece: int = 1) -> ActivationSpec:
     """Shape (without batch) and dtype of the input of part ``piece`` (the body, or a
-    chain's piece), from the parts before it on an example."""
+    chain's piece; one per tensor when several cross its cut), from the parts before it
+    on an example."""
     out = example
     with torch.no_grad():
-        for part in split.parts[:piece]:
+        for i, part in enumerate(split.parts[:piece]):
             part.eval()
-            out = part(out)
-    return TensorSpec(tuple(out.shape[1:]), out.dtype)
+            out = part(out) if i == 0 else call_part(part, out)
+    return spec_of(out)
 
 
 def _mean_ms(tasks: Iterable[TaskRecord]) -> float:

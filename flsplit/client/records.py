@@ -3,7 +3,7 @@ weights to and from ``ArrayRecord``, and the ``arrays`` + ``metrics`` reply."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import torch
@@ -23,8 +23,13 @@ def state_dict_of(arrays: ArrayRecord) -> dict[str, torch.Tensor]:
     return arrays.to_torch_state_dict()
 
 
-def load_part(part: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+def load_part(
+    part: torch.nn.Module, state: Mapping[str, torch.Tensor], assign: Collection[str] = ()
+) -> None:
     """Load a part's weights out of a state dict of the whole model (or more parts).
+
+    The ``assign`` keys (a frozen base) are not copied: the part's parameters become
+    those very tensors, so parts loaded from the same state share their memory.
 
     Raises
     ------
@@ -43,7 +48,13 @@ def load_part(part: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
             f"the train message {what}: the model this node's SplitTask.model_fn builds is "
             "not the one the server split (SplitStrategy.for_model); give both the same model"
         )
-    part.load_state_dict({k: state[k] for k in own}, strict=True)
+    shared = {k: state[k] for k in own if k in assign}
+    if not shared:
+        part.load_state_dict({k: state[k] for k in own}, strict=True)
+        return
+    part.load_state_dict({k: state[k] for k in own if k not in shared}, strict=False)
+    # assign=True keeps each parameter's requires_grad (False here) and takes the tensor
+    part.load_state_dict(shared, strict=False, assign=True)
 
 
 def reply(msg: Message, arrays: ArrayRecord, metrics: MetricRecord) -> Message:

@@ -18,7 +18,7 @@ Run-config keys (read and checked by :func:`flsplit.config.chain_settings`):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from flsplit.config import ChainSettings
@@ -81,8 +81,8 @@ def piece_memory_bytes(parts: Sequence[Any], example_input: Any, batch_size: int
     ----------
     parts : sequence of torch.nn.Module
         Consecutive parts of a split model, the first taking ``example_input``.
-    example_input : torch.Tensor
-        One input batch of the first part.
+    example_input : torch.Tensor or tuple of torch.Tensor
+        One input batch of the first part (what the part before it returned).
     batch_size : int
         Training batch size.
 
@@ -93,9 +93,9 @@ def piece_memory_bytes(parts: Sequence[Any], example_input: Any, batch_size: int
     """
     import torch
 
-    scale = batch_size / max(int(example_input.shape[0]), 1)
+    x = example_input if isinstance(example_input, tuple) else (example_input,)
+    scale = batch_size / max(int(x[0].shape[0]), 1)
     sizes = []
-    x = example_input
     for part in parts:
         own = {t.untyped_storage().data_ptr() for t in part.parameters()}
         saved: dict[int, int] = {}
@@ -107,12 +107,12 @@ def piece_memory_bytes(parts: Sequence[Any], example_input: Any, batch_size: int
                 saved[key] = tensor.untyped_storage().nbytes()
             return tensor
 
-        inp = x.detach().requires_grad_(x.is_floating_point())
+        inp = [t.detach().requires_grad_(t.is_floating_point()) for t in x]
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            out = part(inp)
+            out = part(*inp)
         params = sum(t.numel() * t.element_size() for t in part.parameters())
         sizes.append(3.0 * params + scale * sum(saved.values()))
-        x = out.detach()
+        x = tuple(t.detach() for t in (out if isinstance(out, tuple) else (out,)))
     return sizes
 
 
@@ -185,7 +185,10 @@ def chain_cut_names(
     split.train()
     with torch.no_grad():
         cut1 = split.parts[0](example_input)
-    batch = batch_size or int(example_input.shape[0])
+    first = (
+        next(iter(example_input.values())) if isinstance(example_input, Mapping) else example_input
+    )
+    batch = batch_size or int(first.shape[0])
     sizes = piece_memory_bytes(split.parts[1:-1], cut1, batch)
     starts = balance(sizes, settings.length)
     return (outer[0], *(inside[s - 1] for s in starts), outer[1])

@@ -5,6 +5,10 @@ reaches the body through a function (on a helper, :mod:`flsplit.runtime.remote_b
 To the user's code it looks like the model it would train unsplit:
 
 - ``forward`` runs head, body and tail; ``loss.backward()`` flows through the body.
+  ``net(x)`` gives the head ``x``; ``net(input_ids=..., attention_mask=...)`` (or
+  ``net(**batch)``) gives it the mapping of those keyword arguments. When several tensors
+  cross a cut, the body takes and returns tuples and the tail is called ``tail(*out)``
+  (:mod:`flsplit.model.crossing`).
 - Its submodules, ``parameters()``, ``named_parameters()``, ``state_dict()`` and
   ``load_state_dict()`` are those of the parts held here, under the full model's names
   (``net.fc2`` is the tail's ``fc2``; ``state_dict`` keys are the full model's), so an
@@ -25,7 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 
-BodyFn = Callable[[torch.Tensor], torch.Tensor]
+from flsplit.model.crossing import Activation, call_part
+
+BodyFn = Callable[[Activation], Activation]
 
 
 class ClientModel(nn.Module):
@@ -36,7 +42,8 @@ class ClientModel(nn.Module):
     head, tail : nn.Module
         The client's parts (their ``state_dict`` keys are the full model's).
     body : callable
-        ``body(cut1) -> cut2``, differentiable with respect to ``cut1``.
+        ``body(cut1) -> cut2`` (tensors or tuples of tensors), differentiable with respect
+        to ``cut1``'s tensors that need a gradient.
     body_modules : iterable of str
         Names of the modules that run elsewhere, for error messages.
     model_type : type, optional
@@ -60,10 +67,27 @@ class ClientModel(nn.Module):
         object.__setattr__(self, "_model_type", model_type)
         _merge(self, (head, tail))
 
-    def forward(self, inputs: Any) -> Any:
-        """Run head, body and tail."""
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Run head, body and tail: ``net(inputs)`` or ``net(**named_inputs)``.
+
+        Raises
+        ------
+        TypeError
+            For several positional arguments, or positional and keyword ones together:
+            the head takes one input (a tensor, or a mapping of named tensors).
+        """
+        if kwargs and not args:
+            inputs: Any = kwargs
+        elif len(args) == 1 and not kwargs:
+            inputs = args[0]
+        else:
+            raise TypeError(
+                f"the split model takes one input or keyword inputs only, got {len(args)} "
+                f"positional and {len(kwargs)} keyword arguments; pass net(x) or "
+                "net(**inputs)"
+            )
         head, tail = self._parts
-        return tail(self._body(head(inputs)))
+        return call_part(tail, self._body(head(inputs)))
 
     def train(self, mode: bool = True) -> ClientModel:
         """Set training mode on the view and both parts."""

@@ -27,9 +27,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from flsplit.model.crossing import backward as backward_from
-from flsplit.model.crossing import batch_size, call_part, detach_inputs, flagged, nbytes, needs_grad
-from flsplit.model.outputs import logits_of
 from flsplit.model.splitting import candidate_cuts, split_model
 from flsplit.runtime.memory import peak_rss_mib, tensor_nbytes
 
@@ -38,6 +35,20 @@ KIB = 1024.0
 
 def _param_bytes(module: nn.Module) -> int:
     return sum(tensor_nbytes(p) for p in module.parameters())
+
+
+def _tensors(value: Any) -> tuple[torch.Tensor, ...]:
+    """The tensors of a part's output: a tensor, a tuple, or a ``ModelOutput``'s logits."""
+    if isinstance(value, torch.Tensor):
+        return (value,)
+    if isinstance(value, tuple):
+        return tuple(v for v in value if isinstance(v, torch.Tensor))
+    return (value.logits,)
+
+
+def _received(sent: Any) -> tuple[torch.Tensor, ...]:
+    """What the next part receives: detached, floating-point tensors needing a gradient."""
+    return tuple(t.detach().requires_grad_(t.requires_grad) for t in _tensors(sent))
 
 
 class _SavedBytes:
@@ -59,35 +70,9 @@ class _SavedBytes:
         self._hooks.__exit__(*exc)
 
 
-def _head_input(inputs: Any) -> Any:
-    """The head's input: a tensor detached (as it comes from a loader), named inputs as
-    they are."""
-    return inputs.detach() if isinstance(inputs, torch.Tensor) else inputs
-
-
-def _stand_in_loss(output: Any) -> torch.Tensor:
-    """A classification loss on the last part's output, to time its backward: class 0
-    for every example (every token, for ``(batch, tokens, vocabulary)`` logits)."""
-    if isinstance(output, torch.Tensor):
-        target = torch.zeros(output.shape[0], dtype=torch.long)
-        return nn.functional.cross_entropy(output.float().flatten(1), target)
-    logits = logits_of(output).float()
-    flat = logits.reshape(-1, logits.shape[-1])
-    return nn.functional.cross_entropy(flat, torch.zeros(flat.shape[0], dtype=torch.long))
-
-
-def _input_grads(received: Any) -> tuple[torch.Tensor, ...]:
-    """The gradients of the received tensors that needed one, in order (zeros where the
-    part did not use one)."""
-    return tuple(
-        t.grad if t.grad is not None else torch.zeros_like(t)
-        for t in flagged(received, needs_grad(received))
-    )
-
-
 def profile_model(
     model: nn.Module,
-    example_input: torch.Tensor,
+    example_input: Any,
     *,
     model_name: str = "model",
     dataset: str = "",
@@ -103,11 +88,9 @@ def profile_model(
     ----------
     model : nn.Module
         The model (not modified: it is split into copies).
-    example_input : torch.Tensor or Mapping
-        One batch; its first dimension is the batch size profiled. Named inputs (a
-        mapping, for ``model(**inputs)``) go to the head as they are; several tensors
-        may cross a cut (:mod:`flsplit.model.crossing`), and an activation's size is
-        that of all of them.
+    example_input : torch.Tensor or Mapping of str to torch.Tensor
+        One batch; its first dimension is the batch size profiled. A mapping is passed
+        as ``model(**inputs)`` (a model split at its blocks, :mod:`flsplit.model.blocks`).
     model_name, dataset : str
         Labels written to the profile.
     device_name : str
@@ -135,6 +118,7 @@ def profile_model(
         torch.optim.SGD(p.parameters(), lr=1e-3) if any(True for _ in p.parameters()) else None
         for p in parts
     ]
+    target = None
     forward: list[list[float]] = [[] for _ in parts]
     backward: list[list[float]] = [[] for _ in parts]
     update: list[list[float]] = [[] for _ in parts]
@@ -142,33 +126,37 @@ def profile_model(
     saved = [0] * len(parts)
     for run in range(warmup + repeats):
         measured = run >= warmup
-        inputs: list[Any] = []
+        inputs: list[tuple[torch.Tensor, ...]] = []
         outputs: list[Any] = []
         x = example_input
         for i, part in enumerate(parts):
-            # the head takes the batch's inputs; later parts what crosses their cut,
-            # the tensors that need a gradient as leaves requiring one
-            x_in = _head_input(x) if i == 0 else detach_inputs(x, needs_grad(x))
+            x_in = _received(x) if i else ()
             with _SavedBytes() as counter:
                 start = time.perf_counter()
-                y = part(x_in) if i == 0 else call_part(part, x_in)
+                y = part(*x_in) if i else part(x)
                 elapsed = time.perf_counter() - start
             if measured:
                 forward[i].append(elapsed)
-            activation[i], saved[i] = nbytes(y), counter.total
+            activation[i] = sum(tensor_nbytes(t) for t in _tensors(y))
+            saved[i] = counter.total
             inputs.append(x_in)
             outputs.append(y)
             x = y
-        grads: tuple[torch.Tensor, ...] = ()
+        logits = _tensors(outputs[-1])[0]
+        if target is None:
+            target = torch.zeros(logits.shape[0], dtype=torch.long)
         for i in reversed(range(len(parts))):
             start = time.perf_counter()
             if i == len(parts) - 1:
-                _stand_in_loss(outputs[i]).backward()
+                nn.functional.cross_entropy(logits.float().flatten(1), target).backward()
             else:
-                backward_from(outputs[i], grads)
+                flows = [
+                    (s, r.grad)
+                    for s, r in zip(_tensors(outputs[i]), inputs[i + 1], strict=True)
+                    if r.requires_grad
+                ]
+                torch.autograd.backward([s for s, _ in flows], [g for _, g in flows])
             elapsed = time.perf_counter() - start
-            if i > 0:
-                grads = _input_grads(inputs[i])
             if measured:
                 backward[i].append(elapsed)
         for i, optimizer in enumerate(optimizers):
@@ -196,7 +184,7 @@ def profile_model(
     return {
         "model": model_name,
         "dataset": dataset,
-        "batch_size": batch_size(example_input),
+        "batch_size": len(logits),
         "units": {
             "time": "ms per batch",
             "size": "KiB per batch (activations) / KiB (weights)",

@@ -11,9 +11,17 @@ Every part is a :class:`torch.fx.GraphModule` whose submodules sit at the same q
 paths as in the original model, so ``part.state_dict()`` keys are the full model's
 ``state_dict`` keys, and the parts' key sets partition the full key set.
 
-Implementation choice
----------------------
-The parts are built with :mod:`torch.fx`, not with ``torch.distributed.pipelining``.
+Which splitter, and why
+-----------------------
+Two splitters share this API. Models that ``torch.fx.symbolic_trace`` traces are split here,
+in the traced graph (any module boundary can be a cut). ``transformers`` models, and models
+fx cannot trace (when an example input is given), are split by :mod:`flsplit.model.blocks`
+between their repeated blocks by running the model's own forward: ``transformers`` 5 has
+no fx tracer of its own and ``symbolic_trace`` fails in its mask code ("co_varnames is too
+small"); ``torch.export`` would freeze dropout's training flag (below). The split of a
+model that fx traces is unchanged by the block splitter's existence.
+
+The fx parts are built with :mod:`torch.fx`, not with ``torch.distributed.pipelining``.
 ``pipelining.pipeline(...)`` traces the model with ``torch.export``, which lowers every
 ``nn.BatchNorm`` and ``nn.Dropout`` call to an ATen op whose ``training`` flag is a constant
 of the graph. Checked with torch 2.14 on ResNet-18 and VGG-11: the exported stage modules
@@ -34,24 +42,37 @@ frozen into the parts.
 
 Which cuts are valid
 --------------------
-A position in the flat graph is a valid cut when exactly one value, a tensor, crosses it,
-and no parameter or buffer is used on both sides (so weights tied across the cut are
-refused). Cuts inside a residual block are therefore invalid (the block input and the
-branch output both cross). :func:`candidate_cuts` lists valid cuts at *block* granularity:
-the children of the model, where ``nn.Sequential`` / ``nn.ModuleList`` / ``nn.ModuleDict``
-containers and single-child wrappers are expanded into their children. Any other module
-that starts at a valid position (e.g. ``"features.0.1"``) is accepted by name as well; a
+A position in the flat graph is a valid cut when at least one tensor crosses it and no
+parameter or buffer is used on both sides (so weights tied across the cut are refused).
+One crossing tensor travels bare (part ``i`` returns it, part ``i + 1`` takes it); several
+travel as a tuple in graph order (part ``i + 1`` takes them as separate arguments).
+Several values may cross only *between blocks*: where no module other than the root and
+``nn.Sequential`` / ``nn.ModuleList`` / ``nn.ModuleDict`` containers is running, or at the
+start of one of several same-class blocks held by a container. Cuts inside a residual
+block (block input and branch output both cross) are therefore refused.
+
+:func:`candidate_cuts` lists valid cuts at *block* granularity: the children of the model,
+where containers and single-child wrappers are expanded into their children, plus the
+children of every container, at any depth, that holds two or more blocks of one class
+(ViT's ``encoder.layers.encoder_layer_1``, ResNet's ``layer1.1``). Any other module that
+starts at a valid position (e.g. ``"features.0.1"``) is accepted by name as well; a
 name is reported as the outermost module starting at its position (``"layer2.0"`` ->
 ``"layer2"``). Modules called more than once cannot name a cut (the name is ambiguous).
 
 When an example input is given, the traced graph is run once on it (in eval mode, without
 gradients, restoring every module's mode afterwards, so the model is not changed) to check
-that the crossing values are tensors and to find parts that modify their input in place
-(e.g. a body starting with ``nn.ReLU(inplace=True)``). Such a part clones its input first,
-so a data plane may feed it ``activation.detach().requires_grad_()``.
+what crosses each cut. A crossing ``None``, bool, int, float or str is a constant: the next
+part holds it and it never travels; it must be the same for a batch of one and of two
+(an int such as ``x.size(0)`` is refused); any other non-tensor value refuses the cut.
+Without an example input every crossing value is taken to be a tensor. The run also finds
+parts that modify an input in place (e.g. a body starting with ``nn.ReLU(inplace=True)``);
+such a part clones that input first, so a data plane may feed it
+``activation.detach().requires_grad_()``.
 
 Limitations: the model takes one positional tensor input (dimension 0 is the batch) and
 must be traceable by ``torch.fx.symbolic_trace`` (no data-dependent Python control flow).
+Models that do not trace, and every ``transformers`` model, are split at the boundaries of
+their repeated blocks by :mod:`flsplit.model.blocks` instead (see :func:`split_model`).
 Hooks registered on non-leaf modules (e.g. on a whole residual block) are not carried
 into the parts, because fx inlines those modules; hooks on leaf modules are kept.
 """
@@ -60,14 +81,15 @@ from __future__ import annotations
 
 import copy
 import operator
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+import sys
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 import torch.fx as fx
 from torch import nn
+
+from flsplit.model.parts import SplitModel, attach_state, restore_modes
 
 __all__ = [
     "SplitModel",
@@ -99,119 +121,18 @@ _INPLACE_FUNCTIONS = {
 # --------------------------------------------------------------------------- public API
 
 
-@dataclass
-class SplitModel:
-    """A model cut into sequential parts.
-
-    Attributes
-    ----------
-    cuts : tuple of str
-        Names of the modules that start parts ``1 .. len(cuts)``.
-    parts : list of nn.Module
-        ``len(cuts) + 1`` modules; part ``i`` takes the single output tensor of part
-        ``i - 1`` (part 0 takes the model input), the last part returns the model output.
-    full_keys : tuple of str
-        The full model's ``state_dict`` keys, in order (used to order :meth:`part_keys`).
-    model_type : type, optional
-        The class of the model that was split (for messages about what the parts lack).
-    """
-
-    cuts: tuple[str, ...]
-    parts: list[nn.Module]
-    full_keys: tuple[str, ...] = field(default=(), repr=False)
-    model_type: type | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def head(self) -> nn.Module:
-        """The first part (kept by the client)."""
-        return self.parts[0]
-
-    @property
-    def body(self) -> nn.Module:
-        """The middle part of a three-part (U-shaped) split (run by a helper).
-
-        Raises
-        ------
-        ValueError
-            If the split does not have exactly three parts; use ``parts[1:-1]`` then.
-        """
-        if len(self.parts) != 3:
-            raise ValueError(
-                f"body is defined for 3 parts, this split has {len(self.parts)}; use parts[1:-1]"
-            )
-        return self.parts[1]
-
-    @property
-    def tail(self) -> nn.Module:
-        """The last part (kept by the client; returns the model output)."""
-        return self.parts[-1]
-
-    def part_keys(self, index: int) -> list[str]:
-        """Return the ``state_dict`` keys of part ``index``.
-
-        Parameters
-        ----------
-        index : int
-            Part index (negative indices count from the end).
-
-        Returns
-        -------
-        list of str
-            Keys in the order of the full model's ``state_dict``.
-        """
-        keys = self.parts[index].state_dict().keys()
-        if not self.full_keys:
-            return list(keys)
-        present = set(keys)
-        return [k for k in self.full_keys if k in present]
-
-    def forward(self, x: torch.Tensor) -> Any:
-        """Run all parts in sequence (the unsplit computation).
-
-        Parameters
-        ----------
-        x : torch.Tensor
-            Model input.
-
-        Returns
-        -------
-        Any
-            The output of the last part.
-        """
-        for part in self.parts:
-            x = part(x)
-        return x
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """Return the union of the parts' state dicts (full-model keys)."""
-        merged: dict[str, torch.Tensor] = {}
-        for part in self.parts:
-            merged.update(part.state_dict())
-        if not self.full_keys:
-            return merged
-        return {k: merged[k] for k in self.full_keys if k in merged}
-
-    def train(self, mode: bool = True) -> SplitModel:
-        """Set every part to train (``mode=True``) or eval mode; return ``self``."""
-        for part in self.parts:
-            part.train(mode)
-        return self
-
-    def eval(self) -> SplitModel:
-        """Set every part to eval mode; return ``self``."""
-        return self.train(False)
-
-
-def candidate_cuts(model: nn.Module, example_input: torch.Tensor | None = None) -> list[str]:
+def candidate_cuts(model: nn.Module, example_input: Any = None) -> list[str]:
     """List the block-level cut points of ``model`` in execution order.
 
     Parameters
     ----------
     model : nn.Module
-        Model traceable by ``torch.fx.symbolic_trace``; it is not modified.
-    example_input : torch.Tensor, optional
-        Input used to check that the value crossing each cut is a tensor. Without it
-        only the graph structure is checked.
+        The model; it is not modified. Traced with fx, or split at its blocks (module
+        docstring).
+    example_input : torch.Tensor or Mapping of str to torch.Tensor, optional
+        Input used to check what crosses each cut. Without it only the fx graph
+        structure is checked; block splitting needs it (a mapping is passed as
+        ``model(**example_input)``).
 
     Returns
     -------
@@ -225,7 +146,7 @@ def candidate_cuts(model: nn.Module, example_input: torch.Tensor | None = None) 
 def resolve_cuts(
     model: nn.Module,
     cuts: Sequence[str | int] | None,
-    example_input: torch.Tensor | None = None,
+    example_input: Any = None,
 ) -> tuple[str, ...]:
     """Turn cut names or candidate indices into canonical cut names.
 
@@ -237,7 +158,7 @@ def resolve_cuts(
         Module names or indices into :func:`candidate_cuts` (negative indices count from
         the end), in execution order. ``None`` gives the default U-shape: two cuts, after
         the first block and before the last block (``candidates[0]``, ``candidates[-1]``).
-    example_input : torch.Tensor, optional
+    example_input : torch.Tensor or Mapping of str to torch.Tensor, optional
         See :func:`candidate_cuts`.
 
     Returns
@@ -258,7 +179,7 @@ def resolve_cuts(
 def split_model(
     model: nn.Module,
     cuts: Sequence[str | int] | None = None,
-    example_input: torch.Tensor | None = None,
+    example_input: Any = None,
     *,
     share_weights: bool = False,
 ) -> SplitModel:
@@ -267,12 +188,14 @@ def split_model(
     Parameters
     ----------
     model : nn.Module
-        Model traceable by ``torch.fx.symbolic_trace`` with one positional tensor input.
+        Model traceable by ``torch.fx.symbolic_trace`` with one positional tensor input,
+        or a model with repeated blocks (:mod:`flsplit.model.blocks`).
     cuts : sequence of str or int, or None
         See :func:`resolve_cuts`; ``None`` gives head, body and tail.
-    example_input : torch.Tensor, optional
+    example_input : torch.Tensor or Mapping of str to torch.Tensor, optional
         Example input (any batch size; the parts accept any batch size). Recommended:
-        it enables the tensor and in-place checks described in the module docstring.
+        it enables the checks described in the module docstring; block splitting
+        needs it.
     share_weights : bool, default False
         If False the parts own a deep copy of the model's parameters and buffers; if True
         they use the model's own modules and tensors (training the parts trains
@@ -286,7 +209,7 @@ def split_model(
     source = model if share_weights else copy.deepcopy(model)
     analysis = _analyze(source, example_input)
     names = analysis.resolve(cuts)
-    parts = analysis.build_parts([analysis.names[n] for n in names])
+    parts = analysis.parts_for(names)
     return SplitModel(
         cuts=names, parts=parts, full_keys=tuple(analysis.full_keys), model_type=type(model)
     )
@@ -295,7 +218,7 @@ def split_model(
 def part_state_keys(
     model: nn.Module,
     cuts: Sequence[str | int] | None = None,
-    example_input: torch.Tensor | None = None,
+    example_input: Any = None,
 ) -> list[list[str]]:
     """Return the ``state_dict`` keys of every part, without copying any tensor.
 
@@ -305,7 +228,7 @@ def part_state_keys(
         The model; it is not modified.
     cuts : sequence of str or int, or None
         See :func:`resolve_cuts`.
-    example_input : torch.Tensor, optional
+    example_input : torch.Tensor or Mapping of str to torch.Tensor, optional
         See :func:`candidate_cuts`.
 
     Returns
@@ -320,29 +243,29 @@ def part_state_keys(
 # --------------------------------------------------------------------------- internals
 
 
-@contextmanager
-def _restore_modes(model: nn.Module) -> Iterator[None]:
-    """Restore the ``training`` flag of every submodule on exit."""
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
+class _Tracer(fx.Tracer):
+    """fx's tracer, keeping ``peft`` adapter layers (LoRA's ``Linear``, ...) whole: their
+    forward loops over the active adapters in Python, which fx cannot trace."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        tuners = sys.modules.get("peft.tuners.tuners_utils")  # peft only if the model uses it
+        if tuners is not None and isinstance(m, tuners.BaseTunerLayer):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
 
 
 def _trace(model: nn.Module) -> fx.GraphModule:
     """Trace ``model`` with fx in train and eval mode and check both graphs agree."""
     before = set(vars(model))
     traced: list[fx.GraphModule] = []
-    with _restore_modes(model):
+    with restore_modes(model):
         for mode in (True, False):
             model.train(mode)
             try:
-                graph = fx.Tracer().trace(model)
+                graph = _Tracer().trace(model)
                 traced.append(fx.GraphModule(model, graph, class_name=type(model).__name__))
             except Exception as exc:  # fx raises many exception types
-                raise ValueError(
+                raise _TraceError(
                     f"cannot trace {type(model).__name__} with torch.fx.symbolic_trace: {exc}"
                 ) from exc
             finally:
@@ -387,7 +310,8 @@ class _Analysis:
         self.full_keys = list(model.state_dict().keys())
         self._find_module_starts()
         self._find_valid_positions()
-        self.mutated: set[int] = set()
+        self.mutated: set[tuple[int, fx.Node]] = set()
+        self.constants: dict[fx.Node, Any] = {}  # non-tensor crossings seen in the example
         if example_input is not None:
             self._run_example(example_input)
         self.names = self._name_positions()
@@ -397,12 +321,39 @@ class _Analysis:
 
     def _find_module_starts(self) -> None:
         self.starts: dict[str, int] = {}
+        self.ends: dict[str, int] = {}
         calls: dict[str, set[str]] = {}
         for i, node in enumerate(self.nodes):
             for key, (path, _) in node.meta.get("nn_module_stack", {}).items():
                 self.starts.setdefault(path, i)
+                self.ends[path] = i
                 calls.setdefault(path, set()).add(key)
         self.calls = {path: len(keys) for path, keys in calls.items()}
+        # children of containers holding >= 2 blocks of one class (repeated blocks)
+        self.repeated: list[str] = []
+        for path, module in self.model.named_modules():
+            children = list(module.named_children())
+            kinds = {type(c) for _, c in children}
+            if (
+                isinstance(module, _CONTAINERS)
+                and len(children) >= 2
+                and len(kinds) == 1
+                and any(True for _ in children[0][1].children())
+            ):
+                self.repeated += [f"{path}.{n}" if path else n for n, _ in children]
+        self.block_starts = {self.starts[b] for b in self.repeated if self.calls.get(b) == 1}
+
+    def _inside_block(self, p: int) -> str | None:
+        """The innermost non-container module running across position ``p``, if any."""
+        if p in self.block_starts:
+            return None  # a boundary between repeated blocks
+        inner = [
+            path
+            for path, start in self.starts.items()
+            if path and start < p <= self.ends[path]
+            and not isinstance(self.modules.get(path), _CONTAINERS)
+        ]
+        return max(inner, key=lambda s: s.count("."), default=None)
 
     def _state_ids(self, node: fx.Node) -> set[int]:
         if node.op == "call_module":
@@ -418,7 +369,7 @@ class _Analysis:
         return getattr(self.gm.get_submodule(owner) if owner else self.gm, name)
 
     def _find_valid_positions(self) -> None:
-        """Positions (boundary before ``nodes[p]``) crossed by exactly one value."""
+        """Valid positions (boundary before ``nodes[p]``) and the values crossing them."""
         self.state_tensor_ids = {id(t) for t in self.model.state_dict(keep_vars=True).values()}
         n = len(self.nodes)
         last_use = [max((self.index[u] for u in node.users), default=-1) for node in self.nodes]
@@ -431,7 +382,7 @@ class _Analysis:
         for first, last in span.values():
             for p in range(first + 1, last + 1):
                 blocked[p] = True
-        self.crossing: dict[int, fx.Node] = {}
+        self.crossing: dict[int, tuple[fx.Node, ...]] = {}
         self.reasons: dict[int, str] = {}
         live: dict[fx.Node, int] = {}  # values computed before p and used at or after p
         for p in range(1, n):
@@ -440,44 +391,69 @@ class _Analysis:
                 live[node] = last_use[p - 1]
             for done in [v for v, last in live.items() if last < p]:
                 del live[done]
+            block = self._inside_block(p) if len(live) > 1 else None
             if blocked[p]:
                 self.reasons[p] = "a parameter or buffer is used on both sides"
-            elif len(live) != 1:
+            elif not live:
+                self.reasons[p] = "no value crosses it"
+            elif block is not None:
                 self.reasons[p] = (
-                    f"{len(live)} values cross it, need exactly one "
-                    "(e.g. it is inside a residual block)"
+                    f"{len(live)} values cross it inside {block!r} (e.g. a residual block); "
+                    "several values may cross only between blocks"
                 )
             else:
-                self.crossing[p] = next(iter(live))
+                self.crossing[p] = tuple(live)  # in graph order
 
-    def _run_example(self, example_input: torch.Tensor) -> None:
-        """Run the graph once; drop non-tensor crossings and find in-place consumers."""
+    def _probe(self, example_input: torch.Tensor) -> dict[tuple[int, fx.Node], tuple[Any, int]]:
+        """Run the graph once in eval mode; return each crossing value and its version."""
         analysis = self
-        seen: dict[int, tuple[Any, int]] = {}
+        seen: dict[tuple[int, fx.Node], tuple[Any, int]] = {}
 
         class _Probe(fx.Interpreter):
             def run_node(self, node: fx.Node) -> Any:
                 p = analysis.index[node]
-                if p in analysis.crossing:
-                    value = self.env[analysis.crossing[p]]
+                for crossing in analysis.crossing.get(p, ()):
+                    value = self.env[crossing]
                     version = value._version if isinstance(value, torch.Tensor) else -1
-                    seen[p] = (value, version)
+                    seen[(p, crossing)] = (value, version)
                 return super().run_node(node)
 
-        if example_input.dim() > 0 and example_input.size(0) > 1:
-            example_input = example_input[:1]  # one sample is enough for these checks
-        with _restore_modes(self.gm), torch.no_grad():
+        with restore_modes(self.gm), torch.no_grad():
             self.gm.eval()
             try:
                 _Probe(self.gm).run(example_input)
             except Exception as exc:
                 raise ValueError(f"example_input does not run through the model: {exc}") from exc
-        for p, (value, version) in seen.items():
-            if not isinstance(value, torch.Tensor):
-                del self.crossing[p]
-                self.reasons[p] = f"the value crossing it is a {type(value).__name__}"
-            elif value._version != version:
-                self.mutated.add(p)
+        return seen
+
+    def _refuse(self, p: int, reason: str) -> None:
+        self.crossing.pop(p, None)
+        self.reasons[p] = reason
+
+    def _run_example(self, example_input: torch.Tensor) -> None:
+        """Find non-tensor crossings (constants or refused) and in-place consumers."""
+        if example_input.dim() > 0 and example_input.size(0) > 1:
+            example_input = example_input[:1]  # one sample is enough for these checks
+        seen = self._probe(example_input)
+        for (p, node), (value, version) in seen.items():
+            if isinstance(value, torch.Tensor):
+                if value._version != version:
+                    self.mutated.add((p, node))
+            elif value is None or isinstance(value, (bool, int, float, str)):
+                self.constants[node] = value
+            else:
+                self._refuse(p, f"a {type(value).__name__} crosses it (only tensors and "
+                             "None/bool/int/float/str constants can)")  # fmt: skip
+        if self.constants and example_input.dim() > 0:
+            # a constant must not depend on the input: compare with a batch of two
+            again = self._probe(torch.cat([example_input, example_input]))
+            for (p, node), (value, _) in again.items():
+                if node in self.constants and value != self.constants[node]:
+                    self._refuse(p, f"the {type(value).__name__} {node.name!r} crossing it "
+                                 "depends on the input (e.g. its batch size)")  # fmt: skip
+        for p, nodes in list(self.crossing.items()):
+            if all(n in self.constants for n in nodes):
+                self._refuse(p, "no tensor crosses it")
 
     def _name_positions(self) -> dict[str, int]:
         """Map every module name that can name a valid cut to its position."""
@@ -505,6 +481,7 @@ class _Analysis:
                     blocks.append(path)
 
         expand(self.model, "")
+        blocks += self.repeated
         positions = sorted({self.names[b] for b in blocks if b in self.names})
         return [self.canonical[p] for p in positions]
 
@@ -561,6 +538,9 @@ class _Analysis:
 
     # -- parts -------------------------------------------------------------------------
 
+    def parts_for(self, names: Sequence[str]) -> list[nn.Module]:
+        return self.build_parts([self.names[n] for n in names])
+
     def build_parts(self, positions: list[int]) -> list[nn.Module]:
         bounds = [0, *positions, len(self.nodes)]
         parts: list[nn.Module] = []
@@ -578,7 +558,7 @@ class _Analysis:
 
     def _build_segment(self, k: int, start: int, stop: int, last: bool) -> fx.GraphModule:
         graph = fx.Graph()
-        env: dict[fx.Node, fx.Node] = {}
+        env: dict[fx.Node, Any] = {}
 
         def lookup(node: fx.Node) -> fx.Node:
             if node not in env:
@@ -587,15 +567,17 @@ class _Analysis:
                 env[node] = graph.get_attr(str(node.target))
             return env[node]
 
-        if start > 0:
-            crossing = self.crossing[start]
+        for crossing in self.crossing[start] if start > 0 else ():
+            if crossing in self.constants:  # held by the part, never sent
+                env[crossing] = self.constants[crossing]
+                continue
             value = graph.placeholder(crossing.name, type_expr=torch.Tensor)
             inplace = any(
                 _is_inplace(u, self.modules) and u.args and u.args[0] is crossing
                 for u in crossing.users
                 if self.index[u] >= start
             )
-            if inplace or start in self.mutated:
+            if inplace or (start, crossing) in self.mutated:
                 value = graph.call_method("clone", (value,))
             env[crossing] = value
         for node in self.nodes[start:stop]:
@@ -604,7 +586,8 @@ class _Analysis:
         if last:
             graph.output(fx.map_arg(self.output.args[0], lookup))
         else:
-            graph.output(lookup(self.crossing[stop]))
+            sent = [lookup(n) for n in self.crossing[stop] if n not in self.constants]
+            graph.output(sent[0] if len(sent) == 1 else tuple(sent))
         graph.lint()
         return fx.GraphModule(self.gm, graph, class_name=f"Part{k}")
 
@@ -632,29 +615,29 @@ class _Analysis:
 
             scores = [max((shared(o) for o in c), default=0) for c in covered]
             target = scores.index(max(scores))
-            _attach(parts[target], key, self.model)
+            attach_state(parts[target], key, self.model)
             covered[target].add(key)
 
 
-def _attach(part: nn.Module, key: str, root: nn.Module) -> None:
-    """Install ``root``'s parameter or buffer ``key`` in ``part`` at the same path."""
-    path, _, attr = key.rpartition(".")
-    value = getattr(root.get_submodule(path) if path else root, attr)
-    owner = part
-    for atom in path.split(".") if path else []:
-        child = owner._modules.get(atom)
-        if child is None:
-            child = nn.Module()
-            owner.add_module(atom, child)
-        owner = child
-    if isinstance(value, nn.Parameter):
-        owner.register_parameter(attr, value)
-    elif isinstance(value, torch.Tensor):
-        owner.register_buffer(attr, value)
+class _TraceError(ValueError):
+    """``torch.fx.symbolic_trace`` failed on the model."""
 
 
-def _analyze(model: nn.Module, example_input: torch.Tensor | None) -> _Analysis:
-    return _Analysis(model, example_input)
+def _analyze(model: nn.Module, example_input: Any) -> Any:
+    """fx analysis, or block analysis for transformers models and models fx cannot trace."""
+    from flsplit.model import blocks
+
+    if blocks.is_transformers_model(model):
+        return blocks.analyze(model, example_input)
+    try:
+        return _Analysis(model, example_input)
+    except _TraceError as exc:
+        if example_input is None:
+            raise
+        try:
+            return blocks.analyze(model, example_input)
+        except ValueError as err:
+            raise ValueError(f"{exc}; and splitting at its blocks failed: {err}") from err
 
 
 def parse_cuts(cuts: str | Iterable[str | int] | None) -> tuple[str | int, ...] | None:

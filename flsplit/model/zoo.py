@@ -44,6 +44,66 @@ class SmallCNN(nn.Module):
         return self.fc2(x)
 
 
+class LowRankAdapted(nn.Module):
+    """A frozen ``Linear`` with a trainable low-rank adapter (LoRA by hand):
+    ``base(x) + up(down(x))``, ``up`` starting at zero so the adapted layer starts as the
+    base.
+
+    Parameters
+    ----------
+    features_in, features_out : int
+        The base layer's sizes.
+    rank : int
+        The adapter's rank.
+    """
+
+    def __init__(self, features_in: int, features_out: int, rank: int) -> None:
+        super().__init__()
+        self.base = nn.Linear(features_in, features_out)
+        self.base.requires_grad_(False)
+        self.down = nn.Linear(features_in, rank, bias=False)
+        self.up = nn.Linear(rank, features_out, bias=False)
+        nn.init.zeros_(self.up.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.up(self.down(x))
+
+
+class AdaptedMLP(nn.Module):
+    """An MLP fine-tuned through adapters: every hidden layer a frozen base with a
+    low-rank adapter (:class:`LowRankAdapted`), a BatchNorm (buffers) and a trainable
+    classifier.
+
+    Modules in order: ``fc_in``, ``act_in``, ``hidden0``, ``act0``, ...,
+    ``hidden{depth-1}``, ``act{depth-1}``, ``norm``, ``fc_out``; cut it with
+    ``cuts=("hidden0", "norm")`` (head ``fc_in``, body the hidden layers, tail the norm
+    and the classifier).
+
+    Parameters
+    ----------
+    inputs, width, num_classes, rank, depth : int
+        Input features, hidden width, output classes, adapter rank, hidden layers.
+    """
+
+    def __init__(self, inputs: int = 64, width: int = 64, num_classes: int = 10,
+                 rank: int = 4, depth: int = 2) -> None:
+        super().__init__()
+        self.depth = depth
+        self.fc_in = LowRankAdapted(inputs, width, rank)
+        self.act_in = nn.ReLU()
+        for i in range(depth):
+            setattr(self, f"hidden{i}", LowRankAdapted(width, width, rank))
+            setattr(self, f"act{i}", nn.ReLU())
+        self.norm = nn.BatchNorm1d(width)
+        self.fc_out = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act_in(self.fc_in(x.flatten(1)))
+        for i in range(self.depth):
+            x = getattr(self, f"act{i}")(getattr(self, f"hidden{i}")(x))
+        return self.fc_out(self.norm(x))
+
+
 def build_model(name: str, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     """Build one of :data:`MODEL_NAMES` for 32x32 inputs, untrained."""
     import torchvision

@@ -44,8 +44,10 @@ forward with, relayed to the next hop first, and the gradient the next hop answe
 gradient of this helper's output) is checked against this helper's pending output and
 back-propagated through its own piece. ``Finish`` is relayed before the client counts as
 finished here. Every hop validates and authenticates every frame as above; a failing next
-hop is answered with ``FAILED_PRECONDITION`` naming it. Every client call has a
-deadline. The channel is plaintext unless the helper is given a certificate and key
+hop is answered with ``FAILED_PRECONDITION`` naming it. A chain carries one tensor per cut:
+a cut that several tensors cross (:mod:`flsplit.model.crossing`) is refused on a relaying
+helper with ``FAILED_PRECONDITION`` (use ``chain-length = 1`` for such cuts). Every client
+call has a deadline. The channel is plaintext unless the helper is given a certificate and key
 (``tls_cert``, ``tls_key``) and its clients the root certificate (``tls_root_cert``).
 """
 
@@ -65,7 +67,7 @@ from flsplit.runtime.auth import TokenVerifier
 from flsplit.runtime.checks import InputError
 from flsplit.runtime.emulation import NO_EMULATION, Emulation
 from flsplit.runtime.helper_client import SERVICE, DataPlaneError, HelperClient, grpc_options
-from flsplit.runtime.relay import ChainRelay, RelayError
+from flsplit.runtime.relay import ChainRelay, RelayError, multi_tensor_chain
 from flsplit.runtime.worker import HelperWorker, TaskError
 
 LOG = logging.getLogger("flsplit.dataplane")
@@ -485,12 +487,16 @@ class HelperServer:
             return wire.encode(wire.Frame("result", frame.client, step=frame.step))
         if frame.tensor is None:
             raise self._invalid(f"bad frame: {op} frame carries no tensor")
+        if isinstance(frame.tensor, tuple) and self.relay.relays(frame.client):
+            raise _StatusError(
+                grpc.StatusCode.FAILED_PRECONDITION, multi_tensor_chain(frame.tensor)
+            )
         return self._run_task(frame, op, received)
 
     def _submit(self, frame: wire.Frame, op: str) -> futures.Future:
         """Queue the frame's task on the worker."""
         return self.worker.submit(
-            frame.client, op, frame.tensor, frame.micro, frame.micros, frame.optim
+            frame.client, op, frame.tensor, frame.micro, frame.micros, frame.optim, frame.grads
         )
 
     def _run_task(self, frame: wire.Frame, op: str, received: float) -> bytes:

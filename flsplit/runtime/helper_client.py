@@ -16,6 +16,12 @@ not resolve are waited out (the helper may still be starting) with one warning a
 connected, a request fails at once if the connection is lost (no waiting for the helper to
 come back: a restarted helper has lost the round), its message naming what a probe finds.
 
+Several tensors. A request may carry a tuple of tensors (a cut that several values cross,
+:mod:`flsplit.model.crossing`); each is flagged as needing a gradient when it is floating
+point and requires one (pass the head's output as it is; it is detached for the wire). A
+tuple answered by the helper comes back with the flagged tensors requiring a gradient
+(fresh leaves), the others not.
+
 The end of a round. :meth:`HelperClient.finish` tells the helper the client is done. A
 client whose round fails sends ``Abort`` with the cause instead (the context manager does
 so on an exception), so the helper releases it at once; and after its first answered
@@ -32,6 +38,7 @@ import time
 import grpc
 import torch
 
+from flsplit.model.crossing import Activation, detach_inputs
 from flsplit.runtime import diagnose, wire
 
 SERVICE = "flsplit.Helper"
@@ -147,10 +154,10 @@ class HelperClient:
 
     def forward(
         self,
-        activation: torch.Tensor,
+        activation: Activation,
         step: int | None = None,
         optim: list[list] | None = None,
-    ) -> torch.Tensor:
+    ) -> Activation:
         """Send cut-1 activations; return the body output.
 
         ``step`` names the global step in synchronous-step mode; by default the client's
@@ -163,11 +170,11 @@ class HelperClient:
     def call(
         self,
         op: str,
-        tensor: torch.Tensor | None,
+        tensor: Activation | None,
         step: int,
         micro: int = 0,
         micros: int = 1,
-    ) -> tuple[torch.Tensor | None, float, float]:
+    ) -> tuple[Activation | None, float, float]:
         """One request, safe to issue from several threads at once (micro-batches in
         flight together).
 
@@ -175,8 +182,8 @@ class HelperClient:
         ----------
         op : {"fwd", "bwd", "finish"}
             What to ask for.
-        tensor : torch.Tensor or None
-            The activation or gradient (``None`` for ``"finish"``).
+        tensor : Activation or None
+            The activation or gradients (``None`` for ``"finish"``).
         step : int
             The batch counter.
         micro, micros : int
@@ -196,8 +203,8 @@ class HelperClient:
         return self._request(_METHODS[op], op, tensor, step, micro, micros)
 
     def backward(
-        self, grad_output: torch.Tensor, optim: list[list] | None = None
-    ) -> torch.Tensor:
+        self, grad_output: Activation, optim: list[list] | None = None
+    ) -> Activation:
         """Send the gradient at cut 2 (of the last forward's step); return the gradient
         at cut 1. With ``optim`` (even empty) the helper only accumulates the gradient: the
         client's optimizer events step its body."""
@@ -396,9 +403,9 @@ class HelperClient:
         self,
         method: str,
         op: str,
-        tensor: torch.Tensor | None,
+        tensor: Activation | None,
         optim: list[list] | None = None,
-    ) -> torch.Tensor | None:
+    ) -> Activation | None:
         result, network, service = self._request(method, op, tensor, self.step, optim=optim)
         self.last_network_seconds, self.last_service_seconds = network, service
         return result
@@ -407,12 +414,12 @@ class HelperClient:
         self,
         method: str,
         op: str,
-        tensor: torch.Tensor | None,
+        tensor: Activation | None,
         step: int,
         micro: int = 0,
         micros: int = 1,
         optim: list[list] | None = None,
-    ) -> tuple[torch.Tensor | None, float, float]:
+    ) -> tuple[Activation | None, float, float]:
         request = wire.encode(
             wire.Frame(
                 op, self.client, self.token, step, tensor, micro=micro, micros=micros,
@@ -439,7 +446,10 @@ class HelperClient:
         service = min(frame.service_ms / 1000.0, total)
         if frame.op != "result":
             raise DataPlaneError(f"helper answered {method} with op {frame.op!r}")
-        return frame.tensor, total - service, service
+        answer = frame.tensor
+        if isinstance(answer, tuple):  # the tensors that need a gradient require one
+            answer = detach_inputs(answer, frame.grads)
+        return answer, total - service, service
 
     def _request_error(self, method: str, err: grpc.RpcError) -> DataPlaneError:
         """The error a failed request raises: the status and, for a lost connection,

@@ -14,6 +14,11 @@ one step of the whole batch through the unsplit model, up to floating-point summ
 order, for layers that treat samples independently. A BatchNorm in the body or tail
 normalises each micro-batch by its own statistics (and updates its running statistics
 once per micro-batch); in the head, which sees the whole batch, it is unchanged.
+
+A head that returns a tuple of tensors (:mod:`flsplit.model.crossing`) has each of them cut
+along dimension 0 (a tensor whose dimension 0 is not the batch, e.g. a rotary table
+``[1, T, D]``, goes whole with every micro-batch); the gradients that come back are
+concatenated per tensor (summed for a tensor that went whole).
 """
 
 from __future__ import annotations
@@ -28,6 +33,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from flsplit.model import crossing
+from flsplit.model.crossing import Activation, Inputs
+from flsplit.model.outputs import correct_count, logits_of
 from flsplit.runtime.emulation import NO_EMULATION, Emulation
 from flsplit.runtime.helper_client import DataPlaneError, HelperClient
 
@@ -45,7 +53,7 @@ class BatchOutcome:
 
     examples: int
     loss_sum: float
-    correct: int
+    correct: float
     head_seconds: float
     tail_seconds: float
     head_backward_seconds: float
@@ -102,7 +110,7 @@ class MicroBatchStep:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def run(self, inputs: torch.Tensor, labels: torch.Tensor) -> BatchOutcome:
+    def run(self, inputs: Inputs, labels: torch.Tensor) -> BatchOutcome:
         """Train on one batch: one optimizer step of head and tail (and of every helper's
         piece), equal to the step of the whole batch.
 
@@ -119,34 +127,46 @@ class MicroBatchStep:
             cut1 = self.head(inputs)
         n = int(labels.shape[0])
         size = math.ceil(n / self.micro_batches)
-        chunks = cut1.detach().split(size)
+        if isinstance(cut1, torch.Tensor):
+            chunks = cut1.detach().split(size)
+        else:  # leaves that keep the head's gradient flags; split like the labels
+            leaves = crossing.detach_inputs(cut1, crossing.needs_grad(cut1))
+            chunks = crossing.chunk(leaves, self.micro_batches)
         label_chunks = labels.split(size)
         micros = len(chunks)
+        device = crossing.as_tuple(cut1)[0].device
         head_done = time.perf_counter()
         forwards = [
             self._pool.submit(self._send, "fwd", chunks[j], j, micros) for j in range(micros)
         ]
         index = {id(f): j for j, f in enumerate(forwards)}
         backwards: dict[int, Future] = {}
-        loss_sum, correct, tail_seconds = 0.0, 0, 0.0
+        loss_sum, correct, tail_seconds = 0.0, 0.0, 0.0
         for future in as_completed(forwards):
             j = index[id(future)]
             body_out = future.result()
             t0 = time.perf_counter()
             with emulation.compute():
-                cut2 = body_out.requires_grad_(True)
-                logits = self.tail(cut2)
+                if isinstance(body_out, torch.Tensor):
+                    cut2: Activation = body_out.requires_grad_(True)
+                else:
+                    cut2 = crossing.detach_inputs(
+                        crossing.to_device(body_out, device), crossing.needs_grad(body_out)
+                    )
+                logits = logits_of(crossing.call_part(self.tail, cut2))
                 loss = self.loss_fn(logits, label_chunks[j])
-                (loss * (chunks[j].shape[0] / n)).backward()
+                (loss * (crossing.batch_size(chunks[j]) / n)).backward()
             tail_seconds += time.perf_counter() - t0
-            backwards[j] = self._pool.submit(self._send, "bwd", cut2.grad, j, micros)
+            backwards[j] = self._pool.submit(self._send, "bwd", _gradients(cut2), j, micros)
             loss_sum += float(loss.detach()) * int(label_chunks[j].shape[0])
-            if logits.dim() == 2:
-                correct += int((logits.detach().argmax(dim=1) == label_chunks[j]).sum())
+            correct += correct_count(logits, label_chunks[j])
         grads = [backwards[j].result() for j in range(micros)]
         t0 = time.perf_counter()
         with emulation.compute():
-            cut1.backward(torch.cat(grads).to(cut1.dtype))
+            if isinstance(cut1, torch.Tensor):
+                cut1.backward(torch.cat(grads).to(cut1.dtype))
+            else:
+                crossing.backward(cut1, _join(cut1, grads, n))
             self.optimizer.step()
         end = time.perf_counter()
         head_backward = end - t0
@@ -160,12 +180,37 @@ class MicroBatchStep:
             wait_seconds=max(end - head_done - tail_seconds - head_backward, 0.0),
         )
 
-    def _send(self, op: str, tensor: torch.Tensor, micro: int, micros: int) -> torch.Tensor:
+    def _send(self, op: str, tensor: Activation, micro: int, micros: int) -> Activation:
         with self._uplink:
-            self.emulation.transfer(tensor.numel() * tensor.element_size())
+            self.emulation.transfer(crossing.nbytes(tensor))
         answer, _, _ = self.helper.call(op, tensor, self.step, micro, micros)
         if answer is None:
             raise DataPlaneError(f"helper {self.helper.address} answered {op} without a tensor")
         with self._downlink:
-            self.emulation.transfer(answer.numel() * answer.element_size())
+            self.emulation.transfer(crossing.nbytes(answer))
         return answer
+
+
+def _gradients(cut2: Activation) -> Activation:
+    """The gradient of the tail's input, or of its tensors that need one (zeros where
+    none reached them)."""
+    if isinstance(cut2, torch.Tensor):
+        return cut2.grad
+    return tuple(
+        t.grad if t.grad is not None else torch.zeros_like(t)
+        for t in crossing.flagged(cut2, crossing.needs_grad(cut2))
+    )
+
+
+def _join(cut1: tuple[torch.Tensor, ...], grads: list[Activation], n: int) -> tuple:
+    """The micro-batches' gradients of the head's flagged outputs, per output: concatenated
+    where it was split along the batch, summed where it went whole to every micro-batch."""
+    targets = crossing.flagged(cut1, crossing.needs_grad(cut1))
+    joined = []
+    for k, target in enumerate(targets):
+        parts = [crossing.as_tuple(g)[k] for g in grads]
+        if target.dim() >= 1 and target.shape[0] == n:
+            joined.append(torch.cat(parts))
+        else:
+            joined.append(torch.stack(parts).sum(dim=0))
+    return tuple(joined)

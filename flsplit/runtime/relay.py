@@ -10,6 +10,10 @@ relayed first; what the next hop answers is the gradient of this helper's output
 ``Finish`` is relayed too, and so is a client's abort (or its drop as idle). Every
 relayed tensor crosses the emulated link between the two helpers.
 
+A chain carries one tensor per cut: a cut that several tensors cross (a tuple,
+:mod:`flsplit.model.crossing`) is refused with the reason (:func:`multi_tensor_chain`),
+whether it reaches a relaying helper or leaves one.
+
 Failures are raised as the worker's errors so that the server answers them like its own:
 :class:`~flsplit.runtime.checks.InputError` for a gradient that does not fit,
 :class:`~flsplit.runtime.worker.TaskError` for a backward without a relayed forward, and
@@ -33,6 +37,14 @@ from flsplit.runtime.worker import TaskError
 class RelayError(TaskError):
     """The next hop refused or failed a relayed request; the message starts with
     ``next hop:``."""
+
+
+def multi_tensor_chain(tensors: tuple[torch.Tensor, ...]) -> str:
+    """Why a chain refuses a cut that ``tensors`` cross."""
+    return (
+        f"the cut carries {len(tensors)} tensors; helper chains carry one tensor per cut; "
+        "use chain-length 1 (or cuts that one tensor crosses)"
+    )
 
 
 class ChainRelay:
@@ -71,7 +83,11 @@ class ChainRelay:
         RelayError
             The next hop failed or answered without a tensor.
         """
+        if isinstance(output, tuple):
+            raise RelayError(multi_tensor_chain(output))
         answer = self._call_next(client, "fwd", output, step, micro, micros)
+        if isinstance(answer, tuple):
+            raise RelayError(f"next hop: {multi_tensor_chain(answer)}")
         with self._lock:
             self._relayed[(client, micro)] = (tuple(answer.shape), answer.dtype)
         return answer

@@ -12,6 +12,11 @@ an autograd function over the data plane:
   helper (``Backward``), which adds the body's gradients to its own; the gradient at
   cut 1 comes back and flows into the head.
 
+When several tensors cross the cuts (:mod:`flsplit.model.crossing`) the function takes and
+returns tuples: the head's tensors that need a gradient (floating point, requiring one)
+are flagged and get gradients back, the others (masks, ids) travel forward only; of the
+body's output, the tensors the helper flagged are differentiable, the others are not.
+
 The helper's body follows the client's optimizer. While the round runs, a global
 ``torch.optim`` step hook sees every ``step()`` of the optimizer that holds the client's
 parameters and queues a ``step`` event with the optimizer's class and hyperparameters (the
@@ -68,10 +73,11 @@ from torch.optim.optimizer import (
     register_optimizer_step_pre_hook,
 )
 
+from flsplit.model import crossing
+from flsplit.model.crossing import Activation
 from flsplit.runtime.checks import InputError
 from flsplit.runtime.emulation import NO_EMULATION, Emulation
 from flsplit.runtime.helper_client import HelperClient
-from flsplit.runtime.memory import tensor_nbytes
 from flsplit.runtime.trainer import RoundTotals, TrainResult
 from flsplit.runtime.worker import optimizer_class
 
@@ -154,12 +160,16 @@ class RemoteBody:
 
     # -- the body as an autograd function ----------------------------------------------
 
-    def __call__(self, cut1: torch.Tensor) -> torch.Tensor:
-        """The body: ``cut1`` to the helper, its output back, differentiable."""
-        if not isinstance(cut1, torch.Tensor):
+    def __call__(self, cut1: Activation) -> Activation:
+        """The body: ``cut1`` (a tensor or a tuple of tensors) to the helper, its output
+        back, differentiable with respect to the tensors that need a gradient."""
+        tuple_of_tensors = isinstance(cut1, tuple) and all(
+            isinstance(t, torch.Tensor) for t in cut1
+        )
+        if not isinstance(cut1, torch.Tensor) and not tuple_of_tensors:
             raise SplitTrainingError(
-                f"the head's output is a {type(cut1).__name__}, not a tensor; cut where one "
-                "tensor crosses"
+                f"the head's output is a {type(cut1).__name__}, not a tensor or a tuple of "
+                "tensors; cut where tensors cross"
             )
         if not torch.is_grad_enabled():
             raise SplitTrainingError(
@@ -172,39 +182,52 @@ class RemoteBody:
                 "the split model was called again before the loss of its last output was "
                 "back-propagated; call loss.backward() once per call of the model"
             )
-        return _BodyFunction.apply(cut1, self._anchor, self)
+        if isinstance(cut1, torch.Tensor):  # its gradient always comes back, as before
+            return _BodyFunction.apply(self._anchor, self, (True,), True, cut1)
+        flags = crossing.needs_grad(cut1)
+        return _BodyFunction.apply(self._anchor, self, flags, False, *cut1)
 
-    def forward(self, cut1: torch.Tensor) -> torch.Tensor:
-        """Send ``cut1``; return the body's output on ``cut1``'s device."""
+    def forward(self, cut1: Activation) -> Activation:
+        """Send ``cut1``; return the body's output on ``cut1``'s device (a tuple: the
+        tensors the helper flagged require a gradient)."""
         now = self._end_span()  # stretches the head's forward (or all since the last batch)
         if not self._head_ran():  # the body called without the head: the gap ends here
             self._start_batch(now)
-        self.emulation.transfer(tensor_nbytes(cut1))
+        self.emulation.transfer(crossing.nbytes(cut1))
         t1 = time.perf_counter()
-        out = self.helper.forward(cut1.detach(), optim=self._take_events())
+        sent = cut1.detach() if isinstance(cut1, torch.Tensor) else cut1
+        out = self.helper.forward(sent, optim=self._take_events())
         self._batch.update(
             t1=t1, t2=time.perf_counter(), fwd_net=self.helper.last_network_seconds,
-            fwd_service=self.helper.last_service_seconds, examples=float(cut1.shape[0]),
+            fwd_service=self.helper.last_service_seconds,
+            examples=float(crossing.batch_size(cut1)),
         )
-        self.emulation.transfer(tensor_nbytes(out))
+        self.emulation.transfer(crossing.nbytes(out))
         self.pending = True
         self._span = (time.perf_counter(), time.process_time())
-        return out.to(cut1.device, non_blocking=cut1.device.type == "cuda")
+        device = crossing.as_tuple(cut1)[0].device
+        if isinstance(out, torch.Tensor):
+            return out.to(device, non_blocking=device.type == "cuda")
+        flags = crossing.needs_grad(out)
+        moved = crossing.to_device(out, device, non_blocking=device.type == "cuda")
+        return crossing.detach_inputs(moved, flags)
 
-    def backward(self, grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """Send the gradient at cut 2; return the gradient at cut 1, shaped as ``like``."""
+    def backward(self, grad: Activation, like: Activation) -> Activation:
+        """Send the gradient(s) at cut 2; return the gradient(s) at cut 1, each shaped as
+        its ``like``."""
         self._end_span()
         events = self._take_events()
         if self._gradients_cleared():
             events.append(["zero"])
-        self.emulation.transfer(tensor_nbytes(grad))
+        self.emulation.transfer(crossing.nbytes(grad))
         t3 = time.perf_counter()
-        grad_cut1 = self.helper.backward(grad.contiguous(), optim=events)
+        sent = grad.contiguous() if isinstance(grad, torch.Tensor) else grad
+        grad_cut1 = self.helper.backward(sent, optim=events)
         self._batch.update(
             t3=t3, t4=time.perf_counter(), bwd_net=self.helper.last_network_seconds,
             bwd_service=self.helper.last_service_seconds,
         )
-        self.emulation.transfer(tensor_nbytes(grad_cut1))
+        self.emulation.transfer(crossing.nbytes(grad_cut1))
         self.pending = False
         self.backwards += 1
         self.steps_since_backward = 0
@@ -214,7 +237,17 @@ class RemoteBody:
         # autograd backward, called directly, it ends here)
         with contextlib.suppress(AttributeError, RuntimeError):
             torch.autograd.Variable._execution_engine.queue_callback(self._backward_done)
-        return grad_cut1.to(device=like.device, dtype=like.dtype)
+        if isinstance(like, torch.Tensor):
+            return grad_cut1.to(device=like.device, dtype=like.dtype)
+        got = crossing.as_tuple(grad_cut1)
+        if len(got) != len(like):
+            raise SplitTrainingError(
+                f"the helper answered {len(got)} gradients for {len(like)} tensors of the "
+                "head's output that need one"
+            )
+        return tuple(
+            g.to(device=t.device, dtype=t.dtype) for g, t in zip(got, like, strict=True)
+        )
 
     # -- the end of the round -----------------------------------------------------------
 
@@ -348,19 +381,41 @@ class RemoteBody:
 
 
 class _BodyFunction(torch.autograd.Function):
-    """The body on the helper as one autograd node."""
+    """The body on the helper as one autograd node: ``apply(anchor, body, flags, bare,
+    *tensors)`` returns the body's output (a tensor or a tuple); gradients flow to the
+    flagged inputs from the outputs that need one. ``bare``: the one input tensor crosses
+    the cut as a tensor, not as a tuple."""
 
     @staticmethod
-    def forward(ctx: Any, cut1: torch.Tensor, anchor: torch.Tensor, body: RemoteBody) -> Any:
-        ctx.body = body
-        # only the dtype and device of cut 1 are needed to shape its gradient
-        ctx.save_for_backward(torch.empty(0, dtype=cut1.dtype, device=cut1.device))
-        return body.forward(cut1)
+    def forward(
+        ctx: Any, anchor: torch.Tensor, body: RemoteBody, flags: tuple[bool, ...],
+        bare: bool, *tensors: torch.Tensor,
+    ) -> Any:
+        ctx.body, ctx.flags, ctx.bare = body, flags, bare
+        # only the dtype and device of the flagged inputs shape their gradients
+        ctx.save_for_backward(*(
+            torch.empty(0, dtype=t.dtype, device=t.device)
+            for t in crossing.flagged(tensors, flags)
+        ))
+        out = body.forward(tensors[0] if bare else crossing.detach_inputs(tensors, flags))
+        outs = crossing.as_tuple(out)
+        ctx.out_flags = crossing.needs_grad(out)
+        ctx.single = isinstance(out, torch.Tensor)
+        if ctx.single:
+            ctx.out_flags = (True,)
+        result = tuple(t.detach() for t in outs)
+        ctx.mark_non_differentiable(
+            *(t for t, f in zip(result, ctx.out_flags, strict=True) if not f)
+        )
+        return result[0] if ctx.single else result
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> Any:
-        (like,) = ctx.saved_tensors
-        return ctx.body.backward(grad, like), None, None
+    def backward(ctx: Any, *grads: torch.Tensor) -> Any:
+        likes = ctx.saved_tensors
+        sent = tuple(g.contiguous() for g, f in zip(grads, ctx.out_flags, strict=True) if f)
+        back = ctx.body.backward(sent[0] if ctx.single else sent, likes[0] if ctx.bare else likes)
+        back = iter(crossing.as_tuple(back))
+        return (None, None, None, None, *(next(back) if f else None for f in ctx.flags))
 
 
 def followable_name(optimizer: torch.optim.Optimizer) -> str:

@@ -145,7 +145,9 @@ def train_sync(
     inputs, labels = data
     stream = SampleStream(int(labels.shape[0]), seed, offset)
     take = draw or stream.take
-    params = [*head.parameters(), *tail.parameters()]
+    # trainable ones only: a frozen base has no gradient to all-reduce (the helper's
+    # grad size counts the same)
+    params = [p for p in (*head.parameters(), *tail.parameters()) if p.requires_grad]
     shared = client_parts == "shared"
     head.train()
     tail.train()

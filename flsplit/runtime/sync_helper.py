@@ -60,6 +60,9 @@ the others' weights are renormalised), and the round carries on with the others.
 request is checked like any data-plane request: token, frame, then the tensor's fit: a
 forward must have exactly the scheduled number of rows and the body input's shape and
 dtype, a gradient exactly the shape of the client's rows of the body output.
+
+Synchronous steps carry one tensor per cut: a cut that several tensors cross
+(:mod:`flsplit.model.crossing`) is refused with the reason (:func:`multi_tensor_sync`).
 """
 
 from __future__ import annotations
@@ -98,6 +101,15 @@ class _StepState:
     body_in: torch.Tensor
     body_out: torch.Tensor
     row_shape: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+def multi_tensor_sync(tensors: tuple) -> str:
+    """Why synchronous steps refuse a cut that ``tensors`` cross."""
+    return (
+        f"the cut carries {len(tensors)} tensors; synchronous steps (run config sampler "
+        "other than 'local') carry one tensor per cut; use sampler='local' or cuts that one "
+        "tensor crosses"
+    )
 
 
 class SyncWorker:
@@ -247,6 +259,8 @@ class SyncWorker:
             raise TaskError(f"client {client!r} has no samples in step {step}")
         if tensor is None:
             raise InputError("fwd frame carries no tensor")
+        if isinstance(tensor, tuple):
+            raise InputError(multi_tensor_sync(tensor))
         shape = tuple(tensor.shape)
         if not shape or shape[0] != wanted:
             raise InputError(
@@ -264,6 +278,8 @@ class SyncWorker:
             raise TaskError(f"backward of step {step}, which is not in progress")
         if tensor is None:
             raise InputError("bwd frame carries no tensor")
+        if isinstance(tensor, tuple):
+            raise InputError(multi_tensor_sync(tensor))
         check_gradient(
             tensor,
             current.row_shape[client],
@@ -294,6 +310,8 @@ class SyncWorker:
             raise InputError("sync frame carries a tensor but no gradient is due")
         if tensor is None:
             return
+        if isinstance(tensor, tuple):
+            raise InputError("sync frame carries several tensors; a gradient is one vector")
         if tensor.dim() != 1 or not tensor.is_floating_point():
             raise InputError(
                 f"tensor shape {tuple(tensor.shape)} / dtype {tensor.dtype}: a head and tail "

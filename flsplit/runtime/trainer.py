@@ -8,6 +8,13 @@ copy when it runs the backward task, so one batch is one optimizer step of the f
 With ``micro_batches > 1`` each batch is cut into micro-batches that flow through the
 helper (or the chain of helpers) pipelined, gradients accumulated to one step per batch
 (:mod:`flsplit.runtime.microbatch`).
+
+Several tensors may cross a cut (:mod:`flsplit.model.crossing`): a head returning a tuple
+sends it whole, the tail is called ``tail(*body_output)``, and only the tensors that need a
+gradient carry one back. The inputs of a batch may be a tensor or a mapping of named
+tensors (``head(inputs)``). The loss gets the logits of the tail's output
+(:func:`~flsplit.model.outputs.logits_of`); the accuracy counts per example
+(:func:`~flsplit.model.outputs.correct_count`).
 """
 
 from __future__ import annotations
@@ -20,9 +27,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from flsplit.model import crossing
+from flsplit.model.crossing import Activation, Inputs
+from flsplit.model.outputs import correct_count, logits_of
 from flsplit.runtime.emulation import NO_EMULATION, Emulation
 from flsplit.runtime.helper_client import HelperClient
-from flsplit.runtime.memory import tensor_nbytes
 from flsplit.runtime.microbatch import MicroBatchStep
 from flsplit.runtime.worker import ProximalTerm
 
@@ -183,7 +192,7 @@ class RoundTotals:
         next one's first)."""
         self.load += seconds
 
-    def add(self, examples: int, loss_sum: float, correct: int,
+    def add(self, examples: int, loss_sum: float, correct: float,
             stages: Sequence[float], service: float) -> None:
         """Add one batch: its examples, summed loss, correct predictions, the seconds of
         stages 1, 3 and 5, and the seconds spent on (or waiting for) the helper."""
@@ -218,7 +227,7 @@ def split_batch(
     head: nn.Module,
     tail: nn.Module,
     helper: HelperClient,
-    inputs: torch.Tensor,
+    inputs: Inputs,
     labels: torch.Tensor,
     loss_fn: LossFn,
     optimizer: torch.optim.Optimizer,
@@ -239,37 +248,68 @@ def split_batch(
     optimizer.zero_grad(set_to_none=True)
     with emulation.compute():
         cut1 = head(inputs)
-    emulation.transfer(tensor_nbytes(cut1))
+    emulation.transfer(crossing.nbytes(cut1))
     t1 = time.perf_counter()
-    body_out = helper.forward(cut1.detach(), step=step)
+    body_out = helper.forward(outgoing(cut1), step=step)
     fwd_net, fwd_service = helper.last_network_seconds, helper.last_service_seconds
     t2 = time.perf_counter()
-    emulation.transfer(tensor_nbytes(body_out))
+    emulation.transfer(crossing.nbytes(body_out))
+    device = crossing.as_tuple(cut1)[0].device
     with emulation.compute():
-        cut2 = body_out.to(cut1.device).requires_grad_(True)
-        logits = tail(cut2)
+        cut2 = incoming(body_out, device)
+        logits = logits_of(crossing.call_part(tail, cut2))
         loss = loss_fn(logits, labels)
         loss.backward()
-    assert cut2.grad is not None
-    emulation.transfer(tensor_nbytes(cut2.grad))
+    grads = gradients_of(cut2)
+    emulation.transfer(crossing.nbytes(grads))
     t3 = time.perf_counter()
-    grad_cut1 = helper.backward(cut2.grad)
+    grad_cut1 = helper.backward(grads)
     bwd_net, bwd_service = helper.last_network_seconds, helper.last_service_seconds
     t4 = time.perf_counter()
-    emulation.transfer(tensor_nbytes(grad_cut1))
+    emulation.transfer(crossing.nbytes(grad_cut1))
     with emulation.compute():
-        cut1.backward(grad_cut1.to(device=cut1.device, dtype=cut1.dtype))
+        if isinstance(cut1, torch.Tensor):
+            cut1.backward(grad_cut1.to(device=cut1.device, dtype=cut1.dtype))
+        else:
+            crossing.backward(cut1, grad_cut1)
         if exchange is None:
             optimizer.step()
     if exchange is not None:
         exchange()
     t5 = time.perf_counter()
     n = int(labels.shape[0])
-    correct = int((logits.detach().argmax(dim=1) == labels).sum()) if logits.dim() == 2 else 0
+    correct = correct_count(logits, labels)
     totals.add(
         n, float(loss.detach()) * n, correct,
         ((t1 - t0) + fwd_net / 2, fwd_net / 2 + (t3 - t2) + bwd_net / 2, bwd_net / 2 + (t5 - t4)),
         fwd_service + bwd_service,
+    )
+
+
+def outgoing(cut1: Activation) -> Activation:
+    """What goes to the helper: a tensor detached (as always), a tuple as it is (the wire
+    flags its tensors that require a gradient, and detaches them)."""
+    return cut1.detach() if isinstance(cut1, torch.Tensor) else cut1
+
+
+def incoming(body_out: Activation, device: torch.device) -> Activation:
+    """The body's output as the tail's input on ``device``: leaves, a tensor requiring a
+    gradient (as always), in a tuple the tensors the helper flagged."""
+    if isinstance(body_out, torch.Tensor):
+        return body_out.to(device).requires_grad_(True)
+    flags = crossing.needs_grad(body_out)
+    return crossing.detach_inputs(crossing.to_device(body_out, device), flags)
+
+
+def gradients_of(cut2: Activation) -> Activation:
+    """What goes back to the helper: the tail input's gradient, or for a tuple the
+    gradients of its tensors that require one (zeros where none reached them)."""
+    if isinstance(cut2, torch.Tensor):
+        assert cut2.grad is not None
+        return cut2.grad
+    return tuple(
+        t.grad if t.grad is not None else torch.zeros_like(t)
+        for t in crossing.flagged(cut2, crossing.needs_grad(cut2))
     )
 
 

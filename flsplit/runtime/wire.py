@@ -1,4 +1,4 @@
-"""Wire format of the data plane: one tensor per frame, never pickled.
+"""Wire format of the data plane: tensors as raw bytes with a checked header, never pickled.
 
 A frame is::
 
@@ -14,7 +14,15 @@ The header is a UTF-8 JSON object with the fields
 - ``token``: the round token the server gave that client,
 - ``step``: the batch counter of the sending client (in synchronous-step mode the global
   step index the frame belongs to),
-- ``tensor``: ``null`` or ``{"dtype": str, "shape": [int, ...], "nbytes": int}``,
+- ``tensor``: ``null`` or ``{"dtype": str, "shape": [int, ...], "nbytes": int}``: the one
+  tensor the frame carries,
+- ``tensors`` (optional, instead of a non-null ``tensor``): a list of at most
+  :data:`MAX_TENSORS` specs ``{"dtype", "shape", "nbytes", "grad": bool}``: the frame
+  carries several tensors (a cut that several values cross, :mod:`flsplit.model.crossing`).
+  ``grad`` says whether the receiver makes that tensor require a gradient (a hidden state:
+  ``true``; an attention mask, position ids, a rotary table: ``false``); it may be set on
+  floating-point dtypes only. A backward frame carries the gradients of the flagged
+  tensors of the forward it answers, in order (all flags ``false``).
 - ``service_ms`` (replies only, optional): time the helper held the request (queue and
   compute), so the client can tell network time from helper time;
 - ``micro`` and ``micros`` (optional, default ``0`` and ``1``): the frame carries
@@ -34,12 +42,23 @@ The header is a UTF-8 JSON object with the fields
   ``"ValueError: bad batch"``: at most :data:`MAX_REASON_CHARS` printable characters (no
   line breaks or control characters, so it is safe to log).
 
-The payload is the tensor's raw bytes in C order, exactly ``nbytes`` long. Every field is
-checked before any byte of the payload is interpreted: allowed dtypes only, a bounded
-number of dimensions, ``nbytes == prod(shape) * itemsize == len(payload)``, a maximum
-frame size, and (on request) finite values. Anything else raises :class:`FrameError`
-with a message that names the offending field. :func:`decode_header` does all of that but
-reading the values, so a receiver can check who sent a frame before touching its payload.
+The payload is the tensor's raw bytes in C order, exactly ``nbytes`` long (several
+tensors: their bytes concatenated in order). Every field is checked before any byte of the
+payload is interpreted: allowed dtypes only (:data:`DTYPES`: the floats, and ``int64``,
+``int32``, ``int8``, ``uint8``, ``bool`` for masks and ids), a bounded number of
+dimensions and of tensors, ``nbytes == prod(shape) * itemsize`` for every tensor, the sum
+of them ``== len(payload)``, a maximum frame size, and (on request) finite values of
+floating-point tensors; booleans must be bytes 0 or 1. Anything else raises
+:class:`FrameError` with a message that names the offending field (and the tensor's index,
+``tensors[2] dtype ...``). :func:`decode_header` does all of that but reading the values,
+so a receiver can check who sent a frame before touching its payload.
+
+In Python. :attr:`Frame.tensor` is ``None``, a tensor (a ``tensor`` frame, byte for byte
+what it was before several tensors could travel) or a tuple of tensors (a ``tensors``
+frame, whatever its length); :attr:`Frame.grads` holds a tuple's gradient flags. When a
+tuple is encoded without flags, a tensor is flagged when it is floating point and requires
+a gradient (:func:`flsplit.model.crossing.needs_grad`), so a sender may pass the tensors
+its part returned as they are.
 """
 
 from __future__ import annotations
@@ -51,11 +70,40 @@ from dataclasses import dataclass
 
 import torch
 
+from flsplit.model.crossing import needs_grad
+from flsplit.runtime.payload import (
+    DTYPES,
+    ITEMSIZE,
+    MAX_DIM,
+    MAX_DIMS,
+    MAX_TENSORS,
+    FrameError,
+    check_spec,
+    check_specs,
+    materialize,
+    tensor_bytes,
+)
+from flsplit.runtime.payload import short as _short
+
+__all__ = [
+    "DTYPES",
+    "MAX_DIM",
+    "MAX_DIMS",
+    "MAX_TENSORS",
+    "Frame",
+    "FrameError",
+    "RawFrame",
+    "check_optim_events",
+    "check_reason",
+    "decode",
+    "decode_header",
+    "encode",
+    "short_reason",
+]
+
 MAGIC = b"FLS1"
 HEADER_LIMIT = 64 * 1024
 DEFAULT_MAX_FRAME_BYTES = 512 * 1024 * 1024
-MAX_DIMS = 8
-MAX_DIM = 2**40
 MAX_ID_CHARS = 256
 MAX_TOKEN_CHARS = 512
 MAX_MICROS = 4096
@@ -65,19 +113,9 @@ MAX_NAME_CHARS = 64
 MAX_REASON_CHARS = 300
 OPS = ("fwd", "bwd", "finish", "result", "sync", "abort", "watch")
 
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
-_DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
-_ITEMSIZE = {dtype: torch.empty((), dtype=dtype).element_size() for dtype in DTYPES.values()}
+_ITEMSIZE = ITEMSIZE
 _PREFIX = struct.Struct("<4sI")
-
-
-class FrameError(ValueError):
-    """A frame that does not follow the wire format."""
+Tensors = torch.Tensor | tuple[torch.Tensor, ...]
 
 
 @dataclass
@@ -94,8 +132,8 @@ class Frame:
         Round token presented by the client (empty in replies).
     step : int
         Batch counter of the client.
-    tensor : torch.Tensor or None
-        The carried tensor, if any.
+    tensor : torch.Tensor, tuple of torch.Tensor, or None
+        The carried tensor, or tensors (a ``tensors`` frame), if any.
     service_ms : float
         Replies: time the helper held the request, in ms.
     micro, micros : int
@@ -104,37 +142,33 @@ class Frame:
         The client's optimizer events (its own training loop).
     reason : str
         ``abort`` frames: why the client gives up its round.
+    grads : tuple of bool, optional
+        A tuple's gradient flags (decoded frames always have them; encoding without them
+        flags the floating-point tensors that require a gradient).
     """
 
     op: str
     client: str
     token: str = ""
     step: int = 0
-    tensor: torch.Tensor | None = None
+    tensor: Tensors | None = None
     service_ms: float = 0.0
     micro: int = 0
     micros: int = 1
     optim: list[list] | None = None
     reason: str = ""
+    grads: tuple[bool, ...] | None = None
 
 
 def encode(frame: Frame) -> bytes:
     """Serialize ``frame`` into bytes."""
     if frame.op not in OPS:
         raise FrameError(f"op {frame.op!r} is not one of {OPS}")
-    tensor_header = None
-    payload = b""
-    if frame.tensor is not None:
-        tensor = frame.tensor.detach()
-        if tensor.dtype not in _DTYPE_NAMES:
-            raise FrameError(f"dtype {tensor.dtype} cannot travel; allowed: {sorted(DTYPES)}")
-        tensor = tensor.contiguous().cpu()
-        payload = tensor.reshape(-1).view(torch.uint8).numpy().tobytes()
-        tensor_header = {
-            "dtype": _DTYPE_NAMES[tensor.dtype],
-            "shape": list(tensor.shape),
-            "nbytes": len(payload),
-        }
+    tensor_header, specs, payload = None, None, b""
+    if isinstance(frame.tensor, tuple | list):
+        specs, payload = _encode_tensors(tuple(frame.tensor), frame.grads)
+    elif frame.tensor is not None:
+        tensor_header, payload = tensor_bytes(frame.tensor)
     fields = {
         "op": frame.op,
         "client": frame.client,
@@ -142,6 +176,8 @@ def encode(frame: Frame) -> bytes:
         "step": frame.step,
         "tensor": tensor_header,
     }
+    if specs is not None:
+        fields["tensors"] = specs
     if frame.service_ms:
         fields["service_ms"] = frame.service_ms
     if frame.micros != 1 or frame.micro != 0:
@@ -153,6 +189,27 @@ def encode(frame: Frame) -> bytes:
         fields["reason"] = check_reason(frame.reason)
     header = json.dumps(fields, separators=(",", ":")).encode()
     return _PREFIX.pack(MAGIC, len(header)) + header + payload
+
+
+def _encode_tensors(
+    tensors: tuple[torch.Tensor, ...], grads: tuple[bool, ...] | None
+) -> tuple[list[dict], bytes]:
+    if len(tensors) > MAX_TENSORS:
+        raise FrameError(f"{len(tensors)} tensors in one frame; at most {MAX_TENSORS} travel")
+    if any(not isinstance(t, torch.Tensor) for t in tensors):
+        kinds = ", ".join(type(t).__name__ for t in tensors)
+        raise FrameError(f"a frame carries tensors only, got ({kinds})")
+    flags = needs_grad(tensors) if grads is None else tuple(bool(g) for g in grads)
+    if len(flags) != len(tensors):
+        raise FrameError(f"{len(flags)} gradient flags for {len(tensors)} tensors")
+    specs, chunks = [], []
+    for i, (tensor, grad) in enumerate(zip(tensors, flags, strict=True)):
+        spec, data = tensor_bytes(tensor, f"tensors[{i}]")
+        if grad and not tensor.is_floating_point():
+            raise FrameError(f"tensors[{i}] grad is set on dtype {spec['dtype']}, which has none")
+        specs.append({**spec, "grad": grad})
+        chunks.append(data)
+    return specs, b"".join(chunks)
 
 
 @dataclass
@@ -167,27 +224,31 @@ class RawFrame:
     dtype: torch.dtype | None = None
     shape: tuple[int, ...] = ()
     payload: memoryview | None = None
+    #: a ``tensors`` frame: dtype, shape and byte length of each tensor
+    layouts: list[tuple[torch.dtype, tuple[int, ...], int]] | None = None
 
-    def tensor(self, require_finite: bool = True) -> torch.Tensor | None:
-        """Materialize the tensor (a copy that owns its memory), or ``None``.
+    def tensor(self, require_finite: bool = True) -> Tensors | None:
+        """Materialize the tensor, or the tuple of tensors (copies that own their
+        memory), or ``None``.
 
         Raises
         ------
         FrameError
-            If ``require_finite`` and the values hold NaN or infinity.
+            If ``require_finite`` and a floating-point tensor holds NaN or infinity, or a
+            boolean one bytes other than 0 and 1.
         """
-        if self.dtype is None or self.payload is None:
+        if self.payload is None:
             return None
-        try:
-            if not len(self.payload):
-                return torch.empty(self.shape, dtype=self.dtype)
-            tensor = torch.frombuffer(bytearray(self.payload), dtype=self.dtype)
-            tensor = tensor.reshape(self.shape)
-        except (RuntimeError, ValueError) as err:  # not expected after the layout checks
-            raise FrameError(f"tensor shape {self.shape} cannot be built: {err}") from None
-        if require_finite and not bool(torch.isfinite(tensor).all()):
-            raise FrameError("tensor holds NaN or infinite values")
-        return tensor
+        if self.layouts is not None:
+            tensors, offset = [], 0
+            for i, (dtype, shape, size) in enumerate(self.layouts):
+                part = self.payload[offset : offset + size]
+                tensors.append(materialize(dtype, shape, part, require_finite, f"tensors[{i}]"))
+                offset += size
+            return tuple(tensors)
+        if self.dtype is None:
+            return None
+        return materialize(self.dtype, self.shape, self.payload, require_finite)
 
 
 def decode(
@@ -303,6 +364,14 @@ def decode_header(data: bytes, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     )
     payload = memoryview(data)[_PREFIX.size + header_len :]
     spec = header.get("tensor")
+    if "tensors" in header:
+        if spec is not None:
+            raise FrameError("header fields 'tensor' and 'tensors' are both set")
+        layouts, frame.grads = check_specs(header["tensors"])
+        total = sum(size for _, _, size in layouts)
+        if len(payload) != total:
+            raise FrameError(f"payload has {len(payload)} bytes, header announces {total}")
+        return RawFrame(frame, payload=payload, layouts=layouts)
     if spec is None:
         if len(payload):
             raise FrameError(f"frame without tensor carries {len(payload)} payload bytes")
@@ -322,14 +391,6 @@ def _check_micro(micro: int, micros: int) -> None:
         )
 
 
-def _short(value: object, limit: int = 80) -> str:
-    try:
-        text = repr(value)
-    except ValueError:  # an int too long to print
-        text = f"<{type(value).__name__}>"
-    return text[:limit]
-
-
 def _field(header: dict, name: str, kind: type) -> object:
     value = header.get(name)
     if not isinstance(value, kind) or isinstance(value, bool):
@@ -340,33 +401,10 @@ def _field(header: dict, name: str, kind: type) -> object:
 def _tensor_layout(spec: object, payload: memoryview) -> tuple[torch.dtype, tuple[int, ...]]:
     if not isinstance(spec, dict):
         raise FrameError("header field 'tensor' must be an object or null")
-    dtype_name = spec.get("dtype")
-    if not isinstance(dtype_name, str) or dtype_name not in DTYPES:
-        raise FrameError(f"tensor dtype {dtype_name!r:.40} is not one of {sorted(DTYPES)}")
-    dtype = DTYPES[dtype_name]
-    shape = spec.get("shape")
-    if (
-        not isinstance(shape, list)
-        or len(shape) > MAX_DIMS
-        or not all(
-            isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM for d in shape
-        )
-    ):
-        raise FrameError(
-            f"tensor shape {_short(shape)} must be a list of at most {MAX_DIMS} ints "
-            f"in [0, {MAX_DIM}]"
-        )
-    if math.prod(max(d, 1) for d in shape) > MAX_DIM:  # torch cannot stride it, even empty
-        raise FrameError(f"tensor shape {shape} spans more than {MAX_DIM} elements")
-    nbytes = spec.get("nbytes")
-    expected = math.prod(shape) * _ITEMSIZE[dtype]
-    if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes != expected:
-        raise FrameError(
-            f"tensor nbytes {_short(nbytes, 40)} does not match shape {shape} ({expected})"
-        )
+    dtype, shape, expected = check_spec(spec)
     if len(payload) != expected:
         raise FrameError(f"payload has {len(payload)} bytes, header announces {expected}")
-    return dtype, tuple(shape)
+    return dtype, shape
 
 
 def check_reason(reason: object) -> str:

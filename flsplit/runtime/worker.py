@@ -12,6 +12,16 @@ gradient exactly the shape and dtype of the output of that client's pending forw
 tensor that does not fit raises :class:`InputError` and leaves the client's state as it
 was, so the client may retry with a good one.
 
+Several tensors per cut
+-----------------------
+A forward input may be a tuple of tensors (:mod:`flsplit.model.crossing`) with gradient
+flags (the frame's ``grads``): the body is called ``body(*inputs)``, every input detached
+and only the flagged ones requiring a gradient; each tensor is checked against its own
+spec. A tuple output is answered with its tensors detached, those that need a gradient
+(floating point, requiring one) flagged; the backward takes the gradients of the flagged
+outputs, in order, and answers with the gradients of the flagged inputs, in order. A
+single tensor is handled exactly as before.
+
 Micro-batches
 -------------
 A task may carry micro-batch ``micro`` of ``micros`` (see :mod:`flsplit.runtime.wire`).
@@ -82,51 +92,22 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from flsplit.runtime.checks import InputError, TensorSpec, check_gradient
+from flsplit.model.crossing import Activation, as_tuple
+from flsplit.runtime import body_steps as steps
+from flsplit.runtime.body_steps import ClientBody as ClientBody  # re-exported
+from flsplit.runtime.body_steps import TaskError as TaskError  # re-exported
+from flsplit.runtime.checks import (
+    ActivationSpec,
+    InputError,
+    check_activation,
+    check_gradients,
+)
+from flsplit.runtime.checks import TensorSpec as TensorSpec  # re-exported: callers' spec
 from flsplit.runtime.emulation import NO_EMULATION, Emulation
 
 OptimizerFn = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 #: Helper memory modes: one body copy per client, or one shared body with recompute.
 MEMORY_MODES = ("per-client", "shared")
-
-
-class TaskError(RuntimeError):
-    """A task that cannot be run for the client that sent it."""
-
-
-@dataclass
-class ClientBody:
-    """One client's copy of the body and its training state.
-
-    ``inputs`` and ``outputs`` hold the pending forward of each micro-batch in flight
-    (key: micro-batch index, ``0`` for a whole batch); ``accumulated`` counts the
-    backward tasks whose gradients the current batch has gathered so far.
-    """
-
-    module: nn.Module
-    optimizer: torch.optim.Optimizer
-    inputs: dict[int, torch.Tensor] = field(default_factory=dict)
-    outputs: dict[int, torch.Tensor] = field(default_factory=dict)
-    input_spec: TensorSpec | None = None
-    recompute: bool = False
-    rng_state: tuple[torch.Tensor, torch.Tensor | None] | None = None
-    accumulated: int = 0
-    follow: bool = False
-    followed: str | None = None
-    anchor: list[torch.Tensor] | None = None
-    batches: int = 0
-    examples: int = 0
-    busy_seconds: float = 0.0
-
-    @property
-    def pending_input(self) -> torch.Tensor | None:
-        """Input of the pending forward of a whole batch (micro-batch 0)."""
-        return self.inputs.get(0)
-
-    @property
-    def pending_output(self) -> torch.Tensor | None:
-        """Output of the pending forward of a whole batch (micro-batch 0)."""
-        return self.outputs.get(0)
 
 
 @dataclass(order=True)
@@ -136,11 +117,12 @@ class _Task:
     queued: float = field(compare=False)
     client: str = field(compare=False)
     kind: str = field(compare=False)
-    tensor: torch.Tensor = field(compare=False)
+    tensor: Activation = field(compare=False)
     future: Future = field(compare=False)
     micro: int = field(default=0, compare=False)
     micros: int = field(default=1, compare=False)
     optim: list[list] | None = field(default=None, compare=False)
+    grads: tuple[bool, ...] | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -173,9 +155,9 @@ class HelperWorker:
         Tasks not listed come after the listed ones, first come first served.
     emulation : Emulation, optional
         Stretches every task's compute to emulate a slower device.
-    input_specs : Mapping[str, TensorSpec], optional
-        Expected input of each client's body; a client without one has its spec learned
-        from its first forward task that ran.
+    input_specs : Mapping[str, ActivationSpec], optional
+        Expected input of each client's body (a tuple of specs for a tuple of tensors);
+        a client without one has its spec learned from its first forward task that ran.
     max_batch : int, optional
         Largest batch accepted.
     memory_mode : {"per-client", "shared"}
@@ -197,7 +179,7 @@ class HelperWorker:
         optimizer_fn: OptimizerFn,
         order: Sequence[tuple[str, str]] | None = None,
         emulation: Emulation = NO_EMULATION,
-        input_specs: Mapping[str, TensorSpec] | None = None,
+        input_specs: Mapping[str, ActivationSpec] | None = None,
         max_batch: int | None = None,
         memory_mode: str = "per-client",
         proximal_mu: float = 0.0,
@@ -230,7 +212,11 @@ class HelperWorker:
                 module, optimizer, input_spec=specs.get(client), recompute=shared
             )
             if self.proximal_mu > 0:
-                self.bodies[client].anchor = [p.detach().clone() for p in module.parameters()]
+                # a frozen tensor never moves from its start: no copy of it (a frozen base)
+                self.bodies[client].anchor = [
+                    p.detach().clone() if p.requires_grad else p.detach()
+                    for p in module.parameters()
+                ]
         self._rank = {tuple(task): i for i, task in enumerate(order or [])}
         self._unranked = len(self._rank)
         self._queue: list[_Task] = []
@@ -248,7 +234,7 @@ class HelperWorker:
         clients: Sequence[str],
         optimizer_fn: OptimizerFn,
         order: Sequence[tuple[str, str]] | None = None,
-        input_spec: TensorSpec | None = None,
+        input_spec: ActivationSpec | None = None,
         max_batch: int | None = None,
     ) -> HelperWorker:
         """A worker holding one deep copy of ``body`` per client."""
@@ -267,7 +253,7 @@ class HelperWorker:
         clients: Sequence[str],
         optimizer_fn: OptimizerFn,
         order: Sequence[tuple[str, str]] | None = None,
-        input_spec: TensorSpec | None = None,
+        input_spec: ActivationSpec | None = None,
         max_batch: int | None = None,
         emulation: Emulation = NO_EMULATION,
     ) -> HelperWorker:
@@ -311,15 +297,16 @@ class HelperWorker:
                 for value in opt_state.values():
                     if isinstance(value, torch.Tensor):
                         add(value)
-            for tensor in [*state.inputs.values(), *state.outputs.values()]:
-                add(tensor)
+            for value in [*state.inputs.values(), *state.outputs.values()]:
+                for tensor in as_tuple(value):
+                    add(tensor)
         return total
 
     def check(
         self,
         client: str,
         kind: str,
-        tensor: torch.Tensor | None,
+        tensor: Activation | None,
         micro: int = 0,
         micros: int = 1,
         optim: list[list] | None = None,
@@ -330,8 +317,8 @@ class HelperWorker:
         ----------
         client, kind : str
             The client and ``"fwd"`` or ``"bwd"``.
-        tensor : torch.Tensor
-            The activation (forward) or the gradient of the output (backward).
+        tensor : Activation
+            The activation (forward) or the gradients of the output (backward).
         micro, micros : int
             Micro-batch ``micro`` of ``micros`` in the client's batch.
         optim : list, optional
@@ -364,28 +351,32 @@ class HelperWorker:
                 f"{micros} micro-batches per batch: the helper's 'shared' memory mode takes "
                 "whole batches only (use helper-memory='per-client' or micro-batches=1)"
             )
-        shape = tuple(tensor.shape)
         if kind == "bwd":
             out = state.outputs.get(micro)
             if out is None:
                 raise TaskError("backward task without a preceding forward task")
-            check_gradient(tensor, out.shape, out.dtype)
+            check_gradients(tensor, out)
             return
+        first = as_tuple(tensor)
+        if not first:
+            raise InputError("a fwd task needs at least one tensor")
+        shape = tuple(first[0].shape)  # the first tensor's dimension 0 is the batch
         if not shape or shape[0] < 1:
             raise InputError(f"tensor shape {shape} has no batch dimension of size >= 1")
         if self.max_batch is not None and shape[0] > self.max_batch:
             raise InputError(f"tensor shape {shape}: batch larger than {self.max_batch}")
         if state.input_spec is not None:
-            state.input_spec.check(tensor)
+            check_activation(state.input_spec, tensor)
 
     def submit(
         self,
         client: str,
         kind: str,
-        tensor: torch.Tensor | None,
+        tensor: Activation | None,
         micro: int = 0,
         micros: int = 1,
         optim: list[list] | None = None,
+        grads: tuple[bool, ...] | None = None,
     ) -> Future:
         """Check a ``"fwd"`` or ``"bwd"`` task (:meth:`check`) and queue it.
 
@@ -401,13 +392,20 @@ class HelperWorker:
         optim : list, optional
             The client's optimizer events, applied before the task (kind ``"optim"``:
             nothing else); see the module docstring.
+        grads : tuple of bool, optional
+            A tuple input's gradient flags (default: its floating-point tensors).
 
         Returns
         -------
         Future
-            Resolves to the output tensor.
+            Resolves to the output tensor (or tuple; see the module docstring).
         """
         self.check(client, kind, tensor, micro, micros, optim)
+        if grads is not None and (
+            not isinstance(tensor, tuple) or len(grads) != len(tensor)
+            or any(g and not t.is_floating_point() for g, t in zip(grads, tensor, strict=True))
+        ):
+            raise InputError("gradient flags do not fit the tensors (one per floating tensor)")
         future: Future = Future()
         rank = self._rank.get((client, kind), self._unranked)
         with self._cond:
@@ -417,7 +415,7 @@ class HelperWorker:
                 self._queue,
                 _Task(
                     rank, next(self._seq), time.time(), client, kind, tensor, future,
-                    micro, micros, optim,
+                    micro, micros, optim, grads,
                 ),
             )
             self._cond.notify()
@@ -463,7 +461,7 @@ class HelperWorker:
             if state is not None:
                 state.busy_seconds += end - start
 
-    def _execute(self, task: _Task) -> torch.Tensor | None:
+    def _execute(self, task: _Task) -> Activation | None:
         state = self.bodies.get(task.client)
         if state is None:
             raise TaskError(f"client {task.client!r} was dropped")
@@ -474,11 +472,11 @@ class HelperWorker:
             return None
         if task.kind == "fwd":
             if state.recompute:
-                return self._forward_lean(state, task.tensor)
-            return self._forward(state, task.tensor, task.micro)
+                return steps.forward_lean(state, task.tensor, task.grads)
+            return steps.forward(state, task.tensor, task.micro, task.grads)
         if state.recompute:
-            return self._backward_lean(state, task.tensor, self._add_proximal)
-        return self._backward(state, task.tensor, task.micro, task.micros, self._add_proximal)
+            return steps.backward_lean(state, task.tensor, self._add_proximal)
+        return steps.backward(state, task.tensor, task.micro, task.micros, self._add_proximal)
 
     def _apply_events(self, state: ClientBody, events: list[list]) -> None:
         """Apply a client's optimizer events to its body, in order."""
@@ -509,114 +507,9 @@ class HelperWorker:
         if state.anchor is not None:
             self.proximal.add_gradient(list(state.module.parameters()), state.anchor)
 
-    @staticmethod
-    def _forward_lean(state: ClientBody, activation: torch.Tensor) -> torch.Tensor:
-        inp = _to_module(activation.detach(), state.module)
-        cuda = torch.cuda.get_rng_state(inp.device) if inp.is_cuda else None
-        state.rng_state = (torch.get_rng_state(), cuda)
-        with torch.no_grad():
-            out = state.module(inp)
-        # keep the input only; the output's shape and dtype live on the meta device
-        state.inputs[0] = inp
-        state.outputs[0] = torch.empty(out.shape, dtype=out.dtype, device="meta")
-        if state.input_spec is None:
-            state.input_spec = TensorSpec(tuple(inp.shape[1:]), inp.dtype)
-        return out
-
-    @staticmethod
-    def _backward_lean(
-        state: ClientBody,
-        grad_output: torch.Tensor,
-        before_step: Callable[[ClientBody], None] = lambda state: None,
-    ) -> torch.Tensor:
-        saved, meta = state.pending_input, state.pending_output
-        if saved is None or meta is None or state.rng_state is None:
-            raise TaskError("backward task without a preceding forward task")
-        if tuple(grad_output.shape) != tuple(meta.shape):
-            raise TaskError(
-                f"gradient shape {tuple(grad_output.shape)} does not match the body output "
-                f"shape {tuple(meta.shape)}"
-            )
-        module = state.module
-        grad_output = _to_module(grad_output, module)
-        inp = saved.detach().requires_grad_(True)
-        buffers = [(b, b.detach().clone()) for b in module.buffers()]
-        cpu_rng, cuda_rng = state.rng_state
-        devices = [inp.device] if cuda_rng is not None else []
-        with torch.random.fork_rng(devices=devices), torch.enable_grad():
-            torch.set_rng_state(cpu_rng)
-            if cuda_rng is not None:
-                torch.cuda.set_rng_state(cuda_rng, inp.device)
-            out = module(inp)
-        state.optimizer.zero_grad(set_to_none=True)
-        out.backward(grad_output.to(out.dtype))
-        del out
-        with torch.no_grad():  # the forward task already updated them (after backward:
-            for buffer, value in buffers:  # autograd may have saved them)
-                buffer.copy_(value)
-        before_step(state)
-        state.optimizer.step()
-        state.optimizer.zero_grad(set_to_none=True)
-        state.inputs.clear()
-        state.outputs.clear()
-        state.rng_state = None
-        state.batches += 1
-        state.examples += int(inp.shape[0])
-        grad = inp.grad
-        return grad if grad is not None else torch.zeros_like(inp)
-
-    @staticmethod
-    def _forward(state: ClientBody, activation: torch.Tensor, micro: int = 0) -> torch.Tensor:
-        inp = _to_module(activation.detach(), state.module).requires_grad_(True)
-        with torch.enable_grad():
-            out = state.module(inp)
-        state.inputs[micro], state.outputs[micro] = inp, out
-        if state.input_spec is None:
-            state.input_spec = TensorSpec(tuple(inp.shape[1:]), inp.dtype)
-        return out.detach()
-
-    @staticmethod
-    def _backward(
-        state: ClientBody,
-        grad_output: torch.Tensor,
-        micro: int = 0,
-        micros: int = 1,
-        before_step: Callable[[ClientBody], None] = lambda state: None,
-    ) -> torch.Tensor:
-        inp, out = state.inputs.get(micro), state.outputs.get(micro)
-        if out is None or inp is None:
-            raise TaskError("backward task without a preceding forward task")
-        if tuple(grad_output.shape) != tuple(out.shape):
-            raise TaskError(
-                f"gradient shape {tuple(grad_output.shape)} does not match the body output "
-                f"shape {tuple(out.shape)}"
-            )
-        grad_output = grad_output.to(device=out.device, non_blocking=out.is_cuda)
-        if state.follow:  # the client's optimizer events zero and step the body
-            out.backward(grad_output.to(out.dtype))
-            del state.inputs[micro], state.outputs[micro]
-            state.examples += int(inp.shape[0])
-            state.batches += 1
-            grad = inp.grad
-            return grad if grad is not None else torch.zeros_like(inp)
-        if state.accumulated == 0:  # the batch's first backward: start from no gradient
-            state.optimizer.zero_grad(set_to_none=True)
-        out.backward(grad_output.to(out.dtype))
-        del state.inputs[micro], state.outputs[micro]
-        state.accumulated += 1
-        state.examples += int(inp.shape[0])
-        if state.accumulated >= micros:  # the batch's last micro-batch: one step
-            before_step(state)
-            state.optimizer.step()
-            state.accumulated = 0
-            state.batches += 1
-        grad = inp.grad
-        return grad if grad is not None else torch.zeros_like(inp)
-
-
 def _same_spec(
-    clients: Sequence[str], spec: TensorSpec | None
-) -> dict[str, TensorSpec] | None:
+    clients: Sequence[str], spec: ActivationSpec | None
+) -> dict[str, ActivationSpec] | None:
     """The same input spec for every client (``None``: learn each from its first forward)."""
     return dict.fromkeys(clients, spec) if spec is not None else None
 
@@ -691,13 +584,3 @@ class ProximalTerm:
                     norm = float(delta.norm())
                     if norm > 0:
                         param.grad.add_(delta, alpha=self.mu / 2 / norm)
-
-
-def _to_module(tensor: torch.Tensor, module: nn.Module) -> torch.Tensor:
-    """``tensor`` on the device of ``module``'s weights (tensors arrive on the CPU)."""
-    weight = next(itertools.chain(module.parameters(), module.buffers()), None)
-    if weight is None or weight.device == tensor.device:
-        return tensor
-    if weight.is_cuda:  # pinned host memory lets the copy overlap
-        return tensor.pin_memory().to(weight.device, non_blocking=True)
-    return tensor.to(weight.device)

@@ -37,13 +37,15 @@ def history_of(strategy: SplitStrategy) -> dict[str, Any]:
     ``train``, ``evaluate`` and ``server``: the aggregated train metrics, the clients'
     evaluation and the server-side evaluation per round (as the run's ``Result`` has them,
     by flsplit's round); ``round-wall-seconds`` per round; the helpers' peak memory and
-    synchronous step sizes; this process's peak memory; when it was written.
+    synchronous step sizes; the parameter bytes of every split round (``sent``, of which
+    ``sent-base``, ``received``); this process's peak memory; when it was written.
     """
     return {
         **{kind: dict(sorted(strategy.results[kind].items())) for kind in TABLES},
         ROUND_WALL_SECONDS: dict(sorted(strategy.round_times.items())),
         "helper-peak-rss-mib": strategy.helper_peak_mib,
         "sync-step-examples": strategy.sync_steps,
+        "parameter-bytes": strategy.param_bytes,
         "serverapp-peak-rss-mib": peak_rss_mib(),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }

@@ -16,6 +16,7 @@ from flwr.supercore import log
 
 from flsplit.config import RunConfig
 from flsplit.model.costs import CutCosts, cut_costs, part_costs
+from flsplit.model.frozen import frozen_keys
 from flsplit.model.splitting import parse_cuts, part_state_keys
 from flsplit.runtime.emulation import LinkTable
 from flsplit.server.round_planner import FIXED_CUT_METHODS, RoundPlanner
@@ -103,6 +104,7 @@ def planned_strategy(
         local_epochs=config.local_epochs,
         output_dir=config.output_dir or None,
         gantt=config.gantt,
+        frozen_keys=frozen_keys(model),
         **common,
     )
     link.bind(strategy)

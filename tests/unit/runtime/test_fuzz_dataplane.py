@@ -1,11 +1,13 @@
 """Fuzzing the data plane: the frame parser and the helper's handlers.
 
 Random bytes and mutations of valid frames (bit flips, truncation, header field edits,
-huge shapes, NaN payloads, wrong dtypes, forged tokens) go to :func:`wire.decode`, to the
-helper's handlers called directly, and a few hundred over real gRPC. Nothing may crash
-(only :class:`wire.FrameError` or a clean gRPC status), every call finishes within its
-deadline, and a well-behaved client trains through the same helper all along with every
-batch matching a local reference of its body.
+huge shapes, NaN payloads, wrong dtypes, forged tokens, lists of several tensors with
+bad specs, flags and lengths) go to :func:`wire.decode`, to the helper's handlers called
+directly, and a few hundred over real gRPC. A third client's body takes three tensors (a
+hidden state, a bool mask, int64 ids), so well-formed multi-tensor frames reach a body.
+Nothing may crash (only :class:`wire.FrameError` or a clean gRPC status), every call
+finishes within its deadline, and a well-behaved client trains through the same helper all
+along with every batch matching a local reference of its body.
 """
 
 import json
@@ -22,9 +24,10 @@ from torch import nn
 
 from flsplit.runtime import wire
 from flsplit.runtime.auth import TokenVerifier, helper_key, new_run_secret, sign_token
+from flsplit.runtime.checks import TensorSpec
 from flsplit.runtime.dataplane import HelperServer
 from flsplit.runtime.helper_client import SERVICE, HelperClient
-from flsplit.runtime.worker import HelperWorker, TensorSpec
+from flsplit.runtime.worker import HelperWorker
 
 # Each hypothesis example is a frame plus cheap variants of it (a flipped bit, a cut),
 # so the frames tried are the examples times the variants.
@@ -42,6 +45,9 @@ OTHER_KEY = helper_key(new_run_secret(), RUN, HELPER)
 IN, HIDDEN, OUT = 8, 16, 8
 SPEC = TensorSpec((IN,), torch.float32)
 FUZZ_TOKEN = sign_token(KEY, RUN, ROUND, "fuzz", HELPER)
+MULTI_TOKEN = sign_token(KEY, RUN, ROUND, "multi", HELPER)
+IDS = 3
+MULTI_SPEC = (SPEC, TensorSpec((), torch.bool), TensorSpec((IDS,), torch.int64))
 ALLOWED = {"INVALID_ARGUMENT", "UNAUTHENTICATED", "FAILED_PRECONDITION"}
 FUZZ_SETTINGS = {
     "deadline": None,
@@ -88,6 +94,7 @@ SHAPES = st.one_of(
     st.just([4.0, 8.0]),
 )
 FLOATS = st.sampled_from([0.0, 1.0, -2.5, float("nan"), float("inf"), -float("inf"), 1e38])
+GRAD_FLAGS = st.sampled_from([True, False, False, None, 1, "true"])
 
 HYPER_VALUES = st.sampled_from(
     [0.1, 0, -1.0, 1e299, True, None, [0.9, 0.99], [1, 2, 3, 4, 5], "x", {"a": 1}, [True]]
@@ -144,8 +151,9 @@ def header_edits(draw: st.DrawFn) -> bytes:
     header["tensor"] = {"dtype": dtype, "shape": shape, "nbytes": nbytes}
     if consistent and draw(st.booleans()):
         if dtype in wire.DTYPES:
-            fill = draw(FLOATS)
-            values = torch.full((numel,), fill).to(wire.DTYPES[dtype])
+            kind = wire.DTYPES[dtype]
+            fill = draw(FLOATS) if kind.is_floating_point else draw(st.sampled_from([0, 1, 7]))
+            values = torch.full((numel,), fill).to(kind)
             payload = values.view(torch.uint8).numpy().tobytes()
         else:
             payload = bytes(numel * itemsize)
@@ -184,7 +192,7 @@ def well_formed(draw: st.DrawFn) -> bytes:
     tensor = None
     if op != "finish":
         tensor = torch.randn(shape).to(dtype)
-        if tensor.numel() and draw(st.integers(0, 5)) == 0:
+        if tensor.numel() and dtype.is_floating_point and draw(st.integers(0, 5)) == 0:
             tensor.view(-1)[0] = draw(FLOATS)
     return wire.encode(wire.Frame(op, draw(CLIENTS), draw(TOKENS), draw(st.integers(0, 9)), tensor))
 
@@ -206,6 +214,80 @@ def authentic(draw: st.DrawFn) -> bytes:
     return wire.encode(wire.Frame(op, "fuzz", FUZZ_TOKEN, draw(st.integers(0, 9)), tensor))
 
 
+@st.composite
+def multi_edits(draw: st.DrawFn) -> bytes:
+    """A frame with a ``tensors`` list: specs, flags, counts and payloads that may not fit."""
+    header: dict = {
+        "op": draw(st.sampled_from(["fwd", "bwd", "fwd", "finish", "result"])),
+        "client": draw(st.sampled_from(["multi", "multi", "fuzz", "good"])),
+        "token": draw(st.sampled_from([MULTI_TOKEN, MULTI_TOKEN, FUZZ_TOKEN, ""])),
+        "step": draw(st.integers(0, 9)),
+        "tensor": draw(st.sampled_from([None, None, None, {"dtype": "float32", "shape": [1],
+                                                           "nbytes": 4}])),
+    }
+    count = draw(st.sampled_from([0, 1, 2, 3, 3, 4, wire.MAX_TENSORS + 1]))
+    specs, payload = [], b""
+    for _ in range(count):
+        dtype = draw(DTYPE_NAMES)
+        shape = draw(st.one_of(SHAPES, st.sampled_from([[4, IN], [4], [4, IDS], [1, 5]])))
+        itemsize = wire._ITEMSIZE.get(wire.DTYPES.get(dtype), 4) if isinstance(dtype, str) else 4
+        try:
+            numel = 1
+            for d in shape:
+                numel *= int(d)
+        except (TypeError, ValueError):
+            numel = 0
+        consistent = 0 <= numel * itemsize <= 2048
+        nbytes = numel * itemsize if consistent and draw(st.booleans()) else draw(
+            st.integers(-1, 64)
+        )
+        spec = {"dtype": dtype, "shape": shape, "nbytes": nbytes}
+        if draw(st.integers(0, 7)):
+            spec["grad"] = draw(GRAD_FLAGS)
+        specs.append(spec if draw(st.integers(0, 15)) else draw(st.sampled_from([3, None, []])))
+        if consistent and isinstance(dtype, str) and dtype in wire.DTYPES:
+            kind = wire.DTYPES[dtype]
+            if kind.is_floating_point:
+                values = torch.full((numel,), draw(FLOATS)).to(kind)
+            else:  # bool payloads of 2 or 255 are not bools
+                fill = draw(st.sampled_from([0, 1, 2, 255, -(2**40)]))
+                values = torch.full((numel,), fill).to(torch.uint8 if dtype == "bool" else kind)
+            payload += values.view(torch.uint8).numpy().tobytes()
+        else:
+            payload += draw(st.binary(max_size=16))
+    header["tensors"] = specs if draw(st.integers(0, 9)) else draw(st.sampled_from(["x", {}, 3]))
+    return _frame(header, payload)
+
+
+@st.composite
+def multi_authentic(draw: st.DrawFn) -> bytes:
+    """Well-formed multi-tensor frames of the client whose body takes three tensors: some
+    fit, others have a tensor too many or too few, a wrong dtype, shape or flag."""
+    op = draw(st.sampled_from(["fwd", "fwd", "bwd", "finish"]))
+    batch = draw(st.sampled_from([4, 4, 2, 0]))
+    hidden = torch.randn(batch, draw(st.sampled_from([IN, IN, OUT])))
+    mask = torch.rand(batch) > draw(st.sampled_from([0.5, 2.0]))
+    ids = torch.randint(0, 9, (batch, draw(st.sampled_from([IDS, IDS, 1]))))
+    tensors: tuple = (hidden, mask, ids)
+    kind = draw(st.integers(0, 5))
+    if kind == 1:
+        tensors = tensors[:2]
+    elif kind == 2:
+        tensors = (*tensors, hidden)
+    elif kind == 3:
+        tensors = (hidden.double(), mask.to(torch.uint8), ids.to(torch.int32))
+    if op == "bwd":
+        tensors = draw(st.sampled_from([(torch.randn(batch, OUT),), (torch.randn(batch, IN),),
+                                        (torch.randn(batch, OUT), torch.randn(batch, OUT)), ()]))
+    if op == "finish":
+        tensors = None
+    grads = None
+    if tensors is not None and draw(st.booleans()):
+        grads = tuple(t.is_floating_point() and draw(st.booleans()) for t in tensors)
+    frame = wire.Frame(op, "multi", MULTI_TOKEN, draw(st.integers(0, 9)), tensors, grads=grads)
+    return wire.encode(frame)
+
+
 def _variants(data: bytes, position: int, bit: int, count: int) -> list[bytes]:
     """``data`` and up to ``count - 1`` mutations of it: a bit flip, a cut, junk appended."""
     flipped = bytearray(data)
@@ -216,7 +298,8 @@ def _variants(data: bytes, position: int, bit: int, count: int) -> list[bytes]:
 
 
 FRAMES = st.one_of(
-    st.binary(max_size=300), header_edits(), mutated(), well_formed(), authentic(), authentic()
+    st.binary(max_size=300), header_edits(), mutated(), well_formed(), authentic(), authentic(),
+    multi_edits(), multi_authentic(), multi_authentic(),
 )
 
 
@@ -236,9 +319,15 @@ def test_fuzzed_frames_decode_or_raise_frame_error(capsys):
             except wire.FrameError:
                 continue
             assert frame.op in wire.OPS and isinstance(frame.client, str)
-            if frame.tensor is not None:
-                assert frame.tensor.dtype in wire.DTYPES.values()
-                assert bool(torch.isfinite(frame.tensor).all())
+            tensors = frame.tensor if isinstance(frame.tensor, tuple) else (frame.tensor,)
+            if frame.tensor is None:
+                tensors = ()
+            assert len(tensors) <= wire.MAX_TENSORS
+            if isinstance(frame.tensor, tuple):
+                assert frame.grads is not None and len(frame.grads) == len(tensors)
+            for tensor in tensors:
+                assert tensor.dtype in wire.DTYPES.values()
+                assert bool(torch.isfinite(tensor).all())
 
     started = time.perf_counter()
     fuzz()
@@ -299,21 +388,36 @@ def _body() -> nn.Module:
     return nn.Sequential(nn.Linear(IN, HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, OUT))
 
 
+class _MultiBody(nn.Module):
+    """A body that takes a hidden state, a bool mask and int64 ids."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _body()
+
+    def forward(self, hidden, mask, ids):
+        return self.net(hidden) * mask[:, None] + ids.sum(dim=1, keepdim=True), mask
+
+
 def _check_reply(reply: bytes) -> None:
     frame = wire.decode(reply)
     assert frame.op == "result"
 
 
 def test_fuzzing_the_helper_while_a_good_client_trains(capsys):
-    worker = HelperWorker({"good": _body(), "fuzz": _body()}, _sgd, input_specs={"fuzz": SPEC})
-    verifier = TokenVerifier(KEY, RUN, ROUND, HELPER, ["good", "fuzz"])
+    worker = HelperWorker(
+        {"good": _body(), "fuzz": _body(), "multi": _MultiBody()},
+        _sgd,
+        input_specs={"fuzz": SPEC, "multi": MULTI_SPEC},
+    )
+    verifier = TokenVerifier(KEY, RUN, ROUND, HELPER, ["good", "fuzz", "multi"])
     server = HelperServer(worker, verifier, task_timeout=CALL_DEADLINE, max_frame_bytes=64 * 1024)
     server.start()
     stop = threading.Event()
     report = {"batches": 0, "wrong": 0}
     good = threading.Thread(target=_good_client, args=(server.address, _body(), stop, report))
     good.start()
-    counts = {"handler": 0, "grpc": 0, "slowest": 0.0}
+    counts = {"handler": 0, "grpc": 0, "slowest": 0.0, "multi_ok": 0}
     codes: dict[str, int] = {}
     handlers = {"fwd": server.forward, "bwd": server.backward, "finish": server.finish}
     pool = ThreadPoolExecutor(max_workers=1)
@@ -335,7 +439,10 @@ def test_fuzzing_the_helper_while_a_good_client_trains(capsys):
             counts["slowest"] = max(counts["slowest"], time.perf_counter() - start)
             codes[code] = codes.get(code, 0) + 1
             if method == "finish" and code == "OK":
-                server.finished.pop("fuzz", None)  # keep the fuzzing client in the round
+                server.finished.pop("fuzz", None)  # keep the fuzzing clients in the round
+                server.finished.pop("multi", None)
+            elif code == "OK" and b'"tensors":' in variant:
+                counts["multi_ok"] += 1
 
     channel = grpc.insecure_channel(server.address)
     stubs = {
@@ -356,6 +463,7 @@ def test_fuzzing_the_helper_while_a_good_client_trains(capsys):
         codes[code] = codes.get(code, 0) + 1
         if method == "finish" and code == "OK":
             server.finished.pop("fuzz", None)
+            server.finished.pop("multi", None)
 
     started = time.perf_counter()
     try:
@@ -374,13 +482,14 @@ def test_fuzzing_the_helper_while_a_good_client_trains(capsys):
             f"\nhelper fuzzing: {counts['handler']} frames to the handlers, {counts['grpc']} "
             f"over gRPC in {elapsed:.1f} s; status codes {dict(sorted(codes.items()))}; "
             f"{server.refused_count} refused as unauthenticated; slowest direct call "
-            f"{counts['slowest'] * 1000:.0f} ms; the good client ran {report['batches']} batches"
+            f"{counts['slowest'] * 1000:.0f} ms; the good client ran {report['batches']} batches; "
+            f"{counts['multi_ok']} multi-tensor frames ran on the three-tensor body"
         )
     assert not good.is_alive(), "the good client hangs"
     assert "error" not in report, report.get("error")
     assert report["batches"] >= 20 and report["wrong"] == 0
     assert "good" in server.finished
-    assert all_done == ("fuzz" in server.finished)
+    assert all_done == ("fuzz" in server.finished and "multi" in server.finished)
     assert worker.bodies["good"].batches == report["batches"]
     assert counts["handler"] >= HANDLER_EXAMPLES * HANDLER_VARIANTS
     assert counts["grpc"] >= GRPC_EXAMPLES
@@ -388,6 +497,8 @@ def test_fuzzing_the_helper_while_a_good_client_trains(capsys):
     # of 5300 seen): some must, and be refused
     assert codes.get("UNAUTHENTICATED", 0) >= 10 and codes.get("INVALID_ARGUMENT", 0) > 100
     assert codes.get("OK", 0) > 10  # some fuzzed frames were good enough to run
+    assert counts["multi_ok"] > 10  # and some multi-tensor ones ran on the three-tensor body
+    assert worker.bodies["multi"].input_spec == MULTI_SPEC
 
 
 def _sgd(params):
