@@ -114,9 +114,8 @@ class TextDataset(Dataset):
     and the last position are ``-100``; the attention mask is 0 on padding.
 
     Every sequence ends in at least one padding token (texts are cut to ``seq_len - 1``
-    tokens), so every batch has an attention mask with zeros. ``transformers`` drops an
-    all-ones mask inside the model, and a model split at its blocks must see the same
-    kind of inputs in every batch as in its example input (:func:`llm.model.example_input`).
+    tokens), so every batch's attention mask has zeros, as the example input's does
+    (:func:`llm.model.example_input`): the model's blocks get a mask in every batch.
     """
 
     def __init__(self, texts: Sequence[str], seq_len: int) -> None:

@@ -54,9 +54,7 @@ def test_labels_are_the_next_tokens_and_padding_is_masked_and_ignored():
     assert (first["input_ids"][n:] == TOKENIZER.pad_id).all()
 
 
-def test_every_sequence_ends_in_padding_so_every_batch_has_a_real_attention_mask():
-    # transformers drops an all-ones mask inside the model; the split model needs the
-    # same kind of inputs in every batch as in the example input, which is padded
+def test_every_sequence_ends_in_padding_as_the_example_input_does():
     cut = TextDataset(["the cat sees the dog and the bird sleeps ."], seq_len=8)[0]
     assert cut["attention_mask"].tolist() == [1] * 7 + [0]
     train, _ = partition(0, 32, 64, 0, batch_size=16)
