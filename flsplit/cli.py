@@ -45,13 +45,17 @@ def _profile(args: argparse.Namespace) -> int:
     from flsplit.model.profile import profile_model, write_profile
     from flsplit.model.zoo import build_model
 
-    shape = [int(d) for d in args.input.split(",")]
     torch.manual_seed(0)
-    model = build_model(args.model, in_channels=shape[0])
+    if args.app:
+        model, example, name = _app_model(args.app, args.batch)
+    else:
+        shape = [int(d) for d in args.input.split(",")]
+        model = build_model(args.model, in_channels=shape[0])
+        example, name = torch.randn(args.batch, *shape), args.model
     profile = profile_model(
         model,
-        torch.randn(args.batch, *shape),
-        model_name=args.model,
+        example,
+        model_name=name,
         dataset=args.dataset,
         device_name=args.device_name,
         role=args.role,
@@ -65,6 +69,18 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _app_model(app_dir: str, batch: int) -> tuple:
+    """A Flower app's model (its ``SplitTask``'s, with the app's run config) and a batch
+    of ``batch`` inputs like its example input; the app's name."""
+    from flsplit.launch import load_split_app
+    from flsplit.task import batch_like
+
+    app = load_split_app(app_dir)
+    config = app.settings().as_dict()
+    task = app.split.task
+    return task.model_fn(config), batch_like(task.example_input(config), batch), app.path.name
+
+
 def _register_runtime_commands(sub: argparse._SubParsersAction) -> None:
     profile = sub.add_parser(
         "profile", help="measure per-layer training costs here (shared profile JSON)"
@@ -72,8 +88,12 @@ def _register_runtime_commands(sub: argparse._SubParsersAction) -> None:
     profile.add_argument(
         "--model", default="resnet18", help="small-cnn, resnet18, resnet50, vgg11 or mobilenet_v2"
     )
+    profile.add_argument(
+        "--app", default="", help="a Flower app directory: profile its SplitTask's model "
+        "(with the app's run config) instead of --model"
+    )
     profile.add_argument("--batch", type=int, default=32)
-    profile.add_argument("--input", default="3,32,32", help="input shape C,H,W")
+    profile.add_argument("--input", default="3,32,32", help="input shape C,H,W (--model)")
     profile.add_argument("--dataset", default="cifar10", help="label written to the profile")
     profile.add_argument("--device-name", default="this-machine")
     profile.add_argument("--role", choices=("client", "helper"), default="client")

@@ -14,6 +14,12 @@ from flsplit.config import RunConfig
 from flsplit.model.outputs import correct_count, logits_of
 from flsplit.model.splitting import SplitModel, parse_cuts, split_model
 
+#: A batch's inputs: one tensor, or named tensors the model takes as keyword arguments
+#: (``model(**inputs)``, as Hugging Face models take ``input_ids`` and ``attention_mask``).
+Inputs = torch.Tensor | Mapping[str, torch.Tensor]
+#: ``(inputs, labels)`` keys of dict batches: one input key, or several (a tuple) that make
+#: the inputs a dict of those keys.
+BatchKeys = tuple[str | tuple[str, ...], str]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 OptimizerFn = Callable[[Iterable[nn.Parameter], Mapping[str, Any]], torch.optim.Optimizer]
 #: ``train_fn(model, train_loader, config, device)``: the app's own training function.
@@ -38,12 +44,15 @@ class SplitTask:
         weights matter (they are broadcast).
     load_data : callable
         ``load_data(partition_id, num_partitions, run_config) -> (train, val)`` with two
-        iterables of ``(inputs, labels)`` batches for one client.
+        iterables of batches for one client: ``(inputs, labels)`` tuples or dicts read
+        with ``batch_keys``.
     example_input : callable
         ``example_input(run_config)`` returns one input batch, used to trace the model: a
         tensor, or a mapping of tensors passed as ``model(**inputs)`` (transformers).
     loss_fn : callable
-        ``loss_fn(logits, labels)``, mean over the batch; runs on the client.
+        ``loss_fn(logits, labels)``, mean over the batch; runs on the client. ``logits``
+        is the model's output, or its ``.logits`` when it returns a ``transformers``
+        ``ModelOutput``.
     optimizer_fn : callable
         ``optimizer_fn(params, run_config)``; used for head and tail on the client and for
         the body on the helper by flsplit's own training loop (not with ``train_fn``).
@@ -64,9 +73,12 @@ class SplitTask:
         training and saved after), as its plain ``train`` handler does.
     load_test_data : callable, optional
         ``load_test_data(run_config) -> iterable of batches`` for server-side evaluation.
-    batch_keys : tuple of str
-        Keys of inputs and labels when batches are dicts (Flower Datasets' loaders yield
-        ``{"img": ..., "label": ...}``); tuple batches are ``(inputs, labels)``.
+    batch_keys : tuple
+        ``(inputs, labels)`` keys when batches are dicts (Flower Datasets' loaders yield
+        ``{"img": ..., "label": ...}``); tuple batches are ``(inputs, labels)``. The inputs
+        key may be a tuple of keys: ``(("input_ids", "attention_mask"), "labels")`` makes
+        each batch's inputs the dict of those two, which the model takes as keyword
+        arguments; the labels key must not be one of them (labels stay with the loss).
     run_config : dict
         Defaults of this task, between flsplit's and the run config's.
     """
@@ -77,13 +89,16 @@ class SplitTask:
     loss_fn: LossFn = nn.functional.cross_entropy
     optimizer_fn: OptimizerFn = sgd
     load_test_data: Callable[[Mapping[str, Any]], Iterable] | None = None
-    batch_keys: tuple[str, str] = ("img", "label")
+    batch_keys: BatchKeys = ("img", "label")
     run_config: dict[str, Any] = field(default_factory=dict)
     train_fn: TrainFn | None = None
     restore_state: StateHook | None = None
     save_state: StateHook | None = None
 
-    def batches(self, loader: Iterable) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+    def __post_init__(self) -> None:
+        self.batch_keys = _checked_keys(self.batch_keys)
+
+    def batches(self, loader: Iterable) -> Iterable[tuple[Inputs, torch.Tensor]]:
         """``(inputs, labels)`` of ``loader``, whether it yields tuples or dicts.
 
         The result can be iterated again (one pass over ``loader`` each time), so several
@@ -125,15 +140,72 @@ class _Batches:
     """A re-iterable view of a data loader as ``(inputs, labels)`` pairs."""
 
     loader: Iterable
-    keys: tuple[str, str]
+    keys: BatchKeys
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[Inputs, torch.Tensor]]:
+        inputs_key, labels_key = self.keys
         for batch in self.loader:
             if isinstance(batch, Mapping):
-                yield batch[self.keys[0]], batch[self.keys[1]]
+                yield _pick(batch, inputs_key), _pick(batch, labels_key)
             else:
                 inputs, labels = batch
                 yield inputs, labels
+
+
+def _pick(batch: Mapping[str, Any], key: str | tuple[str, ...]) -> Any:
+    """``batch[key]``, or the dict of ``batch``'s values under the keys ``key`` names."""
+    wanted = (key,) if isinstance(key, str) else key
+    missing = [k for k in wanted if k not in batch]
+    if missing:
+        raise KeyError(
+            f"a batch has keys {sorted(batch)} but batch_keys names {missing}: set "
+            "SplitTask(batch_keys=(inputs, labels)) to the keys its loader yields"
+        )
+    return batch[key] if isinstance(key, str) else {k: batch[k] for k in key}
+
+
+def _checked_keys(keys: Any) -> BatchKeys:
+    """``keys`` as ``(inputs key or keys, labels key)``, or ``ValueError`` saying why not."""
+    example = (
+        'batch_keys=("img", "label") or batch_keys=(("input_ids", "attention_mask"), "labels")'
+    )
+    if isinstance(keys, str) or not isinstance(keys, tuple | list) or len(keys) != 2:
+        raise ValueError(f"batch_keys={keys!r} is not an (inputs, labels) pair; e.g. {example}")
+    inputs, labels = keys
+    if not isinstance(inputs, str):
+        inputs = tuple(inputs) if isinstance(inputs, tuple | list) else inputs
+        if (not isinstance(inputs, tuple) or not inputs
+                or not all(isinstance(k, str) for k in inputs)):
+            raise ValueError(
+                f"batch_keys={keys!r}: the inputs are one key or a tuple of keys; e.g. {example}"
+            )
+    if not isinstance(labels, str):
+        raise ValueError(f"batch_keys={keys!r}: the labels are one key; e.g. {example}")
+    if labels in ((inputs,) if isinstance(inputs, str) else inputs):
+        raise ValueError(
+            f"batch_keys={keys!r}: the labels key {labels!r} is also an input; the labels "
+            "stay with the loss on the client, so name them once, as the labels key"
+        )
+    return inputs, labels
+
+
+def batch_like(example: Inputs, batch_size: int) -> Inputs:
+    """An input batch of ``batch_size`` examples shaped like ``example``, to measure costs.
+
+    Floating-point tensors are drawn from a normal distribution; other tensors (token
+    ids, attention masks) repeat ``example``'s rows, so their values stay valid. A
+    mapping of named inputs gets the same rows in every value.
+    """
+
+    def like(tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.is_floating_point():
+            return torch.randn(batch_size, *tensor.shape[1:], dtype=tensor.dtype)
+        rows = torch.arange(batch_size) % max(int(tensor.shape[0]), 1)
+        return tensor[rows].clone()
+
+    if isinstance(example, Mapping):
+        return {name: like(tensor) for name, tensor in example.items()}
+    return like(example)
 
 
 _SPLIT_CACHE: dict[tuple, SplitModel] = {}

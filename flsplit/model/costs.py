@@ -198,26 +198,15 @@ def part_costs(task: SplitTask, config: Mapping[str, Any], split: Any) -> PartCo
     )
 
 
-def _batch_like(example: Any, batch_size: int) -> Any:
-    """A batch of ``batch_size`` like ``example``: random values for a tensor, the example's
-    rows repeated for a mapping of tensors (token ids must stay valid ids)."""
-    import torch
-
-    if isinstance(example, Mapping):
-        rows = torch.arange(batch_size) % len(next(iter(example.values())))
-        return {k: v[rows] if torch.is_tensor(v) and v.dim() else v for k, v in example.items()}
-    return torch.randn(batch_size, *example.shape[1:], dtype=example.dtype)
-
-
 def measure_part_costs(
     model: Any, example_input: Any, cuts: Sequence[str], batch_size: int
 ) -> PartCosts:
     """Measure one batch of ``batch_size`` through the head, body and tail of ``model``
     cut at ``cuts`` on this machine (see :func:`part_costs`)."""
-
     from flsplit.model.profile import profile_model
+    from flsplit.task import batch_like
 
-    batch = _batch_like(example_input, batch_size)
+    batch = batch_like(example_input, batch_size)
     profile = profile_model(model, batch, cuts=list(cuts), repeats=3, warmup=1)
     layers = profile["layers"]
     times = next(iter(profile["devices"].values()))
@@ -308,9 +297,9 @@ def cut_costs(task: SplitTask, config: Mapping[str, Any], split: Any) -> CutCost
     ValueError
         When a listed pair is invalid or its body has no parameters.
     """
-
     from flsplit.model.profile import profile_model
     from flsplit.model.splitting import candidate_cuts
+    from flsplit.task import batch_like
 
     model = task.model_fn(config)
     example = task.example_input(config)
@@ -318,7 +307,7 @@ def cut_costs(task: SplitTask, config: Mapping[str, Any], split: Any) -> CutCost
     pairs = cut_pairs(model, example, settings.cut_candidates, split.cuts)
     used = {name for pair in pairs for name in pair.split(",")} | set(split.cuts)
     boundaries = [name for name in candidate_cuts(model, example) if name in used]
-    batch = _batch_like(example, settings.batch_size)
+    batch = batch_like(example, settings.batch_size)
     profile = profile_model(model, batch, cuts=boundaries, repeats=5, warmup=2)
     costs = CutCosts.from_profile(profile, pairs, ",".join(split.cuts))
     # A body without parameters leaves the helper nothing to train or return.

@@ -6,11 +6,12 @@ import math
 import pytest
 import torch
 
+from flsplit.cli import main
 from flsplit.model.presets import PRESETS, preset
 from flsplit.model.profile import profile_model, validate_profile, write_profile
 from flsplit.model.splitting import candidate_cuts
 from flsplit.model.zoo import SmallCNN
-from tests.paths import SHARED_PROFILES
+from tests.paths import ROOT, SHARED_PROFILES
 
 SHARED = SHARED_PROFILES
 PUBLISHED = sorted(SHARED.glob("*.json"))
@@ -33,6 +34,23 @@ def test_profile_of_a_small_cnn_follows_the_shared_format(tmp_path):
     assert device["backward_ms"][layers.index(conv1)] > 0
     path = write_profile(profile, tmp_path / "p.json")
     assert json.loads(path.read_text())["batch_size"] == 4
+
+
+def test_flsplit_profile_app_measures_the_apps_own_model(tmp_path, capsys):
+    out = tmp_path / "quickstart.json"
+    app = ROOT / "examples" / "quickstart"
+    assert main(["profile", "--app", str(app), "--batch", "4", "--repeats", "1",
+                 "--warmup", "0", "--out", str(out)]) == 0
+    profile = json.loads(out.read_text())
+    validate_profile(profile)
+    assert (profile["model"], profile["batch_size"]) == ("quickstart", 4)
+    # the app's model (quickstart's SmallCNN on 8x8 digits, one channel), not --model's
+    model, example = SmallCNN(1, 8), torch.zeros(4, 1, 8, 8)
+    assert [layer["name"] for layer in profile["layers"]] == [
+        "conv1", *candidate_cuts(model, example)
+    ]
+    conv1 = profile["layers"][0]
+    assert conv1["activation_kib"] == 4 * 16 * 8 * 8 * 4 / 1024
 
 
 @pytest.mark.parametrize("path", PUBLISHED, ids=lambda p: p.name)
