@@ -36,7 +36,7 @@ def _run(config, client_app, num_supernodes):
 
 
 def test_a_slowed_helper_gets_less_work_in_the_next_round():
-    config = {**BASE, "num-server-rounds": 3, "slowdown": "helper:0:300:2"}
+    config = {**BASE, "num-server-rounds": 3, "slowdown": "helper:0:40:2"}
     app = enable_split_learning(ClientApp(), TASK, config)
     _, result, strategy = _run(config, app, 6)
     slow = next(
