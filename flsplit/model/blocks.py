@@ -64,7 +64,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from flsplit.model.parts import attach_state, restore_modes
+from flsplit.model.parts import attach_state, resolve_cut_names, restore_modes
 
 __all__ = ["BlockAnalysis", "analyze", "is_transformers_model"]
 
@@ -549,41 +549,21 @@ class BlockAnalysis:
     # -- cuts --------------------------------------------------------------------------
 
     def resolve(self, cuts: Sequence[str | int] | None) -> tuple[str, ...]:
-        valid = f"valid cuts: {self.candidates}"
-        if cuts is None:
-            if len(self.candidates) < 2:
-                raise ValueError(
-                    f"the default U-shaped split needs at least 2 candidate cuts; {valid}"
-                )
-            return (self.candidates[0], self.candidates[-1])
-        if isinstance(cuts, (str, int)):
-            raise TypeError(f"cuts must be a sequence of names or indices, got {cuts!r}")
-        names: list[str] = []
-        for cut in cuts:
-            if isinstance(cut, int) and not isinstance(cut, bool):
-                if not -len(self.candidates) <= cut < len(self.candidates):
-                    raise ValueError(
-                        f"invalid cut index {cut}: {len(self.candidates)} candidates; {valid}"
-                    )
-                names.append(self.candidates[cut])
-            elif isinstance(cut, str) and cut in self.candidates:
-                names.append(cut)
-            else:
-                k = self.index.get(cut) if isinstance(cut, str) else None
-                why = (
-                    self.reasons.get(k, "the first block stays in the head")
-                    if k is not None
-                    else f"not a block of {type(self.model).__name__} (its blocks are "
-                    f"{self.blocks[0].rpartition('.')[0] or 'top-level'}.*)"
-                )
-                raise ValueError(f"invalid cut {cut!r}: {why}; {valid}")
-        ks = [self.index[n] for n in names]
-        for a, b, ka, kb in zip(names, names[1:], ks, ks[1:], strict=False):
-            if kb <= ka:
-                raise ValueError(
-                    f"cuts must be distinct and in execution order, got {b!r} after {a!r}; {valid}"
-                )
-        return tuple(names)
+        return resolve_cut_names(
+            cuts, self.candidates, self._canonical, self._why_invalid, self.index.__getitem__
+        )
+
+    def _canonical(self, cut: str) -> str | None:
+        return cut if cut in self.candidates else None
+
+    def _why_invalid(self, cut: str) -> str:
+        k = self.index.get(cut)
+        if k is not None:
+            return self.reasons.get(k, "the first block stays in the head")
+        return (
+            f"not a block of {type(self.model).__name__} (its blocks are "
+            f"{self.blocks[0].rpartition('.')[0] or 'top-level'}.*)"
+        )
 
     # -- parts -------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ returns the model output. The helpers below serve both splitters.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["SplitModel", "attach_state", "restore_modes"]
+__all__ = ["SplitModel", "attach_state", "resolve_cut_names", "restore_modes"]
 
 
 @dataclass
@@ -150,3 +150,67 @@ def attach_state(part: nn.Module, key: str, root: nn.Module) -> None:
         owner.register_parameter(attr, value)
     elif isinstance(value, torch.Tensor):
         owner.register_buffer(attr, value)
+
+
+def resolve_cut_names(
+    cuts: Sequence[str | int] | None,
+    candidates: Sequence[str],
+    canonical: Callable[[str], str | None],
+    why_invalid: Callable[[str], str],
+    position: Callable[[str], int],
+) -> tuple[str, ...]:
+    """Turn cut names or candidate indices into canonical names, in execution order.
+
+    The rules both splitters share (:mod:`flsplit.model.splitting`,
+    :mod:`flsplit.model.blocks`); what a valid name is stays theirs.
+
+    Parameters
+    ----------
+    cuts : sequence of str or int, or None
+        Names or indices into ``candidates``; ``None`` gives the default U-shape
+        (``candidates[0]``, ``candidates[-1]``).
+    candidates : sequence of str
+        The splitter's candidate cuts, in execution order.
+    canonical : callable
+        The canonical name of a valid cut name, ``None`` for an invalid one.
+    why_invalid : callable
+        Why a name is not a valid cut (for the message).
+    position : callable
+        The execution position of a canonical name (to check the order).
+
+    Raises
+    ------
+    ValueError
+        For an invalid name or index, or cuts out of order; the message lists the
+        valid cuts.
+    """
+    valid = f"valid cuts: {list(candidates)}"
+    if cuts is None:
+        if len(candidates) < 2:
+            raise ValueError(f"the default U-shaped split needs at least 2 candidate cuts; {valid}")
+        return (candidates[0], candidates[-1])
+    if isinstance(cuts, (str, int)):
+        raise TypeError(f"cuts must be a sequence of names or indices, got {cuts!r}")
+    names: list[str] = []
+    for cut in cuts:
+        if isinstance(cut, bool) or not isinstance(cut, (str, int)):
+            raise ValueError(f"invalid cut {cut!r}: expected a module name or an index; {valid}")
+        if isinstance(cut, int):
+            if not -len(candidates) <= cut < len(candidates):
+                raise ValueError(
+                    f"invalid cut index {cut}: {len(candidates)} candidates "
+                    f"(indices 0..{len(candidates) - 1}); {valid}"
+                )
+            names.append(candidates[cut])
+            continue
+        name = canonical(cut)
+        if name is None:
+            raise ValueError(f"invalid cut {cut!r}: {why_invalid(cut)}; {valid}")
+        names.append(name)
+    positions = [position(n) for n in names]
+    for a, b, pa, pb in zip(names, names[1:], positions, positions[1:], strict=False):
+        if pb <= pa:
+            raise ValueError(
+                f"cuts must be distinct and in execution order, got {b!r} after {a!r}; {valid}"
+            )
+    return tuple(names)

@@ -89,7 +89,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from flsplit.model.parts import SplitModel, attach_state, restore_modes
+from flsplit.model.parts import SplitModel, attach_state, resolve_cut_names, restore_modes
 
 __all__ = [
     "SplitModel",
@@ -502,39 +502,13 @@ class _Analysis:
         return self.reasons.get(p, "not a valid cut")
 
     def resolve(self, cuts: Sequence[str | int] | None) -> tuple[str, ...]:
-        valid = f"valid cuts: {self.candidates}"
-        if cuts is None:
-            if len(self.candidates) < 2:
-                raise ValueError(
-                    f"the default U-shaped split needs at least 2 candidate cuts; {valid}"
-                )
-            return (self.candidates[0], self.candidates[-1])
-        if isinstance(cuts, (str, int)):
-            raise TypeError(f"cuts must be a sequence of names or indices, got {cuts!r}")
-        names: list[str] = []
-        for cut in cuts:
-            if isinstance(cut, bool) or not isinstance(cut, (str, int)):
-                raise ValueError(
-                    f"invalid cut {cut!r}: expected a module name or an index; {valid}"
-                )
-            if isinstance(cut, int):
-                if not -len(self.candidates) <= cut < len(self.candidates):
-                    raise ValueError(
-                        f"invalid cut index {cut}: {len(self.candidates)} candidates "
-                        f"(indices 0..{len(self.candidates) - 1}); {valid}"
-                    )
-                names.append(self.candidates[cut])
-            elif cut in self.names:
-                names.append(self.canonical[self.names[cut]])
-            else:
-                raise ValueError(f"invalid cut {cut!r}: {self._why_invalid(cut)}; {valid}")
-        positions = [self.names[n] for n in names]
-        for a, b, pa, pb in zip(names, names[1:], positions, positions[1:], strict=False):
-            if pb <= pa:
-                raise ValueError(
-                    f"cuts must be distinct and in execution order, got {b!r} after {a!r}; {valid}"
-                )
-        return tuple(names)
+        return resolve_cut_names(
+            cuts,
+            self.candidates,
+            lambda cut: self.canonical[self.names[cut]] if cut in self.names else None,
+            self._why_invalid,
+            self.names.__getitem__,
+        )
 
     # -- parts -------------------------------------------------------------------------
 
