@@ -120,6 +120,19 @@ OPTIM_EVENTS = st.one_of(
 )
 
 
+def _layout(dtype: object, shape: object) -> tuple[int, int]:
+    """Elements and item size a (possibly malformed) tensor spec announces (0 elements
+    when its shape is not numbers)."""
+    itemsize = wire._ITEMSIZE.get(wire.DTYPES.get(dtype), 4) if isinstance(dtype, str) else 4
+    try:
+        numel = 1
+        for d in shape:
+            numel *= int(d)
+    except (TypeError, ValueError):
+        numel = 0
+    return numel, itemsize
+
+
 @st.composite
 def header_edits(draw: st.DrawFn) -> bytes:
     """A frame whose header fields are edited one by one, payload to match or not."""
@@ -139,13 +152,7 @@ def header_edits(draw: st.DrawFn) -> bytes:
         return _frame(header, draw(st.binary(max_size=8)))
     dtype = draw(DTYPE_NAMES)
     shape = draw(SHAPES)
-    itemsize = wire._ITEMSIZE.get(wire.DTYPES.get(dtype), 4) if isinstance(dtype, str) else 4
-    try:
-        numel = 1
-        for d in shape:
-            numel *= int(d)
-    except (TypeError, ValueError):
-        numel = 0
+    numel, itemsize = _layout(dtype, shape)
     consistent = 0 <= numel * itemsize <= 4096
     nbytes = numel * itemsize if consistent and draw(st.booleans()) else draw(st.integers(-1, 99))
     header["tensor"] = {"dtype": dtype, "shape": shape, "nbytes": nbytes}
@@ -230,13 +237,7 @@ def multi_edits(draw: st.DrawFn) -> bytes:
     for _ in range(count):
         dtype = draw(DTYPE_NAMES)
         shape = draw(st.one_of(SHAPES, st.sampled_from([[4, IN], [4], [4, IDS], [1, 5]])))
-        itemsize = wire._ITEMSIZE.get(wire.DTYPES.get(dtype), 4) if isinstance(dtype, str) else 4
-        try:
-            numel = 1
-            for d in shape:
-                numel *= int(d)
-        except (TypeError, ValueError):
-            numel = 0
+        numel, itemsize = _layout(dtype, shape)
         consistent = 0 <= numel * itemsize <= 2048
         nbytes = numel * itemsize if consistent and draw(st.booleans()) else draw(
             st.integers(-1, 64)
