@@ -188,10 +188,10 @@ def _as_float_array(value: Any, field_name: str) -> np.ndarray:
         return value.astype(float, copy=False)
     if isinstance(value, np.ndarray) and value.dtype.kind in "bUSO":
         value = value.tolist()
-    found = _non_number(value, field_name)
+    found = _non_number(value, "")
     if found is not None:
-        field, message = found.split(": ", 1)
-        raise InstanceError(field, message)
+        where, message = found.split(": ", 1)
+        raise InstanceError(field_name, f"{message} at {where or 'top level'}")
     try:
         return np.asarray(value, dtype=float)
     except (TypeError, ValueError) as exc:
