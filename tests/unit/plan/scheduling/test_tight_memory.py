@@ -122,3 +122,31 @@ def test_no_packing_is_a_planning_error_that_says_so() -> None:
         with pytest.raises(PlanningError, match="no packing exists") as info:
             solve(instance, method, time_limit=0.2)
         assert "18 MiB in total" in str(info.value) and getattr(info.value, "proven", True)
+
+
+def test_auto_goes_on_when_a_method_finds_no_plan(monkeypatch) -> None:
+    from flsplit.plan.scheduling import solve as solve_module
+
+    def no_plan(instance, seed=0):
+        raise PlanningError("helper_memory", "random assignment found nothing")
+
+    monkeypatch.setattr(solve_module, "random_fcfs", no_plan)
+    instance = random_instance(4, 2, seed=0)
+    plan = solve(instance, "auto", time_limit=0.2)
+    check_plan(instance, plan)
+    assert plan.info["failed"] == ["random-fcfs: helper_memory: random assignment found nothing"]
+
+
+def test_a_packer_time_out_is_not_reported_as_proof(monkeypatch) -> None:
+    from ortools.sat.python import cp_model
+
+    from flsplit.plan.scheduling import packing
+
+    monkeypatch.setattr(packing, "_cpsat", lambda *a, **k: (None, cp_model.UNKNOWN))
+    with pytest.raises(packing.PackingError, match=r"timed out after 0\.5 s") as info:
+        packing.pack_memory(np.array([6.0, 6.0, 6.0]), np.array([9.0, 9.0]), time_limit=0.5)
+    assert not info.value.proven
+    monkeypatch.undo()
+    with pytest.raises(packing.PackingError, match="CP-SAT proved it") as info:
+        packing.pack_memory(np.array([6.0, 6.0, 6.0]), np.array([9.0, 9.0]))
+    assert info.value.proven
