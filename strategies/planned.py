@@ -203,10 +203,10 @@ class PlannedSplitStrategy(SplitStrategy):
         if self.round_plan.left_out:
             log(
                 WARNING,
-                "round %d: clients %s cannot hold the head and tail of any candidate cut "
-                "pair in their memory; they sit this round out",
+                "round %d: clients %s sit this round out: %s",
                 server_round,
                 self.round_plan.left_out,
+                self.round_plan.left_out_reason,
             )
         if self.round_plan.cuts:
             log(

@@ -23,8 +23,8 @@ from flsplit.plan.instance import (
 )
 from flsplit.plan.plan import Plan, PlanError, check_plan, load_plan, save_plan
 from flsplit.plan.scheduling.bounds import critical_path_bound, load_bound, lower_bound
+from flsplit.plan.scheduling.packing import PackingError, PlanningError, pack
 from flsplit.plan.scheduling.relaxation import relaxation_bound
-from flsplit.plan.scheduling.solution import PlanningError
 from flsplit.plan.scheduling.solve import METHODS, solve
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "Evaluation",
     "Instance",
     "InstanceError",
+    "PackingError",
     "Plan",
     "PlanError",
     "PlanningError",
@@ -46,6 +47,7 @@ __all__ = [
     "load_instance",
     "load_plan",
     "lower_bound",
+    "pack",
     "random_instance",
     "relaxation_bound",
     "save_instance",

@@ -8,6 +8,7 @@ import sys
 from flsplit.plan.cuts.cli import add_cut_arguments, run_cut_plan
 from flsplit.plan.generator import CUTS, generate_instance, random_instance
 from flsplit.plan.instance import InstanceError, load_instance, save_instance, to_slotted
+from flsplit.plan.scheduling.packing import PlanningError
 from flsplit.plan.scheduling.solve import DEFAULT_TIME_LIMIT, METHODS, solve
 
 
@@ -75,7 +76,10 @@ def run_plan(args: argparse.Namespace) -> int:
         return _error(f"{args.instance}: no such file")
     except InstanceError as exc:
         return _error(f"invalid instance {args.instance}: {exc}")
-    plan = solve(instance, args.method, time_limit=args.time_limit, seed=args.seed)
+    try:
+        plan = solve(instance, args.method, time_limit=args.time_limit, seed=args.seed)
+    except PlanningError as exc:
+        return _error(f"no plan for {args.instance}: {exc}")
     if args.bound_time > 0 and not plan.proven_optimal:
         bound = relaxation_bound(instance, plan.makespan, args.bound_time,
                                  lower=plan.lower_bound)

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from flsplit.plan.instance import Instance
+from flsplit.plan.instance import STAGE_NAMES, Instance
 
 #: Published cut points (1-based profiled layer after which the model is cut).
 CUTS: dict[str, tuple[int, int]] = {"resnet101": (3, 33), "vgg19": (3, 23)}
@@ -236,4 +236,36 @@ def random_instance(
         helper_memory=capacity,
         name=f"random-K{num_clients}-H{num_helpers}-s{seed}",
         meta={"generator": "random_instance", "seed": seed},
+    )
+
+
+def tight_instance(
+    num_clients: int,
+    num_helpers: int,
+    seed: int = 0,
+    slack: float = 0.02,
+    body_mib: float = 100.0,
+) -> Instance:
+    """Random instance whose helpers hold only ``slack`` more memory than the clients need.
+
+    Bodies are ``body_mib`` times a factor drawn uniformly in [0.5, 1.5]; the total
+    capacity ``(1 + slack) * total need`` is split among the helpers in random shares
+    (factors in [0.7, 1.3]), the largest helper at least as large as the largest body.
+    Stage times are those of :func:`random_instance`. A packing need not exist.
+    """
+    base = random_instance(num_clients, num_helpers, seed=seed)
+    rng = np.random.default_rng([seed, 1])
+    memory = np.round(body_mib * rng.uniform(0.5, 1.5, size=num_clients), 3)
+    shares = rng.uniform(0.7, 1.3, size=num_helpers)
+    capacity = np.round((1 + slack) * memory.sum() * shares / shares.sum(), 3)
+    if capacity.max() < memory.max():
+        capacity[int(np.argmax(capacity))] = memory.max()
+    return Instance(
+        client_ids=base.client_ids,
+        helper_ids=base.helper_ids,
+        **{s: base.stage(s) for s in STAGE_NAMES},
+        body_memory=memory,
+        helper_memory=capacity,
+        name=f"tight-K{num_clients}-H{num_helpers}-s{seed}",
+        meta={"generator": "tight_instance", "seed": seed, "slack": slack},
     )

@@ -166,9 +166,32 @@ class Instance:
         )
 
 
+def _non_number(value: Any, where: str) -> str | None:
+    """Where in a nested list the first value that is not a JSON number sits, if any.
+
+    numpy would read ``"12"`` as 12.0 and ``true`` as 1.0; a file that says either meant
+    something else, so they are refused.
+    """
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found = _non_number(item, f"{where}[{i}]")
+            if found is not None:
+                return found
+        return None
+    if isinstance(value, bool | str | bytes | np.bool_ | np.str_ | np.bytes_):
+        return f"{where}: expected a number, got {value!r}"
+    return None
+
+
 def _as_float_array(value: Any, field_name: str) -> np.ndarray:
     if isinstance(value, np.ndarray) and value.dtype.kind == "f":
         return value.astype(float, copy=False)
+    if isinstance(value, np.ndarray) and value.dtype.kind in "bUSO":
+        value = value.tolist()
+    found = _non_number(value, "")
+    if found is not None:
+        where, message = found.split(": ", 1)
+        raise InstanceError(field_name, f"{message} at {where or 'top level'}")
     try:
         return np.asarray(value, dtype=float)
     except (TypeError, ValueError) as exc:
@@ -187,6 +210,18 @@ def _check_values(array: np.ndarray, field_name: str, stages: bool) -> None:
         raise InstanceError(f"{field_name}{where}", f"{reason} {kind} {value!r}")
 
 
+def _check_sums(instance: Instance) -> None:
+    """Refuse finite values so large that the sums the solvers form overflow to inf."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        totals = {f"stages.{s}": getattr(instance, s).sum() for s in STAGE_NAMES}
+        totals["stages"] = sum(totals.values())  # a horizon: every task one after another
+        totals["body_memory"] = instance.body_memory.sum()
+        totals["helper_memory"] = instance.helper_memory.sum()
+    for name, total in totals.items():
+        if not np.isfinite(total):
+            raise InstanceError(name, "values too large: their sum overflows to infinity")
+
+
 def validate(instance: Instance) -> None:
     """Check shapes, values and memory feasibility of ``instance``.
 
@@ -201,6 +236,8 @@ def validate(instance: Instance) -> None:
     if num_helpers == 0:
         raise InstanceError("helpers", "at least one helper is required")
     for key, ids in (("clients", instance.client_ids), ("helpers", instance.helper_ids)):
+        if "" in ids:
+            raise InstanceError(f"{key}[{ids.index('')}]", "empty id")
         if len(set(ids)) != len(ids):
             duplicate = next(i for i in ids if ids.count(i) > 1)
             raise InstanceError(key, f"duplicate id {duplicate!r}")
@@ -225,6 +262,7 @@ def validate(instance: Instance) -> None:
         )
     _check_values(instance.body_memory, "body_memory", stages=False)
     _check_values(instance.helper_memory, "helper_memory", stages=False)
+    _check_sums(instance)
     too_big = ~instance.memory_fits().any(axis=1)
     if too_big.any():
         k = int(np.argmax(too_big))

@@ -30,6 +30,7 @@ from flsplit.model.costs import CutCosts, PartCosts
 from flsplit.plan import Instance, Plan, solve
 from flsplit.plan.cuts.optimize import CUT_METHODS, optimize_cuts, repick_plan
 from flsplit.plan.cuts.problem import CutProblem, build_problem
+from flsplit.plan.scheduling.packing import packable_clients
 from flsplit.plan.scheduling.rounds import RoundPrediction, predict_round
 from flsplit.protocol import HelperTask
 from flsplit.server.node_profiles import (
@@ -69,7 +70,9 @@ class RoundPlan:
         Planner client id -> its cut pair (``"a,b"``); empty when everybody keeps the
         default pair.
     left_out : list of int
-        Sampled clients that hold no candidate pair in their memory (not planned).
+        Sampled clients not planned this round (they sit it out).
+    left_out_reason : str
+        Why they sit out (empty when nobody does).
     """
 
     instance: Instance
@@ -80,6 +83,7 @@ class RoundPlan:
     node_ids: dict[str, int] = field(default_factory=dict)
     cuts: dict[str, str] = field(default_factory=dict)
     left_out: list[int] = field(default_factory=list)
+    left_out_reason: str = ""
 
     def helper_of(self) -> dict[int, int]:
         """Client node id -> helper node id."""
@@ -256,6 +260,7 @@ class RoundPlanner(NodeProfiles):
         if self.chooses_cuts:
             return self._plan_cuts(server_round, clients, helpers, batches)
         start = time.perf_counter()
+        clients, left_out = self._fitting(clients, helpers)
         instance = self.instance(clients, helpers)
         release = [self.clients[c].start_offset_ms for c in clients]
         # The one-batch plan sees each client's first forward arrive after its start offset.
@@ -267,7 +272,36 @@ class RoundPlanner(NodeProfiles):
             time_limit=self.time_limit,
             seed=self.seed + server_round,
         )
-        return _round_plan(instance, plan, clients, helpers, batches, release, start)
+        round_plan = _round_plan(instance, plan, clients, helpers, batches, release, start)
+        if left_out:
+            round_plan.left_out = left_out
+            round_plan.left_out_reason = (
+                f"their bodies ({self.costs.body_memory_mib:g} MiB each) do not fit in the "
+                "helpers' memory next to the planned clients'")
+        return round_plan
+
+    def _fitting(self, clients: list[int], helpers: list[int]) -> tuple[list[int], list[int]]:
+        """The clients whose bodies pack into the helpers' memory, and those left out.
+
+        When not all fit, the fewest clients sit out (the latest sampled ones, since all
+        bodies are equal at the default cut).
+
+        Raises
+        ------
+        RuntimeError
+            If not even one body fits on any helper.
+        """
+        body = np.full(len(clients), self.costs.body_memory_mib)
+        capacity = np.array([min(self.helpers[x].memory_mib, 1e12) for x in helpers])
+        kept = packable_clients(body, capacity)
+        if not kept:
+            raise RuntimeError(
+                f"no sampled client can be planned: a body needs "
+                f"{self.costs.body_memory_mib:g} MiB but the largest of the helpers "
+                f"{list(helpers)} holds {capacity.max():g} MiB")
+        keep = set(kept)
+        return ([c for i, c in enumerate(clients) if i in keep],
+                [c for i, c in enumerate(clients) if i not in keep])
 
     def _plan_cuts(
         self,
@@ -314,4 +348,6 @@ class RoundPlanner(NodeProfiles):
         round_plan = _round_plan(instance, plan, clients, helpers, batches, list(release), start)
         round_plan.cuts = {c: labels[p] for c, p in zip(problem.client_ids, choice, strict=True)}
         round_plan.left_out = left_out
+        round_plan.left_out_reason = ("they cannot hold the head and tail of any candidate "
+                                      "cut pair in their memory")
         return round_plan

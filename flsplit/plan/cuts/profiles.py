@@ -13,6 +13,7 @@ layer. :class:`NodeCosts` are one node's per-layer times resolved from a device 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,12 +71,17 @@ def layer_profile(data: dict[str, Any]) -> LayerProfile:
     for i, layer in enumerate(layers):
         for key in ("activation_kib", "weights_kib"):
             value = layer.get(key) if isinstance(layer, dict) else None
-            if not isinstance(value, int | float) or not np.isfinite(value) or value < 0:
+            if isinstance(value, bool) or not isinstance(value, int | float) \
+                    or not np.isfinite(value) or value < 0:
                 raise ValueError(f"layers[{i}].{key}: expected a non-negative number, "
                                  f"got {value!r}")
             sizes[key].append(float(value))
+    for key, values in sizes.items():
+        if not math.isfinite(sum(float(v) for v in values)):
+            raise ValueError(f"layers.{key}: values too large: their sum overflows to infinity")
     measured = [layer.get("memory_kib") for layer in layers]
-    if all(isinstance(m, int | float) and m >= 0 for m in measured):
+    if all(isinstance(m, int | float) and not isinstance(m, bool) and m >= 0
+           for m in measured):
         memory = np.asarray(measured, dtype=float)
     else:
         memory = 3 * np.asarray(sizes["weights_kib"]) + np.asarray(sizes["activation_kib"])
@@ -88,9 +94,13 @@ def layer_profile(data: dict[str, Any]) -> LayerProfile:
             if not isinstance(values, list) or len(values) != len(layers):
                 raise ValueError(f"devices[{name!r}].{key}: expected one time per layer "
                                  f"({len(layers)})")
-            if any(not isinstance(v, int | float) or not np.isfinite(v) or v < 0
-                   for v in values):
+            if any(isinstance(v, bool) or not isinstance(v, int | float)
+                   or not np.isfinite(v) or v < 0 for v in values):
                 raise ValueError(f"devices[{name!r}].{key}: negative or non-numeric time")
+            # parts add layer times up; a sum of inf would slip past the checks
+            if not math.isfinite(sum(float(v) for v in values)):
+                raise ValueError(f"devices[{name!r}].{key}: values too large: their sum "
+                                 "overflows to infinity")
     return LayerProfile(
         model=str(data.get("model", "")),
         activation_kib=np.asarray(sizes["activation_kib"]),

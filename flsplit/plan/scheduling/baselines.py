@@ -14,7 +14,8 @@ import numpy as np
 
 from flsplit.plan.instance import Instance
 from flsplit.plan.plan import Plan
-from flsplit.plan.scheduling.solution import PlanningError, Solution, pack_by_memory
+from flsplit.plan.scheduling.packing import PlanningError, pack
+from flsplit.plan.scheduling.solution import Solution
 
 FCFS = ("fcfs",)
 
@@ -34,7 +35,7 @@ def random_fcfs(instance: Instance, seed: int = 0) -> Plan:
             helper_of[int(k)] = h
             free[h] -= instance.body_memory[k]
     except PlanningError:
-        helper_of = pack_by_memory(instance, rng.random(instance.body_fwd.shape))
+        helper_of = pack(instance, rng.random(instance.body_fwd.shape), seed=seed)
     solution = Solution(instance, helper_of, rules=FCFS)
     return solution.to_plan("random-fcfs", time.perf_counter() - start, None)
 
@@ -59,6 +60,6 @@ def balanced_fcfs(instance: Instance, seed: int = 0) -> Plan:
             counts[h] += 1
             free[h] -= instance.body_memory[k]
     except PlanningError:
-        helper_of = pack_by_memory(instance, paths)
+        helper_of = pack(instance, paths)
     solution = Solution(instance, helper_of, rules=FCFS)
     return solution.to_plan("balanced-fcfs", time.perf_counter() - start, None)

@@ -21,8 +21,9 @@ from flsplit.plan.evaluator import StageTable
 from flsplit.plan.instance import Instance
 from flsplit.plan.plan import Plan
 from flsplit.plan.scheduling.bounds import lower_bound
+from flsplit.plan.scheduling.packing import pack
 from flsplit.plan.scheduling.sequencing import best_list_schedule
-from flsplit.plan.scheduling.solution import Solution, pack_by_memory
+from flsplit.plan.scheduling.solution import Solution
 
 #: Above this many client-helper pairs the construction uses the cheap finish estimate.
 EXACT_SCORING_PAIRS = 4000
@@ -50,7 +51,7 @@ def construct(instance: Instance) -> list[int]:
     for k in np.argsort(-paths.min(axis=1), kind="stable"):
         room = instance.body_memory[k] <= free + 1e-9
         if not room.any():
-            return pack_by_memory(instance, paths)
+            return pack(instance, paths)
         if table is not None:
             estimate = np.full(num_helpers, np.inf)
             for h in np.flatnonzero(room):

@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from flsplit.plan.evaluator import IndexTask, StageTable, evaluated
-from flsplit.plan.instance import Instance, InstanceError
+from flsplit.plan.instance import Instance
 from flsplit.plan.plan import BWD, FWD, Plan
+from flsplit.plan.scheduling.packing import PlanningError
 from flsplit.plan.scheduling.sequencing import RULES, best_list_schedule
 
-
-class PlanningError(InstanceError):
-    """The solver could not build a feasible plan (e.g. memory cannot be packed)."""
+__all__ = ["PlanningError", "Solution", "to_plan"]
 
 
 class Solution:
@@ -130,27 +129,3 @@ def to_plan(
     )
     return evaluated(instance, plan)
 
-
-def pack_by_memory(instance: Instance, preference: np.ndarray) -> list[int]:
-    """Assign clients largest-memory-first to their most preferred helper with room.
-
-    ``preference[k, h]`` is lower-is-better. Used as a feasibility fallback.
-
-    Raises
-    ------
-    PlanningError
-        If some client finds no helper with enough free memory.
-    """
-    free = instance.helper_memory.astype(float).copy()
-    helper_of = [-1] * instance.num_clients
-    for k in np.argsort(-instance.body_memory, kind="stable"):
-        for h in np.argsort(preference[k], kind="stable"):
-            if instance.body_memory[k] <= free[h] + 1e-9:
-                helper_of[int(k)] = int(h)
-                free[h] -= instance.body_memory[k]
-                break
-        else:
-            raise PlanningError(
-                "helper_memory", "the bodies cannot be packed into the helpers' memory"
-            )
-    return helper_of

@@ -12,7 +12,8 @@ Methods
     Literature baselines.
 ``auto`` (default)
     Picks by size within the time budget and returns the best plan found, never worse
-    than the two baselines (they are computed too and kept if better).
+    than the two baselines (they are computed too and kept if better). A method that
+    raises :class:`PlanningError` is skipped; ``auto`` fails only when all do.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from flsplit.plan.scheduling.bounds import lower_bound
 from flsplit.plan.scheduling.decomposition import decomposition
 from flsplit.plan.scheduling.exact import solve_exact
 from flsplit.plan.scheduling.greedy import greedy
+from flsplit.plan.scheduling.packing import PackingError, PlanningError
 
 METHODS: tuple[str, ...] = (
     "auto", "exact", "decomposition", "greedy", "random-fcfs", "balanced-fcfs"
@@ -75,6 +77,12 @@ def solve(
     Plan
         A feasible plan whose ``makespan`` comes from :func:`flsplit.plan.evaluate` and
         whose ``lower_bound`` is the best proven bound the method knows.
+
+    Raises
+    ------
+    PlanningError
+        If no plan was found; a :class:`~flsplit.plan.scheduling.packing.PackingError`
+        when the bodies do not pack into the helpers' memory (``proven`` if none exists).
     """
     if method not in METHODS:
         raise ValueError(f"method: unknown {method!r}, expected one of {', '.join(METHODS)}")
@@ -97,22 +105,40 @@ def solve(
 
 
 def _auto(instance: Instance, time_limit: float, seed: int, bound: float, start: float) -> Plan:
-    candidates = [
-        _timed_baseline(random_fcfs, instance, seed, bound),
-        _timed_baseline(balanced_fcfs, instance, seed, bound),
-    ]
+    candidates: list[Plan] = []
+    failures: list[str] = []
+
+    def attempt(name: str, run: Callable[[], Plan]) -> None:
+        # a method that finds no plan must not stop the others from trying
+        try:
+            candidates.append(run())
+        except PackingError as exc:
+            if exc.proven:  # no assignment fits memory: every method fails alike
+                raise
+            failures.append(f"{name}: {exc}")
+        except PlanningError as exc:
+            failures.append(f"{name}: {exc}")
+
+    attempt("random-fcfs", lambda: _timed_baseline(random_fcfs, instance, seed, bound))
+    attempt("balanced-fcfs", lambda: _timed_baseline(balanced_fcfs, instance, seed, bound))
     remaining = max(0.05, (1 - AUTO_MARGIN) * time_limit - (time.perf_counter() - start))
     pairs = instance.num_clients * instance.num_helpers
     if pairs <= AUTO_EXACT_PAIRS:
-        chosen = solve_exact(instance, time_limit=remaining, seed=seed, bound=bound)
+        choice, chosen = "exact", solve_exact
     elif instance.num_clients <= AUTO_DECOMPOSITION_CLIENTS:
-        chosen = decomposition(instance, time_limit=remaining, seed=seed, bound=bound)
+        choice, chosen = "decomposition", decomposition
     else:
-        chosen = greedy(instance, time_limit=remaining, seed=seed, bound=bound)
-    candidates.append(chosen)
+        choice, chosen = "greedy", greedy
+    attempt(choice, lambda: chosen(instance, time_limit=remaining, seed=seed, bound=bound))
+    if not candidates and choice != "greedy":
+        attempt("greedy", lambda: greedy(instance, time_limit=0.05, seed=seed, bound=bound))
+    if not candidates:
+        raise PlanningError("auto", "no method found a plan (" + "; ".join(failures) + ")")
     best = min(candidates, key=lambda p: p.makespan)
     best.lower_bound = max(p.lower_bound or 0.0 for p in candidates)
     best.proven_optimal = best.makespan <= best.lower_bound * (1 + 1e-9) + 1e-9
-    best.info = {**best.info, "auto_choice": chosen.method, "winner": best.method}
+    best.info = {**best.info, "auto_choice": choice, "winner": best.method}
+    if failures:
+        best.info["failed"] = failures
     best.method = "auto"
     return best

@@ -68,3 +68,29 @@ def test_the_load_time_is_smoothed_and_survives_a_checkpoint():
     restored = RoundPlanner(planner.costs, planner.link)
     restored.load_state_dict(planner.state_dict())
     assert restored.clients[1].load_ms == planner.clients[1].load_ms
+
+
+def _planner_for_memory(helper_mib: float) -> RoundPlanner:
+    costs = PartCosts(5.0, 6.0, 20.0, 30.0, 4.0, 400_000, 100_000, 12.0)  # body: 12 MiB
+    planner = RoundPlanner(costs, lambda c, h: (2.0, 5.0), method="auto", time_limit=0.2)
+    for client in (1, 2, 3):
+        planner.add_client(client)
+    planner.add_helper(9, memory_mib=helper_mib)
+    planner.add_helper(8, memory_mib=helper_mib)
+    return planner
+
+
+def test_clients_whose_bodies_do_not_fit_sit_the_round_out():
+    planner = _planner_for_memory(13.0)  # one body per helper: 2 of 3 clients fit
+    plan = planner.plan(1, [1, 2, 3], [9, 8], {1: 2, 2: 2, 3: 2})
+    assert plan.left_out == [3] and "memory" in plan.left_out_reason
+    assert sorted(plan.helper_of()) == [1, 2]
+    assert sorted(plan.helper_of().values()) == [8, 9]
+    everyone = _planner_for_memory(24.0).plan(1, [1, 2, 3], [9, 8], {1: 2, 2: 2, 3: 2})
+    assert everyone.left_out == [] and sorted(everyone.helper_of()) == [1, 2, 3]
+
+
+def test_no_client_fitting_any_helper_is_said_clearly():
+    planner = _planner_for_memory(5.0)
+    with pytest.raises(RuntimeError, match="no sampled client can be planned: a body needs 12"):
+        planner.plan(1, [1, 2, 3], [9, 8], {1: 2, 2: 2, 3: 2})
