@@ -65,6 +65,9 @@ DEFAULT_RUN_CONFIG: dict[str, Any] = {
     "sampler-concentration": 100.0,  # dirichlet: how close steps stay to the mean share
     "sampler-straggler-weight": 0.0,  # dirichlet: 1 = shares proportional to data x speed
     "sampler-seed": 0,
+    # dirichlet: straggler costs from the "measured" per-sample times of the last round
+    # (round 1: reported factors) or always the "reported" compute factors
+    "sampler-speeds": "measured",
     "sync-steps": 0,  # synchronous steps per round (0 = local-epochs epochs of the sampler)
     "client-parts": "shared",  # synchronous steps: "shared" (exact) or "local" head/tail
     # Emulated heterogeneity in simulation (flsplit.runtime.emulation)
@@ -108,6 +111,7 @@ HELPER_MEMORY_MODES = ("per-client", "shared")
 PROXIMAL_TERMS = ("squared", "norm")
 SAMPLERS = ("local", "uniform", "dirichlet")
 CLIENT_PARTS = ("shared", "local")
+SAMPLER_SPEEDS = ("measured", "reported")
 ROUND_ROBIN = "round-robin"
 MAX_CHAIN_LENGTH = 16
 
@@ -145,6 +149,9 @@ class SyncSettings:
         A client's local batch; samples per synchronous step (``batch-size`` if 0).
     concentration, straggler_weight : float
         The Dirichlet sampler's settings.
+    speeds : str
+        Where the Dirichlet sampler's per-sample costs come from: ``measured`` (the last
+        round's, the reported compute factors in round 1) or ``reported``.
     seed, steps, local_epochs : int
         Sampler seed; synchronous steps per round (0: ``local_epochs`` epochs).
     client_parts : str
@@ -157,6 +164,7 @@ class SyncSettings:
     global_batch_size: int = 32
     concentration: float = 100.0
     straggler_weight: float = 0.0
+    speeds: str = "measured"
     seed: int = 0
     steps: int = 0
     local_epochs: int = 1
@@ -289,9 +297,10 @@ def sync_settings(config: Mapping[str, Any]) -> SyncSettings:
     """Check the run-config keys of global sampling.
 
     Keys: ``sampler`` (:data:`SAMPLERS`), ``global-batch-size`` (0 = the ``batch-size``),
-    ``sampler-concentration`` (> 0), ``sampler-straggler-weight`` (>= 0), ``sampler-seed``
-    (>= 0), ``sync-steps`` (steps per round, 0 = ``local-epochs`` epochs of the sampler)
-    and ``client-parts`` (:data:`CLIENT_PARTS`); missing keys take their defaults.
+    ``sampler-concentration`` (> 0), ``sampler-straggler-weight`` (>= 0),
+    ``sampler-speeds`` (:data:`SAMPLER_SPEEDS`), ``sampler-seed`` (>= 0), ``sync-steps``
+    (steps per round, 0 = ``local-epochs`` epochs of the sampler) and ``client-parts``
+    (:data:`CLIENT_PARTS`); missing keys take their defaults.
 
     Returns
     -------
@@ -338,6 +347,12 @@ def sync_settings(config: Mapping[str, Any]) -> SyncSettings:
             f"run config client-parts={parts!r} is not one of {', '.join(CLIENT_PARTS)}: "
             "e.g. --run-config 'client-parts=\"shared\"'"
         )
+    speeds = str(config["sampler-speeds"])
+    if speeds not in SAMPLER_SPEEDS:
+        raise ValueError(
+            f"run config sampler-speeds={speeds!r} is not one of {', '.join(SAMPLER_SPEEDS)}: "
+            "e.g. --run-config 'sampler-speeds=\"measured\"'"
+        )
     local = number("batch-size", int, 0, True)
     return SyncSettings(
         sampler="fixed-local" if name == "local" else name,
@@ -346,6 +361,7 @@ def sync_settings(config: Mapping[str, Any]) -> SyncSettings:
         global_batch_size=number("global-batch-size", int, 0, False) or local,
         concentration=number("sampler-concentration", float, 0, True),
         straggler_weight=number("sampler-straggler-weight", float, 0, False),
+        speeds=speeds,
         seed=number("sampler-seed", int, 0, False),
         steps=number("sync-steps", int, 0, False),
         local_epochs=number("local-epochs", int, 0, True),
@@ -356,8 +372,9 @@ def sync_settings(config: Mapping[str, Any]) -> SyncSettings:
 def check_modes(config: Mapping[str, Any]) -> None:
     """Refuse run-config combinations that do not go together.
 
-    Global sampling (``sampler`` other than ``"local"``) needs ``mode = "split"``, the
-    ``round-robin`` planner and one helper per client (``chain-length = 1``).
+    Global sampling (``sampler`` other than ``"local"``) needs ``mode = "split"``, one
+    helper per client (``chain-length = 1``) and, with a planner, the same cuts for every
+    client (no ``cut-candidates``).
 
     Raises
     ------
@@ -379,11 +396,11 @@ def check_modes(config: Mapping[str, Any]) -> None:
             f"run config sampler={sampler!r} needs mode='split' (synchronous steps through "
             "a helper); use sampler='local' with mode='fedavg'"
         )
-    if str(config["planner"]) != ROUND_ROBIN:
+    if str(config["planner"]) != ROUND_ROBIN and str(config["cut-candidates"]).strip():
         raise ValueError(
-            f"run config sampler={sampler!r} runs synchronous steps, which the planner "
-            f"{config['planner']!r} does not plan; set planner='round-robin' (or "
-            "sampler='local' to plan local batches)"
+            f"run config sampler={sampler!r} with cut-candidates: a helper runs one body "
+            "for all its clients in a synchronous step, so every client keeps the same "
+            "cuts; clear cut-candidates or set sampler='local'"
         )
     length = chain_settings(config).length
     if length > 1:
@@ -545,6 +562,7 @@ __all__ = [
     "RESUMABLE_KEYS",
     "ROUND_ROBIN",
     "SAMPLERS",
+    "SAMPLER_SPEEDS",
     "ChainSettings",
     "RunConfig",
     "SyncSettings",

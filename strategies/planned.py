@@ -9,12 +9,19 @@ prediction, the measured helper timeline and the round's failures as JSON, plus 
 chart of planned vs measured when asked. A helper that failed is planned out. When the
 planner chooses cut pairs (run config ``cut-candidates``) each client gets its own pair,
 and the round's pairs are logged and saved.
+
+Under global sampling (``sampler`` ``uniform`` or ``dirichlet``) a round is synchronous
+steps instead: the round's schedule is drawn first and the step planner
+(:func:`~flsplit.plan.sampling.helper_assignment.assign_helpers`) chooses which helper
+batches which clients so that the steps, each as long as its slowest helper, are
+shortest; the predicted and measured time per step are logged and saved the same way.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from logging import INFO, WARNING
@@ -25,6 +32,7 @@ from flwr.app import Message
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
+from flsplit.plan.sampling.helper_assignment import SyncAssignment, assign_helpers
 from flsplit.protocol import (
     FORWARD,
     METRICS,
@@ -36,7 +44,9 @@ from flsplit.protocol import (
 )
 from flsplit.server.node_profiles import LinkFn
 from flsplit.server.round_planner import RoundPlan, RoundPlanner
+from flsplit.server.sync_planning import step_costs
 from strategies.split import SplitStrategy
+from strategies.sync_schedule import SyncSchedule, draw_schedule
 
 
 class PlannedSplitStrategy(SplitStrategy):
@@ -81,6 +91,12 @@ class PlannedSplitStrategy(SplitStrategy):
         self.round_plan: RoundPlan | None = None
         self.history: list[dict[str, Any]] = []
         self.warm: set[int] = set()  # nodes whose warm-up round is behind them
+        #: synchronous steps: the round's planned assignment, its helpers and clients
+        #: (in the order of its columns) and the planning seconds
+        self.sync_plan: tuple[SyncAssignment, list[int], list[int], float] | None = None
+        self._planned_schedule: SyncSchedule | None = None
+        #: helper -> its body time per sample (ms) in its last synchronous round
+        self.body_sample_ms: dict[int, float] = {}
 
     @classmethod
     def for_model(  # type: ignore[override]
@@ -177,6 +193,8 @@ class PlannedSplitStrategy(SplitStrategy):
 
     def assign(self, server_round: int, clients: Sequence[int]) -> dict[int, int]:
         """Solve the round with the planner."""
+        if self.sampling.sync:
+            return self._assign_sync(server_round, clients)
         batches = {
             c: self.local_epochs * max(1, math.ceil(self.nodes[c].examples / self.batch_size))
             for c in clients
@@ -217,6 +235,50 @@ class PlannedSplitStrategy(SplitStrategy):
             )
         return self.round_plan.helper_of()
 
+    def _assign_sync(self, server_round: int, clients: Sequence[int]) -> dict[int, int]:
+        """Draw the round's schedule, then plan which helper batches which clients."""
+        helpers = [h for h in self.helpers if h in self.planner.helpers]
+        if not helpers:
+            raise RuntimeError("no helper left to plan with")
+        order = sorted(c for c in clients if c in self.planner.clients)
+        schedule = draw_schedule(
+            self.sampling, self.nodes, server_round, order, measured=self.sample_ms
+        )
+        if schedule is None:
+            return {}
+        last = self.assignment.helper_of if self.assignment is not None else {}
+        start = time.perf_counter()
+        costs = step_costs(
+            self.planner, order, helpers, schedule.counts, self.batch_size,
+            client_ms=self.sample_ms, body_ms=self.body_sample_ms, last_helper=last,
+        )
+        plan = assign_helpers(schedule.counts, costs)
+        seconds = time.perf_counter() - start
+        self._planned_schedule = schedule
+        self.sync_plan = (plan, helpers, order, seconds)
+        helper_of = {c: helpers[int(plan.helper[i])] for i, c in enumerate(order)}
+        per_helper = Counter(helper_of.values())
+        log(
+            INFO,
+            "round %d step plan: %d steps, predicted %.1f ms per step (greedy %.1f), "
+            "planning %.3f s, clients per helper %s",
+            server_round,
+            schedule.counts.shape[0],
+            plan.round_ms / max(len(plan.step_ms), 1),
+            plan.greedy_ms / max(len(plan.step_ms), 1),
+            seconds,
+            {str(h): per_helper.get(h, 0) for h in helpers},
+        )
+        return helper_of
+
+    def _sync_schedule(self, server_round: int, clients: Sequence[int]) -> SyncSchedule | None:
+        """The schedule the step plan was made for (drawn again if the clients changed)."""
+        schedule, self._planned_schedule = self._planned_schedule, None
+        if schedule is not None and sorted(schedule.column) == sorted(clients):
+            self.schedules[server_round] = schedule.counts
+            return schedule
+        return super()._sync_schedule(server_round, clients)
+
     def client_cuts(self, server_round: int, clients: Sequence[int]) -> dict[int, str]:
         """Each client's planned cut pair (the default pair when the plan has none)."""
         planned = self.round_plan.cuts_of() if self.round_plan else {}
@@ -242,6 +304,9 @@ class PlannedSplitStrategy(SplitStrategy):
         helper_replies: Sequence[Message],
     ) -> None:
         """Update profiles, compare predicted and measured makespan, save the round."""
+        if self.sampling.sync:
+            self._observe_sync(server_round, client_replies, helper_replies)
+            return
         assignment = self.assignment
         round_plan = self.round_plan
         if assignment is None or round_plan is None:
@@ -371,15 +436,82 @@ class PlannedSplitStrategy(SplitStrategy):
             else [],
             "failures": [failure.to_dict() for failure in failures],
         }
+        self._save(server_round, entry)
+        if self.output_dir is not None and self.gantt and measured_ms is not None:
+            from flsplit.plan.scheduling.gantt_rounds import planned_vs_measured
+
+            planned_vs_measured(entry, self.output_dir / f"round-{server_round}.png")
+
+
+    def _save(self, server_round: int, entry: dict[str, Any]) -> None:
+        """Keep the round's entry in :attr:`history` and write ``round-N.json``."""
         self.history.append(entry)
         if self.output_dir is not None:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             path = self.output_dir / f"round-{server_round}.json"
             path.write_text(json.dumps(entry, indent=1, default=float))
-            if self.gantt and measured_ms is not None:
-                from flsplit.plan.scheduling.gantt_rounds import planned_vs_measured
 
-                planned_vs_measured(entry, self.output_dir / f"round-{server_round}.png")
+    def _observe_sync(
+        self,
+        server_round: int,
+        client_replies: Sequence[Message],
+        helper_replies: Sequence[Message],
+    ) -> None:
+        """Learn each helper's body time per sample (the clients' per-sample times are
+        kept by :class:`SplitStrategy`), compare predicted and measured time per step."""
+        failures = self.failures.get(server_round, [])
+        for failure in failures:
+            if failure.role == ROLE_HELPER:
+                log(WARNING, "helper %d is planned out from now on", failure.node)
+                self.planner.drop(failure.node)
+                self.nodes.pop(failure.node, None)
+        for reply in helper_replies:
+            if reply.has_error():
+                continue
+            result = HelperResult.from_content(reply.content)
+            samples = sum(result.step_examples or [])
+            if samples > 0 and result.busy_seconds > 0:
+                self.body_sample_ms[reply.metadata.src_node_id] = (
+                    1000.0 * result.busy_seconds / samples
+                )
+        planned, self.sync_plan = self.sync_plan, None
+        counts = self.schedules.get(server_round)
+        if planned is None or counts is None:
+            return
+        plan, helpers, order, seconds = planned
+        spans = []
+        for reply in client_replies:
+            if reply.has_error() or METRICS not in reply.content.metric_records:
+                continue
+            result = ClientResult.from_metrics(reply.content.metric_records[METRICS])
+            if result is not None and result.ended > result.started > 0:
+                spans.append((float(result.started), float(result.ended)))
+        steps = max(int(counts.shape[0]), 1)
+        predicted_step = plan.round_ms / steps
+        measured_step = None
+        if spans:
+            measured_step = 1000.0 * (max(b for _, b in spans) - min(a for a, _ in spans)) / steps
+            log(
+                INFO,
+                "round %d: predicted %.1f ms per synchronous step, measured %.1f ms",
+                server_round,
+                predicted_step,
+                measured_step,
+            )
+        helper_of = {c: helpers[int(plan.helper[i])] for i, c in enumerate(order)}
+        self._save(server_round, {
+            "round": server_round,
+            "method": "sync-steps",
+            "steps": steps,
+            "predicted_step_ms": predicted_step,
+            "measured_step_ms": measured_step,
+            "predicted_ms": plan.round_ms,
+            "measured_ms": measured_step * steps if measured_step is not None else None,
+            "planning_s": seconds,
+            "clients_per_helper": dict(Counter(str(h) for h in helper_of.values())),
+            "helper_of": {str(c): h for c, h in helper_of.items()},
+            "failures": [failure.to_dict() for failure in failures],
+        })
 
 
 def _unemulated_link(client: int, helper: int) -> tuple[float, float]:

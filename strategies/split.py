@@ -49,12 +49,14 @@ from flsplit.config import RunConfig
 from flsplit.protocol import (
     CONFIG,
     HELPER_TRAIN,
+    METRICS,
     MODE,
     ROLE_CLIENT,
     ROLE_HELPER,
     ROUND_WALL_SECONDS,
     TRAIN_ACC,
     TRAIN_LOSS,
+    ClientResult,
     HelperResult,
     HelperTask,
 )
@@ -202,6 +204,8 @@ class SplitStrategy(Strategy, metaclass=_Built):
         #: round -> helper -> samples of each synchronous step the helper ran
         self.sync_steps: dict[int, dict[int, list[int]]] = {}
         self.schedules: dict[int, Any] = {}  # round -> (steps, clients) counts
+        #: client -> its own time per sample (ms) in its last synchronous round
+        self.sample_ms: dict[int, float] = {}
         if min_completed_clients < 1:
             raise ValueError(
                 f"min_completed_clients={min_completed_clients} must be at least 1"
@@ -650,7 +654,9 @@ class SplitStrategy(Strategy, metaclass=_Built):
     def _sync_schedule(self, server_round: int, clients: Sequence[int]) -> SyncSchedule | None:
         """The round's synchronous-step schedule (kept in :attr:`schedules`), or ``None``
         without global sampling."""
-        schedule = draw_schedule(self.sampling, self.nodes, server_round, clients)
+        schedule = draw_schedule(
+            self.sampling, self.nodes, server_round, clients, measured=self.sample_ms
+        )
         if schedule is not None:
             self.schedules[server_round] = schedule.counts
         return schedule
@@ -691,6 +697,7 @@ class SplitStrategy(Strategy, metaclass=_Built):
             failures = [f for f in failures if f.node not in refused] + list(refused.values())
         self.failures[server_round] = failures
         log_failures(server_round, failures)
+        self._record_sample_times(by_sender.clients)
         self.observe(server_round, by_sender.clients, by_sender.helpers)
         self._record_helper_metrics(server_round, by_sender.helpers)
         if self.split:
@@ -746,6 +753,25 @@ class SplitStrategy(Strategy, metaclass=_Built):
     def _kept_arrays(self) -> ArrayRecord:
         """The global model of a round that aggregated nothing: the one it started from."""
         return self._round_arrays if self._round_arrays is not None else ArrayRecord()
+
+    def _record_sample_times(self, client_replies: Sequence[Message]) -> None:
+        """Under global sampling, keep each client's own time per sample this round: its
+        stages 1, 3 and 5 and data loading (not the helper's service, so not the waits for
+        other clients) per step, over its samples. The Dirichlet sampler's straggler
+        weight and the step planner use it from the next round on."""
+        if not self.sampling.sync:
+            return
+        for reply in client_replies:
+            if reply.has_error() or METRICS not in reply.content.metric_records:
+                continue
+            result = ClientResult.from_metrics(reply.content.metric_records[METRICS])
+            if result is None or result.examples < 1 or result.batches < 1:
+                continue
+            per_step = result.stage1_ms + result.stage3_ms + result.stage5_ms + result.load_ms
+            if per_step > 0:
+                self.sample_ms[reply.metadata.src_node_id] = (
+                    per_step * result.batches / result.examples
+                )
 
     def _record_helper_metrics(self, server_round: int, helper_replies: Sequence[Message]) -> None:
         """Keep each helper's synchronous step sizes and its peak memory; log the clients

@@ -242,7 +242,8 @@ def split_batch(
     ``step`` names the helper-side step (synchronous-step mode; default: the client's own
     batch counter). ``exchange``, if given, runs after the head backward instead of the
     optimizer step (synchronous steps reduce the head and tail gradients through the
-    helper and step there); its time counts to stage 5.
+    helper and step there); its time counts to stage 5, except its service time at the
+    helper (waiting there for the step's other clients), which counts as service.
     """
     t0 = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
@@ -274,15 +275,23 @@ def split_batch(
             crossing.backward(cut1, grad_cut1)
         if exchange is None:
             optimizer.step()
+    sync_service = 0.0
     if exchange is not None:
         exchange()
+        # the all-reduce waits at the helper for the step's other clients: that wait is
+        # the helper's service, not the client's own time (what the server measures)
+        sync_service = helper.last_service_seconds
     t5 = time.perf_counter()
     n = int(labels.shape[0])
     correct = correct_count(logits, labels)
     totals.add(
         n, float(loss.detach()) * n, correct,
-        ((t1 - t0) + fwd_net / 2, fwd_net / 2 + (t3 - t2) + bwd_net / 2, bwd_net / 2 + (t5 - t4)),
-        fwd_service + bwd_service,
+        (
+            (t1 - t0) + fwd_net / 2,
+            fwd_net / 2 + (t3 - t2) + bwd_net / 2,
+            bwd_net / 2 + max((t5 - t4) - sync_service, 0.0),
+        ),
+        fwd_service + bwd_service + sync_service,
     )
 
 
