@@ -484,7 +484,7 @@ class PlannedSplitStrategy(SplitStrategy):
             if reply.has_error() or METRICS not in reply.content.metric_records:
                 continue
             result = ClientResult.from_metrics(reply.content.metric_records[METRICS])
-            if result is not None and result.ended > result.started > 0:
+            if result is not None and result.ended > result.started:
                 spans.append((float(result.started), float(result.ended)))
         steps = max(int(counts.shape[0]), 1)
         predicted_step = plan.round_ms / steps

@@ -58,7 +58,10 @@ def test_local_sampler_keeps_local_batches():
     ("config", "match"),
     [
         ({"mode": "fedavg"}, r"sampler='uniform' needs mode='split'"),
-        ({"planner": "auto"}, r"planner 'auto' does not plan; set planner='round-robin'"),
+        (
+            {"planner": "auto", "cut-candidates": "conv1,fc2;conv2,fc2"},
+            r"sampler='uniform' with cut-candidates: a helper runs one body",
+        ),
         ({"chain-length": 2, "num-helpers": 2}, r"chain-length=2: synchronous steps run on one"),
     ],
 )

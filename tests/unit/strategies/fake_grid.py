@@ -56,6 +56,9 @@ class FakeNode:
     load_ms: float = 0.0  # the time per batch its data loader takes, as it reports
     unreachable: bool = False  # the SuperLink replies for it: Node Unavailable
     lost: bool = False  # its messages get no reply
+    compute_factor: float = 1.0  # as it reports at discovery
+    sample_ms: float = 0.0  # a client's own time per sample it reports (0: 1 ms stages)
+    body_sample_ms: float = 0.0  # a helper's body time per sample in synchronous steps
 
     @property
     def is_helper(self) -> bool:
@@ -148,7 +151,10 @@ class FakeGrid(Grid):
             error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason)
             return Message(error, reply_to=message)
         if kind == QUERY:
-            report = NodeReport(role=node.role, index=node_id, examples=node.examples)
+            report = NodeReport(
+                role=node.role, index=node_id, examples=node.examples,
+                compute_factor=node.compute_factor,
+            )
             if node.is_helper:
                 report.address = f"helper-{node_id}:9000"
                 report.listen_address = "0.0.0.0:9000"
@@ -166,13 +172,16 @@ class FakeGrid(Grid):
 
     def _train(self, node: FakeNode, message: Message) -> RecordDict:
         arrays = ArrayRecord(_filled(message.content[ARRAYS], node.fill))
+        # with sample_ms: one batch of all its examples whose stages add up to that
+        stage = node.sample_ms * node.examples / 3 if node.sample_ms else 1.0
         result = ClientResult(
             examples=node.examples,
             loss=node.fill,
             accuracy=0.5,
-            stage1_ms=1.0,
-            stage3_ms=1.0,
-            stage5_ms=1.0,
+            batches=1 if node.sample_ms else 0,
+            stage1_ms=stage,
+            stage3_ms=stage,
+            stage5_ms=stage,
             started=0.0,
             ended=1.0,
             load_ms=node.load_ms,
@@ -195,7 +204,11 @@ class FakeGrid(Grid):
             keys = self.piece_keys(served.cuts)[served.piece - 1]
             fill = self.nodes[int(served.client)].fill
             bodies[served.client] = ArrayRecord(_filled({k: state[k] for k in keys}, fill))
+        served_samples = 1000 * len(round_.clients)  # synchronous steps: a nominal count
+        busy = self.nodes[helper].body_sample_ms * served_samples / 1000.0
         result = HelperResult(
+            busy_seconds=busy,
+            step_examples=[served_samples] if busy else None,
             finished=list(bodies),
             dropped=list(dropped),
             peak_rss_mib=100.0 + helper,
