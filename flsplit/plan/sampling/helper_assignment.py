@@ -5,12 +5,13 @@ the concatenated activations of its participating clients, and the step ends wit
 slowest helper. With ``counts[s, k]`` samples of client ``k`` in step ``s``, helper ``h``
 takes
 
-``max_k (n * client_ms[k]) + sum_k (fixed_ms[k, h] + n * transfer_ms[k, h]) + body_ms[h] * sum_k n``
+``max_k (fixed_ms[k, h] + n * (client_ms[k] + transfer_ms[k, h])) + body_ms[h] * sum_k n``
 
 over its clients ``k`` with ``n = counts[s, k] > 0``: the clients compute their heads and
-tails in parallel, their activations and gradients cross the helper's links one after
-the other (a per-message latency plus a per-sample time) and the body computes on the
-sum of their samples. The round takes the sum over steps of the slowest helper's time.
+tails and move their activations and gradients over their own links in parallel (a
+per-message latency plus a per-sample time), so the helper waits for the slowest of
+them, and the body computes on the sum of their samples. The round takes the sum over
+steps of the slowest helper's time.
 
 :func:`assign_helpers` balances that: a greedy start (the clients with the most samples
 per step first, each to the helper that keeps the predicted round shortest and still
@@ -142,13 +143,14 @@ def helper_step_times(counts: np.ndarray, helper: np.ndarray, costs: StepCosts) 
     fixed = costs.fixed_ms[clients, helper]
     body = costs.body_ms[helper]
     active = counts > 0
-    serial = counts * (transfer + body)[None, :] + active * fixed[None, :]
-    own = counts * costs.client_ms[None, :]
+    # the clients' own parts and links run in parallel; the helper's body on the sum
+    parallel = counts * (costs.client_ms + transfer)[None, :] + active * fixed[None, :]
+    serial = counts * body[None, :]
     times = np.zeros((counts.shape[0], costs.num_helpers))
     for h in range(costs.num_helpers):
         mine = helper == h
         if mine.any():
-            times[:, h] = own[:, mine].max(axis=1) + serial[:, mine].sum(axis=1)
+            times[:, h] = parallel[:, mine].max(axis=1) + serial[:, mine].sum(axis=1)
     return times
 
 

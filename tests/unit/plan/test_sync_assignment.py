@@ -43,10 +43,11 @@ def test_prediction_is_the_slowest_helper_per_step() -> None:
     counts = np.array([[2, 0, 3], [1, 1, 0]])
     costs = _costs(3, [1.0, 4.0])
     times = helper_step_times(counts, np.array([0, 0, 1]), costs)
-    # helper 0, step 0: only client 0 (2 samples): 2*1 + 2 + 2*(0.1+1)
-    assert times[0, 0] == pytest.approx(2 + 2 + 2.2)
-    assert times[0, 1] == pytest.approx(3 + 2 + 3 * 4.1)
-    assert times[1, 0] == pytest.approx(1 + 2 * 2 + 2 * 1.1)
+    # helper 0, step 0: only client 0 (2 samples): 2 + 2*(1+0.1) on its side, 2*1 body
+    assert times[0, 0] == pytest.approx(2 + 2.2 + 2)
+    assert times[0, 1] == pytest.approx(2 + 3 * 1.1 + 3 * 4)
+    # step 1: clients 0 and 1 (1 sample each) in parallel, then the body on both
+    assert times[1, 0] == pytest.approx(2 + 1.1 + 2 * 1)
     assert times[1, 1] == 0.0
 
 
