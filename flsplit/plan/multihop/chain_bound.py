@@ -71,13 +71,15 @@ def _offload_options(p: MultihopProblem, fastest: np.ndarray) -> tuple[np.ndarra
     return client[ok], helper[ok]
 
 
-def load_bound(problem: ChainProblem) -> float:
-    """The helper-load bound (ms), see the module docstring."""
+def priced_load_bound(problem: ChainProblem, price: np.ndarray) -> float:
+    """The helper-load bound (ms) for helper prices ``price`` (``> 0``, see the module
+    docstring): the least ``T`` with ``sum_k min work_k(T) <= T``, where a layer's work
+    is the least of ``price_h x`` its time on helper ``h`` over the helpers."""
+    price = np.asarray(price, dtype=float) / float(np.sum(price))
     options = []
     for p in problem.clients:
-        speed = np.where(p.runnable[1:], p.sample_ms[1:], np.inf)
-        options.append(_offload_options(p, speed.min(axis=0)))
-    h = problem.num_helpers
+        cost = np.where(p.runnable[1:], p.sample_ms[1:] * price[:, None], np.inf)
+        options.append(_offload_options(p, cost.min(axis=0)))
 
     def excess(t: float) -> float:
         work = 0.0
@@ -86,7 +88,7 @@ def load_bound(problem: ChainProblem) -> float:
             if fit.size == 0:
                 return math.inf
             work += float(fit.min())
-        return work - h * t
+        return work - t
 
     lo, hi = 0.0, 1.0
     while excess(hi) > 0:
@@ -100,6 +102,20 @@ def load_bound(problem: ChainProblem) -> float:
         else:
             hi = mid
     return lo
+
+
+def load_bound(problem: ChainProblem) -> float:
+    """The best helper-load bound (ms) over a few price vectors: equal prices (every
+    layer at the fastest helper, ``H`` helpers) and prices ``W_h^-a`` (``W_h``: helper
+    ``h``'s time for the whole model, ``a`` in ``0.25 .. 2``), which charge the fast
+    helpers more. Every price vector gives a valid bound (LP duality of the fractional
+    assignment of layers to helpers), so their largest is one."""
+    p = problem.clients[0]
+    whole = np.where(p.runnable[1:], p.sample_ms[1:], 0.0).sum(axis=1)
+    whole = np.where(whole > 0, whole, whole[whole > 0].min() if (whole > 0).any() else 1.0)
+    prices = [np.ones(problem.num_helpers)] + [whole ** -a for a in
+                                              (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)]
+    return max(priced_load_bound(problem, y) for y in prices)
 
 
 def lower_bound(problem: ChainProblem) -> ChainBound:

@@ -165,12 +165,12 @@ def simulate(stages: Sequence[ClientStages], orders: dict[int, list[ChainTask]]
 
 
 def list_schedule(stages: Sequence[ClientStages], priority: Sequence[float] | None = None
-                  ) -> tuple[dict[int, list[ChainTask]], float]:
+                  ) -> tuple[dict[int, list[ChainTask]], list[float]]:
     """Helper task orders by list scheduling: the operation that can start earliest runs
     next (ties: the client with the larger ``priority``, default its total work).
 
-    Returns the orders and the makespan of the schedule built, which :func:`simulate`
-    reproduces for those orders (both start every operation as early as its
+    Returns the orders and each client's finish in the schedule built, which
+    :func:`simulate` reproduces for those orders (both start every operation as early as its
     micro-batch and resource allow).
     """
     k_count = len(stages)
@@ -206,7 +206,7 @@ def list_schedule(stages: Sequence[ClientStages], priority: Sequence[float] | No
                 heapq.heappush(heap, (finish, pri, k, s + 1))
         if m + 1 < cs.micro_batches and (s == 0 or done[k][s - 1] > m + 1):
             heapq.heappush(heap, (finish, pri, k, s))
-    return orders, max(end[k][-1] for k in range(k_count))
+    return orders, [end[k][-1] for k in range(k_count)]
 
 
 def evaluate_chain(problem: ChainProblem, plan: ChainPlan) -> float:

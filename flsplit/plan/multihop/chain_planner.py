@@ -89,8 +89,8 @@ def judge_routes(problem: ChainProblem, routes: Sequence[ChainRoute], method: st
     stages = (cache or _StageCache(problem)).all(routes)
     if stages is None:
         return None
-    orders, makespan = list_schedule(stages)
-    plan = ChainPlan(list(routes), orders, makespan=makespan, method=method)
+    orders, finish = list_schedule(stages)
+    plan = ChainPlan(list(routes), orders, makespan=max(finish), method=method)
     if final:
         plan.makespan = evaluate_chain(problem, plan)
     return plan
@@ -242,7 +242,33 @@ def _cheap_moves(problem: ChainProblem, route: ChainRoute, k: int, rng: random.R
             cuts = list(route.cuts)
             cuts[i] += d
             out.append(ChainRoute(route.helpers, tuple(cuts), route.micro_batch))
+    for i in range(len(route.helpers)):  # one hop to another helper (same ranges)
+        for w in range(1, problem.num_helpers + 1):
+            if w not in route.helpers:
+                helpers = list(route.helpers)
+                helpers[i] = w
+                if helpers == sorted(helpers):
+                    out.append(ChainRoute(tuple(helpers), route.cuts, route.micro_batch))
     rng.shuffle(out)
+    return out
+
+
+def _swap_moves(plan: ChainPlan, k: int, rng: random.Random, count: int = 6
+                ) -> list[list[ChainRoute]]:
+    """Client ``k`` and another client exchange their helpers (each keeps its cuts
+    where the hop counts match)."""
+    out = []
+    others = [j for j in range(len(plan.routes)) if j != k]
+    rng.shuffle(others)
+    mine = plan.routes[k]
+    for j in others[:count]:
+        theirs = plan.routes[j]
+        if theirs.helpers == mine.helpers or len(theirs.helpers) != len(mine.helpers):
+            continue
+        routes = list(plan.routes)
+        routes[k] = ChainRoute(theirs.helpers, mine.cuts, mine.micro_batch)
+        routes[j] = ChainRoute(mine.helpers, theirs.cuts, theirs.micro_batch)
+        out.append(routes)
     return out
 
 
@@ -277,16 +303,17 @@ def local_search(problem: ChainProblem, plan: ChainPlan, deadline: float, chains
                        key=lambda i: -finish[i])
         k = order[0] if rng.random() < 0.7 else rng.choice(order)
         improved = False
-        for kind in ("cheap", "placement"):
-            moves = (_cheap_moves(problem, best.routes[k], k, rng) if kind == "cheap"
-                     else _placement_moves(problem, best, stages, k, chains))
-            for route in moves:
+        for kind in ("cheap", "swap", "placement"):
+            if kind == "swap":
+                moves = _swap_moves(best, k, rng)
+            else:
+                single = (_cheap_moves(problem, best.routes[k], k, rng) if kind == "cheap"
+                          else _placement_moves(problem, best, stages, k, chains))
+                moves = [[*best.routes[:k], r, *best.routes[k + 1:]] for r in single
+                         if chains or len(r.helpers) <= len(best.routes[k].helpers)]
+            for routes in moves:
                 if time.perf_counter() >= deadline:
                     break
-                if not chains and len(route.helpers) > len(best.routes[k].helpers):
-                    continue
-                routes = list(best.routes)
-                routes[k] = route
                 cand = judge_routes(problem, routes, best.method, cache, final=False)
                 if cand is not None and cand.makespan < best.makespan - 1e-9:
                     best, improved = cand, True
