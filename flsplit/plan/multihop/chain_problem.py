@@ -167,7 +167,7 @@ def random_chain_problem(num_clients: int, num_layers: int, num_helpers: int, se
             sample_ms=np.vstack([own.sample_ms[:1], base.sample_ms[1:]]),
             runnable=np.ones_like(base.runnable),
             overhead_ms=np.concatenate([own.overhead_ms[:1], base.overhead_ms[1:]]),
-            memory_mib=np.concatenate([[own.memory_mib[0]], base.memory_mib[1:]]),
+            memory_mib=np.concatenate([[base.memory_mib[0]], base.memory_mib[1:]]),
             layer_memory_mib=base.layer_memory_mib, activation_kib=base.activation_kib,
             rate_mbps=base.rate_mbps.copy(), latency_ms=base.latency_ms.copy(),
             batch_size=batch_size,
