@@ -9,10 +9,14 @@ The bound is the largest of
   with it). Sharing helpers only delays a client, so the round lasts at least as long;
 - **helper load**: for a makespan ``T``, client ``k`` can keep on its own device only a
   head and tail whose compute ``B x (per-sample time)`` is at most ``T`` (and which fit
-  its memory); the rest of its body runs on helpers, at best at the fastest helper's
-  per-sample time of each layer. All helpers together work at most ``H x T``, so ``T``
-  is at least the least value where the clients' least offloaded work is ``<= H x T``
-  (found by bisection).
+  its memory); the rest of its body runs on helpers. With helper prices ``y_h > 0``
+  (summing to 1), a layer's priced work is the least over the helpers of ``y_h x`` its
+  time there, and all helpers together supply at most ``sum_h y_h T = T`` of it (the
+  dual of assigning layers fractionally to helpers), so ``T`` is at least the least
+  value where the clients' least priced offloaded work is ``<= T`` (bisection). The
+  bound takes the best of equal prices and ``y_h ~ W_h^-a`` (``W_h``: helper ``h``'s
+  time for the whole model). It ignores helper memory, per-micro-batch overheads and
+  when each client's first micro-batch can reach a helper.
 """
 
 from __future__ import annotations
