@@ -289,42 +289,67 @@ def _placement_moves(problem: ChainProblem, plan: ChainPlan, stages: Sequence[Cl
 
 def local_search(problem: ChainProblem, plan: ChainPlan, deadline: float, chains: bool,
                  seed: int = 0) -> ChainPlan:
-    """Improve ``plan`` by single-client moves until ``deadline`` (``time.perf_counter``)
-    or no move of any client gains; returns the best plan judged."""
+    """Improve ``plan`` by single-client moves until ``deadline`` (``time.perf_counter``);
+    at a local optimum (no move of any client gains) two random clients take a random
+    feasible cheap move or swap and the descent goes on. Returns the best plan judged."""
     rng = random.Random(seed)
     cache = _StageCache(problem)
-    best = plan
+    best = current = plan
     stale: set[int] = set()
-    while time.perf_counter() < deadline and len(stale) < problem.num_clients:
-        stages = cache.all(best.routes)
+    while time.perf_counter() < deadline:
+        if len(stale) >= problem.num_clients:  # local optimum: perturb and go on
+            current = _perturbed(problem, current, cache, rng, chains) or best
+            stale.clear()
+            continue
+        stages = cache.all(current.routes)
         assert stages is not None
-        _, finish = simulate(stages, best.orders)
+        _, finish = simulate(stages, current.orders)
         order = sorted((k for k in range(problem.num_clients) if k not in stale),
                        key=lambda i: -finish[i])
         k = order[0] if rng.random() < 0.7 else rng.choice(order)
         improved = False
         for kind in ("cheap", "swap", "placement"):
             if kind == "swap":
-                moves = _swap_moves(best, k, rng)
+                moves = _swap_moves(current, k, rng)
             else:
-                single = (_cheap_moves(problem, best.routes[k], k, rng) if kind == "cheap"
-                          else _placement_moves(problem, best, stages, k, chains))
-                moves = [[*best.routes[:k], r, *best.routes[k + 1:]] for r in single
-                         if chains or len(r.helpers) <= len(best.routes[k].helpers)]
+                single = (_cheap_moves(problem, current.routes[k], k, rng) if kind == "cheap"
+                          else _placement_moves(problem, current, stages, k, chains))
+                moves = [[*current.routes[:k], r, *current.routes[k + 1:]] for r in single
+                         if chains or len(r.helpers) <= len(current.routes[k].helpers)]
             for routes in moves:
                 if time.perf_counter() >= deadline:
                     break
-                cand = judge_routes(problem, routes, best.method, cache, final=False)
-                if cand is not None and cand.makespan < best.makespan - 1e-9:
-                    best, improved = cand, True
+                cand = judge_routes(problem, routes, current.method, cache, final=False)
+                if cand is not None and cand.makespan < current.makespan - 1e-9:
+                    current, improved = cand, True
                     break
             if improved:
                 break
         if improved:
             stale.clear()
+            if current.makespan < best.makespan - 1e-9:
+                best = current
         else:
             stale.add(k)
     return judge_routes(problem, best.routes, best.method, cache) or best
+
+
+def _perturbed(problem: ChainProblem, plan: ChainPlan, cache: _StageCache,
+               rng: random.Random, chains: bool, clients: int = 2) -> ChainPlan | None:
+    """``plan`` after a random feasible cheap move or swap of ``clients`` random clients
+    (whatever the makespan); ``None`` if none was feasible."""
+    routes = list(plan.routes)
+    moved = False
+    for k in rng.sample(range(problem.num_clients), min(clients, problem.num_clients)):
+        options = [[*routes[:k], r, *routes[k + 1:]]
+                   for r in _cheap_moves(problem, routes[k], k, rng)]
+        options += _swap_moves(ChainPlan(routes, {}), k, rng)
+        rng.shuffle(options)
+        for cand in options:
+            if cache.all(cand) is not None:
+                routes, moved = cand, True
+                break
+    return judge_routes(problem, routes, plan.method, cache, final=False) if moved else None
 
 
 def plan_chains(problem: ChainProblem, time_limit: float = DEFAULT_CHAIN_TIME_LIMIT,
