@@ -176,36 +176,52 @@ def list_schedule(stages: Sequence[ClientStages], priority: Sequence[float] | No
     k_count = len(stages)
     if priority is None:
         priority = [sum(cs.times) * cs.micro_batches for cs in stages]
-    done = [[0] * len(cs.times) for cs in stages]
-    end = [[0.0] * len(cs.times) for cs in stages]
+    done = [[0] * len(cs.times) for cs in stages]  # micro-batches finished per stage
+    end = [[0.0] * len(cs.times) for cs in stages]  # end of the last finished one
     arrivals: list[list[list[float]]] = [[[] for _ in cs.times] for cs in stages]
     free: dict[int, float] = {}
     orders: dict[int, list[ChainTask]] = {}
-    heap = [(0.0, -priority[k], k, 0) for k in range(k_count)]
-    heapq.heapify(heap)
+    heap: list[tuple[float, float, int, int]] = []
+
+    def arrive(k: int, s: int, m: int, t: float) -> None:
+        # micro-batch m reaches stage s at t: the client's own stages (no contention,
+        # micro-batches in order) run at once, up to the next helper stage
+        cs = stages[k]
+        count = len(cs.times)
+        while s < count and cs.resources[s] == OWN:
+            t = (t if m == 0 or t > end[k][s] else end[k][s]) + cs.times[s]
+            end[k][s] = t
+            done[k][s] = m + 1
+            s += 1
+        if s < count:
+            arrivals[k][s].append(t)
+            if done[k][s] == m:  # the helper stage waits for this micro-batch
+                heapq.heappush(heap, (t, -priority[k], k, s))
+
+    for k, cs in enumerate(stages):
+        for m in range(cs.micro_batches):
+            arrive(k, 0, m, 0.0)
     while heap:
         est, pri, k, s = heapq.heappop(heap)
         cs = stages[k]
         m = done[k][s]
         v = cs.resources[s]
-        ready = arrivals[k][s][m] if s > 0 else 0.0
-        start = max(ready, free.get(v, 0.0)) if v != OWN else (
-            max(ready, end[k][s]) if m > 0 else ready)
-        if start > est + 1e-12:  # the resource got busy meanwhile: wait in line
+        ready = arrivals[k][s][m]
+        start = free.get(v, 0.0)
+        if ready > start:
+            start = ready
+        if start > est + 1e-12:  # the helper got busy meanwhile: wait in line
             heapq.heappush(heap, (start, pri, k, s))
             continue
         finish = start + cs.times[s]
-        if v != OWN:
-            free[v] = finish
-            orders.setdefault(v, []).append((k, m))
+        free[v] = finish
+        orders.setdefault(v, []).append((k, m))
         end[k][s] = finish
         done[k][s] = m + 1
         if s + 1 < len(cs.times):
-            arrivals[k][s + 1].append(finish)
-            if done[k][s + 1] == m:  # the next stage waits for this micro-batch
-                heapq.heappush(heap, (finish, pri, k, s + 1))
-        if m + 1 < cs.micro_batches and (s == 0 or done[k][s - 1] > m + 1):
-            heapq.heappush(heap, (finish, pri, k, s))
+            arrive(k, s + 1, m, finish)
+        if len(arrivals[k][s]) > m + 1:  # the next micro-batch is already waiting
+            heapq.heappush(heap, (arrivals[k][s][m + 1], pri, k, s))
     return orders, [end[k][-1] for k in range(k_count)]
 
 

@@ -269,3 +269,24 @@ def test_planner_and_bound_import_no_torch():
             "bad = [m for m in ('torch', 'flwr', 'grpc') if m in sys.modules]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 2))
+def test_list_schedule_is_what_the_judge_reproduces(seed, helpers):
+    from flsplit.plan.multihop.chain_evaluation import list_schedule
+
+    problem = random_chain_problem(4, 6, helpers + 1, seed=seed, batch_size=8,
+                                   memory_slack=2.0)
+    rng = np.random.default_rng(seed)
+    routes = []
+    for p in problem.clients:
+        hops = sorted(rng.choice(np.arange(1, helpers + 2), size=helpers, replace=False))
+        cuts = (1, *range(2, 2 + helpers - 1), 5)
+        routes.append(ChainRoute(tuple(int(v) for v in hops), cuts, int(rng.integers(1, 9))))
+    try:
+        stages = all_stages(problem, routes)
+    except MultihopError:
+        return
+    orders, finish = list_schedule(stages)
+    assert simulate(stages, orders)[1] == pytest.approx(finish)
