@@ -16,9 +16,11 @@ from list scheduling (:func:`~flsplit.plan.multihop.chain_evaluation.list_schedu
    the client that finishes last (or a random one) and tries: re-placing it, one hop or
    a chain (exact single-client placement on its problem with the other clients'
    helpers scaled by their load and the remaining memory), another micro-batch count,
-   one layer moved across one of its cuts. A move is kept when the judged makespan
-   falls, so a client gets a chain only where that shortens the round (or where no
-   single helper can hold its body).
+   one layer moved across one of its cuts, one hop moved to another helper, a swap of
+   helpers with another client. A move is kept when the judged makespan falls, so a
+   client gets a chain only where that shortens the round (or where no single helper
+   can hold its body); at a local optimum two random clients are perturbed and the
+   descent goes on until the time limit, keeping the best plan.
 
 The plan returned is the best judged of all three, so it is never worse than
 round-robin chains or the best one-hop plan found.

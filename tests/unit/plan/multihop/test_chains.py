@@ -280,7 +280,7 @@ def test_list_schedule_is_what_the_judge_reproduces(seed, helpers):
                                    memory_slack=2.0)
     rng = np.random.default_rng(seed)
     routes = []
-    for p in problem.clients:
+    for _ in problem.clients:
         hops = sorted(rng.choice(np.arange(1, helpers + 2), size=helpers, replace=False))
         cuts = (1, *range(2, 2 + helpers - 1), 5)
         routes.append(ChainRoute(tuple(int(v) for v in hops), cuts, int(rng.integers(1, 9))))
