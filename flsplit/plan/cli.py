@@ -31,7 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_cut_arguments(plan)
     plan.add_argument("--multihop", metavar="MULTIHOP.json",
                       help="place one client's model on a chain of helpers and choose the "
-                      "micro-batch size (docs/multihop.md); --profiles replaces its profile")
+                      "micro-batch size, or plan the chains of many clients sharing the "
+                      "helpers (a 'clients' list; docs/multihop.md); --profiles replaces "
+                      "its profile")
     plan.add_argument("--micro-batch", type=int,
                       help="with --multihop: fix the micro-batch size instead of choosing it")
     plan.set_defaults(func=run_plan)
@@ -114,9 +116,29 @@ def run_plan(args: argparse.Namespace) -> int:
 
 def run_multihop(args: argparse.Namespace) -> int:
     """Solve a multi-hop instance and print the chain, cuts, micro-batch and latency."""
+    import json
+
     from flsplit.plan.multihop import MultihopError, load_problem, optimize_placement
     from flsplit.plan.multihop import save_plan as save_multihop_plan
+    from flsplit.plan.multihop.chain_files import is_chain_instance
 
+    try:
+        with open(args.multihop) as handle:
+            many = is_chain_instance(json.load(handle))
+    except FileNotFoundError:
+        return _error(f"{args.multihop}: no such file")
+    except json.JSONDecodeError as exc:
+        return _error(f"invalid multi-hop instance {args.multihop}: not valid JSON ({exc})")
+    if many:  # several clients sharing the helpers: the chain planner
+        from flsplit.plan.multihop.chain_cli import run_chain_plan
+
+        if args.micro_batch is not None:
+            return _error("--micro-batch applies to a one-client instance only")
+        try:
+            run_chain_plan(args)
+        except MultihopError as exc:
+            return _error(f"invalid multi-hop instance {args.multihop}: {exc}")
+        return 0
     try:
         problem = load_problem(args.multihop, profile=args.profiles)
         plan = optimize_placement(problem, micro_batch=args.micro_batch)

@@ -5,8 +5,13 @@ Modules: :mod:`~flsplit.plan.multihop.problem` (the problem, stages, plan),
 :mod:`~flsplit.plan.multihop.placement` (exact placement for a fixed micro-batch size),
 :mod:`~flsplit.plan.multihop.micro_batch` (micro-batch size for a fixed placement),
 :mod:`~flsplit.plan.multihop.optimize` (both, alternated) and
-:mod:`~flsplit.plan.multihop.files` (instance and plan JSON). Every public name is
-importable from this package.
+:mod:`~flsplit.plan.multihop.files` (instance and plan JSON). Every public name of
+these is importable from this package. Many clients sharing the helpers:
+:mod:`~flsplit.plan.multihop.chain_problem` (problem, routes, plan),
+:mod:`~flsplit.plan.multihop.chain_evaluation` (the judge),
+:mod:`~flsplit.plan.multihop.chain_bound` (lower bound),
+:mod:`~flsplit.plan.multihop.chain_planner` (the planner),
+:mod:`~flsplit.plan.multihop.chain_files` and :mod:`~flsplit.plan.multihop.chain_cli`.
 """
 
 from flsplit.plan.multihop.evaluation import (

@@ -1,0 +1,405 @@
+"""The multi-client chain planner: routes, layer ranges, micro-batches, helper orders.
+
+Heuristic, time-limited (default 2 s); every candidate is judged by
+:func:`~flsplit.plan.multihop.chain_evaluation.evaluate_chain`, helper task orders come
+from list scheduling (:func:`~flsplit.plan.multihop.chain_evaluation.list_schedule`).
+
+1. **Round-robin chains** (the runtime's rule, as helper sets): for each chain length
+   ``n``, client ``i`` gets helpers ``i, i + 1, ... (mod H)`` in route order, the body
+   cut into ``n`` ranges of about equal memory, its best standalone micro-batch size;
+   the best feasible length is kept.
+2. **Best one-hop plan**: clients in decreasing order of work, each placed on one helper
+   (best ``(helper, c1, c2, b)`` with the helpers' remaining memory, helper times scaled
+   by ``1 +`` the number of clients already on the helper, as if time-shared), then
+   improved by the local search below restricted to one hop.
+3. **Chains**: the local search from the best plan so far, chains allowed. A move takes
+   the client that finishes last (or a random one) and tries: re-placing it, one hop or
+   a chain (exact single-client placement on its problem with the other clients'
+   helpers scaled by their load and the remaining memory), another micro-batch count,
+   one layer moved across one of its cuts, one hop moved to another helper, a swap of
+   helpers with another client. A move is kept when the judged makespan falls, so a
+   client gets a chain only where that shortens the round (or where no single helper
+   can hold its body); at a local optimum two random clients are perturbed and the
+   descent goes on until the time limit, keeping the best plan.
+
+The plan returned is the best judged of all three, so it is never worse than
+round-robin chains or the best one-hop plan found.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from flsplit.plan.multihop.chain_evaluation import (
+    ClientStages,
+    check_memory,
+    client_stages,
+    evaluate_chain,
+    list_schedule,
+    simulate,
+)
+from flsplit.plan.multihop.chain_problem import ChainPlan, ChainProblem, ChainRoute
+from flsplit.plan.multihop.evaluation import placement_stages
+from flsplit.plan.multihop.micro_batch import best_micro_batch
+from flsplit.plan.multihop.placement import place, single_hop, stage_tables
+from flsplit.plan.multihop.problem import MultihopError, MultihopProblem
+
+#: Planner seconds unless told otherwise.
+DEFAULT_CHAIN_TIME_LIMIT = 2.0
+
+
+class _StageCache:
+    """Memoised :func:`client_stages` (``None`` = infeasible) for one planner run."""
+
+    def __init__(self, problem: ChainProblem) -> None:
+        self.problem = problem
+        self.memo: dict[tuple[int, ChainRoute], ClientStages | None] = {}
+
+    def get(self, k: int, route: ChainRoute) -> ClientStages | None:
+        key = (k, route)
+        if key not in self.memo:
+            try:
+                self.memo[key] = client_stages(self.problem, k, route)
+            except MultihopError:
+                self.memo[key] = None
+        return self.memo[key]
+
+    def all(self, routes: Sequence[ChainRoute]) -> list[ClientStages] | None:
+        stages = [self.get(k, r) for k, r in enumerate(routes)]
+        if any(cs is None for cs in stages):
+            return None
+        try:
+            check_memory(self.problem, stages)  # type: ignore[arg-type]
+        except MultihopError:
+            return None
+        return stages  # type: ignore[return-value]
+
+
+def judge_routes(problem: ChainProblem, routes: Sequence[ChainRoute], method: str = "",
+                 cache: _StageCache | None = None, final: bool = True) -> ChainPlan | None:
+    """A plan of ``routes`` with list-scheduled helper orders; ``None`` when infeasible.
+
+    ``final``: judge it by :func:`evaluate_chain` (else the list schedule's own
+    makespan, which the judge reproduces, is kept while searching).
+    """
+    stages = (cache or _StageCache(problem)).all(routes)
+    if stages is None:
+        return None
+    orders, finish = list_schedule(stages)
+    plan = ChainPlan(list(routes), orders, makespan=max(finish), method=method)
+    if final:
+        plan.makespan = evaluate_chain(problem, plan)
+    return plan
+
+
+def _equal_memory_cuts(p: MultihopProblem, n: int) -> tuple[int, ...] | None:
+    start, stop = p.min_head, p.num_layers - p.min_tail
+    if stop - start < n:
+        return None
+    cum = np.concatenate([[0.0], np.cumsum(p.layer_memory_mib[start:stop])])
+    cuts = [start]
+    for i in range(1, n):
+        target = cum[-1] * i / n
+        c = int(np.searchsorted(cum, target)) + start
+        c = min(max(c, cuts[-1] + 1), stop - (n - i))
+        cuts.append(c)
+    cuts.append(stop)
+    return tuple(cuts)
+
+
+def round_robin(problem: ChainProblem) -> ChainPlan | None:
+    """Best feasible round-robin chains over the chain lengths (see the module doc)."""
+    h = problem.num_helpers
+    best = None
+    for n in range(1, h + 1):
+        routes = []
+        for k, p in enumerate(problem.clients):
+            helpers = tuple(sorted({(k + j) % h + 1 for j in range(n)}))
+            cuts = _equal_memory_cuts(p, n)
+            if cuts is None:
+                break
+            try:
+                stages, _ = placement_stages(p, list(helpers), list(cuts))
+            except MultihopError:
+                break
+            b, _ = best_micro_batch(stages, p.batch_size)
+            routes.append(ChainRoute(helpers, cuts, b))
+        else:
+            plan = judge_routes(problem, routes, "round-robin")
+            if plan is not None and (best is None or plan.makespan < best.makespan):
+                best = plan
+    if best is not None:
+        best.info["chain_length"] = len(best.routes[0].helpers)
+    return best
+
+
+def _shaped(p: MultihopProblem, factor: np.ndarray, memory: np.ndarray) -> MultihopProblem:
+    """``p`` with helper times scaled by ``factor`` and helper memory ``memory``."""
+    q = copy.copy(p)
+    q.sample_ms = p.sample_ms.copy()
+    q.sample_ms[1:] *= factor[:, None]
+    q.overhead_ms = p.overhead_ms.copy()
+    q.overhead_ms[1:] *= factor
+    q.memory_mib = np.concatenate([[p.memory_mib[0]], np.maximum(memory, 0.0)])
+    return q
+
+
+def _candidates(p: MultihopProblem, factor: np.ndarray, memory: np.ndarray,
+                sizes: Sequence[int], chains: bool) -> list[ChainRoute]:
+    """Single-client placements of ``p`` shaped by the others' load: the best one hop
+    and (``chains``) the best chain, at each size and at that placement's best size."""
+    q = _shaped(p, factor, memory)
+    out: list[ChainRoute] = []
+    for b in dict.fromkeys(sizes):
+        found = None
+        if chains:
+            try:
+                found = place(q, b)[1:3]
+            except MultihopError:
+                found = None
+        else:
+            hop = single_hop(q, stage_tables(q, b), b)
+            found = None if hop is None else hop[1:3]
+        if found is None:
+            continue
+        helpers, cuts = tuple(found[0]), tuple(found[1])
+        out.append(ChainRoute(helpers, cuts, b))
+        stages, _ = placement_stages(q, list(helpers), list(cuts))
+        nb, _ = best_micro_batch(stages, p.batch_size)
+        if nb != b:
+            out.append(ChainRoute(helpers, cuts, nb))
+    return out
+
+
+def _loads(problem: ChainProblem, stages: Sequence[ClientStages], skip: int
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Busy time and memory of each helper over every client but ``skip``."""
+    h = problem.num_helpers
+    busy, mem = np.zeros(h), np.zeros(h)
+    ids = {hid: v for v, hid in enumerate(problem.helper_ids)}
+    for k, cs in enumerate(stages):
+        if k == skip:
+            continue
+        for t, r in zip(cs.times, cs.resources, strict=True):
+            if r:
+                busy[r - 1] += t * cs.micro_batches
+        for node, mib in list(cs.memory.items())[1:]:
+            mem[ids[node]] += mib
+    return busy, mem
+
+
+def greedy_one_hop(problem: ChainProblem) -> ChainPlan | None:
+    """Clients in decreasing order of work, each on its best helper given the others so
+    far (see the module doc); a client no single helper can hold gets a chain."""
+    k_count, h = problem.num_clients, problem.num_helpers
+    work = [float(p.sample_ms[1:].min(axis=0).sum()) for p in problem.clients]
+    count = np.zeros(h)
+    memory = problem.helper_memory_mib.astype(float).copy()
+    routes: list[ChainRoute | None] = [None] * k_count
+    for k in sorted(range(k_count), key=lambda i: -work[i]):
+        p = problem.clients[k]
+        sizes = (p.batch_size, max(1, math.ceil(p.batch_size / 8)))
+        best, best_t = None, math.inf
+        for chains in (False, True):
+            for route in _candidates(p, 1.0 + count, memory, sizes, chains):
+                q = _shaped(p, 1.0 + count, memory)
+                stages, _ = placement_stages(q, list(route.helpers), list(route.cuts))
+                b = route.micro_batch
+                t = sum(s.time(b) for s in stages) + (math.ceil(p.batch_size / b) - 1) * max(
+                    s.time(b) for s in stages)
+                if t < best_t:
+                    best, best_t = route, t
+            if best is not None:
+                break
+        if best is None:
+            return None
+        routes[k] = best
+        cs = client_stages(problem, k, best)
+        for node, mib in list(cs.memory.items())[1:]:
+            v = problem.helper_ids.index(node)
+            memory[v] -= mib
+            count[v] += 1
+    return judge_routes(problem, routes, "one-hop")  # type: ignore[arg-type]
+
+
+def _cheap_moves(problem: ChainProblem, route: ChainRoute, k: int, rng: random.Random
+                 ) -> list[ChainRoute]:
+    """Another micro-batch count, or one layer moved across one cut."""
+    big_b = problem.clients[k].batch_size
+    m = math.ceil(big_b / route.micro_batch)
+    out = []
+    for new_m in {m - 1, m + 1, m - 2, m + 2, max(1, m // 2), 2 * m, 3 * m // 2 + 1}:
+        if 1 <= new_m <= big_b:
+            b = math.ceil(big_b / new_m)
+            if b != route.micro_batch:
+                out.append(ChainRoute(route.helpers, route.cuts, b))
+    for i in range(len(route.cuts)):
+        for d in (-1, 1):
+            cuts = list(route.cuts)
+            cuts[i] += d
+            out.append(ChainRoute(route.helpers, tuple(cuts), route.micro_batch))
+    for i in range(len(route.helpers)):  # one hop to another helper (same ranges)
+        for w in range(1, problem.num_helpers + 1):
+            if w not in route.helpers:
+                helpers = list(route.helpers)
+                helpers[i] = w
+                if helpers == sorted(helpers):
+                    out.append(ChainRoute(tuple(helpers), route.cuts, route.micro_batch))
+    rng.shuffle(out)
+    return out
+
+
+def _swap_moves(plan: ChainPlan, k: int, rng: random.Random, count: int = 6
+                ) -> list[list[ChainRoute]]:
+    """Client ``k`` and another client exchange their helpers (each keeps its cuts
+    where the hop counts match)."""
+    out = []
+    others = [j for j in range(len(plan.routes)) if j != k]
+    rng.shuffle(others)
+    mine = plan.routes[k]
+    for j in others[:count]:
+        theirs = plan.routes[j]
+        if theirs.helpers == mine.helpers or len(theirs.helpers) != len(mine.helpers):
+            continue
+        routes = list(plan.routes)
+        routes[k] = ChainRoute(theirs.helpers, mine.cuts, mine.micro_batch)
+        routes[j] = ChainRoute(mine.helpers, theirs.cuts, theirs.micro_batch)
+        out.append(routes)
+    return out
+
+
+def _placement_moves(problem: ChainProblem, plan: ChainPlan, stages: Sequence[ClientStages],
+                     k: int, chains: bool) -> list[ChainRoute]:
+    """Re-placements of client ``k`` given the other clients' helper load and memory."""
+    p = problem.clients[k]
+    route = plan.routes[k]
+    busy, mem = _loads(problem, stages, k)
+    horizon = max(plan.makespan or 1.0, 1e-9)
+    factor = 1.0 + busy / horizon
+    memory = problem.helper_memory_mib - mem
+    out = _candidates(p, factor, memory, [route.micro_batch], chains=False)
+    if chains:
+        out += _candidates(p, factor, memory, [route.micro_batch], chains=True)
+    return [r for r in out if r != route]
+
+
+def local_search(problem: ChainProblem, plan: ChainPlan, deadline: float, chains: bool,
+                 seed: int = 0) -> ChainPlan:
+    """Improve ``plan`` by single-client moves until ``deadline`` (``time.perf_counter``);
+    at a local optimum (no move of any client gains) two random clients take a random
+    feasible cheap move or swap and the descent goes on. Returns the best plan judged."""
+    rng = random.Random(seed)
+    cache = _StageCache(problem)
+    best = current = plan
+    stale: set[int] = set()
+    while time.perf_counter() < deadline:
+        if len(stale) >= problem.num_clients:  # local optimum: perturb and go on
+            current = _perturbed(problem, current, cache, rng, chains) or best
+            stale.clear()
+            continue
+        stages = cache.all(current.routes)
+        assert stages is not None
+        _, finish = simulate(stages, current.orders)
+        order = sorted((k for k in range(problem.num_clients) if k not in stale),
+                       key=lambda i: -finish[i])
+        k = order[0] if rng.random() < 0.7 else rng.choice(order)
+        improved = False
+        for kind in ("cheap", "swap", "placement"):
+            if kind == "swap":
+                moves = _swap_moves(current, k, rng)
+            else:
+                single = (_cheap_moves(problem, current.routes[k], k, rng) if kind == "cheap"
+                          else _placement_moves(problem, current, stages, k, chains))
+                moves = [[*current.routes[:k], r, *current.routes[k + 1:]] for r in single
+                         if chains or len(r.helpers) <= len(current.routes[k].helpers)]
+            for routes in moves:
+                if time.perf_counter() >= deadline:
+                    break
+                cand = judge_routes(problem, routes, current.method, cache, final=False)
+                if cand is not None and cand.makespan < current.makespan - 1e-9:
+                    current, improved = cand, True
+                    break
+            if improved:
+                break
+        if improved:
+            stale.clear()
+            if current.makespan < best.makespan - 1e-9:
+                best = current
+        else:
+            stale.add(k)
+    return judge_routes(problem, best.routes, best.method, cache) or best
+
+
+def _perturbed(problem: ChainProblem, plan: ChainPlan, cache: _StageCache,
+               rng: random.Random, chains: bool, clients: int = 2) -> ChainPlan | None:
+    """``plan`` after a random feasible cheap move or swap of ``clients`` random clients
+    (whatever the makespan); ``None`` if none was feasible."""
+    routes = list(plan.routes)
+    moved = False
+    for k in rng.sample(range(problem.num_clients), min(clients, problem.num_clients)):
+        options = [[*routes[:k], r, *routes[k + 1:]]
+                   for r in _cheap_moves(problem, routes[k], k, rng)]
+        options += _swap_moves(ChainPlan(routes, {}), k, rng)
+        rng.shuffle(options)
+        for cand in options:
+            if cache.all(cand) is not None:
+                routes, moved = cand, True
+                break
+    return judge_routes(problem, routes, plan.method, cache, final=False) if moved else None
+
+
+def plan_chains(problem: ChainProblem, time_limit: float = DEFAULT_CHAIN_TIME_LIMIT,
+                seed: int = 0) -> ChainPlan:
+    """Plan every client's chain, layer ranges, micro-batches and the helper orders.
+
+    Parameters
+    ----------
+    problem
+        The instance.
+    time_limit
+        Seconds for the local search (the constructions run first, whatever the limit).
+    seed
+        Seed of the local search's random choices.
+
+    Returns
+    -------
+    ChainPlan
+        The best judged plan; ``info`` holds the makespans of the round-robin and the
+        best one-hop plans (``None`` if infeasible).
+
+    Raises
+    ------
+    MultihopError
+        When no construction finds a feasible plan.
+    """
+    start = time.perf_counter()
+    deadline = start + time_limit
+    rr = round_robin(problem)
+    one = greedy_one_hop(problem)
+    if one is not None:
+        one = local_search(problem, one, start + 0.4 * time_limit, chains=False, seed=seed)
+        one.method = "one-hop"
+    starts = [p for p in (one, rr) if p is not None]
+    if not starts:
+        raise MultihopError("helpers[*].memory_mib", "no feasible plan found: neither "
+                            "round-robin chains nor greedy placement fit the helpers' "
+                            "memory and links")
+    best = min(starts, key=lambda p: p.makespan)
+    chained = local_search(problem, copy.copy(best), deadline, chains=True, seed=seed + 1)
+    if chained.makespan < best.makespan - 1e-9:
+        best = chained
+        best.method = "chains"
+    best = copy.copy(best)
+    best.solve_time = time.perf_counter() - start
+    best.info = {"round_robin_ms": None if rr is None else rr.makespan,
+                 "round_robin_chain_length": None if rr is None else rr.info["chain_length"],
+                 "one_hop_ms": None if one is None else one.makespan,
+                 "winner": best.method,
+                 "chained_clients": sum(len(r.helpers) > 1 for r in best.routes)}
+    return best
