@@ -297,6 +297,17 @@ class PlannedSplitStrategy(SplitStrategy):
 
     # -- measurements -----------------------------------------------------------------
 
+    def _plan_out_failed_helpers(self, server_round: int) -> list:
+        """Drop the round's failed helpers from the planner and the nodes; return the
+        round's failures."""
+        failures = self.failures.get(server_round, [])
+        for failure in failures:
+            if failure.role == ROLE_HELPER:
+                log(WARNING, "helper %d is planned out from now on", failure.node)
+                self.planner.drop(failure.node)
+                self.nodes.pop(failure.node, None)
+        return failures
+
     def observe(
         self,
         server_round: int,
@@ -312,12 +323,7 @@ class PlannedSplitStrategy(SplitStrategy):
         if assignment is None or round_plan is None:
             return
         answered = {r.metadata.src_node_id for r in helper_replies}
-        failures = self.failures.get(server_round, [])
-        for failure in failures:
-            if failure.role == ROLE_HELPER:
-                log(WARNING, "helper %d is planned out from now on", failure.node)
-                self.planner.drop(failure.node)
-                self.nodes.pop(failure.node, None)
+        failures = self._plan_out_failed_helpers(server_round)
         spans: dict[int, tuple[float, float]] = {}
         stages: dict[int, tuple[float, float, float]] = {}
         loads: dict[int, float] = {}
@@ -459,12 +465,7 @@ class PlannedSplitStrategy(SplitStrategy):
     ) -> None:
         """Learn each helper's body time per sample (the clients' per-sample times are
         kept by :class:`SplitStrategy`), compare predicted and measured time per step."""
-        failures = self.failures.get(server_round, [])
-        for failure in failures:
-            if failure.role == ROLE_HELPER:
-                log(WARNING, "helper %d is planned out from now on", failure.node)
-                self.planner.drop(failure.node)
-                self.nodes.pop(failure.node, None)
+        failures = self._plan_out_failed_helpers(server_round)
         for reply in helper_replies:
             if reply.has_error():
                 continue
