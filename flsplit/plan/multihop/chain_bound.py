@@ -16,7 +16,11 @@ The bound is the largest of
   value where the clients' least priced offloaded work is ``<= T`` (bisection). The
   bound takes the best of equal prices and ``y_h ~ W_h^-a`` (``W_h``: helper ``h``'s
   time for the whole model). It ignores helper memory, per-micro-batch overheads and
-  when each client's first micro-batch can reach a helper.
+  when each client's first micro-batch can reach a helper;
+- **memory-aware load** (:func:`memory_load_bound`): a linear relaxation that assigns
+  every client's body layers fractionally to the helpers with each helper's memory and
+  busy time respected and each client's head, tail and links within the makespan (see
+  its docstring for the argument).
 """
 
 from __future__ import annotations
@@ -25,7 +29,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sparse
+from scipy.optimize import linprog
 
+from flsplit.plan.generator import KIB_TO_MS_AT_1MBIT
 from flsplit.plan.multihop.chain_problem import ChainProblem
 from flsplit.plan.multihop.placement import place
 from flsplit.plan.multihop.problem import MultihopError, MultihopProblem
@@ -33,11 +40,13 @@ from flsplit.plan.multihop.problem import MultihopError, MultihopProblem
 
 @dataclass
 class ChainBound:
-    """The bound (ms) and its parts: ``standalone[k]`` per client and ``load``."""
+    """The bound (ms) and its parts: ``standalone[k]`` per client, ``load`` (the best
+    helper-load bound: the priced one or the memory-aware one) and ``memory_load``."""
 
     value: float
     standalone: list[float]
     load: float
+    memory_load: float = 0.0
 
 
 def micro_batch_sizes(batch_size: int) -> list[int]:
@@ -122,6 +131,190 @@ def load_bound(problem: ChainProblem) -> float:
     return max(priced_load_bound(problem, y) for y in prices)
 
 
+def _option_thresholds(p: MultihopProblem) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every feasible ``(c1, c2)`` of client ``p`` and the least makespan it allows: the
+    larger of the client's busy time ``a + B x`` (per-sample time of the head and tail)
+    and the least busy time of its link(s), ``4 latency + B x`` (both cuts' transfer
+    time) on one helper's link, or for a chain (two helpers or more) the larger of the
+    first and the last link's ``2 latency + B x`` (one cut's transfer time), at the
+    least latency and the highest rate of the client's links."""
+    layers, big_b = p.num_layers, p.batch_size
+    cum_c = np.concatenate([[0.0], np.cumsum(p.sample_ms[0])])
+    mem = np.concatenate([[0.0], np.cumsum(p.layer_memory_mib)])
+    bad = np.concatenate([[0], np.cumsum(~p.runnable[0])])
+    idx = np.arange(layers + 1)
+    c1, c2 = np.meshgrid(idx, idx, indexing="ij")
+    ok = (c2 > c1) & (c1 >= p.min_head) & (c2 <= layers - p.min_tail)
+    ok &= (mem[c1] + mem[-1] - mem[c2]) <= p.memory_mib[0] + 1e-9
+    ok &= (bad[c1] + bad[-1] - bad[c2]) == 0
+    client = big_b * (cum_c[c1] + cum_c[-1] - cum_c[c2]) + p.overhead_ms[0]
+    linked = p.rate_mbps[0, 1:] > 0
+    if not linked.any():
+        return c1[:0], c2[:0], client[:0]
+    rates, lats = p.rate_mbps[0, 1:][linked], p.latency_ms[0, 1:][linked]
+    per_batch = 2.0 * KIB_TO_MS_AT_1MBIT * big_b
+    act = np.concatenate([[0.0], p.activation_kib])  # act[c]: what cut c carries
+    one_hop = np.min([4 * lat + per_batch * (act[c1] + act[c2]) / rate
+                      for rate, lat in zip(rates, lats, strict=True)], axis=0)
+    chain = 2 * lats.min() + per_batch * np.maximum(act[c1], act[c2]) / rates.max()
+    if linked.sum() < 2:
+        chain = np.full_like(chain, np.inf)
+    chain = np.where(c2 - c1 >= 2, chain, np.inf)
+    threshold = np.maximum(client, np.minimum(one_hop, chain))
+    ok &= np.isfinite(threshold)
+    return c1[ok], c2[ok], threshold[ok]
+
+
+class _MemoryLoadLP:
+    """The relaxation of :func:`memory_load_bound`, built once: variables ``Z`` (the
+    largest helper busy time), ``lam[k, o]`` (client ``k`` takes head/tail option ``o``)
+    and ``y[k, l, h]`` (share of client ``k``'s layer ``l`` on helper ``h``)."""
+
+    def __init__(self, problem: ChainProblem) -> None:
+        h_count = problem.num_helpers
+        eq_rows: list[np.ndarray] = []
+        eq_cols: list[np.ndarray] = []
+        eq_vals: list[np.ndarray] = []
+        time_cols: list[list[np.ndarray]] = [[] for _ in range(h_count)]
+        time_vals: list[list[np.ndarray]] = [[] for _ in range(h_count)]
+        mem_vals: list[list[np.ndarray]] = [[] for _ in range(h_count)]
+        thresholds: list[np.ndarray] = []
+        n_var, n_eq = 1, 0
+        one_rows: list[int] = []
+        self.lam_slices: list[tuple[int, np.ndarray]] = []
+        # per client: its options (c1, c2) and, per body layer, the helpers and y columns
+        self.options: list[tuple[np.ndarray, np.ndarray]] = []
+        self.shares: list[dict[int, tuple[np.ndarray, np.ndarray]]] = []
+        self.feasible = True
+        for p in problem.clients:
+            c1, c2, threshold = _option_thresholds(p)
+            if c1.size == 0:
+                self.feasible = False
+                return
+            lam = np.arange(n_var, n_var + c1.size)
+            self.lam_slices.append((n_var, threshold))
+            self.options.append((c1, c2))
+            self.shares.append({})
+            n_var += c1.size
+            thresholds.append(threshold)
+            one_rows.append(n_eq)
+            eq_rows.append(np.full(c1.size, n_eq))  # sum_o lam = 1
+            eq_cols.append(lam)
+            eq_vals.append(np.ones(c1.size))
+            n_eq += 1
+            for layer in range(int(c1.min()), int(c2.max())):
+                cover = lam[(c1 <= layer) & (layer < c2)]
+                helpers = np.flatnonzero(p.runnable[1:, layer])
+                ys = np.arange(n_var, n_var + helpers.size)
+                self.shares[-1][layer] = (helpers + 1, ys)
+                n_var += helpers.size
+                # sum_h y[k, l, h] = sum of lam over the options offloading layer l
+                eq_rows.append(np.full(cover.size + ys.size, n_eq))
+                eq_cols.append(np.concatenate([cover, ys]))
+                eq_vals.append(np.r_[-np.ones(cover.size), np.ones(ys.size)])
+                n_eq += 1
+                for h, y in zip(helpers, ys, strict=True):
+                    time_cols[h].append(np.array([y]))
+                    time_vals[h].append(np.array([p.batch_size * p.sample_ms[h + 1, layer]]))
+                    mem_vals[h].append(np.array([p.layer_memory_mib[layer]]))
+        self.a_eq = sparse.csr_matrix(
+            (np.concatenate(eq_vals), (np.concatenate(eq_rows), np.concatenate(eq_cols))),
+            shape=(n_eq, n_var))
+        self.b_eq = np.zeros(n_eq)
+        self.b_eq[one_rows] = 1.0
+        rows, cols, vals, b_ub = [], [], [], []
+        for h in range(h_count):
+            y = np.concatenate(time_cols[h]) if time_cols[h] else np.zeros(0, int)
+            t = np.concatenate(time_vals[h]) if time_vals[h] else np.zeros(0)
+            m = np.concatenate(mem_vals[h]) if mem_vals[h] else np.zeros(0)
+            rows += [np.full(y.size + 1, 2 * h), np.full(y.size, 2 * h + 1)]
+            cols += [np.r_[y, 0], y]
+            vals += [np.r_[t, -1.0], m]  # busy - Z <= 0, memory <= capacity
+            b_ub += [0.0, float(problem.helper_memory_mib[h])]
+        self.a_ub = sparse.csr_matrix(
+            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+            shape=(2 * h_count, n_var))
+        self.b_ub = np.array(b_ub)
+        self.n_var = n_var
+        self.thresholds = np.unique(np.concatenate(thresholds))
+
+    def solve(self, t: float) -> np.ndarray | None:
+        """The LP's solution (``x[0] = Z``) with every client on options whose threshold
+        is at most ``t``; ``None`` if infeasible."""
+        upper = np.full(self.n_var, np.inf)
+        for start, threshold in self.lam_slices:
+            upper[start:start + threshold.size] = np.where(threshold <= t, np.inf, 0.0)
+        cost = np.zeros(self.n_var)
+        cost[0] = 1.0
+        res = linprog(cost, A_ub=self.a_ub, b_ub=self.b_ub, A_eq=self.a_eq, b_eq=self.b_eq,
+                      bounds=np.column_stack([np.zeros(self.n_var), upper]), method="highs")
+        return res.x if res.status == 0 else None
+
+    def least_load(self, t: float) -> float:
+        """``Z(t)``: the least largest helper busy time with every client on an option
+        whose threshold is at most ``t`` (``inf`` if memory cannot hold the bodies)."""
+        x = self.solve(t)
+        return math.inf if x is None else float(x[0])
+
+
+def memory_load_bound(problem: ChainProblem) -> float:
+    """The memory-aware helper-load bound (ms): the least ``T`` with ``Z(T) <= T``.
+
+    ``Z(T)`` is the optimum of a linear programme: every client ``k`` takes a convex
+    combination ``lam[k, o]`` of its head/tail options ``o = (c1, c2)`` whose threshold
+    (:func:`_option_thresholds`: the least busy time of its own device and of its
+    link(s) for that option) is at most ``T``; every layer of its body is spread over
+    the helpers that can run it, ``sum_h y[k, l, h] = sum_{o: c1 <= l < c2} lam[k, o]``;
+    every helper's memory holds its shares, ``sum_{k, l} y[k, l, h] mem_l <= mem_h``;
+    and ``Z >= sum_{k, l} y[k, l, h] B t_{h, l}`` (``t``: per-sample time) for every
+    helper. ``Z`` is minimised.
+
+    **Why it is a lower bound.** Take any plan the judge accepts, with makespan ``T*``.
+    Client ``k``'s route has some ``(c1, c2)``. Its own device runs ``M`` micro-batches
+    of ``a + b c`` each, at least ``a + B c`` in total (``M b >= B``), within
+    ``[0, T*]``; so do its links (one link carrying both cuts for one helper, two
+    distinct links for a chain, at latency and rate no better than the client's best):
+    the option's threshold is at most ``T*``. Setting ``lam`` to 1 on that option and
+    ``y[k, l, h]`` to 1 where helper ``h`` runs layer ``l`` for ``k`` satisfies the
+    coverage rows; the judge refuses plans whose helper memory, summed over the clients
+    a helper holds layers of, exceeds its capacity, and that sum is exactly the memory
+    row; a helper runs ``M_k`` operations of ``a_h + b_k c`` for each client it serves,
+    one at a time within ``[0, T*]``, so ``sum y B t <= `` its busy time ``<= T*``.
+    Hence ``Z(T*) <= T*``. ``Z`` is non-increasing in ``T`` (more options) and constant
+    between consecutive thresholds, so the least ``T`` with ``Z(T) <= T`` is found by a
+    bisection over the sorted thresholds ``t_1 < t_2 < ...``: it is ``max(t_i, Z(t_i))``
+    for the first ``i`` with ``Z(t_i) < t_{i + 1}`` (a predicate that, once true, stays
+    true); ``T*`` is at least that. The LP's value is shrunk by ``1e-6`` relative to
+    absorb the solver's tolerances (in the direction that keeps the bound valid).
+    Returns 0 when no option of some client is feasible or memory cannot hold the
+    bodies at any ``T`` (then no plan exists and any value bounds it).
+    """
+    lp = _MemoryLoadLP(problem)
+    if not lp.feasible:
+        return 0.0
+    ts = lp.thresholds
+    loads: dict[int, float] = {}
+
+    def load(i: int) -> float:
+        if i not in loads:
+            loads[i] = lp.least_load(float(ts[i])) * (1.0 - 1e-6)
+        return loads[i]
+
+    def settles(i: int) -> bool:
+        return load(i) < (ts[i + 1] if i + 1 < ts.size else math.inf)
+
+    lo, hi = 0, ts.size - 1
+    if not math.isfinite(load(hi)):
+        return 0.0
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if settles(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return max(float(ts[lo]), load(lo))
+
+
 def lower_bound(problem: ChainProblem) -> ChainBound:
     """The lower bound on the optimal round makespan (ms) and its parts."""
     cache: dict[int, float] = {}
@@ -132,5 +325,6 @@ def lower_bound(problem: ChainProblem) -> ChainBound:
         if key not in cache:
             cache[key] = standalone_latency(p)
         standalone.append(cache[key])
-    load = load_bound(problem)
-    return ChainBound(max([load, *standalone]), standalone, load)
+    memory_load = memory_load_bound(problem)
+    load = max(load_bound(problem), memory_load)
+    return ChainBound(max([load, *standalone]), standalone, load, memory_load)

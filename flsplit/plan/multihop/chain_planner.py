@@ -36,6 +36,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from flsplit.plan.generator import KIB_TO_MS_AT_1MBIT
+from flsplit.plan.multihop.chain_bound import _option_thresholds
 from flsplit.plan.multihop.chain_evaluation import (
     ClientStages,
     check_memory,
@@ -48,7 +50,7 @@ from flsplit.plan.multihop.chain_problem import ChainPlan, ChainProblem, ChainRo
 from flsplit.plan.multihop.evaluation import placement_stages
 from flsplit.plan.multihop.micro_batch import best_micro_batch
 from flsplit.plan.multihop.placement import place, single_hop, stage_tables
-from flsplit.plan.multihop.problem import MultihopError, MultihopProblem
+from flsplit.plan.multihop.problem import MultihopError, MultihopProblem, Stage
 
 #: Planner seconds unless told otherwise.
 DEFAULT_CHAIN_TIME_LIMIT = 2.0
@@ -228,6 +230,96 @@ def greedy_one_hop(problem: ChainProblem) -> ChainPlan | None:
     return judge_routes(problem, routes, "one-hop")  # type: ignore[arg-type]
 
 
+def _client_options(p: MultihopProblem) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                  np.ndarray]:
+    """Client ``p``'s head/tail options ``(c1, c2)``, each one's least makespan (its own
+    device's and links' busy time, :func:`_option_thresholds`) and its offloaded work
+    (batch time of the body on the fastest helper of each layer)."""
+    c1, c2, threshold = _option_thresholds(p)
+    fastest = np.where(p.runnable[1:], p.sample_ms[1:], np.inf).min(axis=0)
+    cum = np.concatenate([[0.0], np.cumsum(fastest)])
+    return c1, c2, threshold, p.batch_size * (cum[c2] - cum[c1])
+
+
+def load_balanced(problem: ChainProblem, options: Sequence[tuple[np.ndarray, ...]],
+                  limit: float, scaled: bool) -> list[ChainRoute] | None:
+    """One-hop routes balancing the helpers' load for a client time limit ``limit``.
+
+    Every client keeps the largest head and tail (least offloaded work) whose own and
+    link busy time is at most ``limit``; then, largest offloaded work first, each body
+    goes to the helper whose load after it is least, among the helpers with memory left
+    and a link whose busy time is within ``limit`` (any linked helper if none). The
+    micro-batch size is the client's best for its stages, with the helper's times
+    multiplied by the number of clients sharing it when ``scaled``. ``None`` when memory
+    cannot hold the bodies.
+    """
+    h_count = problem.num_helpers
+    load = np.zeros(h_count)
+    memory = problem.helper_memory_mib.astype(float).copy()
+    chosen = []
+    for k, (c1, c2, threshold, work) in enumerate(options):
+        fits = threshold <= limit
+        if not fits.any():
+            fits = threshold <= threshold.min()
+        i = np.flatnonzero(fits)[np.argmin(work[fits])]
+        chosen.append((float(work[i]), k, int(c1[i]), int(c2[i])))
+    placed: dict[int, tuple[int, int, int]] = {}
+    count = np.zeros(h_count)
+    per_kib = 2.0 * KIB_TO_MS_AT_1MBIT
+    for _, k, c1, c2 in sorted(chosen, key=lambda c: -c[0]):
+        p = problem.clients[k]
+        helper_work = p.batch_size * p.sample_ms[1:, c1:c2].sum(axis=1)
+        need = float(p.layer_memory_mib[c1:c2].sum())
+        rate = p.rate_mbps[0, 1:]
+        act = p.activation_kib[c1 - 1] + p.activation_kib[c2 - 1]
+        with np.errstate(divide="ignore"):
+            link = np.where(rate > 0, p.batch_size * per_kib * act / rate
+                            + 4 * p.latency_ms[0, 1:], np.inf)
+        ok = p.runnable[1:, c1:c2].all(axis=1) & (need <= memory + 1e-9) & np.isfinite(link)
+        if not ok.any():
+            return None
+        after = np.where(ok, load + helper_work, np.inf)
+        after = np.where(link <= limit, after, after + 1e12)  # slow links last
+        v = int(np.argmin(after))
+        load[v] += helper_work[v]
+        memory[v] -= need
+        count[v] += 1
+        placed[k] = (v + 1, c1, c2)
+    routes = []
+    for k, p in enumerate(problem.clients):
+        v, c1, c2 = placed[k]
+        stages, _ = placement_stages(p, [v], [c1, c2])
+        if scaled and count[v - 1] > 1:
+            f = count[v - 1]
+            stages[1] = Stage(stages[1].name, stages[1].a * f, stages[1].c * f)
+        b, _ = best_micro_batch(stages, p.batch_size)
+        routes.append(ChainRoute((v,), (c1, c2), b))
+    return routes
+
+
+def balanced_plans(problem: ChainProblem, cache: _StageCache, deadline: float
+                   ) -> ChainPlan | None:
+    """The best judged :func:`load_balanced` plan over client time limits from the
+    largest of the clients' least option times up to 3 times it (both micro-batch
+    rules), until ``deadline``."""
+    options = [_client_options(p) for p in problem.clients]
+    if any(o[0].size == 0 for o in options):
+        return None
+    floor = max(float(o[2].min()) for o in options)
+    best = None
+    for factor in np.linspace(1.0, 3.0, 21):
+        for scaled in (True, False):
+            if time.perf_counter() >= deadline:
+                return best
+            routes = load_balanced(problem, options, floor * factor, scaled)
+            if routes is None:
+                continue
+            plan = judge_routes(problem, routes, "one-hop", cache, final=False)
+            if plan is not None and (best is None or plan.makespan < best.makespan):
+                best = plan
+    return best
+
+
 def _cheap_moves(problem: ChainProblem, route: ChainRoute, k: int, rng: random.Random
                  ) -> list[ChainRoute]:
     """Another micro-batch count, or one layer moved across one cut."""
@@ -382,6 +474,9 @@ def plan_chains(problem: ChainProblem, time_limit: float = DEFAULT_CHAIN_TIME_LI
     deadline = start + time_limit
     rr = round_robin(problem)
     one = greedy_one_hop(problem)
+    balanced = balanced_plans(problem, _StageCache(problem), start + 0.2 * time_limit)
+    if balanced is not None and (one is None or balanced.makespan < one.makespan):
+        one = balanced
     if one is not None:
         one = local_search(problem, one, start + 0.4 * time_limit, chains=False, seed=seed)
         one.method = "one-hop"
