@@ -14,7 +14,12 @@ from hypothesis import strategies as st
 from flsplit.plan.multihop import MultihopError, MultihopProblem
 from flsplit.plan.multihop.chain_bound import lower_bound, micro_batch_sizes
 from flsplit.plan.multihop.chain_evaluation import all_stages, evaluate_chain, simulate
-from flsplit.plan.multihop.chain_planner import greedy_one_hop, plan_chains, round_robin
+from flsplit.plan.multihop.chain_planner import (
+    greedy_one_hop,
+    judge_routes,
+    plan_chains,
+    round_robin,
+)
 from flsplit.plan.multihop.chain_problem import (
     ChainPlan,
     ChainProblem,
@@ -290,3 +295,59 @@ def test_list_schedule_is_what_the_judge_reproduces(seed, helpers):
         return
     orders, finish = list_schedule(stages)
     assert simulate(stages, orders)[1] == pytest.approx(finish)
+
+
+def _fast_and_slow_helper(fast_memory):
+    """Two clients of :func:`_client` over a fast helper (layer 1 at 1 ms per sample) and a
+    slow one (3 ms per sample); each body is layer 1 (1 MiB), batch 2."""
+    problem = _two_clients(helpers=2)
+    for p in problem.clients:
+        p.sample_ms[1, 1] = 1.0
+        p.memory_mib[1] = fast_memory
+    return problem
+
+
+def test_memory_load_bound_sees_a_full_fast_helper():
+    from flsplit.plan.multihop.chain_bound import load_bound, memory_load_bound
+
+    # the fast helper holds one body: one client's 2 samples x 3 ms run on the slow one,
+    # so some helper is busy 6 ms (client, link: 4 and 2 ms are below)
+    problem = _fast_and_slow_helper(fast_memory=1.0)
+    assert memory_load_bound(problem) == pytest.approx(6.0, rel=1e-5)
+    assert load_bound(problem) < 6.0 - 1e-6  # the bound without memory does not see it
+    bound = lower_bound(problem)
+    assert bound.memory_load == pytest.approx(6.0, rel=1e-5)
+    assert bound.value <= exhaustive_optimum(problem) * (1 + 1e-9)
+    # with room for both bodies on the fast helper it is busy 4 ms: the bound follows
+    assert memory_load_bound(_fast_and_slow_helper(fast_memory=2.0)) == pytest.approx(
+        4.0, rel=1e-5)
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 2), st.sampled_from([0.3, 0.5, 1.0]))
+def test_memory_load_bound_below_exhaustive_optimum_tight_memory(seed, helpers, slack):
+    from flsplit.plan.multihop.chain_bound import memory_load_bound
+
+    problem = random_chain_problem(2, 4, helpers, seed=seed, batch_size=2,
+                                   memory_slack=slack)
+    optimum = exhaustive_optimum(problem)
+    if math.isinf(optimum):
+        return
+    assert memory_load_bound(problem) <= optimum * (1 + 1e-9)
+    plan = plan_chains(problem, time_limit=0.1, seed=seed)
+    assert lower_bound(problem).value <= plan.makespan * (1 + 1e-9)
+
+
+def test_load_balanced_spreads_bodies_and_keeps_what_the_client_can():
+    from flsplit.plan.multihop.chain_planner import _client_options, load_balanced
+
+    # two equal helpers, each holding one body: the two clients go to different helpers
+    problem = _two_clients(helpers=2, helper_memory=1.0)
+    options = [_client_options(p) for p in problem.clients]
+    routes = load_balanced(problem, options, limit=100.0, scaled=False)
+    assert sorted(r.helpers for r in routes) == [(1,), (2,)]
+    assert judge_routes(problem, routes).makespan == pytest.approx(9.0)
+    # one helper holding one body cannot take both
+    problem = _two_clients(helpers=1, helper_memory=1.0)
+    options = [_client_options(p) for p in problem.clients]
+    assert load_balanced(problem, options, limit=100.0, scaled=False) is None
