@@ -29,6 +29,7 @@ round-robin chains or the best one-hop plan found.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import random
 import time
@@ -241,17 +242,56 @@ def _client_options(p: MultihopProblem) -> tuple[np.ndarray, np.ndarray, np.ndar
     return c1, c2, threshold, p.batch_size * (cum[c2] - cum[c1])
 
 
+def _two_hop(p: MultihopProblem, c1: int, c2: int, load: np.ndarray, memory: np.ndarray,
+             limit: float) -> tuple[float, int, int, int] | None:
+    """The best split of body ``c1:c2`` over two helpers ``g < h`` (``g`` runs
+    ``c1:x``, ``h`` runs ``x:c2``): ``(larger load of the two after it, g, h, x)``, among
+    the splits that fit their memory, with links ``client - g``, ``g - h`` and
+    ``h - client`` and client links within ``limit``; ``None`` if there is none."""
+    big_b = p.batch_size
+    per_kib = 2.0 * KIB_TO_MS_AT_1MBIT
+    cum = np.concatenate([np.zeros((p.num_helpers, 1)), np.cumsum(
+        np.where(p.runnable[1:], p.sample_ms[1:], np.inf), axis=1)], axis=1)
+    mem = np.concatenate([[0.0], np.cumsum(p.layer_memory_mib)])
+    xs = np.arange(c1 + 1, c2)
+    best = None
+    for g in range(1, p.num_helpers + 1):
+        if p.rate_mbps[0, g] <= 0 or big_b * per_kib * p.activation_kib[c1 - 1] / \
+                p.rate_mbps[0, g] + 2 * p.latency_ms[0, g] > limit:
+            continue
+        with np.errstate(invalid="ignore"):
+            first = load[g - 1] + big_b * (cum[g - 1, xs] - cum[g - 1, c1])
+        first = np.where(mem[xs] - mem[c1] <= memory[g - 1] + 1e-9, first, np.inf)
+        for h in range(g + 1, p.num_helpers + 1):
+            if p.rate_mbps[g, h] <= 0 or p.rate_mbps[h, 0] <= 0 or big_b * per_kib * \
+                    p.activation_kib[c2 - 1] / p.rate_mbps[h, 0] + 2 * p.latency_ms[h, 0] \
+                    > limit:
+                continue
+            with np.errstate(invalid="ignore"):
+                second = load[h - 1] + big_b * (cum[h - 1, c2] - cum[h - 1, xs])
+            second = np.where(mem[c2] - mem[xs] <= memory[h - 1] + 1e-9, second, np.inf)
+            worse = np.nan_to_num(np.maximum(first, second), nan=np.inf)
+            if worse.size and np.isfinite(worse.min()):
+                i = int(np.argmin(worse))
+                if best is None or worse[i] < best[0]:
+                    best = (float(worse[i]), g, h, int(xs[i]))
+    return best
+
+
 def load_balanced(problem: ChainProblem, options: Sequence[tuple[np.ndarray, ...]],
-                  limit: float, scaled: bool) -> list[ChainRoute] | None:
-    """One-hop routes balancing the helpers' load for a client time limit ``limit``.
+                  limit: float, scaled: bool, chains: bool = False
+                  ) -> list[ChainRoute] | None:
+    """Routes balancing the helpers' load for a client time limit ``limit``.
 
     Every client keeps the largest head and tail (least offloaded work) whose own and
     link busy time is at most ``limit``; then, largest offloaded work first, each body
     goes to the helper whose load after it is least, among the helpers with memory left
-    and a link whose busy time is within ``limit`` (any linked helper if none). The
-    micro-batch size is the client's best for its stages, with the helper's times
-    multiplied by the number of clients sharing it when ``scaled``. ``None`` when memory
-    cannot hold the bodies.
+    and a link whose busy time is within ``limit`` (any linked helper if none); with
+    ``chains``, a split over two helpers in route order is taken instead when it leaves
+    the larger of their loads lower by more than 5% (the extra hop costs a link and an
+    overhead per micro-batch). The micro-batch size is the client's best for its
+    stages, with each helper's times multiplied by the number of clients sharing it
+    when ``scaled``. ``None`` when memory cannot hold the bodies.
     """
     h_count = problem.num_helpers
     load = np.zeros(h_count)
@@ -263,7 +303,7 @@ def load_balanced(problem: ChainProblem, options: Sequence[tuple[np.ndarray, ...
             fits = threshold <= threshold.min()
         i = np.flatnonzero(fits)[np.argmin(work[fits])]
         chosen.append((float(work[i]), k, int(c1[i]), int(c2[i])))
-    placed: dict[int, tuple[int, int, int]] = {}
+    placed: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {}
     count = np.zeros(h_count)
     per_kib = 2.0 * KIB_TO_MS_AT_1MBIT
     for _, k, c1, c2 in sorted(chosen, key=lambda c: -c[0]):
@@ -276,48 +316,63 @@ def load_balanced(problem: ChainProblem, options: Sequence[tuple[np.ndarray, ...
             link = np.where(rate > 0, p.batch_size * per_kib * act / rate
                             + 4 * p.latency_ms[0, 1:], np.inf)
         ok = p.runnable[1:, c1:c2].all(axis=1) & (need <= memory + 1e-9) & np.isfinite(link)
-        if not ok.any():
-            return None
         after = np.where(ok, load + helper_work, np.inf)
         after = np.where(link <= limit, after, after + 1e12)  # slow links last
         v = int(np.argmin(after))
+        split = (_two_hop(p, c1, c2, load, memory, limit)
+                 if chains and c2 - c1 >= 2 and h_count >= 2 else None)
+        if split is not None and split[0] < 0.95 * after[v]:
+            _, g, h, x = split
+            load[g - 1] += p.batch_size * p.sample_ms[g, c1:x].sum()
+            load[h - 1] += p.batch_size * p.sample_ms[h, x:c2].sum()
+            memory[g - 1] -= p.layer_memory_mib[c1:x].sum()
+            memory[h - 1] -= p.layer_memory_mib[x:c2].sum()
+            count[[g - 1, h - 1]] += 1
+            placed[k] = ((g, h), (c1, x, c2))
+            continue
+        if not np.isfinite(after[v]):
+            return None
         load[v] += helper_work[v]
         memory[v] -= need
         count[v] += 1
-        placed[k] = (v + 1, c1, c2)
+        placed[k] = ((v + 1,), (c1, c2))
     routes = []
     for k, p in enumerate(problem.clients):
-        v, c1, c2 = placed[k]
-        stages, _ = placement_stages(p, [v], [c1, c2])
-        if scaled and count[v - 1] > 1:
-            f = count[v - 1]
-            stages[1] = Stage(stages[1].name, stages[1].a * f, stages[1].c * f)
+        helpers, cuts = placed[k]
+        stages, _ = placement_stages(p, list(helpers), list(cuts))
+        if scaled:
+            for i, v in enumerate(helpers, start=1):
+                f = max(1.0, count[v - 1])
+                stages[i] = Stage(stages[i].name, stages[i].a * f, stages[i].c * f)
         b, _ = best_micro_batch(stages, p.batch_size)
-        routes.append(ChainRoute((v,), (c1, c2), b))
+        routes.append(ChainRoute(helpers, cuts, b))
     return routes
 
 
-def balanced_plans(problem: ChainProblem, cache: _StageCache, deadline: float
-                   ) -> ChainPlan | None:
-    """The best judged :func:`load_balanced` plan over client time limits from the
-    largest of the clients' least option times up to 3 times it (both micro-batch
-    rules), until ``deadline``."""
+def balanced_plans(problem: ChainProblem, cache: _StageCache, deadline: float,
+                   factors: Sequence[float] = tuple(np.linspace(1.0, 3.0, 11))
+                   ) -> tuple[ChainPlan | None, ChainPlan | None]:
+    """The best judged :func:`load_balanced` plans, one-hop and with two-hop splits,
+    over client time limits ``factors`` x the largest of the clients' least option
+    times (both micro-batch rules), until ``deadline``."""
     options = [_client_options(p) for p in problem.clients]
     if any(o[0].size == 0 for o in options):
-        return None
+        return None, None
     floor = max(float(o[2].min()) for o in options)
-    best = None
-    for factor in np.linspace(1.0, 3.0, 21):
-        for scaled in (True, False):
+    best: dict[bool, ChainPlan | None] = {False: None, True: None}
+    for factor in factors:
+        for chains, scaled in itertools.product((False, True), (True, False)):
             if time.perf_counter() >= deadline:
-                return best
-            routes = load_balanced(problem, options, floor * factor, scaled)
+                return best[False], best[True]
+            routes = load_balanced(problem, options, floor * factor, scaled, chains)
             if routes is None:
                 continue
-            plan = judge_routes(problem, routes, "one-hop", cache, final=False)
-            if plan is not None and (best is None or plan.makespan < best.makespan):
-                best = plan
-    return best
+            plan = judge_routes(problem, routes, "chains" if chains else "one-hop", cache,
+                                final=False)
+            if plan is not None and (best[chains] is None or
+                                     plan.makespan < best[chains].makespan):
+                best[chains] = plan
+    return best[False], best[True]
 
 
 def _cheap_moves(problem: ChainProblem, route: ChainRoute, k: int, rng: random.Random
@@ -474,13 +529,14 @@ def plan_chains(problem: ChainProblem, time_limit: float = DEFAULT_CHAIN_TIME_LI
     deadline = start + time_limit
     rr = round_robin(problem)
     one = greedy_one_hop(problem)
-    balanced = balanced_plans(problem, _StageCache(problem), start + 0.2 * time_limit)
+    balanced, split = balanced_plans(problem, _StageCache(problem),
+                                     start + 0.25 * time_limit)
     if balanced is not None and (one is None or balanced.makespan < one.makespan):
         one = balanced
     if one is not None:
         one = local_search(problem, one, start + 0.4 * time_limit, chains=False, seed=seed)
         one.method = "one-hop"
-    starts = [p for p in (one, rr) if p is not None]
+    starts = [p for p in (one, rr, split) if p is not None]
     if not starts:
         raise MultihopError("helpers[*].memory_mib", "no feasible plan found: neither "
                             "round-robin chains nor greedy placement fit the helpers' "
