@@ -278,33 +278,75 @@ def _two_hop(p: MultihopProblem, c1: int, c2: int, load: np.ndarray, memory: np.
     return best
 
 
+def _three_hop(p: MultihopProblem, c1: int, c2: int, load: np.ndarray, memory: np.ndarray,
+               limit: float) -> tuple[float, tuple[int, ...], tuple[int, ...]] | None:
+    """As :func:`_two_hop` over three helpers ``g < m < h`` (``c1:x``, ``x:y``,
+    ``y:c2``): ``(largest load of the three after it, helpers, cuts)`` or ``None``."""
+    if c2 - c1 < 3 or p.num_helpers < 3:
+        return None
+    big_b = p.batch_size
+    per_kib = 2.0 * KIB_TO_MS_AT_1MBIT
+    cum = np.concatenate([np.zeros((p.num_helpers, 1)), np.cumsum(
+        np.where(p.runnable[1:], p.sample_ms[1:], np.inf), axis=1)], axis=1)
+    mem = np.concatenate([[0.0], np.cumsum(p.layer_memory_mib)])
+    xs = np.arange(c1 + 1, c2)
+    order = xs[:, None] < xs[None, :]
+
+    def client_link(v: int, cut: int) -> float:
+        if p.rate_mbps[0, v] <= 0:
+            return math.inf
+        return big_b * per_kib * p.activation_kib[cut - 1] / p.rate_mbps[0, v] + \
+            2 * p.latency_ms[0, v]
+
+    best = None
+    with np.errstate(invalid="ignore"):
+        for g, m, h in itertools.combinations(range(1, p.num_helpers + 1), 3):
+            if p.rate_mbps[g, m] <= 0 or p.rate_mbps[m, h] <= 0 or \
+                    client_link(g, c1) > limit or client_link(h, c2) > limit:
+                continue
+            first = load[g - 1] + big_b * (cum[g - 1, xs] - cum[g - 1, c1])
+            first = np.where(mem[xs] - mem[c1] <= memory[g - 1] + 1e-9, first, np.inf)
+            last = load[h - 1] + big_b * (cum[h - 1, c2] - cum[h - 1, xs])
+            last = np.where(mem[c2] - mem[xs] <= memory[h - 1] + 1e-9, last, np.inf)
+            middle = load[m - 1] + big_b * (cum[m - 1, xs][None, :] - cum[m - 1, xs][:, None])
+            middle = np.where(order & (mem[xs][None, :] - mem[xs][:, None]
+                                       <= memory[m - 1] + 1e-9), middle, np.inf)
+            worse = np.nan_to_num(np.maximum(np.maximum(first[:, None], middle),
+                                             last[None, :]), nan=np.inf)
+            i, j = np.unravel_index(int(np.argmin(worse)), worse.shape)
+            if np.isfinite(worse[i, j]) and (best is None or worse[i, j] < best[0]):
+                best = (float(worse[i, j]), (g, m, h), (c1, int(xs[i]), int(xs[j]), c2))
+    return best
+
+
 def load_balanced(problem: ChainProblem, options: Sequence[tuple[np.ndarray, ...]],
                   limit: float, scaled: bool, chains: bool = False
                   ) -> list[ChainRoute] | None:
+    """:func:`_balanced_placement` (up to three hops with ``chains``) at each client's
+    best micro-batch size (:func:`_sized`); ``None`` when memory cannot hold it."""
+    placed = _balanced_placement(problem, options, limit, 3 if chains else 1)
+    return None if placed is None else _sized(problem, placed, scaled)
+
+
+def _balanced_placement(problem: ChainProblem, options: Sequence[tuple[np.ndarray, ...]],
+                        limit: float, hops: int
+                        ) -> list[tuple[tuple[int, ...], tuple[int, ...]]] | None:
     """Routes balancing the helpers' load for a client time limit ``limit``.
 
     Every client keeps the largest head and tail (least offloaded work) whose own and
     link busy time is at most ``limit``; then, largest offloaded work first, each body
     goes to the helper whose load after it is least, among the helpers with memory left
     and a link whose busy time is within ``limit`` (any linked helper if none); with
-    ``chains``, a split over two helpers in route order is taken instead when it leaves
-    the larger of their loads lower by more than 5% (the extra hop costs a link and an
-    overhead per micro-batch). The micro-batch size is the client's best for its
-    stages, with each helper's times multiplied by the number of clients sharing it
-    when ``scaled``. ``None`` when memory cannot hold the bodies.
+    ``hops`` of 2 or 3, a split over two (or three) helpers in route order is taken
+    instead when it leaves the largest of their loads lower by more than 5% (10%): the
+    extra hops cost links and overheads per micro-batch. Returns each client's
+    ``(helpers, cuts)``; ``None`` when memory cannot hold the bodies.
     """
     h_count = problem.num_helpers
     load = np.zeros(h_count)
     memory = problem.helper_memory_mib.astype(float).copy()
-    chosen = []
-    for k, (c1, c2, threshold, work) in enumerate(options):
-        fits = threshold <= limit
-        if not fits.any():
-            fits = threshold <= threshold.min()
-        i = np.flatnonzero(fits)[np.argmin(work[fits])]
-        chosen.append((float(work[i]), k, int(c1[i]), int(c2[i])))
+    chosen = _kept(options, limit)
     placed: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {}
-    count = np.zeros(h_count)
     per_kib = 2.0 * KIB_TO_MS_AT_1MBIT
     for _, k, c1, c2 in sorted(chosen, key=lambda c: -c[0]):
         p = problem.clients[k]
@@ -319,59 +361,90 @@ def load_balanced(problem: ChainProblem, options: Sequence[tuple[np.ndarray, ...
         after = np.where(ok, load + helper_work, np.inf)
         after = np.where(link <= limit, after, after + 1e12)  # slow links last
         v = int(np.argmin(after))
-        split = (_two_hop(p, c1, c2, load, memory, limit)
-                 if chains and c2 - c1 >= 2 and h_count >= 2 else None)
-        if split is not None and split[0] < 0.95 * after[v]:
-            _, g, h, x = split
-            load[g - 1] += p.batch_size * p.sample_ms[g, c1:x].sum()
-            load[h - 1] += p.batch_size * p.sample_ms[h, x:c2].sum()
-            memory[g - 1] -= p.layer_memory_mib[c1:x].sum()
-            memory[h - 1] -= p.layer_memory_mib[x:c2].sum()
-            count[[g - 1, h - 1]] += 1
-            placed[k] = ((g, h), (c1, x, c2))
-            continue
+        if hops >= 2 and c2 - c1 >= 2 and h_count >= 2:
+            # a split over two (three) helpers must lower the largest of their loads by
+            # 5% (10%) against one helper: the extra hops cost links and overheads
+            splits = []
+            two = _two_hop(p, c1, c2, load, memory, limit)
+            if two is not None:
+                splits.append((two[0] / 0.95, (two[1], two[2]), (c1, two[3], c2)))
+            three = _three_hop(p, c1, c2, load, memory, limit) if hops >= 3 else None
+            if three is not None:
+                splits.append((three[0] / 0.9, three[1], three[2]))
+            if splits and min(splits)[0] < after[v]:
+                _, helpers, cuts = min(splits)
+                for u, a, b in zip(helpers, cuts[:-1], cuts[1:], strict=True):
+                    load[u - 1] += p.batch_size * p.sample_ms[u, a:b].sum()
+                    memory[u - 1] -= p.layer_memory_mib[a:b].sum()
+                placed[k] = (tuple(helpers), tuple(cuts))
+                continue
         if not np.isfinite(after[v]):
             return None
         load[v] += helper_work[v]
         memory[v] -= need
-        count[v] += 1
         placed[k] = ((v + 1,), (c1, c2))
+    return [placed[k] for k in range(problem.num_clients)]
+
+
+def _kept(options: Sequence[tuple[np.ndarray, ...]], limit: float
+          ) -> list[tuple[float, int, int, int]]:
+    """``(offloaded work, client, c1, c2)``: each client's option with the least
+    offloaded work among those within ``limit`` (the fastest option if none is)."""
+    chosen = []
+    for k, (c1, c2, threshold, work) in enumerate(options):
+        fits = threshold <= limit
+        if not fits.any():
+            fits = threshold <= threshold.min()
+        i = np.flatnonzero(fits)[np.argmin(work[fits])]
+        chosen.append((float(work[i]), k, int(c1[i]), int(c2[i])))
+    return chosen
+
+
+def _sized(problem: ChainProblem, placed: Sequence[tuple[tuple[int, ...], tuple[int, ...]]],
+           scaled: bool) -> list[ChainRoute]:
+    """Routes of ``(helpers, cuts)`` at each client's best micro-batch size for its stages,
+    each helper's times multiplied by the number of clients sharing it when ``scaled``."""
+    count = np.zeros(problem.num_helpers + 1)
+    for helpers, _ in placed:
+        count[list(helpers)] += 1
     routes = []
-    for k, p in enumerate(problem.clients):
-        helpers, cuts = placed[k]
+    for p, (helpers, cuts) in zip(problem.clients, placed, strict=True):
         stages, _ = placement_stages(p, list(helpers), list(cuts))
         if scaled:
             for i, v in enumerate(helpers, start=1):
-                f = max(1.0, count[v - 1])
+                f = max(1.0, count[v])
                 stages[i] = Stage(stages[i].name, stages[i].a * f, stages[i].c * f)
         b, _ = best_micro_batch(stages, p.batch_size)
-        routes.append(ChainRoute(helpers, cuts, b))
+        routes.append(ChainRoute(tuple(helpers), tuple(cuts), b))
     return routes
 
 
 def balanced_plans(problem: ChainProblem, cache: _StageCache, deadline: float,
-                   factors: Sequence[float] = tuple(np.linspace(1.0, 3.0, 11))
+                   factors: Sequence[float] = tuple(np.linspace(1.0, 2.6, 9))
                    ) -> tuple[ChainPlan | None, ChainPlan | None]:
-    """The best judged :func:`load_balanced` plans, one-hop and with two-hop splits,
-    over client time limits ``factors`` x the largest of the clients' least option
-    times (both micro-batch rules), until ``deadline``."""
+    """The best judged load-balanced plans (:func:`_balanced_placement`), one-hop and
+    with splits over two or three helpers, over client time limits ``factors`` x the
+    largest of the clients' least option times, each at both micro-batch rules
+    (:func:`_sized`), until ``deadline``."""
     options = [_client_options(p) for p in problem.clients]
     if any(o[0].size == 0 for o in options):
         return None, None
     floor = max(float(o[2].min()) for o in options)
     best: dict[bool, ChainPlan | None] = {False: None, True: None}
     for factor in factors:
-        for chains, scaled in itertools.product((False, True), (True, False)):
+        for hops in (1, 2, 3):
             if time.perf_counter() >= deadline:
                 return best[False], best[True]
-            routes = load_balanced(problem, options, floor * factor, scaled, chains)
-            if routes is None:
+            placed = _balanced_placement(problem, options, floor * factor, hops)
+            if placed is None:
                 continue
-            plan = judge_routes(problem, routes, "chains" if chains else "one-hop", cache,
-                                final=False)
-            if plan is not None and (best[chains] is None or
-                                     plan.makespan < best[chains].makespan):
-                best[chains] = plan
+            chains = hops > 1
+            for scaled in (True, False):
+                plan = judge_routes(problem, _sized(problem, placed, scaled),
+                                    "chains" if chains else "one-hop", cache, final=False)
+                if plan is not None and (best[chains] is None or
+                                         plan.makespan < best[chains].makespan):
+                    best[chains] = plan
     return best[False], best[True]
 
 
@@ -530,11 +603,11 @@ def plan_chains(problem: ChainProblem, time_limit: float = DEFAULT_CHAIN_TIME_LI
     rr = round_robin(problem)
     one = greedy_one_hop(problem)
     balanced, split = balanced_plans(problem, _StageCache(problem),
-                                     start + 0.25 * time_limit)
+                                     start + 0.3 * time_limit)
     if balanced is not None and (one is None or balanced.makespan < one.makespan):
         one = balanced
     if one is not None:
-        one = local_search(problem, one, start + 0.4 * time_limit, chains=False, seed=seed)
+        one = local_search(problem, one, start + 0.45 * time_limit, chains=False, seed=seed)
         one.method = "one-hop"
     starts = [p for p in (one, rr, split) if p is not None]
     if not starts:
