@@ -11,7 +11,7 @@ helper-helper links 100-1000 Mbit/s, batch 128. Helper memory is ``--memory`` (d
 share), so no helper can hold the whole bodies of all the clients it would serve at an
 equal split. Per instance it prints the planner's judged makespan, the lower bound, the
 gap, the round-robin chains' and the best one-hop plan's makespans, how many clients got
-a chain, and the planner's time.
+a chain, and the planner's time. ``--first-seed N --seeds 1`` runs one instance.
 """
 
 from __future__ import annotations
@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", choices=sorted(PROFILE_FILES), default="resnet101")
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--helpers", type=int, default=6)
     parser.add_argument("--memory", type=float, default=1.3)
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'seed':>4} {'planner':>10} {'bound':>10} {'gap %':>7} {'round-robin':>12} "
           f"{'one-hop':>10} {'chained':>7} {'time s':>6}")
     gaps = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         problem = chain_instance(path, args.clients, args.helpers, seed, args.memory)
         start = time.perf_counter()
         plan = plan_chains(problem, time_limit=args.time_limit, seed=seed)
