@@ -243,11 +243,12 @@ def _client_options(p: MultihopProblem) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 
 def _two_hop(p: MultihopProblem, c1: int, c2: int, load: np.ndarray, memory: np.ndarray,
-             limit: float) -> tuple[float, int, int, int] | None:
+             limit: float, price: np.ndarray) -> tuple[float, int, int, int] | None:
     """The best split of body ``c1:c2`` over two helpers ``g < h`` (``g`` runs
     ``c1:x``, ``h`` runs ``x:c2``): ``(larger load of the two after it, g, h, x)``, among
     the splits that fit their memory, with links ``client - g``, ``g - h`` and
-    ``h - client`` and client links within ``limit``; ``None`` if there is none."""
+    ``h - client`` and client links within ``limit``; ``None`` if there is none. A
+    helper's load counts ``price[h]`` per MiB the split takes of its memory."""
     big_b = p.batch_size
     per_kib = 2.0 * KIB_TO_MS_AT_1MBIT
     cum = np.concatenate([np.zeros((p.num_helpers, 1)), np.cumsum(
@@ -260,7 +261,8 @@ def _two_hop(p: MultihopProblem, c1: int, c2: int, load: np.ndarray, memory: np.
                 p.rate_mbps[0, g] + 2 * p.latency_ms[0, g] > limit:
             continue
         with np.errstate(invalid="ignore"):
-            first = load[g - 1] + big_b * (cum[g - 1, xs] - cum[g - 1, c1])
+            first = load[g - 1] + big_b * (cum[g - 1, xs] - cum[g - 1, c1]) + \
+                price[g - 1] * (mem[xs] - mem[c1])
         first = np.where(mem[xs] - mem[c1] <= memory[g - 1] + 1e-9, first, np.inf)
         for h in range(g + 1, p.num_helpers + 1):
             if p.rate_mbps[g, h] <= 0 or p.rate_mbps[h, 0] <= 0 or big_b * per_kib * \
@@ -268,7 +270,8 @@ def _two_hop(p: MultihopProblem, c1: int, c2: int, load: np.ndarray, memory: np.
                     > limit:
                 continue
             with np.errstate(invalid="ignore"):
-                second = load[h - 1] + big_b * (cum[h - 1, c2] - cum[h - 1, xs])
+                second = load[h - 1] + big_b * (cum[h - 1, c2] - cum[h - 1, xs]) + \
+                    price[h - 1] * (mem[c2] - mem[xs])
             second = np.where(mem[c2] - mem[xs] <= memory[h - 1] + 1e-9, second, np.inf)
             worse = np.nan_to_num(np.maximum(first, second), nan=np.inf)
             if worse.size and np.isfinite(worse.min()):
@@ -279,7 +282,8 @@ def _two_hop(p: MultihopProblem, c1: int, c2: int, load: np.ndarray, memory: np.
 
 
 def _three_hop(p: MultihopProblem, c1: int, c2: int, load: np.ndarray, memory: np.ndarray,
-               limit: float) -> tuple[float, tuple[int, ...], tuple[int, ...]] | None:
+               limit: float, price: np.ndarray
+               ) -> tuple[float, tuple[int, ...], tuple[int, ...]] | None:
     """As :func:`_two_hop` over three helpers ``g < m < h`` (``c1:x``, ``x:y``,
     ``y:c2``): ``(largest load of the three after it, helpers, cuts)`` or ``None``."""
     if c2 - c1 < 3 or p.num_helpers < 3:
@@ -304,11 +308,14 @@ def _three_hop(p: MultihopProblem, c1: int, c2: int, load: np.ndarray, memory: n
             if p.rate_mbps[g, m] <= 0 or p.rate_mbps[m, h] <= 0 or \
                     client_link(g, c1) > limit or client_link(h, c2) > limit:
                 continue
-            first = load[g - 1] + big_b * (cum[g - 1, xs] - cum[g - 1, c1])
+            first = load[g - 1] + big_b * (cum[g - 1, xs] - cum[g - 1, c1]) + \
+                price[g - 1] * (mem[xs] - mem[c1])
             first = np.where(mem[xs] - mem[c1] <= memory[g - 1] + 1e-9, first, np.inf)
-            last = load[h - 1] + big_b * (cum[h - 1, c2] - cum[h - 1, xs])
+            last = load[h - 1] + big_b * (cum[h - 1, c2] - cum[h - 1, xs]) + \
+                price[h - 1] * (mem[c2] - mem[xs])
             last = np.where(mem[c2] - mem[xs] <= memory[h - 1] + 1e-9, last, np.inf)
-            middle = load[m - 1] + big_b * (cum[m - 1, xs][None, :] - cum[m - 1, xs][:, None])
+            middle = load[m - 1] + big_b * (cum[m - 1, xs][None, :] - cum[m - 1, xs][:, None]) \
+                + price[m - 1] * (mem[xs][None, :] - mem[xs][:, None])
             middle = np.where(order & (mem[xs][None, :] - mem[xs][:, None]
                                        <= memory[m - 1] + 1e-9), middle, np.inf)
             worse = np.nan_to_num(np.maximum(np.maximum(first[:, None], middle),
@@ -329,7 +336,7 @@ def load_balanced(problem: ChainProblem, options: Sequence[tuple[np.ndarray, ...
 
 
 def _balanced_placement(problem: ChainProblem, options: Sequence[tuple[np.ndarray, ...]],
-                        limit: float, hops: int
+                        limit: float, hops: int, price: np.ndarray | None = None
                         ) -> list[tuple[tuple[int, ...], tuple[int, ...]]] | None:
     """Routes balancing the helpers' load for a client time limit ``limit``.
 
@@ -339,13 +346,16 @@ def _balanced_placement(problem: ChainProblem, options: Sequence[tuple[np.ndarra
     and a link whose busy time is within ``limit`` (any linked helper if none); with
     ``hops`` of 2 or 3, a split over two (or three) helpers in route order is taken
     instead when it leaves the largest of their loads lower by more than 5% (10%): the
-    extra hops cost links and overheads per micro-batch. Returns each client's
+    extra hops cost links and overheads per micro-batch. With ``price`` (ms per MiB, per
+    helper) a choice's load on a helper also counts the memory it takes there, so
+    scarce memory goes to the layers that gain most from it. Returns each client's
     ``(helpers, cuts)``; ``None`` when memory cannot hold the bodies.
     """
     h_count = problem.num_helpers
     load = np.zeros(h_count)
     memory = problem.helper_memory_mib.astype(float).copy()
     chosen = _kept(options, limit)
+    price = np.zeros(h_count) if price is None else price
     placed: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {}
     per_kib = 2.0 * KIB_TO_MS_AT_1MBIT
     for _, k, c1, c2 in sorted(chosen, key=lambda c: -c[0]):
@@ -358,17 +368,18 @@ def _balanced_placement(problem: ChainProblem, options: Sequence[tuple[np.ndarra
             link = np.where(rate > 0, p.batch_size * per_kib * act / rate
                             + 4 * p.latency_ms[0, 1:], np.inf)
         ok = p.runnable[1:, c1:c2].all(axis=1) & (need <= memory + 1e-9) & np.isfinite(link)
-        after = np.where(ok, load + helper_work, np.inf)
+        after = np.where(ok, load + helper_work + price * need, np.inf)
         after = np.where(link <= limit, after, after + 1e12)  # slow links last
         v = int(np.argmin(after))
         if hops >= 2 and c2 - c1 >= 2 and h_count >= 2:
             # a split over two (three) helpers must lower the largest of their loads by
             # 5% (10%) against one helper: the extra hops cost links and overheads
             splits = []
-            two = _two_hop(p, c1, c2, load, memory, limit)
+            two = _two_hop(p, c1, c2, load, memory, limit, price)
             if two is not None:
                 splits.append((two[0] / 0.95, (two[1], two[2]), (c1, two[3], c2)))
-            three = _three_hop(p, c1, c2, load, memory, limit) if hops >= 3 else None
+            three = (_three_hop(p, c1, c2, load, memory, limit, price) if hops >= 3
+                     else None)
             if three is not None:
                 splits.append((three[0] / 0.9, three[1], three[2]))
             if splits and min(splits)[0] < after[v]:
@@ -419,32 +430,47 @@ def _sized(problem: ChainProblem, placed: Sequence[tuple[tuple[int, ...], tuple[
     return routes
 
 
-def balanced_plans(problem: ChainProblem, cache: _StageCache, deadline: float,
-                   factors: Sequence[float] = tuple(np.linspace(1.0, 2.6, 9))
+#: Client time limits (x the largest least option time) of the constructions, the most
+#: often best first, and the memory prices tried at each (x the mean helper load per MiB).
+BALANCE_FACTORS = (1.6, 1.4, 1.8, 1.2, 2.0, 1.0, 2.4)
+BALANCE_PRICES = (0.0, 0.25, 1.0)
+
+
+def balanced_plans(problem: ChainProblem, cache: _StageCache, deadline: float
                    ) -> tuple[ChainPlan | None, ChainPlan | None]:
     """The best judged load-balanced plans (:func:`_balanced_placement`), one-hop and
-    with splits over two or three helpers, over client time limits ``factors`` x the
-    largest of the clients' least option times, each at both micro-batch rules
+    with splits over two or three helpers, over the client time limits
+    ``BALANCE_FACTORS`` x the largest of the clients' least option times and memory
+    prices ``BALANCE_PRICES`` x the mean helper load per MiB of helper memory (splits
+    only; the outer limits without prices), each at both micro-batch rules
     (:func:`_sized`), until ``deadline``."""
     options = [_client_options(p) for p in problem.clients]
     if any(o[0].size == 0 for o in options):
         return None, None
     floor = max(float(o[2].min()) for o in options)
     best: dict[bool, ChainPlan | None] = {False: None, True: None}
-    for factor in factors:
-        for hops in (1, 2, 3):
-            if time.perf_counter() >= deadline:
-                return best[False], best[True]
-            placed = _balanced_placement(problem, options, floor * factor, hops)
-            if placed is None:
-                continue
-            chains = hops > 1
-            for scaled in (True, False):
-                plan = judge_routes(problem, _sized(problem, placed, scaled),
-                                    "chains" if chains else "one-hop", cache, final=False)
-                if plan is not None and (best[chains] is None or
-                                         plan.makespan < best[chains].makespan):
-                    best[chains] = plan
+    runs = [(factor, alpha, hops) for factor in BALANCE_FACTORS for alpha in BALANCE_PRICES
+            for hops in (1, 2, 3) if (alpha == 0 or hops > 1)
+            and (alpha == 0 or 1.2 <= factor <= 2.0)]
+    for factor, alpha, hops in runs:
+        if time.perf_counter() >= deadline:
+            break
+        limit = floor * factor
+        price = None
+        if alpha:
+            offloaded = sum(c[0] for c in _kept(options, limit))
+            price = alpha * offloaded / problem.num_helpers / np.maximum(
+                problem.helper_memory_mib, 1e-9)
+        placed = _balanced_placement(problem, options, limit, hops, price)
+        if placed is None:
+            continue
+        chains = hops > 1
+        for scaled in (True, False):
+            plan = judge_routes(problem, _sized(problem, placed, scaled),
+                                "chains" if chains else "one-hop", cache, final=False)
+            if plan is not None and (best[chains] is None or
+                                     plan.makespan < best[chains].makespan):
+                best[chains] = plan
     return best[False], best[True]
 
 
@@ -603,11 +629,11 @@ def plan_chains(problem: ChainProblem, time_limit: float = DEFAULT_CHAIN_TIME_LI
     rr = round_robin(problem)
     one = greedy_one_hop(problem)
     balanced, split = balanced_plans(problem, _StageCache(problem),
-                                     start + 0.3 * time_limit)
+                                     start + 0.35 * time_limit)
     if balanced is not None and (one is None or balanced.makespan < one.makespan):
         one = balanced
     if one is not None:
-        one = local_search(problem, one, start + 0.45 * time_limit, chains=False, seed=seed)
+        one = local_search(problem, one, start + 0.5 * time_limit, chains=False, seed=seed)
         one.method = "one-hop"
     starts = [p for p in (one, rr, split) if p is not None]
     if not starts:
