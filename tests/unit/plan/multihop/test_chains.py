@@ -351,3 +351,34 @@ def test_load_balanced_spreads_bodies_and_keeps_what_the_client_can():
     problem = _two_clients(helpers=1, helper_memory=1.0)
     options = [_client_options(p) for p in problem.clients]
     assert load_balanced(problem, options, limit=100.0, scaled=False) is None
+
+
+def test_load_balanced_splits_a_body_no_helper_can_hold():
+    from flsplit.plan.multihop.chain_planner import _client_options, load_balanced
+
+    # one client, 8 layers; it holds only layers 0 and 7, so its body is layers 1-6 (1 MiB
+    # each); 3 helpers each holding 2 of them: one or two hops cannot hold the body
+    problem = random_chain_problem(1, 8, 3, seed=5, batch_size=8)
+    p = problem.clients[0]
+    p.layer_memory_mib[:] = 1.0
+    p.memory_mib[0] = 2.0
+    p.memory_mib[1:] = 2.0
+    options = [_client_options(p)]
+    assert list(zip(options[0][0], options[0][1], strict=True)) == [(1, 7)]
+    limit = 1e9  # no client or link time limit
+    assert load_balanced(problem, options, limit, scaled=False) is None
+    routes = load_balanced(problem, options, limit, scaled=False, chains=True)
+    assert routes is not None and len(routes[0].helpers) == 3
+    plan = judge_routes(problem, routes)
+    assert plan is not None and evaluate_chain(problem, plan) == pytest.approx(plan.makespan)
+
+
+def test_local_search_breaks_makespan_ties_by_the_other_finishes():
+    from flsplit.plan.multihop.chain_planner import _better
+
+    plan = ChainPlan([], {}, makespan=10.0, info={"spread": 150.0})
+    same_makespan_earlier_others = ChainPlan([], {}, makespan=10.0, info={"spread": 120.0})
+    assert _better(same_makespan_earlier_others, plan)
+    assert not _better(plan, same_makespan_earlier_others)
+    assert not _better(ChainPlan([], {}, makespan=10.5, info={"spread": 1.0}), plan)
+    assert _better(ChainPlan([], {}, makespan=9.5, info={"spread": 999.0}), plan)
