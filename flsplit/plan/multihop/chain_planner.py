@@ -445,18 +445,21 @@ def balanced_plans(problem: ChainProblem, cache: _StageCache, deadline: float
     ``BALANCE_FACTORS`` x the largest of the clients' least option times and memory
     prices ``BALANCE_PRICES`` x the mean helper load per MiB of helper memory (splits
     only; the outer limits without prices), each at both micro-batch rules
-    (:func:`_sized`), until ``deadline`` (the first limit's one, two and three hops
+    (:func:`_sized`), until ``deadline`` (the one-hop runs and the first limit's splits
     whatever the time)."""
     options = [_client_options(p) for p in problem.clients]
     if any(o[0].size == 0 for o in options):
         return None, None
     floor = max(float(o[2].min()) for o in options)
     best: dict[bool, ChainPlan | None] = {False: None, True: None}
-    runs = [(factor, alpha, hops) for factor in BALANCE_FACTORS for alpha in BALANCE_PRICES
-            for hops in (1, 2, 3) if (alpha == 0 or hops > 1)
-            and (alpha == 0 or 1.2 <= factor <= 2.0)]
+    # one hop at every limit first (cheap, and the best one-hop plan is a baseline),
+    # then the splits; the one-hop runs and the first limit's splits run whatever the time
+    runs = [(factor, 0.0, 1) for factor in BALANCE_FACTORS] + [
+        (factor, alpha, hops) for factor in BALANCE_FACTORS for alpha in BALANCE_PRICES
+        for hops in (2, 3) if alpha == 0 or 1.2 <= factor <= 2.0]
+    forced = len(BALANCE_FACTORS) + 2
     for i, (factor, alpha, hops) in enumerate(runs):
-        if i >= 3 and time.perf_counter() >= deadline:  # the first limit's three always
+        if i >= forced and time.perf_counter() >= deadline:
             break
         limit = floor * factor
         price = None
