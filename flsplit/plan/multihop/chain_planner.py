@@ -338,7 +338,8 @@ def load_balanced(problem: ChainProblem, options: Sequence[tuple[np.ndarray, ...
 
 
 def _balanced_placement(problem: ChainProblem, options: Sequence[tuple[np.ndarray, ...]],
-                        limit: float, hops: int, price: np.ndarray | None = None
+                        limit: float, hops: int, price: np.ndarray | None = None,
+                        by_link: bool = False
                         ) -> list[tuple[tuple[int, ...], tuple[int, ...]]] | None:
     """Routes balancing the helpers' load for a client time limit ``limit``.
 
@@ -350,7 +351,9 @@ def _balanced_placement(problem: ChainProblem, options: Sequence[tuple[np.ndarra
     instead when it leaves the largest of their loads lower by more than 5% (10%): the
     extra hops cost links and overheads per micro-batch. With ``price`` (ms per MiB, per
     helper) a choice's load on a helper also counts the memory it takes there, so
-    scarce memory goes to the layers that gain most from it. Returns each client's
+    scarce memory goes to the layers that gain most from it. ``by_link``: the clients
+    whose best link is slowest go first instead (they have the fewest helpers to
+    choose from). Returns each client's
     ``(helpers, cuts)``; ``None`` when memory cannot hold the bodies.
     """
     h_count = problem.num_helpers
@@ -360,7 +363,9 @@ def _balanced_placement(problem: ChainProblem, options: Sequence[tuple[np.ndarra
     price = np.zeros(h_count) if price is None else price
     placed: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {}
     per_kib = 2.0 * KIB_TO_MS_AT_1MBIT
-    for _, k, c1, c2 in sorted(chosen, key=lambda c: -c[0]):
+    order = (sorted(chosen, key=lambda c: problem.clients[c[1]].rate_mbps[0, 1:].max())
+             if by_link else sorted(chosen, key=lambda c: -c[0]))
+    for _, k, c1, c2 in order:
         p = problem.clients[k]
         helper_work = p.batch_size * p.sample_ms[1:, c1:c2].sum(axis=1)
         need = float(p.layer_memory_mib[c1:c2].sum())
@@ -454,11 +459,12 @@ def balanced_plans(problem: ChainProblem, cache: _StageCache, deadline: float
     best: dict[bool, ChainPlan | None] = {False: None, True: None}
     # one hop at every limit first (cheap, and the best one-hop plan is a baseline),
     # then the splits; the one-hop runs and the first limit's splits run whatever the time
-    runs = [(factor, 0.0, 1) for factor in BALANCE_FACTORS] + [
-        (factor, alpha, hops) for factor in BALANCE_FACTORS for alpha in BALANCE_PRICES
-        for hops in (2, 3) if alpha == 0 or 1.2 <= factor <= 2.0]
+    runs = [(factor, 0.0, 1, False) for factor in BALANCE_FACTORS] + [
+        (factor, alpha, hops, by_link) for factor in BALANCE_FACTORS
+        for alpha in BALANCE_PRICES for hops in (2, 3) for by_link in (False, True)
+        if (alpha == 0 or 1.2 <= factor <= 2.0) and (alpha == 0 or not by_link)]
     forced = len(BALANCE_FACTORS) + 2
-    for i, (factor, alpha, hops) in enumerate(runs):
+    for i, (factor, alpha, hops, by_link) in enumerate(runs):
         if i >= forced and time.perf_counter() >= deadline:
             break
         limit = floor * factor
@@ -467,7 +473,7 @@ def balanced_plans(problem: ChainProblem, cache: _StageCache, deadline: float
             offloaded = sum(c[0] for c in _kept(options, limit))
             price = alpha * offloaded / problem.num_helpers / np.maximum(
                 problem.helper_memory_mib, 1e-9)
-        placed = _balanced_placement(problem, options, limit, hops, price)
+        placed = _balanced_placement(problem, options, limit, hops, price, by_link)
         if placed is None:
             continue
         chains = hops > 1
