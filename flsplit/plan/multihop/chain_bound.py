@@ -131,13 +131,15 @@ def load_bound(problem: ChainProblem) -> float:
     return max(priced_load_bound(problem, y) for y in prices)
 
 
-def _option_thresholds(p: MultihopProblem) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _option_thresholds(p: MultihopProblem, pipeline: bool = False
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every feasible ``(c1, c2)`` of client ``p`` and the least makespan it allows: the
     larger of the client's busy time ``a + B x`` (per-sample time of the head and tail)
     and the least busy time of its link(s), ``4 latency + B x`` (both cuts' transfer
     time) on one helper's link, or for a chain (two helpers or more) the larger of the
     first and the last link's ``2 latency + B x`` (one cut's transfer time), at the
-    least latency and the highest rate of the client's links."""
+    least latency and the highest rate of the client's links. With ``pipeline``, also
+    at least :func:`_pipeline_thresholds`."""
     layers, big_b = p.num_layers, p.batch_size
     cum_c = np.concatenate([[0.0], np.cumsum(p.sample_ms[0])])
     mem = np.concatenate([[0.0], np.cumsum(p.layer_memory_mib)])
@@ -162,7 +164,63 @@ def _option_thresholds(p: MultihopProblem) -> tuple[np.ndarray, np.ndarray, np.n
     chain = np.where(c2 - c1 >= 2, chain, np.inf)
     threshold = np.maximum(client, np.minimum(one_hop, chain))
     ok &= np.isfinite(threshold)
-    return c1[ok], c2[ok], threshold[ok]
+    c1, c2, threshold = c1[ok], c2[ok], threshold[ok]
+    if pipeline and c1.size:
+        threshold = np.maximum(threshold, _pipeline_thresholds(p, c1, c2))
+    return c1, c2, threshold
+
+
+def _pipeline_thresholds(p: MultihopProblem, c1: np.ndarray, c2: np.ndarray) -> np.ndarray:
+    """For each option ``(c1, c2)``: the least, over the micro-batch sizes, of the
+    client's pipeline latency over its own stages, ``sum_s t_s(b) + (M - 1) max_s
+    t_s(b)``.
+
+    Its own stages (its device, and its link to one helper carrying both cuts, or for a
+    chain its first and last links, at the client's best rate and least latency) serve
+    its micro-batches one at a time and no other client's; between them the micro-batch
+    passes helper stages taking at least ``a_min + b x`` each (``x``: the body's
+    per-sample time on the fastest helper of each layer; for one helper, that helper's
+    own time, which also counts in the largest stage). A flow shop of identical jobs
+    lasts at least ``sum_s t_s + (M - 1) max_s t_s`` over any subset of its stages, and
+    waiting for a shared helper only delays it, so every plan with this option lasts at
+    least this long.
+    """
+    big_b = p.batch_size
+    sizes = np.array(micro_batch_sizes(big_b), dtype=float)[None, :]
+    m = np.ceil(big_b / sizes)
+    cum_c = np.concatenate([[0.0], np.cumsum(p.sample_ms[0])])
+    own = (cum_c[c1] + cum_c[-1] - cum_c[c2])[:, None]
+    client = p.overhead_ms[0] + sizes * own
+    act = np.concatenate([[0.0], p.activation_kib])
+    a1, a2 = act[c1][:, None], act[c2][:, None]
+    per_kib = 2.0 * KIB_TO_MS_AT_1MBIT
+    helper_ms = np.where(p.runnable[1:], p.sample_ms[1:], np.inf)
+    cum_h = np.concatenate([np.zeros((p.num_helpers, 1)), np.cumsum(helper_ms, axis=1)],
+                           axis=1)
+    best = np.full(c1.size, np.inf)
+    for h in range(1, p.num_helpers + 1):
+        if p.rate_mbps[0, h] <= 0:
+            continue
+        link = 4 * p.latency_ms[0, h] + sizes * per_kib * (a1 + a2) / p.rate_mbps[0, h]
+        with np.errstate(invalid="ignore"):
+            body = (cum_h[h - 1, c2] - cum_h[h - 1, c1])[:, None]
+        helper = p.overhead_ms[h] + sizes * np.nan_to_num(body, nan=np.inf)
+        total = client + link + helper + (m - 1) * np.maximum(np.maximum(client, link),
+                                                              helper)
+        best = np.minimum(best, total.min(axis=1))
+    linked = p.rate_mbps[0, 1:] > 0
+    if linked.sum() >= 2:
+        rate = p.rate_mbps[0, 1:][linked].max()
+        lat = p.latency_ms[0, 1:][linked].min()
+        fastest = np.concatenate([[0.0], np.cumsum(helper_ms.min(axis=0))])
+        body = (fastest[c2] - fastest[c1])[:, None]
+        first = 2 * lat + sizes * per_kib * a1 / rate
+        last = 2 * lat + sizes * per_kib * a2 / rate
+        helpers = 2 * p.overhead_ms[1:].min() + sizes * body
+        total = client + first + last + helpers + (m - 1) * np.maximum(
+            np.maximum(client, first), last)
+        best = np.minimum(best, np.where(c2 - c1 >= 2, total.min(axis=1), np.inf))
+    return best
 
 
 class _MemoryLoadLP:
@@ -187,7 +245,7 @@ class _MemoryLoadLP:
         self.shares: list[dict[int, tuple[np.ndarray, np.ndarray]]] = []
         self.feasible = True
         for p in problem.clients:
-            c1, c2, threshold = _option_thresholds(p)
+            c1, c2, threshold = _option_thresholds(p, pipeline=True)
             if c1.size == 0:
                 self.feasible = False
                 return

@@ -299,8 +299,9 @@ def test_list_schedule_is_what_the_judge_reproduces(seed, helpers):
 
 def _fast_and_slow_helper(fast_memory):
     """Two clients of :func:`_client` over a fast helper (layer 1 at 1 ms per sample) and a
-    slow one (3 ms per sample); each body is layer 1 (1 MiB), batch 2."""
-    problem = _two_clients(helpers=2)
+    slow one (3 ms per sample); each body is layer 1 (1 MiB), batch 8."""
+    rates = [2 * 8.192] * 2
+    problem = ChainProblem([_client("a", rates, batch=8), _client("b", rates, batch=8)])
     for p in problem.clients:
         p.sample_ms[1, 1] = 1.0
         p.memory_mib[1] = fast_memory
@@ -310,17 +311,21 @@ def _fast_and_slow_helper(fast_memory):
 def test_memory_load_bound_sees_a_full_fast_helper():
     from flsplit.plan.multihop.chain_bound import load_bound, memory_load_bound
 
-    # the fast helper holds one body: one client's 2 samples x 3 ms run on the slow one,
-    # so some helper is busy 6 ms (client, link: 4 and 2 ms are below)
+    # the fast helper holds one body: one client's 8 samples x 3 ms run on the slow one,
+    # so some helper is busy 24 ms
     problem = _fast_and_slow_helper(fast_memory=1.0)
-    assert memory_load_bound(problem) == pytest.approx(6.0, rel=1e-5)
-    assert load_bound(problem) < 6.0 - 1e-6  # the bound without memory does not see it
+    assert memory_load_bound(problem) == pytest.approx(24.0, rel=1e-5)
+    assert load_bound(problem) < 24.0 - 1e-6  # the bound without memory does not see it
     bound = lower_bound(problem)
-    assert bound.memory_load == pytest.approx(6.0, rel=1e-5)
-    assert bound.value <= exhaustive_optimum(problem) * (1 + 1e-9)
-    # with room for both bodies on the fast helper it is busy 4 ms: the bound follows
-    assert memory_load_bound(_fast_and_slow_helper(fast_memory=2.0)) == pytest.approx(
-        4.0, rel=1e-5)
+    assert bound.memory_load == pytest.approx(24.0, rel=1e-5)
+    assert bound.value <= plan_chains(problem, time_limit=0.2).makespan * (1 + 1e-9)
+    # with room for both bodies on the fast helper it is busy 16 ms, less than each
+    # client's own pipeline: per micro-batch of b samples its device takes 2b ms, its
+    # link b ms and the helper at least b ms; the best is b = 1 (M = 8): 2 + 1 + 1 +
+    # 7 x 2 = 18 ms, which the bound now gives
+    problem = _fast_and_slow_helper(fast_memory=2.0)
+    assert memory_load_bound(problem) == pytest.approx(18.0, rel=1e-5)
+    assert memory_load_bound(problem) <= plan_chains(problem, time_limit=0.2).makespan
 
 
 @settings(max_examples=8, deadline=None)
