@@ -131,7 +131,7 @@ def load_bound(problem: ChainProblem) -> float:
     return max(priced_load_bound(problem, y) for y in prices)
 
 
-def _option_thresholds(p: MultihopProblem, pipeline: bool = False
+def option_thresholds(p: MultihopProblem, pipeline: bool = False
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every feasible ``(c1, c2)`` of client ``p`` and the least makespan it allows: the
     larger of the client's busy time ``a + B x`` (per-sample time of the head and tail)
@@ -245,7 +245,7 @@ class _MemoryLoadLP:
         self.shares: list[dict[int, tuple[np.ndarray, np.ndarray]]] = []
         self.feasible = True
         for p in problem.clients:
-            c1, c2, threshold = _option_thresholds(p, pipeline=True)
+            c1, c2, threshold = option_thresholds(p, pipeline=True)
             if c1.size == 0:
                 self.feasible = False
                 return
@@ -320,7 +320,7 @@ def memory_load_bound(problem: ChainProblem) -> float:
 
     ``Z(T)`` is the optimum of a linear programme: every client ``k`` takes a convex
     combination ``lam[k, o]`` of its head/tail options ``o = (c1, c2)`` whose threshold
-    (:func:`_option_thresholds`: the least busy time of its own device and of its
+    (:func:`option_thresholds`: the least busy time of its own device and of its
     link(s) for that option) is at most ``T``; every layer of its body is spread over
     the helpers that can run it, ``sum_h y[k, l, h] = sum_{o: c1 <= l < c2} lam[k, o]``;
     every helper's memory holds its shares, ``sum_{k, l} y[k, l, h] mem_l <= mem_h``;

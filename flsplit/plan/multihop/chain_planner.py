@@ -38,7 +38,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from flsplit.plan.generator import KIB_TO_MS_AT_1MBIT
-from flsplit.plan.multihop.chain_bound import _option_thresholds
+from flsplit.plan.multihop.chain_bound import option_thresholds
 from flsplit.plan.multihop.chain_evaluation import (
     ClientStages,
     check_memory,
@@ -236,9 +236,9 @@ def greedy_one_hop(problem: ChainProblem) -> ChainPlan | None:
 def _client_options(p: MultihopProblem) -> tuple[np.ndarray, np.ndarray, np.ndarray,
                                                   np.ndarray]:
     """Client ``p``'s head/tail options ``(c1, c2)``, each one's least makespan (its own
-    device's and links' busy time, :func:`_option_thresholds`) and its offloaded work
+    device's and links' busy time, :func:`option_thresholds`) and its offloaded work
     (batch time of the body on the fastest helper of each layer)."""
-    c1, c2, threshold = _option_thresholds(p)
+    c1, c2, threshold = option_thresholds(p)
     fastest = np.where(p.runnable[1:], p.sample_ms[1:], np.inf).min(axis=0)
     cum = np.concatenate([[0.0], np.cumsum(fastest)])
     return c1, c2, threshold, p.batch_size * (cum[c2] - cum[c1])
