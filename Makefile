@@ -20,10 +20,12 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/flsplit simulate examples/quickstart
 
-# The lowest Python first, so the full suite's summary is the last line.
+# The lowest Python first, so the full suite's summary is the last line. Two workers: the
+# e2e tests run one after another on one of them (tests/conftest.py), the unit tests
+# meanwhile on the other; the e2e tests mostly wait on Flower's engines.
 test: $(STAMP)
 	$(MAKE) --no-print-directory test-py310
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=10
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=10 -n 2
 
 # The torch-free parts (planner, run config) under Python 3.10: torch comes from the
 # registry for 3.10 only as a multi-GB CUDA build, so it is not installed there.

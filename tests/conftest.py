@@ -20,6 +20,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if E2E in Path(item.fspath).resolve().parents:
             item.add_marker(pytest.mark.e2e)
+    # The deployment tests go first: they mostly wait on Flower's heartbeats and polling,
+    # so under `-n 2` they, not the CPU-bound simulations, run beside the unit tests.
+    items.sort(key=lambda item: not Path(item.fspath).match("tests/e2e/test_*deployment*.py"))
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook; xdist is not always installed
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Under pytest-xdist (``make test`` runs ``-n 2``), every e2e test goes to one worker,
+    one at a time in collection order: they start SuperLinks, Ray and timed failures that
+    must not compete with each other. The unit tests are shared out over the workers
+    meanwhile; the e2e tests mostly wait on Flower's engines, so that time is free."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    e2e = E2E.relative_to(config.rootpath).as_posix() + "/"
+
+    class E2EOnOneWorker(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "e2e" if nodeid.startswith(e2e) else nodeid
+
+    return E2EOnOneWorker(config, log)
 
 
 @pytest.fixture(autouse=True)

@@ -77,31 +77,6 @@ def report_time(what: str, seconds: float) -> None:
     print(f"\n{what}: {seconds:.1f} s wall")
 
 
-def test_quickstart_runs_on_superlink_and_supernodes_and_learns(cluster: Deployment):
-    out = cluster.workdir / "out"
-    with cluster.logs_on_failure():
-        start = time.monotonic()
-        log = cluster.finish(cluster.flwr_run(small_run(out, 2, 60.0)), RUN_TIMEOUT)
-        report_time("deployment run, 2 rounds", time.monotonic() - start)
-
-        status = completed(out, 2)
-        for rnd in ("1", "2"):
-            assert status["rounds"][rnd]["completed"] == status["rounds"][rnd]["clients"]
-            assert len(status["rounds"][rnd]["clients"]) == NUM_CLIENTS
-        assert re.search(r"discovery: 3 clients, 1 helpers", log)
-        for rnd in (1, 2):
-            assert f"round {rnd}: 3/3 client updates aggregated" in log
-        result = history(out)
-        assert set(result["train"]) == {"1", "2"}
-        assert result["train"]["2"][TRAIN_LOSS] < result["train"]["1"][TRAIN_LOSS]
-        server = result["server"]
-        assert server["2"][TEST_ACC] > server["1"][TEST_ACC] > server["0"][TEST_ACC]
-        assert server["2"][TEST_LOSS] < server["1"][TEST_LOSS]
-        assert HELPER_TRAIN in cluster.log_text("helper0")
-        for i in range(NUM_CLIENTS):
-            assert CLIENT_TRAIN in cluster.log_text(f"client{i}")
-
-
 def test_a_client_supernode_killed_mid_round_is_left_out(cluster: Deployment):
     out = cluster.workdir / "out"
     victim = cluster.procs["client2"]
@@ -144,6 +119,40 @@ def test_a_client_supernode_killed_mid_round_is_left_out(cluster: Deployment):
             assert cluster.procs[name].poll() is None, f"{name} exited"
 
 
+def test_the_quickstart_learns_and_stop_ends_a_server_app_its_sigkilled_superlink_left(
+    cluster: Deployment,
+):
+    """Two checks on one deployment (starting one takes a while): the quickstart runs
+    and learns; then, in a second run, the SuperLink is SIGKILLed mid-round and stopping
+    the deployment ends the ServerApp it left running."""
+    out = cluster.workdir / "out"
+    with cluster.logs_on_failure():
+        start = time.monotonic()
+        log = cluster.finish(cluster.flwr_run(small_run(out, 2, 60.0)), RUN_TIMEOUT)
+        report_time("deployment run, 2 rounds", time.monotonic() - start)
+
+        status = completed(out, 2)
+        for rnd in ("1", "2"):
+            assert status["rounds"][rnd]["completed"] == status["rounds"][rnd]["clients"]
+            assert len(status["rounds"][rnd]["clients"]) == NUM_CLIENTS
+        assert re.search(r"discovery: 3 clients, 1 helpers", log)
+        for rnd in (1, 2):
+            assert f"round {rnd}: 3/3 client updates aggregated" in log
+        result = history(out)
+        assert set(result["train"]) == {"1", "2"}
+        assert result["train"]["2"][TRAIN_LOSS] < result["train"]["1"][TRAIN_LOSS]
+        server = result["server"]
+        assert server["2"][TEST_ACC] > server["1"][TEST_ACC] > server["0"][TEST_ACC]
+        assert server["2"][TEST_LOSS] < server["1"][TEST_LOSS]
+        assert HELPER_TRAIN in cluster.log_text("helper0")
+        for i in range(NUM_CLIENTS):
+            assert CLIENT_TRAIN in cluster.log_text(f"client{i}")
+
+    # The second run: the deployment is stopped with a ServerApp a SIGKILLed SuperLink
+    # left running.
+    _stopping_ends_the_server_app_a_sigkilled_superlink_left_running(cluster)
+
+
 def _command(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -151,11 +160,13 @@ def _command(pid: int) -> str:
         return ""
 
 
-def test_stopping_ends_the_server_app_a_sigkilled_superlink_left_running(cluster: Deployment):
-    out = cluster.workdir / "out"
+def _stopping_ends_the_server_app_a_sigkilled_superlink_left_running(cluster: Deployment):
+    out = cluster.workdir / "out-killed"
+    # client0's log already holds the train messages of the runs before this one
+    before = len(re.findall(r"Receiving: train\.split", cluster.log_text("client0")))
     with cluster.logs_on_failure():
         cluster.flwr_run(small_run(out, 2, 60.0))
-        cluster.wait_for("client0", r"Receiving: train\.split", 150, "flwr-run")
+        cluster.wait_for("client0", r"Receiving: train\.split", 150, "flwr-run", count=before + 1)
         cluster.track()
         server_apps = {p: t for p, t in cluster.seen.items() if "flwr-serverapp" in _command(p)}
         assert server_apps, "no flwr-serverapp among the SuperLink's processes"

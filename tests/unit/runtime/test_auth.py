@@ -28,27 +28,32 @@ def test_the_servers_token_admits_its_client_only():
     assert "not its own" in verifier.check("12", token)
 
 
+REFUSED = [
+    ("99", sign_token(KEY, RUN, ROUND, 99, HELPER), "not served by this helper"),
+    ("11", "", "no round token"),
+    ("11", "secret", "malformed"),
+    ("11", sign_token(KEY, RUN, ROUND - 1, 11, HELPER), "for round 2, not 3"),
+    ("11", sign_token(KEY, RUN + 1, ROUND, 11, HELPER), "another run"),
+    (
+        "11",
+        sign_token(helper_key(SECRET, RUN, 8), RUN, ROUND, 11, 8),
+        "for another helper (8)",
+    ),
+    (
+        "11",
+        sign_token(helper_key(new_run_secret(), RUN, HELPER), RUN, ROUND, 11, HELPER),
+        "not its own",
+    ),
+    ("11", sign_token(SECRET, RUN, ROUND, 11, HELPER), "not its own"),  # the run secret itself
+]
+
+
+# The tokens are signed with a random secret: test ids without them are the same in every
+# process (pytest-xdist's workers must collect the same tests).
 @pytest.mark.parametrize(
-    ("client", "token", "reason"),
-    [
-        ("99", sign_token(KEY, RUN, ROUND, 99, HELPER), "not served by this helper"),
-        ("11", "", "no round token"),
-        ("11", "secret", "malformed"),
-        ("11", sign_token(KEY, RUN, ROUND - 1, 11, HELPER), "for round 2, not 3"),
-        ("11", sign_token(KEY, RUN + 1, ROUND, 11, HELPER), "another run"),
-        (
-            "11",
-            sign_token(helper_key(SECRET, RUN, 8), RUN, ROUND, 11, 8),
-            "for another helper (8)",
-        ),
-        (
-            "11",
-            sign_token(helper_key(new_run_secret(), RUN, HELPER), RUN, ROUND, 11, HELPER),
-            "not its own",
-        ),
-        ("11", sign_token(SECRET, RUN, ROUND, 11, HELPER), "not its own"),  # the run secret itself
-    ],
-)
+    ("client", "token", "reason"), REFUSED,
+    ids=[f"{i}-{client}-{reason}" for i, (client, _, reason) in enumerate(REFUSED)],
+)  # fmt: skip
 def test_tokens_for_anything_else_are_refused(client, token, reason):
     assert reason in _verifier().check(client, token)
 

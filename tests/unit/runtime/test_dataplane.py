@@ -130,7 +130,12 @@ FORGERIES = [
 ]
 
 
-@pytest.mark.parametrize(("client", "token", "reason"), FORGERIES)
+# The tokens are signed with a random secret: test ids without them are the same in every
+# process (pytest-xdist's workers must collect the same tests).
+@pytest.mark.parametrize(
+    ("client", "token", "reason"), FORGERIES,
+    ids=[f"{i}-{client}-{reason}" for i, (client, _, reason) in enumerate(FORGERIES)],
+)  # fmt: skip
 def test_bad_tokens_are_refused_and_the_other_clients_finish(client, token, reason, caplog):
     torch.manual_seed(0)
     split = _split(SmallCNN())
