@@ -133,3 +133,21 @@ def test_a_planner_no_longer_refuses_global_sampling_but_cut_candidates_do():
         check_modes({"sampler": "uniform", "planner": "auto", "cut-candidates": "conv1,fc2"})
     with pytest.raises(ValueError, match="sampler-speeds"):
         sync_settings({"sampler-speeds": "guessed"})
+
+
+def test_the_next_round_is_planned_from_the_helpers_measured_step_costs():
+    strategy, grid, arrays = _strategy()
+    # the reported factors favour FAST, but each client costs it 60 ms per step
+    grid.nodes[FAST].participant_ms = 60.0
+    grid.nodes[SLOW].participant_ms = 2.0
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord({}), grid))
+    first = _served(messages)
+    strategy.aggregate_train(1, grid.send_and_receive(messages))
+    fits = strategy.helper_step_fit
+    assert fits[FAST].participant_ms > 10 * fits[SLOW].participant_ms
+    entry = strategy.history[-1]
+    assert entry["predicted_ms"] <= entry["round_robin_predicted_ms"] + 1e-9
+    assert set(entry["measured_helper_ms"]) == {str(FAST), str(SLOW)}
+    second = _served(strategy.configure_train(2, arrays, ConfigRecord({}), grid))
+    assert len(first[SLOW]) < len(first[FAST])
+    assert len(second[SLOW]) > len(second.get(FAST, []))
