@@ -51,8 +51,8 @@ class HelperStepFit:
     """A helper's measured costs in synchronous steps (milliseconds).
 
     A step of the helper with ``m`` participating clients and ``n`` samples takes
-    ``step_ms + participant_ms * m + sample_ms * n`` besides waiting for its slowest
-    client's own parts and link.
+    ``step_ms + participant_ms * m + sample_ms * n + wait_scale * w``, with ``w`` the
+    predicted wait for its slowest client's own parts and link.
 
     Attributes
     ----------
@@ -60,12 +60,15 @@ class HelperStepFit:
         Fixed time per step, per participant, per sample (all >= 0).
     steps : int
         Measured steps the fit is made from.
+    wait_scale : float
+        Measured over predicted wait for the slowest client (>= 0).
     """
 
     step_ms: float
     participant_ms: float
     sample_ms: float
     steps: int
+    wait_scale: float = 1.0
 
     def blend(self, old: HelperStepFit | None, smoothing: float) -> HelperStepFit:
         """This fit smoothed with the last one: ``smoothing * new + (1 - smoothing) * old``."""
@@ -74,12 +77,12 @@ class HelperStepFit:
         mix = [
             smoothing * new + (1.0 - smoothing) * prev
             for new, prev in zip(
-                (self.step_ms, self.participant_ms, self.sample_ms),
-                (old.step_ms, old.participant_ms, old.sample_ms),
+                (self.step_ms, self.participant_ms, self.sample_ms, self.wait_scale),
+                (old.step_ms, old.participant_ms, old.sample_ms, old.wait_scale),
                 strict=True,
             )
         ]
-        return HelperStepFit(*mix, steps=self.steps)
+        return HelperStepFit(*mix[:3], steps=self.steps, wait_scale=mix[3])
 
 
 def helper_step_durations(spans: Iterable[_Span]) -> dict[int, float]:
@@ -137,8 +140,11 @@ def fit_helper_steps(
 ) -> HelperStepFit | None:
     """Fit a helper's fixed, per-participant and per-sample step costs.
 
-    Non-negative least squares of ``durations_ms - clients_ms`` on
-    ``step_ms + participant_ms * participants + sample_ms * samples``. When the number
+    Non-negative least squares of ``durations_ms`` on ``step_ms + participant_ms *
+    participants + sample_ms * samples + wait_scale * clients_ms``: the wait for the
+    slowest client is predicted from the clients' own times per sample, which hold
+    their fixed costs per step spread over their samples, so its scale is measured
+    too (a step's time is the helper's own work plus that wait). When the number
     of participants hardly varies (standard deviation below
     :data:`MIN_PARTICIPANT_SPREAD`) a fixed cost per step cannot be told from one per
     participant; it is then all counted per participant (``step_ms = 0``), so that
@@ -151,8 +157,8 @@ def fit_helper_steps(
     participants, samples : sequence of float
         Its participating clients and samples in each of those steps.
     clients_ms : sequence of float, optional
-        The predicted wait for the step's slowest client (its own parts and link), taken
-        out first; default 0.
+        The predicted wait for the step's slowest client (its own parts and link);
+        default 0 (no wait: ``wait_scale`` is 1).
 
     Returns
     -------
@@ -171,12 +177,17 @@ def fit_helper_steps(
     keep = np.isfinite(y) & np.isfinite(wait) & (m > 0)
     if keep.sum() < MIN_FIT_STEPS:
         return None
-    x = np.column_stack([np.ones(int(keep.sum())), m[keep], n[keep]])
-    if np.std(m[keep]) >= MIN_PARTICIPANT_SPREAD:
-        coef = _nnls(x, y[keep] - wait[keep])
-    else:
-        coef = np.concatenate([[0.0], _nnls(x[:, 1:], y[keep] - wait[keep])])
-    return HelperStepFit(*(float(c) for c in coef), steps=int(keep.sum()))
+    columns = [np.ones(int(keep.sum())), m[keep], n[keep], wait[keep]]
+    used = [0, 1, 2, 3]
+    if np.std(m[keep]) < MIN_PARTICIPANT_SPREAD:
+        used.remove(0)
+    if not np.any(wait[keep] > 0):
+        used.remove(3)
+    coef = np.zeros(4)
+    coef[3] = 1.0  # no wait measured: keep the prediction as it is
+    coef[used] = _nnls(np.column_stack([columns[i] for i in used]), y[keep])
+    return HelperStepFit(*(float(c) for c in coef[:3]), steps=int(keep.sum()),
+                         wait_scale=float(coef[3]))
 
 
 def fit_round(
@@ -261,7 +272,8 @@ def step_costs(
     helper_fit : Mapping, optional
         Helper -> its fitted step costs (:func:`fit_helper_steps`); its per-sample cost
         replaces ``body_ms``. A helper without a fit gets the median fixed and
-        per-participant costs of the fitted ones (0 when none is fitted).
+        per-participant costs and wait scale of the fitted ones (0, 0 and 1 when none
+        is fitted).
 
     Returns
     -------
@@ -307,6 +319,10 @@ def step_costs(
     part = np.array(
         [helper_fit[x].participant_ms if x in helper_fit else default_part for x in helpers]
     )
+    default_wait = float(np.median([f.wait_scale for f in fitted])) if fitted else 1.0
+    wait = np.array(
+        [helper_fit[x].wait_scale if x in helper_fit else default_wait for x in helpers]
+    )
     for j, x in enumerate(helpers):
         if x in helper_fit:
             body[j] = helper_fit[x].sample_ms
@@ -331,4 +347,5 @@ def step_costs(
         capacity_mib=capacity,
         step_ms=step,
         participant_ms=part,
+        wait_scale=wait,
     )

@@ -4,17 +4,19 @@ In a synchronous step (:mod:`flsplit.runtime.sync_helper`) every helper runs one
 the concatenated activations of its participating clients. With ``counts[s, k]`` samples
 of client ``k`` in step ``s``, helper ``h`` takes
 
-``max_k (fixed_ms[k, h] + n * (client_ms[k] + transfer_ms[k, h]))
+``wait_scale[h] * max_k (fixed_ms[k, h] + n * (client_ms[k] + transfer_ms[k, h]))
 + step_ms[h] + participant_ms[h] * m + body_ms[h] * sum_k n``
 
 over its ``m`` clients ``k`` with ``n = counts[s, k] > 0`` (nothing when ``m = 0``): the
 clients compute their heads and tails and move their activations and gradients over
 their own links in parallel (a per-message latency plus a per-sample time), so the
-helper waits for the slowest of them; the helper pays a fixed cost per step (its barrier
-and reduction bookkeeping), a fixed cost per participant (handling its forward, backward
-and sync requests) and the body on the sum of the samples. A helper's steps only wait
-for its own clients, so the helpers run their steps independently and the round lasts
-as long as the helper with the largest sum of step times.
+helper waits for the slowest of them (``wait_scale``, 1 unless measured otherwise,
+corrects that prediction by what the helper's steps showed); the helper pays a fixed
+cost per step (its barrier and reduction bookkeeping), a fixed cost per participant
+(handling its forward, backward and sync requests) and the body on the sum of the
+samples. A helper's steps only wait for its own clients, so the helpers run their steps
+independently and the round lasts as long as the helper with the largest sum of step
+times.
 
 :func:`assign_helpers` balances that: a greedy start (the clients with the most samples
 per step first, each to the helper that keeps the predicted round shortest and still
@@ -65,6 +67,9 @@ class StepCosts:
         ``(helpers,)`` a helper's fixed time per step it takes part in (default 0).
     participant_ms : numpy.ndarray, optional
         ``(helpers,)`` a helper's time per participating client and step (default 0).
+    wait_scale : numpy.ndarray, optional
+        ``(helpers,)`` factor on the predicted wait for a step's slowest client
+        (default 1).
     """
 
     client_ms: np.ndarray
@@ -75,12 +80,13 @@ class StepCosts:
     capacity_mib: np.ndarray
     step_ms: np.ndarray | None = None
     participant_ms: np.ndarray | None = None
+    wait_scale: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         k, h = np.asarray(self.client_ms).size, np.asarray(self.body_ms).size
-        for name in ("step_ms", "participant_ms"):
+        for name, default in (("step_ms", 0.0), ("participant_ms", 0.0), ("wait_scale", 1.0)):
             if getattr(self, name) is None:
-                object.__setattr__(self, name, np.zeros(h))
+                object.__setattr__(self, name, np.full(h, default))
         shapes = {
             "client_ms": (k,),
             "body_ms": (h,),
@@ -90,6 +96,7 @@ class StepCosts:
             "capacity_mib": (h,),
             "step_ms": (h,),
             "participant_ms": (h,),
+            "wait_scale": (h,),
         }
         for name, shape in shapes.items():
             value = np.asarray(getattr(self, name), dtype=np.float64)
@@ -116,6 +123,7 @@ class StepCosts:
         return StepCosts(
             self.client_ms[mask], self.body_ms, self.transfer_ms[mask], self.fixed_ms[mask],
             self.memory_mib[mask], self.capacity_mib, self.step_ms, self.participant_ms,
+            self.wait_scale,
         )
 
 
@@ -188,7 +196,9 @@ def helper_step_times(counts: np.ndarray, helper: np.ndarray, costs: StepCosts) 
         if mine.any():
             busy = active[:, mine].any(axis=1)
             times[:, h] = busy * (
-                parallel[:, mine].max(axis=1) + serial[:, mine].sum(axis=1) + costs.step_ms[h]
+                costs.wait_scale[h] * parallel[:, mine].max(axis=1)
+                + serial[:, mine].sum(axis=1)
+                + costs.step_ms[h]
             )
     return times
 

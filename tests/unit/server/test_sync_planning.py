@@ -39,9 +39,10 @@ def test_the_fit_recovers_fixed_per_participant_and_per_sample_costs() -> None:
     m = rng.integers(1, 12, 50)
     n = m * 2 + rng.integers(0, 10, 50)
     wait = rng.uniform(0, 30, 50)
-    durations = 4.0 + 7.5 * m + 0.25 * n + wait + rng.normal(0, 0.05, 50)
+    durations = 4.0 + 7.5 * m + 0.25 * n + 0.6 * wait + rng.normal(0, 0.05, 50)
     fit = fit_helper_steps(durations, m, n, wait)
     assert fit is not None and fit.steps == 50
+    assert fit.wait_scale == pytest.approx(0.6, abs=0.01)
     assert fit.step_ms == pytest.approx(4.0, abs=0.2)
     assert fit.participant_ms == pytest.approx(7.5, abs=0.05)
     assert fit.sample_ms == pytest.approx(0.25, abs=0.02)
@@ -55,11 +56,14 @@ def test_the_fit_keeps_costs_non_negative_and_needs_a_few_steps() -> None:
     assert fit is not None
     assert min(fit.step_ms, fit.participant_ms, fit.sample_ms) >= 0
     assert fit.step_ms == pytest.approx(np.mean(50.0 - 2.0 * n))
+    assert fit.wait_scale == 1.0  # no wait given: nothing to scale
     assert fit_helper_steps([1.0, 2.0, 3.0], [1, 1, 1], [2, 2, 2]) is None
     with pytest.raises(ValueError, match="equally long"):
         fit_helper_steps([1.0, 2.0], [1], [1, 2])
-    smoothed = HelperStepFit(10.0, 2.0, 1.0, 8).blend(HelperStepFit(0.0, 4.0, 1.0, 8), 0.6)
+    new, old = HelperStepFit(10.0, 2.0, 1.0, 8, 1.0), HelperStepFit(0.0, 4.0, 1.0, 8, 0.5)
+    smoothed = new.blend(old, 0.6)
     assert (smoothed.step_ms, smoothed.participant_ms) == pytest.approx((6.0, 2.8))
+    assert smoothed.wait_scale == pytest.approx(0.8)
 
 
 def test_a_round_is_fitted_per_helper_with_the_clients_waits_taken_out() -> None:
@@ -71,6 +75,7 @@ def test_a_round_is_fitted_per_helper_with_the_clients_waits_taken_out() -> None
         transfer_ms=np.full((k, 2), 0.1), fixed_ms=np.full((k, 2), 1.0),
         memory_mib=np.zeros(k), capacity_mib=np.full(2, np.inf),
         step_ms=np.array([3.0, 1.0]), participant_ms=np.array([8.0, 2.0]),
+        wait_scale=np.array([0.5, 1.5]),
     )
     times = helper_step_times(counts, helper, true)
     durations = {
@@ -82,6 +87,7 @@ def test_a_round_is_fitted_per_helper_with_the_clients_waits_taken_out() -> None
         assert fits[x].step_ms == pytest.approx(true.step_ms[x], abs=1e-6)
         assert fits[x].participant_ms == pytest.approx(true.participant_ms[x], abs=1e-6)
         assert fits[x].sample_ms == pytest.approx(true.body_ms[x], abs=1e-6)
+        assert fits[x].wait_scale == pytest.approx(true.wait_scale[x], abs=1e-6)
 
 
 def test_step_costs_take_the_fits_and_a_new_helper_the_fitted_ones_median() -> None:
@@ -91,11 +97,13 @@ def test_step_costs_take_the_fits_and_a_new_helper_the_fitted_ones_median() -> N
     for c in (10, 11):
         profiles.add_client(c)
     counts = np.array([[1, 2], [3, 0]])
-    fits = {1: HelperStepFit(2.0, 5.0, 0.3, 20), 2: HelperStepFit(4.0, 9.0, 0.1, 20)}
+    fits = {1: HelperStepFit(2.0, 5.0, 0.3, 20, 0.5), 2: HelperStepFit(4.0, 9.0, 0.1, 20, 0.7)}
     costs = step_costs(profiles, [10, 11], [1, 2, 3], counts, 8, helper_fit=fits)
+    assert costs.wait_scale.tolist() == pytest.approx([0.5, 0.7, 0.6])
     assert costs.step_ms.tolist() == pytest.approx([2.0, 4.0, 3.0])
     assert costs.participant_ms.tolist() == pytest.approx([5.0, 9.0, 7.0])
     # the fitted per-sample cost replaces the body time; helper 3 keeps its profile's
     assert costs.body_ms.tolist() == pytest.approx([0.3, 0.1, (20.0 + 30.0) / 8])
     unfitted = step_costs(profiles, [10, 11], [1, 2, 3], counts, 8)
     assert unfitted.participant_ms.tolist() == [0.0, 0.0, 0.0]
+    assert unfitted.wait_scale.tolist() == [1.0, 1.0, 1.0]
