@@ -48,6 +48,7 @@ from flsplit.server.sync_planning import (
     HelperStepFit,
     fit_round,
     helper_step_durations,
+    measured_steps,
     step_costs,
 )
 from strategies.assignment import round_robin
@@ -105,6 +106,8 @@ class PlannedSplitStrategy(SplitStrategy):
         self.body_sample_ms: dict[int, float] = {}
         #: helper -> its step costs fitted to its measured steps, smoothed over rounds
         self.helper_step_fit: dict[int, HelperStepFit] = {}
+        #: the last round's measured steps per helper (saved in ``round-N.json``)
+        self._measured_steps: dict[str, dict[str, list[float]]] = {}
 
     @classmethod
     def for_model(  # type: ignore[override]
@@ -170,9 +173,14 @@ class PlannedSplitStrategy(SplitStrategy):
     # -- state for checkpoints --------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
-        """Round times, node profiles and the plan history (without task timelines)."""
+        """Round times, node profiles and the plan history (without task timelines and
+        measured steps)."""
         history = [
-            {k: v for k, v in entry.items() if k not in ("predicted_tasks", "measured_tasks")}
+            {
+                k: v
+                for k, v in entry.items()
+                if k not in ("predicted_tasks", "measured_tasks", "measured_steps")
+            }
             for entry in self.history
         ]
         return {**super().state(), "profiles": self.planner.state_dict(), "history": history}
@@ -476,6 +484,7 @@ class PlannedSplitStrategy(SplitStrategy):
         """Fit each helper's step costs to its measured steps (this round's client times
         taken out), smooth them into :attr:`helper_step_fit`; return each helper's
         measured time of its steps (ms, the first one left out)."""
+        self._measured_steps = {}
         if counts.shape[1] != len(order):  # the round ran on a schedule drawn anew
             return {}
         helper_of = {c: helpers[int(plan.helper[i])] for i, c in enumerate(order)}
@@ -484,6 +493,17 @@ class PlannedSplitStrategy(SplitStrategy):
             self.planner, order, helpers, counts, self.batch_size,
             client_ms=self.sample_ms, body_ms=self.body_sample_ms, last_helper=helper_of,
         )
+        rows = measured_steps(
+            counts, plan.helper, costs,
+            {index[h]: d for h, d in durations.items() if h in index},
+        )
+        self._measured_steps = {
+            str(helpers[j]): {
+                key: r[:, i].tolist()
+                for i, key in enumerate(("step", "ms", "clients", "samples", "wait_ms"))
+            }
+            for j, r in rows.items()
+        }
         fits = fit_round(
             counts, plan.helper, costs,
             {index[h]: d for h, d in durations.items() if h in index},
@@ -495,8 +515,9 @@ class PlannedSplitStrategy(SplitStrategy):
             log(
                 INFO,
                 "round %d: helper %d steps: %.1f ms + %.1f ms per client + %.3f ms per sample "
-                "(%d steps fitted)",
-                server_round, h, fit.step_ms, fit.participant_ms, fit.sample_ms, fit.steps,
+                "+ %.2f x the predicted wait for the slowest client (%d steps fitted)",
+                server_round, h, fit.step_ms, fit.participant_ms, fit.sample_ms,
+                fit.wait_scale, fit.steps,
             )
         return {str(h): float(sum(d.values())) for h, d in durations.items()}
 
@@ -573,9 +594,11 @@ class PlannedSplitStrategy(SplitStrategy):
             "measured_helper_ms": measured_helper_ms,
             "helper_step_fit": {
                 str(h): {"step_ms": f.step_ms, "participant_ms": f.participant_ms,
-                         "sample_ms": f.sample_ms, "steps": f.steps}
+                         "sample_ms": f.sample_ms, "wait_scale": f.wait_scale,
+                         "steps": f.steps}
                 for h, f in self.helper_step_fit.items()
             },
+            "measured_steps": self._measured_steps,
             "clients_per_helper": dict(Counter(str(h) for h in helper_of.values())),
             "helper_of": {str(c): h for c, h in helper_of.items()},
             "failures": [failure.to_dict() for failure in failures],

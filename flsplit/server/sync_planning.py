@@ -29,6 +29,7 @@ __all__ = [
     "fit_helper_steps",
     "fit_round",
     "helper_step_durations",
+    "measured_steps",
     "step_costs",
 ]
 
@@ -190,13 +191,13 @@ def fit_helper_steps(
                          wait_scale=float(coef[3]))
 
 
-def fit_round(
+def measured_steps(
     counts: np.ndarray,
     helper: np.ndarray,
     costs: StepCosts,
     durations: Mapping[int, Mapping[int, float]],
-) -> dict[int, HelperStepFit]:
-    """Fit every measured helper's step costs from one round.
+) -> dict[int, np.ndarray]:
+    """What a round's measured steps are fitted to, per helper.
 
     Parameters
     ----------
@@ -213,7 +214,8 @@ def fit_round(
     Returns
     -------
     dict
-        Helper index -> its fit (helpers with too few measured steps are left out).
+        Helper index -> ``(measured steps, 5)`` rows of step index, measured ms,
+        participants, samples and the predicted wait for the slowest client (ms).
     """
     counts = np.asarray(counts, dtype=np.float64)
     helper = np.asarray(helper, dtype=np.int64)
@@ -223,16 +225,37 @@ def fit_round(
         costs.memory_mib, costs.capacity_mib,
     )
     wait = helper_step_times(counts, helper, clients_only)
-    fits: dict[int, HelperStepFit] = {}
+    rows: dict[int, np.ndarray] = {}
     for x, measured in durations.items():
         steps = [s for s in sorted(measured) if 0 <= s < counts.shape[0]]
         mine = counts[:, helper == x]
-        fit = fit_helper_steps(
-            [measured[s] for s in steps],
-            [(mine[s] > 0).sum() for s in steps],
-            [mine[s].sum() for s in steps],
-            [wait[s, x] for s in steps],
-        )
+        rows[x] = np.array(
+            [
+                [s, measured[s], (mine[s] > 0).sum(), mine[s].sum(), wait[s, x]]
+                for s in steps
+            ],
+            dtype=np.float64,
+        ).reshape(-1, 5)
+    return rows
+
+
+def fit_round(
+    counts: np.ndarray,
+    helper: np.ndarray,
+    costs: StepCosts,
+    durations: Mapping[int, Mapping[int, float]],
+) -> dict[int, HelperStepFit]:
+    """Fit every measured helper's step costs from one round (the parameters are those
+    of :func:`measured_steps`).
+
+    Returns
+    -------
+    dict
+        Helper index -> its fit (helpers with too few measured steps are left out).
+    """
+    fits: dict[int, HelperStepFit] = {}
+    for x, rows in measured_steps(counts, helper, costs, durations).items():
+        fit = fit_helper_steps(rows[:, 1], rows[:, 2], rows[:, 3], rows[:, 4])
         if fit is not None:
             fits[x] = fit
     return fits
