@@ -28,11 +28,16 @@ from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flwr.app import Message
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
-from flsplit.plan.sampling.helper_assignment import SyncAssignment, assign_helpers
+from flsplit.plan.sampling.helper_assignment import (
+    SyncAssignment,
+    assign_helpers,
+    helper_step_times,
+)
 from flsplit.protocol import (
     FORWARD,
     METRICS,
@@ -43,7 +48,7 @@ from flsplit.protocol import (
     HelperTask,
 )
 from flsplit.server.node_profiles import LinkFn
-from flsplit.server.round_planner import RoundPlan, RoundPlanner
+from flsplit.server.round_planner import FIXED_CUT_METHODS, RoundPlan, RoundPlanner
 from flsplit.server.sync_planning import (
     HelperStepFit,
     fit_round,
@@ -273,7 +278,15 @@ class PlannedSplitStrategy(SplitStrategy):
         dealt = round_robin(helpers, server_round, order)
         index = {h: j for j, h in enumerate(helpers)}
         baseline = [index[dealt[c]] for c in order]
-        plan = assign_helpers(schedule.counts, costs, baseline=baseline)
+        if self.planner.method in FIXED_CUT_METHODS:
+            # a baseline planner deals round-robin, with the planned run's emulated links
+            # and measurements: what the plan is compared against
+            dealt_to = np.asarray(baseline, dtype=np.int64)
+            helper_ms = helper_step_times(schedule.counts, dealt_to, costs).sum(axis=0)
+            round_ms = float(helper_ms.max(initial=0.0))
+            plan = SyncAssignment(dealt_to, helper_ms, greedy_ms=round_ms, baseline_ms=round_ms)
+        else:
+            plan = assign_helpers(schedule.counts, costs, baseline=baseline)
         seconds = time.perf_counter() - start
         self._planned_schedule = schedule
         self.sync_plan = (plan, helpers, order, seconds)
