@@ -138,6 +138,7 @@ def fit_helper_steps(
     participants: Sequence[float],
     samples: Sequence[float],
     clients_ms: Sequence[float] | None = None,
+    participant_ms: float | None = None,
 ) -> HelperStepFit | None:
     """Fit a helper's fixed, per-participant and per-sample step costs.
 
@@ -148,8 +149,9 @@ def fit_helper_steps(
     too (a step's time is the helper's own work plus that wait). When the number
     of participants hardly varies (standard deviation below
     :data:`MIN_PARTICIPANT_SPREAD`) a fixed cost per step cannot be told from one per
-    participant; it is then all counted per participant (``step_ms = 0``), so that
-    piling clients on a helper is not predicted to be free.
+    participant: the per-participant cost is then ``participant_ms`` if given (another
+    helper's, see :func:`fit_round`), else all of it is counted per participant
+    (``step_ms = 0``), so that piling clients on a helper is not predicted to be free.
 
     Parameters
     ----------
@@ -160,6 +162,8 @@ def fit_helper_steps(
     clients_ms : sequence of float, optional
         The predicted wait for the step's slowest client (its own parts and link);
         default 0 (no wait: ``wait_scale`` is 1).
+    participant_ms : float, optional
+        The per-participant cost to take when the participants hardly vary.
 
     Returns
     -------
@@ -180,13 +184,19 @@ def fit_helper_steps(
         return None
     columns = [np.ones(int(keep.sum())), m[keep], n[keep], wait[keep]]
     used = [0, 1, 2, 3]
-    if np.std(m[keep]) < MIN_PARTICIPANT_SPREAD:
-        used.remove(0)
-    if not np.any(wait[keep] > 0):
-        used.remove(3)
     coef = np.zeros(4)
     coef[3] = 1.0  # no wait measured: keep the prediction as it is
-    coef[used] = _nnls(np.column_stack([columns[i] for i in used]), y[keep])
+    target = y[keep]
+    if np.std(m[keep]) < MIN_PARTICIPANT_SPREAD:
+        if participant_ms is None:
+            used.remove(0)
+        else:
+            used.remove(1)
+            coef[1] = max(float(participant_ms), 0.0)
+            target = target - coef[1] * m[keep]
+    if not np.any(wait[keep] > 0):
+        used.remove(3)
+    coef[used] = _nnls(np.column_stack([columns[i] for i in used]), target)
     return HelperStepFit(*(float(c) for c in coef[:3]), steps=int(keep.sum()),
                          wait_scale=float(coef[3]))
 
@@ -248,16 +258,30 @@ def fit_round(
     """Fit every measured helper's step costs from one round (the parameters are those
     of :func:`measured_steps`).
 
+    A helper whose participants per step hardly vary (one client, say) gets the median
+    per-participant cost of the helpers where it could be fitted, so that a helper with
+    few clients is not judged to pay all of its step time per client.
+
     Returns
     -------
     dict
         Helper index -> its fit (helpers with too few measured steps are left out).
     """
+    rows = measured_steps(counts, helper, costs, durations)
+    spread = {x: r[:, 2].std() >= MIN_PARTICIPANT_SPREAD for x, r in rows.items() if len(r)}
     fits: dict[int, HelperStepFit] = {}
-    for x, rows in measured_steps(counts, helper, costs, durations).items():
-        fit = fit_helper_steps(rows[:, 1], rows[:, 2], rows[:, 3], rows[:, 4])
-        if fit is not None:
-            fits[x] = fit
+    for x, r in rows.items():
+        if spread.get(x):
+            fit = fit_helper_steps(r[:, 1], r[:, 2], r[:, 3], r[:, 4])
+            if fit is not None:
+                fits[x] = fit
+    pooled = [f.participant_ms for f in fits.values()]
+    shared = float(np.median(pooled)) if pooled else None
+    for x, r in rows.items():
+        if not spread.get(x):
+            fit = fit_helper_steps(r[:, 1], r[:, 2], r[:, 3], r[:, 4], participant_ms=shared)
+            if fit is not None:
+                fits[x] = fit
     return fits
 
 

@@ -107,3 +107,29 @@ def test_step_costs_take_the_fits_and_a_new_helper_the_fitted_ones_median() -> N
     unfitted = step_costs(profiles, [10, 11], [1, 2, 3], counts, 8)
     assert unfitted.participant_ms.tolist() == [0.0, 0.0, 0.0]
     assert unfitted.wait_scale.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_a_helper_with_one_client_takes_the_per_client_cost_the_others_show() -> None:
+    # helper 1 serves one client: its ~400 ms steps are not 400 ms per client
+    k = 12
+    counts = make_sampler("uniform", [30] * k, batch_size=24, seed=2).epoch(0)
+    helper = np.zeros(k, dtype=np.int64)
+    helper[0] = 1
+    true = StepCosts(
+        client_ms=np.full(k, 0.5), body_ms=np.array([0.1, 0.1]),
+        transfer_ms=np.zeros((k, 2)), fixed_ms=np.zeros((k, 2)),
+        memory_mib=np.zeros(k), capacity_mib=np.full(2, np.inf),
+        step_ms=np.array([400.0, 400.0]), participant_ms=np.array([6.0, 6.0]),
+    )
+    times = helper_step_times(counts, helper, true)
+    durations = {
+        x: {s: float(times[s, x]) for s in range(1, counts.shape[0]) if times[s, x] > 0}
+        for x in range(2)
+    }
+    fits = fit_round(counts, helper, true, durations)
+    assert fits[0].participant_ms == pytest.approx(6.0, abs=1e-6)
+    assert fits[1].participant_ms == pytest.approx(6.0)
+    assert fits[1].step_ms == pytest.approx(400.0, abs=1.0)
+    # alone it can only count everything per client
+    alone = fit_round(counts, helper, true, {1: durations[1]})
+    assert alone[1].step_ms == 0.0 and alone[1].participant_ms > 300
