@@ -171,3 +171,17 @@ def test_a_baseline_planner_deals_round_robin_with_the_planned_runs_links_and_lo
     strategy.aggregate_train(1, grid.send_and_receive(messages))
     entry = strategy.history[-1]
     assert entry["predicted_ms"] == pytest.approx(entry["round_robin_predicted_ms"])
+
+
+def test_equal_helpers_are_dealt_round_robin_until_their_steps_are_measured():
+    strategy, grid, arrays = _strategy()
+    grid.nodes[SLOW].compute_factor = 1.0  # two equal helpers
+    strategy.planner.helpers.clear()
+    strategy.discover(grid)
+    grid.nodes[FAST].participant_ms = 60.0
+    grid.nodes[SLOW].participant_ms = 2.0
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord({}), grid))
+    assert _served(messages) == {FAST: list(CLIENTS[0::2]), SLOW: list(CLIENTS[1::2])}
+    strategy.aggregate_train(1, grid.send_and_receive(messages))
+    second = _served(strategy.configure_train(2, arrays, ConfigRecord({}), grid))
+    assert len(second[SLOW]) > len(second.get(FAST, []))  # planned from the measurements
