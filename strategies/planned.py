@@ -28,11 +28,16 @@ from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flwr.app import Message
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
-from flsplit.plan.sampling.helper_assignment import SyncAssignment, assign_helpers
+from flsplit.plan.sampling.helper_assignment import (
+    SyncAssignment,
+    assign_helpers,
+    helper_step_times,
+)
 from flsplit.protocol import (
     FORWARD,
     METRICS,
@@ -43,8 +48,15 @@ from flsplit.protocol import (
     HelperTask,
 )
 from flsplit.server.node_profiles import LinkFn
-from flsplit.server.round_planner import RoundPlan, RoundPlanner
-from flsplit.server.sync_planning import step_costs
+from flsplit.server.round_planner import FIXED_CUT_METHODS, RoundPlan, RoundPlanner
+from flsplit.server.sync_planning import (
+    HelperStepFit,
+    fit_round,
+    helper_step_durations,
+    measured_steps,
+    step_costs,
+)
+from strategies.assignment import round_robin
 from strategies.split import SplitStrategy
 from strategies.sync_schedule import SyncSchedule, draw_schedule
 
@@ -97,6 +109,10 @@ class PlannedSplitStrategy(SplitStrategy):
         self._planned_schedule: SyncSchedule | None = None
         #: helper -> its body time per sample (ms) in its last synchronous round
         self.body_sample_ms: dict[int, float] = {}
+        #: helper -> its step costs fitted to its measured steps, smoothed over rounds
+        self.helper_step_fit: dict[int, HelperStepFit] = {}
+        #: the last round's measured steps per helper (saved in ``round-N.json``)
+        self._measured_steps: dict[str, dict[str, list[float]]] = {}
 
     @classmethod
     def for_model(  # type: ignore[override]
@@ -162,9 +178,14 @@ class PlannedSplitStrategy(SplitStrategy):
     # -- state for checkpoints --------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
-        """Round times, node profiles and the plan history (without task timelines)."""
+        """Round times, node profiles and the plan history (without task timelines and
+        measured steps)."""
         history = [
-            {k: v for k, v in entry.items() if k not in ("predicted_tasks", "measured_tasks")}
+            {
+                k: v
+                for k, v in entry.items()
+                if k not in ("predicted_tasks", "measured_tasks", "measured_steps")
+            }
             for entry in self.history
         ]
         return {**super().state(), "profiles": self.planner.state_dict(), "history": history}
@@ -251,21 +272,42 @@ class PlannedSplitStrategy(SplitStrategy):
         costs = step_costs(
             self.planner, order, helpers, schedule.counts, self.batch_size,
             client_ms=self.sample_ms, body_ms=self.body_sample_ms, last_helper=last,
+            helper_fit=self.helper_step_fit,
         )
-        plan = assign_helpers(schedule.counts, costs)
+        # what the unplanned run would do, judged by the same model: never plan slower
+        dealt = round_robin(helpers, server_round, order)
+        index = {h: j for j, h in enumerate(helpers)}
+        baseline = [index[dealt[c]] for c in order]
+        factors = {self.planner.helpers[h].factor for h in helpers}
+        unmeasured = not any(h in self.helper_step_fit for h in helpers)
+        if self.planner.method in FIXED_CUT_METHODS or (unmeasured and len(factors) == 1):
+            # Before any helper's steps are measured, equal helpers are dealt
+            # round-robin: the profiles know nothing of a helper's fixed cost per step,
+            # and a plan from them alone can be far off (examples/noniid: 2.4 s per step
+            # predicted, 0.63 s measured, 19 of 20 clients on one helper).
+            # A baseline planner always deals round-robin, with the planned run's
+            # emulated links and measurements: what the plan is compared against.
+            dealt_to = np.asarray(baseline, dtype=np.int64)
+            helper_ms = helper_step_times(schedule.counts, dealt_to, costs).sum(axis=0)
+            round_ms = float(helper_ms.max(initial=0.0))
+            plan = SyncAssignment(dealt_to, helper_ms, greedy_ms=round_ms, baseline_ms=round_ms)
+        else:
+            plan = assign_helpers(schedule.counts, costs, baseline=baseline)
         seconds = time.perf_counter() - start
         self._planned_schedule = schedule
         self.sync_plan = (plan, helpers, order, seconds)
         helper_of = {c: helpers[int(plan.helper[i])] for i, c in enumerate(order)}
         per_helper = Counter(helper_of.values())
+        steps = max(schedule.counts.shape[0], 1)
         log(
             INFO,
-            "round %d step plan: %d steps, predicted %.1f ms per step (greedy %.1f), "
-            "planning %.3f s, clients per helper %s",
+            "round %d step plan: %d steps, predicted %.1f ms per step (greedy %.1f, "
+            "round-robin %s), planning %.3f s, clients per helper %s",
             server_round,
             schedule.counts.shape[0],
-            plan.round_ms / max(len(plan.step_ms), 1),
-            plan.greedy_ms / max(len(plan.step_ms), 1),
+            plan.round_ms / steps,
+            plan.greedy_ms / steps,
+            f"{plan.baseline_ms / steps:.1f}" if plan.baseline_ms is not None else "-",
             seconds,
             {str(h): per_helper.get(h, 0) for h in helpers},
         )
@@ -449,6 +491,55 @@ class PlannedSplitStrategy(SplitStrategy):
             planned_vs_measured(entry, self.output_dir / f"round-{server_round}.png")
 
 
+    def _fit_helper_steps(
+        self,
+        server_round: int,
+        counts: Any,
+        plan: SyncAssignment,
+        helpers: list[int],
+        order: list[int],
+        durations: Mapping[int, Mapping[int, float]],
+    ) -> dict[str, float]:
+        """Fit each helper's step costs to its measured steps (this round's client times
+        taken out), smooth them into :attr:`helper_step_fit`; return each helper's
+        measured time of its steps (ms, the first one left out)."""
+        self._measured_steps = {}
+        if counts.shape[1] != len(order):  # the round ran on a schedule drawn anew
+            return {}
+        helper_of = {c: helpers[int(plan.helper[i])] for i, c in enumerate(order)}
+        index = {h: j for j, h in enumerate(helpers)}
+        costs = step_costs(
+            self.planner, order, helpers, counts, self.batch_size,
+            client_ms=self.sample_ms, body_ms=self.body_sample_ms, last_helper=helper_of,
+        )
+        rows = measured_steps(
+            counts, plan.helper, costs,
+            {index[h]: d for h, d in durations.items() if h in index},
+        )
+        self._measured_steps = {
+            str(helpers[j]): {
+                key: r[:, i].tolist()
+                for i, key in enumerate(("step", "ms", "clients", "samples", "wait_ms"))
+            }
+            for j, r in rows.items()
+        }
+        fits = fit_round(
+            counts, plan.helper, costs,
+            {index[h]: d for h, d in durations.items() if h in index},
+        )
+        smoothing = self.planner.smoothing
+        for j, fit in fits.items():
+            h = helpers[j]
+            self.helper_step_fit[h] = fit.blend(self.helper_step_fit.get(h), smoothing)
+            log(
+                INFO,
+                "round %d: helper %d steps: %.1f ms + %.1f ms per client + %.3f ms per sample "
+                "+ %.2f x the predicted wait for the slowest client (%d steps fitted)",
+                server_round, h, fit.step_ms, fit.participant_ms, fit.sample_ms,
+                fit.wait_scale, fit.steps,
+            )
+        return {str(h): float(sum(d.values())) for h, d in durations.items()}
+
     def _save(self, server_round: int, entry: dict[str, Any]) -> None:
         """Keep the round's entry in :attr:`history` and write ``round-N.json``."""
         self.history.append(entry)
@@ -464,8 +555,10 @@ class PlannedSplitStrategy(SplitStrategy):
         helper_replies: Sequence[Message],
     ) -> None:
         """Learn each helper's body time per sample (the clients' per-sample times are
-        kept by :class:`SplitStrategy`), compare predicted and measured time per step."""
+        kept by :class:`SplitStrategy`) and, from its step timeline, its fixed costs per
+        step and per participant; compare predicted and measured time per step."""
         failures = self._plan_out_failed_helpers(server_round)
+        durations: dict[int, dict[int, float]] = {}
         for reply in helper_replies:
             if reply.has_error():
                 continue
@@ -475,11 +568,15 @@ class PlannedSplitStrategy(SplitStrategy):
                 self.body_sample_ms[reply.metadata.src_node_id] = (
                     1000.0 * result.busy_seconds / samples
                 )
+            durations[reply.metadata.src_node_id] = helper_step_durations(result.timeline)
         planned, self.sync_plan = self.sync_plan, None
         counts = self.schedules.get(server_round)
         if planned is None or counts is None:
             return
         plan, helpers, order, seconds = planned
+        measured_helper_ms = self._fit_helper_steps(
+            server_round, counts, plan, helpers, order, durations
+        )
         spans = []
         for reply in client_replies:
             if reply.has_error() or METRICS not in reply.content.metric_records:
@@ -509,6 +606,18 @@ class PlannedSplitStrategy(SplitStrategy):
             "predicted_ms": plan.round_ms,
             "measured_ms": measured_step * steps if measured_step is not None else None,
             "planning_s": seconds,
+            "round_robin_predicted_ms": plan.baseline_ms,
+            "predicted_helper_ms": {
+                str(h): float(plan.helper_ms[j]) for j, h in enumerate(helpers)
+            },
+            "measured_helper_ms": measured_helper_ms,
+            "helper_step_fit": {
+                str(h): {"step_ms": f.step_ms, "participant_ms": f.participant_ms,
+                         "sample_ms": f.sample_ms, "wait_scale": f.wait_scale,
+                         "steps": f.steps}
+                for h, f in self.helper_step_fit.items()
+            },
+            "measured_steps": self._measured_steps,
             "clients_per_helper": dict(Counter(str(h) for h in helper_of.values())),
             "helper_of": {str(c): h for c, h in helper_of.items()},
             "failures": [failure.to_dict() for failure in failures],

@@ -1,31 +1,45 @@
 """Which helper batches which clients in synchronous steps (global sampling with a planner).
 
 In a synchronous step (:mod:`flsplit.runtime.sync_helper`) every helper runs one body on
-the concatenated activations of its participating clients, and the step ends with the
-slowest helper. With ``counts[s, k]`` samples of client ``k`` in step ``s``, helper ``h``
-takes
+the concatenated activations of its participating clients. With ``counts[s, k]`` samples
+of client ``k`` in step ``s``, helper ``h`` takes
 
-``max_k (fixed_ms[k, h] + n * (client_ms[k] + transfer_ms[k, h])) + body_ms[h] * sum_k n``
+``wait_scale[h] * max_k (fixed_ms[k, h] + n * (client_ms[k] + transfer_ms[k, h]))
++ step_ms[h] + participant_ms[h] * m + body_ms[h] * sum_k n``
 
-over its clients ``k`` with ``n = counts[s, k] > 0``: the clients compute their heads and
-tails and move their activations and gradients over their own links in parallel (a
-per-message latency plus a per-sample time), so the helper waits for the slowest of
-them, and the body computes on the sum of their samples. The round takes the sum over
-steps of the slowest helper's time.
+over its ``m`` clients ``k`` with ``n = counts[s, k] > 0`` (nothing when ``m = 0``): the
+clients compute their heads and tails and move their activations and gradients over
+their own links in parallel (a per-message latency plus a per-sample time), so the
+helper waits for the slowest of them (``wait_scale``, 1 unless measured otherwise,
+corrects that prediction by what the helper's steps showed); the helper pays a fixed
+cost per step (its barrier and reduction bookkeeping), a fixed cost per participant
+(handling its forward, backward and sync requests) and the body on the sum of the
+samples. A helper's steps only wait for its own clients, so the helpers run their steps
+independently and the round lasts as long as the helper with the largest sum of step
+times.
 
 :func:`assign_helpers` balances that: a greedy start (the clients with the most samples
 per step first, each to the helper that keeps the predicted round shortest and still
 has memory for it), then local search (moving one client or swapping two) as long as the
-predicted round gets shorter. Pure numpy.
+predicted round gets shorter, from the greedy start and from a baseline assignment
+(round-robin); it never returns an assignment predicted slower than the baseline.
+Pure numpy.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["StepCosts", "SyncAssignment", "assign_helpers", "helper_step_times"]
+__all__ = [
+    "StepCosts",
+    "SyncAssignment",
+    "assign_helpers",
+    "helper_step_times",
+    "predicted_round_ms",
+]
 
 
 @dataclass(frozen=True)
@@ -49,6 +63,13 @@ class StepCosts:
         ``(clients,)`` memory a client takes on its helper.
     capacity_mib : numpy.ndarray
         ``(helpers,)`` memory a helper has for its clients (``inf``: no limit).
+    step_ms : numpy.ndarray, optional
+        ``(helpers,)`` a helper's fixed time per step it takes part in (default 0).
+    participant_ms : numpy.ndarray, optional
+        ``(helpers,)`` a helper's time per participating client and step (default 0).
+    wait_scale : numpy.ndarray, optional
+        ``(helpers,)`` factor on the predicted wait for a step's slowest client
+        (default 1).
     """
 
     client_ms: np.ndarray
@@ -57,9 +78,15 @@ class StepCosts:
     fixed_ms: np.ndarray
     memory_mib: np.ndarray
     capacity_mib: np.ndarray
+    step_ms: np.ndarray | None = None
+    participant_ms: np.ndarray | None = None
+    wait_scale: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         k, h = np.asarray(self.client_ms).size, np.asarray(self.body_ms).size
+        for name, default in (("step_ms", 0.0), ("participant_ms", 0.0), ("wait_scale", 1.0)):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, np.full(h, default))
         shapes = {
             "client_ms": (k,),
             "body_ms": (h,),
@@ -67,6 +94,9 @@ class StepCosts:
             "fixed_ms": (k, h),
             "memory_mib": (k,),
             "capacity_mib": (h,),
+            "step_ms": (h,),
+            "participant_ms": (h,),
+            "wait_scale": (h,),
         }
         for name, shape in shapes.items():
             value = np.asarray(getattr(self, name), dtype=np.float64)
@@ -88,6 +118,14 @@ class StepCosts:
         """Number of helpers."""
         return int(self.body_ms.size)
 
+    def of_clients(self, mask: np.ndarray) -> StepCosts:
+        """The costs of the clients selected by ``mask`` (all helpers)."""
+        return StepCosts(
+            self.client_ms[mask], self.body_ms, self.transfer_ms[mask], self.fixed_ms[mask],
+            self.memory_mib[mask], self.capacity_mib, self.step_ms, self.participant_ms,
+            self.wait_scale,
+        )
+
 
 @dataclass
 class SyncAssignment:
@@ -97,20 +135,24 @@ class SyncAssignment:
     ----------
     helper : numpy.ndarray
         ``(clients,)`` index of each client's helper.
-    step_ms : numpy.ndarray
-        ``(steps,)`` predicted time of each step (its slowest helper).
+    helper_ms : numpy.ndarray
+        ``(helpers,)`` predicted time of each helper's steps; the round lasts the largest.
     greedy_ms : float
         Predicted round time of the greedy start, before local search.
+    baseline_ms : float or None
+        Predicted round time of the baseline assignment (``None``: none given, or it
+        does not fit the helpers' memory).
     """
 
     helper: np.ndarray
-    step_ms: np.ndarray
+    helper_ms: np.ndarray
     greedy_ms: float
+    baseline_ms: float | None = None
 
     @property
     def round_ms(self) -> float:
-        """Predicted time of the round's steps."""
-        return float(self.step_ms.sum())
+        """Predicted time of the round's steps (its slowest helper's)."""
+        return float(self.helper_ms.max()) if self.helper_ms.size else 0.0
 
 
 def helper_step_times(counts: np.ndarray, helper: np.ndarray, costs: StepCosts) -> np.ndarray:
@@ -127,7 +169,8 @@ def helper_step_times(counts: np.ndarray, helper: np.ndarray, costs: StepCosts) 
     Returns
     -------
     numpy.ndarray
-        ``(steps, helpers)`` milliseconds; a step lasts its row's maximum.
+        ``(steps, helpers)`` milliseconds (0 where a helper has no participant); the
+        round lasts the largest column sum.
     """
     counts = np.asarray(counts, dtype=np.float64)
     helper = np.asarray(helper, dtype=np.int64)
@@ -143,23 +186,58 @@ def helper_step_times(counts: np.ndarray, helper: np.ndarray, costs: StepCosts) 
     fixed = costs.fixed_ms[clients, helper]
     body = costs.body_ms[helper]
     active = counts > 0
-    # the clients' own parts and links run in parallel; the helper's body on the sum
+    # the clients' own parts and links run in parallel; the helper's body on the sum,
+    # and its own handling per participant and per step one after the other
     parallel = counts * (costs.client_ms + transfer)[None, :] + active * fixed[None, :]
-    serial = counts * body[None, :]
+    serial = counts * body[None, :] + active * costs.participant_ms[helper][None, :]
     times = np.zeros((counts.shape[0], costs.num_helpers))
     for h in range(costs.num_helpers):
         mine = helper == h
         if mine.any():
-            times[:, h] = parallel[:, mine].max(axis=1) + serial[:, mine].sum(axis=1)
+            busy = active[:, mine].any(axis=1)
+            times[:, h] = busy * (
+                costs.wait_scale[h] * parallel[:, mine].max(axis=1)
+                + serial[:, mine].sum(axis=1)
+                + costs.step_ms[h]
+            )
     return times
 
 
-def _round_ms(counts: np.ndarray, helper: np.ndarray, costs: StepCosts) -> float:
-    return float(helper_step_times(counts, helper, costs).max(axis=1).sum())
+def predicted_round_ms(counts: np.ndarray, helper: np.ndarray, costs: StepCosts) -> float:
+    """Predicted round time of an assignment: the largest sum of a helper's step times.
+
+    Parameters
+    ----------
+    counts : numpy.ndarray
+        ``(steps, clients)`` samples per step and client.
+    helper : numpy.ndarray
+        ``(clients,)`` each client's helper index.
+    costs : StepCosts
+
+    Returns
+    -------
+    float
+        Milliseconds.
+    """
+    return float(helper_step_times(counts, helper, costs).sum(axis=0).max(initial=0.0))
+
+
+_round_ms = predicted_round_ms
+
+
+def _score(counts: np.ndarray, helper: np.ndarray, costs: StepCosts) -> float:
+    """The search's objective: the round time, ties broken by the helpers' total time
+    (so that moves off a helper that is not the slowest still count)."""
+    per_helper = helper_step_times(counts, helper, costs).sum(axis=0)
+    return float(per_helper.max(initial=0.0) + 1e-6 * per_helper.sum())
 
 
 def assign_helpers(
-    counts: np.ndarray, costs: StepCosts, *, max_passes: int = 20
+    counts: np.ndarray,
+    costs: StepCosts,
+    *,
+    baseline: np.ndarray | None = None,
+    max_passes: int = 20,
 ) -> SyncAssignment:
     """Assign every client to one helper so that the round's steps are shortest.
 
@@ -169,6 +247,9 @@ def assign_helpers(
         ``(steps, clients)`` the round's schedule.
     costs : StepCosts
         Clients' and helpers' costs.
+    baseline : numpy.ndarray, optional
+        ``(clients,)`` an assignment to beat (the round-robin one). Local search also
+        starts from it, and the result is never predicted slower than it.
     max_passes : int
         Passes of local search (each tries every move and swap once).
 
@@ -198,11 +279,7 @@ def assign_helpers(
             trial[c] = x
             mask = placed.copy()
             mask[c] = True
-            sub = StepCosts(
-                costs.client_ms[mask], costs.body_ms, costs.transfer_ms[mask],
-                costs.fixed_ms[mask], costs.memory_mib[mask], costs.capacity_mib,
-            )
-            ms = _round_ms(counts[:, mask], trial[mask], sub)
+            ms = _score(counts[:, mask], trial[mask], costs.of_clients(mask))
             if ms < best_ms - 1e-9:
                 best, best_ms = x, ms
         if best < 0:
@@ -213,12 +290,43 @@ def assign_helpers(
         helper[c] = best
         used[best] += costs.memory_mib[c]
     greedy_ms = _round_ms(counts, helper, costs)
-    current = greedy_ms
 
     def fits(trial: np.ndarray) -> bool:
         load = np.bincount(trial, weights=costs.memory_mib, minlength=h)
         return bool(np.all(load <= costs.capacity_mib + 1e-9))
 
+    starts = [helper]
+    baseline_ms = None
+    if baseline is not None:
+        baseline = np.asarray(baseline, dtype=np.int64)
+        if baseline.shape != (k,) or np.any(baseline < 0) or np.any(baseline >= h):
+            raise ValueError(f"baseline must be {k} helper indices in [0, {h}), got {baseline}")
+        if fits(baseline):
+            baseline_ms = _round_ms(counts, baseline, costs)
+            starts.append(baseline.copy())
+    best_helper, best_score = helper, np.inf
+    for start in starts:
+        found, score = _local_search(counts, costs, start, fits, max_passes)
+        if score < best_score - 1e-9:
+            best_helper, best_score = found, score
+    if baseline_ms is not None and _round_ms(counts, best_helper, costs) > baseline_ms:
+        best_helper = baseline  # the tie-break traded a hair of round time for total time
+    helper_ms = helper_step_times(counts, best_helper, costs).sum(axis=0)
+    return SyncAssignment(
+        helper=best_helper, helper_ms=helper_ms, greedy_ms=greedy_ms, baseline_ms=baseline_ms
+    )
+
+
+def _local_search(
+    counts: np.ndarray,
+    costs: StepCosts,
+    helper: np.ndarray,
+    fits: Callable[[np.ndarray], bool],
+    max_passes: int,
+) -> tuple[np.ndarray, float]:
+    """Move one client or swap two while the predicted round gets shorter."""
+    k, h = costs.num_clients, costs.num_helpers
+    current = _score(counts, helper, costs)
     for _ in range(max_passes):
         improved = False
         for c in range(k):  # move one client
@@ -228,7 +336,7 @@ def assign_helpers(
                 trial = helper.copy()
                 trial[c] = x
                 if fits(trial):
-                    ms = _round_ms(counts, trial, costs)
+                    ms = _score(counts, trial, costs)
                     if ms < current - 1e-9:
                         helper, current, improved = trial, ms, True
         for a in range(k):  # swap two clients of different helpers
@@ -238,10 +346,9 @@ def assign_helpers(
                 trial = helper.copy()
                 trial[a], trial[b] = helper[b], helper[a]
                 if fits(trial):
-                    ms = _round_ms(counts, trial, costs)
+                    ms = _score(counts, trial, costs)
                     if ms < current - 1e-9:
                         helper, current, improved = trial, ms, True
         if not improved:
             break
-    step_ms = helper_step_times(counts, helper, costs).max(axis=1)
-    return SyncAssignment(helper=helper, step_ms=step_ms, greedy_ms=greedy_ms)
+    return helper, current

@@ -41,6 +41,7 @@ from flsplit.protocol import (
     HelperResult,
     HelperRound,
     NodeReport,
+    TaskSpan,
     reply_content,
 )
 
@@ -59,6 +60,7 @@ class FakeNode:
     compute_factor: float = 1.0  # as it reports at discovery
     sample_ms: float = 0.0  # a client's own time per sample it reports (0: 1 ms stages)
     body_sample_ms: float = 0.0  # a helper's body time per sample in synchronous steps
+    participant_ms: float = 0.0  # a helper's time per client in a step (its step timeline)
 
     @property
     def is_helper(self) -> bool:
@@ -206,7 +208,15 @@ class FakeGrid(Grid):
             bodies[served.client] = ArrayRecord(_filled({k: state[k] for k in keys}, fill))
         served_samples = 1000 * len(round_.clients)  # synchronous steps: a nominal count
         busy = self.nodes[helper].body_sample_ms * served_samples / 1000.0
+        timeline = []
+        if node_ms := self.nodes[helper].participant_ms:  # steps one after the other
+            end = 0.0
+            for step, row in enumerate(round_.schedule if round_.schedule is not None else []):
+                if (row > 0).any():
+                    end += node_ms * int((row > 0).sum()) / 1000.0
+                    timeline.append(TaskSpan(f"step{step}", "bwd", end, end))
         result = HelperResult(
+            timeline=timeline,
             busy_seconds=busy,
             step_examples=[served_samples] if busy else None,
             finished=list(bodies),

@@ -133,3 +133,55 @@ def test_a_planner_no_longer_refuses_global_sampling_but_cut_candidates_do():
         check_modes({"sampler": "uniform", "planner": "auto", "cut-candidates": "conv1,fc2"})
     with pytest.raises(ValueError, match="sampler-speeds"):
         sync_settings({"sampler-speeds": "guessed"})
+
+
+def test_the_next_round_is_planned_from_the_helpers_measured_step_costs():
+    strategy, grid, arrays = _strategy()
+    # the reported factors favour FAST, but each client costs it 60 ms per step
+    grid.nodes[FAST].participant_ms = 60.0
+    grid.nodes[SLOW].participant_ms = 2.0
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord({}), grid))
+    first = _served(messages)
+    strategy.aggregate_train(1, grid.send_and_receive(messages))
+    fits = strategy.helper_step_fit
+    assert fits[FAST].participant_ms > 10 * fits[SLOW].participant_ms
+    entry = strategy.history[-1]
+    assert entry["predicted_ms"] <= entry["round_robin_predicted_ms"] + 1e-9
+    assert set(entry["measured_helper_ms"]) == {str(FAST), str(SLOW)}
+    second = _served(strategy.configure_train(2, arrays, ConfigRecord({}), grid))
+    assert len(first[SLOW]) < len(first[FAST])
+    assert len(second[SLOW]) > len(second.get(FAST, []))
+
+
+def test_a_baseline_planner_deals_round_robin_with_the_planned_runs_links_and_logs():
+    model = SmallCNN()
+    strategy = PlannedSplitStrategy.for_model(
+        model, torch.zeros(2, 1, 8, 8), cuts="conv2,fc2", strategy=RecordingFedAvg(),
+        planner="balanced-fcfs", time_limit=0.2, batch_size=8,
+        run_config={"sampler": "uniform", "global-batch-size": 32, "batch-size": 8,
+                    "sync-steps": 6},
+    )
+    nodes = {FAST: FakeNode(ROLE_HELPER), SLOW: FakeNode(ROLE_HELPER, compute_factor=4.0)}
+    nodes.update({c: FakeNode(ROLE_CLIENT, examples=40, fill=1.0) for c in CLIENTS})
+    grid = FakeGrid(nodes, strategy.piece_keys)
+    messages = list(strategy.configure_train(1, ArrayRecord(model.state_dict()),
+                                             ConfigRecord({}), grid))
+    served = _served(messages)
+    assert served == {FAST: list(CLIENTS[0::2]), SLOW: list(CLIENTS[1::2])}  # dealt in turn
+    strategy.aggregate_train(1, grid.send_and_receive(messages))
+    entry = strategy.history[-1]
+    assert entry["predicted_ms"] == pytest.approx(entry["round_robin_predicted_ms"])
+
+
+def test_equal_helpers_are_dealt_round_robin_until_their_steps_are_measured():
+    strategy, grid, arrays = _strategy()
+    grid.nodes[SLOW].compute_factor = 1.0  # two equal helpers
+    strategy.planner.helpers.clear()
+    strategy.discover(grid)
+    grid.nodes[FAST].participant_ms = 60.0
+    grid.nodes[SLOW].participant_ms = 2.0
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord({}), grid))
+    assert _served(messages) == {FAST: list(CLIENTS[0::2]), SLOW: list(CLIENTS[1::2])}
+    strategy.aggregate_train(1, grid.send_and_receive(messages))
+    second = _served(strategy.configure_train(2, arrays, ConfigRecord({}), grid))
+    assert len(second[SLOW]) > len(second.get(FAST, []))  # planned from the measurements
