@@ -534,6 +534,11 @@ class SplitStrategy(Strategy, metaclass=_Built):
         """Task priority order sent to ``helper``; empty means first come first served."""
         return []
 
+    def client_micro_batches(self, server_round: int, clients: Sequence[int]) -> dict[int, int]:
+        """Micro-batches per batch of each client's chain this round; a client left out
+        uses the run config's ``micro-batches`` (everybody, by default)."""
+        return {}
+
     def client_link(self, client: int, helper: int) -> tuple[float, float] | None:
         """The emulated link ``(rate Mbit/s, latency ms)`` of a client to its helper, or
         ``None`` (none by default)."""
@@ -584,6 +589,7 @@ class SplitStrategy(Strategy, metaclass=_Built):
             started=time.perf_counter(),
             cuts_of=cuts_of,
             chain_of=chain_of,
+            micro_of=self.client_micro_batches(server_round, sorted(chain_of)),
         )
         schedule = self._sync_schedule(server_round, sorted(chain_of))
         to_helpers = helper_messages(
@@ -599,6 +605,7 @@ class SplitStrategy(Strategy, metaclass=_Built):
             round_timeout=self.round_timeout,
             schedule=schedule,
             base=self.base,
+            micro_batches=assignment.micro_of,
         )
         to_clients = [
             self._client_message(m, arrays, server_round, assignment, schedule) for m in inner
@@ -649,6 +656,7 @@ class SplitStrategy(Strategy, metaclass=_Built):
             token=assignment.tokens[client],
             link=self.client_link(client, helper),
             schedule=schedule,
+            micro_batches=assignment.micro_of.get(client, 0),
         )
 
     def _sync_schedule(self, server_round: int, clients: Sequence[int]) -> SyncSchedule | None:
