@@ -388,9 +388,9 @@ class HelperRound:
         clients = [str(c) for c in _get(config, "clients", where)]
         columns = [
             list(_get(config, key, where))
-            for key in ("client-cuts", "client-piece", "client-next", "client-next-token")
+            for key in ("client-cuts", "client-piece", "client-next", "client-next-token",
+                        "client-micro-batches")
         ]
-        columns.append(list(config.get("client-micro-batches", [0] * len(clients))))
         if any(len(column) != len(clients) for column in columns):
             raise ProtocolError(f"{where}: per-client lists of unequal length")
         served = [

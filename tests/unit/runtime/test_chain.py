@@ -310,11 +310,13 @@ def test_planned_routes_with_per_client_cuts_and_micro_batches_equal_unsplit_tra
             in_flight=max(s.micro_batches for s in served) + 1,
         ).start()
     data = {c: _data(seed=40 + int(c)) for c in plans}
+    # traced here, not in the threads (tracing is not thread-safe)
+    splits = {c: split_model(model, cuts.split(","), example) for c, (_, cuts, _) in plans.items()}
     results, errors = {}, []
 
     def run(client):
-        route, cuts, micro = plans[client]
-        split = split_model(model, cuts.split(","), example)
+        route, _, micro = plans[client]
+        split = splits[client]
         head, tail = copy.deepcopy(split.head), copy.deepcopy(split.tail)
         optimizer = _optimizer(itertools.chain(head.parameters(), tail.parameters()))
         try:
