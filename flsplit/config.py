@@ -80,6 +80,9 @@ DEFAULT_RUN_CONFIG: dict[str, Any] = {
     "client-devices": "rpi4",
     "helper-devices": "vm",
     "emulation-host": "vm",
+    # emulated nodes report their preset's memory times this (a small model standing in
+    # for a large one: its bodies take the share of a helper the large model's would)
+    "emulation-memory-scale": 1.0,
     "link-mbps": "1-4:30,5-10:42,16-20:28",  # one rate or a mix: every pair draws its own
     "link-latency-ms": 0.0,
     "slowdown": "",  # "ROLE:INDEX:FACTOR:ROUND;..."
@@ -105,10 +108,10 @@ RESUMABLE_KEYS: frozenset[str] = frozenset({
     # client's update is the same on any helper, so the planner, its time limit and its
     # cut optimizer place work without changing it (cuts and cut-candidates stay
     # fingerprinted: with a shared body they change what is computed)
-    "planner", "planner-time-limit", "cut-method",
+    "planner", "planner-time-limit", "cut-method", "helper-links",
     # emulated heterogeneity in simulation: it slows nodes and links down, nothing else
     "emulate", "client-devices", "helper-devices", "emulation-host", "link-mbps",
-    "link-latency-ms", "slowdown",
+    "link-latency-ms", "slowdown", "emulation-memory-scale",
 })
 
 MODES = ("split", "fedavg")
@@ -495,6 +498,7 @@ class RunConfig:
     client_devices: str
     helper_devices: str
     emulation_host: str
+    emulation_memory_scale: float
     slowdown: str
     link_mbps: str
     link_latency_ms: float
@@ -531,7 +535,8 @@ class RunConfig:
                     "torch-threads", "seed"):
             if _integer(values, key) < 0:
                 raise _bad(key, values[key], "must not be negative", DEFAULT_RUN_CONFIG[key])
-        for key in ("round-timeout", "call-deadline", "planner-time-limit"):
+        for key in ("round-timeout", "call-deadline", "planner-time-limit",
+                    "emulation-memory-scale"):
             if _number(values, key) <= 0:
                 raise _bad(key, values[key], "must be positive", DEFAULT_RUN_CONFIG[key])
         for key in ("client-idle-timeout", "link-latency-ms", "lr", "momentum", "proximal-mu"):
@@ -572,6 +577,7 @@ class RunConfig:
             client_devices=str(values["client-devices"]),
             helper_devices=str(values["helper-devices"]),
             emulation_host=str(values["emulation-host"]),
+            emulation_memory_scale=_number(values, "emulation-memory-scale"),
             slowdown=str(values["slowdown"]),
             link_mbps=str(values["link-mbps"]),
             link_latency_ms=_number(values, "link-latency-ms"),
