@@ -164,7 +164,8 @@ class PlannedSplitStrategy(SplitStrategy):
     def state(self) -> dict[str, Any]:
         """Round times, node profiles and the plan history (without task timelines)."""
         history = [
-            {k: v for k, v in entry.items() if k not in ("predicted_tasks", "measured_tasks")}
+            {k: v for k, v in entry.items()
+             if k not in ("predicted_tasks", "measured_tasks", "predicted_stages")}
             for entry in self.history
         ]
         return {**super().state(), "profiles": self.planner.state_dict(), "history": history}

@@ -16,6 +16,7 @@ from flsplit.plan.multihop.chain_evaluation import evaluate_chain
 from flsplit.plan.multihop.chain_planner import judge_routes
 from flsplit.plan.multihop.chain_problem import ChainRoute
 from flsplit.protocol import (
+    ARRAYS,
     BACKWARD,
     CLIENT_TRAIN,
     CONFIG,
@@ -208,4 +209,12 @@ def test_the_strategy_sends_every_client_its_planned_route_cuts_and_micro_batche
         # the helper gets the weights of exactly the pieces it runs
         expected = sorted({k for s in round_.clients
                            for k in strategy.piece_keys(s.cuts)[s.piece - 1]})
-        assert sorted(message.content["arrays"].keys()) == expected
+        assert sorted(message.content[ARRAYS].keys()) == expected
+    # the replies: every client's update assembled from its pieces, the round saved
+    arrays, _ = strategy.aggregate_train(1, grid.send_and_receive(messages))
+    assert arrays is not None
+    assert strategy.round_records[1]["completed"] == [21, 22]
+    entry = strategy.history[-1]
+    assert entry["chains"]["routes"] == {str(c): r for c, r in plan.routes.items()}
+    assert entry["predicted_ms"] == plan.predicted_ms and entry["measured_ms"] is not None
+    assert "predicted_stages" not in strategy.state()["history"][-1]
