@@ -93,6 +93,7 @@ class ChainPlannedSplitStrategy(PlannedSplitStrategy):
             return
         failures = self._plan_out_failed_helpers(server_round)
         spans: dict[int, tuple[float, float]] = {}
+        results: dict[int, ClientResult] = {}
         for reply in client_replies:
             if reply.has_error() or METRICS not in reply.content.metric_records:
                 continue
@@ -101,11 +102,23 @@ class ChainPlannedSplitStrategy(PlannedSplitStrategy):
             if result is None or node not in plan.routes:
                 continue
             spans[node] = (float(result.started), float(result.ended))
-            if plan.micro_batches.get(node, 1) == 1 and node in self.warm:
+            results[node] = result
+        # A node's first round includes starting its process: its times are learned
+        # provisionally (the next round's replace them) and its start offset not at all.
+        warming = ({*spans, *(r.metadata.src_node_id for r in helper_replies)}
+                   - self.warm)
+        self.warm |= warming
+        first = min((a for a, _ in spans.values()), default=0.0)
+        for node, result in results.items():
+            compute = None
+            if plan.micro_batches.get(node, 1) == 1:
                 # whole batches: the stages are the client's compute plus its transfers
                 compute = (result.stage1_ms + result.stage3_ms + result.stage5_ms
                            - self._transfer_ms(node, plan))
-                self.planner.observe_client(node, plan, compute)
+            offset = None if node in warming else 1000.0 * (spans[node][0] - first)
+            self.planner.observe_client(node, plan, compute, offset)
+            if node in warming:
+                self.planner.mark_provisional(node)
         timeline = []
         for reply in helper_replies:
             if reply.has_error():
@@ -117,9 +130,9 @@ class ChainPlannedSplitStrategy(PlannedSplitStrategy):
                 busy[int(span.client)] += 1000.0 * (span.end - span.start)
                 timeline.append({"helper": node, "client": int(span.client),
                                  "kind": span.kind, "start": span.start, "end": span.end})
-            if node in self.warm:  # a warm-up round's times include starting up
-                self.planner.observe_helper(node, plan, busy)
-        self.warm |= set(spans) | {r.metadata.src_node_id for r in helper_replies}
+            self.planner.observe_helper(node, plan, busy)
+            if node in warming:
+                self.planner.mark_provisional(node)
         origin = min((a for a, _ in spans.values()), default=None)
         measured = (max(b for _, b in spans.values()) - origin) * 1000.0 if spans else None
         if measured is None:

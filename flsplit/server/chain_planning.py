@@ -60,6 +60,7 @@ class NodeSpeed:
     factor: float = 1.0
     memory_mib: float = UNLIMITED_MIB
     measured: bool = False
+    start_offset_ms: float = 0.0  # a client: how long after the round's first it starts
 
 
 @dataclass
@@ -83,8 +84,8 @@ class ChainRoundPlan:
     finish_ms : dict
         Client node -> its finish in the judged one-batch schedule (ms).
     predicted_ms : float
-        The round's predicted makespan: the slowest client's batches times its
-        one-batch finish.
+        The round's predicted makespan: the latest of each client's start offset plus
+        its batches times its one-batch finish.
     planning_seconds : float
     left_out : list of int
         Sampled clients not planned (nothing fits them); ``left_out_reason`` says why.
@@ -307,7 +308,8 @@ class ChainRoundPlanner:
             del end
         finish_ms = dict(zip(planned, (float(f) for f in finish), strict=True))
         counts = {c: max(int(batches.get(c, 1)), 1) for c in planned}
-        predicted = max(counts[c] * finish_ms[c] for c in planned)
+        predicted = max(self.clients[c].start_offset_ms + counts[c] * finish_ms[c]
+                        for c in planned)
         return ChainRoundPlan(
             problem=problem, plan=plan, routes=routes, cuts=cuts, micro_batches=micro,
             batches=counts, finish_ms=finish_ms, predicted_ms=predicted,
@@ -355,11 +357,20 @@ class ChainRoundPlanner:
                 self.smoothing * factor + (1 - self.smoothing) * speed.factor)
             speed.measured = True
 
-    def observe_client(self, node: int, round_plan: ChainRoundPlan, stage_ms: float) -> None:
+    def observe_client(self, node: int, round_plan: ChainRoundPlan, stage_ms: float | None,
+                       start_offset_ms: float | None = None) -> None:
         """Learn a client's speed from its measured compute per batch (ms: its stages'
-        times less the link transfers the plan predicts)."""
+        times less the link transfers the plan predicts; ``None``: not measured) and how
+        long after the round's first client it started."""
         speed = self.clients.get(node)
         if speed is None or node not in round_plan.positions:
+            return
+        if start_offset_ms is not None:
+            speed.start_offset_ms = start_offset_ms if not speed.measured else (
+                self.smoothing * start_offset_ms
+                + (1 - self.smoothing) * speed.start_offset_ms)
+        if stage_ms is None:
+            speed.measured = True
             return
         q = round_plan.positions[node]
         per_sample = self.costs.sample_ms()
