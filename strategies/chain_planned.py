@@ -116,7 +116,8 @@ class ChainPlannedSplitStrategy(PlannedSplitStrategy):
                 compute = (result.stage1_ms + result.stage3_ms + result.stage5_ms
                            - self._transfer_ms(node, plan))
             offset = None if node in warming else 1000.0 * (spans[node][0] - first)
-            self.planner.observe_client(node, plan, compute, offset)
+            span = 1000.0 * (spans[node][1] - spans[node][0])
+            self.planner.observe_client(node, plan, compute, offset, span)
             if node in warming:
                 self.planner.mark_provisional(node)
         timeline = []

@@ -61,6 +61,9 @@ class NodeSpeed:
     memory_mib: float = UNLIMITED_MIB
     measured: bool = False
     start_offset_ms: float = 0.0  # a client: how long after the round's first it starts
+    #: a client: time per micro-batch its rounds took beyond the plan (data-plane calls,
+    #: thread hand-offs, waits the model does not see), learned from its measured spans
+    overhead_ms: float = 0.0
 
 
 @dataclass
@@ -249,11 +252,13 @@ class ChainRoundPlanner:
                 rate[0, j] = rate[j, 0] = r if r > 0 else FREE_LINK_MBPS
                 latency[0, j] = latency[j, 0] = lat
             speeds = [self.clients[client], *(self.helpers[h] for h in helpers)]
+            overhead = np.full(n, MICRO_BATCH_OVERHEAD_MS)
+            overhead[0] += self.clients[client].overhead_ms
             problems.append(MultihopProblem(
                 node_ids=[f"c{client}", *(f"h{h}" for h in helpers)],
                 sample_ms=np.array([per_sample * s.factor for s in speeds]),
                 runnable=np.ones((n, layers), dtype=bool),
-                overhead_ms=np.full(n, MICRO_BATCH_OVERHEAD_MS),
+                overhead_ms=overhead,
                 memory_mib=np.array([s.memory_mib for s in speeds]),
                 layer_memory_mib=memory,
                 activation_kib=activation,
@@ -358,17 +363,27 @@ class ChainRoundPlanner:
             speed.measured = True
 
     def observe_client(self, node: int, round_plan: ChainRoundPlan, stage_ms: float | None,
-                       start_offset_ms: float | None = None) -> None:
+                       start_offset_ms: float | None = None,
+                       span_ms: float | None = None) -> None:
         """Learn a client's speed from its measured compute per batch (ms: its stages'
-        times less the link transfers the plan predicts; ``None``: not measured) and how
-        long after the round's first client it started."""
+        times less the link transfers the plan predicts; ``None``: not measured), how
+        long after the round's first client it started, and from its round's span
+        (first batch to last) its time per micro-batch beyond the plan."""
         speed = self.clients.get(node)
         if speed is None or node not in round_plan.positions:
             return
+
+        def blend(old: float, new: float) -> float:
+            return new if not speed.measured else (
+                self.smoothing * new + (1 - self.smoothing) * old)
+
         if start_offset_ms is not None:
-            speed.start_offset_ms = start_offset_ms if not speed.measured else (
-                self.smoothing * start_offset_ms
-                + (1 - self.smoothing) * speed.start_offset_ms)
+            speed.start_offset_ms = blend(speed.start_offset_ms, start_offset_ms)
+        if span_ms is not None and node in round_plan.finish_ms:
+            batches = round_plan.batches.get(node, 1)
+            micro = round_plan.micro_batches.get(node, 1)
+            extra = (span_ms / batches - round_plan.finish_ms[node]) / micro
+            speed.overhead_ms = blend(speed.overhead_ms, max(speed.overhead_ms + extra, 0.0))
         if stage_ms is None:
             speed.measured = True
             return

@@ -54,12 +54,13 @@ def test_no_helper_holds_the_small_bodies_of_all_the_clients_it_would_serve():
     profile = profile_model(model, batch, cuts=candidate_cuts(model, batch), repeats=1,
                             warmup=0)
     names = [layer["name"] for layer in profile["layers"]]
-    c1, c2 = (names.index(c) for c in parse_cuts(config.cuts))
+    cuts = split_model(model, parse_cuts(config.cuts or None), batch).cuts  # default U
+    c1, c2 = (names.index(c) for c in cuts)
     body_mib = sum(layer["memory_kib"] for layer in profile["layers"][c1:c2]) / 1024
-    split_model(model, parse_cuts(config.cuts), batch)  # the cuts are valid
     for device in config.helper_devices.split(","):
         memory = preset(device).memory_mib * config.emulation_memory_scale
-        assert body_mib <= memory < _served(config) * body_mib
+        # at least two bodies, as a Jetson holds two VGG-19 bodies, but not all three
+        assert 2 * body_mib <= memory < _served(config) * body_mib
 
 
 @pytest.mark.skipif(not SHARED_PROFILES.is_dir(), reason="needs ../shared/profiles")
