@@ -147,6 +147,9 @@ class SplitStrategy(Strategy, metaclass=_Built):
         (:mod:`flsplit.client.base_cache`), are never aggregated and the wrapped strategy
         sees only the other tensors; the global model (checkpoints, ``evaluate_fn``) keeps
         them.
+    link : callable, optional
+        ``link(client, helper) -> (Mbit/s, latency ms)`` of emulated links, sent to each
+        client so it emulates its link to its (first) helper; ``None`` emulates none.
 
     Raises
     ------
@@ -198,8 +201,10 @@ class SplitStrategy(Strategy, metaclass=_Built):
         on_round_end: Callable[[int, ArrayRecord, SplitStrategy], None] | None = None,
         run_config: RunConfig | Mapping[str, Any] | None = None,
         frozen_keys: Sequence[str] = (),
+        link: Callable[[int, int], tuple[float, float]] | None = None,
     ) -> None:
         self.run_config = RunConfig.of(run_config)
+        self.link = link
         self.sampling = self.run_config.sync
         #: round -> helper -> samples of each synchronous step the helper ran
         self.sync_steps: dict[int, dict[int, list[int]]] = {}
@@ -541,8 +546,11 @@ class SplitStrategy(Strategy, metaclass=_Built):
 
     def client_link(self, client: int, helper: int) -> tuple[float, float] | None:
         """The emulated link ``(rate Mbit/s, latency ms)`` of a client to its helper, or
-        ``None`` (none by default)."""
-        return None
+        ``None`` (without ``link``)."""
+        if self.link is None:
+            return None
+        rate, latency = self.link(client, helper)
+        return float(rate), float(latency)
 
     def observe(
         self,

@@ -22,6 +22,7 @@ from flsplit.runtime.emulation import LinkTable
 from flsplit.server.round_planner import FIXED_CUT_METHODS, RoundPlanner
 from flsplit.task import SplitTask
 from strategies.planned import PlannedSplitStrategy
+from strategies.split import SplitStrategy
 
 
 class _NodeLinks:
@@ -33,9 +34,9 @@ class _NodeLinks:
 
     def __init__(self, table: LinkTable | None) -> None:
         self.table = table
-        self.strategy: PlannedSplitStrategy | None = None
+        self.strategy: SplitStrategy | None = None
 
-    def bind(self, strategy: PlannedSplitStrategy) -> None:
+    def bind(self, strategy: SplitStrategy) -> None:
         """Look the nodes' indices up in ``strategy`` from now on."""
         self.strategy = strategy
 
@@ -46,6 +47,14 @@ class _NodeLinks:
             raise RuntimeError("node links are used before the strategy is bound")
         nodes = self.strategy.nodes
         return self.table(nodes[client].index, nodes[helper].index)
+
+
+def emulated_links(config: RunConfig) -> _NodeLinks | None:
+    """The emulated client-helper links of an unplanned split run (``emulate``), to
+    :meth:`~_NodeLinks.bind` to its strategy; ``None`` without emulation."""
+    if not config.emulate:
+        return None
+    return _NodeLinks(LinkTable(config.link_mbps, config.link_latency_ms, seed=config.seed))
 
 
 def planned_strategy(
