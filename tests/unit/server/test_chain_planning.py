@@ -3,6 +3,8 @@ strategy's messages (per-client routes, cuts and micro-batch counts)."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
@@ -227,3 +229,26 @@ def test_the_strategy_sends_every_client_its_planned_route_cuts_and_micro_batche
     assert entry["chains"]["routes"] == {str(c): r for c, r in plan.routes.items()}
     assert entry["predicted_ms"] == plan.predicted_ms and entry["measured_ms"] is not None
     assert "predicted_stages" not in strategy.state()["history"][-1]
+
+
+def test_round_robin_chains_emulate_the_same_links_as_planned_ones():
+    """The baseline planned chains are compared with: an unplanned split run with
+    emulation sends every client its emulated link to its first helper."""
+    from flsplit.server.app import _split_strategy
+
+    model = SmallCNN()
+    example = torch.zeros(2, 1, 8, 8)
+    config = RunConfig.parse({"emulate": True, "chain-length": 2, "cuts": "conv2,relu2,fc2",
+                              "link-mbps": "3", "link-latency-ms": 7.0})
+    task = SimpleNamespace(example_input=lambda cfg: example)
+    parts = split_model(model, parse_cuts("conv2,relu2,fc2"), example)
+    strategy = _split_strategy(task, config, parts, model, FedAvg(min_train_nodes=1,
+                                                             min_available_nodes=1), 0)
+    nodes = {h: FakeNode(ROLE_HELPER) for h in (11, 12)}
+    nodes.update({c: FakeNode(ROLE_CLIENT, examples=64) for c in (21, 22)})
+    grid = FakeGrid(nodes, strategy.piece_keys, run_id=3)
+    messages = strategy.configure_train(1, ArrayRecord(model.state_dict()), ConfigRecord({}),
+                                        grid)
+    links = [ClientRound.from_config(m.content[CONFIG]).link for m in messages
+             if m.metadata.message_type == CLIENT_TRAIN]
+    assert links == [(3.0, 7.0), (3.0, 7.0)]
