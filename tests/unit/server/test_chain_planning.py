@@ -181,7 +181,7 @@ def test_planned_chains_refuse_cut_candidates_and_fixed_inner_cuts():
         RunConfig.parse({"helper-links": "0-0"})
 
 
-def test_the_strategy_sends_every_client_its_planned_route_cuts_and_micro_batches():
+def test_the_strategy_sends_every_client_its_planned_route_cuts_and_micro_batches(tmp_path):
     model = SmallCNN()
     example = torch.zeros(2, 1, 8, 8)
     parts = split_model(model, parse_cuts("conv2,fc2"), example)
@@ -229,6 +229,11 @@ def test_the_strategy_sends_every_client_its_planned_route_cuts_and_micro_batche
     assert entry["chains"]["routes"] == {str(c): r for c, r in plan.routes.items()}
     assert entry["predicted_ms"] == plan.predicted_ms and entry["measured_ms"] is not None
     assert "predicted_stages" not in strategy.state()["history"][-1]
+    # the Gantt chart draws every hop, planned and measured
+    from flsplit.plan.multihop.chain_gantt import chain_round_gantt
+
+    png = chain_round_gantt(entry, tmp_path / "round-1.png")
+    assert png.read_bytes().startswith(b"\x89PNG")
 
 
 def test_round_robin_chains_emulate_the_same_links_as_planned_ones():
