@@ -42,7 +42,12 @@ DEFAULT_RUN_CONFIG: dict[str, Any] = {
     "call-deadline": 120.0,
     "client-idle-timeout": 120.0,  # a helper drops a client silent this long (0 = never)
     "helper-memory": "per-client",  # or "shared": one body for all of a helper's clients
-    "chain-length": 1,  # helpers per client: the body is split again over a chain of them
+    # helpers per client: the body is split again over a chain of them; with a planner
+    # the most hops a planned chain may have, or "auto" (as many as pay)
+    "chain-length": 1,
+    # with a planner and chains: which helpers reach which ("0-1,1-2": helper indices),
+    # empty = every helper reaches every other
+    "helper-links": "",
     "chain-cuts": "auto",  # inner cuts of a chain (comma-separated), or "auto": balanced
     "micro-batches": 1,  # micro-batches per batch, pipelined through the helper(s)
     "min-completed-clients": 1,  # fewer complete updates: the round is not aggregated
@@ -75,6 +80,9 @@ DEFAULT_RUN_CONFIG: dict[str, Any] = {
     "client-devices": "rpi4",
     "helper-devices": "vm",
     "emulation-host": "vm",
+    # emulated nodes report their preset's memory times this (a small model standing in
+    # for a large one: its bodies take the share of a helper the large model's would)
+    "emulation-memory-scale": 1.0,
     "link-mbps": "1-4:30,5-10:42,16-20:28",  # one rate or a mix: every pair draws its own
     "link-latency-ms": 0.0,
     "slowdown": "",  # "ROLE:INDEX:FACTOR:ROUND;..."
@@ -100,10 +108,10 @@ RESUMABLE_KEYS: frozenset[str] = frozenset({
     # client's update is the same on any helper, so the planner, its time limit and its
     # cut optimizer place work without changing it (cuts and cut-candidates stay
     # fingerprinted: with a shared body they change what is computed)
-    "planner", "planner-time-limit", "cut-method",
+    "planner", "planner-time-limit", "cut-method", "helper-links",
     # emulated heterogeneity in simulation: it slows nodes and links down, nothing else
     "emulate", "client-devices", "helper-devices", "emulation-host", "link-mbps",
-    "link-latency-ms", "slowdown",
+    "link-latency-ms", "slowdown", "emulation-memory-scale",
 })
 
 MODES = ("split", "fedavg")
@@ -123,16 +131,20 @@ class ChainSettings:
     Attributes
     ----------
     length : int
-        Helpers per client.
+        Helpers per client (round-robin chains), or the most hops of a planned chain.
     cuts : str
         ``"auto"`` or the comma-separated inner cuts.
     micro_batches : int
         Micro-batches per batch.
+    auto : bool
+        ``chain-length = "auto"``: planned chains of as many hops as pay (``length`` is
+        then :data:`MAX_CHAIN_LENGTH`).
     """
 
     length: int = 1
     cuts: str = "auto"
     micro_batches: int = 1
+    auto: bool = False
 
 
 @dataclass(frozen=True)
@@ -266,8 +278,15 @@ def chain_settings(config: Mapping[str, Any]) -> ChainSettings:
         Naming the bad value and the fix.
     """
     config = {**DEFAULT_RUN_CONFIG, **config}
-    length = _positive_int(
-        config, "chain-length", MAX_CHAIN_LENGTH, "use 1 for one helper per client"
+    auto = str(config["chain-length"]).strip().lower() == "auto"
+    if auto and str(config.get("planner", ROUND_ROBIN)) == ROUND_ROBIN:
+        raise ValueError(
+            "run config chain-length='auto' needs a planner (planned chains of as many "
+            "hops as pay): set planner='auto', or chain-length to a number of helpers"
+        )
+    length = MAX_CHAIN_LENGTH if auto else _positive_int(
+        config, "chain-length", MAX_CHAIN_LENGTH,
+        "use 1 for one helper per client, or 'auto' with a planner"
     )
     batch = int(config["batch-size"])
     micro = _positive_int(
@@ -290,7 +309,35 @@ def chain_settings(config: Mapping[str, Any]) -> ChainSettings:
             f"run config micro-batches={micro} with helper-memory='shared': the shared body "
             "takes whole batches only; set micro-batches=1 or helper-memory='per-client'"
         )
-    return ChainSettings(length=length, cuts=cuts, micro_batches=micro)
+    return ChainSettings(length=length, cuts=cuts, micro_batches=micro, auto=auto)
+
+
+def helper_links(config: Mapping[str, Any]) -> frozenset[tuple[int, int]] | None:
+    """The helper-helper links of run-config key ``helper-links`` as helper index pairs
+    (both orders), or ``None`` when every helper reaches every other.
+
+    Raises
+    ------
+    ValueError
+        Naming the bad item and the fix.
+    """
+    text = str({**DEFAULT_RUN_CONFIG, **config}["helper-links"]).strip()
+    if not text:
+        return None
+    pairs: set[tuple[int, int]] = set()
+    for item in (i.strip() for i in text.split(",") if i.strip()):
+        ends = item.split("-")
+        try:
+            a, b = (int(e) for e in ends)
+        except ValueError:
+            a = b = -1
+        if len(ends) != 2 or a < 0 or b < 0 or a == b:
+            raise ValueError(
+                f"run config helper-links item {item!r} is not two different helper "
+                "indices joined by '-'; e.g. helper-links='0-1,1-2'"
+            )
+        pairs |= {(a, b), (b, a)}
+    return frozenset(pairs)
 
 
 def sync_settings(config: Mapping[str, Any]) -> SyncSettings:
@@ -434,6 +481,7 @@ class RunConfig:
     client_idle_timeout: float
     helper_memory: str
     chain: ChainSettings
+    helper_links: frozenset[tuple[int, int]] | None
     min_completed_clients: int
     checkpoint_dir: str
     output_dir: str
@@ -450,6 +498,7 @@ class RunConfig:
     client_devices: str
     helper_devices: str
     emulation_host: str
+    emulation_memory_scale: float
     slowdown: str
     link_mbps: str
     link_latency_ms: float
@@ -486,7 +535,8 @@ class RunConfig:
                     "torch-threads", "seed"):
             if _integer(values, key) < 0:
                 raise _bad(key, values[key], "must not be negative", DEFAULT_RUN_CONFIG[key])
-        for key in ("round-timeout", "call-deadline", "planner-time-limit"):
+        for key in ("round-timeout", "call-deadline", "planner-time-limit",
+                    "emulation-memory-scale"):
             if _number(values, key) <= 0:
                 raise _bad(key, values[key], "must be positive", DEFAULT_RUN_CONFIG[key])
         for key in ("client-idle-timeout", "link-latency-ms", "lr", "momentum", "proximal-mu"):
@@ -510,6 +560,7 @@ class RunConfig:
             client_idle_timeout=_number(values, "client-idle-timeout"),
             helper_memory=_choice(values, "helper-memory", HELPER_MEMORY_MODES),
             chain=chain_settings(values),
+            helper_links=helper_links(values),
             min_completed_clients=_integer(values, "min-completed-clients"),
             checkpoint_dir=values["checkpoint-dir"],
             output_dir=values["output-dir"],
@@ -526,6 +577,7 @@ class RunConfig:
             client_devices=str(values["client-devices"]),
             helper_devices=str(values["helper-devices"]),
             emulation_host=str(values["emulation-host"]),
+            emulation_memory_scale=_number(values, "emulation-memory-scale"),
             slowdown=str(values["slowdown"]),
             link_mbps=str(values["link-mbps"]),
             link_latency_ms=_number(values, "link-latency-ms"),
@@ -542,6 +594,13 @@ class RunConfig:
     def planned(self) -> bool:
         """Whether a planner (not round-robin) plans every round."""
         return self.planner != ROUND_ROBIN
+
+    @property
+    def planned_chains(self) -> bool:
+        """Whether the planner plans every client's helper chain (a planner and
+        ``chain-length`` ``"auto"`` or above 1, local batches, split mode)."""
+        return (self.planned and self.mode == "split" and self.chain.length > 1
+                and not self.sync.sync)
 
     def as_dict(self) -> dict[str, Any]:
         """Every value, defaults included: what user code and Flower records receive."""
@@ -568,5 +627,6 @@ __all__ = [
     "SyncSettings",
     "chain_settings",
     "check_modes",
+    "helper_links",
     "sync_settings",
 ]

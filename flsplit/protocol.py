@@ -311,6 +311,9 @@ class ServedClient:
     next_address, next_token : str
         The next helper of the chain and the client's token for it; empty when this
         helper is the chain's last.
+    micro_batches : int
+        Micro-batches per batch the client sends (a planned chain's; 0: the run
+        config's ``micro-batches``).
     """
 
     client: str
@@ -318,6 +321,7 @@ class ServedClient:
     piece: int = 1
     next_address: str = ""
     next_token: str = ""
+    micro_batches: int = 0
 
 
 @dataclass
@@ -363,6 +367,7 @@ class HelperRound:
                 "client-piece": [int(c.piece) for c in self.clients],
                 "client-next": [c.next_address for c in self.clients],
                 "client-next-token": [c.next_token for c in self.clients],
+                "client-micro-batches": [int(c.micro_batches) for c in self.clients],
                 "token-key": bytes(self.token_key),
                 "order": [task.encode() for task in self.order],
                 "listen-address": self.listen_address,
@@ -383,13 +388,14 @@ class HelperRound:
         clients = [str(c) for c in _get(config, "clients", where)]
         columns = [
             list(_get(config, key, where))
-            for key in ("client-cuts", "client-piece", "client-next", "client-next-token")
+            for key in ("client-cuts", "client-piece", "client-next", "client-next-token",
+                        "client-micro-batches")
         ]
         if any(len(column) != len(clients) for column in columns):
             raise ProtocolError(f"{where}: per-client lists of unequal length")
         served = [
-            ServedClient(client, str(cuts), int(piece), str(nxt), str(token))
-            for client, cuts, piece, nxt, token in zip(clients, *columns, strict=True)
+            ServedClient(client, str(cuts), int(piece), str(nxt), str(token), int(micro))
+            for client, cuts, piece, nxt, token, micro in zip(clients, *columns, strict=True)
         ]
         return cls(
             server_round=int(_get(config, SERVER_ROUND, where)),
@@ -410,6 +416,8 @@ class HelperRound:
 # rate drawn for this client and its helper.
 _LINK_MBPS = "emulated-link-mbps"
 _LINK_LATENCY_MS = "emulated-link-latency-ms"
+# Not the run config's micro-batches: the count the planner chose for this client's chain.
+_ROUND_MICRO_BATCHES = "round-micro-batches"
 
 
 @dataclass
@@ -434,6 +442,9 @@ class ClientRound:
         Global sampling: samples it drew in earlier rounds.
     client_parts : str
         Global sampling: ``shared`` or ``local`` head and tail.
+    micro_batches : int
+        Micro-batches per batch through its chain (a planned chain's; 0: the run
+        config's ``micro-batches``).
     """
 
     cuts: str
@@ -446,6 +457,7 @@ class ClientRound:
     sample_offset: int = 0
     client_parts: str = "shared"
     base_hash: str = ""
+    micro_batches: int = 0
 
     def to_config(self, inner: Mapping[str, Any]) -> ConfigRecord:
         """The message's ``config``: the wrapped strategy's ``inner`` config and this
@@ -463,6 +475,8 @@ class ClientRound:
         )
         if self.base_hash:  # a frozen base only
             config[BASE_HASH] = self.base_hash
+        if self.micro_batches:  # a planned chain only
+            config[_ROUND_MICRO_BATCHES] = int(self.micro_batches)
         if self.link_mbps is not None:
             config[_LINK_MBPS] = float(self.link_mbps)
             config[_LINK_LATENCY_MS] = float(self.link_latency_ms or 0.0)
@@ -496,6 +510,7 @@ class ClientRound:
             sample_offset=int(_get(config, "sample-offset", where)),
             client_parts=str(_get(config, "client-parts", where)),
             base_hash=str(config.get(BASE_HASH, "")),
+            micro_batches=int(config.get(_ROUND_MICRO_BATCHES, 0)),
         )
 
 

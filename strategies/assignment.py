@@ -32,6 +32,8 @@ class RoundAssignment:
     started: float
     cuts_of: dict[int, str] = field(default_factory=dict)
     chain_of: dict[int, list[int]] = field(default_factory=dict)
+    #: client -> micro-batches per batch of its planned chain (absent: the run config's)
+    micro_of: dict[int, int] = field(default_factory=dict)
 
 
 def round_outcome(

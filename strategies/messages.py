@@ -53,6 +53,7 @@ def helper_messages(
     round_timeout: float,
     schedule: SyncSchedule | None,
     base: FrozenBase | None = None,
+    micro_batches: Mapping[int, int] | None = None,
 ) -> list[Message]:
     """One ``train.helper`` message per helper that serves somebody this round.
 
@@ -82,7 +83,10 @@ def helper_messages(
         The round's synchronous-step schedule under global sampling.
     base : FrozenBase, optional
         The frozen base: a helper gets the frozen tensors of its pieces until it holds them.
+    micro_batches : Mapping, optional
+        Client -> micro-batches per batch of its planned chain (absent: the run config's).
     """
+    micro_batches = micro_batches or {}
     chain_of, cuts_of = assignment.chain_of, assignment.cuts_of
     messages = []
     for helper in helpers:
@@ -105,6 +109,7 @@ def helper_messages(
                     piece=position + 1,
                     next_address=nodes[nxt].address if nxt is not None else "",
                     next_token=tokens.hops[(client, nxt)] if nxt is not None else "",
+                    micro_batches=int(micro_batches.get(client, 0)),
                 )
             )
         round_ = HelperRound(
@@ -143,6 +148,7 @@ def client_message(
     link: tuple[float, float] | None,
     schedule: SyncSchedule | None,
     base_hash: str = "",
+    micro_batches: int = 0,
 ) -> Message:
     """The ``train.split`` message that replaces the wrapped strategy's ``inner`` one.
 
@@ -170,6 +176,8 @@ def client_message(
         The round's synchronous-step schedule under global sampling.
     base_hash : str
         The frozen base's hash (``""``: none).
+    micro_batches : int
+        Micro-batches per batch of its planned chain (0: the run config's).
     """
     client = inner.metadata.dst_node_id
     inner_config = inner.content.config_records.get(config_key, ConfigRecord())
@@ -184,6 +192,7 @@ def client_message(
         sample_offset=schedule.offset[client] if schedule is not None else 0,
         client_parts=schedule.client_parts if schedule is not None else "shared",
         base_hash=base_hash,
+        micro_batches=micro_batches,
     )
     return Message(
         RecordDict(

@@ -184,7 +184,8 @@ class PlannedSplitStrategy(SplitStrategy):
             {
                 k: v
                 for k, v in entry.items()
-                if k not in ("predicted_tasks", "measured_tasks", "measured_steps")
+                if k
+                not in ("predicted_tasks", "measured_tasks", "measured_steps", "predicted_stages")
             }
             for entry in self.history
         ]

@@ -147,6 +147,9 @@ class SplitStrategy(Strategy, metaclass=_Built):
         (:mod:`flsplit.client.base_cache`), are never aggregated and the wrapped strategy
         sees only the other tensors; the global model (checkpoints, ``evaluate_fn``) keeps
         them.
+    link : callable, optional
+        ``link(client, helper) -> (Mbit/s, latency ms)`` of emulated links, sent to each
+        client so it emulates its link to its (first) helper; ``None`` emulates none.
 
     Raises
     ------
@@ -198,8 +201,10 @@ class SplitStrategy(Strategy, metaclass=_Built):
         on_round_end: Callable[[int, ArrayRecord, SplitStrategy], None] | None = None,
         run_config: RunConfig | Mapping[str, Any] | None = None,
         frozen_keys: Sequence[str] = (),
+        link: Callable[[int, int], tuple[float, float]] | None = None,
     ) -> None:
         self.run_config = RunConfig.of(run_config)
+        self.link = link
         self.sampling = self.run_config.sync
         #: round -> helper -> samples of each synchronous step the helper ran
         self.sync_steps: dict[int, dict[int, list[int]]] = {}
@@ -534,10 +539,18 @@ class SplitStrategy(Strategy, metaclass=_Built):
         """Task priority order sent to ``helper``; empty means first come first served."""
         return []
 
+    def client_micro_batches(self, server_round: int, clients: Sequence[int]) -> dict[int, int]:
+        """Micro-batches per batch of each client's chain this round; a client left out
+        uses the run config's ``micro-batches`` (everybody, by default)."""
+        return {}
+
     def client_link(self, client: int, helper: int) -> tuple[float, float] | None:
         """The emulated link ``(rate Mbit/s, latency ms)`` of a client to its helper, or
-        ``None`` (none by default)."""
-        return None
+        ``None`` (without ``link``)."""
+        if self.link is None:
+            return None
+        rate, latency = self.link(client, helper)
+        return float(rate), float(latency)
 
     def observe(
         self,
@@ -584,6 +597,7 @@ class SplitStrategy(Strategy, metaclass=_Built):
             started=time.perf_counter(),
             cuts_of=cuts_of,
             chain_of=chain_of,
+            micro_of=self.client_micro_batches(server_round, sorted(chain_of)),
         )
         schedule = self._sync_schedule(server_round, sorted(chain_of))
         to_helpers = helper_messages(
@@ -599,6 +613,7 @@ class SplitStrategy(Strategy, metaclass=_Built):
             round_timeout=self.round_timeout,
             schedule=schedule,
             base=self.base,
+            micro_batches=assignment.micro_of,
         )
         to_clients = [
             self._client_message(m, arrays, server_round, assignment, schedule) for m in inner
@@ -649,6 +664,7 @@ class SplitStrategy(Strategy, metaclass=_Built):
             token=assignment.tokens[client],
             link=self.client_link(client, helper),
             schedule=schedule,
+            micro_batches=assignment.micro_of.get(client, 0),
         )
 
     def _sync_schedule(self, server_round: int, clients: Sequence[int]) -> SyncSchedule | None:

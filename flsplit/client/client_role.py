@@ -135,7 +135,8 @@ def train_split_round(
                 _optimizer(task, head, tail, values),
                 config.local_epochs,
                 emulation=emulation,
-                micro_batches=config.chain.micro_batches,
+                # a planned chain's own count, else the run config's
+                micro_batches=round_.micro_batches or config.chain.micro_batches,
                 proximal_mu=config.proximal_mu,
                 proximal_form=config.proximal_term,
             )

@@ -65,7 +65,8 @@ def answer_query(
     if device:
         report.device = device
         report.compute_factor = node_emulation(context, config, role).compute_factor
-        report.memory_mib = float(preset(device).memory_mib)
+        report.memory_mib = float(preset(device).memory_mib) * (
+            config.emulation_memory_scale if config.emulate else 1.0)
     if role == ROLE_HELPER:
         report.listen_address, report.address = helper_addresses(context)
     else:

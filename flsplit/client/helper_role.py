@@ -129,7 +129,11 @@ def serve_helper_round(
             verifier,
             **_server_options(config, round_, cert_key),
             next_hops=next_hops,
-            in_flight=config.chain.micro_batches + 1,
+            # a client's micro-batches are in flight at once (a planned chain's count each)
+            in_flight=max(
+                [c.micro_batches or config.chain.micro_batches for c in round_.clients],
+                default=config.chain.micro_batches,
+            ) + 1,
         ).start()
     except Exception:
         # nothing serves the worker's thread or the dialled hops if the server never starts

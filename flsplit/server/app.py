@@ -26,7 +26,7 @@ from flsplit.server.checkpoint import checkpoint_writer, resume_point, saved_arr
 from flsplit.server.evaluation import server_evaluation
 from flsplit.server.history import history_writer, resumed_state, write_history
 from flsplit.server.modes import mode_split
-from flsplit.server.planning import planned_strategy
+from flsplit.server.planning import emulated_links, planned_strategy
 from flsplit.server.status import RunStatus
 from flsplit.task import SplitTask
 from strategies.split import SplitStrategy
@@ -149,7 +149,14 @@ def _split_strategy(
         return planned_strategy(task, config, split, model, common)
     if config.cut_candidates:
         log(WARNING, "cut-candidates is ignored without a planner (run config planner)")
-    return SplitStrategy.from_split(split, model, task.example_input(config.as_dict()), **common)
+    # emulated links apply with or without a planner (the same table, the same draws)
+    link = emulated_links(config) if config.mode == "split" else None
+    strategy = SplitStrategy.from_split(
+        split, model, task.example_input(config.as_dict()), link=link, **common
+    )
+    if link is not None:
+        link.bind(strategy)
+    return strategy
 
 
 def _each(hooks: list[RoundHook]) -> RoundHook:

@@ -2,8 +2,10 @@
 
 ``mode`` is ``"split"`` (split learning through helpers) or ``"fedavg"``; global
 sampling (``sampler``), the planner (``planner``) and helper chains (``chain-length``)
-each rule out some of the others. The checks run before anything starts, so a wrong
-combination fails with a message that names the fix.
+each rule out some of the others. With a planner, chains are planned every round
+(:mod:`flsplit.server.chain_planning`); without, assigned round-robin at the run's cuts.
+The checks run before anything starts, so a wrong combination fails with a message that
+names the fix.
 """
 
 from __future__ import annotations
@@ -40,9 +42,43 @@ def mode_split(task: SplitTask, config: RunConfig) -> Any:
         From :func:`chain_split`.
     """
     split = task.split(config.as_dict())
+    if config.planned_chains:
+        check_planned_chains(config)
+        return split  # the planner cuts every client's body anew each round
     if config.mode == "split" and config.chain.length > 1:
         split = chain_split(task, config, split, config.chain)
     return split
+
+
+def check_planned_chains(config: RunConfig) -> None:
+    """Refuse what planned chains cannot combine with, naming the fix.
+
+    Raises
+    ------
+    ValueError
+        With ``cut-candidates`` or explicit ``chain-cuts`` (the chain planner chooses
+        every cut), or ``helper-memory = "shared"`` (planned micro-batches need a body
+        per client).
+    """
+    chain = config.chain
+    length = "'auto'" if chain.auto else str(chain.length)
+    if config.cut_candidates:
+        raise ValueError(
+            f"run config chain-length={length} with planner={config.planner!r} and "
+            "cut-candidates: the chain planner chooses every client's cuts among all the "
+            "model's candidate cuts; clear cut-candidates"
+        )
+    if chain.cuts != "auto":
+        raise ValueError(
+            f"run config chain-cuts={chain.cuts!r} with planner={config.planner!r}: the "
+            "chain planner chooses every client's inner cuts; set chain-cuts='auto'"
+        )
+    if config.helper_memory != "per-client":
+        raise ValueError(
+            f"run config helper-memory={config.helper_memory!r} with planned chains: the "
+            "planner chooses micro-batches, which need a body per client; set "
+            "helper-memory='per-client'"
+        )
 
 
 def chain_split(
@@ -53,15 +89,10 @@ def chain_split(
     Raises
     ------
     ValueError
-        If the run config asks for a planner (chains are assigned round-robin), or the
-        inner cuts are invalid; the message names the value and the fix.
+        If the run config asks for cut candidates (every client of a round-robin chain
+        keeps the same cuts), or the inner cuts are invalid; the message names the value
+        and the fix.
     """
-    if config.planned:
-        raise ValueError(
-            f"run config chain-length={chain.length} with planner={config.planner!r}: "
-            "helper chains are assigned round-robin; set planner='round-robin' or "
-            "chain-length=1"
-        )
     if config.cut_candidates:
         raise ValueError(
             f"run config chain-length={chain.length} with cut-candidates: every client of a "

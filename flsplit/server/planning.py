@@ -22,6 +22,7 @@ from flsplit.runtime.emulation import LinkTable
 from flsplit.server.round_planner import FIXED_CUT_METHODS, RoundPlanner
 from flsplit.task import SplitTask
 from strategies.planned import PlannedSplitStrategy
+from strategies.split import SplitStrategy
 
 
 class _NodeLinks:
@@ -33,9 +34,9 @@ class _NodeLinks:
 
     def __init__(self, table: LinkTable | None) -> None:
         self.table = table
-        self.strategy: PlannedSplitStrategy | None = None
+        self.strategy: SplitStrategy | None = None
 
-    def bind(self, strategy: PlannedSplitStrategy) -> None:
+    def bind(self, strategy: SplitStrategy) -> None:
         """Look the nodes' indices up in ``strategy`` from now on."""
         self.strategy = strategy
 
@@ -46,6 +47,14 @@ class _NodeLinks:
             raise RuntimeError("node links are used before the strategy is bound")
         nodes = self.strategy.nodes
         return self.table(nodes[client].index, nodes[helper].index)
+
+
+def emulated_links(config: RunConfig) -> _NodeLinks | None:
+    """The emulated client-helper links of an unplanned split run (``emulate``), to
+    :meth:`~_NodeLinks.bind` to its strategy; ``None`` without emulation."""
+    if not config.emulate:
+        return None
+    return _NodeLinks(LinkTable(config.link_mbps, config.link_latency_ms, seed=config.seed))
 
 
 def planned_strategy(
@@ -83,6 +92,8 @@ def planned_strategy(
     link = _NodeLinks(table)
     method = config.planner
     values = config.as_dict()
+    if config.planned_chains:
+        return _chain_planned_strategy(task, config, split, model, common, link)
     segments = _segment_costs(task, config, split, method)
     costs = segments.part_costs(segments.default) if segments else part_costs(task, values, split)
     log(INFO, "part costs on this machine (one batch): %s", costs)
@@ -108,6 +119,67 @@ def planned_strategy(
         **common,
     )
     link.bind(strategy)
+    return strategy
+
+
+class _HelperLinks:
+    """``helper_link(a, b)`` by node id: a free link where run config ``helper-links``
+    names the helpers' indices (or names none), else ``None`` (no link)."""
+
+    def __init__(self, pairs: frozenset[tuple[int, int]] | None) -> None:
+        self.pairs = pairs
+        self.strategy: PlannedSplitStrategy | None = None
+
+    def __call__(self, a: int, b: int) -> tuple[float, float] | None:
+        if self.pairs is None:
+            return 0.0, 0.0
+        if self.strategy is None:
+            raise RuntimeError("helper links are used before the strategy is bound")
+        nodes = self.strategy.nodes
+        return (0.0, 0.0) if (nodes[a].index, nodes[b].index) in self.pairs else None
+
+
+def _chain_planned_strategy(
+    task: SplitTask,
+    config: RunConfig,
+    split: Any,
+    model: Any,
+    common: Mapping[str, Any],
+    link: _NodeLinks,
+) -> PlannedSplitStrategy:
+    """A split strategy whose helper chains the chain planner plans every round."""
+    from flsplit.model.segment_costs import segment_costs
+    from flsplit.server.chain_planning import ChainRoundPlanner
+    from strategies.chain_planned import ChainPlannedSplitStrategy
+
+    costs = segment_costs(task, config.as_dict())
+    log(INFO, "planned helper chains (at most %s hops): %d segments, cuts %s",
+        "any number of" if config.chain.auto else config.chain.length,
+        costs.num_segments, ",".join(costs.boundaries))
+    helper_links = _HelperLinks(config.helper_links)
+    planner = ChainRoundPlanner(
+        costs,
+        link,
+        helper_link=helper_links,
+        max_hops=config.chain.length,
+        time_limit=config.planner_time_limit,
+        seed=config.seed,
+    )
+    values = config.as_dict()
+    strategy = ChainPlannedSplitStrategy(
+        lambda cuts: part_state_keys(model, parse_cuts(cuts), task.example_input(values)),
+        ",".join(split.cuts),
+        planner=planner,
+        link=link if link.table is not None else None,
+        batch_size=config.batch_size,
+        local_epochs=config.local_epochs,
+        output_dir=config.output_dir or None,
+        gantt=config.gantt,
+        frozen_keys=frozen_keys(model),
+        **common,
+    )
+    link.bind(strategy)
+    helper_links.strategy = strategy
     return strategy
 
 

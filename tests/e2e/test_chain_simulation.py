@@ -80,3 +80,26 @@ def test_chain_memory_benchmark_lays_pieces_out_as_the_strategy_assigns_chains(h
         assert pieces == [chains[c].index(helper) + 1 for c in clients]
         counts = [pieces.count(p) for p in range(1, hops + 1)]
         assert max(counts) - min(counts) <= 1  # every helper runs each position in turn
+
+
+def test_planned_chains_run_every_round_and_save_each_hop(tmp_path):
+    """A planner with chain-length='auto': every round is planned by the chain planner
+    (routes, cuts, micro-batches, helper orders), trains, and round-N.json keeps the plan
+    with every hop and the prediction next to the measured makespan."""
+    import json
+
+    _, result, strategy = run_small({
+        "num-helpers": 3, "planner": "auto", "chain-length": "auto",
+        "planner-time-limit": 0.3, "output-dir": str(tmp_path),
+    })
+    assert strategy.chain_plan is not None
+    for server_round in (1, 2):
+        entry = json.loads((tmp_path / f"round-{server_round}.json").read_text())
+        chains = entry["chains"]
+        assert set(chains["routes"]) == {str(c) for c in strategy.clients}
+        for client, hops in chains["hops"].items():
+            assert [h["helper"] for h in hops] == chains["routes"][client]
+            assert len(chains["cuts"][client].split(",")) == len(hops) + 1
+        assert entry["predicted_ms"] > 0 and entry["measured_ms"] > 0
+        assert entry["predicted_stages"] and entry["measured_tasks"]
+    assert_loss_falls(result)

@@ -24,6 +24,7 @@ BENCHMARKS = (
     "helper_memory",
     "helper_restart",
     "placement",
+    "planned_chains",
     "planner",
     "sampling_compare",
     "sampling_experiment",

@@ -258,3 +258,93 @@ def test_micro_batch_fields_round_trip_and_are_validated():
         raw = wire.MAGIC + struct.pack("<I", len(header)) + header
         with pytest.raises(wire.FrameError, match=field):
             wire.decode(raw)
+
+
+def test_planned_routes_with_per_client_cuts_and_micro_batches_equal_unsplit_training():
+    """A planned round: three clients over three helpers, each with its own route, cuts
+    and micro-batch count, as the train.helper message describes them (helpers build
+    every client's piece from its cuts on demand); each client's model equals the
+    unsplit model trained on its data."""
+    from flsplit.client.helper_role import _build_bodies
+    from flsplit.config import RunConfig
+    from flsplit.protocol import HelperRound, ServedClient
+    from flsplit.task import SplitTask
+
+    torch.manual_seed(4)
+    model = Deep().double()
+    example = torch.zeros(2, 6, dtype=torch.float64)
+    task = SplitTask(model_fn=lambda cfg: copy.deepcopy(model),
+                     example_input=lambda cfg: example,
+                     load_data=lambda pid, n, cfg: [])
+    # client -> (route of helpers, cuts, micro-batches); routes follow the helpers' order
+    plans = {
+        "1": ([100, 101], "fc2,fc3,fc5", 2),
+        "2": ([101, 102], "fc2,fc5,fc6", 3),
+        "3": ([102], "fc3,fc5", 1),
+        "4": ([100, 101, 102], "fc2,fc3,fc4,fc6", 4),
+    }
+    helpers = [100, 101, 102]
+    config = RunConfig.parse({})
+    servers = {}
+    for helper in reversed(helpers):  # the next hops listen first
+        served = [
+            ServedClient(c, cuts, route.index(helper) + 1,
+                         servers[route[route.index(helper) + 1]].address
+                         if route.index(helper) + 1 < len(route) else "",
+                         _token(c, route[route.index(helper) + 1])
+                         if route.index(helper) + 1 < len(route) else "", micro)
+            for c, (route, cuts, micro) in plans.items() if helper in route
+        ]
+        # through the message's config, as a helper reads it
+        round_ = HelperRound.from_config(HelperRound(ROUND, served, b"k", "", 60.0).to_config({}))
+        assert [s.micro_batches for s in round_.clients] == [s.micro_batches for s in served]
+        bodies, _ = _build_bodies(task, config, example, round_.clients, lambda body: None)
+        next_hops = {
+            s.client: HelperClient(s.next_address, s.client, s.next_token, deadline=30)
+            for s in round_.clients if s.next_address
+        }
+        servers[helper] = HelperServer(
+            HelperWorker(bodies, _optimizer),
+            TokenVerifier(_key(helper), RUN, ROUND, helper, [s.client for s in served]),
+            next_hops=next_hops,
+            in_flight=max(s.micro_batches for s in served) + 1,
+        ).start()
+    data = {c: _data(seed=40 + int(c)) for c in plans}
+    # traced here, not in the threads (tracing is not thread-safe)
+    splits = {c: split_model(model, cuts.split(","), example) for c, (_, cuts, _) in plans.items()}
+    results, errors = {}, []
+
+    def run(client):
+        route, _, micro = plans[client]
+        split = splits[client]
+        head, tail = copy.deepcopy(split.head), copy.deepcopy(split.tail)
+        optimizer = _optimizer(itertools.chain(head.parameters(), tail.parameters()))
+        try:
+            first = servers[route[0]]
+            with HelperClient(first.address, client, _token(client, route[0]), deadline=30) as h:
+                train_split(head, tail, h, data[client], nn.functional.cross_entropy,
+                            optimizer, micro_batches=micro)
+            trained = {**head.state_dict(), **tail.state_dict()}
+            for helper in route:
+                trained.update(servers[helper].worker.bodies[client].module.state_dict())
+            results[client] = trained
+        except Exception as err:  # reported below
+            errors.append(err)
+
+    try:
+        threads = [threading.Thread(target=run, args=(c,)) for c in plans]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert not errors, errors
+    finally:
+        _stop(servers.values())
+    for client in plans:
+        expected = _reference(model, data[client], _optimizer)
+        assert results[client].keys() == expected.keys()
+        for key, value in expected.items():
+            torch.testing.assert_close(results[client][key], value, atol=1e-6, rtol=0,
+                                       msg=f"client {client}: {key}")
+    fwd = {t.client for t in servers[101].worker.executed if t.kind == "fwd"}
+    assert fwd == {"1", "2", "4"}

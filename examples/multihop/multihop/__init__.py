@@ -1,0 +1,1 @@
+"""flsplit multihop: helper chains planned every round, on emulated edge devices and links."""
