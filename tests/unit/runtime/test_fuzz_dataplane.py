@@ -3,8 +3,9 @@
 Random bytes and mutations of valid frames (bit flips, truncation, header field edits,
 huge shapes, NaN payloads, wrong dtypes, forged tokens, lists of several tensors with
 bad specs, flags and lengths, compressed tensors with bad codecs, channel and index
-counts, indices out of range, scales that are not finite and positive) go to :func:`wire.decode`, to the helper's handlers called
-directly, and a few hundred over real gRPC. A third client's body takes three tensors (a
+counts, indices out of range, scales that are not finite and positive) go to
+:func:`wire.decode`, to the helper's handlers called directly, and a few hundred over real
+gRPC. A third client's body takes three tensors (a
 hidden state, a bool mask, int64 ids), so well-formed multi-tensor frames reach a body.
 Nothing may crash (only :class:`wire.FrameError` or a clean gRPC status), every call
 finishes within its deadline, and a well-behaved client trains through the same helper all
