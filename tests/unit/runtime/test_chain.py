@@ -258,3 +258,34 @@ def test_micro_batch_fields_round_trip_and_are_validated():
         raw = wire.MAGIC + struct.pack("<I", len(header)) + header
         with pytest.raises(wire.FrameError, match=field):
             wire.decode(raw)
+
+
+def test_a_chain_carries_the_clients_codecs_on_every_hop():
+    """Every hop's frames are coded with the codecs the client asked for: the next hop's
+    connection of the first helper sends and receives fewer bytes than raw, and training
+    stays close to the raw chain."""
+    from flsplit.config import parse_codec
+
+    results = {}
+    for spelling in ("none", "fp16"):
+        torch.manual_seed(0)
+        model = Deep().double()
+        split = split_model(model, CUTS[2], torch.zeros(2, 6, dtype=torch.float64))
+        servers, helpers = _start_chain(split, ["a"], _optimizer)
+        codec = parse_codec(spelling)
+        try:
+            opt = _optimizer(itertools.chain(split.head.parameters(), split.tail.parameters()))
+            with HelperClient(servers[0].address, "a", _token("a", helpers[0]), deadline=30,
+                              codecs=(codec, codec)) as helper:
+                result = train_split(split.head, split.tail, helper, _data(1, batches=3),
+                                     nn.functional.cross_entropy, opt)
+                client_bytes = helper.bytes_up
+            assert servers[0].wait_clients(10)
+            hop = servers[0].relay.next_hops["a"]
+            results[spelling] = (result.loss, client_bytes, hop.bytes_up, hop.bytes_down)
+        finally:
+            _stop(servers)
+    raw, coded = results["none"], results["fp16"]
+    assert coded[1] < raw[1]  # client -> first helper
+    assert coded[2] < raw[2] and coded[3] < raw[3]  # first helper <-> second helper
+    assert abs(coded[0] - raw[0]) < 1e-2
