@@ -11,7 +11,9 @@ and flsplit's load the same data.
 
 A client's node config may set ``compress-activations`` and ``compress-gradients`` (the
 run config's spellings) for its own link to its helper(s), over the run config's
-(:func:`node_codecs`): a client on a slow uplink compresses while the others do not.
+(:func:`node_codecs`): a client on a slow uplink compresses while the others do not. A
+helper's node config may set them for the links to its next hops in helper chains
+(otherwise every hop uses the client's codecs).
 
 The data plane runs over TLS when the helper's node config names a certificate and key
 (``data-tls-cert``, ``data-tls-key``, PEM files) and each client's node config the root
@@ -359,6 +361,27 @@ def client_tls(context: Context) -> tuple[bytes | None, str | None]:
     )
 
 
+def node_codec_overrides(context: Context) -> dict[str, CodecSetting]:
+    """The codecs a node's config sets for its own links, by the op they code
+    (``"fwd"``: ``compress-activations``, ``"bwd"``: ``compress-gradients``); keys it does
+    not set are left out.
+
+    Raises
+    ------
+    ValueError
+        If a node config value is not a codec spelling (naming the key).
+    """
+    node = context.node_config
+    overrides = {}
+    for op, key in (("fwd", COMPRESS_ACTIVATIONS), ("bwd", COMPRESS_GRADIENTS)):
+        if key in node:
+            try:
+                overrides[op] = parse_codec(node[key], key)
+            except ValueError as err:
+                raise ValueError(f"node config: {err}".replace("run config ", "")) from None
+    return overrides
+
+
 def node_codecs(
     context: Context, config: RunConfig | Mapping[str, Any]
 ) -> tuple[CodecSetting, CodecSetting]:
@@ -371,15 +394,6 @@ def node_codecs(
         If a node config value is not a codec spelling (naming the key).
     """
     config = RunConfig.of(config)
-    node = context.node_config
-    codecs = []
-    for key, default in ((COMPRESS_ACTIVATIONS, config.compress_activations),
-                         (COMPRESS_GRADIENTS, config.compress_gradients)):
-        if key in node:
-            try:
-                codecs.append(parse_codec(node[key], key))
-            except ValueError as err:
-                raise ValueError(f"node config: {err}".replace("run config ", "")) from None
-        else:
-            codecs.append(default)
-    return codecs[0], codecs[1]
+    overrides = node_codec_overrides(context)
+    return (overrides.get("fwd", config.compress_activations),
+            overrides.get("bwd", config.compress_gradients))

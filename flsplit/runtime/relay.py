@@ -166,14 +166,15 @@ class ChainRelay:
         codec: CodecSetting | None = None,
     ) -> torch.Tensor:
         """Send ``tensor`` over the emulated link to the next hop as task ``op``, coded
-        with ``codec`` (the client's, default raw); return its answer."""
-        codec = codec or NONE
+        with the hop connection's own codec of ``op`` if it has one (the helper's node
+        config), else ``codec`` (the client's; default raw); return its answer."""
+        hop = self.next_hops[client]
+        # the hop's own codec (the helper's node config) wins over the client's
+        codec = getattr(hop, "codecs", {}).get(op, codec or NONE)
         with self._link_out:
             self.link.transfer(wire_nbytes(tensor, codec))
         try:
-            answer, _, _ = self.next_hops[client].call(
-                op, tensor, step, micro, micros, codec=codec
-            )
+            answer, _, _ = hop.call(op, tensor, step, micro, micros, codec=codec)
         except DataPlaneError as err:
             raise RelayError(f"next hop: {err}") from None
         if answer is None:
