@@ -12,7 +12,8 @@ this CPU (forward, backward and SGD step of a batch of 32), and that time minus 
 time the same frames take raw (what the codec adds).
 
 ``accuracy``: runs ``flsplit simulate examples/quickstart`` for each codec (the same codec
-on activations and gradients) and seed, and prints the server-side test accuracy after
+on activations and gradients; ``A/G``: ``A`` on the activations, ``G`` on the gradients)
+and seed, and prints the server-side test accuracy after
 the quickstart's rounds from its ``history.json``, the mean over the seeds, and the data
 plane bytes of its last round. Heavy: run it under ``flock /tmp/flsplit-heavy.lock`` on a
 shared machine.
@@ -43,7 +44,8 @@ from flsplit.protocol import BYTES_DOWN, BYTES_UP, DATA_PLANE_BYTES, TEST_ACC
 from flsplit.runtime import codecs, wire
 
 CODECS = ["none", "fp16", "bf16", "int8", "topk:0.1", "topk:0.1+ef", "randtopk:0.1+ef"]
-ACCURACY_CODECS = ["none", "fp16", "bf16", "int8", "topk:0.1+ef"]
+#: ``A/G``: codec A on the activations, G on the gradients; one spelling: both
+ACCURACY_CODECS = ["none", "fp16", "bf16", "int8", "topk:0.1+ef", "none/topk:0.1+ef"]
 
 
 def _batch_tensors(batch: int) -> list[tuple[str, torch.Tensor]]:
@@ -121,7 +123,9 @@ def bytes_table(batch: int, repeats: int, codec_names: Sequence[str]) -> list[di
 
 
 def _simulate(app: Path, spelling: str, seed: int, out: Path, extra: str) -> dict:
-    config = (f"compress-activations='{spelling}' compress-gradients='{spelling}' "
+    activations, _, gradients = spelling.partition("/")
+    config = (f"compress-activations='{activations}' "
+              f"compress-gradients='{gradients or activations}' "
               f"seed={seed} output-dir='{out}' {extra}").strip()
     command = [sys.executable, "-m", "flsplit.cli", "simulate", str(app), "--run-config", config]
     started = time.perf_counter()
@@ -166,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for spelling in args.codecs or ACCURACY_CODECS:
             accuracies = []
             for seed in args.seeds:
-                out = Path(tmp) / f"{spelling.replace(':', '-')}-{seed}"
+                out = Path(tmp) / f"{spelling.replace(':', '-').replace('/', '_')}-{seed}"
                 row = _simulate(Path(args.app), spelling, seed, out, args.run_config)
                 accuracies.append(row["test_acc"])
                 print(json.dumps(row), flush=True)
