@@ -138,7 +138,7 @@ def _simulate(app: Path, spelling: str, seed: int, out: Path, extra: str) -> dic
     moved = history[DATA_PLANE_BYTES][max(history[DATA_PLANE_BYTES], key=int)]
     return {
         "codec": spelling, "seed": seed, "round": int(last),
-        "test_acc": history["server"][last][TEST_ACC],
+        "accuracy": history["server"][last][TEST_ACC],
         "bytes_up": sum(b[BYTES_UP] for b in moved.values()),
         "bytes_down": sum(b[BYTES_DOWN] for b in moved.values()),
         "seconds": round(time.perf_counter() - started, 1),
@@ -172,9 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for seed in args.seeds:
                 out = Path(tmp) / f"{spelling.replace(':', '-').replace('/', '_')}-{seed}"
                 row = _simulate(Path(args.app), spelling, seed, out, args.run_config)
-                accuracies.append(row["test_acc"])
+                accuracies.append(row["accuracy"])
                 print(json.dumps(row), flush=True)
-            print(json.dumps({"codec": spelling, "mean_test_acc": statistics.mean(accuracies),
+            print(json.dumps({"codec": spelling, "mean_accuracy": statistics.mean(accuracies),
                               "seeds": args.seeds}), flush=True)
     return 0
 
