@@ -29,7 +29,7 @@ Decoding trusts nothing (:func:`check_coded_spec`, :func:`decode`): a known code
 ``float32``/``float64`` spec; ``channels`` equal to the channel count the shape implies;
 ``k`` in ``[0, numel]``; ``nbytes`` equal to the layout's length; the decoded size within
 the frame limit; scales finite and positive, zero points and values finite, every index in
-``[0, numel)`` (repeats are allowed; the last one wins). The decoded tensor then goes
+``[0, numel)`` (repeats are allowed; one of their values is kept). The decoded tensor goes
 through the checks of a raw one (finite values, the body's input spec).
 
 Error feedback (:class:`Feedback`) keeps, per link, cut, direction and micro-batch, what
