@@ -20,6 +20,7 @@ from flsplit.protocol import BYTES_DOWN, BYTES_UP, ClientResult
 from flsplit.runtime import codecs, wire
 from flsplit.runtime.auth import TokenVerifier, helper_key, new_run_secret, sign_token
 from flsplit.runtime.dataplane import HelperServer
+from flsplit.runtime.emulation import NO_EMULATION, Emulation
 from flsplit.runtime.helper_client import HelperClient
 from flsplit.runtime.trainer import train_split
 from flsplit.runtime.worker import HelperWorker, TensorSpec
@@ -221,7 +222,18 @@ RUN, ROUND, HELPER = 5, 2, 100
 KEY = helper_key(SECRET, RUN, HELPER)
 
 
-def _train(codec_pair, batches=3):
+class _RecordingLink(Emulation):
+    """An emulated link that records the bytes it is charged instead of sleeping."""
+
+    def __init__(self) -> None:
+        super().__init__(rate_mbps=1.0)
+        object.__setattr__(self, "charged", [])
+
+    def transfer(self, nbytes: int) -> None:
+        self.charged.append(nbytes)
+
+
+def _train(codec_pair, batches=3, emulation=None):
     torch.manual_seed(0)
     model = SmallCNN()
     split = split_model(model, ("conv2", "fc2"), torch.zeros(2, 1, 8, 8))
@@ -238,7 +250,8 @@ def _train(codec_pair, batches=3):
         )
         with HelperClient(server.address, "1", token, deadline=30, codecs=codec_pair) as helper:
             result = train_split(split.head, split.tail, helper, copy.deepcopy(data),
-                                 nn.functional.cross_entropy, optimizer)
+                                 nn.functional.cross_entropy, optimizer,
+                                 emulation=emulation or NO_EMULATION)
             moved = helper.bytes_up, helper.bytes_down
         assert server.wait_clients(10)
     finally:
@@ -263,3 +276,16 @@ def test_a_client_and_helper_train_compressed_and_count_the_bytes():
     assert record[BYTES_UP] == coded_bytes[0] and record[BYTES_DOWN] == coded_bytes[1]
     assert ClientResult.from_metrics(record).bytes_up == coded_bytes[0]
     assert BYTES_UP not in ClientResult.app_metrics(record)
+
+
+def test_an_emulated_link_charges_the_coded_bytes():
+    raw, coded = _RecordingLink(), _RecordingLink()
+    _train(None, batches=1, emulation=raw)
+    int8 = parse_codec("int8")
+    _train((int8, int8), batches=1, emulation=coded)
+    activation = 16 * 16 * 8 * 8  # the cut-1 activation's values (float32 raw)
+    assert raw.charged[0] == 4 * activation
+    assert coded.charged[0] == activation + 8 * 16  # a byte a value, 16 channels
+    assert len(coded.charged) == 4 and all(
+        c < r / 2 for c, r in zip(coded.charged, raw.charged, strict=True)
+    )
