@@ -152,15 +152,18 @@ def wire_nbytes(tensors: torch.Tensor | tuple, codec: CodecSetting) -> int:
 
 
 def encode(
-    tensor: torch.Tensor, codec: CodecSetting, generator: torch.Generator | None = None
-) -> tuple[Coded, torch.Tensor]:
+    tensor: torch.Tensor,
+    codec: CodecSetting,
+    generator: torch.Generator | None = None,
+    sent: bool = True,
+) -> tuple[Coded, torch.Tensor | None]:
     """Code ``tensor`` (:func:`codable`) with a lossy ``codec``.
 
     Returns
     -------
     tuple
-        The coded tensor and what the receiver will decode (for error feedback), both
-        of ``tensor``'s dtype and shape.
+        The coded tensor and, if ``sent``, what the receiver will decode (for error
+        feedback; of ``tensor``'s dtype and shape), else ``None``.
     """
     x = tensor.detach().contiguous().cpu()
     dtype_name, shape = DTYPE_NAMES[x.dtype], list(x.shape)
@@ -171,11 +174,11 @@ def encode(
             half = x.to(torch.bfloat16)
         payload = half.reshape(-1).view(torch.uint8).numpy().tobytes()
         spec = {"dtype": dtype_name, "shape": shape, "nbytes": len(payload), "codec": codec.name}
-        return Coded(spec, payload), half.to(x.dtype)
+        return Coded(spec, payload), half.to(x.dtype) if sent else None
     if codec.name == "int8":
-        return _encode_int8(x, dtype_name, shape)
+        return _encode_int8(x, dtype_name, shape, sent)
     if codec.name in ("topk", "randtopk"):
-        return _encode_topk(x, dtype_name, shape, codec, generator)
+        return _encode_topk(x, dtype_name, shape, codec, generator, sent)
     raise ValueError(f"codec {codec.name!r} does not code tensors")
 
 
@@ -191,7 +194,9 @@ def _per_channel(x: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return tuple(d for d in range(x.dim()) if d != axis), _channel_view(tuple(x.shape))
 
 
-def _encode_int8(x: torch.Tensor, dtype_name: str, shape: list[int]) -> tuple[Coded, torch.Tensor]:
+def _encode_int8(
+    x: torch.Tensor, dtype_name: str, shape: list[int], sent: bool
+) -> tuple[Coded, torch.Tensor | None]:
     dims, view = _per_channel(x)
     work = x.float()
     if dims:
@@ -204,7 +209,7 @@ def _encode_int8(x: torch.Tensor, dtype_name: str, shape: list[int]) -> tuple[Co
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     scale = scale.clamp(min=torch.finfo(torch.float32).tiny)
     b_low, b_scale = low.reshape(view), scale.reshape(view)
-    q = ((work - b_low) / b_scale).round_().clamp_(0, 255).to(torch.uint8)
+    q = (work - b_low).div_(b_scale).round_().clamp_(0, 255).to(torch.uint8)
     channels = int(scale.numel())
     payload = b"".join(
         (
@@ -217,7 +222,7 @@ def _encode_int8(x: torch.Tensor, dtype_name: str, shape: list[int]) -> tuple[Co
         "dtype": dtype_name, "shape": shape, "nbytes": len(payload), "codec": "int8",
         "channels": channels,
     }
-    decoded = (b_low + b_scale * q.float()).to(x.dtype)
+    decoded = (b_low + b_scale * q.float()).to(x.dtype) if sent else None
     return Coded(spec, payload), decoded
 
 
@@ -227,7 +232,8 @@ def _encode_topk(
     shape: list[int],
     codec: CodecSetting,
     generator: torch.Generator | None,
-) -> tuple[Coded, torch.Tensor]:
+    sent: bool,
+) -> tuple[Coded, torch.Tensor | None]:
     flat = x.reshape(-1)
     numel = flat.numel()
     k = _k(codec, numel)
@@ -243,6 +249,8 @@ def _encode_topk(
         "dtype": dtype_name, "shape": shape, "nbytes": len(payload), "codec": "topk",
         "k": k, "index": index_name,
     }
+    if not sent:
+        return Coded(spec, payload), None
     decoded = torch.zeros_like(flat)
     decoded[index] = values.to(x.dtype)
     return Coded(spec, payload), decoded.reshape(x.shape)
@@ -412,9 +420,9 @@ class Feedback:
                 x = x + residual  # what was lost last time goes now
         if codec.name == "randtopk":  # one generator, drawn from by every thread
             with self._lock:
-                coded, sent = encode(x, codec, self._generator)
+                coded, sent = encode(x, codec, self._generator, sent=codec.feedback)
         else:
-            coded, sent = encode(x, codec)
+            coded, sent = encode(x, codec, sent=codec.feedback)
         if codec.feedback:
             with self._lock:
                 self._residuals[key] = x - sent
