@@ -50,6 +50,10 @@ DEFAULT_RUN_CONFIG: dict[str, Any] = {
     "helper-links": "",
     "chain-cuts": "auto",  # inner cuts of a chain (comma-separated), or "auto": balanced
     "micro-batches": 1,  # micro-batches per batch, pipelined through the helper(s)
+    # Data-plane compression (docs/dataplane.md): a codec per direction, e.g. "int8",
+    # "topk:0.1+ef"; a client's node config may override either for its own link
+    "compress-activations": "none",
+    "compress-gradients": "none",
     "min-completed-clients": 1,  # fewer complete updates: the round is not aggregated
     "checkpoint-dir": "",  # write a checkpoint after every round here; resume from it
     "output-dir": "",  # history.json, and with a planner round-N.json (and round-N.png)
@@ -122,6 +126,11 @@ CLIENT_PARTS = ("shared", "local")
 SAMPLER_SPEEDS = ("measured", "reported")
 ROUND_ROBIN = "round-robin"
 MAX_CHAIN_LENGTH = 16
+#: Data-plane codecs (:mod:`flsplit.runtime.codecs`): ``none`` sends raw bytes; the
+#: others are lossy. ``topk`` and ``randtopk`` take the fraction of entries kept.
+CODECS = ("none", "fp16", "bf16", "int8", "topk", "randtopk")
+#: The run-config (and node-config) keys naming the codec of each direction.
+COMPRESS_ACTIVATIONS, COMPRESS_GRADIENTS = "compress-activations", "compress-gradients"
 
 
 @dataclass(frozen=True)
@@ -181,6 +190,72 @@ class SyncSettings:
     steps: int = 0
     local_epochs: int = 1
     client_parts: str = "shared"
+
+
+@dataclass(frozen=True)
+class CodecSetting:
+    """A data-plane codec as a run config spells it: ``NAME[:FRACTION][+ef]``.
+
+    Attributes
+    ----------
+    name : str
+        One of :data:`CODECS`.
+    fraction : float
+        ``topk``/``randtopk``: the fraction of entries sent (in ``(0, 1]``); else 1.
+    feedback : bool
+        Error feedback (``+ef``): the sender adds what the codec lost last time to the
+        next tensor it sends over the same link, cut and direction.
+    """
+
+    name: str = "none"
+    fraction: float = 1.0
+    feedback: bool = False
+
+    @property
+    def lossless(self) -> bool:
+        """Whether tensors travel as they are (``none``)."""
+        return self.name == "none"
+
+    def __str__(self) -> str:
+        text = self.name
+        if self.name in ("topk", "randtopk"):
+            text += f":{self.fraction:g}"
+        return text + ("+ef" if self.feedback else "")
+
+
+def parse_codec(text: object, key: str = COMPRESS_ACTIVATIONS) -> CodecSetting:
+    """Read a codec spelling (``none``, ``fp16``, ``bf16``, ``int8``, ``topk:0.1``,
+    ``randtopk:0.05``, any lossy one with ``+ef``).
+
+    Raises
+    ------
+    ValueError
+        Naming ``key``, the value and the spellings allowed.
+    """
+    example = "e.g. 'int8', 'fp16', 'topk:0.1+ef' or 'none'"
+    spelling = str(text).strip().lower() if text is not None else "none"
+    name, _, feedback = spelling.partition("+")
+    if feedback not in ("", "ef"):
+        raise ValueError(f"run config {key}={text!r}: only '+ef' may follow a codec; {example}")
+    name, colon, fraction_text = name.partition(":")
+    if name not in CODECS:
+        raise ValueError(f"run config {key}={text!r}: codec {name!r} is not one of "
+                         f"{CODECS}; {example}")
+    fraction = 1.0
+    if name in ("topk", "randtopk"):
+        try:
+            fraction = float(fraction_text)
+        except ValueError:
+            raise ValueError(f"run config {key}={text!r}: {name} needs the fraction of "
+                             f"entries it keeps, e.g. '{name}:0.1'") from None
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"run config {key}={text!r}: the fraction must be in (0, 1]")
+    elif colon:
+        raise ValueError(f"run config {key}={text!r}: only topk and randtopk take a "
+                         f"fraction; {example}")
+    if feedback and name == "none":
+        raise ValueError(f"run config {key}={text!r}: 'none' loses nothing to feed back")
+    return CodecSetting(name, fraction, bool(feedback))
 
 
 def _toml(value: Any) -> str:
@@ -482,6 +557,8 @@ class RunConfig:
     helper_memory: str
     chain: ChainSettings
     helper_links: frozenset[tuple[int, int]] | None
+    compress_activations: CodecSetting
+    compress_gradients: CodecSetting
     min_completed_clients: int
     checkpoint_dir: str
     output_dir: str
@@ -561,6 +638,8 @@ class RunConfig:
             helper_memory=_choice(values, "helper-memory", HELPER_MEMORY_MODES),
             chain=chain_settings(values),
             helper_links=helper_links(values),
+            compress_activations=parse_codec(values[COMPRESS_ACTIVATIONS], COMPRESS_ACTIVATIONS),
+            compress_gradients=parse_codec(values[COMPRESS_GRADIENTS], COMPRESS_GRADIENTS),
             min_completed_clients=_integer(values, "min-completed-clients"),
             checkpoint_dir=values["checkpoint-dir"],
             output_dir=values["output-dir"],
@@ -613,6 +692,9 @@ class RunConfig:
 
 __all__ = [
     "CLIENT_PARTS",
+    "CODECS",
+    "COMPRESS_ACTIVATIONS",
+    "COMPRESS_GRADIENTS",
     "DEFAULT_RUN_CONFIG",
     "HELPER_MEMORY_MODES",
     "MAX_CHAIN_LENGTH",
@@ -623,10 +705,12 @@ __all__ = [
     "SAMPLERS",
     "SAMPLER_SPEEDS",
     "ChainSettings",
+    "CodecSetting",
     "RunConfig",
     "SyncSettings",
     "chain_settings",
     "check_modes",
     "helper_links",
+    "parse_codec",
     "sync_settings",
 ]

@@ -54,6 +54,10 @@ ROLES = (ROLE_CLIENT, ROLE_HELPER)
 
 # -- record names ---------------------------------------------------------------------
 ARRAYS = "arrays"
+#: data-plane bytes a client sent to and received from its helper in a round (its
+#: train metrics, ``history.json``'s ``data-plane-bytes`` and ``round-N.json``)
+BYTES_UP, BYTES_DOWN = "bytes-up", "bytes-down"
+DATA_PLANE_BYTES = "data-plane-bytes"
 CONFIG = "config"
 METRICS = "metrics"
 INFO = "info"
@@ -540,6 +544,10 @@ class ClientResult:
         everything it does between one batch's stage 5 and the next batch's head
         forward). The planner adds it to the client's stage 1; a client that does not
         report it (an older flsplit) counts as loading for free.
+    bytes_up, bytes_down : int
+        Data-plane bytes the client sent to and received from its (first) helper this
+        round: every frame, headers included, after compression (run config
+        ``compress-activations``, ``compress-gradients``).
     """
 
     examples: int
@@ -553,6 +561,8 @@ class ClientResult:
     started: float = 0.0
     ended: float = 0.0
     load_ms: float = 0.0
+    bytes_up: int = 0
+    bytes_down: int = 0
 
     _KEYS = {
         "examples": NUM_EXAMPLES,
@@ -566,6 +576,8 @@ class ClientResult:
         "started": "started",
         "ended": "ended",
         "load_ms": "load-ms",
+        "bytes_up": BYTES_UP,
+        "bytes_down": BYTES_DOWN,
     }
     _APP_FIELDS = ("examples", "loss", "accuracy")
 
@@ -789,8 +801,11 @@ __all__ = [
     "BASE_CACHE",
     "BASE_CACHE_INFO",
     "BASE_HASH",
+    "BYTES_DOWN",
+    "BYTES_UP",
     "CLIENT_TRAIN",
     "CONFIG",
+    "DATA_PLANE_BYTES",
     "EVAL_ACC",
     "EVAL_LOSS",
     "FORWARD",

@@ -39,6 +39,7 @@ from flsplit.plan.sampling.helper_assignment import (
     helper_step_times,
 )
 from flsplit.protocol import (
+    DATA_PLANE_BYTES,
     FORWARD,
     METRICS,
     ROLE_CLIENT,
@@ -471,6 +472,9 @@ class PlannedSplitStrategy(SplitStrategy):
             "node_ids": round_plan.node_ids,
             "batches": round_plan.batches,
             "client_load_ms": {str(node): load for node, load in loads.items()},
+            DATA_PLANE_BYTES: {
+                str(node): moved for node, moved in self.data_bytes.get(server_round, {}).items()
+            },
             "client_spans_ms": {
                 str(node): [1000 * (a - origin), 1000 * (b - origin)]
                 for node, (a, b) in spans.items()

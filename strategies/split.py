@@ -47,6 +47,8 @@ from flwr.supercore import log
 
 from flsplit.config import RunConfig
 from flsplit.protocol import (
+    BYTES_DOWN,
+    BYTES_UP,
     CONFIG,
     HELPER_TRAIN,
     METRICS,
@@ -223,6 +225,8 @@ class SplitStrategy(Strategy, metaclass=_Built):
         self.base = FrozenBase(frozen_keys, self.full_keys)
         #: round -> parameter bytes of its train messages and replies (FrozenBase.traffic)
         self.param_bytes: dict[int, dict[str, int]] = {}
+        #: round -> client -> data-plane bytes it sent and received (bytes-up, bytes-down)
+        self.data_bytes: dict[int, dict[int, dict[str, int]]] = {}
         self.strategy = _wrappable(strategy) if strategy is not None else FedAvg()
         # while the wrapped strategy's own start runs: its methods that ROUTED shadows
         self._shadowed: dict[str, Callable[..., Any]] = {}
@@ -714,6 +718,7 @@ class SplitStrategy(Strategy, metaclass=_Built):
         self.failures[server_round] = failures
         log_failures(server_round, failures)
         self._record_sample_times(by_sender.clients)
+        self._record_data_bytes(server_round, by_sender.clients)
         self.observe(server_round, by_sender.clients, by_sender.helpers)
         self._record_helper_metrics(server_round, by_sender.helpers)
         if self.split:
@@ -759,6 +764,11 @@ class SplitStrategy(Strategy, metaclass=_Built):
             f", {key} {metrics[key]:.4f}" for key in (TRAIN_LOSS, TRAIN_ACC)
             if metrics is not None and key in metrics
         )
+        moved = self.data_bytes.get(server_round)
+        if moved:
+            up = sum(b[BYTES_UP] for b in moved.values()) / 1e6
+            down = sum(b[BYTES_DOWN] for b in moved.values()) / 1e6
+            figures += f", data plane {BYTES_UP} {up:.2f} MB, {BYTES_DOWN} {down:.2f} MB"
         log(
             INFO,
             "round %d: %d/%d client updates aggregated%s, wall %.2f s",
@@ -788,6 +798,22 @@ class SplitStrategy(Strategy, metaclass=_Built):
                 self.sample_ms[reply.metadata.src_node_id] = (
                     per_step * result.batches / result.examples
                 )
+
+    def _record_data_bytes(self, server_round: int, client_replies: Sequence[Message]) -> None:
+        """Keep the data-plane bytes each client sent and received this round (what its
+        codecs left of its activations and gradients, headers included)."""
+        moved = {}
+        for reply in client_replies:
+            if reply.has_error() or METRICS not in reply.content.metric_records:
+                continue
+            result = ClientResult.from_metrics(reply.content.metric_records[METRICS])
+            if result is None:
+                continue
+            moved[reply.metadata.src_node_id] = {
+                BYTES_UP: int(result.bytes_up), BYTES_DOWN: int(result.bytes_down)
+            }
+        if moved:
+            self.data_bytes[server_round] = dict(sorted(moved.items()))
 
     def _record_helper_metrics(self, server_round: int, helper_replies: Sequence[Message]) -> None:
         """Keep each helper's synchronous step sizes and its peak memory; log the clients
@@ -853,6 +879,10 @@ class SplitStrategy(Strategy, metaclass=_Built):
                 for r, steps in self.sync_steps.items()
             },
             "param_bytes": {str(r): dict(b) for r, b in self.param_bytes.items()},
+            "data_bytes": {
+                str(r): {str(c): dict(b) for c, b in clients.items()}
+                for r, clients in self.data_bytes.items()
+            },
         }
 
     def load_state(self, state: Mapping[str, Any]) -> None:
@@ -868,6 +898,10 @@ class SplitStrategy(Strategy, metaclass=_Built):
             self.sync_steps[int(r)] = {int(h): [int(n) for n in s] for h, s in steps.items()}
         for r, figures in (state.get("param_bytes") or {}).items():
             self.param_bytes[int(r)] = {k: int(v) for k, v in figures.items()}
+        for r, clients in (state.get("data_bytes") or {}).items():
+            self.data_bytes[int(r)] = {
+                int(c): {k: int(v) for k, v in b.items()} for c, b in clients.items()
+            }
 
     def summary(self) -> None:
         """Log the configuration."""

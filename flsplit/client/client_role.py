@@ -20,7 +20,13 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, RecordDict
 
 from flsplit.client.base_cache import part_state, without
-from flsplit.client.node import client_tls, compute_device, data_partition, node_emulation
+from flsplit.client.node import (
+    client_tls,
+    compute_device,
+    data_partition,
+    node_codecs,
+    node_emulation,
+)
 from flsplit.client.records import config_of, load_part, reply, state_dict_of
 from flsplit.config import RunConfig
 from flsplit.model.client_view import ClientModel
@@ -86,6 +92,7 @@ def train_split_round(
         deadline=config.call_deadline,
         tls_root_cert=root_cert,
         tls_server_name=server_name,
+        codecs=node_codecs(context, config),
     ) as helper:
         partition, partitions = data_partition(context, config)
         # the model first, then the data, as a Flower train handler does: building the
@@ -164,6 +171,8 @@ def train_split_round(
         started=result.started,
         ended=result.ended,
         load_ms=result.load_ms,
+        bytes_up=helper.bytes_up,
+        bytes_down=helper.bytes_down,
     )
     out = reply(msg, arrays, metrics.to_metrics())
     with_base_hash(out.content, weights.held)

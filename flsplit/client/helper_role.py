@@ -25,7 +25,13 @@ from flwr.app import ArrayRecord, Context, Message
 from flwr.supercore import log
 
 from flsplit.client.base_cache import PartState, part_state, without
-from flsplit.client.node import client_tls, compute_device, helper_tls, node_emulation
+from flsplit.client.node import (
+    client_tls,
+    compute_device,
+    helper_tls,
+    node_codec_overrides,
+    node_emulation,
+)
 from flsplit.client.records import config_of, load_part
 from flsplit.config import RunConfig
 from flsplit.model.crossing import call_part
@@ -115,6 +121,9 @@ def serve_helper_round(
     try:
         chained = [c for c in round_.clients if c.next_address]
         root_cert, server_name = client_tls(context) if chained else (None, None)
+        # codecs this helper's node config sets for its links to next hops (else the
+        # client's, carried by each frame)
+        own_codecs = node_codec_overrides(context) if chained else {}
         for served in chained:  # this helper is not the last of the client's chain
             next_hops[served.client] = HelperClient(
                 served.next_address,
@@ -124,6 +133,7 @@ def serve_helper_round(
                 tls_root_cert=root_cert,
                 tls_server_name=server_name,
             )
+            next_hops[served.client].codecs = dict(own_codecs)
         server = HelperServer(
             worker,
             verifier,

@@ -9,6 +9,12 @@ message is handled, a client's node config shows that data partition
 (:func:`client_partition_view`), so the app's own handlers (``evaluate``, ``query``, ...)
 and flsplit's load the same data.
 
+A client's node config may set ``compress-activations`` and ``compress-gradients`` (the
+run config's spellings) for its own link to its helper(s), over the run config's
+(:func:`node_codecs`): a client on a slow uplink compresses while the others do not. A
+helper's node config may set them for the links to its next hops in helper chains
+(otherwise every hop uses the client's codecs).
+
 The data plane runs over TLS when the helper's node config names a certificate and key
 (``data-tls-cert``, ``data-tls-key``, PEM files) and each client's node config the root
 certificate to check it against (``data-tls-root-cert``; ``data-tls-server-name`` if the
@@ -30,7 +36,13 @@ from typing import Any
 import torch
 from flwr.app import Context
 
-from flsplit.config import RunConfig
+from flsplit.config import (
+    COMPRESS_ACTIVATIONS,
+    COMPRESS_GRADIENTS,
+    CodecSetting,
+    RunConfig,
+    parse_codec,
+)
 from flsplit.protocol import ROLE_CLIENT, ROLE_HELPER, ROLES
 from flsplit.runtime import emulation
 from flsplit.runtime.dataplane import read_pem
@@ -347,3 +359,41 @@ def client_tls(context: Context) -> tuple[bytes | None, str | None]:
     return (read_pem(str(root), "data-tls-root-cert") if root else None), (
         str(name) if name else None
     )
+
+
+def node_codec_overrides(context: Context) -> dict[str, CodecSetting]:
+    """The codecs a node's config sets for its own links, by the op they code
+    (``"fwd"``: ``compress-activations``, ``"bwd"``: ``compress-gradients``); keys it does
+    not set are left out.
+
+    Raises
+    ------
+    ValueError
+        If a node config value is not a codec spelling (naming the key).
+    """
+    node = context.node_config
+    overrides = {}
+    for op, key in (("fwd", COMPRESS_ACTIVATIONS), ("bwd", COMPRESS_GRADIENTS)):
+        if key in node:
+            try:
+                overrides[op] = parse_codec(node[key], key)
+            except ValueError as err:
+                raise ValueError(f"node config: {err}".replace("run config ", "")) from None
+    return overrides
+
+
+def node_codecs(
+    context: Context, config: RunConfig | Mapping[str, Any]
+) -> tuple[CodecSetting, CodecSetting]:
+    """The codecs of a client's activations and gradients: its node config's
+    ``compress-activations`` and ``compress-gradients`` where set, else the run config's.
+
+    Raises
+    ------
+    ValueError
+        If a node config value is not a codec spelling (naming the key).
+    """
+    config = RunConfig.of(config)
+    overrides = node_codec_overrides(context)
+    return (overrides.get("fwd", config.compress_activations),
+            overrides.get("bwd", config.compress_gradients))

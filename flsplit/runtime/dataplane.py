@@ -28,6 +28,13 @@ Every request is checked in this order, and nothing is done for it before it pas
    body input, or exactly those of the pending forward output for a gradient
    (:meth:`HelperWorker.check <flsplit.runtime.worker.HelperWorker.check>`).
 
+Compression. A request that names a codec (:mod:`flsplit.runtime.wire`, ``codec``) is
+answered with its tensors coded with that codec (error feedback, if asked for, kept per
+client, direction and micro-batch, :mod:`flsplit.runtime.codecs`), and a relaying helper
+codes what it sends to the next hop with it too: the client's choice holds on every hop.
+A coded tensor is decoded (its codec fields and values checked) in step 3, before the
+body sees it.
+
 A frame failing 1 or 3 is answered with ``INVALID_ARGUMENT`` naming the field; the helper,
 its other clients and the sender's own in-flight batch carry on.
 
@@ -61,8 +68,10 @@ from concurrent import futures
 from pathlib import Path
 
 import grpc
+import torch
 
-from flsplit.runtime import wire
+from flsplit.model.crossing import needs_grad
+from flsplit.runtime import codecs, wire
 from flsplit.runtime.auth import TokenVerifier
 from flsplit.runtime.checks import InputError
 from flsplit.runtime.emulation import NO_EMULATION, Emulation
@@ -175,6 +184,7 @@ class HelperServer:
         self._all_done = threading.Event()
         self._lock = threading.Lock()
         self.relay = ChainRelay(next_hops or {}, link)
+        self.coder = codecs.Feedback()  # codes replies (error feedback per client)
         unknown = sorted(set(self.relay.next_hops) - set(self.clients))
         if unknown:
             raise DataPlaneError(f"next hops given for clients not served here: {unknown[:3]}")
@@ -506,7 +516,8 @@ class HelperServer:
         try:
             if op == "bwd" and relayed:
                 frame.tensor = self.relay.backward(
-                    frame.client, frame.tensor, frame.step, frame.micro, frame.micros
+                    frame.client, frame.tensor, frame.step, frame.micro, frame.micros,
+                    codec=frame.codec,
                 )
             future = self._submit(frame, op)
         except InputError as err:
@@ -526,10 +537,19 @@ class HelperServer:
         if op == "fwd" and relayed:
             try:
                 result = self.relay.forward(
-                    frame.client, result, frame.step, frame.micro, frame.micros
+                    frame.client, result, frame.step, frame.micro, frame.micros,
+                    codec=frame.codec,
                 )
             except RelayError as err:
                 raise _StatusError(grpc.StatusCode.FAILED_PRECONDITION, str(err)) from None
+        grads = None
+        if frame.codec is not None and not frame.codec.lossless and result is not None:
+            if not isinstance(result, torch.Tensor):
+                grads = needs_grad(result)  # as the wire flags them raw
+            result = self.coder.code_all(
+                result, frame.codec, (frame.client, op, frame.micro),
+                grads if op == "fwd" else None,
+            )
         service_ms = (time.perf_counter() - received) * 1000.0
         return wire.encode(
             wire.Frame(
@@ -540,5 +560,6 @@ class HelperServer:
                 service_ms=service_ms,
                 micro=frame.micro,
                 micros=frame.micros,
+                grads=grads,
             )
         )

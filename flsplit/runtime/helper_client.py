@@ -22,6 +22,13 @@ point and requires one (pass the head's output as it is; it is detached for the 
 tuple answered by the helper comes back with the flagged tensors requiring a gradient
 (fresh leaves), the others not.
 
+Compression. A client given codecs (``codecs``: activations, gradients; run config
+``compress-activations``, ``compress-gradients``) codes the floating-point tensors of its
+``fwd`` requests with the first and of its ``bwd`` requests with the second
+(:mod:`flsplit.runtime.codecs`, error feedback per direction and micro-batch), names the
+codec in the frame so the helper answers in kind, and counts the bytes it sends and
+receives (:attr:`HelperClient.bytes_up`, :attr:`HelperClient.bytes_down`).
+
 The end of a round. :meth:`HelperClient.finish` tells the helper the client is done. A
 client whose round fails sends ``Abort`` with the cause instead (the context manager does
 so on an exception), so the helper releases it at once; and after its first answered
@@ -38,7 +45,9 @@ import time
 import grpc
 import torch
 
-from flsplit.model.crossing import Activation, detach_inputs
+from flsplit.config import CodecSetting
+from flsplit.model.crossing import Activation, detach_inputs, needs_grad
+from flsplit.runtime import codecs as _codecs
 from flsplit.runtime import diagnose, wire
 
 SERVICE = "flsplit.Helper"
@@ -109,6 +118,9 @@ class HelperClient:
     tls_server_name : str, optional
         Name to expect in the helper's certificate when it differs from the host in
         ``address``.
+    codecs : (CodecSetting, CodecSetting), optional
+        Codecs of the activations (``fwd``) and gradients (``bwd``) this client sends and
+        asks the helper to answer with; default: raw tensors.
     """
 
     def __init__(
@@ -120,8 +132,14 @@ class HelperClient:
         max_frame_bytes: int = wire.DEFAULT_MAX_FRAME_BYTES,
         tls_root_cert: bytes | None = None,
         tls_server_name: str | None = None,
+        codecs: tuple[CodecSetting, CodecSetting] | None = None,
     ) -> None:
         self.address = address
+        self.codecs = {"fwd": codecs[0], "bwd": codecs[1]} if codecs else {}
+        self._coder = _codecs.Feedback()
+        #: bytes of every frame sent and received (requests and replies), this connection
+        self.bytes_up = self.bytes_down = 0
+        self._bytes_lock = threading.Lock()
         self.client = client
         self.token = token
         self.deadline = deadline
@@ -174,6 +192,7 @@ class HelperClient:
         step: int,
         micro: int = 0,
         micros: int = 1,
+        codec: CodecSetting | None = None,
     ) -> tuple[Activation | None, float, float]:
         """One request, safe to issue from several threads at once (micro-batches in
         flight together).
@@ -188,6 +207,9 @@ class HelperClient:
             The batch counter.
         micro, micros : int
             Micro-batch ``micro`` of ``micros`` in the batch.
+        codec : CodecSetting, optional
+            The codec of this request (a relaying helper passes on its client's); default:
+            this connection's codec of ``op``.
 
         Returns
         -------
@@ -200,7 +222,17 @@ class HelperClient:
         DataPlaneError
             If the helper refused or failed the request, or did not answer in time.
         """
-        return self._request(_METHODS[op], op, tensor, step, micro, micros)
+        return self._request(_METHODS[op], op, tensor, step, micro, micros, codec=codec)
+
+    def codec_of(self, op: str) -> CodecSetting:
+        """The codec of this connection's ``op`` requests (``"fwd"``, ``"bwd"``) and their
+        answers."""
+        return self.codecs.get(op, _codecs.NONE)
+
+    def wire_nbytes(self, op: str, tensor: Activation) -> int:
+        """Payload bytes of ``tensor`` in an ``op`` request or its answer: what an emulated
+        link charges for it."""
+        return _codecs.wire_nbytes(tensor, self.codec_of(op))
 
     def backward(
         self, grad_output: Activation, optim: list[list] | None = None
@@ -419,11 +451,21 @@ class HelperClient:
         micro: int = 0,
         micros: int = 1,
         optim: list[list] | None = None,
+        codec: CodecSetting | None = None,
     ) -> tuple[Activation | None, float, float]:
+        codec = codec if codec is not None else self.codec_of(op)
+        grads = None
+        if tensor is not None and not codec.lossless:
+            if not isinstance(tensor, torch.Tensor):
+                grads = needs_grad(tensor)  # as the wire flags them raw
+            # a forward codes the tensors that take a gradient (hidden states; masks, ids
+            # and tables travel raw), a backward every gradient
+            which = grads if op == "fwd" else None
+            tensor = self._coder.code_all(tensor, codec, (op, micro), which)
         request = wire.encode(
             wire.Frame(
                 op, self.client, self.token, step, tensor, micro=micro, micros=micros,
-                optim=optim,
+                optim=optim, grads=grads, codec=None if codec.lossless else codec,
             )
         )
         self.connect()
@@ -439,6 +481,9 @@ class HelperClient:
                 f"helper {self.address} sent a bad {method} reply: {err}"
             ) from None
         total = time.perf_counter() - start
+        with self._bytes_lock:
+            self.bytes_up += len(request)
+            self.bytes_down += len(reply)
         if self._watch is None and op != "finish":  # the helper accepted this client
             with self._connect_lock:
                 if self._watch is None:
@@ -480,6 +525,17 @@ class HelperClient:
         if code is grpc.StatusCode.DEADLINE_EXCEEDED:
             message += f" (no answer within the call deadline of {self.deadline:.0f} s)"
         return DataPlaneError(message)
+
+
+def link_nbytes(helper: object, op: str, tensor: Activation) -> int:
+    """Payload bytes of ``tensor`` in an ``op`` request to ``helper`` or its answer (coded
+    with the connection's codec; raw for a stand-in without codecs): what an emulated
+    link charges for it."""
+    measure = getattr(helper, "wire_nbytes", None)
+    if measure is None:
+        return sum(t.numel() * t.element_size() for t in
+                   ((tensor,) if isinstance(tensor, torch.Tensor) else tensor))
+    return int(measure(op, tensor))
 
 
 _METHODS = {"fwd": "Forward", "bwd": "Backward", "finish": "Finish", "sync": "Sync"}

@@ -37,7 +37,7 @@ from flsplit.model import crossing
 from flsplit.model.crossing import Activation, Inputs
 from flsplit.model.outputs import correct_count, logits_of
 from flsplit.runtime.emulation import NO_EMULATION, Emulation
-from flsplit.runtime.helper_client import DataPlaneError, HelperClient
+from flsplit.runtime.helper_client import DataPlaneError, HelperClient, link_nbytes
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -182,12 +182,12 @@ class MicroBatchStep:
 
     def _send(self, op: str, tensor: Activation, micro: int, micros: int) -> Activation:
         with self._uplink:
-            self.emulation.transfer(crossing.nbytes(tensor))
+            self.emulation.transfer(link_nbytes(self.helper, op, tensor))
         answer, _, _ = self.helper.call(op, tensor, self.step, micro, micros)
         if answer is None:
             raise DataPlaneError(f"helper {self.helper.address} answered {op} without a tensor")
         with self._downlink:
-            self.emulation.transfer(crossing.nbytes(answer))
+            self.emulation.transfer(link_nbytes(self.helper, op, answer))
         return answer
 
 

@@ -11,6 +11,7 @@ floating-point ones finite on request, booleans 0 or 1.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -111,14 +112,18 @@ def check_spec(spec: object, name: str = "tensor") -> tuple[torch.dtype, tuple[i
     return dtype, tuple(shape), expected
 
 
-def check_specs(specs: object) -> tuple[list[tuple[torch.dtype, tuple[int, ...], int]],
-                                         tuple[bool, ...]]:
+def check_specs(
+    specs: object, check: Callable[[object, str], tuple] | None = None
+) -> tuple[list[tuple], tuple[bool, ...]]:
     """Check a multi-tensor header's ``tensors`` field.
+
+    ``check(spec, name)`` checks one spec and returns a tuple that starts with its dtype
+    (default :func:`check_spec`: dtype, shape and byte length).
 
     Returns
     -------
     tuple
-        Per tensor its dtype, shape and byte length, and the gradient flags.
+        Per tensor what ``check`` returned, and the gradient flags.
 
     Raises
     ------
@@ -134,13 +139,14 @@ def check_specs(specs: object) -> tuple[list[tuple[torch.dtype, tuple[int, ...],
     layouts, flags = [], []
     for i, spec in enumerate(specs):
         name = f"tensors[{i}]"
-        dtype, shape, size = check_spec(spec, name)
+        layout = (check or check_spec)(spec, name)
+        dtype = layout[0]
         grad = spec.get("grad")
         if not isinstance(grad, bool):
             raise FrameError(f"{name} grad {short(grad, 40)} must be true or false")
         if grad and not dtype.is_floating_point:
             raise FrameError(f"{name} grad is set on dtype {DTYPE_NAMES[dtype]}, which has none")
-        layouts.append((dtype, shape, size))
+        layouts.append(layout)
         flags.append(grad)
     return layouts, tuple(flags)
 

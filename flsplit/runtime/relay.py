@@ -27,10 +27,11 @@ from collections.abc import Mapping
 
 import torch
 
+from flsplit.config import CodecSetting
 from flsplit.runtime.checks import check_gradient
+from flsplit.runtime.codecs import NONE, wire_nbytes
 from flsplit.runtime.emulation import NO_EMULATION, Emulation
 from flsplit.runtime.helper_client import DataPlaneError, HelperClient
-from flsplit.runtime.memory import tensor_nbytes
 from flsplit.runtime.worker import TaskError
 
 
@@ -74,7 +75,13 @@ class ChainRelay:
         return client in self.next_hops
 
     def forward(
-        self, client: str, output: torch.Tensor, step: int, micro: int = 0, micros: int = 1
+        self,
+        client: str,
+        output: torch.Tensor,
+        step: int,
+        micro: int = 0,
+        micros: int = 1,
+        codec: CodecSetting | None = None,
     ) -> torch.Tensor:
         """Send this piece's output on to the next hop; return the chain's output.
 
@@ -85,7 +92,7 @@ class ChainRelay:
         """
         if isinstance(output, tuple):
             raise RelayError(multi_tensor_chain(output))
-        answer = self._call_next(client, "fwd", output, step, micro, micros)
+        answer = self._call_next(client, "fwd", output, step, micro, micros, codec)
         if isinstance(answer, tuple):
             raise RelayError(f"next hop: {multi_tensor_chain(answer)}")
         with self._lock:
@@ -93,7 +100,13 @@ class ChainRelay:
         return answer
 
     def backward(
-        self, client: str, grad: torch.Tensor, step: int, micro: int = 0, micros: int = 1
+        self,
+        client: str,
+        grad: torch.Tensor,
+        step: int,
+        micro: int = 0,
+        micros: int = 1,
+        codec: CodecSetting | None = None,
     ) -> torch.Tensor:
         """Check the gradient against the chain's output and send it to the next hop;
         return the gradient of this piece's output.
@@ -113,7 +126,7 @@ class ChainRelay:
             raise TaskError("backward task without a preceding forward task")
         shape, dtype = expected
         check_gradient(grad, shape, dtype)
-        answer = self._call_next(client, "bwd", grad, step, micro, micros)
+        answer = self._call_next(client, "bwd", grad, step, micro, micros, codec)
         with self._lock:
             self._relayed.pop((client, micro), None)
         return answer
@@ -143,14 +156,25 @@ class ChainRelay:
             hop.close()
 
     def _call_next(
-        self, client: str, op: str, tensor: torch.Tensor, step: int, micro: int, micros: int
+        self,
+        client: str,
+        op: str,
+        tensor: torch.Tensor,
+        step: int,
+        micro: int,
+        micros: int,
+        codec: CodecSetting | None = None,
     ) -> torch.Tensor:
-        """Send ``tensor`` over the emulated link to the next hop as task ``op``; return
-        its answer."""
+        """Send ``tensor`` over the emulated link to the next hop as task ``op``, coded
+        with the hop connection's own codec of ``op`` if it has one (the helper's node
+        config), else ``codec`` (the client's; default raw); return its answer."""
+        hop = self.next_hops[client]
+        # the hop's own codec (the helper's node config) wins over the client's
+        codec = getattr(hop, "codecs", {}).get(op, codec or NONE)
         with self._link_out:
-            self.link.transfer(tensor_nbytes(tensor))
+            self.link.transfer(wire_nbytes(tensor, codec))
         try:
-            answer, _, _ = self.next_hops[client].call(op, tensor, step, micro, micros)
+            answer, _, _ = hop.call(op, tensor, step, micro, micros, codec=codec)
         except DataPlaneError as err:
             raise RelayError(f"next hop: {err}") from None
         if answer is None:
@@ -158,5 +182,5 @@ class ChainRelay:
                 f"next hop answered {'Forward' if op == 'fwd' else 'Backward'} without a tensor"
             )
         with self._link_back:
-            self.link.transfer(tensor_nbytes(answer))
+            self.link.transfer(wire_nbytes(answer, codec))
         return answer

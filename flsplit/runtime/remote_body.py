@@ -77,7 +77,7 @@ from flsplit.model import crossing
 from flsplit.model.crossing import Activation
 from flsplit.runtime.checks import InputError
 from flsplit.runtime.emulation import NO_EMULATION, Emulation
-from flsplit.runtime.helper_client import HelperClient
+from flsplit.runtime.helper_client import HelperClient, link_nbytes
 from flsplit.runtime.trainer import RoundTotals, TrainResult
 from flsplit.runtime.worker import optimizer_class
 
@@ -193,7 +193,7 @@ class RemoteBody:
         now = self._end_span()  # stretches the head's forward (or all since the last batch)
         if not self._head_ran():  # the body called without the head: the gap ends here
             self._start_batch(now)
-        self.emulation.transfer(crossing.nbytes(cut1))
+        self.emulation.transfer(link_nbytes(self.helper, "fwd", cut1))
         t1 = time.perf_counter()
         sent = cut1.detach() if isinstance(cut1, torch.Tensor) else cut1
         out = self.helper.forward(sent, optim=self._take_events())
@@ -202,7 +202,7 @@ class RemoteBody:
             fwd_service=self.helper.last_service_seconds,
             examples=float(crossing.batch_size(cut1)),
         )
-        self.emulation.transfer(crossing.nbytes(out))
+        self.emulation.transfer(link_nbytes(self.helper, "fwd", out))
         self.pending = True
         self._span = (time.perf_counter(), time.process_time())
         device = crossing.as_tuple(cut1)[0].device
@@ -219,7 +219,7 @@ class RemoteBody:
         events = self._take_events()
         if self._gradients_cleared():
             events.append(["zero"])
-        self.emulation.transfer(crossing.nbytes(grad))
+        self.emulation.transfer(link_nbytes(self.helper, "bwd", grad))
         t3 = time.perf_counter()
         sent = grad.contiguous() if isinstance(grad, torch.Tensor) else grad
         grad_cut1 = self.helper.backward(sent, optim=events)
@@ -227,7 +227,7 @@ class RemoteBody:
             t3=t3, t4=time.perf_counter(), bwd_net=self.helper.last_network_seconds,
             bwd_service=self.helper.last_service_seconds,
         )
-        self.emulation.transfer(crossing.nbytes(grad_cut1))
+        self.emulation.transfer(link_nbytes(self.helper, "bwd", grad_cut1))
         self.pending = False
         self.backwards += 1
         self.steps_since_backward = 0

@@ -31,7 +31,7 @@ from flsplit.model import crossing
 from flsplit.model.crossing import Activation, Inputs
 from flsplit.model.outputs import correct_count, logits_of
 from flsplit.runtime.emulation import NO_EMULATION, Emulation
-from flsplit.runtime.helper_client import HelperClient
+from flsplit.runtime.helper_client import HelperClient, link_nbytes
 from flsplit.runtime.microbatch import MicroBatchStep
 from flsplit.runtime.worker import ProximalTerm
 
@@ -249,12 +249,12 @@ def split_batch(
     optimizer.zero_grad(set_to_none=True)
     with emulation.compute():
         cut1 = head(inputs)
-    emulation.transfer(crossing.nbytes(cut1))
+    emulation.transfer(link_nbytes(helper, "fwd", cut1))
     t1 = time.perf_counter()
     body_out = helper.forward(outgoing(cut1), step=step)
     fwd_net, fwd_service = helper.last_network_seconds, helper.last_service_seconds
     t2 = time.perf_counter()
-    emulation.transfer(crossing.nbytes(body_out))
+    emulation.transfer(link_nbytes(helper, "fwd", body_out))
     device = crossing.as_tuple(cut1)[0].device
     with emulation.compute():
         cut2 = incoming(body_out, device)
@@ -262,12 +262,12 @@ def split_batch(
         loss = loss_fn(logits, labels)
         loss.backward()
     grads = gradients_of(cut2)
-    emulation.transfer(crossing.nbytes(grads))
+    emulation.transfer(link_nbytes(helper, "bwd", grads))
     t3 = time.perf_counter()
     grad_cut1 = helper.backward(grads)
     bwd_net, bwd_service = helper.last_network_seconds, helper.last_service_seconds
     t4 = time.perf_counter()
-    emulation.transfer(crossing.nbytes(grad_cut1))
+    emulation.transfer(link_nbytes(helper, "bwd", grad_cut1))
     with emulation.compute():
         if isinstance(cut1, torch.Tensor):
             cut1.backward(grad_cut1.to(device=cut1.device, dtype=cut1.dtype))

@@ -38,6 +38,13 @@ The header is a UTF-8 JSON object with the fields
   ``["step", CLASS, HYPERPARAMETERS]`` (step the body with ``torch.optim.CLASS`` and those
   hyperparameters). A ``bwd`` frame with the field (even an empty list) only adds its
   gradients to the body's; the body steps on ``step`` events alone.
+- ``codec`` (optional, ``fwd`` and ``bwd`` requests): the codec of the request's
+  direction, spelled as in the run config (``"int8"``, ``"topk:0.1+ef"``,
+  :mod:`flsplit.runtime.codecs`). The receiver codes its reply with it (an activation
+  answers an activation, a gradient a gradient), and a relaying helper codes its frames to
+  the next hop with it. Coded tensors name their codec in their spec (``codec`` and its
+  fields; ``nbytes`` is then the coded length); a frame without ``codec`` and without
+  coded specs is byte for byte what it was before codecs existed.
 - ``reason`` (optional, ``abort`` frames): why the client gives up, e.g.
   ``"ValueError: bad batch"``: at most :data:`MAX_REASON_CHARS` printable characters (no
   line breaks or control characters, so it is safe to log).
@@ -70,7 +77,10 @@ from dataclasses import dataclass
 
 import torch
 
+from flsplit.config import CodecSetting
 from flsplit.model.crossing import needs_grad
+from flsplit.runtime import codecs
+from flsplit.runtime.codecs import Coded, Coding
 from flsplit.runtime.payload import (
     DTYPES,
     ITEMSIZE,
@@ -78,7 +88,6 @@ from flsplit.runtime.payload import (
     MAX_DIMS,
     MAX_TENSORS,
     FrameError,
-    check_spec,
     check_specs,
     materialize,
     tensor_bytes,
@@ -145,6 +154,10 @@ class Frame:
     grads : tuple of bool, optional
         A tuple's gradient flags (decoded frames always have them; encoding without them
         flags the floating-point tensors that require a gradient).
+    codec : CodecSetting, optional
+        The codec of the frame's direction (header field ``codec``); the sender codes the
+        tensors itself (:class:`~flsplit.runtime.codecs.Feedback`), so ``tensor`` may hold
+        :class:`~flsplit.runtime.codecs.Coded` tensors.
     """
 
     op: str
@@ -158,6 +171,7 @@ class Frame:
     optim: list[list] | None = None
     reason: str = ""
     grads: tuple[bool, ...] | None = None
+    codec: CodecSetting | None = None
 
 
 def encode(frame: Frame) -> bytes:
@@ -167,6 +181,8 @@ def encode(frame: Frame) -> bytes:
     tensor_header, specs, payload = None, None, b""
     if isinstance(frame.tensor, tuple | list):
         specs, payload = _encode_tensors(tuple(frame.tensor), frame.grads)
+    elif isinstance(frame.tensor, Coded):
+        tensor_header, payload = frame.tensor.spec, frame.tensor.payload
     elif frame.tensor is not None:
         tensor_header, payload = tensor_bytes(frame.tensor)
     fields = {
@@ -187,6 +203,8 @@ def encode(frame: Frame) -> bytes:
         fields["optim"] = check_optim_events(frame.optim)
     if frame.reason:
         fields["reason"] = check_reason(frame.reason)
+    if frame.codec is not None and not frame.codec.lossless:
+        fields["codec"] = str(frame.codec)
     header = json.dumps(fields, separators=(",", ":")).encode()
     return _PREFIX.pack(MAGIC, len(header)) + header + payload
 
@@ -196,15 +214,20 @@ def _encode_tensors(
 ) -> tuple[list[dict], bytes]:
     if len(tensors) > MAX_TENSORS:
         raise FrameError(f"{len(tensors)} tensors in one frame; at most {MAX_TENSORS} travel")
-    if any(not isinstance(t, torch.Tensor) for t in tensors):
+    if any(not isinstance(t, torch.Tensor | Coded) for t in tensors):
         kinds = ", ".join(type(t).__name__ for t in tensors)
         raise FrameError(f"a frame carries tensors only, got ({kinds})")
+    if grads is None and any(isinstance(t, Coded) for t in tensors):
+        raise FrameError("coded tensors travel with their gradient flags")
     flags = needs_grad(tensors) if grads is None else tuple(bool(g) for g in grads)
     if len(flags) != len(tensors):
         raise FrameError(f"{len(flags)} gradient flags for {len(tensors)} tensors")
     specs, chunks = [], []
     for i, (tensor, grad) in enumerate(zip(tensors, flags, strict=True)):
-        spec, data = tensor_bytes(tensor, f"tensors[{i}]")
+        if isinstance(tensor, Coded):
+            spec, data = tensor.spec, tensor.payload
+        else:
+            spec, data = tensor_bytes(tensor, f"tensors[{i}]")
         if grad and not tensor.is_floating_point():
             raise FrameError(f"tensors[{i}] grad is set on dtype {spec['dtype']}, which has none")
         specs.append({**spec, "grad": grad})
@@ -224,8 +247,10 @@ class RawFrame:
     dtype: torch.dtype | None = None
     shape: tuple[int, ...] = ()
     payload: memoryview | None = None
-    #: a ``tensors`` frame: dtype, shape and byte length of each tensor
-    layouts: list[tuple[torch.dtype, tuple[int, ...], int]] | None = None
+    #: a ``tensors`` frame: dtype, shape, byte length and coding (``None``: raw) of each
+    layouts: list[tuple[torch.dtype, tuple[int, ...], int, Coding | None]] | None = None
+    #: a ``tensor`` frame's coding (``None``: raw bytes)
+    coding: Coding | None = None
 
     def tensor(self, require_finite: bool = True) -> Tensors | None:
         """Materialize the tensor, or the tuple of tensors (copies that own their
@@ -241,14 +266,33 @@ class RawFrame:
             return None
         if self.layouts is not None:
             tensors, offset = [], 0
-            for i, (dtype, shape, size) in enumerate(self.layouts):
+            for i, (dtype, shape, size, coding) in enumerate(self.layouts):
                 part = self.payload[offset : offset + size]
-                tensors.append(materialize(dtype, shape, part, require_finite, f"tensors[{i}]"))
+                tensors.append(_materialize(dtype, shape, part, require_finite, coding,
+                                            f"tensors[{i}]"))
                 offset += size
             return tuple(tensors)
         if self.dtype is None:
             return None
-        return materialize(self.dtype, self.shape, self.payload, require_finite)
+        return _materialize(self.dtype, self.shape, self.payload, require_finite, self.coding)
+
+
+def _materialize(
+    dtype: torch.dtype,
+    shape: tuple[int, ...],
+    payload: memoryview,
+    require_finite: bool,
+    coding: Coding | None,
+    name: str = "tensor",
+) -> torch.Tensor:
+    """A raw tensor (:func:`~flsplit.runtime.payload.materialize`) or a coded one
+    (decoded, then its values checked as a raw one's)."""
+    if coding is None:
+        return materialize(dtype, shape, payload, require_finite, name)
+    tensor = codecs.decode(coding, dtype, shape, payload, name)
+    if require_finite and not bool(torch.isfinite(tensor).all()):
+        raise FrameError(f"{name} holds NaN or infinite values")
+    return tensor
 
 
 def decode(
@@ -351,6 +395,7 @@ def decode_header(data: bytes, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
     _check_micro(micro, micros)
     optim = header.get("optim")
     reason = header.get("reason", "")
+    codec = header.get("codec")
     frame = Frame(
         op=op,
         client=client,
@@ -361,14 +406,21 @@ def decode_header(data: bytes, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
         micros=micros,
         optim=None if optim is None else check_optim_events(optim),
         reason=check_reason(reason),
+        codec=None if codec is None else codecs.frame_codec(codec),
     )
     payload = memoryview(data)[_PREFIX.size + header_len :]
     spec = header.get("tensor")
     if "tensors" in header:
         if spec is not None:
             raise FrameError("header fields 'tensor' and 'tensors' are both set")
-        layouts, frame.grads = check_specs(header["tensors"])
-        total = sum(size for _, _, size in layouts)
+        def check(one: object, name: str) -> tuple:
+            return codecs.check_coded_spec(one, name, max_frame_bytes)
+
+        layouts, frame.grads = check_specs(header["tensors"], check)
+        decoded = sum(math.prod(shape) * _ITEMSIZE[dtype] for dtype, shape, _, c in layouts if c)
+        if decoded > max_frame_bytes:
+            raise FrameError(f"tensors decode to {decoded} bytes, more than the frame limit")
+        total = sum(size for _, _, size, _ in layouts)
         if len(payload) != total:
             raise FrameError(f"payload has {len(payload)} bytes, header announces {total}")
         return RawFrame(frame, payload=payload, layouts=layouts)
@@ -376,8 +428,8 @@ def decode_header(data: bytes, *, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
         if len(payload):
             raise FrameError(f"frame without tensor carries {len(payload)} payload bytes")
         return RawFrame(frame)
-    dtype, shape = _tensor_layout(spec, payload)
-    return RawFrame(frame, dtype, shape, payload)
+    dtype, shape, coding = _tensor_layout(spec, payload, max_frame_bytes)
+    return RawFrame(frame, dtype, shape, payload, coding=coding)
 
 
 def _check_micro(micro: int, micros: int) -> None:
@@ -398,13 +450,15 @@ def _field(header: dict, name: str, kind: type) -> object:
     return value
 
 
-def _tensor_layout(spec: object, payload: memoryview) -> tuple[torch.dtype, tuple[int, ...]]:
+def _tensor_layout(
+    spec: object, payload: memoryview, max_frame_bytes: int
+) -> tuple[torch.dtype, tuple[int, ...], Coding | None]:
     if not isinstance(spec, dict):
         raise FrameError("header field 'tensor' must be an object or null")
-    dtype, shape, expected = check_spec(spec)
+    dtype, shape, expected, coding = codecs.check_coded_spec(spec, "tensor", max_frame_bytes)
     if len(payload) != expected:
         raise FrameError(f"payload has {len(payload)} bytes, header announces {expected}")
-    return dtype, shape
+    return dtype, shape, coding
 
 
 def check_reason(reason: object) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 from flwr.app import ArrayRecord
 from flwr.supercore import log
 
-from flsplit.protocol import ROUND_WALL_SECONDS
+from flsplit.protocol import DATA_PLANE_BYTES, ROUND_WALL_SECONDS
 from flsplit.runtime.memory import peak_rss_mib
 from flsplit.server.atomic import write_json_atomically
 from strategies.split import SplitStrategy
@@ -38,7 +38,9 @@ def history_of(strategy: SplitStrategy) -> dict[str, Any]:
     evaluation and the server-side evaluation per round (as the run's ``Result`` has them,
     by flsplit's round); ``round-wall-seconds`` per round; the helpers' peak memory and
     synchronous step sizes; the parameter bytes of every split round (``sent``, of which
-    ``sent-base``, ``received``); this process's peak memory; when it was written.
+    ``sent-base``, ``received``); the data-plane bytes each client sent and received per
+    round (``data-plane-bytes``: ``bytes-up``, ``bytes-down``); this process's peak
+    memory; when it was written.
     """
     return {
         **{kind: dict(sorted(strategy.results[kind].items())) for kind in TABLES},
@@ -46,6 +48,7 @@ def history_of(strategy: SplitStrategy) -> dict[str, Any]:
         "helper-peak-rss-mib": strategy.helper_peak_mib,
         "sync-step-examples": strategy.sync_steps,
         "parameter-bytes": strategy.param_bytes,
+        DATA_PLANE_BYTES: strategy.data_bytes,
         "serverapp-peak-rss-mib": peak_rss_mib(),
         "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -109,6 +112,7 @@ def history_state(output_dir: str | Path, up_to: int) -> dict[str, Any]:
         "round_times": rounds(saved.get(ROUND_WALL_SECONDS)),
         "helper_peak_mib": dict(saved.get("helper-peak-rss-mib") or {}),
         "sync_steps": rounds(saved.get("sync-step-examples")),
+        "data_bytes": rounds(saved.get(DATA_PLANE_BYTES)),
     }
 
 

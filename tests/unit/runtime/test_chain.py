@@ -348,3 +348,69 @@ def test_planned_routes_with_per_client_cuts_and_micro_batches_equal_unsplit_tra
                                        msg=f"client {client}: {key}")
     fwd = {t.client for t in servers[101].worker.executed if t.kind == "fwd"}
     assert fwd == {"1", "2", "4"}
+
+
+def test_a_chain_carries_the_clients_codecs_on_every_hop():
+    """Every hop's frames are coded with the codecs the client asked for: the next hop's
+    connection of the first helper sends and receives fewer bytes than raw, and training
+    stays close to the raw chain."""
+    from flsplit.config import parse_codec
+
+    results = {}
+    for spelling in ("none", "fp16"):
+        torch.manual_seed(0)
+        model = Deep().double()
+        split = split_model(model, CUTS[2], torch.zeros(2, 6, dtype=torch.float64))
+        servers, helpers = _start_chain(split, ["a"], _optimizer)
+        codec = parse_codec(spelling)
+        try:
+            opt = _optimizer(itertools.chain(split.head.parameters(), split.tail.parameters()))
+            with HelperClient(servers[0].address, "a", _token("a", helpers[0]), deadline=30,
+                              codecs=(codec, codec)) as helper:
+                result = train_split(split.head, split.tail, helper, _data(1, batches=3),
+                                     nn.functional.cross_entropy, opt)
+                client_bytes = helper.bytes_up
+            assert servers[0].wait_clients(10)
+            hop = servers[0].relay.next_hops["a"]
+            results[spelling] = (result.loss, client_bytes, hop.bytes_up, hop.bytes_down)
+        finally:
+            _stop(servers)
+    raw, coded = results["none"], results["fp16"]
+    assert coded[1] < raw[1]  # client -> first helper
+    assert coded[2] < raw[2] and coded[3] < raw[3]  # first helper <-> second helper
+    assert abs(coded[0] - raw[0]) < 1e-2
+
+
+def _hop_bytes(own_codec):
+    torch.manual_seed(0)
+    model = Deep().double()
+    split = split_model(model, CUTS[2], torch.zeros(2, 6, dtype=torch.float64))
+    servers, helpers = _start_chain(split, ["a"], _optimizer)
+    hop = servers[0].relay.next_hops["a"]
+    if own_codec is not None:
+        hop.codecs = {"fwd": own_codec, "bwd": own_codec}
+    try:
+        opt = _optimizer(itertools.chain(split.head.parameters(), split.tail.parameters()))
+        with HelperClient(servers[0].address, "a", _token("a", helpers[0]), deadline=30) as helper:
+            train_split(split.head, split.tail, helper, _data(1, batches=2),
+                        nn.functional.cross_entropy, opt)
+            client_bytes = helper.bytes_up, helper.bytes_down
+        assert servers[0].wait_clients(10)
+    finally:
+        _stop(servers)
+    return client_bytes, (hop.bytes_up, hop.bytes_down)
+
+
+def test_a_helpers_own_codec_for_its_next_hop_wins_over_the_clients():
+    """A helper whose node config sets a codec for its links to next hops codes those
+    frames with it, whatever the client asked for (here: raw from the client, fp16
+    between the helpers)."""
+    from flsplit.config import parse_codec
+
+    raw_client, raw_hop = _hop_bytes(None)
+    client, hop = _hop_bytes(parse_codec("fp16"))
+    assert client[0] == raw_client[0]  # the client's link: raw, as it asked
+    # the hop's: its 10 x 12 float64 activations and the gradients in 2 bytes a value
+    saved = 2 * (10 * 12 * 6 + 10 * 4 * 6)  # two batches, 8 -> 2 bytes a value
+    assert raw_hop[0] - hop[0] >= saved * 0.9
+    assert hop[1] < raw_hop[1]

@@ -2,8 +2,10 @@
 
 Random bytes and mutations of valid frames (bit flips, truncation, header field edits,
 huge shapes, NaN payloads, wrong dtypes, forged tokens, lists of several tensors with
-bad specs, flags and lengths) go to :func:`wire.decode`, to the helper's handlers called
-directly, and a few hundred over real gRPC. A third client's body takes three tensors (a
+bad specs, flags and lengths, compressed tensors with bad codecs, channel and index
+counts, indices out of range, scales that are not finite and positive) go to
+:func:`wire.decode`, to the helper's handlers called directly, and a few hundred over real
+gRPC. A third client's body takes three tensors (a
 hidden state, a bool mask, int64 ids), so well-formed multi-tensor frames reach a body.
 Nothing may crash (only :class:`wire.FrameError` or a clean gRPC status), every call
 finishes within its deadline, and a well-behaved client trains through the same helper all
@@ -22,7 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from flsplit.runtime import wire
+from flsplit.config import parse_codec
+from flsplit.runtime import codecs, wire
 from flsplit.runtime.auth import TokenVerifier, helper_key, new_run_secret, sign_token
 from flsplit.runtime.checks import TensorSpec
 from flsplit.runtime.dataplane import HelperServer
@@ -289,6 +292,97 @@ def multi_authentic(draw: st.DrawFn) -> bytes:
     return wire.encode(frame)
 
 
+CODEC_SPELLINGS = ["fp16", "bf16", "int8", "topk:0.25", "randtopk:0.5", "int8+ef", "topk:1"]
+
+
+@st.composite
+def coded_authentic(draw: st.DrawFn) -> bytes:
+    """Frames of the fuzzing client with its real token whose tensor is compressed: some
+    decode to a tensor that fits the body (and ask for a compressed answer), others have a
+    payload edited after coding (a scale of 0, -1 or NaN, an index out of range, NaN
+    values) or a wrong shape."""
+    op = draw(st.sampled_from(["fwd", "bwd", "fwd"]))
+    batch = draw(st.sampled_from([4, 4, 1, 0]))
+    width = draw(st.sampled_from([IN, OUT] if op == "fwd" else [OUT, IN]))
+    shape = draw(st.sampled_from([(batch, width), (batch, width), (batch, width, 1)]))
+    codec = parse_codec(draw(st.sampled_from(CODEC_SPELLINGS)))
+    tensor = torch.randn(shape, dtype=draw(st.sampled_from([torch.float32, torch.float64])))
+    if not codecs.codable(tensor):
+        return wire.encode(wire.Frame(op, "fuzz", FUZZ_TOKEN, 1, tensor, codec=codec))
+    coded, _ = codecs.encode(tensor, codec)
+    payload = bytearray(coded.payload)
+    edit = draw(st.integers(0, 4))
+    if edit == 1 and coded.spec["codec"] == "int8":  # a scale or zero point
+        at = draw(st.integers(0, 2 * coded.spec["channels"] - 1))
+        bad = draw(st.sampled_from([0.0, -1.0, float("nan"), float("inf"), 3e38]))
+        payload[4 * at : 4 * at + 4] = struct.pack("<f", bad)
+    elif edit == 1 and coded.spec["codec"] == "topk":  # an index or a value
+        k = coded.spec["k"]
+        at = draw(st.integers(0, 2 * k - 1))
+        bad = draw(st.sampled_from([-1, tensor.numel(), 2**31 - 1]))
+        value = struct.pack("<i", bad) if at < k else struct.pack("<f", float("nan"))
+        payload[4 * at : 4 * at + 4] = value
+    elif edit == 2 and payload:
+        payload[draw(st.integers(0, len(payload) - 1))] ^= 1 << draw(st.integers(0, 7))
+    frame = wire.Frame(
+        op, "fuzz", FUZZ_TOKEN, draw(st.integers(0, 9)),
+        codecs.Coded(coded.spec, bytes(payload)), codec=codec,
+    )
+    return wire.encode(frame)
+
+
+@st.composite
+def coded_edits(draw: st.DrawFn) -> bytes:
+    """A frame whose (one or several) tensor specs name a codec, its fields edited: an
+    unknown codec, a dtype codecs do not apply to, channel and index counts and index
+    dtypes that do not fit the shape, ``nbytes`` that does not match, huge decoded
+    sizes, a ``codec`` header field that is not a codec."""
+    shape = draw(st.one_of(SHAPES, st.sampled_from([[4, IN], [4, OUT], [2, 3, 2, 2]])))
+    numel, _ = _layout("float32", shape)
+    name = draw(st.sampled_from(["fp16", "bf16", "int8", "topk", "topk", "randtopk", "zip",
+                                 None, 3]))
+    spec: dict = {"dtype": draw(st.sampled_from(["float32", "float32", "float64", "int64",
+                                                 "float16", None])),
+                  "shape": shape, "codec": name}
+    channels = shape[-1] if isinstance(shape, list) and shape and isinstance(shape[-1], int) else 1
+    if isinstance(shape, list) and len(shape) == 4:
+        channels = shape[1]
+    k = draw(st.sampled_from([0, 1, max(numel // 4, 0), numel, numel + 1, -1, 2**40]))
+    if name == "int8":
+        spec["channels"] = draw(st.sampled_from([channels, channels, channels + 1, 0, -1, "4"]))
+        size = 8 * max(channels, 0) + max(numel, 0)
+    elif name in ("topk", "randtopk"):
+        spec["k"] = k
+        spec["index"] = draw(st.sampled_from(["int32", "int32", "int64", "int16", None]))
+        size = 8 * max(k, 0)
+    else:
+        size = 2 * max(numel, 0)
+    consistent = 0 <= size <= 4096
+    spec["nbytes"] = size if consistent and draw(st.booleans()) else draw(st.integers(-1, 99))
+    payload = bytes(size) if consistent and draw(st.booleans()) else draw(st.binary(max_size=64))
+    if consistent and draw(st.booleans()):  # plausible bytes: scales of 1.0, small indices
+        payload = (struct.pack("<f", 1.0) * (size // 4 + 1))[:size]
+    header: dict = {
+        "op": draw(st.sampled_from(["fwd", "bwd", "fwd"])),
+        "client": draw(st.sampled_from(["fuzz", "fuzz", "multi", "good"])),
+        "token": draw(st.sampled_from([FUZZ_TOKEN, FUZZ_TOKEN, MULTI_TOKEN, ""])),
+        "step": draw(st.integers(0, 9)),
+    }
+    if draw(st.booleans()):
+        header["codec"] = draw(st.sampled_from(
+            ["int8", "topk:0.1+ef", "none+ef", "topk", "topk:2", "zip", 3, None, "x" * 100]
+        ))
+    if draw(st.integers(0, 3)):
+        header["tensor"] = spec
+        return _frame(header, payload)
+    header["tensor"] = None
+    spec["grad"] = draw(GRAD_FLAGS)
+    mask = {"dtype": "bool", "shape": [4], "nbytes": 4, "grad": False}
+    header["tensors"] = [spec, mask, {"dtype": "int64", "shape": [4, IDS], "nbytes": 32 * IDS,
+                                      "grad": False}]
+    return _frame(header, payload + bytes(4) + bytes(32 * IDS))
+
+
 def _variants(data: bytes, position: int, bit: int, count: int) -> list[bytes]:
     """``data`` and up to ``count - 1`` mutations of it: a bit flip, a cut, junk appended."""
     flipped = bytearray(data)
@@ -300,7 +394,8 @@ def _variants(data: bytes, position: int, bit: int, count: int) -> list[bytes]:
 
 FRAMES = st.one_of(
     st.binary(max_size=300), header_edits(), mutated(), well_formed(), authentic(), authentic(),
-    multi_edits(), multi_authentic(), multi_authentic(),
+    multi_edits(), multi_authentic(), multi_authentic(), coded_edits(), coded_authentic(),
+    coded_authentic(),
 )
 
 
@@ -418,7 +513,7 @@ def test_fuzzing_the_helper_while_a_good_client_trains(capsys):
     report = {"batches": 0, "wrong": 0}
     good = threading.Thread(target=_good_client, args=(server.address, _body(), stop, report))
     good.start()
-    counts = {"handler": 0, "grpc": 0, "slowest": 0.0, "multi_ok": 0}
+    counts = {"handler": 0, "grpc": 0, "slowest": 0.0, "multi_ok": 0, "coded_ok": 0}
     codes: dict[str, int] = {}
     handlers = {"fwd": server.forward, "bwd": server.backward, "finish": server.finish}
     pool = ThreadPoolExecutor(max_workers=1)
@@ -444,6 +539,8 @@ def test_fuzzing_the_helper_while_a_good_client_trains(capsys):
                 server.finished.pop("multi", None)
             elif code == "OK" and b'"tensors":' in variant:
                 counts["multi_ok"] += 1
+            if code == "OK" and b'"codec":' in variant:
+                counts["coded_ok"] += 1
 
     channel = grpc.insecure_channel(server.address)
     stubs = {
@@ -484,7 +581,8 @@ def test_fuzzing_the_helper_while_a_good_client_trains(capsys):
             f"over gRPC in {elapsed:.1f} s; status codes {dict(sorted(codes.items()))}; "
             f"{server.refused_count} refused as unauthenticated; slowest direct call "
             f"{counts['slowest'] * 1000:.0f} ms; the good client ran {report['batches']} batches; "
-            f"{counts['multi_ok']} multi-tensor frames ran on the three-tensor body"
+            f"{counts['multi_ok']} multi-tensor frames ran on the three-tensor body; "
+            f"{counts['coded_ok']} compressed frames ran"
         )
     assert not good.is_alive(), "the good client hangs"
     assert "error" not in report, report.get("error")
@@ -499,6 +597,7 @@ def test_fuzzing_the_helper_while_a_good_client_trains(capsys):
     assert codes.get("UNAUTHENTICATED", 0) >= 10 and codes.get("INVALID_ARGUMENT", 0) > 100
     assert codes.get("OK", 0) > 10  # some fuzzed frames were good enough to run
     assert counts["multi_ok"] > 10  # and some multi-tensor ones ran on the three-tensor body
+    assert counts["coded_ok"] > 10  # and some compressed ones, answered compressed
     assert worker.bodies["multi"].input_spec == MULTI_SPEC
 
 

@@ -15,7 +15,16 @@ import torch
 from flwr.app import ArrayRecord, MetricRecord
 
 from flsplit.model.zoo import SmallCNN
-from flsplit.protocol import EVAL_LOSS, ROLE_CLIENT, ROLE_HELPER, ROUND_WALL_SECONDS, TRAIN_LOSS
+from flsplit.protocol import (
+    BYTES_DOWN,
+    BYTES_UP,
+    DATA_PLANE_BYTES,
+    EVAL_LOSS,
+    ROLE_CLIENT,
+    ROLE_HELPER,
+    ROUND_WALL_SECONDS,
+    TRAIN_LOSS,
+)
 from flsplit.server import atomic
 from flsplit.server.checkpoint import checkpoint_writer, load_checkpoint
 from flsplit.server.history import history_writer, resumed_state, write_history
@@ -176,3 +185,22 @@ def test_a_failed_write_leaves_the_previous_history(tmp_path, monkeypatch):
         write_history(tmp_path / "out", strategy)
     assert path.read_bytes() == before
     assert [p.name for p in path.parent.iterdir()] == ["history.json"]  # no temporary left
+
+
+def test_every_clients_data_plane_bytes_are_kept_per_round_and_across_a_resume(tmp_path):
+    first, grid, arrays = _strategy(tmp_path, fill=1.0)
+    with pytest.raises(KilledError):
+        first.start(grid, arrays, num_rounds=4, evaluate_fn=_evaluation(dies_in=3))
+    moved = _history(tmp_path)[DATA_PLANE_BYTES]
+    assert set(moved) == {"1", "2"}
+    assert sorted(b[BYTES_UP] for b in moved["2"].values()) == [100, 200, 300]
+    assert sorted(b[BYTES_DOWN] for b in moved["2"].values()) == [200, 400, 600]
+    assert BYTES_UP not in _history(tmp_path)["train"]["2"]  # not aggregated as a metric
+
+    saved = load_checkpoint(tmp_path / "ckpt", CONFIG)
+    resumed, grid, _ = _strategy(tmp_path, offset=saved.server_round, fill=5.0)
+    resumed.load_state(resumed_state(saved.state, tmp_path / "out", saved.server_round))
+    resumed.start(grid, arrays, num_rounds=1, evaluate_fn=_evaluation())
+    after = _history(tmp_path)[DATA_PLANE_BYTES]
+    assert after["2"] == moved["2"]
+    assert sorted(b[BYTES_UP] for b in after["3"].values()) == [500, 600, 700]

@@ -187,6 +187,8 @@ class FakeGrid(Grid):
             started=0.0,
             ended=1.0,
             load_ms=node.load_ms,
+            bytes_up=int(100 * node.fill),  # data-plane bytes it reports: its fill
+            bytes_down=int(200 * node.fill),
         )
         return reply_content(arrays, result.to_metrics())
 

@@ -147,3 +147,18 @@ def test_a_round_in_which_no_client_finished_is_saved_with_its_failures(tmp_path
     assert {f["cause"] for f in entry["failures"]} == {
         "no reply before the ServerApp stopped waiting (start()'s timeout)"
     }
+
+
+def test_round_n_json_names_every_clients_data_plane_bytes(tmp_path):
+    from flsplit.protocol import BYTES_DOWN, BYTES_UP, DATA_PLANE_BYTES
+
+    strategy, grid, arrays = _planned(tmp_path)
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord({}), grid))
+    strategy.aggregate_train(1, grid.send_and_receive(messages))
+    entry = json.loads((tmp_path / "round-1.json").read_text())
+    assert set(entry[DATA_PLANE_BYTES]) == {str(c) for c in CLIENTS}
+    for client in CLIENTS:
+        fill = grid.nodes[client].fill
+        assert entry[DATA_PLANE_BYTES][str(client)] == {
+            BYTES_UP: int(100 * fill), BYTES_DOWN: int(200 * fill)
+        }
