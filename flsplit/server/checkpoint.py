@@ -38,7 +38,7 @@ import numpy as np
 from flwr.app import ArrayRecord
 from flwr.supercore import log
 
-from flsplit.config import RESUMABLE_KEYS
+from flsplit.config import DEFAULT_RUN_CONFIG, RESUMABLE_KEYS
 from flsplit.server.atomic import write_atomically, write_json_atomically
 
 if TYPE_CHECKING:
@@ -88,14 +88,18 @@ def config_changes(
 ) -> dict[str, tuple[Any, Any]]:
     """Fingerprinted keys whose value differs: key -> (saved value, current value).
 
-    A key missing on one side counts as changed (its value there is ``None``); numbers
-    compare by value (``1`` equals ``1.0``), ``true`` equals no number.
+    A key missing on one side counts as changed (its value there is ``None``), except an
+    flsplit key the saved run predates: its default is what that run computed with, so a
+    checkpoint written before the key existed resumes while the key keeps its default.
+    Numbers compare by value (``1`` equals ``1.0``), ``true`` equals no number.
     """
     now = fingerprinted(current)
     missing = object()
     changes = {}
     for key in sorted((set(saved) | set(now)) - RESUMABLE_KEYS):
         old, new = saved.get(key, missing), now.get(key, missing)
+        if old is missing and key in DEFAULT_RUN_CONFIG:
+            old = _plain(DEFAULT_RUN_CONFIG[key])
         if not _same(old, new):
             changes[key] = (None if old is missing else old, None if new is missing else new)
     return changes

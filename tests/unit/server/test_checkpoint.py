@@ -121,6 +121,19 @@ def test_a_key_unknown_to_the_checkpoint_is_a_change(tmp_path: Path) -> None:
     assert load_checkpoint(tmp_path, {"lr": 1e-1}) is not None  # same number, same run
 
 
+def test_a_checkpoint_older_than_a_flsplit_key_resumes_while_the_key_keeps_its_default(
+    tmp_path: Path,
+) -> None:
+    # written before the compression keys existed: their default is what it computed with
+    config = _run_config()
+    older = {k: v for k, v in config.items()
+             if k not in ("compress-activations", "compress-gradients")}
+    save_checkpoint(tmp_path, _checkpoint(2, older))
+    assert load_checkpoint(tmp_path, config) is not None
+    with pytest.raises(CheckpointError, match='compress-activations "none" -> "int8"'):
+        load_checkpoint(tmp_path, _run_config(**{"compress-activations": "int8"}))
+
+
 def test_every_resumable_key_is_a_run_config_key() -> None:
     assert not RESUMABLE_KEYS - set(DEFAULT_RUN_CONFIG)
 
