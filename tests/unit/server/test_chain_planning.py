@@ -165,6 +165,24 @@ def test_speeds_are_learned_from_measured_helper_time():
     assert restored.helpers[helper].factor == pytest.approx(3.0)
 
 
+def test_slow_compute_is_learned_as_speed_not_also_as_per_micro_batch_overhead():
+    # a client twice as slow as its profile: the span's excess is its measured compute,
+    # so the overhead stays zero and the next plan, at any micro-batch count, predicts it
+    planner = _planner(helper_memory=4096.0, clients=(21,))
+    plan = planner.plan(1, [21], [1, 2, 3], {21: 2})
+    q = plan.positions[21]
+    per_sample = planner.costs.sample_ms()
+    compute = float(per_sample[:q[0]].sum() + per_sample[q[-1]:].sum()) * 32 * 4.0
+    span = 2 * (plan.finish_ms[21] + compute)
+    planner.observe_client(21, plan, 2 * compute, span_ms=span)
+    assert planner.clients[21].factor == pytest.approx(8.0)
+    assert planner.clients[21].overhead_ms == pytest.approx(0.0)
+    # what is left beyond the compute is still the overhead, per micro-batch
+    planner.mark_provisional(21)
+    planner.observe_client(21, plan, 2 * compute, span_ms=span + 2 * 6.0 * plan.micro_batches[21])
+    assert planner.clients[21].overhead_ms == pytest.approx(6.0)
+
+
 def test_planned_chains_refuse_cut_candidates_and_fixed_inner_cuts():
     base = {"planner": "auto", "chain-length": "auto"}
     assert RunConfig.parse(base).planned_chains
