@@ -254,6 +254,32 @@ def test_the_strategy_sends_every_client_its_planned_route_cuts_and_micro_batche
     assert png.read_bytes().startswith(b"\x89PNG")
 
 
+def test_the_strategy_learns_micro_batched_clients_compute_from_their_stages():
+    # micro-batched, a client's stages are its head and tail compute only (its transfers
+    # run on other threads): the planner gets them whole; whole batches less transfers
+    model = SmallCNN()
+    example = torch.zeros(2, 1, 8, 8)
+    parts = split_model(model, parse_cuts("conv2,fc2"), example)
+    planner = _planner(helper_memory=4096.0, helpers=(11, 12), clients=(21, 22))
+    strategy = ChainPlannedSplitStrategy.from_split(
+        parts, model, example,
+        strategy=FedAvg(min_train_nodes=1, min_available_nodes=1),
+        planner=planner, batch_size=32,
+    )
+    nodes = {h: FakeNode(ROLE_HELPER) for h in (11, 12)}
+    nodes.update({c: FakeNode(ROLE_CLIENT, examples=64, fill=1.0) for c in (21, 22)})
+    grid = FakeGrid(nodes, strategy.piece_keys, run_id=3)
+    messages = list(strategy.configure_train(1, ArrayRecord(model.state_dict()),
+                                             ConfigRecord({}), grid))
+    plan = strategy.chain_plan
+    plan.micro_batches[21], plan.micro_batches[22] = 2, 1
+    seen = {}
+    planner.observe_client = lambda node, _plan, compute, *args: seen.__setitem__(node, compute)
+    strategy.aggregate_train(1, grid.send_and_receive(messages))
+    assert seen[21] == pytest.approx(3.0)  # FakeNode: three 1 ms stages
+    assert seen[22] == pytest.approx(3.0 - strategy._transfer_ms(22, plan))
+
+
 def test_round_robin_chains_emulate_the_same_links_as_planned_ones():
     """The baseline planned chains are compared with: an unplanned split run with
     emulation sends every client its emulated link to its first helper."""
