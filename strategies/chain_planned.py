@@ -110,11 +110,11 @@ class ChainPlannedSplitStrategy(PlannedSplitStrategy):
         self.warm |= warming
         first = min((a for a, _ in spans.values()), default=0.0)
         for node, result in results.items():
-            compute = None
+            compute = result.stage1_ms + result.stage3_ms + result.stage5_ms
             if plan.micro_batches.get(node, 1) == 1:
                 # whole batches: the stages are the client's compute plus its transfers
-                compute = (result.stage1_ms + result.stage3_ms + result.stage5_ms
-                           - self._transfer_ms(node, plan))
+                # (micro-batches: head, tail and head backward only, sent by other threads)
+                compute -= self._transfer_ms(node, plan)
             offset = None if node in warming else 1000.0 * (spans[node][0] - first)
             span = 1000.0 * (spans[node][1] - spans[node][0])
             self.planner.observe_client(node, plan, compute, offset, span)

@@ -365,10 +365,17 @@ class ChainRoundPlanner:
     def observe_client(self, node: int, round_plan: ChainRoundPlan, stage_ms: float | None,
                        start_offset_ms: float | None = None,
                        span_ms: float | None = None) -> None:
-        """Learn a client's speed from its measured compute per batch (ms: its stages'
-        times less the link transfers the plan predicts; ``None``: not measured), how
-        long after the round's first client it started, and from its round's span
-        (first batch to last) its time per micro-batch beyond the plan."""
+        """Learn a client's speed from its measured compute per batch (ms: its head and
+        tail compute; ``None``: not measured), how long after the round's first client
+        it started, and from its round's span (first batch to last) its time per
+        micro-batch beyond the plan.
+
+        The span's excess over the plan is charged to the per-micro-batch overhead only
+        for what the measured compute does not explain: compute scales with the samples,
+        the overhead with the micro-batches, so charging slow compute to the overhead
+        (as well as to the speed) would count it twice and scale it wrongly when the
+        next plan changes the micro-batch count.
+        """
         speed = self.clients.get(node)
         if speed is None or node not in round_plan.positions:
             return
@@ -377,22 +384,35 @@ class ChainRoundPlanner:
             return new if not speed.measured else (
                 self.smoothing * new + (1 - self.smoothing) * old)
 
+        q = round_plan.positions[node]
+        per_sample = self.costs.sample_ms()
+        own = float(per_sample[:q[0]].sum() + per_sample[q[-1]:].sum())
+        predicted = own * self.costs.batch_size  # one batch's compute on the server
+        measured = predicted > 0 and stage_ms is not None and stage_ms > 0
+        # the compute this round took beyond what the plan gave it (its batches lie on
+        # the client's own path, so the span grows by as much)
+        compute_gap = stage_ms - self._planned_compute_ms(node, round_plan) if measured else 0.0
         if start_offset_ms is not None:
             speed.start_offset_ms = blend(speed.start_offset_ms, start_offset_ms)
         if span_ms is not None and node in round_plan.finish_ms:
             batches = round_plan.batches.get(node, 1)
             micro = round_plan.micro_batches.get(node, 1)
-            extra = (span_ms / batches - round_plan.finish_ms[node]) / micro
+            extra = (span_ms / batches - round_plan.finish_ms[node] - compute_gap) / micro
             speed.overhead_ms = blend(speed.overhead_ms, max(speed.overhead_ms + extra, 0.0))
-        if stage_ms is None:
+        if not measured:
             speed.measured = True
             return
+        self._blend(speed, stage_ms / predicted)
+
+    def _planned_compute_ms(self, node: int, round_plan: ChainRoundPlan) -> float:
+        """The compute per batch the plan gave client ``node`` (head and tail, at the
+        speed it planned with)."""
         q = round_plan.positions[node]
-        per_sample = self.costs.sample_ms()
-        own = float(per_sample[:q[0]].sum() + per_sample[q[-1]:].sum())
-        predicted = own * self.costs.batch_size
-        if predicted > 0 and stage_ms > 0:
-            self._blend(speed, stage_ms / predicted)
+        for p in round_plan.problem.clients:
+            if p.node_ids[0] == f"c{node}":
+                sample = p.sample_ms[0]
+                return float(sample[:q[0]].sum() + sample[q[-1]:].sum()) * p.batch_size
+        return 0.0
 
     def observe_helper(self, node: int, round_plan: ChainRoundPlan,
                        busy_ms: Mapping[int, float]) -> None:

@@ -165,6 +165,24 @@ def test_speeds_are_learned_from_measured_helper_time():
     assert restored.helpers[helper].factor == pytest.approx(3.0)
 
 
+def test_slow_compute_is_learned_as_speed_not_also_as_per_micro_batch_overhead():
+    # a client twice as slow as its profile: the span's excess is its measured compute,
+    # so the overhead stays zero and the next plan, at any micro-batch count, predicts it
+    planner = _planner(helper_memory=4096.0, clients=(21,))
+    plan = planner.plan(1, [21], [1, 2, 3], {21: 2})
+    q = plan.positions[21]
+    per_sample = planner.costs.sample_ms()
+    compute = float(per_sample[:q[0]].sum() + per_sample[q[-1]:].sum()) * 32 * 4.0
+    span = 2 * (plan.finish_ms[21] + compute)
+    planner.observe_client(21, plan, 2 * compute, span_ms=span)
+    assert planner.clients[21].factor == pytest.approx(8.0)
+    assert planner.clients[21].overhead_ms == pytest.approx(0.0)
+    # what is left beyond the compute is still the overhead, per micro-batch
+    planner.mark_provisional(21)
+    planner.observe_client(21, plan, 2 * compute, span_ms=span + 2 * 6.0 * plan.micro_batches[21])
+    assert planner.clients[21].overhead_ms == pytest.approx(6.0)
+
+
 def test_planned_chains_refuse_cut_candidates_and_fixed_inner_cuts():
     base = {"planner": "auto", "chain-length": "auto"}
     assert RunConfig.parse(base).planned_chains
@@ -234,6 +252,32 @@ def test_the_strategy_sends_every_client_its_planned_route_cuts_and_micro_batche
 
     png = chain_round_gantt(entry, tmp_path / "round-1.png")
     assert png.read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_strategy_learns_micro_batched_clients_compute_from_their_stages():
+    # micro-batched, a client's stages are its head and tail compute only (its transfers
+    # run on other threads): the planner gets them whole; whole batches less transfers
+    model = SmallCNN()
+    example = torch.zeros(2, 1, 8, 8)
+    parts = split_model(model, parse_cuts("conv2,fc2"), example)
+    planner = _planner(helper_memory=4096.0, helpers=(11, 12), clients=(21, 22))
+    strategy = ChainPlannedSplitStrategy.from_split(
+        parts, model, example,
+        strategy=FedAvg(min_train_nodes=1, min_available_nodes=1),
+        planner=planner, batch_size=32,
+    )
+    nodes = {h: FakeNode(ROLE_HELPER) for h in (11, 12)}
+    nodes.update({c: FakeNode(ROLE_CLIENT, examples=64, fill=1.0) for c in (21, 22)})
+    grid = FakeGrid(nodes, strategy.piece_keys, run_id=3)
+    messages = list(strategy.configure_train(1, ArrayRecord(model.state_dict()),
+                                             ConfigRecord({}), grid))
+    plan = strategy.chain_plan
+    plan.micro_batches[21], plan.micro_batches[22] = 2, 1
+    seen = {}
+    planner.observe_client = lambda node, _plan, compute, *args: seen.__setitem__(node, compute)
+    strategy.aggregate_train(1, grid.send_and_receive(messages))
+    assert seen[21] == pytest.approx(3.0)  # FakeNode: three 1 ms stages
+    assert seen[22] == pytest.approx(3.0 - strategy._transfer_ms(22, plan))
 
 
 def test_round_robin_chains_emulate_the_same_links_as_planned_ones():
