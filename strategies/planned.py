@@ -40,6 +40,7 @@ from flsplit.plan.sampling.helper_assignment import (
     SyncAssignment,
     assign_helpers,
     helper_step_times,
+    out_of_share,
 )
 from flsplit.protocol import (
     FORWARD,
@@ -297,7 +298,12 @@ class PlannedSplitStrategy(SplitStrategy):
             dealt_to = np.asarray(baseline, dtype=np.int64)
             helper_ms = helper_step_times(schedule.counts, dealt_to, costs).sum(axis=0)
             round_ms = float(helper_ms.max(initial=0.0))
-            plan = SyncAssignment(dealt_to, helper_ms, greedy_ms=round_ms, baseline_ms=round_ms)
+            plan = SyncAssignment(
+                dealt_to, helper_ms, greedy_ms=round_ms, baseline_ms=round_ms,
+                out_of_share=out_of_share(
+                    schedule.counts, dealt_to, len(helpers), self.share_tolerance
+                ),
+            )
         else:
             # bounded shares: a very uneven split of the samples between the helpers'
             # body copies learns worse (docs/sampling.md)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
@@ -10,7 +11,7 @@ import flsplit.model.costs
 from flsplit.config import check_modes, sync_settings
 from flsplit.model.costs import PartCosts
 from flsplit.model.zoo import SmallCNN
-from flsplit.plan.sampling.helper_assignment import SHARE_TOLERANCE
+from flsplit.plan.sampling.helper_assignment import SHARE_TOLERANCE, out_of_share
 from flsplit.protocol import CONFIG, HELPER_TRAIN, ROLE_CLIENT, ROLE_HELPER, HelperRound
 from strategies import PlannedSplitStrategy
 from strategies.sync_schedule import draw_schedule, sample_costs
@@ -176,6 +177,10 @@ def test_a_baseline_planner_deals_round_robin_with_the_planned_runs_links_and_lo
     strategy.aggregate_train(1, grid.send_and_receive(messages))
     entry = strategy.history[-1]
     assert entry["predicted_ms"] == pytest.approx(entry["round_robin_predicted_ms"])
+    dealt = np.array([i % 2 for i in range(len(CLIENTS))])
+    assert entry["out_of_share"] == pytest.approx(
+        out_of_share(strategy.schedules[1], dealt, 2, SHARE_TOLERANCE)
+    )
 
 
 def test_equal_helpers_are_dealt_round_robin_until_their_steps_are_measured():
