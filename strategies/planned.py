@@ -14,7 +14,9 @@ Under global sampling (``sampler`` ``uniform`` or ``dirichlet``) a round is sync
 steps instead: the round's schedule is drawn first and the step planner
 (:func:`~flsplit.plan.sampling.helper_assignment.assign_helpers`) chooses which helper
 batches which clients so that the steps, each as long as its slowest helper, are
-shortest; the predicted and measured time per step are logged and saved the same way.
+shortest, with every helper's share of the round's samples within 20 % of its fair share
+(:data:`~flsplit.plan.sampling.helper_assignment.SHARE_TOLERANCE`); the predicted and
+measured time per step are logged and saved the same way.
 """
 
 from __future__ import annotations
@@ -34,9 +36,11 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from flsplit.plan.sampling.helper_assignment import (
+    SHARE_TOLERANCE,
     SyncAssignment,
     assign_helpers,
     helper_step_times,
+    out_of_share,
 )
 from flsplit.protocol import (
     DATA_PLANE_BYTES,
@@ -114,6 +118,9 @@ class PlannedSplitStrategy(SplitStrategy):
         self.helper_step_fit: dict[int, HelperStepFit] = {}
         #: the last round's measured steps per helper (saved in ``round-N.json``)
         self._measured_steps: dict[str, dict[str, list[float]]] = {}
+        #: synchronous steps: bound on each helper's share of the round's samples
+        #: (relative to its fair share; ``None``: the round time alone)
+        self.share_tolerance: float | None = SHARE_TOLERANCE
 
     @classmethod
     def for_model(  # type: ignore[override]
@@ -292,9 +299,18 @@ class PlannedSplitStrategy(SplitStrategy):
             dealt_to = np.asarray(baseline, dtype=np.int64)
             helper_ms = helper_step_times(schedule.counts, dealt_to, costs).sum(axis=0)
             round_ms = float(helper_ms.max(initial=0.0))
-            plan = SyncAssignment(dealt_to, helper_ms, greedy_ms=round_ms, baseline_ms=round_ms)
+            plan = SyncAssignment(
+                dealt_to, helper_ms, greedy_ms=round_ms, baseline_ms=round_ms,
+                out_of_share=out_of_share(
+                    schedule.counts, dealt_to, len(helpers), self.share_tolerance
+                ),
+            )
         else:
-            plan = assign_helpers(schedule.counts, costs, baseline=baseline)
+            # bounded shares: a very uneven split of the samples between the helpers'
+            # body copies learns worse (docs/sampling.md)
+            plan = assign_helpers(
+                schedule.counts, costs, baseline=baseline, share_tolerance=self.share_tolerance
+            )
         seconds = time.perf_counter() - start
         self._planned_schedule = schedule
         self.sync_plan = (plan, helpers, order, seconds)
@@ -612,6 +628,7 @@ class PlannedSplitStrategy(SplitStrategy):
             "measured_ms": measured_step * steps if measured_step is not None else None,
             "planning_s": seconds,
             "round_robin_predicted_ms": plan.baseline_ms,
+            "out_of_share": plan.out_of_share,
             "predicted_helper_ms": {
                 str(h): float(plan.helper_ms[j]) for j, h in enumerate(helpers)
             },

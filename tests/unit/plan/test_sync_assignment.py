@@ -7,6 +7,7 @@ from flsplit.plan.sampling.helper_assignment import (
     StepCosts,
     assign_helpers,
     helper_step_times,
+    out_of_share,
     predicted_round_ms,
 )
 from flsplit.plan.sampling.samplers import make_sampler
@@ -167,3 +168,57 @@ def test_a_better_baseline_than_the_search_finds_is_kept() -> None:
     assert beaten > 0  # the greedy start alone is not always optimal
     with pytest.raises(ValueError, match="baseline"):
         assign_helpers(counts, costs, baseline=np.full(k, 2))
+
+
+def test_out_of_share_counts_the_samples_outside_each_helpers_bounds() -> None:
+    counts = np.array([[5, 10, 0, 10], [5, 20, 0, 10]])  # clients: 10, 30, 0, 20 samples
+    # shares 40 and 20 of 60; fair 30, bounds 24..36: 4 above plus 4 below
+    assert out_of_share(counts, np.array([0, 0, 1, 1]), 2, 0.2) == pytest.approx(8 / 60)
+    # shares 10 and 50: 14 below and 14 above
+    assert out_of_share(counts, np.array([0, 1, 0, 1]), 2, 0.2) == pytest.approx(28 / 60)
+    assert out_of_share(counts, np.array([0, 1, 0, 1]), 2, None) == 0.0
+    # three helpers: shares 10, 30, 20 of 60; fair 20, bounds 16..24: 6 below, 6 above
+    assert out_of_share(counts, np.array([0, 1, 2, 2]), 3, 0.2) == pytest.approx(12 / 60)
+    # a helper without clients is a share of 0, 16 below its lower bound
+    assert out_of_share(counts, np.array([0, 1, 0, 0]), 3, 0.2) == pytest.approx(
+        (30 - 24 + 30 - 24 + 16) / 60
+    )
+
+
+def test_bounded_shares_keep_the_split_even_and_never_slower_than_round_robin() -> None:
+    counts = make_sampler("uniform", [40] * 20, batch_size=40, seed=0).epoch(0)
+    costs = _piling_costs(20, 0.0)  # helper 0's faster links would take (almost) everyone
+    baseline = np.arange(20) % 2
+    free = assign_helpers(counts, costs, baseline=baseline)
+    bounded = assign_helpers(counts, costs, baseline=baseline, share_tolerance=0.2)
+    per_client = counts.sum(axis=0)
+    assert per_client[free.helper == 0].sum() > 0.75 * per_client.sum()
+    assert out_of_share(counts, free.helper, 2, 0.2) > 0
+    shares = np.bincount(bounded.helper, weights=per_client, minlength=2) / per_client.sum()
+    assert np.all((shares >= 0.4 - 1e-9) & (shares <= 0.6 + 1e-9)), shares
+    assert bounded.out_of_share == 0.0
+    assert free.round_ms <= bounded.round_ms <= bounded.baseline_ms + 1e-9
+    assert bounded.round_ms < bounded.baseline_ms  # the bound still leaves room to plan
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_bounded_plans_are_never_slower_nor_less_even_than_the_baseline(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    k, h = 12, 3
+    costs = StepCosts(
+        client_ms=rng.uniform(0.1, 4.0, k), body_ms=rng.uniform(0.01, 1.0, h),
+        transfer_ms=rng.uniform(0.0, 2.0, (k, h)), fixed_ms=rng.uniform(0.0, 5.0, (k, h)),
+        memory_mib=np.zeros(k), capacity_mib=np.full(h, np.inf),
+        step_ms=rng.uniform(0.0, 5.0, h), participant_ms=rng.uniform(0.0, 20.0, h),
+    )
+    counts = make_sampler("uniform", rng.integers(10, 60, k).tolist(), 16, seed=seed).epoch(0)
+    baseline = np.arange(k) % h
+    plan = assign_helpers(counts, costs, baseline=baseline, share_tolerance=0.2, max_passes=3)
+    assert plan.round_ms <= predicted_round_ms(counts, baseline, costs) + 1e-9
+    assert plan.out_of_share <= out_of_share(counts, baseline, h, 0.2) + 1e-12
+    assert plan.out_of_share == pytest.approx(out_of_share(counts, plan.helper, h, 0.2))
+
+
+def test_a_negative_share_tolerance_is_refused() -> None:
+    with pytest.raises(ValueError, match="share_tolerance"):
+        assign_helpers(_counts(), _costs(12, [1.0, 1.0]), share_tolerance=-0.1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
@@ -10,6 +11,7 @@ import flsplit.model.costs
 from flsplit.config import check_modes, sync_settings
 from flsplit.model.costs import PartCosts
 from flsplit.model.zoo import SmallCNN
+from flsplit.plan.sampling.helper_assignment import SHARE_TOLERANCE, out_of_share
 from flsplit.protocol import CONFIG, HELPER_TRAIN, ROLE_CLIENT, ROLE_HELPER, HelperRound
 from strategies import PlannedSplitStrategy
 from strategies.sync_schedule import draw_schedule, sample_costs
@@ -27,7 +29,9 @@ def _fixed_costs(monkeypatch):
     monkeypatch.setattr(flsplit.model.costs, "measure_part_costs", lambda *a, **k: COSTS)
 
 
-def _strategy(sampler="uniform", **config):
+def _strategy(sampler="uniform", bounded=False, **config):
+    """A planned strategy with a fast and a 4x slower helper; unless ``bounded``, the
+    step plan follows the cost model alone (no bound on the helpers' shares)."""
     model = SmallCNN()
     strategy = PlannedSplitStrategy.for_model(
         model, torch.zeros(2, 1, 8, 8), cuts="conv2,fc2", strategy=RecordingFedAvg(),
@@ -37,6 +41,8 @@ def _strategy(sampler="uniform", **config):
     )
     nodes = {FAST: FakeNode(ROLE_HELPER), SLOW: FakeNode(ROLE_HELPER, compute_factor=4.0)}
     nodes.update({c: FakeNode(ROLE_CLIENT, examples=40, fill=1.0) for c in CLIENTS})
+    if not bounded:
+        strategy.share_tolerance = None
     return strategy, FakeGrid(nodes, strategy.piece_keys), ArrayRecord(model.state_dict())
 
 
@@ -171,6 +177,10 @@ def test_a_baseline_planner_deals_round_robin_with_the_planned_runs_links_and_lo
     strategy.aggregate_train(1, grid.send_and_receive(messages))
     entry = strategy.history[-1]
     assert entry["predicted_ms"] == pytest.approx(entry["round_robin_predicted_ms"])
+    dealt = np.array([i % 2 for i in range(len(CLIENTS))])
+    assert entry["out_of_share"] == pytest.approx(
+        out_of_share(strategy.schedules[1], dealt, 2, SHARE_TOLERANCE)
+    )
 
 
 def test_equal_helpers_are_dealt_round_robin_until_their_steps_are_measured():
@@ -185,3 +195,20 @@ def test_equal_helpers_are_dealt_round_robin_until_their_steps_are_measured():
     strategy.aggregate_train(1, grid.send_and_receive(messages))
     second = _served(strategy.configure_train(2, arrays, ConfigRecord({}), grid))
     assert len(second[SLOW]) > len(second.get(FAST, []))  # planned from the measurements
+
+
+def test_the_step_plan_keeps_each_helpers_share_of_the_samples_near_its_fair_share():
+    strategy, grid, arrays = _strategy(bounded=True)
+    assert strategy.share_tolerance == SHARE_TOLERANCE
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord({}), grid))
+    served = _served(messages)
+    assert sorted(served[FAST] + served[SLOW]) == list(CLIENTS)
+    counts = strategy.schedules[1]
+    column = {c: i for i, c in enumerate(sorted(CLIENTS))}
+    for helper in (FAST, SLOW):  # the 4x slower helper alone would get under a third
+        share = counts[:, [column[c] for c in served[helper]]].sum() / counts.sum()
+        assert 1 - SHARE_TOLERANCE <= 2 * share <= 1 + SHARE_TOLERANCE
+    strategy.aggregate_train(1, grid.send_and_receive(messages))
+    entry = strategy.history[-1]
+    assert entry["out_of_share"] == 0.0
+    assert entry["predicted_ms"] <= entry["round_robin_predicted_ms"] + 1e-9
