@@ -518,7 +518,9 @@ def test_fuzzing_the_helper_while_a_good_client_trains(capsys):
     handlers = {"fwd": server.forward, "bwd": server.backward, "finish": server.finish}
     pool = ThreadPoolExecutor(max_workers=1)
 
-    @settings(max_examples=HANDLER_EXAMPLES, **FUZZ_SETTINGS)
+    # a fixed sequence of examples: how many well-formed multi-tensor and compressed frames
+    # reach a body is then the same every run (random generation gave 4 to 300)
+    @settings(max_examples=HANDLER_EXAMPLES, derandomize=True, **FUZZ_SETTINGS)
     @given(st.sampled_from(sorted(handlers)), FRAMES, st.integers(0, 2**16), st.integers(0, 7))
     def fuzz_handlers(method, data, position, bit):
         for variant in _variants(data, position, bit, HANDLER_VARIANTS):
