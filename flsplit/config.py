@@ -216,6 +216,20 @@ class CodecSetting:
         """Whether tensors travel as they are (``none``)."""
         return self.name == "none"
 
+    @property
+    def byte_ratio(self) -> float:
+        """Bytes sent per raw ``float32`` byte: 1 (``none``), 1/2 (``fp16``, ``bf16``),
+        1/4 (``int8``; its 8 bytes of scale and zero point per channel left out), twice
+        the fraction (``topk``, ``randtopk``: an int32 index and a float32 value per
+        entry kept). What the planner charges a link for a coded tensor."""
+        if self.name in ("fp16", "bf16"):
+            return 0.5
+        if self.name == "int8":
+            return 0.25
+        if self.name in ("topk", "randtopk"):
+            return 2.0 * self.fraction
+        return 1.0
+
     def __str__(self) -> str:
         text = self.name
         if self.name in ("topk", "randtopk"):

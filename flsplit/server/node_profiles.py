@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from flsplit.config import CodecSetting
 from flsplit.model.costs import CutCosts, PartCosts
 
 LinkFn = Callable[[int, int], tuple[float, float]]  # (client, helper) -> (Mbit/s, latency ms)
@@ -75,6 +76,10 @@ class NodeProfiles:
     cut_costs : CutCosts, optional
         Per-segment costs of the candidate cut pairs, to judge measurements taken at a
         pair other than the default one.
+    activations, gradients : CodecSetting, optional
+        The codecs of the data plane (run config ``compress-activations``,
+        ``compress-gradients``): a link is charged the bytes they send
+        (:attr:`~flsplit.config.CodecSetting.byte_ratio` of the raw bytes).
 
     Raises
     ------
@@ -88,6 +93,8 @@ class NodeProfiles:
         link: LinkFn,
         smoothing: float = 0.6,
         cut_costs: CutCosts | None = None,
+        activations: CodecSetting | None = None,
+        gradients: CodecSetting | None = None,
     ) -> None:
         if not 0 < smoothing <= 1:
             raise ValueError(f"smoothing={smoothing} must be in (0, 1]")
@@ -95,6 +102,8 @@ class NodeProfiles:
         self.link = link
         self.smoothing = smoothing
         self.cut_costs = cut_costs
+        self.activations = activations or CodecSetting()
+        self.gradients = gradients or CodecSetting()
         self.clients: dict[int, ClientProfile] = {}
         self.helpers: dict[int, HelperProfile] = {}
         #: Mean batch size over the full batch size per client (a last, smaller batch
@@ -163,6 +172,23 @@ class NodeProfiles:
             return self.costs
         return self.cut_costs.part_costs(cuts)
 
+    def cut_transfers_ms(
+        self, costs: PartCosts, client: int, rate_mbps: float, latency_ms: float
+    ) -> tuple[float, float, float]:
+        """A mean batch's transfers of ``client`` over a link at the cuts of ``costs``:
+        its activations up at the first cut, their gradients down at the first cut, and
+        at the second cut the activations down plus their gradients up, each direction
+        charged the bytes its codec sends."""
+        raw1, raw2 = (b * self.batch_fill.get(client, 1.0)
+                      for b in (costs.cut1_bytes, costs.cut2_bytes))
+        act, grad = self.activations.byte_ratio, self.gradients.byte_ratio
+        return (
+            transfer_ms(raw1 * act, rate_mbps, latency_ms),
+            transfer_ms(raw1 * grad, rate_mbps, latency_ms),
+            transfer_ms(raw2 * act, rate_mbps, latency_ms)
+            + transfer_ms(raw2 * grad, rate_mbps, latency_ms),
+        )
+
     def observe_client(
         self,
         node: int,
@@ -187,12 +213,10 @@ class NodeProfiles:
             return
         costs = self._costs_at(cuts)
         rate, latency = self.link(node, helper)
-        fill = self.batch_fill.get(node, 1.0)
-        up1 = transfer_ms(costs.cut1_bytes * fill, rate, latency)
-        up2 = transfer_ms(costs.cut2_bytes * fill, rate, latency)
+        up1, down1, cut2 = self.cut_transfers_ms(costs, node, rate, latency)
         head_fwd = max(stage1_ms - up1, 0.0)
-        tail = max(stage3_ms - 2 * up2, 0.0)
-        head_bwd = max(stage5_ms - up1, 0.0)
+        tail = max(stage3_ms - cut2, 0.0)
+        head_bwd = max(stage5_ms - down1, 0.0)
         seen = profile.measured
         profile.start_offset_ms = self._blend(profile.start_offset_ms, start_offset_ms, seen)
         profile.load_ms = self._blend(profile.load_ms, max(load_ms, 0.0), seen)

@@ -105,6 +105,8 @@ def planned_strategy(
         seed=config.seed,
         cut_costs=segments,
         cut_method=config.cut_method,
+        activations=config.compress_activations,
+        gradients=config.compress_gradients,
     )
     strategy = PlannedSplitStrategy(
         lambda cuts: part_state_keys(model, parse_cuts(cuts), task.example_input(values)),

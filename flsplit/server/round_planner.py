@@ -26,10 +26,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from flsplit.config import CodecSetting
 from flsplit.model.costs import CutCosts, PartCosts
 from flsplit.plan import Instance, Plan, solve
 from flsplit.plan.cuts.optimize import CUT_METHODS, optimize_cuts, repick_plan
 from flsplit.plan.cuts.problem import CutProblem, build_problem
+from flsplit.plan.generator import KIB_TO_MS_AT_1MBIT
 from flsplit.plan.scheduling.packing import packable_clients
 from flsplit.plan.scheduling.rounds import RoundPrediction, predict_round
 from flsplit.protocol import HelperTask
@@ -38,7 +40,6 @@ from flsplit.server.node_profiles import (
     HelperProfile,
     LinkFn,
     NodeProfiles,
-    transfer_ms,
 )
 
 #: Planner methods that keep the default cut pair even when cut candidates are given:
@@ -148,6 +149,9 @@ class RoundPlanner(NodeProfiles):
     cut_method : str
         Method of :func:`flsplit.plan.cuts.optimize.optimize_cuts` (``auto``, ``integrated``,
         ``alternating``, ``exact``); ``method`` is its planner.
+    activations, gradients : CodecSetting, optional
+        The data plane's codecs: every plan and prediction charges a link the bytes they
+        send. The planner does not choose them.
 
     Raises
     ------
@@ -165,8 +169,13 @@ class RoundPlanner(NodeProfiles):
         smoothing: float = 0.6,
         cut_costs: CutCosts | None = None,
         cut_method: str = "auto",
+        activations: CodecSetting | None = None,
+        gradients: CodecSetting | None = None,
     ) -> None:
-        super().__init__(costs, link, smoothing=smoothing, cut_costs=cut_costs)
+        super().__init__(
+            costs, link, smoothing=smoothing, cut_costs=cut_costs,
+            activations=activations, gradients=gradients,
+        )
         if cut_method not in CUT_METHODS:
             raise ValueError(f"cut-method {cut_method!r} is not one of {', '.join(CUT_METHODS)}")
         self.method = method
@@ -191,14 +200,12 @@ class RoundPlanner(NodeProfiles):
             for j, helper in enumerate(helpers):
                 hp = self.helpers[helper]
                 rate, latency = self.link(client, helper)
-                fill = self.batch_fill.get(client, 1.0)
-                cut1 = transfer_ms(self.costs.cut1_bytes * fill, rate, latency)
-                cut2 = transfer_ms(self.costs.cut2_bytes * fill, rate, latency)
-                grids["head_fwd_up"][i, j] = cp.load_ms + cp.head_fwd_ms + cut1
+                up1, down1, cut2 = self.cut_transfers_ms(self.costs, client, rate, latency)
+                grids["head_fwd_up"][i, j] = cp.load_ms + cp.head_fwd_ms + up1
                 grids["body_fwd"][i, j] = hp.body_fwd_ms
-                grids["tail_fwd_bwd"][i, j] = 2 * cut2 + cp.tail_ms
+                grids["tail_fwd_bwd"][i, j] = cut2 + cp.tail_ms
                 grids["body_bwd"][i, j] = hp.body_bwd_ms
-                grids["down_head_bwd"][i, j] = cut1 + cp.head_bwd_ms
+                grids["down_head_bwd"][i, j] = down1 + cp.head_bwd_ms
         memory = [self.helpers[x].memory_mib for x in helpers]
         return Instance(
             client_ids=[f"c{c}" for c in clients],
@@ -212,7 +219,8 @@ class RoundPlanner(NodeProfiles):
         """Stage times of one batch for these nodes at every candidate cut pair.
 
         Every node's times are the server's per-segment times scaled by its speed
-        factor; links add ``latency + bits / rate`` per transfer; a client's load time
+        factor; links add ``latency + bits / rate`` per transfer (the bits each
+        direction's codec sends); a client's load time
         adds to its stage 1 at every pair. ``allowed`` excludes the pairs whose head and
         tail do not fit a client's memory.
         """
@@ -234,11 +242,20 @@ class RoundPlanner(NodeProfiles):
             helper_ids=[f"h{x}" for x in helpers],
             meta={"candidates": list(cut_costs.candidates)},
         )
+        # The builder charges raw bytes both ways; charge each direction its codec's bytes.
+        act, grad = self.activations.byte_ratio, self.gradients.byte_ratio
+        tx1, tx2 = (
+            (problem.cut_kib[:, i] * KIB_TO_MS_AT_1MBIT)[None, None, :] / rates[..., None]
+            for i in (0, 1)
+        )
         lat = latency[:, :, None]
         load = np.array([self.clients[c].load_ms for c in clients])[:, None, None]
-        problem.stages["head_fwd_up"] = problem.stages["head_fwd_up"] + lat + load
-        problem.stages["tail_fwd_bwd"] = problem.stages["tail_fwd_bwd"] + 2 * lat
-        problem.stages["down_head_bwd"] = problem.stages["down_head_bwd"] + lat
+        stages = problem.stages
+        stages["head_fwd_up"] = stages["head_fwd_up"] + (act - 1) * tx1 + lat + load
+        stages["tail_fwd_bwd"] = stages["tail_fwd_bwd"] + (act + grad - 2) * tx2 + 2 * lat
+        stages["down_head_bwd"] = stages["down_head_bwd"] + (grad - 1) * tx1 + lat
+        # what a cut's two crossings send on average, for rates changed later
+        problem.cut_kib = problem.cut_kib * (act + grad) / 2
         return problem
 
     def _of(self, nodes: Sequence[int]) -> list[tuple[int, ClientProfile | HelperProfile]]:

@@ -332,6 +332,8 @@ def step_costs(
     helper_fit = helper_fit or {}
     costs = profiles.costs
     per_sample_bytes = 2.0 * (costs.cut1_bytes + costs.cut2_bytes) / batch_size
+    # what the links carry: each direction's codec's bytes (a helper holds them decoded)
+    ratio = (profiles.activations.byte_ratio + profiles.gradients.byte_ratio) / 2
     k, h = len(clients), len(helpers)
     transfer = np.zeros((k, h))
     fixed = np.zeros((k, h))
@@ -339,7 +341,7 @@ def step_costs(
         for j, x in enumerate(helpers):
             rate, latency = profiles.link(c, x)
             # four messages a step: activations up and down, gradients up and down
-            transfer[i, j] = transfer_ms(per_sample_bytes, rate, 0.0)
+            transfer[i, j] = transfer_ms(per_sample_bytes * ratio, rate, 0.0)
             fixed[i, j] = 4.0 * latency
     own = np.zeros(k)
     for i, c in enumerate(clients):
