@@ -153,7 +153,7 @@ def option_thresholds(p: MultihopProblem, pipeline: bool = False
     linked = p.rate_mbps[0, 1:] > 0
     if not linked.any():
         return c1[:0], c2[:0], client[:0]
-    rates, lats = p.rate_mbps[0, 1:][linked], p.latency_ms[0, 1:][linked]
+    rates, lats = p.link_rate_mbps[0, 1:][linked], p.latency_ms[0, 1:][linked]
     per_batch = 2.0 * KIB_TO_MS_AT_1MBIT * big_b
     act = np.concatenate([[0.0], p.activation_kib])  # act[c]: what cut c carries
     one_hop = np.min([4 * lat + per_batch * (act[c1] + act[c2]) / rate
@@ -201,7 +201,7 @@ def _pipeline_thresholds(p: MultihopProblem, c1: np.ndarray, c2: np.ndarray) -> 
     for h in range(1, p.num_helpers + 1):
         if p.rate_mbps[0, h] <= 0:
             continue
-        link = 4 * p.latency_ms[0, h] + sizes * per_kib * (a1 + a2) / p.rate_mbps[0, h]
+        link = 4 * p.latency_ms[0, h] + sizes * per_kib * (a1 + a2) / p.link_rate_mbps[0, h]
         with np.errstate(invalid="ignore"):
             body = (cum_h[h - 1, c2] - cum_h[h - 1, c1])[:, None]
         helper = p.overhead_ms[h] + sizes * np.nan_to_num(body, nan=np.inf)
@@ -210,7 +210,7 @@ def _pipeline_thresholds(p: MultihopProblem, c1: np.ndarray, c2: np.ndarray) -> 
         best = np.minimum(best, total.min(axis=1))
     linked = p.rate_mbps[0, 1:] > 0
     if linked.sum() >= 2:
-        rate = p.rate_mbps[0, 1:][linked].max()
+        rate = p.link_rate_mbps[0, 1:][linked].max()
         lat = p.latency_ms[0, 1:][linked].min()
         fastest = np.concatenate([[0.0], np.cumsum(helper_ms.min(axis=0))])
         body = (fastest[c2] - fastest[c1])[:, None]
@@ -379,7 +379,8 @@ def lower_bound(problem: ChainProblem) -> ChainBound:
     standalone = []
     for p in problem.clients:
         key = hash((p.sample_ms[0].tobytes(), p.overhead_ms[0], p.memory_mib[0],
-                    p.rate_mbps[0].tobytes(), p.latency_ms[0].tobytes(), p.batch_size))
+                    p.rate_mbps[0].tobytes(), p.latency_ms[0].tobytes(), p.batch_size,
+                    p.byte_ratio.tobytes()))
         if key not in cache:
             cache[key] = standalone_latency(p)
         standalone.append(cache[key])

@@ -258,9 +258,10 @@ def _two_hop(p: MultihopProblem, c1: int, c2: int, load: np.ndarray, memory: np.
     mem = np.concatenate([[0.0], np.cumsum(p.layer_memory_mib)])
     xs = np.arange(c1 + 1, c2)
     best = None
+    raw_rate = p.link_rate_mbps
     for g in range(1, p.num_helpers + 1):
         if p.rate_mbps[0, g] <= 0 or big_b * per_kib * p.activation_kib[c1 - 1] / \
-                p.rate_mbps[0, g] + 2 * p.latency_ms[0, g] > limit:
+                raw_rate[0, g] + 2 * p.latency_ms[0, g] > limit:
             continue
         with np.errstate(invalid="ignore"):
             first = load[g - 1] + big_b * (cum[g - 1, xs] - cum[g - 1, c1]) + \
@@ -268,7 +269,7 @@ def _two_hop(p: MultihopProblem, c1: int, c2: int, load: np.ndarray, memory: np.
         first = np.where(mem[xs] - mem[c1] <= memory[g - 1] + 1e-9, first, np.inf)
         for h in range(g + 1, p.num_helpers + 1):
             if p.rate_mbps[g, h] <= 0 or p.rate_mbps[h, 0] <= 0 or big_b * per_kib * \
-                    p.activation_kib[c2 - 1] / p.rate_mbps[h, 0] + 2 * p.latency_ms[h, 0] \
+                    p.activation_kib[c2 - 1] / raw_rate[h, 0] + 2 * p.latency_ms[h, 0] \
                     > limit:
                 continue
             with np.errstate(invalid="ignore"):
@@ -301,7 +302,7 @@ def _three_hop(p: MultihopProblem, c1: int, c2: int, load: np.ndarray, memory: n
     def client_link(v: int, cut: int) -> float:
         if p.rate_mbps[0, v] <= 0:
             return math.inf
-        return big_b * per_kib * p.activation_kib[cut - 1] / p.rate_mbps[0, v] + \
+        return big_b * per_kib * p.activation_kib[cut - 1] / p.link_rate_mbps[0, v] + \
             2 * p.latency_ms[0, v]
 
     best = None
@@ -363,13 +364,13 @@ def _balanced_placement(problem: ChainProblem, options: Sequence[tuple[np.ndarra
     price = np.zeros(h_count) if price is None else price
     placed: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {}
     per_kib = 2.0 * KIB_TO_MS_AT_1MBIT
-    order = (sorted(chosen, key=lambda c: problem.clients[c[1]].rate_mbps[0, 1:].max())
+    order = (sorted(chosen, key=lambda c: problem.clients[c[1]].link_rate_mbps[0, 1:].max())
              if by_link else sorted(chosen, key=lambda c: -c[0]))
     for _, k, c1, c2 in order:
         p = problem.clients[k]
         helper_work = p.batch_size * p.sample_ms[1:, c1:c2].sum(axis=1)
         need = float(p.layer_memory_mib[c1:c2].sum())
-        rate = p.rate_mbps[0, 1:]
+        rate = p.link_rate_mbps[0, 1:]
         act = p.activation_kib[c1 - 1] + p.activation_kib[c2 - 1]
         with np.errstate(divide="ignore"):
             link = np.where(rate > 0, p.batch_size * per_kib * act / rate

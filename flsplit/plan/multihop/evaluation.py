@@ -75,7 +75,7 @@ def placement_stages(problem: MultihopProblem, helpers: Sequence[int], cuts: Seq
         act = float(sum(problem.activation_kib[q - 1] for q in cut_list))
         stages.append(Stage(f"link {ids[u]}-{ids[w]}",
                             2.0 * len(cut_list) * float(problem.latency_ms[u, w]),
-                            per_kib * act / float(problem.rate_mbps[u, w])))
+                            per_kib * act / float(problem.link_rate_mbps[u, w])))
     owners = [(0, client_layers), *((v, np.arange(start, stop)) for v, start, stop
                                     in zip(helpers, cuts[:-1], cuts[1:], strict=True))]
     for v, rng in owners:

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from flsplit.config import CodecSetting, parse_codec
 from flsplit.model.presets import PRESETS, PROFILE_DEVICE_NAMES
 from flsplit.plan.cuts.profiles import (
     LayerProfile,
@@ -30,6 +31,58 @@ def _number(value: Any, where: str, positive: bool = False) -> float:
         kind = "positive" if positive else "non-negative"
         raise MultihopError(where, f"expected a {kind} number, got {value!r}")
     return float(value)
+
+
+CODEC_KEYS = ("compress_activations", "compress_gradients")
+
+
+def _codecs(data: dict[str, Any], where: str, default: tuple[CodecSetting, CodecSetting]
+            ) -> tuple[CodecSetting, CodecSetting]:
+    """The codecs ``data`` sets (``compress_activations``, ``compress_gradients``), else
+    ``default``'s."""
+    out = list(default)
+    for i, key in enumerate(CODEC_KEYS):
+        if key in data:
+            try:
+                out[i] = parse_codec(data[key], key)
+            except ValueError as exc:
+                raise MultihopError(f"{where}{key}", str(exc).replace("run config ", "")
+                                    ) from None
+    return out[0], out[1]
+
+
+def _byte_ratio(data: dict[str, Any], helpers: list[Any], index: dict[str, int]
+                ) -> np.ndarray:
+    """Every link's bytes per raw byte (activations and gradients averaged): the
+    client's codecs (the instance's, its own where it sets them), on a hop from a helper
+    to a later one that helper's where it sets them."""
+    n = len(index)
+    run = _codecs(data, "", (CodecSetting(), CodecSetting()))
+    own = _codecs(data.get("client") or {}, "client.", run)
+    ratio = np.full((n, n), (own[0].byte_ratio + own[1].byte_ratio) / 2)
+    for i, helper in enumerate(helpers, start=1):
+        hop = _codecs(helper, f"helpers[{i - 1}].", own)
+        ratio[i, i + 1:] = ratio[i + 1:, i] = (hop[0].byte_ratio + hop[1].byte_ratio) / 2
+    return ratio
+
+
+def _helper_links(rate: np.ndarray, helpers: list[Any], index: dict[str, int]) -> None:
+    """Remove the helper-helper links that a helper's ``helper_links`` (the helper ids it
+    has a link with) leaves out."""
+    for i, helper in enumerate(helpers, start=1):
+        declared = helper.get("helper_links")
+        if declared is None:
+            continue
+        where = f"helpers[{i - 1}].helper_links"
+        if not isinstance(declared, list) or not all(isinstance(h, str) for h in declared):
+            raise MultihopError(where, "expected a list of helper ids")
+        for other in declared:
+            if other not in index or index[other] == 0 or index[other] == i:
+                raise MultihopError(where, f"{other!r} is not another helper's id")
+        reached = {index[h] for h in declared}
+        for j in range(1, len(helpers) + 1):
+            if j != i and j not in reached:
+                rate[i, j] = rate[j, i] = 0.0
 
 
 def _node(profile: LayerProfile, data: Any, where: str, reference: str | None
@@ -160,6 +213,8 @@ def problem_from_dict(data: dict[str, Any], base_dir: str | Path | None = None,
                                                 f"{where}.latency_ms")
     np.fill_diagonal(rate, 0.0)
     np.fill_diagonal(latency, 0.0)
+    _helper_links(rate, helpers_raw, index)
+    byte_ratio = _byte_ratio(data, helpers_raw, index)
     micro = data.get("micro_batch")
     if micro is not None and (isinstance(micro, bool) or not isinstance(micro, int)
                               or not 1 <= micro <= batch):
@@ -181,6 +236,7 @@ def problem_from_dict(data: dict[str, Any], base_dir: str | Path | None = None,
         rate_mbps=rate, latency_ms=latency, batch_size=int(batch), micro_batch=micro,
         min_head=int(data.get("min_head", 1)), min_tail=int(data.get("min_tail", 1)),
         name=str(data.get("name", "")), meta=dict(data.get("meta", {}) or {}),
+        byte_ratio=byte_ratio,
     )
 
 

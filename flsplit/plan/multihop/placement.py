@@ -75,7 +75,7 @@ def stage_tables(problem: MultihopProblem, b: int) -> StageTables:
     ok &= (client_bad == 0) & (client_mem <= problem.memory_mib[0] + 1e-9)
     client = np.where(ok, problem.overhead_ms[0] + b * client_ms, _INF)
     act = np.concatenate([[_INF], problem.activation_kib])  # cut q carries act[q - 1]
-    rate = np.where(problem.rate_mbps > 0, problem.rate_mbps, np.nan)
+    rate = np.where(problem.rate_mbps > 0, problem.link_rate_mbps, np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
         per = 2.0 * KIB_TO_MS_AT_1MBIT * b / rate  # ms per KiB, both directions
         link = 2.0 * problem.latency_ms[..., None] + per[..., None] * act[None, None, :]

@@ -14,8 +14,10 @@ Stages and their time per micro-batch (affine in ``b``: ``t(b) = a + c b``):
   + update time per sample (profile time / profile batch size);
 - each link (unordered node pair) with the cuts it carries: per cut an activation
   forward and a gradient back of the same size, ``a = 2 latency_ms`` and
-  ``c = 2 activation_kib_per_sample * 8.192 / rate_mbps``. With one helper the client's
-  link carries both cuts.
+  ``c = 2 activation_kib_per_sample * 8.192 * byte_ratio / rate_mbps``. With one helper
+  the client's link carries both cuts. ``byte_ratio`` is what the link's codecs send per
+  raw (float32) byte, the activation's and the gradient's ratios averaged (1 without
+  codecs; ``int8`` both ways: 1/4).
 
 Pipeline latency of a batch (the objective, as in pipelined split learning in
 multi-hop edge networks)::
@@ -82,6 +84,10 @@ class MultihopProblem:
         Fewest layers the client keeps in front and at the end (at least 1 each).
     name
         Free-form name.
+    byte_ratio
+        ``(H + 1) x (H + 1)`` symmetric: bytes a link sends per raw (float32) byte,
+        ``(activation ratio + gradient ratio) / 2`` of its codecs
+        (:attr:`flsplit.config.CodecSetting.byte_ratio`); ``None``: 1 everywhere (raw).
     """
 
     node_ids: list[str]
@@ -99,6 +105,7 @@ class MultihopProblem:
     min_tail: int = 1
     name: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    byte_ratio: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.sample_ms = np.asarray(self.sample_ms, dtype=float)
@@ -110,13 +117,15 @@ class MultihopProblem:
         self.rate_mbps = np.asarray(self.rate_mbps, dtype=float)
         self.latency_ms = np.asarray(self.latency_ms, dtype=float)
         n, layers = len(self.node_ids), len(self.layer_memory_mib)
+        self.byte_ratio = (np.ones((n, n)) if self.byte_ratio is None
+                           else np.asarray(self.byte_ratio, dtype=float))
         if n < 2:
             raise MultihopError("helpers", "at least one helper is required")
         if len(set(self.node_ids)) != n:
             raise MultihopError("node_ids", "ids must be unique")
         checks = {"sample_ms": (n, layers), "runnable": (n, layers), "overhead_ms": (n,),
                   "memory_mib": (n,), "activation_kib": (layers,),
-                  "rate_mbps": (n, n), "latency_ms": (n, n)}
+                  "rate_mbps": (n, n), "latency_ms": (n, n), "byte_ratio": (n, n)}
         for name, shape in checks.items():
             value = getattr(self, name)
             if value.shape != shape:
@@ -126,6 +135,9 @@ class MultihopProblem:
         if not np.allclose(self.rate_mbps, self.rate_mbps.T) or not np.allclose(
                 self.latency_ms, self.latency_ms.T):
             raise MultihopError("links", "rates and latencies must be symmetric")
+        if (self.byte_ratio <= 0).any() or not np.allclose(self.byte_ratio,
+                                                           self.byte_ratio.T):
+            raise MultihopError("byte_ratio", "values must be positive and symmetric")
         if not isinstance(self.batch_size, int | np.integer) or self.batch_size < 1:
             raise MultihopError("batch_size", f"expected a positive integer, got "
                                 f"{self.batch_size!r}")
@@ -148,6 +160,13 @@ class MultihopProblem:
     def num_helpers(self) -> int:
         """Number of candidate helpers ``H``."""
         return len(self.node_ids) - 1
+
+    @property
+    def link_rate_mbps(self) -> np.ndarray:
+        """``(H + 1) x (H + 1)``: each link's rate in raw (float32) bytes, ``rate_mbps /
+        byte_ratio`` (0: no link): what its transfer times are computed with."""
+        assert self.byte_ratio is not None  # set in __post_init__
+        return self.rate_mbps / self.byte_ratio
 
 
 @dataclass(frozen=True)
