@@ -131,6 +131,9 @@ MAX_CHAIN_LENGTH = 16
 CODECS = ("none", "fp16", "bf16", "int8", "topk", "randtopk")
 #: The run-config (and node-config) keys naming the codec of each direction.
 COMPRESS_ACTIVATIONS, COMPRESS_GRADIENTS = "compress-activations", "compress-gradients"
+#: Run-config key of the helper-helper links (index pairs); in a helper's node config,
+#: the helpers it has a link with (their indices).
+HELPER_LINKS = "helper-links"
 
 
 @dataclass(frozen=True)
@@ -427,6 +430,31 @@ def helper_links(config: Mapping[str, Any]) -> frozenset[tuple[int, int]] | None
             )
         pairs |= {(a, b), (b, a)}
     return frozenset(pairs)
+
+
+def reached_helpers(text: object) -> frozenset[int]:
+    """The helper indices a helper's node config ``helper-links`` names (``"1,2"``): the
+    helpers it has a link with; ``""`` names none.
+
+    Raises
+    ------
+    ValueError
+        Naming the bad item and the fix.
+    """
+    found: set[int] = set()
+    for item in (i.strip() for i in str(text).split(",") if i.strip()):
+        try:
+            index = int(item)
+        except ValueError:
+            index = -1
+        if index < 0:
+            raise ValueError(
+                f"node config {HELPER_LINKS} item {item!r} is not a helper index; e.g. "
+                f"--node-config '{HELPER_LINKS}=\"1,2\"' (the helpers this one has a link "
+                "with)"
+            )
+        found.add(index)
+    return frozenset(found)
 
 
 def sync_settings(config: Mapping[str, Any]) -> SyncSettings:

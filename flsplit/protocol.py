@@ -82,6 +82,9 @@ ROUND_WALL_SECONDS = "round-wall-seconds"
 #: The frozen base's hash (:func:`flsplit.model.frozen.base_hash`): the server's in every
 #: train message's config, the one a node holds in its replies' ``BASE`` record.
 BASE_HASH = "base-hash"
+#: A helper's discovery reply: the helpers its node config says it has a link with
+#: (comma-separated indices; a ConfigRecord cannot hold an empty list).
+REACHED_HELPERS = "reached-helpers"
 #: Reply record (a ConfigRecord) naming the frozen base the node holds.
 BASE = "base"
 #: A node's ``Context.state`` records: the frozen base tensors it received this run
@@ -155,6 +158,14 @@ class NodeReport:
         ClientApp calls the simulation's Ray backend runs at once (simulation only).
     base_hash : str
         The frozen base the node holds for the run (``""``: none yet).
+    activations_codec, gradients_codec : str, optional
+        A client: the codecs its data plane uses (its node config's
+        ``compress-activations`` / ``compress-gradients``, else the run config's). A
+        helper: the codecs its node config sets for the links to its next hops in helper
+        chains (``None``: the client's). Codec spellings (``"int8"``).
+    helper_links : list of int, optional
+        A helper: the helper indices its node config ``helper-links`` says it has a link
+        with (``None``: not declared, every helper the run config allows).
     """
 
     role: str
@@ -170,6 +181,9 @@ class NodeReport:
     listen_address: str = ""
     simulation_concurrency: int | None = None
     base_hash: str = ""
+    activations_codec: str | None = None
+    gradients_codec: str | None = None
+    helper_links: list[int] | None = None
 
     _KEYS = {
         "role": "role",
@@ -184,6 +198,9 @@ class NodeReport:
         "listen_address": "listen-address",
         "simulation_concurrency": "simulation-concurrency",
         "base_hash": BASE_HASH,
+        "activations_codec": "codec-activations",
+        "gradients_codec": "codec-gradients",
+        "helper_links": REACHED_HELPERS,
     }
 
     def to_content(self) -> RecordDict:
@@ -193,6 +210,8 @@ class NodeReport:
             for name, key in self._KEYS.items()
             if getattr(self, name) is not None
         }
+        if self.helper_links is not None:
+            info[REACHED_HELPERS] = ",".join(str(int(h)) for h in sorted(self.helper_links))
         return RecordDict(
             {INFO: ConfigRecord(info), METRICS: MetricRecord({NUM_EXAMPLES: self.examples})}
         )
@@ -210,6 +229,13 @@ class NodeReport:
         }
         values["role"] = role
         values["examples"] = int(_get(metrics, NUM_EXAMPLES, "discovery reply"))
+        if "helper_links" in values:
+            try:
+                values["helper_links"] = sorted(
+                    {int(h) for h in str(values["helper_links"]).split(",") if h.strip()})
+            except ValueError:
+                raise ProtocolError(f"discovery reply: {REACHED_HELPERS} "
+                                    f"{values['helper_links']!r} is not helper indices") from None
         return cls(**values)
 
 

@@ -172,11 +172,13 @@ class ChainPlannedSplitStrategy(PlannedSplitStrategy):
             chain_round_gantt(entry, self.output_dir / f"round-{server_round}.png")
 
     def _transfer_ms(self, client: int, plan: ChainRoundPlan) -> float:
-        """The link time of one batch of ``client`` to and from its chain, as planned."""
+        """The link time of one batch of ``client`` to and from its chain, as planned:
+        the bytes its codecs send (activations one way, gradients the other)."""
         route = plan.routes[client]
         rate, latency = self.planner.link(client, route[0])
         q = plan.positions[client]
         activation = self.planner.costs.profile.activation_kib
         nbytes = 1024.0 * float(activation[q[0] - 1] + activation[q[-1] - 1])
-        seconds = 2 * nbytes * 8.0 / (rate * 1e6) if rate > 0 else 0.0
+        coded = 2 * nbytes * self.planner.hop_byte_ratio(client)
+        seconds = coded * 8.0 / (rate * 1e6) if rate > 0 else 0.0
         return 4 * latency + 1000.0 * seconds

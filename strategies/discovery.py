@@ -91,6 +91,21 @@ class NodeInfo:
         """Its index within its role (data partition or helper number)."""
         return self.report.index if self.report is not None else 0
 
+    @property
+    def codecs(self) -> tuple[str | None, str | None]:
+        """The codec spellings it reported, activations and gradients (a client: its
+        data plane's; a helper: its node config's for its next hops; ``None``: none)."""
+        if self.report is None:
+            return None, None
+        return self.report.activations_codec, self.report.gradients_codec
+
+    @property
+    def helper_links(self) -> frozenset[int] | None:
+        """A helper: the helper indices its node config says it has a link with
+        (``None``: not declared)."""
+        links = self.report.helper_links if self.report is not None else None
+        return None if links is None else frozenset(links)
+
 
 def with_role(nodes: Mapping[int, NodeInfo], role: str) -> list[int]:
     """Sorted ids of the ``nodes`` that reported ``role``."""

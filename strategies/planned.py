@@ -35,6 +35,7 @@ from flwr.app import Message
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
+from flsplit.config import CodecSetting, parse_codec
 from flsplit.plan.sampling.helper_assignment import (
     SHARE_TOLERANCE,
     SyncAssignment,
@@ -62,6 +63,7 @@ from flsplit.server.sync_planning import (
     step_costs,
 )
 from strategies.assignment import round_robin
+from strategies.discovery import NodeInfo
 from strategies.split import SplitStrategy
 from strategies.sync_schedule import SyncSchedule, draw_schedule
 
@@ -208,13 +210,16 @@ class PlannedSplitStrategy(SplitStrategy):
     # -- discovery --------------------------------------------------------------------
 
     def discover(self, grid: Any) -> None:
-        """Discover nodes and give the planner a profile for every new one."""
+        """Discover nodes and give the planner a profile for every new one, and the
+        codecs every node reported (a client's data plane's, a helper's for its next
+        hops), which the planner charges from the next plan on."""
         super().discover(grid)
         for node, info in self.nodes.items():
             if info.role == ROLE_HELPER and node not in self.planner.helpers:
                 self.planner.add_helper(node, info.compute_factor, info.memory_mib)
             elif info.role == ROLE_CLIENT and node not in self.planner.clients:
                 self.planner.add_client(node, info.compute_factor, info.memory_mib)
+            self.planner.set_codecs(node, *_reported_codecs(node, info))
         for node in set(self.planner.clients) | set(self.planner.helpers):
             if node not in self.nodes:
                 self.planner.drop(node)
@@ -644,6 +649,20 @@ class PlannedSplitStrategy(SplitStrategy):
             "helper_of": {str(c): h for c, h in helper_of.items()},
             "failures": [failure.to_dict() for failure in failures],
         })
+
+
+def _reported_codecs(node: int, info: NodeInfo) -> tuple[CodecSetting | None, ...]:
+    """The codecs a node's discovery reply names (``None`` where it names none, or a
+    spelling this server does not read: logged, and planned as the run config's)."""
+    codecs: list[CodecSetting | None] = []
+    for spelling in info.codecs:
+        try:
+            codecs.append(None if spelling is None else parse_codec(spelling))
+        except ValueError as exc:
+            log(WARNING, "node %s reported codec %r, planned as the run config's: %s",
+                node, spelling, exc)
+            codecs.append(None)
+    return tuple(codecs)
 
 
 def _unemulated_link(client: int, helper: int) -> tuple[float, float]:

@@ -14,8 +14,11 @@ from flsplit.client.client_role import count_train_examples
 from flsplit.client.node import (
     compute_device,
     helper_addresses,
+    node_codec_overrides,
+    node_codecs,
     node_device,
     node_emulation,
+    node_helper_links,
     node_index,
     node_role,
     simulation_concurrency,
@@ -48,7 +51,9 @@ def answer_query(
         A :class:`~flsplit.protocol.NodeReport`: role, index, device, cpus, torch
         threads; with emulation the device preset's compute factor and memory; in
         simulation the Ray backend's concurrency; for helpers the listen and advertised
-        addresses; for clients their training examples.
+        addresses, the codecs their node config sets for their next hops and the
+        helpers it says they have a link with; for clients their training examples and
+        the codecs their data plane uses.
     """
     role = node_role(context, config)
     report = NodeReport(
@@ -69,6 +74,15 @@ def answer_query(
             config.emulation_memory_scale if config.emulate else 1.0)
     if role == ROLE_HELPER:
         report.listen_address, report.address = helper_addresses(context)
+        own = node_codec_overrides(context)
+        if "fwd" in own:
+            report.activations_codec = str(own["fwd"])
+        if "bwd" in own:
+            report.gradients_codec = str(own["bwd"])
+        links = node_helper_links(context)
+        report.helper_links = None if links is None else sorted(links)
     else:
         report.examples = count_train_examples(context, task, config)
+        activations, gradients = node_codecs(context, config)
+        report.activations_codec, report.gradients_codec = str(activations), str(gradients)
     return Message(report.to_content(), reply_to=msg)

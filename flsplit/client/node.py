@@ -13,7 +13,11 @@ A client's node config may set ``compress-activations`` and ``compress-gradients
 run config's spellings) for its own link to its helper(s), over the run config's
 (:func:`node_codecs`): a client on a slow uplink compresses while the others do not. A
 helper's node config may set them for the links to its next hops in helper chains
-(otherwise every hop uses the client's codecs).
+(otherwise every hop uses the client's codecs). A helper's node config may name the
+helpers it has a link with (``helper-links``, their indices: ``"1,2"``;
+:func:`node_helper_links`), for planned helper chains. Nodes report all of these to the
+server when it discovers them, so that its planner charges each link's coded bytes and
+routes chains over existing links only.
 
 The data plane runs over TLS when the helper's node config names a certificate and key
 (``data-tls-cert``, ``data-tls-key``, PEM files) and each client's node config the root
@@ -39,9 +43,11 @@ from flwr.app import Context
 from flsplit.config import (
     COMPRESS_ACTIVATIONS,
     COMPRESS_GRADIENTS,
+    HELPER_LINKS,
     CodecSetting,
     RunConfig,
     parse_codec,
+    reached_helpers,
 )
 from flsplit.protocol import ROLE_CLIENT, ROLE_HELPER, ROLES
 from flsplit.runtime import emulation
@@ -397,3 +403,16 @@ def node_codecs(
     overrides = node_codec_overrides(context)
     return (overrides.get("fwd", config.compress_activations),
             overrides.get("bwd", config.compress_gradients))
+
+
+def node_helper_links(context: Context) -> frozenset[int] | None:
+    """The helper indices a helper's node config ``helper-links`` names (the helpers it
+    has a link with), or ``None`` when it names none (every helper the run config allows).
+
+    Raises
+    ------
+    ValueError
+        If the value is not comma-separated helper indices.
+    """
+    value = context.node_config.get(HELPER_LINKS)
+    return None if value is None else reached_helpers(value)

@@ -11,7 +11,11 @@ micro-batch count and each helper's task order, jointly for all clients sharing 
 The plan is judged by :func:`~flsplit.plan.multihop.chain_evaluation.evaluate_chain`.
 
 Routes use only links that exist: every client reaches every helper; helper-helper links
-are all by default, or those a link function names (run config ``helper-links``). With
+are all by default, or those a link function names (run config ``helper-links`` and the
+helpers' node configs). Every hop is charged the bytes its codecs send
+(:attr:`~flsplit.config.CodecSetting.byte_ratio`): the client's (run config
+``compress-activations`` / ``compress-gradients``, or its node config's as it reported
+them), on a helper-helper hop the first helper's node config's where it sets one. With
 ``chain-length = k`` a route has at most ``k`` hops (a longer planned route has adjacent
 hops merged onto one of their helpers, re-judged).
 """
@@ -27,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from flsplit.config import CodecSetting, parse_codec
 from flsplit.model.segment_costs import SegmentCosts
 from flsplit.plan.multihop.chain_evaluation import (
     ClientStages,
@@ -64,6 +69,10 @@ class NodeSpeed:
     #: a client: time per micro-batch its rounds took beyond the plan (data-plane calls,
     #: thread hand-offs, waits the model does not see), learned from its measured spans
     overhead_ms: float = 0.0
+    #: codec spellings: a client's data plane's, a helper's for its next hops ("": the
+    #: run config's for a client, the client's for a helper's hop)
+    activations: str = ""
+    gradients: str = ""
 
 
 @dataclass
@@ -166,6 +175,9 @@ class ChainRoundPlanner:
         Seed of its local search.
     smoothing : float
         Weight of a new measurement in the exponential average.
+    activations, gradients : CodecSetting, optional
+        The run config's codecs (``compress-activations``, ``compress-gradients``): what
+        a client's hops are charged unless it reported its own (:meth:`set_codecs`).
     """
 
     def __init__(
@@ -177,9 +189,13 @@ class ChainRoundPlanner:
         time_limit: float = 2.0,
         seed: int = 0,
         smoothing: float = 0.6,
+        activations: CodecSetting | None = None,
+        gradients: CodecSetting | None = None,
     ) -> None:
         if not 0 < smoothing <= 1:
             raise ValueError(f"smoothing={smoothing} must be in (0, 1]")
+        self.activations = activations or CodecSetting()
+        self.gradients = gradients or CodecSetting()
         self.costs = costs
         self.link = link
         self.helper_link = helper_link
@@ -201,6 +217,32 @@ class ChainRoundPlanner:
                    memory_mib: float = UNLIMITED_MIB) -> None:
         """Register a helper ``compute_factor`` times slower than the server."""
         self.helpers[node] = NodeSpeed(compute_factor, _finite(memory_mib))
+
+    def set_codecs(self, node: int, activations: CodecSetting | None,
+                   gradients: CodecSetting | None) -> None:
+        """The codecs a node reported: a client's data plane's (``None``: the run
+        config's), a helper's for the hops to its next helpers (``None``: the client's)."""
+        speed = self.clients.get(node) or self.helpers.get(node)
+        if speed is not None:
+            speed.activations = "" if activations is None else str(activations)
+            speed.gradients = "" if gradients is None else str(gradients)
+
+    def codecs_of(self, client: int) -> tuple[CodecSetting, CodecSetting]:
+        """The codecs of ``client``'s activations and gradients (on its own link)."""
+        speed = self.clients.get(client)
+        return (_codec(speed.activations if speed else "", self.activations),
+                _codec(speed.gradients if speed else "", self.gradients))
+
+    def hop_byte_ratio(self, client: int, helper: int | None = None) -> float:
+        """Bytes sent per raw byte, activations and gradients averaged, on ``client``'s
+        own link (``helper`` ``None``) or on the hop from ``helper`` to its next helper
+        (the helper's node-config codecs where set, else the client's)."""
+        activations, gradients = self.codecs_of(client)
+        speed = self.helpers.get(helper) if helper is not None else None
+        if speed is not None:
+            activations = _codec(speed.activations, activations)
+            gradients = _codec(speed.gradients, gradients)
+        return (activations.byte_ratio + gradients.byte_ratio) / 2
 
     def drop(self, node: int) -> None:
         """Forget a node that failed or left."""
@@ -247,10 +289,15 @@ class ChainRoundPlanner:
         for client in clients:
             rate = between.copy()
             latency = between_latency.copy()
+            # each hop's coded bytes: the client's codecs, a helper's own on the hops it
+            # relays to its next helpers (routes follow the helpers' order)
+            ratio = np.ones((n, n))
             for j, helper in enumerate(helpers, start=1):
                 r, lat = self.link(client, helper)
                 rate[0, j] = rate[j, 0] = r if r > 0 else FREE_LINK_MBPS
                 latency[0, j] = latency[j, 0] = lat
+                ratio[0, j] = ratio[j, 0] = self.hop_byte_ratio(client)
+                ratio[j, j + 1:] = ratio[j + 1:, j] = self.hop_byte_ratio(client, helper)
             speeds = [self.clients[client], *(self.helpers[h] for h in helpers)]
             overhead = np.full(n, MICRO_BATCH_OVERHEAD_MS)
             overhead[0] += self.clients[client].overhead_ms
@@ -265,6 +312,7 @@ class ChainRoundPlanner:
                 rate_mbps=rate,
                 latency_ms=latency,
                 batch_size=batch,
+                byte_ratio=ratio,
             ))
         return ChainProblem(problems, name="round")
 
@@ -477,6 +525,11 @@ def stage_timeline(problem: ChainProblem, plan: ChainPlan) -> list[dict[str, Any
                                 "micro": m, "start": begin, "end": finish})
                     progress = True
     return out
+
+
+def _codec(spelling: str, default: CodecSetting) -> CodecSetting:
+    """A reported codec spelling, or ``default`` for ``""``."""
+    return parse_codec(spelling) if spelling else default
 
 
 def _finite(memory_mib: float) -> float:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from flsplit.config import CodecSetting
+from flsplit.config import CodecSetting, parse_codec
 from flsplit.model.costs import CutCosts, PartCosts
 
 LinkFn = Callable[[int, int], tuple[float, float]]  # (client, helper) -> (Mbit/s, latency ms)
@@ -48,6 +48,9 @@ class ClientProfile:
     factor: float = 1.0
     memory_mib: float = float("inf")
     load_ms: float = 0.0
+    #: the codecs the client reported its data plane uses ("": the run config's)
+    activations: str = ""
+    gradients: str = ""
 
 
 @dataclass
@@ -136,6 +139,25 @@ class NodeProfiles:
             factor=compute_factor,
         )
 
+    def set_codecs(self, node: int, activations: CodecSetting | None,
+                   gradients: CodecSetting | None) -> None:
+        """The codecs client ``node`` reported its data plane uses (its node config's
+        or the run config's; ``None``: the run config's): its links are charged their
+        bytes from the next plan on. Helpers' reports are ignored (one-hop plans relay
+        nothing)."""
+        profile = self.clients.get(node)
+        if profile is not None:
+            profile.activations = "" if activations is None else str(activations)
+            profile.gradients = "" if gradients is None else str(gradients)
+
+    def codecs_of(self, client: int) -> tuple[CodecSetting, CodecSetting]:
+        """The codecs of ``client``'s activations and gradients."""
+        profile = self.clients.get(client)
+        if profile is None:
+            return self.activations, self.gradients
+        return (parse_codec(profile.activations) if profile.activations else self.activations,
+                parse_codec(profile.gradients) if profile.gradients else self.gradients)
+
     def state_dict(self) -> dict[str, Any]:
         """The node profiles as plain JSON-ready data (for checkpoints)."""
         return {
@@ -181,7 +203,7 @@ class NodeProfiles:
         charged the bytes its codec sends."""
         raw1, raw2 = (b * self.batch_fill.get(client, 1.0)
                       for b in (costs.cut1_bytes, costs.cut2_bytes))
-        act, grad = self.activations.byte_ratio, self.gradients.byte_ratio
+        act, grad = (codec.byte_ratio for codec in self.codecs_of(client))
         return (
             transfer_ms(raw1 * act, rate_mbps, latency_ms),
             transfer_ms(raw1 * grad, rate_mbps, latency_ms),

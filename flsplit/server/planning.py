@@ -124,21 +124,31 @@ def planned_strategy(
     return strategy
 
 
-class _HelperLinks:
-    """``helper_link(a, b)`` by node id: a free link where run config ``helper-links``
-    names the helpers' indices (or names none), else ``None`` (no link)."""
+class HelperLinks:
+    """``helper_link(a, b)`` by node id: a free link, or ``None`` (no link).
+
+    A link between two helpers exists where every source that speaks of it allows it:
+    run config ``helper-links`` (index pairs; empty: all) and the node config
+    ``helper-links`` of each of the two helpers that declares one (the indices of the
+    helpers it has a link with, as it reported them at discovery: ``NodeReport.
+    helper_links``). A helper that declares none leaves its links to the run config.
+    """
 
     def __init__(self, pairs: frozenset[tuple[int, int]] | None) -> None:
         self.pairs = pairs
-        self.strategy: PlannedSplitStrategy | None = None
+        self.strategy: SplitStrategy | None = None
 
     def __call__(self, a: int, b: int) -> tuple[float, float] | None:
-        if self.pairs is None:
-            return 0.0, 0.0
         if self.strategy is None:
             raise RuntimeError("helper links are used before the strategy is bound")
         nodes = self.strategy.nodes
-        return (0.0, 0.0) if (nodes[a].index, nodes[b].index) in self.pairs else None
+        first, second = nodes[a], nodes[b]
+        if self.pairs is not None and (first.index, second.index) not in self.pairs:
+            return None
+        for one, other in ((first, second), (second, first)):
+            if one.helper_links is not None and other.index not in one.helper_links:
+                return None
+        return 0.0, 0.0
 
 
 def _chain_planned_strategy(
@@ -158,7 +168,7 @@ def _chain_planned_strategy(
     log(INFO, "planned helper chains (at most %s hops): %d segments, cuts %s",
         "any number of" if config.chain.auto else config.chain.length,
         costs.num_segments, ",".join(costs.boundaries))
-    helper_links = _HelperLinks(config.helper_links)
+    helper_links = HelperLinks(config.helper_links)
     planner = ChainRoundPlanner(
         costs,
         link,
@@ -166,6 +176,8 @@ def _chain_planned_strategy(
         max_hops=config.chain.length,
         time_limit=config.planner_time_limit,
         seed=config.seed,
+        activations=config.compress_activations,
+        gradients=config.compress_gradients,
     )
     values = config.as_dict()
     strategy = ChainPlannedSplitStrategy(

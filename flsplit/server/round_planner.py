@@ -242,8 +242,11 @@ class RoundPlanner(NodeProfiles):
             helper_ids=[f"h{x}" for x in helpers],
             meta={"candidates": list(cut_costs.candidates)},
         )
-        # The builder charges raw bytes both ways; charge each direction its codec's bytes.
-        act, grad = self.activations.byte_ratio, self.gradients.byte_ratio
+        # The builder charges raw bytes both ways; charge each direction the bytes of the
+        # client's codec (its own, as reported, or the run config's).
+        codecs = [self.codecs_of(c) for c in clients]
+        act = np.array([a.byte_ratio for a, _ in codecs])[:, None, None]
+        grad = np.array([g.byte_ratio for _, g in codecs])[:, None, None]
         tx1, tx2 = (
             (problem.cut_kib[:, i] * KIB_TO_MS_AT_1MBIT)[None, None, :] / rates[..., None]
             for i in (0, 1)
@@ -254,8 +257,9 @@ class RoundPlanner(NodeProfiles):
         stages["head_fwd_up"] = stages["head_fwd_up"] + (act - 1) * tx1 + lat + load
         stages["tail_fwd_bwd"] = stages["tail_fwd_bwd"] + (act + grad - 2) * tx2 + 2 * lat
         stages["down_head_bwd"] = stages["down_head_bwd"] + (grad - 1) * tx1 + lat
-        # what a cut's two crossings send on average, for rates changed later
-        problem.cut_kib = problem.cut_kib * (act + grad) / 2
+        # what a cut's two crossings send on average, for rates changed later (shared
+        # links, which live plans do not model: the clients' mean where codecs differ)
+        problem.cut_kib = problem.cut_kib * float(np.mean(act + grad)) / 2
         return problem
 
     def _of(self, nodes: Sequence[int]) -> list[tuple[int, ClientProfile | HelperProfile]]:

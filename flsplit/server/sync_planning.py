@@ -332,12 +332,13 @@ def step_costs(
     helper_fit = helper_fit or {}
     costs = profiles.costs
     per_sample_bytes = 2.0 * (costs.cut1_bytes + costs.cut2_bytes) / batch_size
-    # what the links carry: each direction's codec's bytes (a helper holds them decoded)
-    ratio = (profiles.activations.byte_ratio + profiles.gradients.byte_ratio) / 2
     k, h = len(clients), len(helpers)
     transfer = np.zeros((k, h))
     fixed = np.zeros((k, h))
     for i, c in enumerate(clients):
+        # what the links carry: each direction's codec's bytes, the client's (a helper
+        # holds them decoded)
+        ratio = sum(codec.byte_ratio for codec in profiles.codecs_of(c)) / 2
         for j, x in enumerate(helpers):
             rate, latency = profiles.link(c, x)
             # four messages a step: activations up and down, gradients up and down

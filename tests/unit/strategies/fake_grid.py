@@ -61,6 +61,8 @@ class FakeNode:
     sample_ms: float = 0.0  # a client's own time per sample it reports (0: 1 ms stages)
     body_sample_ms: float = 0.0  # a helper's body time per sample in synchronous steps
     participant_ms: float = 0.0  # a helper's time per client in a step (its step timeline)
+    codecs: tuple[str | None, str | None] = (None, None)  # as it reports at discovery
+    helper_links: list[int] | None = None  # a helper: the helpers it declares links with
 
     @property
     def is_helper(self) -> bool:
@@ -155,7 +157,8 @@ class FakeGrid(Grid):
         if kind == QUERY:
             report = NodeReport(
                 role=node.role, index=node_id, examples=node.examples,
-                compute_factor=node.compute_factor,
+                compute_factor=node.compute_factor, activations_codec=node.codecs[0],
+                gradients_codec=node.codecs[1], helper_links=node.helper_links,
             )
             if node.is_helper:
                 report.address = f"helper-{node_id}:9000"
