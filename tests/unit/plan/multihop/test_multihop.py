@@ -44,6 +44,9 @@ def small_problems(draw):
     if draw(st.booleans()):
         problem.min_head = draw(st.integers(1, max(1, layers - 2)))
         problem.min_tail = draw(st.integers(1, max(1, layers - problem.min_head - 1)))
+    if draw(st.booleans()):  # coded links: each hop its own bytes per raw byte
+        ratio = np.random.default_rng(seed).uniform(0.05, 2.0, (helpers + 1,) * 2)
+        problem.byte_ratio = (ratio + ratio.T) / 2
     micro = draw(st.integers(1, batch))
     return problem, micro
 
