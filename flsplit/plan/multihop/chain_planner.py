@@ -501,10 +501,11 @@ COLUMN_FACTORS = (1.0, 0.85)
 
 
 def column_plan(problem: ChainProblem, cache: _StageCache, seeds: Sequence[ChainPlan],
-                deadline: float) -> ChainPlan | None:
+                deadline: float, least: float = 0.0) -> ChainPlan | None:
     """The best judged plan of :func:`~flsplit.plan.multihop.chain_columns.column_routes`
     over the latency limits ``COLUMN_FACTORS`` x the best makespan of ``seeds`` (until
-    ``deadline``), started from the routes of ``seeds``, at the columns' micro-batch
+    ``deadline``; the first limit gets at least ``least`` seconds, whatever the
+    deadline), started from the routes of ``seeds``, at the columns' micro-batch
     sizes and both rules of :func:`_sized`, each with both list scheduling rules."""
     thresholds = [option_thresholds(p, pipeline=True) for p in problem.clients]
     if not seeds or any(t[0].size == 0 for t in thresholds):
@@ -512,6 +513,7 @@ def column_plan(problem: ChainProblem, cache: _StageCache, seeds: Sequence[Chain
     target = min(plan.makespan for plan in seeds)
     placed = [[(r.helpers, r.cuts) for r in plan.routes] for plan in seeds]
     best = None
+    deadline = max(deadline, time.perf_counter() + least)
     for i, factor in enumerate(COLUMN_FACTORS):
         now = time.perf_counter()
         if now >= deadline:
@@ -520,6 +522,8 @@ def column_plan(problem: ChainProblem, cache: _StageCache, seeds: Sequence[Chain
         options = [np.column_stack([c1[t <= limit], c2[t <= limit]])
                    for c1, c2, t in thresholds]
         share = (deadline - now) / (len(COLUMN_FACTORS) - i)
+        if i == 0:
+            share = max(share, least)
         routes = column_routes(problem, options, limit, placed, now + share)
         if routes is None:
             continue
@@ -709,7 +713,7 @@ def plan_chains(problem: ChainProblem, time_limit: float = DEFAULT_CHAIN_TIME_LI
         one.method = "one-hop"
     columns = column_plan(problem, _StageCache(problem),
                           [p for p in (split, one) if p is not None],
-                          start + 0.7 * time_limit)
+                          start + 0.7 * time_limit, least=0.15 * time_limit)
     starts = [p for p in (one, rr, split, columns) if p is not None]
     if not starts:
         raise MultihopError("helpers[*].memory_mib", "no feasible plan found: neither "
