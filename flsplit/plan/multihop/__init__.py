@@ -11,6 +11,7 @@ these is importable from this package. Many clients sharing the helpers:
 :mod:`~flsplit.plan.multihop.chain_evaluation` (the judge),
 :mod:`~flsplit.plan.multihop.chain_bound` (lower bound),
 :mod:`~flsplit.plan.multihop.chain_planner` (the planner),
+:mod:`~flsplit.plan.multihop.chain_columns` (its column-generation construction),
 :mod:`~flsplit.plan.multihop.chain_files` and :mod:`~flsplit.plan.multihop.chain_cli`.
 """
 

@@ -19,8 +19,10 @@ The bound is the largest of
   when each client's first micro-batch can reach a helper;
 - **memory-aware load** (:func:`memory_load_bound`): a linear relaxation that assigns
   every client's body layers fractionally to the helpers with each helper's memory and
-  busy time respected and each client's head, tail and links within the makespan (see
-  its docstring for the argument).
+  busy time respected, each client's head, tail and links within the makespan, its
+  body only on helpers at or after a first helper (and at or before a last helper)
+  whose link to it carries the cut in time, plus the earliest time any helper task
+  can start (see its docstring for the argument).
 """
 
 from __future__ import annotations
@@ -238,6 +240,13 @@ class _MemoryLoadLP:
         mem_vals: list[list[np.ndarray]] = [[] for _ in range(h_count)]
         thresholds: list[np.ndarray] = []
         n_var, n_eq = 1, 0
+        # rows after the 2 H helper rows: the route-end rows of _route_ends
+        ub_rows: list[np.ndarray] = []
+        ub_cols: list[np.ndarray] = []
+        ub_vals: list[np.ndarray] = []
+        n_ub = 2 * h_count
+        #: variables allowed only at makespans of at least their threshold
+        self.gated: list[tuple[int, float]] = []
         one_rows: list[int] = []
         self.lam_slices: list[tuple[int, np.ndarray]] = []
         # per client: its options (c1, c2) and, per body layer, the helpers and y columns
@@ -275,6 +284,9 @@ class _MemoryLoadLP:
                     time_cols[h].append(np.array([y]))
                     time_vals[h].append(np.array([p.batch_size * p.sample_ms[h + 1, layer]]))
                     mem_vals[h].append(np.array([p.layer_memory_mib[layer]]))
+            n_var, n_eq, n_ub = self._route_ends(p, lam, c1, c2, n_var, n_eq, n_ub,
+                                                 (eq_rows, eq_cols, eq_vals),
+                                                 (ub_rows, ub_cols, ub_vals))
         self.a_eq = sparse.csr_matrix(
             (np.concatenate(eq_vals), (np.concatenate(eq_rows), np.concatenate(eq_cols))),
             shape=(n_eq, n_var))
@@ -289,12 +301,98 @@ class _MemoryLoadLP:
             cols += [np.r_[y, 0], y]
             vals += [np.r_[t, -1.0], m]  # busy - Z <= 0, memory <= capacity
             b_ub += [0.0, float(problem.helper_memory_mib[h])]
+        rows += ub_rows
+        cols += ub_cols
+        vals += ub_vals
+        b_ub += [0.0] * (n_ub - 2 * h_count)
         self.a_ub = sparse.csr_matrix(
             (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-            shape=(2 * h_count, n_var))
+            shape=(n_ub, n_var))
         self.b_ub = np.array(b_ub)
         self.n_var = n_var
-        self.thresholds = np.unique(np.concatenate(thresholds))
+        gated = np.array([t for _, t in self.gated])
+        self.gated_cols = np.array([v for v, _ in self.gated], dtype=int)
+        self.gated_thresholds = gated
+        self.thresholds = np.unique(np.concatenate([*thresholds, gated[np.isfinite(gated)]]))
+
+    def _route_ends(self, p: MultihopProblem, lam: np.ndarray, c1: np.ndarray,
+                    c2: np.ndarray, n_var: int, n_eq: int, n_ub: int,
+                    eq: tuple[list, list, list], ub: tuple[list, list, list]
+                    ) -> tuple[int, int, int]:
+        """Rows and variables tying client ``p``'s body to its first and last helper.
+
+        ``u[c, f]``: the route starts at cut ``c`` on helper ``f``; allowed at makespans of
+        at least the link ``client - f``'s busy time for cut ``c`` (``2 latency + B x``
+        its transfer time). ``sum_f u[c, f] = sum`` of ``lam`` over the options with
+        ``c1 = c``. ``P[l, h] = sum_{c <= l, f <= h} u[c, f]`` (recursively over ``l``)
+        bounds the share of layer ``l`` on helpers ``1 .. h``: ``sum_{h' <= h} y[l, h']
+        <= P[l, h]``. Likewise ``w[c, g]`` (the route ends at cut ``c`` on helper ``g``)
+        and ``Q[l, h] = sum_{c > l, g >= h} w[c, g]`` bound the share on helpers ``h ..
+        H``.
+        """
+        eq_rows, eq_cols, eq_vals = eq
+        ub_rows, ub_cols, ub_vals = ub
+        h_count = p.num_helpers
+        per_batch = 2.0 * KIB_TO_MS_AT_1MBIT * p.batch_size
+        act = np.concatenate([[0.0], p.activation_kib])
+        rate, lat = p.rate_mbps[0, 1:], p.latency_ms[0, 1:]
+        first, last = int(c1.min()), int(c2.max())
+        shares = self.shares[-1]
+
+        def end_vars(cuts: np.ndarray) -> dict[int, np.ndarray]:
+            # per cut value: one variable per helper (-1: no link), with the sum row
+            nonlocal n_var, n_eq
+            out = {}
+            for c in np.unique(cuts):
+                ids = np.full(h_count, -1)
+                for h in range(h_count):
+                    if rate[h] > 0:
+                        ids[h] = n_var
+                        self.gated.append((n_var, 2 * lat[h] + per_batch * act[c] / rate[h]))
+                        n_var += 1
+                linked = ids[ids >= 0]
+                chosen = lam[cuts == c]
+                eq_rows.append(np.full(chosen.size + linked.size, n_eq))
+                eq_cols.append(np.concatenate([chosen, linked]))
+                eq_vals.append(np.r_[np.ones(chosen.size), -np.ones(linked.size)])
+                n_eq += 1
+                out[int(c)] = ids
+            return out
+
+        def bound_rows(ends: dict[int, np.ndarray], layers: range, step: int,
+                       below: bool) -> None:
+            # running[h]: the variable holding the sum over the cuts passed so far
+            nonlocal n_var, n_eq, n_ub
+            running = None
+            for layer in layers:
+                cut = layer if step > 0 else layer + 1
+                ids = ends.get(cut)
+                here = np.arange(n_var, n_var + h_count)
+                n_var += h_count
+                for h in range(h_count):
+                    side = (np.arange(h_count) <= h) if below else (np.arange(h_count) >= h)
+                    new = ids[side & (ids >= 0)] if ids is not None else np.zeros(0, int)
+                    prev = np.array([running[h]]) if running is not None else np.zeros(0, int)
+                    # here[h] = prev[h] + sum of the new end variables on the side
+                    eq_rows.append(np.full(1 + prev.size + new.size, n_eq))
+                    eq_cols.append(np.concatenate([[here[h]], prev, new]))
+                    eq_vals.append(np.r_[1.0, -np.ones(prev.size), -np.ones(new.size)])
+                    n_eq += 1
+                running = here
+                if layer not in shares:
+                    continue
+                helpers, ys = shares[layer]
+                for h in range(h_count - 1) if below else range(1, h_count):
+                    side = (helpers - 1 <= h) if below else (helpers - 1 >= h)
+                    sel = ys[side]
+                    ub_rows.append(np.full(sel.size + 1, n_ub))
+                    ub_cols.append(np.concatenate([sel, [here[h]]]))
+                    ub_vals.append(np.r_[np.ones(sel.size), -1.0])
+                    n_ub += 1
+
+        bound_rows(end_vars(c1), range(first, last), 1, below=True)
+        bound_rows(end_vars(c2), range(last - 1, first - 1, -1), -1, below=False)
+        return n_var, n_eq, n_ub
 
     def solve(self, t: float) -> np.ndarray | None:
         """The LP's solution (``x[0] = Z``) with every client on options whose threshold
@@ -302,6 +400,7 @@ class _MemoryLoadLP:
         upper = np.full(self.n_var, np.inf)
         for start, threshold in self.lam_slices:
             upper[start:start + threshold.size] = np.where(threshold <= t, np.inf, 0.0)
+        upper[self.gated_cols] = np.where(self.gated_thresholds <= t, np.inf, 0.0)
         cost = np.zeros(self.n_var)
         cost[0] = 1.0
         res = linprog(cost, A_ub=self.a_ub, b_ub=self.b_ub, A_eq=self.a_eq, b_eq=self.b_eq,
@@ -315,8 +414,36 @@ class _MemoryLoadLP:
         return math.inf if x is None else float(x[0])
 
 
+def earliest_helper_start(problem: ChainProblem) -> float:
+    """The earliest time (ms) any helper task can start in any plan: a micro-batch (at
+    least one sample) first passes its client's device (head and tail, ``a + c``) and
+    the link to its first helper (``2 latency + c`` for one cut, the least over the
+    client's links), least over the clients and their feasible head/tail options."""
+    best = math.inf
+    for p in problem.clients:
+        layers = p.num_layers
+        cum_c = np.concatenate([[0.0], np.cumsum(p.sample_ms[0])])
+        mem = np.concatenate([[0.0], np.cumsum(p.layer_memory_mib)])
+        bad = np.concatenate([[0], np.cumsum(~p.runnable[0])])
+        idx = np.arange(layers + 1)
+        c1, c2 = np.meshgrid(idx, idx, indexing="ij")
+        ok = (c2 > c1) & (c1 >= p.min_head) & (c2 <= layers - p.min_tail)
+        ok &= (mem[c1] + mem[-1] - mem[c2]) <= p.memory_mib[0] + 1e-9
+        ok &= (bad[c1] + bad[-1] - bad[c2]) == 0
+        linked = np.flatnonzero(p.rate_mbps[0, 1:] > 0) + 1
+        if not ok.any() or linked.size == 0:
+            continue
+        act = np.concatenate([[0.0], p.activation_kib])
+        per_kib = 2.0 * KIB_TO_MS_AT_1MBIT
+        link = np.min([2 * p.latency_ms[0, h] + per_kib * act / p.rate_mbps[0, h]
+                       for h in linked], axis=0)  # [c1]: one sample across cut c1
+        own = p.overhead_ms[0] + cum_c[c1] + cum_c[-1] - cum_c[c2]
+        best = min(best, float((own + link[c1])[ok].min()))
+    return 0.0 if math.isinf(best) else best
+
+
 def memory_load_bound(problem: ChainProblem) -> float:
-    """The memory-aware helper-load bound (ms): the least ``T`` with ``Z(T) <= T``.
+    """The memory-aware helper-load bound (ms): the least ``T`` with ``r + Z(T) <= T``.
 
     ``Z(T)`` is the optimum of a linear programme: every client ``k`` takes a convex
     combination ``lam[k, o]`` of its head/tail options ``o = (c1, c2)`` whose threshold
@@ -325,7 +452,14 @@ def memory_load_bound(problem: ChainProblem) -> float:
     the helpers that can run it, ``sum_h y[k, l, h] = sum_{o: c1 <= l < c2} lam[k, o]``;
     every helper's memory holds its shares, ``sum_{k, l} y[k, l, h] mem_l <= mem_h``;
     and ``Z >= sum_{k, l} y[k, l, h] B t_{h, l}`` (``t``: per-sample time) for every
-    helper. ``Z`` is minimised.
+    helper. **Route ends**: ``u[k, c, f]`` (the route starts at cut ``c`` on helper
+    ``f``) is allowed only if ``T`` is at least the link ``client - f``'s time for cut
+    ``c`` (``2 latency + B x`` its per-sample transfer time), ``sum_f u[k, c, f] = sum``
+    of ``lam[k, o]`` over the options with ``c1 = c``, and the share of layer ``l`` on
+    helpers ``1 .. h`` is at most ``sum_{c <= l, f <= h} u[k, c, f]``; likewise
+    ``w[k, c, g]`` for the last helper and cut ``c2``, bounding the share on helpers
+    ``h .. H`` by ``sum_{c > l, g >= h} w[k, c, g]``. ``Z`` is minimised. ``r`` is
+    :func:`earliest_helper_start`.
 
     **Why it is a lower bound.** Take any plan the judge accepts, with makespan ``T*``.
     Client ``k``'s route has some ``(c1, c2)``. Its own device runs ``M`` micro-batches
@@ -334,22 +468,31 @@ def memory_load_bound(problem: ChainProblem) -> float:
     distinct links for a chain, at latency and rate no better than the client's best):
     the option's threshold is at most ``T*``. Setting ``lam`` to 1 on that option and
     ``y[k, l, h]`` to 1 where helper ``h`` runs layer ``l`` for ``k`` satisfies the
-    coverage rows; the judge refuses plans whose helper memory, summed over the clients
-    a helper holds layers of, exceeds its capacity, and that sum is exactly the memory
-    row; a helper runs ``M_k`` operations of ``a_h + b_k c`` for each client it serves,
-    one at a time within ``[0, T*]``, so ``sum y B t <= `` its busy time ``<= T*``.
-    Hence ``Z(T*) <= T*``. ``Z`` is non-increasing in ``T`` (more options) and constant
-    between consecutive thresholds, so the least ``T`` with ``Z(T) <= T`` is found by a
-    bisection over the sorted thresholds ``t_1 < t_2 < ...``: it is ``max(t_i, Z(t_i))``
-    for the first ``i`` with ``Z(t_i) < t_{i + 1}`` (a predicate that, once true, stays
-    true); ``T*`` is at least that. The LP's value is shrunk by ``1e-6`` relative to
-    absorb the solver's tolerances (in the direction that keeps the bound valid).
-    Returns 0 when no option of some client is feasible or memory cannot hold the
-    bodies at any ``T`` (then no plan exists and any value bounds it).
+    coverage rows. Its first helper ``f`` receives every micro-batch across cut ``c1``
+    over the link ``client - f`` (which carries at least that cut: ``M`` transfers of
+    ``2 latency + b x``, at least ``2 latency + B x`` in all, within ``[0, T*]``), so
+    ``u[k, c1, f] = 1`` is allowed; helpers run increasing ranges in route order, so
+    layer ``l`` is on a helper ``<= h`` only if ``c1 <= l`` and ``f <= h``: the row
+    holds; the last helper ``g`` and ``c2`` likewise. The judge refuses plans whose
+    helper memory, summed over the clients a helper holds layers of, exceeds its
+    capacity, and that sum is exactly the memory row; a helper runs ``M_k`` operations
+    of ``a_h + b_k c`` for each client it serves, one at a time, so its busy time is at
+    least ``sum y B t``; the busiest helper's busy time is thus at least ``Z(T*)``, and
+    none of its operations starts before ``r``: ``r + Z(T*) <= T*``. ``Z`` is
+    non-increasing in ``T`` (more variables allowed) and constant between consecutive
+    thresholds (of the options and of the route ends), so the least ``T`` with ``r +
+    Z(T) <= T`` is found by a bisection over the sorted thresholds ``t_1 < t_2 < ...``:
+    it is ``max(t_i, r + Z(t_i))`` for the first ``i`` with ``r + Z(t_i) < t_{i + 1}``
+    (a predicate that, once true, stays true); ``T*`` is at least that. The LP's value
+    is shrunk by ``1e-6`` relative to absorb the solver's tolerances (in the direction
+    that keeps the bound valid). Returns 0 when no option of some client is feasible or
+    memory cannot hold the bodies at any ``T`` (then no plan exists and any value
+    bounds it).
     """
     lp = _MemoryLoadLP(problem)
     if not lp.feasible:
         return 0.0
+    release = earliest_helper_start(problem)
     ts = lp.thresholds
     loads: dict[int, float] = {}
 
@@ -359,7 +502,7 @@ def memory_load_bound(problem: ChainProblem) -> float:
         return loads[i]
 
     def settles(i: int) -> bool:
-        return load(i) < (ts[i + 1] if i + 1 < ts.size else math.inf)
+        return load(i) + release < (ts[i + 1] if i + 1 < ts.size else math.inf)
 
     lo, hi = 0, ts.size - 1
     if not math.isfinite(load(hi)):
@@ -370,7 +513,7 @@ def memory_load_bound(problem: ChainProblem) -> float:
             hi = mid
         else:
             lo = mid + 1
-    return max(float(ts[lo]), load(lo))
+    return max(float(ts[lo]), load(lo) + release)
 
 
 def lower_bound(problem: ChainProblem) -> ChainBound:

@@ -164,10 +164,13 @@ def simulate(stages: Sequence[ClientStages], orders: dict[int, list[ChainTask]]
     return max(finish), finish
 
 
-def list_schedule(stages: Sequence[ClientStages], priority: Sequence[float] | None = None
+def list_schedule(stages: Sequence[ClientStages], priority: Sequence[float] | None = None,
+                  remaining: bool = False
                   ) -> tuple[dict[int, list[ChainTask]], list[float]]:
     """Helper task orders by list scheduling: the operation that can start earliest runs
-    next (ties: the client with the larger ``priority``, default its total work).
+    next (ties: the client with the larger ``priority``, default its total work; with
+    ``remaining``, the client with the most time still ahead of it, ``(M - m) x`` its
+    largest stage from here on plus its later stages, for micro-batch ``m``).
 
     Returns the orders and each client's finish in the schedule built, which
     :func:`simulate` reproduces for those orders (both start every operation as early as its
@@ -176,6 +179,15 @@ def list_schedule(stages: Sequence[ClientStages], priority: Sequence[float] | No
     k_count = len(stages)
     if priority is None:
         priority = [sum(cs.times) * cs.micro_batches for cs in stages]
+    # ahead[k][s]: (largest stage time from s on, sum of the stage times after s)
+    ahead = [[(max(cs.times[s:]), sum(cs.times[s + 1:])) for s in range(len(cs.times))]
+             for cs in stages]
+
+    def rank(k: int, s: int, m: int) -> float:
+        if not remaining:
+            return -priority[k]
+        top, rest = ahead[k][s]
+        return -((stages[k].micro_batches - m) * top + rest)
     done = [[0] * len(cs.times) for cs in stages]  # micro-batches finished per stage
     end = [[0.0] * len(cs.times) for cs in stages]  # end of the last finished one
     arrivals: list[list[list[float]]] = [[[] for _ in cs.times] for cs in stages]
@@ -196,7 +208,7 @@ def list_schedule(stages: Sequence[ClientStages], priority: Sequence[float] | No
         if s < count:
             arrivals[k][s].append(t)
             if done[k][s] == m:  # the helper stage waits for this micro-batch
-                heapq.heappush(heap, (t, -priority[k], k, s))
+                heapq.heappush(heap, (t, rank(k, s, m), k, s))
 
     for k, cs in enumerate(stages):
         for m in range(cs.micro_batches):
@@ -221,7 +233,7 @@ def list_schedule(stages: Sequence[ClientStages], priority: Sequence[float] | No
         if s + 1 < len(cs.times):
             arrive(k, s + 1, m, finish)
         if len(arrivals[k][s]) > m + 1:  # the next micro-batch is already waiting
-            heapq.heappush(heap, (arrivals[k][s][m + 1], pri, k, s))
+            heapq.heappush(heap, (arrivals[k][s][m + 1], rank(k, s, m + 1), k, s))
     return orders, [end[k][-1] for k in range(k_count)]
 
 

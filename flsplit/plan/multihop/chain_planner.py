@@ -12,7 +12,14 @@ from list scheduling (:func:`~flsplit.plan.multihop.chain_evaluation.list_schedu
    (best ``(helper, c1, c2, b)`` with the helpers' remaining memory, helper times scaled
    by ``1 +`` the number of clients already on the helper, as if time-shared), then
    improved by the local search below restricted to one hop.
-3. **Chains**: the local search from the best plan so far, chains allowed. A move takes
+3. **Column generation** (:func:`column_plan`, module ``chain_columns``):
+   routes (up to three hops) chosen jointly so that the largest helper work is least
+   within the helpers' memory, each client with the fewest micro-batches that keep its
+   own pipeline well within the best makespan so far (every micro-batch costs each
+   helper of its route an overhead), started from the routes of steps 2 and the
+   load-balanced splits; helper orders by list scheduling, static or by the time each
+   client still has ahead of it (the better).
+4. **Chains**: the local search from the best plan so far, chains allowed. A move takes
    the client that finishes last (or a random one) and tries: re-placing it, one hop or
    a chain (exact single-client placement on its problem with the other clients'
    helpers scaled by their load and the remaining memory), another micro-batch count,
@@ -22,7 +29,7 @@ from list scheduling (:func:`~flsplit.plan.multihop.chain_evaluation.list_schedu
    can hold its body); at a local optimum two random clients are perturbed and the
    descent goes on until the time limit, keeping the best plan.
 
-The plan returned is the best judged of all three, so it is never worse than
+The plan returned is the best judged of all of them, so it is never worse than
 round-robin chains or the best one-hop plan found.
 """
 
@@ -39,6 +46,7 @@ import numpy as np
 
 from flsplit.plan.generator import KIB_TO_MS_AT_1MBIT
 from flsplit.plan.multihop.chain_bound import option_thresholds
+from flsplit.plan.multihop.chain_columns import column_routes
 from flsplit.plan.multihop.chain_evaluation import (
     ClientStages,
     check_memory,
@@ -85,7 +93,8 @@ class _StageCache:
 
 
 def judge_routes(problem: ChainProblem, routes: Sequence[ChainRoute], method: str = "",
-                 cache: _StageCache | None = None, final: bool = True) -> ChainPlan | None:
+                 cache: _StageCache | None = None, final: bool = True,
+                 remaining: bool = False) -> ChainPlan | None:
     """A plan of ``routes`` with list-scheduled helper orders; ``None`` when infeasible.
 
     ``final``: judge it by :func:`evaluate_chain` (else the list schedule's own
@@ -94,7 +103,7 @@ def judge_routes(problem: ChainProblem, routes: Sequence[ChainRoute], method: st
     stages = (cache or _StageCache(problem)).all(routes)
     if stages is None:
         return None
-    orders, finish = list_schedule(stages)
+    orders, finish = list_schedule(stages, remaining=remaining)
     plan = ChainPlan(list(routes), orders, makespan=max(finish), method=method)
     # the local search's tie-break on equal makespans: the clients' finishes squared
     plan.info["spread"] = float(sum(f * f for f in finish))
@@ -487,6 +496,50 @@ def balanced_plans(problem: ChainProblem, cache: _StageCache, deadline: float
     return best[False], best[True]
 
 
+#: Client latency limits of the column-generation construction (x the best makespan
+#: judged so far).
+COLUMN_FACTORS = (1.0, 0.85)
+
+
+def column_plan(problem: ChainProblem, cache: _StageCache, seeds: Sequence[ChainPlan],
+                deadline: float, least: float = 0.0) -> ChainPlan | None:
+    """The best judged plan of :func:`~flsplit.plan.multihop.chain_columns.column_routes`
+    over the latency limits ``COLUMN_FACTORS`` x the best makespan of ``seeds`` (until
+    ``deadline``; the first limit gets at least ``least`` seconds, whatever the
+    deadline), started from the routes of ``seeds``, at the columns' micro-batch
+    sizes and both rules of :func:`_sized`, each with both list scheduling rules."""
+    thresholds = [option_thresholds(p, pipeline=True) for p in problem.clients]
+    if not seeds or any(t[0].size == 0 for t in thresholds):
+        return None
+    target = min(plan.makespan for plan in seeds)
+    placed = [[(r.helpers, r.cuts) for r in plan.routes] for plan in seeds]
+    best = None
+    deadline = max(deadline, time.perf_counter() + least)
+    for i, factor in enumerate(COLUMN_FACTORS):
+        now = time.perf_counter()
+        if now >= deadline:
+            break
+        limit = target * factor
+        options = [np.column_stack([c1[t <= limit], c2[t <= limit]])
+                   for c1, c2, t in thresholds]
+        share = (deadline - now) / (len(COLUMN_FACTORS) - i)
+        if i == 0:
+            share = max(share, least)
+        routes = column_routes(problem, options, limit, placed, now + share)
+        if routes is None:
+            continue
+        variants = [[ChainRoute(h, c, b) for h, c, b in routes],
+                    _sized(problem, [(h, c) for h, c, _ in routes], True)]
+        for j, (sized, remaining) in enumerate(itertools.product(variants, (True, False))):
+            if j and time.perf_counter() >= deadline:
+                break
+            plan = judge_routes(problem, sized, "chains", cache, final=False,
+                                remaining=remaining)
+            if plan is not None and (best is None or plan.makespan < best.makespan):
+                best = plan
+    return best
+
+
 def _cheap_moves(problem: ChainProblem, route: ChainRoute, k: int, rng: random.Random
                  ) -> list[ChainRoute]:
     """Another micro-batch count, or one layer moved across one cut."""
@@ -657,9 +710,12 @@ def plan_chains(problem: ChainProblem, time_limit: float = DEFAULT_CHAIN_TIME_LI
     if balanced is not None and (one is None or balanced.makespan < one.makespan):
         one = balanced
     if one is not None:
-        one = local_search(problem, one, start + 0.5 * time_limit, chains=False, seed=seed)
+        one = local_search(problem, one, start + 0.4 * time_limit, chains=False, seed=seed)
         one.method = "one-hop"
-    starts = [p for p in (one, rr, split) if p is not None]
+    columns = column_plan(problem, _StageCache(problem),
+                          [p for p in (split, one) if p is not None],
+                          start + 0.7 * time_limit, least=0.15 * time_limit)
+    starts = [p for p in (one, rr, split, columns) if p is not None]
     if not starts:
         raise MultihopError("helpers[*].memory_mib", "no feasible plan found: neither "
                             "round-robin chains nor greedy placement fit the helpers' "
