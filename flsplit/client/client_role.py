@@ -171,6 +171,7 @@ def train_split_round(
         started=result.started,
         ended=result.ended,
         load_ms=result.load_ms,
+        steady_batch_ms=result.steady_batch_ms,
         bytes_up=helper.bytes_up,
         bytes_down=helper.bytes_down,
     )
