@@ -23,6 +23,7 @@ from flsplit.client.node import (
 from flsplit.config import RunConfig
 from flsplit.model.presets import preset
 from flsplit.protocol import ROLE_HELPER, NodeReport
+from flsplit.runtime.warmup import warm_up
 from flsplit.task import SplitTask
 
 
@@ -51,6 +52,7 @@ def answer_query(
         addresses; for clients their training examples.
     """
     role = node_role(context, config)
+    warm_up()  # the first optimizer's imports: at discovery, not in round 1's first batch
     report = NodeReport(
         role=role,
         index=node_index(context, config, role),
