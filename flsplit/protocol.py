@@ -559,7 +559,10 @@ class ClientResult:
     batches : int
     stage1_ms, stage3_ms, stage5_ms : float
         Mean per batch: head forward + upload; download + tail + upload; download + head
-        backward (network time included, the helper's service time not).
+        backward (network time included, the helper's service time not). This and the
+        other means per batch are of the steady state: with two batches or more the first
+        batch and the time before it are left out (a process's first round pays its
+        imports and first calls there).
     helper_service_ms : float
         Mean per batch of the time the helper spent on the client's tasks.
     started, ended : float
@@ -574,6 +577,9 @@ class ClientResult:
         Data-plane bytes the client sent to and received from its (first) helper this
         round: every frame, headers included, after compression (run config
         ``compress-activations``, ``compress-gradients``).
+    steady_batch_ms : float
+        Wall time per batch from the end of the first batch to the end of the round (0
+        with one batch, or from a client that does not report it).
     """
 
     examples: int
@@ -589,6 +595,7 @@ class ClientResult:
     load_ms: float = 0.0
     bytes_up: int = 0
     bytes_down: int = 0
+    steady_batch_ms: float = 0.0
 
     _KEYS = {
         "examples": NUM_EXAMPLES,
@@ -604,6 +611,7 @@ class ClientResult:
         "load_ms": "load-ms",
         "bytes_up": BYTES_UP,
         "bytes_down": BYTES_DOWN,
+        "steady_batch_ms": "steady-batch-ms",
     }
     _APP_FIELDS = ("examples", "loss", "accuracy")
 

@@ -13,7 +13,6 @@ hop, planned and measured (and ``round-N.png`` with ``gantt``).
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Sequence
 from logging import INFO, WARNING
 from typing import Any
@@ -23,6 +22,7 @@ from flwr.supercore import log
 
 from flsplit.protocol import METRICS, ClientResult, HelperResult, HelperTask
 from flsplit.server.chain_planning import ChainRoundPlan, stage_timeline
+from flsplit.server.steady import steady_busy_ms
 from strategies.planned import PlannedSplitStrategy
 
 
@@ -116,7 +116,11 @@ class ChainPlannedSplitStrategy(PlannedSplitStrategy):
                 # (micro-batches: head, tail and head backward only, sent by other threads)
                 compute -= self._transfer_ms(node, plan)
             offset = None if node in warming else 1000.0 * (spans[node][0] - first)
-            span = 1000.0 * (spans[node][1] - spans[node][0])
+            # the steady state's time per batch (the first batch and the set-up before it
+            # left out) for every batch; a client that does not report it: its span
+            span = (result.steady_batch_ms * plan.batches.get(node, 1)
+                    if result.steady_batch_ms > 0
+                    else 1000.0 * (spans[node][1] - spans[node][0]))
             self.planner.observe_client(node, plan, compute, offset, span)
             if node in warming:
                 self.planner.mark_provisional(node)
@@ -126,12 +130,11 @@ class ChainPlannedSplitStrategy(PlannedSplitStrategy):
                 continue
             node = reply.metadata.src_node_id
             result = HelperResult.from_content(reply.content)
-            busy: dict[int, float] = defaultdict(float)
             for span in result.timeline:
-                busy[int(span.client)] += 1000.0 * (span.end - span.start)
                 timeline.append({"helper": node, "client": int(span.client),
                                  "kind": span.kind, "start": span.start, "end": span.end})
-            self.planner.observe_helper(node, plan, busy)
+            # every task at its client's and kind's steady mean (first task left out)
+            self.planner.observe_helper(node, plan, steady_busy_ms(result.timeline))
             if node in warming:
                 self.planner.mark_provisional(node)
         origin = min((a for a, _ in spans.values()), default=None)

@@ -44,6 +44,7 @@ from flsplit.plan.sampling.helper_assignment import (
     out_of_share,
 )
 from flsplit.protocol import (
+    BACKWARD,
     DATA_PLANE_BYTES,
     FORWARD,
     METRICS,
@@ -55,6 +56,7 @@ from flsplit.protocol import (
 )
 from flsplit.server.node_profiles import LinkFn
 from flsplit.server.round_planner import FIXED_CUT_METHODS, RoundPlan, RoundPlanner
+from flsplit.server.steady import steady_kind_ms
 from flsplit.server.sync_planning import (
     HelperStepFit,
     fit_round,
@@ -409,10 +411,11 @@ class PlannedSplitStrategy(SplitStrategy):
         first_start = min((a for a, _ in spans.values()), default=0.0)
         cuts_of = assignment.cuts_of
         # A node's first round includes starting its process (imports, model tracing,
-        # first-call allocations), which later rounds do not repeat: it is a warm-up. Its
-        # stage times are better than the server's estimate (they include per-batch
-        # overheads the estimate lacks) but inflated, so they are used for the next
-        # round only and then replaced, not averaged in; its start offset is not learned.
+        # first-call allocations), which later rounds do not repeat: it is a warm-up. The
+        # times it reports are steady-state means (its first batch, the time before it and
+        # a helper's first task per client and kind left out), yet the round ran on a
+        # machine busy with the other nodes' start-up: they are used for the next round
+        # only and then replaced, not averaged in; its start offset is not learned.
         warming = {n for n in [*stages, *answered] if n not in self.warm}
         self.warm |= warming
         if warming:
@@ -450,8 +453,12 @@ class PlannedSplitStrategy(SplitStrategy):
                     for span in result.timeline
                     if span.kind == FORWARD
                 )
+                steady = steady_kind_ms(result.timeline)
                 self.planner.observe_helper(
-                    node, result.body_fwd_ms, result.body_bwd_ms, served=dict(served)
+                    node,
+                    steady.get(FORWARD, result.body_fwd_ms),
+                    steady.get(BACKWARD, result.body_bwd_ms),
+                    served=dict(served),
                 )
                 if node in warming:
                     self.planner.mark_provisional(node)

@@ -46,6 +46,7 @@ from flsplit.runtime.helper_client import HelperClient
 from flsplit.runtime.remote_body import RemoteBody
 from flsplit.runtime.sync_client import train_sync
 from flsplit.runtime.trainer import TrainResult, train_split
+from flsplit.runtime.warmup import warm_up
 from flsplit.task import SplitTask, evaluate_model, train_full
 
 
@@ -171,6 +172,7 @@ def train_split_round(
         started=result.started,
         ended=result.ended,
         load_ms=result.load_ms,
+        steady_batch_ms=result.steady_batch_ms,
         bytes_up=helper.bytes_up,
         bytes_down=helper.bytes_down,
     )
@@ -217,6 +219,7 @@ def _train_own_loop(
     loss the function reported (NaN if none)."""
     assert task.train_fn is not None
     body_modules = {name.split(".")[0] for name, _ in split.body.named_modules() if name}
+    warm_up()  # as flsplit's own loop, which builds its optimizer before the round's clock
     with RemoteBody(helper, split.head, split.tail, emulation) as body:
         model = ClientModel(split.head, split.tail, body, body_modules, split.model_type)
         if task.restore_state is not None:

@@ -26,6 +26,7 @@ from flsplit.client.node import (
 from flsplit.config import RunConfig
 from flsplit.model.presets import preset
 from flsplit.protocol import ROLE_HELPER, NodeReport
+from flsplit.runtime.warmup import warm_up
 from flsplit.task import SplitTask
 
 
@@ -56,6 +57,7 @@ def answer_query(
         the codecs their data plane uses.
     """
     role = node_role(context, config)
+    warm_up()  # the first optimizer's imports: at discovery, not in round 1's first batch
     report = NodeReport(
         role=role,
         index=node_index(context, config, role),

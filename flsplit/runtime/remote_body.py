@@ -51,9 +51,13 @@ call of the model's head) and upload, stage 3 everything from the body's output 
 backward's upload (tail, loss, the user's code in between), stage 5 the download, the
 head's backward (up to the end of ``loss.backward()``) and the optimizer's steps. The
 rest of the time between one batch's backward and the next batch's head forward (its
-data loader, whatever the function does between batches, before its first batch and
-after its last) is the client's load time (``load_ms``), which the planner adds to the
-client's stage 1: it makes the round as long as slow compute would.
+data loader, whatever the function does between batches and after its last) is the
+client's load time (``load_ms``), which the planner adds to the client's stage 1: it makes
+the round as long as slow compute would. All are steady-state means
+(:class:`~flsplit.runtime.trainer.RoundTotals`): the first batch and the set-up before it
+are left out. Emulation stretches the client's compute between the data-plane calls and
+hooks, from the first batch's head forward on: the set-up before it (the optimizer, in a
+process's first round the imports behind it) runs unstretched.
 """
 
 from __future__ import annotations
@@ -190,7 +194,8 @@ class RemoteBody:
     def forward(self, cut1: Activation) -> Activation:
         """Send ``cut1``; return the body's output on ``cut1``'s device (a tuple: the
         tensors the helper flagged require a gradient)."""
-        now = self._end_span()  # stretches the head's forward (or all since the last batch)
+        # stretches the head's forward (or all since the last batch; not the set-up)
+        now = self._end_span(stretch=not self._setting_up())
         if not self._head_ran():  # the body called without the head: the gap ends here
             self._start_batch(now)
         self.emulation.transfer(link_nbytes(self.helper, "fwd", cut1))
@@ -281,7 +286,7 @@ class RemoteBody:
         """Forward pre-hook of the head: the next batch starts, the gap before it ends."""
         if self._hooks is None or self.pending or self._head_ran():
             return
-        self._start_batch(self._end_span())
+        self._start_batch(self._end_span(stretch=not self._setting_up()))
 
     def _head_ran(self) -> bool:
         """Whether the head already ran for a batch whose body has not run yet."""
@@ -348,10 +353,20 @@ class RemoteBody:
         events, self.events = self.events, []
         return events
 
-    def _end_span(self) -> float:
+    def _setting_up(self) -> bool:
+        """Whether no batch has started yet: the training function is setting up (its
+        optimizer, its loader's first iterator; in a process's first round the imports
+        and first calls behind them, seconds of CPU)."""
+        return self.backwards == 0 and not self._batch
+
+    def _end_span(self, stretch: bool = True) -> float:
         """Stretch the client's compute since the last data-plane call or hook
-        (emulation), so each stretch counts to the stage (or gap) whose compute it is."""
-        self.emulation.stretch(*self._span)
+        (emulation), so each stretch counts to the stage (or gap) whose compute it is.
+        The set-up before the first batch is not stretched (``stretch=False``): a device
+        preset's factors are per-layer training costs, and stretching a process's one-off
+        imports by them (30x for a Raspberry Pi) delayed a first round by a minute."""
+        if stretch:
+            self.emulation.stretch(*self._span)
         self._span = (time.perf_counter(), time.process_time())
         return self._span[0]
 
@@ -373,6 +388,7 @@ class RemoteBody:
                     b["bwd_net"] / 2 + (backward_end - b["t4"]) + self._gap_steps,
                 ),
                 b["fwd_service"] + b["bwd_service"],
+                ended=backward_end,
             )
             self._batch = {}
         if "t4" in b or self.backwards == 0:  # the gap before the first batch too

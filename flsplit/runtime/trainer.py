@@ -52,6 +52,10 @@ class TrainResult:
     ``load_ms`` is the time spent getting the batches from the client's data loader
     (creating its iterator each epoch, ``next`` on it, the final exhausted call
     included), per batch: it precedes each batch's stage 1 and is in none of the stages.
+    All of these are steady-state means (:class:`RoundTotals`): with two batches or more,
+    the first batch and the time before it are left out. ``steady_batch_ms`` is the wall
+    time per batch from the end of the first batch to the end of the round (0 with a
+    single batch).
     """
 
     examples: int
@@ -65,6 +69,7 @@ class TrainResult:
     started: float
     ended: float
     load_ms: float = 0.0
+    steady_batch_ms: float = 0.0
 
     @property
     def wall_seconds(self) -> float:
@@ -158,14 +163,29 @@ def proximal_term(
 
 
 class RoundTotals:
-    """Sums of a round's per-batch figures, turned into a :class:`TrainResult`."""
+    """A round's per-batch figures, turned into a :class:`TrainResult`.
+
+    The stage, service and load means describe the client's steady state, what every
+    later round repeats: with two batches or more the first batch is left out, and so is
+    the time before it (a process's first round pays its imports, its first operator calls
+    and its optimizer's set-up there, several times a batch; every round pays creating
+    its data loader's first iterator there). With a single batch that batch is all there
+    is. Examples, loss and accuracy count every batch.
+    """
 
     def __init__(self) -> None:
         self.examples = self.batches = self.correct = 0
         self.loss_sum = 0.0
+        #: sums over every batch (seconds)
         self.stages = [0.0, 0.0, 0.0]
         self.service = 0.0
         self.load = 0.0
+        #: the first batch's stages and service, and the load before it (seconds)
+        self.first_stages = [0.0, 0.0, 0.0]
+        self.first_service = 0.0
+        self.first_load = 0.0
+        #: ``time.perf_counter()`` when the first batch ended
+        self.first_ended: float | None = None
 
     def timed(
         self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
@@ -180,22 +200,25 @@ class RoundTotals:
             try:
                 batch = next(iterator)
             except StopIteration:
-                self.load += time.perf_counter() - start
+                self.add_load(time.perf_counter() - start)
                 return
-            self.load += time.perf_counter() - start
+            self.add_load(time.perf_counter() - start)
             yield batch
             start = time.perf_counter()
 
     def add_load(self, seconds: float) -> None:
         """Add ``seconds`` the client spent outside the five stages getting its next
         batch (its own training loop: everything between a batch's last stage and the
-        next one's first)."""
+        next one's first); before the first batch is added, the time before it."""
         self.load += seconds
+        if self.batches == 0:
+            self.first_load += seconds
 
     def add(self, examples: int, loss_sum: float, correct: float,
-            stages: Sequence[float], service: float) -> None:
+            stages: Sequence[float], service: float, ended: float | None = None) -> None:
         """Add one batch: its examples, summed loss, correct predictions, the seconds of
-        stages 1, 3 and 5, and the seconds spent on (or waiting for) the helper."""
+        stages 1, 3 and 5, the seconds spent on (or waiting for) the helper, and when it
+        ended (``time.perf_counter()``; default: now)."""
         self.examples += examples
         self.batches += 1
         self.loss_sum += loss_sum
@@ -203,23 +226,38 @@ class RoundTotals:
         for i, seconds in enumerate(stages):
             self.stages[i] += seconds
         self.service += service
+        if self.batches == 1:
+            self.first_stages = [float(s) for s in stages]
+            self.first_service = service
+            self.first_ended = time.perf_counter() if ended is None else ended
 
     def result(self, started: float) -> TrainResult:
         """The round's :class:`TrainResult` (stage, service and load times in ms per
-        batch)."""
-        per_batch = 1000.0 / max(self.batches, 1)
+        batch of the steady state: the first batch and the time before it left out when
+        there are more)."""
+        stages, service, load = self.stages, self.service, self.load
+        steady = self.batches - 1
+        batch_ms = 0.0
+        if steady > 0:
+            stages = [a - b for a, b in zip(stages, self.first_stages, strict=True)]
+            service -= self.first_service
+            load -= self.first_load
+            # from the end of the first batch to now, per batch after it
+            batch_ms = 1000.0 * (time.perf_counter() - (self.first_ended or 0.0)) / steady
+        per_batch = 1000.0 / max(steady, 1)
         return TrainResult(
             examples=self.examples,
             batches=self.batches,
             loss=self.loss_sum / max(self.examples, 1),
             accuracy=self.correct / max(self.examples, 1),
-            stage1_ms=self.stages[0] * per_batch,
-            stage3_ms=self.stages[1] * per_batch,
-            stage5_ms=self.stages[2] * per_batch,
-            helper_service_ms=self.service * per_batch,
+            stage1_ms=stages[0] * per_batch,
+            stage3_ms=stages[1] * per_batch,
+            stage5_ms=stages[2] * per_batch,
+            helper_service_ms=service * per_batch,
             started=started,
             ended=time.time(),
-            load_ms=self.load * per_batch,
+            load_ms=load * per_batch,
+            steady_batch_ms=batch_ms,
         )
 
 

@@ -13,6 +13,7 @@ from flsplit.model.splitting import split_model
 from flsplit.model.zoo import SmallCNN
 from flsplit.runtime.auth import TokenVerifier, helper_key, new_run_secret, sign_token
 from flsplit.runtime.dataplane import HelperServer
+from flsplit.runtime.emulation import NO_EMULATION, Emulation
 from flsplit.runtime.helper_client import DataPlaneError, HelperClient
 from flsplit.runtime.remote_body import RemoteBody, SplitTrainingError
 from flsplit.runtime.worker import HelperWorker
@@ -37,7 +38,7 @@ def _model():
     return SmallCNN().double()
 
 
-def _train_split(model, loop, batches, proximal_mu=0.0):
+def _train_split(model, loop, batches, proximal_mu=0.0, emulation=NO_EMULATION):
     """Run ``loop(net, batches)`` on the split model through a helper over gRPC; return
     the trained full state dict (head, the helper's body, tail)."""
     split = split_model(model, CUTS, torch.zeros(2, 1, 8, 8, dtype=torch.float64))
@@ -53,7 +54,7 @@ def _train_split(model, loop, batches, proximal_mu=0.0):
         token = sign_token(KEY, RUN, ROUND, "1", HELPER)
         with (
             HelperClient(server.address, "1", token, deadline=30) as helper,
-            RemoteBody(helper, split.head, split.tail) as body,
+            RemoteBody(helper, split.head, split.tail, emulation) as body,
         ):
             net = ClientModel(split.head, split.tail, body, ["conv2", "fc1"])
             loop(net, batches)
@@ -93,6 +94,33 @@ def test_the_apps_loader_time_between_batches_is_the_clients_load_time():
     busy = result.stage1_ms + result.stage3_ms + result.stage5_ms + result.helper_service_ms
     assert result.batches * (busy + result.load_ms) <= 1000 * result.wall_seconds + 5
     assert result.stage1_ms > 0 and result.stage5_ms > 0
+
+
+class _RecordingEmulation(Emulation):
+    """A slow device that records where each stretched span of compute began."""
+
+    def __init__(self) -> None:
+        super().__init__(compute_factor=30.0)
+        object.__setattr__(self, "starts", [])
+
+    def stretch(self, start: float, cpu_start: float) -> None:
+        self.starts.append(start)
+
+
+def test_the_set_up_before_the_first_batch_is_not_stretched_as_device_compute():
+    # a process's first optimizer pulls in imports worth seconds of CPU: stretched by a
+    # Raspberry Pi's factor (30) it held a first round up by a minute
+    emulation = _RecordingEmulation()
+    set_up = []
+
+    def loop(net, batches):
+        set_up.append(time.perf_counter())
+        _slow_loader(net, batches, seconds=0.0)
+
+    _, result = _train_split(_model(), loop, _batches(n=3), emulation=emulation)
+    assert result.batches == 3
+    assert emulation.starts  # the batches' compute is stretched
+    assert min(emulation.starts) > set_up[0]  # nothing from before the first head forward
 
 
 def _assert_same(trained, reference, untouched):

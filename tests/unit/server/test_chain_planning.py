@@ -280,6 +280,36 @@ def test_the_strategy_learns_micro_batched_clients_compute_from_their_stages():
     assert seen[22] == pytest.approx(3.0 - strategy._transfer_ms(22, plan))
 
 
+def test_the_strategy_learns_chains_from_the_steady_state_not_the_warm_up():
+    # a warm-up round: every helper's first task per client and kind pays one-off costs,
+    # and a client's span holds its set-up; what is learned is the steady state
+    model = SmallCNN()
+    example = torch.zeros(2, 1, 8, 8)
+    parts = split_model(model, parse_cuts("conv2,fc2"), example)
+    planner = _planner(helper_memory=450.0, helpers=(11, 12, 13), clients=(21, 22))
+    strategy = ChainPlannedSplitStrategy.from_split(
+        parts, model, example,
+        strategy=FedAvg(min_train_nodes=1, min_available_nodes=1),
+        planner=planner, batch_size=32,
+    )
+    nodes = {h: FakeNode(ROLE_HELPER, task_ms=(900.0, 7.0, 7.0)) for h in (11, 12, 13)}
+    nodes.update({c: FakeNode(ROLE_CLIENT, examples=64, fill=1.0, steady_batch_ms=40.0)
+                  for c in (21, 22)})
+    grid = FakeGrid(nodes, strategy.piece_keys, run_id=3)
+    messages = list(strategy.configure_train(1, ArrayRecord(model.state_dict()),
+                                             ConfigRecord({}), grid))
+    plan = strategy.chain_plan
+    busy, spans = {}, {}
+    planner.observe_helper = lambda node, _plan, ms: busy.__setitem__(node, dict(ms))
+    planner.observe_client = (
+        lambda node, _plan, compute, offset, span: spans.__setitem__(node, span))
+    strategy.aggregate_train(1, grid.send_and_receive(messages))
+    # three forwards and three backwards per client, each at the steady 7 ms
+    assert busy and all(ms == pytest.approx({c: 42.0 for c in ms}) for ms in busy.values())
+    assert {c for ms in busy.values() for c in ms} == {21, 22}
+    assert spans == pytest.approx({c: 40.0 * plan.batches[c] for c in (21, 22)})
+
+
 def test_round_robin_chains_emulate_the_same_links_as_planned_ones():
     """The baseline planned chains are compared with: an unplanned split run with
     emulation sends every client its emulated link to its first helper."""

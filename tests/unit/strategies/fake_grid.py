@@ -28,10 +28,12 @@ from flwr.supercore.run import Run
 
 from flsplit.protocol import (
     ARRAYS,
+    BACKWARD,
     CLIENT_TRAIN,
     CONFIG,
     EVAL_ACC,
     EVAL_LOSS,
+    FORWARD,
     HELPER_TRAIN,
     METRICS,
     NUM_EXAMPLES,
@@ -63,6 +65,10 @@ class FakeNode:
     participant_ms: float = 0.0  # a helper's time per client in a step (its step timeline)
     codecs: tuple[str | None, str | None] = (None, None)  # as it reports at discovery
     helper_links: list[int] | None = None  # a helper: the helpers it declares links with
+    #: a helper's forward and backward tasks per client it serves, their ms in order
+    #: (its timeline and its reported means, as a helper reports them)
+    task_ms: tuple[float, ...] = ()
+    steady_batch_ms: float = 0.0  # a client's time per batch after its first, as it reports
 
     @property
     def is_helper(self) -> bool:
@@ -190,6 +196,7 @@ class FakeGrid(Grid):
             started=0.0,
             ended=1.0,
             load_ms=node.load_ms,
+            steady_batch_ms=node.steady_batch_ms,
             bytes_up=int(100 * node.fill),  # data-plane bytes it reports: its fill
             bytes_down=int(200 * node.fill),
         )
@@ -220,8 +227,18 @@ class FakeGrid(Grid):
                 if (row > 0).any():
                     end += node_ms * int((row > 0).sum()) / 1000.0
                     timeline.append(TaskSpan(f"step{step}", "bwd", end, end))
+        task_ms = self.nodes[helper].task_ms
+        clock = 0.0
+        for served in round_.clients if task_ms else []:
+            for ms in task_ms:
+                for kind in (FORWARD, BACKWARD):
+                    timeline.append(TaskSpan(served.client, kind, clock, clock + ms / 1000))
+                    clock += ms / 1000 + 0.5  # the helper waits between tasks
+        mean = sum(task_ms) / len(task_ms) if task_ms else 0.0
         result = HelperResult(
             timeline=timeline,
+            body_fwd_ms=mean,
+            body_bwd_ms=mean,
             busy_seconds=busy,
             step_examples=[served_samples] if busy else None,
             finished=list(bodies),

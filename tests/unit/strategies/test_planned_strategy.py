@@ -93,6 +93,35 @@ def test_the_load_time_a_client_reports_lengthens_the_next_rounds_prediction(mon
     assert slow == pytest.approx(fast + 2 * 600.0)
 
 
+def _learned_helper(task_ms):
+    """A helper's learned body times after round 1 of two clients, its tasks per client
+    taking ``task_ms`` each (forward and backward alike)."""
+    model = SmallCNN()
+    strategy = PlannedSplitStrategy.for_model(
+        model, torch.zeros(2, 1, 8, 8), cuts="conv2,fc2", strategy=RecordingFedAvg(),
+        planner="greedy", time_limit=0.2, batch_size=8,
+    )
+    helper = HELPERS[0]
+    nodes = {helper: FakeNode(ROLE_HELPER, task_ms=task_ms)}
+    nodes |= {c: FakeNode(ROLE_CLIENT, examples=16, fill=1.0) for c in CLIENTS[:2]}
+    grid = FakeGrid(nodes, strategy.piece_keys)
+    arrays = ArrayRecord(model.state_dict())
+    replies = grid.send_and_receive(strategy.configure_train(1, arrays, ConfigRecord({}), grid))
+    strategy.aggregate_train(1, replies)
+    profile = strategy.planner.helpers[helper]
+    return profile.body_fwd_ms, profile.body_bwd_ms
+
+
+def test_a_helpers_first_task_per_client_is_not_learned_as_its_compute(monkeypatch):
+    # a warm-up round: each client's first forward and backward pay the helper's one-off
+    # costs (imports, first calls, the body copy); the waits between tasks are not compute
+    costs = PartCosts(5.0, 6.0, 20.0, 30.0, 4.0, 4_000, 1_000, 12.0)
+    monkeypatch.setattr(flsplit.model.costs, "measure_part_costs", lambda *a, **k: costs)
+    warm_up = _learned_helper((900.0, 7.0, 7.0, 7.0))
+    assert warm_up == pytest.approx(_learned_helper((7.0, 7.0, 7.0, 7.0)))
+    assert warm_up == pytest.approx((7.0, 7.0))
+
+
 def _planned(tmp_path):
     model = SmallCNN()
     strategy = PlannedSplitStrategy.for_model(
