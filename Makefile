@@ -21,8 +21,9 @@ run: $(STAMP)
 	$(BIN)/flsplit simulate examples/quickstart
 
 # The lowest Python first, so the full suite's summary is the last line. Two workers: the
-# e2e tests run one after another on one of them (tests/conftest.py), the unit tests
-# meanwhile on the other; the e2e tests mostly wait on Flower's engines.
+# deployment tests run one after another on one of them, the other e2e tests on the other
+# (tests/conftest.py), the unit tests on whichever is free; the deployment tests mostly
+# wait on Flower's heartbeats and polling.
 test: $(STAMP)
 	$(MAKE) --no-print-directory test-py310
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=10 -n 2
