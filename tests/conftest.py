@@ -56,8 +56,12 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
 
 
 @pytest.fixture(autouse=True)
-def _few_threads():
-    # The planner's tests also run where torch is not installed (the lowest Python).
+def _one_torch_thread():
+    # One intra-op thread per test process: `make test` runs two workers on two cores, and
+    # two threads each make every parallel op wait for a thread another process holds the
+    # core of (a ResNet-50 forward on 5 CIFAR images: 0.05 s with one, 2-4 s with two, on
+    # a busy 2-core machine). The planner's tests also run where torch is not installed
+    # (the lowest Python).
     torch = sys.modules.get("torch")
     if torch is not None:
-        torch.set_num_threads(2)
+        torch.set_num_threads(1)
