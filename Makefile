@@ -10,7 +10,7 @@ PY310 ?= $(shell for p in python3.10 $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.10
 VENV310 ?= .venv310
 STAMP310 := $(VENV310)/.installed
 
-.PHONY: run test test-py310 lint bench-dataplane bench-planner clean
+.PHONY: run test test-py310 venvs lint bench-dataplane bench-planner clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,9 @@ run: $(STAMP)
 	$(BIN)/flsplit simulate examples/quickstart
 
 # The lowest Python first, so the full suite's summary is the last line. Two workers: the
-# e2e tests run one after another on one of them (tests/conftest.py), the unit tests
-# meanwhile on the other; the e2e tests mostly wait on Flower's engines.
+# deployment tests run one after another on one of them, the other e2e tests on the other
+# (tests/conftest.py), the unit tests on whichever is free; the deployment tests mostly
+# wait on Flower's heartbeats and polling.
 test: $(STAMP)
 	$(MAKE) --no-print-directory test-py310
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=10 -n 2
@@ -37,9 +38,11 @@ $(STAMP310): pyproject.toml
 ifeq ($(PY310),)
 test-py310:
 	@echo "test-py310: no Python 3.10 on this machine; the planner was tested under $$($(PYTHON) --version) only"
+venvs: $(STAMP)
 else
 test-py310: $(STAMP310)
 	$(VENV310)/bin/python -m pytest -q -p no:cacheprovider tests/unit/plan tests/unit/core/test_config.py
+venvs: $(STAMP) $(STAMP310)
 endif
 
 lint: $(STAMP)
