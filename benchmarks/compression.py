@@ -43,9 +43,11 @@ from flsplit.model.zoo import build_model
 from flsplit.protocol import BYTES_DOWN, BYTES_UP, DATA_PLANE_BYTES, TEST_ACC
 from flsplit.runtime import codecs, wire
 
-CODECS = ["none", "fp16", "bf16", "int8", "topk:0.1", "topk:0.1+ef", "randtopk:0.1+ef"]
+CODECS = ["none", "fp16", "bf16", "int8", "topk:0.1", "topk:0.1+ef", "randtopk:0.1+ef",
+          "utopk:0.1"]
 #: ``A/G``: codec A on the activations, G on the gradients; one spelling: both
-ACCURACY_CODECS = ["none", "fp16", "bf16", "int8", "topk:0.1+ef", "none/topk:0.1+ef"]
+ACCURACY_CODECS = ["none", "fp16", "bf16", "int8", "topk:0.1+ef", "none/topk:0.1+ef",
+                   "none/utopk:0.1", "topk:0.1/utopk:0.1"]
 
 
 def _batch_tensors(batch: int) -> list[tuple[str, torch.Tensor]]:

@@ -276,10 +276,11 @@ def _unbiased_pick(
     magnitude = flat.abs().double()  # float64: the chances are summed over the tensor
     if int(torch.count_nonzero(magnitude)) <= k:
         return None, None
-    ordered = torch.sort(magnitude, descending=True).values
+    ordered = torch.topk(magnitude, k, sorted=True).values  # the k largest, descending
     # with the j largest kept for sure, t = (sum of the rest) / (k - j); the smallest j
     # whose (j+1)-th largest is at most that t makes every chance min(1, |x| / t) sum to k
-    rest = ordered.flip(0).cumsum(0).flip(0)[:k]
+    before = torch.cat((torch.zeros(1, dtype=torch.float64), ordered.cumsum(0)[:-1]))
+    rest = (magnitude.sum() - before).clamp_(min=0.0)
     threshold = rest / torch.arange(k, 0, -1, dtype=torch.float64)
     sure = int(torch.nonzero(ordered[:k] <= threshold)[0])  # j = k - 1 always qualifies
     chance = (magnitude / threshold[sure]).clamp_(max=1.0)
