@@ -14,7 +14,8 @@ time the same frames take raw (what the codec adds).
 ``accuracy``: runs ``flsplit simulate examples/quickstart`` for each codec (the same codec
 on activations and gradients; ``A/G``: ``A`` on the activations, ``G`` on the gradients)
 and seed, and prints the server-side test accuracy after
-the quickstart's rounds from its ``history.json``, the mean over the seeds, and the data
+the quickstart's rounds from its ``history.json`` (of the unsplit model, and of the split
+model with the activations' codec at its cuts), the mean over the seeds, and the data
 plane bytes of its last round. Heavy: run it under ``flock /tmp/flsplit-heavy.lock`` on a
 shared machine.
 
@@ -25,7 +26,6 @@ accuracy`` (``--help`` for the options).
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import statistics
@@ -36,15 +36,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy
 import torch
 
 from flsplit.config import parse_codec
-from flsplit.launch import read_pyproject
-from flsplit.model.outputs import correct_count, logits_of
 from flsplit.model.splitting import resolve_cuts, split_model
 from flsplit.model.zoo import build_model
-from flsplit.protocol import BYTES_DOWN, BYTES_UP, DATA_PLANE_BYTES, TEST_ACC
+from flsplit.protocol import BYTES_DOWN, BYTES_UP, DATA_PLANE_BYTES, TEST_ACC, TEST_ACC_CODED
 from flsplit.runtime import codecs, wire
 
 CODECS = ["none", "fp16", "bf16", "int8", "topk:0.1", "topk:0.1+ef", "randtopk:0.1+ef",
@@ -128,56 +125,11 @@ def bytes_table(batch: int, repeats: int, codec_names: Sequence[str]) -> list[di
     return rows
 
 
-def coded_accuracy(app: Path, checkpoint: Path, activations: str, seed: int) -> float:
-    """Test accuracy of the checkpointed model run as the data plane runs it: its split
-    parts in sequence, every floating-point tensor crossing a cut coded with the
-    activations' codec and decoded (the server's own evaluation runs the unsplit model on
-    exact activations). The app's ServerApp module must hold its task as ``TASK`` (the
-    examples do); its run config is the app's with ``seed`` set."""
-    app_config = read_pyproject(app)["tool"]["flwr"]["app"]
-    package = app_config["components"]["serverapp"].split(".")[0]
-    sys.path.insert(0, str(app.resolve()))
-    try:
-        task = importlib.import_module(f"{package}.server_app").TASK
-    finally:
-        sys.path.pop(0)
-    config = task.config({**app_config["config"], "seed": seed})
-    meta = json.loads((checkpoint / "checkpoint.json").read_text())
-    with numpy.load(checkpoint / meta["arrays"]) as arrays:
-        state = {k: torch.from_numpy(numpy.array(arrays[k])) for k in arrays.files}
-    split = task.split(config)
-    for part in split.parts:
-        part.load_state_dict({k: state[k] for k in part.state_dict()}, strict=True)
-    split.eval()
-    codec = parse_codec(activations)
-    generator = torch.Generator().manual_seed(seed)  # randtopk, utopk draws
-
-    def cross(x):  # what a cut delivers (error feedback left out: each batch stands alone)
-        if isinstance(x, tuple):
-            return tuple(cross(t) for t in x)
-        if codec.lossless or not codecs.codable(x):
-            return x
-        return codecs.encode(x, codec, generator)[1]
-
-    correct = total = 0
-    with torch.no_grad():
-        for inputs, labels in task.batches(task.load_test_data(config)):
-            x = inputs
-            for i, part in enumerate(split.parts):
-                x = part(*x) if i and isinstance(x, tuple) else part(x)
-                if i < len(split.parts) - 1:
-                    x = cross(x)
-            correct += correct_count(logits_of(x), labels)
-            total += int(labels.shape[0])
-    return correct / max(total, 1)
-
-
 def _simulate(app: Path, spelling: str, seed: int, out: Path, extra: str) -> dict:
     activations, _, gradients = spelling.partition("/")
     config = (f"compress-activations='{activations}' "
               f"compress-gradients='{gradients or activations}' "
-              f"seed={seed} output-dir='{out}' checkpoint-dir='{out / 'checkpoint'}' "
-              f"{extra}").strip()
+              f"seed={seed} output-dir='{out}' {extra}").strip()
     command = [sys.executable, "-m", "flsplit.cli", "simulate", str(app), "--run-config", config]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
@@ -190,7 +142,9 @@ def _simulate(app: Path, spelling: str, seed: int, out: Path, extra: str) -> dic
     return {
         "codec": spelling, "seed": seed, "round": int(last),
         "accuracy": history["server"][last][TEST_ACC],
-        "coded_accuracy": coded_accuracy(app, out / "checkpoint", activations, seed),
+        # the split model with the activations' codec at its cuts (none: the same model)
+        "coded_accuracy": history["server"][last].get(TEST_ACC_CODED,
+                                                      history["server"][last][TEST_ACC]),
         "bytes_up": sum(b[BYTES_UP] for b in moved.values()),
         "bytes_down": sum(b[BYTES_DOWN] for b in moved.values()),
         "seconds": round(time.perf_counter() - started, 1),
