@@ -14,7 +14,8 @@ time the same frames take raw (what the codec adds).
 ``accuracy``: runs ``flsplit simulate examples/quickstart`` for each codec (the same codec
 on activations and gradients; ``A/G``: ``A`` on the activations, ``G`` on the gradients)
 and seed, and prints the server-side test accuracy after
-the quickstart's rounds from its ``history.json``, the mean over the seeds, and the data
+the quickstart's rounds from its ``history.json`` (of the unsplit model, and of the split
+model with the activations' codec at its cuts), the mean over the seeds, and the data
 plane bytes of its last round. Heavy: run it under ``flock /tmp/flsplit-heavy.lock`` on a
 shared machine.
 
@@ -40,12 +41,14 @@ import torch
 from flsplit.config import parse_codec
 from flsplit.model.splitting import resolve_cuts, split_model
 from flsplit.model.zoo import build_model
-from flsplit.protocol import BYTES_DOWN, BYTES_UP, DATA_PLANE_BYTES, TEST_ACC
+from flsplit.protocol import BYTES_DOWN, BYTES_UP, DATA_PLANE_BYTES, TEST_ACC, TEST_ACC_CODED
 from flsplit.runtime import codecs, wire
 
-CODECS = ["none", "fp16", "bf16", "int8", "topk:0.1", "topk:0.1+ef", "randtopk:0.1+ef"]
+CODECS = ["none", "fp16", "bf16", "int8", "topk:0.1", "topk:0.1+ef", "randtopk:0.1+ef",
+          "utopk:0.1"]
 #: ``A/G``: codec A on the activations, G on the gradients; one spelling: both
-ACCURACY_CODECS = ["none", "fp16", "bf16", "int8", "topk:0.1+ef", "none/topk:0.1+ef"]
+ACCURACY_CODECS = ["none", "fp16", "bf16", "int8", "topk:0.1+ef", "none/topk:0.1+ef",
+                   "none/utopk:0.1", "topk:0.1/utopk:0.1"]
 
 
 def _batch_tensors(batch: int) -> list[tuple[str, torch.Tensor]]:
@@ -139,6 +142,9 @@ def _simulate(app: Path, spelling: str, seed: int, out: Path, extra: str) -> dic
     return {
         "codec": spelling, "seed": seed, "round": int(last),
         "accuracy": history["server"][last][TEST_ACC],
+        # the split model with the activations' codec at its cuts (none: the same model)
+        "coded_accuracy": history["server"][last].get(TEST_ACC_CODED,
+                                                      history["server"][last][TEST_ACC]),
         "bytes_up": sum(b[BYTES_UP] for b in moved.values()),
         "bytes_down": sum(b[BYTES_DOWN] for b in moved.values()),
         "seconds": round(time.perf_counter() - started, 1),

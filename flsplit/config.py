@@ -127,8 +127,10 @@ SAMPLER_SPEEDS = ("measured", "reported")
 ROUND_ROBIN = "round-robin"
 MAX_CHAIN_LENGTH = 16
 #: Data-plane codecs (:mod:`flsplit.runtime.codecs`): ``none`` sends raw bytes; the
-#: others are lossy. ``topk`` and ``randtopk`` take the fraction of entries kept.
-CODECS = ("none", "fp16", "bf16", "int8", "topk", "randtopk")
+#: others are lossy. ``topk``, ``randtopk`` and ``utopk`` take the fraction of entries kept.
+CODECS = ("none", "fp16", "bf16", "int8", "topk", "randtopk", "utopk")
+#: the codecs that send a fraction of the entries (an index and a value each)
+SPARSE_CODECS = ("topk", "randtopk", "utopk")
 #: The run-config (and node-config) keys naming the codec of each direction.
 COMPRESS_ACTIVATIONS, COMPRESS_GRADIENTS = "compress-activations", "compress-gradients"
 #: Run-config key of the helper-helper links (index pairs); in a helper's node config,
@@ -204,7 +206,8 @@ class CodecSetting:
     name : str
         One of :data:`CODECS`.
     fraction : float
-        ``topk``/``randtopk``: the fraction of entries sent (in ``(0, 1]``); else 1.
+        ``topk``/``randtopk``/``utopk``: the fraction of entries sent (in ``(0, 1]``);
+        else 1.
     feedback : bool
         Error feedback (``+ef``): the sender adds what the codec lost last time to the
         next tensor it sends over the same link, cut and direction.
@@ -223,26 +226,26 @@ class CodecSetting:
     def byte_ratio(self) -> float:
         """Bytes sent per raw ``float32`` byte: 1 (``none``), 1/2 (``fp16``, ``bf16``),
         1/4 (``int8``; its 8 bytes of scale and zero point per channel left out), twice
-        the fraction (``topk``, ``randtopk``: an int32 index and a float32 value per
-        entry kept). What the planner charges a link for a coded tensor."""
+        the fraction (``topk``, ``randtopk``, ``utopk``: an int32 index and a float32
+        value per entry kept). What the planner charges a link for a coded tensor."""
         if self.name in ("fp16", "bf16"):
             return 0.5
         if self.name == "int8":
             return 0.25
-        if self.name in ("topk", "randtopk"):
+        if self.name in SPARSE_CODECS:
             return 2.0 * self.fraction
         return 1.0
 
     def __str__(self) -> str:
         text = self.name
-        if self.name in ("topk", "randtopk"):
+        if self.name in SPARSE_CODECS:
             text += f":{self.fraction:g}"
         return text + ("+ef" if self.feedback else "")
 
 
 def parse_codec(text: object, key: str = COMPRESS_ACTIVATIONS) -> CodecSetting:
     """Read a codec spelling (``none``, ``fp16``, ``bf16``, ``int8``, ``topk:0.1``,
-    ``randtopk:0.05``, any lossy one with ``+ef``).
+    ``randtopk:0.05``, ``utopk:0.1``, any lossy one with ``+ef``).
 
     Raises
     ------
@@ -259,7 +262,7 @@ def parse_codec(text: object, key: str = COMPRESS_ACTIVATIONS) -> CodecSetting:
         raise ValueError(f"run config {key}={text!r}: codec {name!r} is not one of "
                          f"{CODECS}; {example}")
     fraction = 1.0
-    if name in ("topk", "randtopk"):
+    if name in SPARSE_CODECS:
         try:
             fraction = float(fraction_text)
         except ValueError:
@@ -268,8 +271,8 @@ def parse_codec(text: object, key: str = COMPRESS_ACTIVATIONS) -> CodecSetting:
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"run config {key}={text!r}: the fraction must be in (0, 1]")
     elif colon:
-        raise ValueError(f"run config {key}={text!r}: only topk and randtopk take a "
-                         f"fraction; {example}")
+        raise ValueError(f"run config {key}={text!r}: only topk, randtopk and utopk take "
+                         f"a fraction; {example}")
     if feedback and name == "none":
         raise ValueError(f"run config {key}={text!r}: 'none' loses nothing to feed back")
     return CodecSetting(name, fraction, bool(feedback))

@@ -72,6 +72,8 @@ EVAL_LOSS = "eval_loss"
 EVAL_ACC = "eval_acc"
 TEST_LOSS = "test_loss"
 TEST_ACC = "test_acc"
+#: the test accuracy of the split model with the activations' codec at its cuts
+TEST_ACC_CODED = "test_acc_coded"
 #: The run-config key the server pins in every train config: ``split`` or ``fedavg``.
 MODE = "mode"
 #: The round number Flower's strategies put in every train and evaluate config.
@@ -651,9 +653,15 @@ def eval_metrics(examples: int, loss: float, accuracy: float) -> MetricRecord:
     return MetricRecord({NUM_EXAMPLES: examples, EVAL_LOSS: loss, EVAL_ACC: accuracy})
 
 
-def test_metrics(examples: int, loss: float, accuracy: float) -> MetricRecord:
-    """The server-side evaluation's metrics (the strategy's ``evaluate_fn``)."""
-    return MetricRecord({NUM_EXAMPLES: examples, TEST_LOSS: loss, TEST_ACC: accuracy})
+def test_metrics(
+    examples: int, loss: float, accuracy: float, coded_accuracy: float | None = None
+) -> MetricRecord:
+    """The server-side evaluation's metrics (the strategy's ``evaluate_fn``); with a lossy
+    activation codec also the accuracy with it at the cuts."""
+    metrics = {NUM_EXAMPLES: examples, TEST_LOSS: loss, TEST_ACC: accuracy}
+    if coded_accuracy is not None:
+        metrics[TEST_ACC_CODED] = coded_accuracy
+    return MetricRecord(metrics)
 
 
 def reply_content(arrays: ArrayRecord, metrics: MetricRecord) -> RecordDict:
@@ -860,6 +868,7 @@ __all__ = [
     "SPLIT_ACTION",
     "TASK_KINDS",
     "TEST_ACC",
+    "TEST_ACC_CODED",
     "TEST_LOSS",
     "TIMELINE",
     "TRAIN_ACC",

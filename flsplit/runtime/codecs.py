@@ -2,7 +2,8 @@
 the sender's error feedback.
 
 A codec (:class:`~flsplit.config.CodecSetting`, spelled ``none``, ``fp16``, ``bf16``,
-``int8``, ``topk:F`` or ``randtopk:F``, each lossy one optionally with ``+ef``) turns a
+``int8``, ``topk:F``, ``randtopk:F`` or ``utopk:F``, each lossy one optionally with
+``+ef``) turns a
 ``float32`` or ``float64`` tensor into fewer bytes. Other tensors (masks, ids, tensors
 already in half precision, empty ones) always travel raw. A coded tensor's spec in a
 frame header is its *decoded* dtype and shape plus the codec's fields, and ``nbytes`` is
@@ -24,6 +25,13 @@ topk      ``codec``, ``k``, ``index``  k indices (``index``: int32, or int64 bey
 dimension of a 2-D, 3-D or 5-D-and-up tensor, one channel for a 0-D or 1-D tensor.
 ``randtopk`` travels as ``topk``: it only picks the k entries at random, each with a
 chance that grows with its magnitude (the Gumbel top-k trick), instead of the k largest.
+``utopk`` (unbiased top-k) travels as ``topk`` too: it keeps each entry with a chance
+``p = min(1, |x| / t)``, the threshold ``t`` set so that the chances sum to k, and sends a
+kept entry as ``x / p``. The entries above ``t`` go exactly; each of the others goes as
+``+-t`` or not at all, so the decoded tensor's expectation is the tensor itself (the
+sparsification of Wangni et al., 2018, "Gradient Sparsification for
+Communication-Efficient Distributed Optimization", with variance as low as an unbiased
+k-sparse code allows). Systematic sampling draws exactly k entries with those chances.
 
 Decoding trusts nothing (:func:`check_coded_spec`, :func:`decode`): a known codec on a
 ``float32``/``float64`` spec; ``channels`` equal to the channel count the shape implies;
@@ -46,7 +54,7 @@ from dataclasses import dataclass
 
 import torch
 
-from flsplit.config import CodecSetting, parse_codec
+from flsplit.config import SPARSE_CODECS, CodecSetting, parse_codec
 from flsplit.runtime.payload import DTYPE_NAMES, DTYPES, FrameError, check_spec
 from flsplit.runtime.payload import short as _short
 
@@ -64,7 +72,7 @@ __all__ = [
 ]
 
 NONE = CodecSetting()
-#: codec names that appear in a frame (``randtopk`` travels as ``topk``)
+#: codec names that appear in a frame (``randtopk`` and ``utopk`` travel as ``topk``)
 WIRE_CODECS = ("fp16", "bf16", "int8", "topk")
 #: dtypes a codec applies to; every other tensor travels raw
 CODABLE = (torch.float32, torch.float64)
@@ -177,7 +185,7 @@ def encode(
         return Coded(spec, payload), half.to(x.dtype) if sent else None
     if codec.name == "int8":
         return _encode_int8(x, dtype_name, shape, sent)
-    if codec.name in ("topk", "randtopk"):
+    if codec.name in SPARSE_CODECS:
         return _encode_topk(x, dtype_name, shape, codec, generator, sent)
     raise ValueError(f"codec {codec.name!r} does not code tensors")
 
@@ -238,12 +246,16 @@ def _encode_topk(
     numel = flat.numel()
     k = _k(codec, numel)
     score = flat.abs().float()
+    index = None
+    if codec.name == "utopk":
+        index, values = _unbiased_pick(flat, k, generator)
     if codec.name == "randtopk":  # Gumbel top-k: k draws without replacement ~ |x|
         uniform = torch.rand(numel, generator=generator).clamp_(min=1e-12)
         score = score.clamp(min=1e-30).log_() - (-uniform.log_()).log_()
-    index = torch.topk(score, k, sorted=False).indices
+    if index is None:  # topk, randtopk, and utopk of a tensor with at most k non-zeros
+        index = torch.topk(score, k, sorted=False).indices
+        values = flat[index].float()
     index_name = _index_dtype(numel)
-    values = flat[index].float()
     payload = index.to(_INDEX[index_name]).numpy().tobytes() + values.numpy().tobytes()
     spec = {
         "dtype": dtype_name, "shape": shape, "nbytes": len(payload), "codec": "topk",
@@ -254,6 +266,35 @@ def _encode_topk(
     decoded = torch.zeros_like(flat)
     decoded[index] = values.to(x.dtype)
     return Coded(spec, payload), decoded.reshape(x.shape)
+
+
+def _unbiased_pick(
+    flat: torch.Tensor, k: int, generator: torch.Generator | None
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``utopk``'s k indices and float32 values, or ``(None, None)`` when ``flat`` has at
+    most k non-zero entries (top-k then sends them all exactly)."""
+    magnitude = flat.abs().double()  # float64: the chances are summed over the tensor
+    if int(torch.count_nonzero(magnitude)) <= k:
+        return None, None
+    ordered = torch.topk(magnitude, k, sorted=True).values  # the k largest, descending
+    # with the j largest kept for sure, t = (sum of the rest) / (k - j); the smallest j
+    # whose (j+1)-th largest is at most that t makes every chance min(1, |x| / t) sum to k
+    before = torch.cat((torch.zeros(1, dtype=torch.float64), ordered.cumsum(0)[:-1]))
+    rest = (magnitude.sum() - before).clamp_(min=0.0)
+    threshold = rest / torch.arange(k, 0, -1, dtype=torch.float64)
+    sure = int(torch.nonzero(ordered[:k] <= threshold)[0])  # j = k - 1 always qualifies
+    chance = (magnitude / threshold[sure]).clamp_(max=1.0)
+    # systematic sampling: k points a unit apart, one random offset, on the chances laid
+    # end to end; an entry is drawn when a point falls in its stretch (length <= 1)
+    edges = chance.cumsum(0)
+    # (the stretches sum to k up to rounding: spread the points over their exact sum,
+    # so that the last one stays inside)
+    step = float(edges[-1]) / k
+    offset = torch.rand(1, generator=generator, dtype=torch.float64)
+    points = (offset + torch.arange(k, dtype=torch.float64)) * step
+    index = torch.searchsorted(edges, points, right=True).clamp_(max=flat.numel() - 1)
+    values = (flat[index].double() / chance[index]).float()
+    return index, values
 
 
 # -- decoding ------------------------------------------------------------------------
@@ -418,7 +459,7 @@ class Feedback:
                 residual = self._residuals.pop(key, None)
             if residual is not None and residual.shape == x.shape and residual.dtype == x.dtype:
                 x = x + residual  # what was lost last time goes now
-        if codec.name == "randtopk":  # one generator, drawn from by every thread
+        if codec.name in ("randtopk", "utopk"):  # one generator, drawn from by every thread
             with self._lock:
                 coded, sent = encode(x, codec, self._generator, sent=codec.feedback)
         else:

@@ -25,7 +25,8 @@ from flsplit.runtime.helper_client import HelperClient
 from flsplit.runtime.trainer import train_split
 from flsplit.runtime.worker import HelperWorker, TensorSpec
 
-LOSSY = ["fp16", "bf16", "int8", "topk:0.1", "randtopk:0.1", "int8+ef", "topk:0.1+ef"]
+LOSSY = ["fp16", "bf16", "int8", "topk:0.1", "randtopk:0.1", "utopk:0.1", "int8+ef",
+         "topk:0.1+ef"]
 
 
 def _roundtrip(tensor, spelling):
@@ -41,7 +42,8 @@ def _roundtrip(tensor, spelling):
 @pytest.mark.parametrize(
     ("text", "name", "fraction", "feedback"),
     [("none", "none", 1.0, False), ("FP16", "fp16", 1.0, False), ("int8+ef", "int8", 1.0, True),
-     ("topk:0.1", "topk", 0.1, False), ("randtopk:0.25+ef", "randtopk", 0.25, True)],
+     ("topk:0.1", "topk", 0.1, False), ("randtopk:0.25+ef", "randtopk", 0.25, True),
+     ("utopk:0.1", "utopk", 0.1, False)],
 )
 def test_codec_spellings_are_read(text, name, fraction, feedback):
     codec = parse_codec(text)
@@ -52,7 +54,7 @@ def test_codec_spellings_are_read(text, name, fraction, feedback):
 @pytest.mark.parametrize(
     ("text", "message"),
     [("zip", "is not one of"), ("topk", "needs the fraction"), ("topk:0", "(0, 1]"),
-     ("int8:0.5", "only topk and randtopk"), ("none+ef", "loses nothing"),
+     ("int8:0.5", "only topk, randtopk and utopk"), ("none+ef", "loses nothing"),
      ("int8+fb", "only '+ef'")],
 )
 def test_bad_codec_spellings_are_refused_naming_the_key(text, message):
@@ -76,7 +78,8 @@ def test_the_run_config_defaults_to_raw_tensors_and_a_client_node_may_override()
 
 
 @pytest.mark.parametrize(("spelling", "ratio"), [("fp16", 2.0), ("bf16", 2.0), ("int8", 3.8),
-                                                 ("topk:0.1", 4.9), ("randtopk:0.1", 4.9)])
+                                                 ("topk:0.1", 4.9), ("randtopk:0.1", 4.9),
+                                                 ("utopk:0.1", 4.9)])
 def test_a_resnet_sized_activation_travels_in_fewer_bytes(spelling, ratio):
     x = torch.randn(32, 64, 16, 16)
     raw = len(wire.encode(wire.Frame("fwd", "c", "t", 1, x)))
@@ -101,6 +104,55 @@ def test_lossy_codecs_stay_close_and_topk_keeps_the_largest_entries():
     assert kept.sum().item() == round(0.1 * x.numel())
     assert torch.equal(top[kept], x[kept])
     assert x[kept].abs().min() >= x[~kept].abs().max()
+
+
+def test_utopk_sends_the_entries_above_its_threshold_exactly_and_the_others_as_plus_minus_it():
+    torch.manual_seed(0)
+    x = torch.randn(16, 64) * torch.rand(16, 1) * 3  # rows of different scales
+    x[:, ::3] = 0.0  # ReLU-like zeros are never sent
+    frame, _ = _roundtrip(x, "utopk:0.1")
+    got = frame.tensor
+    assert codecs.encode(x, parse_codec("utopk:0.1"))[0].spec["codec"] == "topk"
+    kept = got != 0
+    k = round(0.1 * x.numel())
+    assert kept.sum().item() == k and not bool(kept[:, ::3].any())
+    assert codecs.wire_nbytes(x, parse_codec("utopk:0.1")) == k * 8
+    exact = got[kept] == x[kept]
+    threshold = got[kept][~exact].abs()
+    assert threshold.numel() > 0 and torch.allclose(threshold, threshold[:1].expand_as(threshold))
+    assert torch.equal(got[kept][~exact].sign(), x[kept][~exact].sign())
+    t = threshold[0]
+    assert bool((x[kept][exact].abs() >= t * (1 - 1e-6)).all())
+    assert bool((x[kept][~exact].abs() <= t * (1 + 1e-6)).all())
+
+
+def test_utopk_decodes_to_the_tensor_on_average_where_topk_shrinks_it():
+    # an unbiased sparsifier: the mean of many codings approaches the tensor; top-k
+    # drops the small entries every time (what makes it a poor gradient code)
+    torch.manual_seed(1)
+    x = torch.randn(8, 32).abs() * torch.linspace(0.1, 2.0, 32)
+    coder, codec, draws = codecs.Feedback(seed=3), parse_codec("utopk:0.1"), 2000
+    mean = torch.zeros_like(x)
+    for _ in range(draws):
+        coded = coder.code(x, codec, "g")
+        mean += _decode_coded(coded) / draws
+    assert (mean - x).abs().max().item() < 0.05 * x.max().item()
+    assert abs(mean.sum().item() - x.sum().item()) < 0.01 * x.sum().item()
+    top = _roundtrip(x, "topk:0.1")[0].tensor
+    assert top.sum().item() < 0.5 * x.sum().item()
+
+
+def test_utopk_draws_are_reproducible_from_the_coder_seed():
+    x = torch.randn(4, 50)
+    codec = parse_codec("utopk:0.2")
+    first = codecs.Feedback(seed=7).code(x, codec, "k").payload
+    assert codecs.Feedback(seed=7).code(x, codec, "k").payload == first
+    assert codecs.Feedback(seed=8).code(x, codec, "k").payload != first
+
+
+def _decode_coded(coded):
+    dtype, shape, _, coding = codecs.check_coded_spec(coded.spec)
+    return codecs.decode(coding, dtype, shape, memoryview(coded.payload))
 
 
 def test_int8_has_a_scale_and_zero_point_per_channel_dim_1_of_4d_last_dim_otherwise():

@@ -292,7 +292,8 @@ def multi_authentic(draw: st.DrawFn) -> bytes:
     return wire.encode(frame)
 
 
-CODEC_SPELLINGS = ["fp16", "bf16", "int8", "topk:0.25", "randtopk:0.5", "int8+ef", "topk:1"]
+CODEC_SPELLINGS = ["fp16", "bf16", "int8", "topk:0.25", "randtopk:0.5", "utopk:0.5", "int8+ef",
+                   "topk:1"]
 
 
 @st.composite
@@ -339,7 +340,7 @@ def coded_edits(draw: st.DrawFn) -> bytes:
     sizes, a ``codec`` header field that is not a codec."""
     shape = draw(st.one_of(SHAPES, st.sampled_from([[4, IN], [4, OUT], [2, 3, 2, 2]])))
     numel, _ = _layout("float32", shape)
-    name = draw(st.sampled_from(["fp16", "bf16", "int8", "topk", "topk", "randtopk", "zip",
+    name = draw(st.sampled_from(["fp16", "bf16", "int8", "topk", "topk", "randtopk", "utopk", "zip",
                                  None, 3]))
     spec: dict = {"dtype": draw(st.sampled_from(["float32", "float32", "float64", "int64",
                                                  "float16", None])),

@@ -2,10 +2,11 @@
 
 import numpy as np
 import pytest
+import torch
 
 from flsplit.config import parse_codec
 from flsplit.model.costs import CutCosts, PartCosts
-from flsplit.runtime.codecs import coded_nbytes
+from flsplit.runtime.codecs import coded_nbytes, encode
 from flsplit.server.node_profiles import NodeProfiles, transfer_ms
 from flsplit.server.round_planner import RoundPlanner
 from flsplit.server.sync_planning import step_costs
@@ -38,9 +39,13 @@ def _links(instance):
 
 def test_the_byte_ratio_is_the_coded_size_of_a_large_tensor():
     raw = 4 * int(np.prod(SHAPE1))
-    for codec in ("none", "fp16", "bf16", "int8", "topk:0.1", "randtopk:0.05+ef"):
+    for codec in ("none", "fp16", "bf16", "int8", "topk:0.1", "randtopk:0.05+ef", "utopk:0.1"):
         setting = parse_codec(codec)
         assert setting.byte_ratio == pytest.approx(coded_nbytes(SHAPE1, setting) / raw, rel=0.01)
+    # what utopk really sends: as many entries as topk, whatever the draws
+    x = torch.randn(SHAPE1)
+    coded, _ = encode(x, parse_codec("utopk:0.1"), torch.Generator().manual_seed(0))
+    assert len(coded.payload) == coded_nbytes(SHAPE1, parse_codec("topk:0.1"))
 
 
 def test_with_int8_the_instances_link_times_are_those_of_the_coded_bytes():
