@@ -133,6 +133,24 @@ def load_bound(problem: ChainProblem) -> float:
     return max(priced_load_bound(problem, y) for y in prices)
 
 
+def _head_tail_grid(p: MultihopProblem
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every cut pair ``(c1, c2)`` of client ``p`` as two grids, the mask of those its
+    device can hold and run (head and tail within its memory, every layer runnable there)
+    and the cumulative per-sample time of its layers on the device (``cum_c[l]``: layers
+    ``0 .. l-1``)."""
+    layers = p.num_layers
+    cum_c = np.concatenate([[0.0], np.cumsum(p.sample_ms[0])])
+    mem = np.concatenate([[0.0], np.cumsum(p.layer_memory_mib)])
+    bad = np.concatenate([[0], np.cumsum(~p.runnable[0])])
+    idx = np.arange(layers + 1)
+    c1, c2 = np.meshgrid(idx, idx, indexing="ij")
+    ok = (c2 > c1) & (c1 >= p.min_head) & (c2 <= layers - p.min_tail)
+    ok &= (mem[c1] + mem[-1] - mem[c2]) <= p.memory_mib[0] + 1e-9
+    ok &= (bad[c1] + bad[-1] - bad[c2]) == 0
+    return c1, c2, ok, cum_c
+
+
 def option_thresholds(p: MultihopProblem, pipeline: bool = False
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every feasible ``(c1, c2)`` of client ``p`` and the least makespan it allows: the
@@ -142,15 +160,8 @@ def option_thresholds(p: MultihopProblem, pipeline: bool = False
     first and the last link's ``2 latency + B x`` (one cut's transfer time), at the
     least latency and the highest rate of the client's links. With ``pipeline``, also
     at least :func:`_pipeline_thresholds`."""
-    layers, big_b = p.num_layers, p.batch_size
-    cum_c = np.concatenate([[0.0], np.cumsum(p.sample_ms[0])])
-    mem = np.concatenate([[0.0], np.cumsum(p.layer_memory_mib)])
-    bad = np.concatenate([[0], np.cumsum(~p.runnable[0])])
-    idx = np.arange(layers + 1)
-    c1, c2 = np.meshgrid(idx, idx, indexing="ij")
-    ok = (c2 > c1) & (c1 >= p.min_head) & (c2 <= layers - p.min_tail)
-    ok &= (mem[c1] + mem[-1] - mem[c2]) <= p.memory_mib[0] + 1e-9
-    ok &= (bad[c1] + bad[-1] - bad[c2]) == 0
+    big_b = p.batch_size
+    c1, c2, ok, cum_c = _head_tail_grid(p)
     client = big_b * (cum_c[c1] + cum_c[-1] - cum_c[c2]) + p.overhead_ms[0]
     linked = p.rate_mbps[0, 1:] > 0
     if not linked.any():
@@ -421,15 +432,7 @@ def earliest_helper_start(problem: ChainProblem) -> float:
     client's links), least over the clients and their feasible head/tail options."""
     best = math.inf
     for p in problem.clients:
-        layers = p.num_layers
-        cum_c = np.concatenate([[0.0], np.cumsum(p.sample_ms[0])])
-        mem = np.concatenate([[0.0], np.cumsum(p.layer_memory_mib)])
-        bad = np.concatenate([[0], np.cumsum(~p.runnable[0])])
-        idx = np.arange(layers + 1)
-        c1, c2 = np.meshgrid(idx, idx, indexing="ij")
-        ok = (c2 > c1) & (c1 >= p.min_head) & (c2 <= layers - p.min_tail)
-        ok &= (mem[c1] + mem[-1] - mem[c2]) <= p.memory_mib[0] + 1e-9
-        ok &= (bad[c1] + bad[-1] - bad[c2]) == 0
+        c1, c2, ok, cum_c = _head_tail_grid(p)
         linked = np.flatnonzero(p.rate_mbps[0, 1:] > 0) + 1
         if not ok.any() or linked.size == 0:
             continue
