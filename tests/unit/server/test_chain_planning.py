@@ -199,16 +199,23 @@ def test_planned_chains_refuse_cut_candidates_and_fixed_inner_cuts():
         RunConfig.parse({"helper-links": "0-0"})
 
 
-def test_the_strategy_sends_every_client_its_planned_route_cuts_and_micro_batches(tmp_path):
+def _chain_strategy(helper_memory: float, helpers: tuple[int, ...]):
+    """A SmallCNN cut at conv2,fc2, a chain planner for ``helpers`` and clients 21 and 22,
+    and the planned chain strategy over them."""
     model = SmallCNN()
     example = torch.zeros(2, 1, 8, 8)
     parts = split_model(model, parse_cuts("conv2,fc2"), example)
-    planner = _planner(helper_memory=450.0, helpers=(11, 12, 13), clients=(21, 22))
+    planner = _planner(helper_memory=helper_memory, helpers=helpers, clients=(21, 22))
     strategy = ChainPlannedSplitStrategy.from_split(
         parts, model, example,
         strategy=FedAvg(min_train_nodes=1, min_available_nodes=1),
         planner=planner, batch_size=32,
     )
+    return model, planner, strategy
+
+
+def test_the_strategy_sends_every_client_its_planned_route_cuts_and_micro_batches(tmp_path):
+    model, _, strategy = _chain_strategy(450.0, (11, 12, 13))
     nodes = {h: FakeNode(ROLE_HELPER) for h in (11, 12, 13)}
     nodes.update({c: FakeNode(ROLE_CLIENT, examples=64, fill=1.0) for c in (21, 22)})
     grid = FakeGrid(nodes, strategy.piece_keys, run_id=3)
@@ -257,15 +264,7 @@ def test_the_strategy_sends_every_client_its_planned_route_cuts_and_micro_batche
 def test_the_strategy_learns_micro_batched_clients_compute_from_their_stages():
     # micro-batched, a client's stages are its head and tail compute only (its transfers
     # run on other threads): the planner gets them whole; whole batches less transfers
-    model = SmallCNN()
-    example = torch.zeros(2, 1, 8, 8)
-    parts = split_model(model, parse_cuts("conv2,fc2"), example)
-    planner = _planner(helper_memory=4096.0, helpers=(11, 12), clients=(21, 22))
-    strategy = ChainPlannedSplitStrategy.from_split(
-        parts, model, example,
-        strategy=FedAvg(min_train_nodes=1, min_available_nodes=1),
-        planner=planner, batch_size=32,
-    )
+    model, planner, strategy = _chain_strategy(4096.0, (11, 12))
     nodes = {h: FakeNode(ROLE_HELPER) for h in (11, 12)}
     nodes.update({c: FakeNode(ROLE_CLIENT, examples=64, fill=1.0) for c in (21, 22)})
     grid = FakeGrid(nodes, strategy.piece_keys, run_id=3)
@@ -283,15 +282,7 @@ def test_the_strategy_learns_micro_batched_clients_compute_from_their_stages():
 def test_the_strategy_learns_chains_from_the_steady_state_not_the_warm_up():
     # a warm-up round: every helper's first task per client and kind pays one-off costs,
     # and a client's span holds its set-up; what is learned is the steady state
-    model = SmallCNN()
-    example = torch.zeros(2, 1, 8, 8)
-    parts = split_model(model, parse_cuts("conv2,fc2"), example)
-    planner = _planner(helper_memory=450.0, helpers=(11, 12, 13), clients=(21, 22))
-    strategy = ChainPlannedSplitStrategy.from_split(
-        parts, model, example,
-        strategy=FedAvg(min_train_nodes=1, min_available_nodes=1),
-        planner=planner, batch_size=32,
-    )
+    model, planner, strategy = _chain_strategy(450.0, (11, 12, 13))
     nodes = {h: FakeNode(ROLE_HELPER, task_ms=(900.0, 7.0, 7.0)) for h in (11, 12, 13)}
     nodes.update({c: FakeNode(ROLE_CLIENT, examples=64, fill=1.0, steady_batch_ms=40.0)
                   for c in (21, 22)})
