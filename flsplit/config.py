@@ -45,8 +45,8 @@ DEFAULT_RUN_CONFIG: dict[str, Any] = {
     # helpers per client: the body is split again over a chain of them; with a planner
     # the most hops a planned chain may have, or "auto" (as many as pay)
     "chain-length": 1,
-    # with a planner and chains: which helpers reach which ("0-1,1-2": helper indices),
-    # empty = every helper reaches every other
+    # helper chains (planned or round-robin): which helpers reach which ("0-1,1-2":
+    # helper indices), empty = every helper reaches every other
     "helper-links": "",
     "chain-cuts": "auto",  # inner cuts of a chain (comma-separated), or "auto": balanced
     "micro-batches": 1,  # micro-batches per batch, pipelined through the helper(s)
@@ -89,6 +89,11 @@ DEFAULT_RUN_CONFIG: dict[str, Any] = {
     "emulation-memory-scale": 1.0,
     "link-mbps": "1-4:30,5-10:42,16-20:28",  # one rate or a mix: every pair draws its own
     "link-latency-ms": 0.0,
+    # helper-helper links of chains (with emulate): one rate or a mix as link-mbps, every
+    # helper pair draws its own; empty = free (not emulated). The chain planner plans
+    # with the same figures
+    "helper-link-mbps": "",
+    "helper-link-latency-ms": 0.0,
     "slowdown": "",  # "ROLE:INDEX:FACTOR:ROUND;..."
     "seed": 0,
 }
@@ -115,7 +120,8 @@ RESUMABLE_KEYS: frozenset[str] = frozenset({
     "planner", "planner-time-limit", "cut-method", "helper-links",
     # emulated heterogeneity in simulation: it slows nodes and links down, nothing else
     "emulate", "client-devices", "helper-devices", "emulation-host", "link-mbps",
-    "link-latency-ms", "slowdown", "emulation-memory-scale",
+    "link-latency-ms", "helper-link-mbps", "helper-link-latency-ms", "slowdown",
+    "emulation-memory-scale",
 })
 
 MODES = ("split", "fedavg")
@@ -624,6 +630,8 @@ class RunConfig:
     slowdown: str
     link_mbps: str
     link_latency_ms: float
+    helper_link_mbps: str
+    helper_link_latency_ms: float
     seed: int
     values: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -661,7 +669,8 @@ class RunConfig:
                     "emulation-memory-scale"):
             if _number(values, key) <= 0:
                 raise _bad(key, values[key], "must be positive", DEFAULT_RUN_CONFIG[key])
-        for key in ("client-idle-timeout", "link-latency-ms", "lr", "momentum", "proximal-mu"):
+        for key in ("client-idle-timeout", "link-latency-ms", "helper-link-latency-ms", "lr",
+                    "momentum", "proximal-mu"):
             if _number(values, key) < 0:
                 raise _bad(key, values[key], "must not be negative", DEFAULT_RUN_CONFIG[key])
         check_modes(values)
@@ -705,6 +714,8 @@ class RunConfig:
             slowdown=str(values["slowdown"]),
             link_mbps=str(values["link-mbps"]),
             link_latency_ms=_number(values, "link-latency-ms"),
+            helper_link_mbps=str(values["helper-link-mbps"] or "").strip(),
+            helper_link_latency_ms=_number(values, "helper-link-latency-ms"),
             seed=_integer(values, "seed"),
             values=values,
         )

@@ -163,6 +163,32 @@ def load_split_app(app_dir: str | Path) -> SplitApp:
 # -- the federation ------------------------------------------------------------------
 
 
+def _check_chain_links(settings: RunConfig) -> None:
+    """Refuse round-robin chains that the run config's ``helper-links`` leave no route
+    for among helpers ``0 .. num-helpers - 1`` (the helpers' own node configs can only
+    remove links; the server checks those when it assigns the chains).
+
+    Raises
+    ------
+    ValueError
+        Naming the chain length, the links and the fix.
+    """
+    from strategies.assignment import linked_route
+
+    pairs, length = settings.helper_links, settings.chain.length
+    if pairs is None:
+        return
+    count = settings.num_helpers
+    if linked_route(count, 0, length, lambda a, b: (a, b) in pairs) is None:
+        named = ", ".join(f"{a}-{b}" for a, b in sorted(pairs) if a < b < count) or "none"
+        raise ValueError(
+            f"chain-length={length} with helper-links={settings.values['helper-links']!r}: "
+            f"no route of {length} helpers each linked to the next among num-helpers="
+            f"{count} (links among them: {named}): lower chain-length or add links to "
+            "helper-links (empty = all)"
+        )
+
+
 def federation_config(
     settings: RunConfig, num_supernodes: int | None = None, verbose: bool = False
 ) -> dict[str, Any]:
@@ -199,6 +225,8 @@ def federation_config(
             f"chain-length={settings.chain.length} needs at least {settings.chain.length} "
             f"helpers, num-helpers={helpers}: raise num-helpers or lower chain-length"
         )
+    if split and settings.chain.length > 1 and not settings.planned_chains:
+        _check_chain_links(settings)
     cap = settings.simulation_concurrency or max(DEFAULT_MAX_CONCURRENT, helpers + 1)
     concurrent = min(total, cap)
     if split and concurrent < helpers + 1:

@@ -328,6 +328,12 @@ def has_schedule(record: Mapping[str, Any]) -> bool:
     return SCHEDULE_COUNTS in record
 
 
+#: ``train.helper`` config: per served client, the emulated link (rate Mbit/s, latency
+#: ms) from this helper to the next helper of the client's chain.
+NEXT_LINK_MBPS = "client-next-link-mbps"
+NEXT_LINK_LATENCY_MS = "client-next-link-latency-ms"
+
+
 @dataclass(frozen=True)
 class ServedClient:
     """One client a helper serves this round, and where its chain goes on.
@@ -346,6 +352,9 @@ class ServedClient:
     micro_batches : int
         Micro-batches per batch the client sends (a planned chain's; 0: the run
         config's ``micro-batches``).
+    next_link_mbps, next_link_latency_ms : float
+        The emulated link to the next helper (run config ``helper-link-mbps``,
+        ``helper-link-latency-ms`` with ``emulate``); rate 0: no rate emulated.
     """
 
     client: str
@@ -354,6 +363,8 @@ class ServedClient:
     next_address: str = ""
     next_token: str = ""
     micro_batches: int = 0
+    next_link_mbps: float = 0.0
+    next_link_latency_ms: float = 0.0
 
 
 @dataclass
@@ -400,6 +411,8 @@ class HelperRound:
                 "client-next": [c.next_address for c in self.clients],
                 "client-next-token": [c.next_token for c in self.clients],
                 "client-micro-batches": [int(c.micro_batches) for c in self.clients],
+                NEXT_LINK_MBPS: [float(c.next_link_mbps) for c in self.clients],
+                NEXT_LINK_LATENCY_MS: [float(c.next_link_latency_ms) for c in self.clients],
                 "token-key": bytes(self.token_key),
                 "order": [task.encode() for task in self.order],
                 "listen-address": self.listen_address,
@@ -421,14 +434,21 @@ class HelperRound:
         columns = [
             list(_get(config, key, where))
             for key in ("client-cuts", "client-piece", "client-next", "client-next-token",
-                        "client-micro-batches")
+                        "client-micro-batches", NEXT_LINK_MBPS, NEXT_LINK_LATENCY_MS)
         ]
         if any(len(column) != len(clients) for column in columns):
             raise ProtocolError(f"{where}: per-client lists of unequal length")
         served = [
-            ServedClient(client, str(cuts), int(piece), str(nxt), str(token), int(micro))
-            for client, cuts, piece, nxt, token, micro in zip(clients, *columns, strict=True)
+            ServedClient(client, str(cuts), int(piece), str(nxt), str(token), int(micro),
+                         float(rate), float(latency))
+            for client, cuts, piece, nxt, token, micro, rate, latency
+            in zip(clients, *columns, strict=True)
         ]
+        for entry in served:
+            link = (entry.next_link_mbps, entry.next_link_latency_ms)
+            if not all(math.isfinite(v) and v >= 0 for v in link):
+                raise ProtocolError(f"{where}: next-hop link {link} of client "
+                                    f"{entry.client} is not a rate and latency >= 0")
         return cls(
             server_round=int(_get(config, SERVER_ROUND, where)),
             clients=served,
@@ -856,6 +876,8 @@ __all__ = [
     "INFO",
     "METRICS",
     "MODE",
+    "NEXT_LINK_LATENCY_MS",
+    "NEXT_LINK_MBPS",
     "NUM_EXAMPLES",
     "QUERY",
     "ROLES",

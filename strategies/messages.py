@@ -5,9 +5,9 @@
   under global sampling, its schedule column) over the wrapped strategy's config;
 - ``train.helper``: the weights of every body piece the helper runs and a
   :class:`~flsplit.protocol.HelperRound` (per client it serves the client's cuts, the
-  piece, the next hop's address and the client's token there; the key to check tokens
-  with, the task order, the listen address, the round deadline and the schedule columns
-  of its clients) over the round's config.
+  piece, the next hop's address, the client's token there and the emulated link to it;
+  the key to check tokens with, the task order, the listen address, the round deadline
+  and the schedule columns of its clients) over the round's config.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ def helper_messages(
     schedule: SyncSchedule | None,
     base: FrozenBase | None = None,
     micro_batches: Mapping[int, int] | None = None,
+    hop_link: Callable[[int, int], tuple[float, float] | None] | None = None,
 ) -> list[Message]:
     """One ``train.helper`` message per helper that serves somebody this round.
 
@@ -85,6 +86,9 @@ def helper_messages(
         The frozen base: a helper gets the frozen tensors of its pieces until it holds them.
     micro_batches : Mapping, optional
         Client -> micro-batches per batch of its planned chain (absent: the run config's).
+    hop_link : callable, optional
+        ``hop_link(helper, next_helper) -> (Mbit/s, latency ms)`` of the emulated link a
+        relaying helper emulates to its next hop (rate 0: none); ``None``: free links.
     """
     micro_batches = micro_batches or {}
     chain_of, cuts_of = assignment.chain_of, assignment.cuts_of
@@ -102,6 +106,8 @@ def helper_messages(
         for client, position in served:
             chain = chain_of[client]
             nxt = chain[position + 1] if position + 1 < len(chain) else None
+            link = hop_link(helper, nxt) if hop_link is not None and nxt is not None else None
+            rate, latency = link if link is not None else (0.0, 0.0)
             entries.append(
                 ServedClient(
                     client=str(client),
@@ -110,6 +116,8 @@ def helper_messages(
                     next_address=nodes[nxt].address if nxt is not None else "",
                     next_token=tokens.hops[(client, nxt)] if nxt is not None else "",
                     micro_batches=int(micro_batches.get(client, 0)),
+                    next_link_mbps=float(rate),
+                    next_link_latency_ms=float(latency),
                 )
             )
         round_ = HelperRound(

@@ -84,6 +84,7 @@ from strategies.discovery import (
 )
 from strategies.failures import Failure, SentMessages, log_failures, round_failures
 from strategies.frozen_base import FrozenBase
+from strategies.helper_links import HelperLinks
 from strategies.messages import client_message, helper_messages
 from strategies.parts import ModelParts, keys_of_split
 from strategies.sync_schedule import SyncSchedule, draw_schedule
@@ -152,6 +153,11 @@ class SplitStrategy(Strategy, metaclass=_Built):
     link : callable, optional
         ``link(client, helper) -> (Mbit/s, latency ms)`` of emulated links, sent to each
         client so it emulates its link to its (first) helper; ``None`` emulates none.
+    helper_links : HelperLinks, optional
+        Which helpers of a chain reach which and the emulated rate and latency of each
+        link, sent to the relaying helper of every hop (default: from ``run_config``:
+        ``helper-links``, ``helper-link-mbps``, ``helper-link-latency-ms``). Round-robin
+        chains use only these links.
 
     Raises
     ------
@@ -204,9 +210,12 @@ class SplitStrategy(Strategy, metaclass=_Built):
         run_config: RunConfig | Mapping[str, Any] | None = None,
         frozen_keys: Sequence[str] = (),
         link: Callable[[int, int], tuple[float, float]] | None = None,
+        helper_links: HelperLinks | None = None,
     ) -> None:
         self.run_config = RunConfig.of(run_config)
         self.link = link
+        self.helper_links = helper_links or HelperLinks.from_config(self.run_config)
+        self.helper_links.bind(self)
         self.sampling = self.run_config.sync
         #: round -> helper -> samples of each synchronous step the helper ran
         self.sync_steps: dict[int, dict[int, list[int]]] = {}
@@ -524,16 +533,19 @@ class SplitStrategy(Strategy, metaclass=_Built):
     def assign_chains(
         self, server_round: int, clients: Sequence[int], length: int
     ) -> dict[int, list[int]]:
-        """Assign each client a chain of ``length`` distinct helpers (round-robin: client
-        ``i`` starts at helper ``i + round - 1`` and takes the next ones in turn), so every
-        helper serves pieces of many clients.
+        """Assign each client a chain of ``length`` distinct helpers, each linked to the
+        next (round-robin: client ``i`` starts at helper ``i + round - 1`` and takes the
+        next ones in turn, over existing links only), so every helper serves pieces of
+        many clients.
 
         Raises
         ------
         RuntimeError
-            If fewer than ``length`` helpers are known.
+            If fewer than ``length`` helpers are known, or the helper links leave no
+            route of ``length`` helpers.
         """
-        return round_robin_chains(self.helpers, server_round, clients, length)
+        return round_robin_chains(self.helpers, server_round, clients, length,
+                                  self.helper_links)
 
     def client_cuts(self, server_round: int, clients: Sequence[int]) -> dict[int, str]:
         """Cut pair of every client this round (the default cuts for everybody)."""
@@ -618,6 +630,7 @@ class SplitStrategy(Strategy, metaclass=_Built):
             schedule=schedule,
             base=self.base,
             micro_batches=assignment.micro_of,
+            hop_link=self.helper_links,
         )
         to_clients = [
             self._client_message(m, arrays, server_round, assignment, schedule) for m in inner

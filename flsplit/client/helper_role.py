@@ -49,6 +49,7 @@ from flsplit.protocol import (
 from flsplit.runtime.auth import TokenVerifier
 from flsplit.runtime.checks import ActivationSpec, spec_of
 from flsplit.runtime.dataplane import HelperServer
+from flsplit.runtime.emulation import Emulation
 from flsplit.runtime.helper_client import HelperClient
 from flsplit.runtime.memory import peak_rss_mib
 from flsplit.runtime.sync_helper import SyncWorker
@@ -139,6 +140,7 @@ def serve_helper_round(
             verifier,
             **_server_options(config, round_, cert_key),
             next_hops=next_hops,
+            links=next_hop_links(chained),
             # a client's micro-batches are in flight at once (a planned chain's count each)
             in_flight=max(
                 [c.micro_batches or config.chain.micro_batches for c in round_.clients],
@@ -154,6 +156,17 @@ def serve_helper_round(
     return _serve_round(
         msg, round_, clients, worker, server, relaying=len(next_hops), weights=weights
     )
+
+
+def next_hop_links(served: Iterable[ServedClient]) -> dict[str, Emulation]:
+    """Per client whose chain goes on after this helper: the emulated link to its next
+    hop, as the server sent it (none where it sent rate and latency 0)."""
+    links = {}
+    for entry in served:
+        link = Emulation(rate_mbps=entry.next_link_mbps, latency_ms=entry.next_link_latency_ms)
+        if entry.next_address and link.active:
+            links[entry.client] = link
+    return links
 
 
 def _build_bodies(

@@ -142,7 +142,10 @@ class HelperServer:
         Per client whose chain goes on after this helper: the connection to the next
         helper (see the module docstring).
     link : Emulation, optional
-        Emulated link to the next hops: every relayed tensor costs its transfer time.
+        Emulated link to the next hop of a client that ``links`` leaves out.
+    links : Mapping[str, Emulation], optional
+        Per client: the emulated link to its next hop (:class:`~flsplit.runtime.relay.
+        ChainRelay` says what it charges).
     in_flight : int
         Requests one client may have in flight at once (its micro-batches pipelined);
         sizes the server's thread pool so that every request gets a thread.
@@ -160,6 +163,7 @@ class HelperServer:
         idle_timeout: float | None = None,
         next_hops: Mapping[str, HelperClient] | None = None,
         link: Emulation = NO_EMULATION,
+        links: Mapping[str, Emulation] | None = None,
         in_flight: int = 2,
     ) -> None:
         if (tls_cert is None) != (tls_key is None):
@@ -183,7 +187,7 @@ class HelperServer:
         self.invalid_count = 0
         self._all_done = threading.Event()
         self._lock = threading.Lock()
-        self.relay = ChainRelay(next_hops or {}, link)
+        self.relay = ChainRelay(next_hops or {}, link, links)
         self.coder = codecs.Feedback()  # codes replies (error feedback per client)
         unknown = sorted(set(self.relay.next_hops) - set(self.clients))
         if unknown:

@@ -23,6 +23,11 @@ Which device and link each node emulates comes from the run config:
 - ``link-mbps``: one rate, or a mix ``"1-4:30,5-10:42,16-20:28"`` (ranges in Mbit/s with
   weights); every client-helper pair draws its rate once, seeded.
 - ``link-latency-ms``: one-way latency of every transfer.
+- ``helper-link-mbps``, ``helper-link-latency-ms``: the same for the links between helpers
+  of a chain (every helper pair draws its rate once, seeded, the same both ways); empty:
+  helper-helper links are free. A relaying helper emulates its link to the next helper
+  (:mod:`flsplit.runtime.relay`) with the figures the server sends it, which the chain
+  planner plans with.
 - ``slowdown``: ``"ROLE:INDEX:FACTOR:ROUND"`` (several separated by ``;``) multiplies that
   node's compute factor by FACTOR from round ROUND on, to test adaptivity.
 """
@@ -142,8 +147,11 @@ def slowdown(
     return factor
 
 
-def parse_link_mix(spec: str | float | int) -> list[tuple[float, float, float]]:
-    """``"1-4:30,5-10:42"`` -> ``[(1, 4, 30), (5, 10, 42)]``; a number is a fixed rate."""
+def parse_link_mix(
+    spec: str | float | int, key: str = "link-mbps"
+) -> list[tuple[float, float, float]]:
+    """``"1-4:30,5-10:42"`` -> ``[(1, 4, 30), (5, 10, 42)]``; a number is a fixed rate.
+    ``key`` is the run-config key errors name."""
     if isinstance(spec, int | float):
         return [(float(spec), float(spec), 1.0)]
     buckets = []
@@ -157,10 +165,10 @@ def parse_link_mix(spec: str | float | int) -> list[tuple[float, float, float]]:
             buckets.append((float(low), float(high or low), float(weight or 1.0)))
         except ValueError:
             raise ValueError(
-                f"link-mbps item {item!r} is not LOW-HIGH:WEIGHT (Mbit/s), e.g. '5-10:42'"
+                f"{key} item {item!r} is not LOW-HIGH:WEIGHT (Mbit/s), e.g. '5-10:42'"
             ) from None
     if not buckets or any(b[0] <= 0 or b[1] < b[0] or b[2] <= 0 for b in buckets):
-        raise ValueError(f"link-mbps {spec!r} needs positive rates and weights")
+        raise ValueError(f"{key} {spec!r} needs positive rates and weights")
     return buckets
 
 
@@ -181,3 +189,44 @@ class LinkTable:
             low, high, _ = rng.choices(self.buckets, weights=[b[2] for b in self.buckets])[0]
             self._cache[key] = rng.uniform(low, high)
         return self._cache[key], self.latency_ms
+
+
+class HelperLinkTable(LinkTable):
+    """Seeded per-pair rates of the links between helpers (by helper index), drawn from a
+    mix like :class:`LinkTable`'s (run config ``helper-link-mbps``); a pair has one rate
+    both ways. An empty mix emulates latency only (rate 0: no rate emulation)."""
+
+    def __init__(self, spec: str | float | int, latency_ms: float = 0.0, seed: int = 0) -> None:
+        self.buckets = parse_link_mix(spec, "helper-link-mbps") if str(spec).strip() else []
+        self.latency_ms = float(latency_ms)
+        self.seed = seed
+        self._cache: dict[tuple[int, int], float] = {}
+
+    def __call__(self, first: int, second: int) -> tuple[float, float]:
+        """``(rate Mbit/s, latency ms)`` of the link between helpers ``first`` and
+        ``second``."""
+        key = (min(first, second), max(first, second))
+        if not self.buckets:
+            return 0.0, self.latency_ms
+        if key not in self._cache:
+            rng = random.Random(f"{self.seed}:helpers:{key[0]}:{key[1]}")
+            low, high, _ = rng.choices(self.buckets, weights=[b[2] for b in self.buckets])[0]
+            self._cache[key] = rng.uniform(low, high)
+        return self._cache[key], self.latency_ms
+
+
+def helper_link_table(config: RunConfig | Mapping[str, Any]) -> HelperLinkTable | None:
+    """The emulated helper-helper links of a run config (``helper-link-mbps``,
+    ``helper-link-latency-ms``), or ``None``: no ``emulate``, or neither set (free links).
+
+    Raises
+    ------
+    ValueError
+        If ``helper-link-mbps`` is not a rate or a mix (naming the item).
+    """
+    config = RunConfig.of(config)
+    if not config.emulate or (not config.helper_link_mbps
+                              and config.helper_link_latency_ms <= 0):
+        return None
+    return HelperLinkTable(config.helper_link_mbps, config.helper_link_latency_ms,
+                           seed=config.seed)

@@ -7,8 +7,16 @@ client's id and the client's round token *for the next helper*. ``Forward``: the
 own output goes on to the next hop and the next hop's answer is the chain's output.
 ``Backward``: the gradient is checked against the shape and dtype of that answer and
 relayed first; what the next hop answers is the gradient of this helper's output.
-``Finish`` is relayed too, and so is a client's abort (or its drop as idle). Every
-relayed tensor crosses the emulated link between the two helpers.
+``Finish`` is relayed too, and so is a client's abort (or its drop as idle).
+
+Each client's hop to its next helper may be an emulated link (``links``: the rate and
+latency the server sends, run config ``helper-link-mbps`` / ``helper-link-latency-ms``).
+It charges what the chain planner charges that link (docs/multihop.md): this helper's
+output going on (forward) and the gradient of it coming back (backward), one transfer
+at a time per client and direction. The chain's output, which the next hop's forward
+answer carries back along the chain, and its gradient going out are the client's own
+link's (the client charges them, as the planner charges them to the last helper's link
+to the client), not charged again on every helper link they pass.
 
 A chain carries one tensor per cut: a cut that several tensors cross (a tuple,
 :mod:`flsplit.model.crossing`) is refused with the reason (:func:`multi_tensor_chain`),
@@ -23,7 +31,8 @@ Failures are raised as the worker's errors so that the server answers them like 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -56,16 +65,29 @@ class ChainRelay:
     next_hops : Mapping[str, HelperClient]
         Per client: the connection to the next helper of its chain.
     link : Emulation
-        Emulated link to the next hops: every relayed tensor costs its transfer time.
+        Emulated link to the next hop of a client that ``links`` leaves out.
+    links : Mapping[str, Emulation], optional
+        Per client: the emulated link to its next hop.
+    sleep : callable
+        How an emulated transfer waits (``time.sleep``; tests pass a recorder).
     """
 
     def __init__(
-        self, next_hops: Mapping[str, HelperClient], link: Emulation = NO_EMULATION
+        self,
+        next_hops: Mapping[str, HelperClient],
+        link: Emulation = NO_EMULATION,
+        links: Mapping[str, Emulation] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.next_hops = dict(next_hops)
         self.link = link
-        # the emulated link carries one transfer at a time in each direction
-        self._link_out, self._link_back = threading.Lock(), threading.Lock()
+        self.links = dict(links or {})
+        self._sleep = sleep
+        # a client's link carries one transfer at a time in each direction; clients have
+        # their own links (as the planner models them)
+        self._link_locks = {
+            (client, way): threading.Lock() for client in self.next_hops for way in (0, 1)
+        }
         self._lock = threading.Lock()
         # (client, micro) -> shape and dtype of the next hop's forward answer
         self._relayed: dict[tuple[str, int], tuple[tuple[int, ...], torch.dtype]] = {}
@@ -155,6 +177,19 @@ class ChainRelay:
         for hop in self.next_hops.values():
             hop.close()
 
+    def transfer_seconds(self, client: str, nbytes: int) -> float:
+        """Emulated seconds ``nbytes`` take on ``client``'s link to its next hop."""
+        return self.links.get(client, self.link).transfer_seconds(nbytes)
+
+    def _transfer(self, client: str, way: int, tensor: torch.Tensor,
+                  codec: CodecSetting) -> None:
+        """Wait out the emulated transfer of ``tensor`` (coded) on ``client``'s link in
+        direction ``way`` (0: to the next hop, 1: back)."""
+        seconds = self.transfer_seconds(client, wire_nbytes(tensor, codec))
+        if seconds > 0:
+            with self._link_locks[(client, way)]:
+                self._sleep(seconds)
+
     def _call_next(
         self,
         client: str,
@@ -165,14 +200,16 @@ class ChainRelay:
         micros: int,
         codec: CodecSetting | None = None,
     ) -> torch.Tensor:
-        """Send ``tensor`` over the emulated link to the next hop as task ``op``, coded
-        with the hop connection's own codec of ``op`` if it has one (the helper's node
-        config), else ``codec`` (the client's; default raw); return its answer."""
+        """Send ``tensor`` to the next hop as task ``op``, coded with the hop connection's
+        own codec of ``op`` if it has one (the helper's node config), else ``codec`` (the
+        client's; default raw); return its answer. The emulated link charges the tensor
+        at this helper's cut: the output sent on a forward, the gradient answered to a
+        backward."""
         hop = self.next_hops[client]
         # the hop's own codec (the helper's node config) wins over the client's
         codec = getattr(hop, "codecs", {}).get(op, codec or NONE)
-        with self._link_out:
-            self.link.transfer(wire_nbytes(tensor, codec))
+        if op == "fwd":  # this helper's output crosses the link
+            self._transfer(client, 0, tensor, codec)
         try:
             answer, _, _ = hop.call(op, tensor, step, micro, micros, codec=codec)
         except DataPlaneError as err:
@@ -181,6 +218,6 @@ class ChainRelay:
             raise RelayError(
                 f"next hop answered {'Forward' if op == 'fwd' else 'Backward'} without a tensor"
             )
-        with self._link_back:
-            self.link.transfer(wire_nbytes(answer, codec))
+        if op == "bwd":  # the gradient of this helper's output crosses it back
+            self._transfer(client, 1, answer, codec)
         return answer

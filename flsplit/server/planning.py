@@ -21,8 +21,11 @@ from flsplit.model.splitting import parse_cuts, part_state_keys
 from flsplit.runtime.emulation import LinkTable
 from flsplit.server.round_planner import FIXED_CUT_METHODS, RoundPlanner
 from flsplit.task import SplitTask
+from strategies.helper_links import HelperLinks
 from strategies.planned import PlannedSplitStrategy
 from strategies.split import SplitStrategy
+
+__all__ = ["HelperLinks", "emulated_links", "planned_strategy"]
 
 
 class _NodeLinks:
@@ -124,33 +127,6 @@ def planned_strategy(
     return strategy
 
 
-class HelperLinks:
-    """``helper_link(a, b)`` by node id: a free link, or ``None`` (no link).
-
-    A link between two helpers exists where every source that speaks of it allows it:
-    run config ``helper-links`` (index pairs; empty: all) and the node config
-    ``helper-links`` of each of the two helpers that declares one (the indices of the
-    helpers it has a link with, as it reported them at discovery: ``NodeReport.
-    helper_links``). A helper that declares none leaves its links to the run config.
-    """
-
-    def __init__(self, pairs: frozenset[tuple[int, int]] | None) -> None:
-        self.pairs = pairs
-        self.strategy: SplitStrategy | None = None
-
-    def __call__(self, a: int, b: int) -> tuple[float, float] | None:
-        if self.strategy is None:
-            raise RuntimeError("helper links are used before the strategy is bound")
-        nodes = self.strategy.nodes
-        first, second = nodes[a], nodes[b]
-        if self.pairs is not None and (first.index, second.index) not in self.pairs:
-            return None
-        for one, other in ((first, second), (second, first)):
-            if one.helper_links is not None and other.index not in one.helper_links:
-                return None
-        return 0.0, 0.0
-
-
 def _chain_planned_strategy(
     task: SplitTask,
     config: RunConfig,
@@ -168,7 +144,9 @@ def _chain_planned_strategy(
     log(INFO, "planned helper chains (at most %s hops): %d segments, cuts %s",
         "any number of" if config.chain.auto else config.chain.length,
         costs.num_segments, ",".join(costs.boundaries))
-    helper_links = HelperLinks(config.helper_links)
+    # one object for the planner and the strategy: the routes it plans and the links the
+    # relaying helpers emulate come from the same figures
+    helper_links = HelperLinks.from_config(config)
     planner = ChainRoundPlanner(
         costs,
         link,
@@ -190,10 +168,10 @@ def _chain_planned_strategy(
         output_dir=config.output_dir or None,
         gantt=config.gantt,
         frozen_keys=frozen_keys(model),
+        helper_links=helper_links,
         **common,
     )
     link.bind(strategy)
-    helper_links.strategy = strategy
     return strategy
 
 
