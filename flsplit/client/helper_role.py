@@ -5,7 +5,8 @@ per client and the helper's metrics.
 In a chain a helper serves one piece of each listed client's body
 (:class:`~flsplit.protocol.ServedClient`: the piece of the client's cuts, the next hop
 and the client's token for it) and relays to the next hop; it dials the next hop like a
-client does, over TLS when its node config names ``data-tls-root-cert``. With
+client does, over TLS when its node config names ``data-tls-root-cert``, and waits out
+the emulated link to it the server sends (:func:`next_hop_links`). With
 ``helper-memory = "shared"`` the clients of the same cuts and piece train one body
 between them.
 

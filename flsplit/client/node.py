@@ -15,7 +15,7 @@ run config's spellings) for its own link to its helper(s), over the run config's
 helper's node config may set them for the links to its next hops in helper chains
 (otherwise every hop uses the client's codecs). A helper's node config may name the
 helpers it has a link with (``helper-links``, their indices: ``"1,2"``;
-:func:`node_helper_links`), for planned helper chains. Nodes report all of these to the
+:func:`node_helper_links`), for helper chains. Nodes report all of these to the
 server when it discovers them, so that its planner charges each link's coded bytes and
 routes chains over existing links only.
 
