@@ -544,8 +544,12 @@ class SplitStrategy(Strategy, metaclass=_Built):
             If fewer than ``length`` helpers are known, or the helper links leave no
             route of ``length`` helpers.
         """
-        return round_robin_chains(self.helpers, server_round, clients, length,
-                                  self.helper_links)
+        chains = round_robin_chains(self.helpers, server_round, clients, length,
+                                    self.helper_links)
+        routes = [">".join(str(self.nodes[h].index) for h in chain) for chain in chains.values()]
+        log(INFO, "round %d round-robin chains (helper indices: clients): %s", server_round,
+            {r: routes.count(r) for r in sorted(set(routes))})
+        return chains
 
     def client_cuts(self, server_round: int, clients: Sequence[int]) -> dict[int, str]:
         """Cut pair of every client this round (the default cuts for everybody)."""
