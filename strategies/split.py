@@ -534,9 +534,9 @@ class SplitStrategy(Strategy, metaclass=_Built):
         self, server_round: int, clients: Sequence[int], length: int
     ) -> dict[int, list[int]]:
         """Assign each client a chain of ``length`` distinct helpers, each linked to the
-        next (round-robin: client ``i`` starts at helper ``i + round - 1`` and takes the
-        next ones in turn, over existing links only), so every helper serves pieces of
-        many clients.
+        next (round-robin over the helpers in index order: client ``i`` starts at helper
+        ``i + round - 1`` and takes the next ones in turn, over existing links only), so
+        every helper serves pieces of many clients.
 
         Raises
         ------
@@ -544,8 +544,9 @@ class SplitStrategy(Strategy, metaclass=_Built):
             If fewer than ``length`` helpers are known, or the helper links leave no
             route of ``length`` helpers.
         """
-        chains = round_robin_chains(self.helpers, server_round, clients, length,
-                                    self.helper_links)
+        # in helper index order (the order helper-links and planned routes speak of)
+        helpers = sorted(self.helpers, key=lambda h: (self.nodes[h].index, h))
+        chains = round_robin_chains(helpers, server_round, clients, length, self.helper_links)
         routes = [">".join(str(self.nodes[h].index) for h in chain) for chain in chains.values()]
         log(INFO, "round %d round-robin chains (helper indices: clients): %s", server_round,
             {r: routes.count(r) for r in sorted(set(routes))})

@@ -14,8 +14,9 @@ from flwr.serverapp.strategy import FedAvg
 from flsplit.config import RunConfig
 from flsplit.launch import federation_config
 from flsplit.model.zoo import SmallCNN
-from flsplit.protocol import HELPER_TRAIN, ROLE_CLIENT, ROLE_HELPER
+from flsplit.protocol import HELPER_TRAIN, ROLE_CLIENT, ROLE_HELPER, NodeReport
 from strategies.assignment import linked_route
+from strategies.discovery import NodeInfo
 from strategies.split import SplitStrategy
 from tests.unit.strategies.fake_grid import FakeGrid, FakeNode
 
@@ -124,3 +125,14 @@ def test_linked_route_finds_a_route_exactly_when_one_exists():
             assert all(linked(a, b) for a, b in itertools.pairwise(route))
     # every link: the rotation from the start
     assert linked_route(5, 3, 3, lambda a, b: True) == [3, 4, 0]
+
+
+def test_round_robin_chains_take_the_helpers_in_index_order():
+    """Node ids 101, 102, 103 are helpers 2, 0, 1: turn and links go by index."""
+    strategy, _, _ = _strategy({"chain-length": 2, "helper-links": "0-1,1-2"})
+    index = {101: 2, 102: 0, 103: 1}
+    strategy.nodes = {n: NodeInfo(n, ROLE_HELPER, report=NodeReport(role=ROLE_HELPER, index=i))
+                      for n, i in index.items()}
+    strategy.nodes.update({c: NodeInfo(c, ROLE_CLIENT) for c in (1, 2, 3)})
+    chains = strategy.assign_chains(1, [1, 2, 3], 2)
+    assert [[index[h] for h in chains[c]] for c in (1, 2, 3)] == [[0, 1], [1, 2], [2, 1]]
