@@ -29,8 +29,8 @@ def helpers_linked(
     """Whether helpers ``first`` and ``second`` have a link: ``pairs`` (run config
     ``helper-links`` as index pairs, both orders; ``None``: all) and each of the two that
     declares links allow it."""
-    if first.index == second.index:
-        return False
+    # helpers of one index (a deployment that sets no helper-index) are linked unless a
+    # source says otherwise: run-config pairs never join an index to itself
     if pairs is not None and (first.index, second.index) not in pairs:
         return False
     for one, other in ((first, second), (second, first)):

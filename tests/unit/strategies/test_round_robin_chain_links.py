@@ -136,3 +136,14 @@ def test_round_robin_chains_take_the_helpers_in_index_order():
     strategy.nodes.update({c: NodeInfo(c, ROLE_CLIENT) for c in (1, 2, 3)})
     chains = strategy.assign_chains(1, [1, 2, 3], 2)
     assert [[index[h] for h in chains[c]] for c in (1, 2, 3)] == [[0, 1], [1, 2], [2, 1]]
+
+
+def test_helpers_that_report_no_distinct_index_still_chain_over_every_link():
+    """A deployment whose helpers set no helper-index reports index 0 for all: without
+    helper-links every helper still reaches every other, as before."""
+    strategy, _, _ = _strategy({"chain-length": 3})
+    strategy.nodes = {h: NodeInfo(h, ROLE_HELPER, report=NodeReport(role=ROLE_HELPER))
+                      for h in (101, 102, 103)}
+    strategy.nodes.update({c: NodeInfo(c, ROLE_CLIENT) for c in (1, 2, 3)})
+    assert strategy.assign_chains(1, [1, 2, 3], 3) == {
+        1: [101, 102, 103], 2: [102, 103, 101], 3: [103, 101, 102]}
