@@ -27,7 +27,12 @@ from list scheduling (:func:`~flsplit.plan.multihop.chain_evaluation.list_schedu
    helpers with another client. A move is kept when the judged makespan falls, so a
    client gets a chain only where that shortens the round (or where no single helper
    can hold its body); at a local optimum two random clients are perturbed and the
-   descent goes on until the time limit, keeping the best plan.
+   descent goes on until the time limit, keeping the best plan. Moves are judged with
+   the time-ahead list rule and the current plan's client weights.
+5. **Re-weighted schedules** (:func:`reweighted_schedule`): at each local optimum of
+   step 4 and for the final plan (the last ``FINAL_RESCHEDULE`` of the time), the
+   helper orders are list-scheduled repeatedly with client weights that grow for the
+   clients that finished last.
 
 The plan returned is the best judged of all of them, so it is never worse than
 round-robin chains or the best one-hop plan found.
@@ -124,8 +129,12 @@ def _scheduled(problem: ChainProblem, stages: Sequence[ClientStages],
     return plan
 
 
+#: The local search's list rule: the time ahead of each client (with its weight); the
+#: clients' work, or the rule of the plan the search started from, were worse.
 SEARCH_REMAINING = True
+#: Re-weighted schedules at each local optimum of the local search.
 SEARCH_RESCHEDULE = 10
+#: Share of the time limit for re-weighting the final plan's schedule.
 FINAL_RESCHEDULE = 0.08
 
 #: Rounds of :func:`reschedule` without a better schedule before it stops.
