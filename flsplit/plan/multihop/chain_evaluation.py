@@ -165,12 +165,13 @@ def simulate(stages: Sequence[ClientStages], orders: dict[int, list[ChainTask]]
 
 
 def list_schedule(stages: Sequence[ClientStages], priority: Sequence[float] | None = None,
-                  remaining: bool = False
+                  remaining: bool = False, weight: Sequence[float] | None = None
                   ) -> tuple[dict[int, list[ChainTask]], list[float]]:
     """Helper task orders by list scheduling: the operation that can start earliest runs
     next (ties: the client with the larger ``priority``, default its total work; with
     ``remaining``, the client with the most time still ahead of it, ``(M - m) x`` its
-    largest stage from here on plus its later stages, for micro-batch ``m``).
+    largest stage from here on plus its later stages, for micro-batch ``m``, times the
+    client's ``weight``, default 1).
 
     Returns the orders and each client's finish in the schedule built, which
     :func:`simulate` reproduces for those orders (both start every operation as early as its
@@ -187,7 +188,8 @@ def list_schedule(stages: Sequence[ClientStages], priority: Sequence[float] | No
         if not remaining:
             return -priority[k]
         top, rest = ahead[k][s]
-        return -((stages[k].micro_batches - m) * top + rest)
+        scale = 1.0 if weight is None else weight[k]
+        return -((stages[k].micro_batches - m) * top + rest) * scale
     done = [[0] * len(cs.times) for cs in stages]  # micro-batches finished per stage
     end = [[0.0] * len(cs.times) for cs in stages]  # end of the last finished one
     arrivals: list[list[list[float]]] = [[[] for _ in cs.times] for cs in stages]

@@ -27,7 +27,12 @@ from list scheduling (:func:`~flsplit.plan.multihop.chain_evaluation.list_schedu
    helpers with another client. A move is kept when the judged makespan falls, so a
    client gets a chain only where that shortens the round (or where no single helper
    can hold its body); at a local optimum two random clients are perturbed and the
-   descent goes on until the time limit, keeping the best plan.
+   descent goes on until the time limit, keeping the best plan. Moves are judged with
+   the time-ahead list rule and the current plan's client weights.
+5. **Re-weighted schedules** (:func:`reweighted_schedule`): at each local optimum of
+   step 4 and for the final plan (the last ``FINAL_RESCHEDULE`` of the time), the
+   helper orders are list-scheduled repeatedly with client weights that grow for the
+   clients that finished last.
 
 The plan returned is the best judged of all of them, so it is never worse than
 round-robin chains or the best one-hop plan found.
@@ -55,7 +60,7 @@ from flsplit.plan.multihop.chain_evaluation import (
     list_schedule,
     simulate,
 )
-from flsplit.plan.multihop.chain_problem import ChainPlan, ChainProblem, ChainRoute
+from flsplit.plan.multihop.chain_problem import ChainPlan, ChainProblem, ChainRoute, ChainTask
 from flsplit.plan.multihop.evaluation import placement_stages
 from flsplit.plan.multihop.micro_batch import best_micro_batch
 from flsplit.plan.multihop.placement import place, single_hop, stage_tables
@@ -94,22 +99,107 @@ class _StageCache:
 
 def judge_routes(problem: ChainProblem, routes: Sequence[ChainRoute], method: str = "",
                  cache: _StageCache | None = None, final: bool = True,
-                 remaining: bool = False) -> ChainPlan | None:
+                 remaining: bool = False, weight: Sequence[float] | None = None
+                 ) -> ChainPlan | None:
     """A plan of ``routes`` with list-scheduled helper orders; ``None`` when infeasible.
 
     ``final``: judge it by :func:`evaluate_chain` (else the list schedule's own
-    makespan, which the judge reproduces, is kept while searching).
+    makespan, which the judge reproduces, is kept while searching). ``remaining`` and
+    ``weight``: the list schedule's priority rule (:func:`list_schedule`); the weights
+    are kept in ``info["weight"]``.
     """
     stages = (cache or _StageCache(problem)).all(routes)
     if stages is None:
         return None
-    orders, finish = list_schedule(stages, remaining=remaining)
+    return _scheduled(problem, stages, routes, method, final, remaining, weight)
+
+
+def _scheduled(problem: ChainProblem, stages: Sequence[ClientStages],
+               routes: Sequence[ChainRoute], method: str, final: bool, remaining: bool,
+               weight: Sequence[float] | None) -> ChainPlan:
+    orders, finish = list_schedule(stages, remaining=remaining, weight=weight)
     plan = ChainPlan(list(routes), orders, makespan=max(finish), method=method)
     # the local search's tie-break on equal makespans: the clients' finishes squared
     plan.info["spread"] = float(sum(f * f for f in finish))
+    plan.info["finish"] = finish
+    if remaining:
+        plan.info["weight"] = None if weight is None else list(weight)
     if final:
         plan.makespan = evaluate_chain(problem, plan)
     return plan
+
+
+#: The local search's list rule: the time ahead of each client (with its weight); the
+#: clients' work, or the rule of the plan the search started from, were worse.
+SEARCH_REMAINING = True
+#: Re-weighted schedules at each local optimum of the local search.
+SEARCH_RESCHEDULE = 10
+#: Share of the time limit for re-weighting the final plan's schedule.
+FINAL_RESCHEDULE = 0.08
+
+#: Rounds of :func:`reschedule` without a better schedule before it stops.
+RESCHEDULE_PATIENCE = 12
+
+
+def reweighted_schedule(stages: Sequence[ClientStages], deadline: float,
+                        rng: random.Random, rounds: int = 60,
+                        weight: Sequence[float] | None = None
+                        ) -> tuple[dict[int, list[ChainTask]], list[float], list[float]]:
+    """The best of repeated list schedules (:func:`list_schedule` by the time each client
+    still has ahead of it) with re-weighted client priorities.
+
+    After every schedule a client's weight (start: ``weight``, default 1) is multiplied
+    by ``(its finish / the makespan)^2`` and a random factor in ``[1, 1.1)``, so the
+    clients that finished early yield the helpers to the ones that finished last; after
+    ``RESCHEDULE_PATIENCE`` schedules without gain the weights restart from the best
+    ones times random factors ``exp(N(0, 0.3))``. Up to ``rounds`` schedules, until
+    ``deadline`` (``time.perf_counter``; the first always runs). Returns the orders,
+    the clients' finishes (least makespan, then least sum of the finishes squared) and
+    their weights.
+    """
+    k_count = len(stages)
+    weight = list(weight or [1.0] * k_count)
+    best: tuple[float, float, dict[int, list[ChainTask]], list[float], list[float]] | None
+    best = None
+    stale = 0
+    for _ in range(rounds):
+        if best is not None and time.perf_counter() >= deadline:
+            break
+        if stale >= RESCHEDULE_PATIENCE:  # restart near the best weights
+            weight = [w * math.exp(rng.gauss(0.0, 0.3)) for w in best[4]]  # type: ignore[index]
+            stale = 0
+        orders, finish = list_schedule(stages, remaining=True, weight=weight)
+        top = max(finish)
+        key = (top, sum(f * f for f in finish))
+        if best is None or key[0] < best[0] - 1e-9 or (
+                key[0] <= best[0] + 1e-9 and key[1] < best[1] * (1 - 1e-9)):
+            best, stale = (*key, orders, finish, list(weight)), 0
+        else:
+            stale += 1
+        top = max(top, 1e-9)
+        weight = [w * (f / top) ** 2 * (1.0 + 0.1 * rng.random())
+                  for w, f in zip(weight, finish, strict=True)]
+        norm = max(weight)
+        weight = [max(w / norm, 1e-6) for w in weight]
+    assert best is not None
+    return best[2], best[3], best[4]
+
+
+def reschedule(problem: ChainProblem, plan: ChainPlan, deadline: float,
+               rng: random.Random, cache: _StageCache | None = None,
+               rounds: int = 60) -> ChainPlan:
+    """``plan`` with the helper orders of :func:`reweighted_schedule` (from the plan's
+    weights) if they are better (lower makespan, or the same and lower finishes
+    squared), else ``plan`` itself; judged as the list schedules are (the judge
+    reproduces them)."""
+    stages = (cache or _StageCache(problem)).all(plan.routes)
+    if stages is None:
+        return plan
+    orders, finish, weight = reweighted_schedule(stages, deadline, rng, rounds,
+                                                 plan.info.get("weight"))
+    cand = ChainPlan(list(plan.routes), orders, makespan=max(finish), method=plan.method)
+    cand.info.update(spread=float(sum(f * f for f in finish)), finish=finish, weight=weight)
+    return cand if _better(cand, plan) else plan
 
 
 def _equal_memory_cuts(p: MultihopProblem, n: int) -> tuple[int, ...] | None:
@@ -623,6 +713,15 @@ def local_search(problem: ChainProblem, plan: ChainPlan, deadline: float, chains
     stale: set[int] = set()
     while time.perf_counter() < deadline:
         if len(stale) >= problem.num_clients:  # local optimum: perturb and go on
+            if SEARCH_RESCHEDULE:
+                polished = reschedule(problem, current, deadline, rng, cache,
+                                      rounds=SEARCH_RESCHEDULE)
+                if polished is not current:
+                    current = polished
+                    if current.makespan < best.makespan - 1e-9:
+                        best = current
+                    stale.clear()
+                    continue
             current = _perturbed(problem, current, cache, rng, chains) or best
             stale.clear()
             continue
@@ -644,7 +743,9 @@ def local_search(problem: ChainProblem, plan: ChainPlan, deadline: float, chains
             for routes in moves:
                 if time.perf_counter() >= deadline:
                     break
-                cand = judge_routes(problem, routes, current.method, cache, final=False)
+                cand = judge_routes(problem, routes, current.method, cache, final=False,
+                                    remaining=SEARCH_REMAINING,
+                                    weight=current.info.get("weight"))
                 if cand is not None and _better(cand, current):
                     current, improved = cand, True
                     break
@@ -656,7 +757,9 @@ def local_search(problem: ChainProblem, plan: ChainPlan, deadline: float, chains
                 best = current
         else:
             stale.add(k)
-    return judge_routes(problem, best.routes, best.method, cache) or best
+    best = copy.copy(best)
+    best.makespan = evaluate_chain(problem, best)
+    return best
 
 
 def _perturbed(problem: ChainProblem, plan: ChainPlan, cache: _StageCache,
@@ -674,7 +777,10 @@ def _perturbed(problem: ChainProblem, plan: ChainPlan, cache: _StageCache,
             if cache.all(cand) is not None:
                 routes, moved = cand, True
                 break
-    return judge_routes(problem, routes, plan.method, cache, final=False) if moved else None
+    if not moved:
+        return None
+    return judge_routes(problem, routes, plan.method, cache, final=False,
+                        remaining=SEARCH_REMAINING, weight=plan.info.get("weight"))
 
 
 def plan_chains(problem: ChainProblem, time_limit: float = DEFAULT_CHAIN_TIME_LIMIT,
@@ -721,10 +827,19 @@ def plan_chains(problem: ChainProblem, time_limit: float = DEFAULT_CHAIN_TIME_LI
                             "round-robin chains nor greedy placement fit the helpers' "
                             "memory and links")
     best = min(starts, key=lambda p: p.makespan)
-    chained = local_search(problem, copy.copy(best), deadline, chains=True, seed=seed + 1)
+    rng = random.Random(seed + 2)
+    polish = start + (1.0 - FINAL_RESCHEDULE) * time_limit
+    chained = local_search(problem, copy.copy(best), polish if FINAL_RESCHEDULE else deadline,
+                           chains=True, seed=seed + 1)
     if chained.makespan < best.makespan - 1e-9:
         best = chained
         best.method = "chains"
+    if FINAL_RESCHEDULE:
+        polished = reschedule(problem, best, deadline, rng, rounds=10_000)
+        if polished is not best:
+            polished.makespan = evaluate_chain(problem, polished)
+            if polished.makespan < best.makespan - 1e-9:
+                best = polished
     best = copy.copy(best)
     best.solve_time = time.perf_counter() - start
     best.info = {"round_robin_ms": None if rr is None else rr.makespan,

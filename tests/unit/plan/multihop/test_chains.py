@@ -479,3 +479,63 @@ def test_column_routes_balance_the_helpers_within_memory():
     problem = _fast_and_slow_helper(fast_memory=2.0)
     routes = column_routes(problem, options, limit=1e9, seeds=[], deadline=math.inf)
     assert [r[0] for r in routes] == [(1,), (1,)]
+
+
+def _stages(times, resources, micro_batches=1):
+    from flsplit.plan.multihop.chain_evaluation import ClientStages
+
+    return ClientStages([float(t) for t in times], list(resources), micro_batches, {})
+
+
+def test_reweighted_schedule_lets_the_client_finishing_last_go_first():
+    import random
+
+    from flsplit.plan.multihop.chain_evaluation import list_schedule
+    from flsplit.plan.multihop.chain_planner import reweighted_schedule
+
+    # helper 2 serves three clients, one micro-batch each. c (helper 1 for 1 ms first)
+    # reaches it at 2 and runs 2-6; a (3 ms, then 2 ms on its link) and b (6 ms, then
+    # 1 ms) both arrive at 5. Both list rules run b first at 6 (more time ahead, 7 ms
+    # against 5; more work): b ends 13, a runs 12-15 and ends 17. a first: a ends 11,
+    # b runs 9-15 and ends 16, the best of every order on helper 2.
+    stages = [_stages([3, 2, 3, 2], [0, 0, 2, 0]), _stages([4, 1, 6, 1], [0, 0, 2, 0]),
+              _stages([0, 0, 1, 1, 4, 4], [0, 0, 1, 0, 2, 0])]
+    for remaining in (False, True):
+        assert max(list_schedule(stages, remaining=remaining)[1]) == pytest.approx(17.0)
+    best = min(simulate(stages, {1: [(2, 0)], 2: list(order)})[0]
+               for order in itertools.permutations([(0, 0), (1, 0), (2, 0)]))
+    assert best == pytest.approx(16.0)
+    orders, finish, weight = reweighted_schedule(stages, math.inf, random.Random(0))
+    assert max(finish) == pytest.approx(best)
+    assert simulate(stages, orders)[1] == pytest.approx(finish)
+    assert weight[0] > weight[1]
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 2))
+def test_reweighted_schedule_is_judged_and_no_worse_than_the_list_schedule(seed, helpers):
+    import random
+
+    from flsplit.plan.multihop.chain_evaluation import list_schedule
+    from flsplit.plan.multihop.chain_planner import reschedule, reweighted_schedule
+
+    problem = random_chain_problem(4, 6, helpers + 1, seed=seed, batch_size=8,
+                                   memory_slack=2.0)
+    rng = np.random.default_rng(seed)
+    routes = []
+    for _ in problem.clients:
+        hops = sorted(rng.choice(np.arange(1, helpers + 2), size=helpers, replace=False))
+        cuts = (1, *range(2, 2 + helpers - 1), 5)
+        routes.append(ChainRoute(tuple(int(v) for v in hops), cuts, int(rng.integers(1, 9))))
+    try:
+        stages = all_stages(problem, routes)
+    except MultihopError:
+        return
+    orders, finish, _ = reweighted_schedule(stages, math.inf, random.Random(seed), rounds=30)
+    assert simulate(stages, orders)[1] == pytest.approx(finish)
+    assert max(finish) <= max(list_schedule(stages, remaining=True)[1]) + 1e-9
+    plan = judge_routes(problem, routes, final=True)
+    better = reschedule(problem, plan, math.inf, random.Random(seed))
+    assert evaluate_chain(problem, better) == pytest.approx(better.makespan)
+    assert better.makespan <= plan.makespan + 1e-9
+    assert lower_bound(problem).value <= better.makespan * (1 + 1e-9)
