@@ -165,6 +165,14 @@ class ChainPlannedSplitStrategy(PlannedSplitStrategy):
                 {**t, "start": 1000 * (t["start"] - origin), "end": 1000 * (t["end"] - origin)}
                 for t in timeline
             ] if origin is not None else [],
+            # what each client measured (means per batch, steady state): the data the
+            # planner learns from, kept to check its model against
+            "client_measured_ms": {
+                str(n): {"stage1": r.stage1_ms, "stage3": r.stage3_ms, "stage5": r.stage5_ms,
+                         "load": r.load_ms, "helper_service": r.helper_service_ms,
+                         "steady_batch": r.steady_batch_ms}
+                for n, r in results.items()
+            },
             "left_out": plan.left_out,
             "failures": [failure.to_dict() for failure in failures],
         }

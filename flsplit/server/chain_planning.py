@@ -271,6 +271,7 @@ class ChainRoundPlanner:
         """One batch of each client over the helpers (in the given route order)."""
         costs = self.costs
         per_sample = costs.sample_ms()
+        per_call = costs.call_ms()
         batch = costs.batch_size
         layers = costs.num_segments
         memory = costs.profile.memory_kib / 1024.0
@@ -306,6 +307,9 @@ class ChainRoundPlanner:
                 sample_ms=np.array([per_sample * s.factor for s in speeds]),
                 runnable=np.ones((n, layers), dtype=bool),
                 overhead_ms=overhead,
+                # a node's fixed time per call is its factor times the server's, as its
+                # time per sample: the factor is learned from both (_server_ms)
+                call_ms=np.array([per_call * s.factor for s in speeds]),
                 memory_mib=np.array([s.memory_mib for s in speeds]),
                 layer_memory_mib=memory,
                 activation_kib=activation,
@@ -433,9 +437,9 @@ class ChainRoundPlanner:
                 self.smoothing * new + (1 - self.smoothing) * old)
 
         q = round_plan.positions[node]
-        per_sample = self.costs.sample_ms()
-        own = float(per_sample[:q[0]].sum() + per_sample[q[-1]:].sum())
-        predicted = own * self.costs.batch_size  # one batch's compute on the server
+        micro = round_plan.micro_batches.get(node, 1)
+        # one batch of its head and tail on the server, as the plan ran them
+        predicted = self._server_ms(0, q[0], 1) + self._server_ms(q[-1], None, micro)
         measured = predicted > 0 and stage_ms is not None and stage_ms > 0
         # the compute this round took beyond what the plan gave it (its batches lie on
         # the client's own path, so the span grows by as much)
@@ -444,7 +448,6 @@ class ChainRoundPlanner:
             speed.start_offset_ms = blend(speed.start_offset_ms, start_offset_ms)
         if span_ms is not None and node in round_plan.finish_ms:
             batches = round_plan.batches.get(node, 1)
-            micro = round_plan.micro_batches.get(node, 1)
             extra = (span_ms / batches - round_plan.finish_ms[node] - compute_gap) / micro
             speed.overhead_ms = blend(speed.overhead_ms, max(speed.overhead_ms + extra, 0.0))
         if not measured:
@@ -452,14 +455,24 @@ class ChainRoundPlanner:
             return
         self._blend(speed, stage_ms / predicted)
 
+    def _server_ms(self, start: int, stop: int | None, micro_batches: int) -> float:
+        """One batch of segments ``start:stop`` on the server, cut into
+        ``micro_batches`` calls: every call pays the segments' fixed time."""
+        sample = self.costs.sample_ms()[start:stop].sum()
+        call = self.costs.call_ms()[start:stop].sum()
+        return float(sample * self.costs.batch_size + micro_batches * call)
+
     def _planned_compute_ms(self, node: int, round_plan: ChainRoundPlan) -> float:
-        """The compute per batch the plan gave client ``node`` (head and tail, at the
-        speed it planned with)."""
+        """The compute per batch the plan gave client ``node`` (head once, tail per
+        micro-batch, at the speed it planned with)."""
         q = round_plan.positions[node]
+        micro = round_plan.micro_batches.get(node, 1)
         for p in round_plan.problem.clients:
             if p.node_ids[0] == f"c{node}":
-                sample = p.sample_ms[0]
-                return float(sample[:q[0]].sum() + sample[q[-1]:].sum()) * p.batch_size
+                assert p.call_ms is not None  # set in __post_init__
+                sample, call = p.sample_ms[0], p.call_ms[0]
+                return float((sample[:q[0]].sum() + sample[q[-1]:].sum()) * p.batch_size
+                             + call[:q[0]].sum() + micro * call[q[-1]:].sum())
         return 0.0
 
     def observe_helper(self, node: int, round_plan: ChainRoundPlan,
@@ -469,7 +482,6 @@ class ChainRoundPlanner:
         speed = self.helpers.get(node)
         if speed is None:
             return
-        per_sample = self.costs.sample_ms()
         predicted = measured = 0.0
         for client, ms in busy_ms.items():
             route = round_plan.routes.get(client)
@@ -478,7 +490,8 @@ class ChainRoundPlanner:
             i = route.index(node)
             q = round_plan.positions[client]
             batches = round_plan.batches.get(client, 1)
-            predicted += float(per_sample[q[i]:q[i + 1]].sum()) * self.costs.batch_size * batches
+            micro = round_plan.micro_batches.get(client, 1)
+            predicted += self._server_ms(q[i], q[i + 1], micro) * batches
             measured += ms
         if predicted > 0 and measured > 0:
             self._blend(speed, measured / predicted)

@@ -160,6 +160,9 @@ def _shaped(p: MultihopProblem, factor: np.ndarray, memory: np.ndarray) -> Multi
     q.sample_ms[1:] *= factor[:, None]
     q.overhead_ms = p.overhead_ms.copy()
     q.overhead_ms[1:] *= factor
+    assert p.call_ms is not None  # set in __post_init__
+    q.call_ms = p.call_ms.copy()
+    q.call_ms[1:] *= factor[:, None]
     q.memory_mib = np.concatenate([[p.memory_mib[0]], np.maximum(memory, 0.0)])
     return q
 

@@ -60,11 +60,17 @@ def placement_stages(problem: MultihopProblem, helpers: Sequence[int], cuts: Seq
     per_kib = 2.0 * KIB_TO_MS_AT_1MBIT
     mem = problem.layer_memory_mib
     client_layers = np.r_[0:c1, c2:layers]
-    stages = [Stage(f"compute {ids[0]}", float(problem.overhead_ms[0]),
-                    float(problem.sample_ms[0, client_layers].sum()))]
+    call = problem.call_ms
+    assert call is not None  # set in __post_init__
+    # the head runs once per batch (its fixed time spread over the samples), the tail
+    # and every helper's range once per micro-batch
+    stages = [Stage(f"compute {ids[0]}", float(problem.overhead_ms[0] + call[0, c2:].sum()),
+                    float(problem.sample_ms[0, client_layers].sum()
+                          + call[0, :c1].sum() / problem.batch_size))]
     memory = {ids[0]: float(mem[client_layers].sum())}
     for v, start, stop in zip(helpers, cuts[:-1], cuts[1:], strict=True):
-        stages.append(Stage(f"compute {ids[v]}", float(problem.overhead_ms[v]),
+        stages.append(Stage(f"compute {ids[v]}",
+                            float(problem.overhead_ms[v] + call[v, start:stop].sum()),
                             float(problem.sample_ms[v, start:stop].sum())))
         memory[ids[v]] = float(mem[start:stop].sum())
     route = [0, *helpers, 0]

@@ -57,6 +57,8 @@ def stage_tables(problem: MultihopProblem, b: int) -> StageTables:
     idx = np.arange(layers + 1)
     x, y = idx[:, None], idx[None, :]
     cum = np.concatenate([np.zeros((h + 1, 1)), problem.sample_ms.cumsum(axis=1)], axis=1)
+    assert problem.call_ms is not None  # set in __post_init__
+    calls = np.concatenate([np.zeros((h + 1, 1)), problem.call_ms.cumsum(axis=1)], axis=1)
     bad = np.concatenate([np.zeros((h + 1, 1)), (~problem.runnable).cumsum(axis=1)], axis=1)
     mem = np.concatenate([[0.0], problem.layer_memory_mib.cumsum()])
     range_mem = mem[None, :] - mem[:, None]
@@ -66,14 +68,18 @@ def stage_tables(problem: MultihopProblem, b: int) -> StageTables:
         ok = upper & (bad[v][None, :] - bad[v][:, None] == 0)
         ok &= range_mem <= problem.memory_mib[v] + 1e-9
         comp[v - 1] = np.where(ok, problem.overhead_ms[v] + b * (cum[v][None, :]
-                                                                   - cum[v][:, None]), _INF)
+                                                                   - cum[v][:, None])
+                               + (calls[v][None, :] - calls[v][:, None]), _INF)
     total = cum[0, -1]
     client_ms = cum[0][:, None] + (total - cum[0][None, :])
     client_bad = bad[0][:, None] + (bad[0, -1] - bad[0][None, :])
     client_mem = mem[:, None] + (mem[-1] - mem[None, :])
     ok = upper & (x >= problem.min_head) & (y <= layers - problem.min_tail)
     ok &= (client_bad == 0) & (client_mem <= problem.memory_mib[0] + 1e-9)
-    client = np.where(ok, problem.overhead_ms[0] + b * client_ms, _INF)
+    # the head's fixed time once per batch, the tail's per micro-batch (placement_stages)
+    client_fixed = (b * calls[0][:, None] / problem.batch_size
+                    + (calls[0, -1] - calls[0][None, :]))
+    client = np.where(ok, problem.overhead_ms[0] + b * client_ms + client_fixed, _INF)
     act = np.concatenate([[_INF], problem.activation_kib])  # cut q carries act[q - 1]
     rate = np.where(problem.rate_mbps > 0, problem.link_rate_mbps, np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):

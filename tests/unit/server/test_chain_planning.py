@@ -17,6 +17,7 @@ from flsplit.model.zoo import SmallCNN
 from flsplit.plan.multihop.chain_evaluation import evaluate_chain
 from flsplit.plan.multihop.chain_planner import judge_routes
 from flsplit.plan.multihop.chain_problem import ChainRoute
+from flsplit.plan.multihop.evaluation import placement_stages
 from flsplit.protocol import (
     ARRAYS,
     BACKWARD,
@@ -29,7 +30,11 @@ from flsplit.protocol import (
     ClientRound,
     HelperRound,
 )
-from flsplit.server.chain_planning import ChainRoundPlanner, stage_timeline
+from flsplit.server.chain_planning import (
+    MICRO_BATCH_OVERHEAD_MS,
+    ChainRoundPlanner,
+    stage_timeline,
+)
 from flsplit.server.modes import check_planned_chains
 from strategies.chain_planned import ChainPlannedSplitStrategy
 from tests.unit.strategies.fake_grid import FakeGrid, FakeNode
@@ -70,6 +75,62 @@ def _planner(helper_memory, client_memory=30.0, helpers=(1, 2, 3), clients=(21, 
     for c in clients:
         planner.add_client(c, 4.0, client_memory)
     return planner
+
+
+def _costs_with_calls():
+    # per layer: forward + backward 3 ms at 32 samples, 1.5 ms at 2: 1.4 ms per call and
+    # 0.05 ms per sample (a small model, as the example's, is mostly fixed time per call)
+    small = SegmentCosts.from_profile(_profile(forward=0.5), batch_size=2)
+    return _costs().with_calls(small)
+
+
+def test_a_second_profile_separates_each_segments_fixed_time_per_call():
+    costs = _costs_with_calls()
+    layers = [1, 2, 1, 4, 2]  # candidate layers per merged segment
+    assert costs.call_ms() == pytest.approx([1.4 * n for n in layers])
+    # the whole batch's time is unchanged: 32 samples plus one call
+    assert costs.call_ms() + 32 * costs.sample_ms() == pytest.approx(
+        [3.1 * n for n in layers])
+    assert _costs().call_ms() == pytest.approx([0.0] * 5)
+
+
+def _true_ms(costs, factor, start, stop, micro):
+    """One batch of segments ``start:stop`` in ``micro`` calls on a node ``factor`` times
+    slower than the server: what the node measures."""
+    return factor * (32 * costs.sample_ms()[start:stop].sum()
+                     + micro * costs.call_ms()[start:stop].sum())
+
+
+def test_costs_learned_at_one_micro_batch_count_predict_other_counts_and_routes():
+    # a client 6x and helpers 2x slower than the server (registered 4x and 1x): what one
+    # round measures at its route and micro-batch count predicts every other route and
+    # count, because each call's fixed time is charged per call, not folded into a
+    # per-sample speed (one factor per node for whatever it runs)
+    costs = _costs_with_calls()
+    planner = ChainRoundPlanner(costs, lambda c, h: (100.0, 1.0), time_limit=0.3)
+    for h in (1, 2, 3):
+        planner.add_helper(h, 1.0, 4096.0)
+    planner.add_client(21, 4.0, 30.0)
+    plan = planner.plan(1, [21], [1, 2, 3], {21: 2})
+    # the round ran (as if planned) a chain over helpers 1 and 2 in 4 micro-batches
+    plan.routes[21], plan.positions[21], plan.micro_batches[21] = [1, 2], (1, 2, 4), 4
+    q, micro = plan.positions[21], plan.micro_batches[21]
+    compute = _true_ms(costs, 6.0, 0, q[0], 1) + _true_ms(costs, 6.0, q[-1], None, micro)
+    planner.observe_client(21, plan, compute)
+    for i, helper in enumerate(plan.routes[21]):
+        busy = 2 * _true_ms(costs, 2.0, q[i], q[i + 1], micro)
+        planner.observe_helper(helper, plan, {21: busy})
+    p = planner.problem([21], [1, 2, 3]).clients[0]
+    fixed = MICRO_BATCH_OVERHEAD_MS  # per micro-batch and stage, as planned
+    for helpers, cuts in (([1], [1, 4]), ([2], [1, 4]), ([1, 2], [1, 3, 4])):
+        stages, _ = placement_stages(p, helpers, cuts)
+        for m in (1, 2, 8, 32):
+            b = 32 // m
+            assert m * stages[0].time(b) == pytest.approx(
+                _true_ms(costs, 6.0, 0, 1, 1) + _true_ms(costs, 6.0, 4, None, m) + m * fixed)
+            for i, stage in enumerate(stages[1:len(helpers) + 1]):
+                assert m * stage.time(b) == pytest.approx(
+                    _true_ms(costs, 2.0, cuts[i], cuts[i + 1], m) + m * fixed)
 
 
 def test_segments_without_weights_are_merged_into_the_next_one():
