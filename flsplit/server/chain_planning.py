@@ -317,6 +317,10 @@ class ChainRoundPlanner:
                 latency_ms=latency,
                 batch_size=batch,
                 byte_ratio=ratio,
+                # the data plane sends each way at once, one transfer at a time per
+                # direction (its up- and downlink), so micro-batches pipeline through a
+                # link at one direction's time
+                duplex=True,
             ))
         return ChainProblem(problems, name="round")
 

@@ -53,11 +53,12 @@ def client_stages(problem: ChainProblem, k: int, route: ChainRoute) -> ClientSta
     stages, memory = placement_stages(p, list(route.helpers), list(route.cuts))
     n = len(route.helpers)
     client, helpers, links = stages[0], stages[1:n + 1], stages[n + 1:]
-    seq = [(client, OWN), (links[0], OWN)]
+    per = 2 if p.duplex else 1  # a duplex link is two stages, out and back
+    seq = [(client, OWN), *((s, OWN) for s in links[:per])]
     for i, v in enumerate(route.helpers):
         seq.append((helpers[i], v))
         if n >= 2:
-            seq.append((links[i + 1], OWN))
+            seq.extend((s, OWN) for s in links[per * (i + 1):per * (i + 2)])
     return ClientStages([s.time(b) for s, _ in seq], [r for _, r in seq],
                         math.ceil(p.batch_size / b), memory)
 

@@ -79,9 +79,14 @@ def placement_stages(problem: MultihopProblem, helpers: Sequence[int], cuts: Seq
         carried.setdefault((min(u, w), max(u, w)), []).append(cut)
     for (u, w), cut_list in carried.items():
         act = float(sum(problem.activation_kib[q - 1] for q in cut_list))
-        stages.append(Stage(f"link {ids[u]}-{ids[w]}",
-                            2.0 * len(cut_list) * float(problem.latency_ms[u, w]),
-                            per_kib * act / float(problem.link_rate_mbps[u, w])))
+        link = Stage(f"link {ids[u]}-{ids[w]}",
+                     2.0 * len(cut_list) * float(problem.latency_ms[u, w]),
+                     per_kib * act / float(problem.link_rate_mbps[u, w]))
+        if problem.duplex:  # each direction its own stage, half the link's time
+            stages.append(Stage(f"{link.name} out", link.a / 2, link.c / 2))
+            stages.append(Stage(f"{link.name} back", link.a / 2, link.c / 2))
+        else:
+            stages.append(link)
     owners = [(0, client_layers), *((v, np.arange(start, stop)) for v, start, stop
                                     in zip(helpers, cuts[:-1], cuts[1:], strict=True))]
     for v, rng in owners:

@@ -114,8 +114,10 @@ def single_hop(problem: MultihopProblem, tables: StageTables, b: int
         ``(latency, helpers, cuts)``, or ``None`` when no single helper can take the body.
     """
     m1 = math.ceil(problem.batch_size / b) - 1
+    # a duplex link is two stages of half its time (placement_stages)
+    links = [tables.merged / 2] * 2 if problem.duplex else [tables.merged]
     times = np.stack([np.broadcast_to(tables.client, tables.comp.shape), tables.comp,
-                      tables.merged])
+                      *links])
     latency = times.sum(axis=0)
     if m1 > 0:  # (0 * inf would be nan)
         latency = latency + m1 * times.max(axis=0)
@@ -126,15 +128,17 @@ def single_hop(problem: MultihopProblem, tables: StageTables, b: int
     return float(latency.flat[flat]), [int(v) + 1], [int(c1), int(c2)]
 
 
-def _shortest(tables: StageTables, beta: float
+def _shortest(tables: StageTables, beta: float, duplex: bool = False
               ) -> tuple[float, list[int], list[int]] | None:
-    """Chain of two or more helpers with the least stage sum, every stage <= ``beta``.
+    """Chain of two or more helpers with the least stage sum, every stage <= ``beta``
+    (``duplex``: a link is two stages of half its time).
 
     Returns ``(sum, helpers, cuts)`` or ``None``.
     """
     h, n = tables.comp.shape[0], tables.comp.shape[1]
     comp = np.where(tables.comp <= beta, tables.comp, _INF)
-    link = np.where(tables.link <= beta, tables.link, _INF)
+    largest_link = tables.link / 2 if duplex else tables.link
+    link = np.where(largest_link <= beta, tables.link, _INF)
     client = np.where(tables.client <= beta, tables.client, _INF)
     # D[v][c1, x]: v (>= 2nd helper) starts at layer x, head cut c1; pred_node/pred_first
     dist = np.full((h, n, n), _INF)
@@ -181,8 +185,9 @@ def _shortest(tables: StageTables, beta: float
     return best, helpers[::-1], cuts[::-1]
 
 
-def _candidate_values(tables: StageTables) -> np.ndarray:
-    values = np.concatenate([tables.comp.ravel(), tables.client.ravel(), tables.link.ravel()])
+def _candidate_values(tables: StageTables, duplex: bool = False) -> np.ndarray:
+    link = tables.link / 2 if duplex else tables.link
+    values = np.concatenate([tables.comp.ravel(), tables.client.ravel(), link.ravel()])
     return np.unique(values[np.isfinite(values)])
 
 
@@ -205,17 +210,18 @@ def place(problem: MultihopProblem, micro_batch: int) -> tuple[float, list[int],
     best: tuple[float, list[int], list[int]] | None = single_hop(problem, tables, b)
     solves = 0
     if problem.num_helpers >= 2:
-        values = _candidate_values(tables)
+        duplex = problem.duplex
+        values = _candidate_values(tables, duplex)
         beta = _INF
         beta_min = None
         while True:
-            found = _shortest(tables, beta)
+            found = _shortest(tables, beta, duplex)
             solves += 1
             if found is None:
                 break
             total, helpers, cuts = found
             if best is not None and beta_min is None and m1 > 0:
-                beta_min = _smallest_bound(tables, values)
+                beta_min = _smallest_bound(tables, values, duplex)
                 solves += math.ceil(math.log2(max(len(values), 2)))
             if best is not None and total + m1 * (beta_min or 0.0) >= best[0] - 1e-9:
                 break
@@ -236,14 +242,14 @@ def place(problem: MultihopProblem, micro_batch: int) -> tuple[float, list[int],
     return latency, best[1], best[2], solves
 
 
-def _smallest_bound(tables: StageTables, values: np.ndarray) -> float:
+def _smallest_bound(tables: StageTables, values: np.ndarray, duplex: bool = False) -> float:
     """Smallest candidate bound that still admits a chain of >= 2 helpers."""
     lo, hi = 0, len(values) - 1
-    if _shortest(tables, float(values[hi])) is None:
+    if _shortest(tables, float(values[hi]), duplex) is None:
         return float(values[hi])
     while lo < hi:
         mid = (lo + hi) // 2
-        if _shortest(tables, float(values[mid])) is None:
+        if _shortest(tables, float(values[mid]), duplex) is None:
             lo = mid + 1
         else:
             hi = mid

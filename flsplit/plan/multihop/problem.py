@@ -76,6 +76,11 @@ class MultihopProblem:
         ``(H + 1) x L``: fixed time of one call (forward and backward) of each layer on
         each node (ms), paid by every micro-batch of a helper's range and the client's
         tail, once per batch by the client's head; ``None``: 0 (times purely per sample).
+    duplex
+        Links send both ways at once (as the runtime's: one transfer at a time in each
+        direction): each link is two stages, what goes out and what comes back, half the
+        link's time each; micro-batches then pipeline through a link at one direction's
+        time. ``False``: one stage carrying both directions in turn.
     memory_mib
         Memory of each node (MiB).
     layer_memory_mib
@@ -115,6 +120,7 @@ class MultihopProblem:
     meta: dict[str, Any] = field(default_factory=dict)
     byte_ratio: np.ndarray | None = None
     call_ms: np.ndarray | None = None
+    duplex: bool = False
 
     def __post_init__(self) -> None:
         self.sample_ms = np.asarray(self.sample_ms, dtype=float)

@@ -50,6 +50,7 @@ def small_problems(draw):
     if draw(st.booleans()):  # fixed time per call: every micro-batch pays its layers'
         problem.call_ms = np.random.default_rng(seed + 1).uniform(0.0, 30.0,
                                                                   (helpers + 1, layers))
+    problem.duplex = draw(st.booleans())  # each link two stages, out and back
     micro = draw(st.integers(1, batch))
     return problem, micro
 
