@@ -321,6 +321,9 @@ class ChainRoundPlanner:
                 # direction (its up- and downlink), so micro-batches pipeline through a
                 # link at one direction's time
                 duplex=True,
+                # the client's head runs once on the whole batch, forward before its
+                # micro-batches leave and backward after they are back (MicroBatchStep)
+                serial_head=True,
             ))
         return ChainProblem(problems, name="round")
 
@@ -503,7 +506,8 @@ class ChainRoundPlanner:
 
 def stage_timeline(problem: ChainProblem, plan: ChainPlan) -> list[dict[str, Any]]:
     """Every operation of the judged one-batch schedule: client, stage (``client``,
-    ``link``, or the helper), micro-batch, start and end (ms), for Gantt charts."""
+    ``link``, or the helper), micro-batch, start and end (ms), for Gantt charts; a
+    client's serial head is stage ``head`` (its forward first, its backward last)."""
     stages: list[ClientStages] = all_stages(problem, plan.routes)
     ids = problem.client_ids
     hids = problem.helper_ids
@@ -511,7 +515,9 @@ def stage_timeline(problem: ChainProblem, plan: ChainPlan) -> list[dict[str, Any
     pos = dict.fromkeys(plan.orders, 0)
     end = [[0.0] * len(cs.times) for cs in stages]
     done = [[0] * len(cs.times) for cs in stages]
-    ready = [[[0.0] * cs.micro_batches for _ in cs.times] for cs in stages]
+    # a client's first stage starts after its serial head forward (lead_ms)
+    ready = [[[cs.lead_ms if s == 0 else 0.0] * cs.micro_batches
+              for s in range(len(cs.times))] for cs in stages]
     out: list[dict[str, Any]] = []
     progress = True
     while progress:
@@ -541,6 +547,13 @@ def stage_timeline(problem: ChainProblem, plan: ChainPlan) -> list[dict[str, Any
                     out.append({"client": ids[k][1:], "stage": s, "resource": name,
                                 "micro": m, "start": begin, "end": finish})
                     progress = True
+    for k, cs in enumerate(stages):  # the serial head: forward first, backward last
+        if cs.lead_ms or cs.trail_ms:
+            last = end[k][-1]
+            out.append({"client": ids[k][1:], "stage": "head", "resource": "client",
+                        "micro": None, "start": 0.0, "end": cs.lead_ms})
+            out.append({"client": ids[k][1:], "stage": "head", "resource": "client",
+                        "micro": None, "start": last, "end": last + cs.trail_ms})
     return out
 
 

@@ -68,10 +68,11 @@ def make_column(p: MultihopProblem, helpers: Sequence[int], cuts: Sequence[int],
     big_b = p.batch_size
     sizes = np.array(sorted({math.ceil(big_b / m) for m in range(1, big_b + 1)},
                             reverse=True), dtype=float)
-    a = np.array([s.a for s in stages])
-    c = np.array([s.c for s in stages])
+    serial = sum(s.a for s in stages if s.serial)  # once per batch, never the bottleneck
+    a = np.array([s.a for s in stages if not s.serial])
+    c = np.array([s.c for s in stages if not s.serial])
     times = a[None, :] + sizes[:, None] * c[None, :]
-    latency = times.sum(axis=1) + (np.ceil(big_b / sizes) - 1) * times.max(axis=1)
+    latency = serial + times.sum(axis=1) + (np.ceil(big_b / sizes) - 1) * times.max(axis=1)
     fits = np.flatnonzero(latency <= target)
     i = int(fits[0]) if fits.size else int(np.argmin(latency))
     b = int(sizes[i])

@@ -56,7 +56,7 @@ from flsplit.plan.multihop.chain_evaluation import (
     simulate,
 )
 from flsplit.plan.multihop.chain_problem import ChainPlan, ChainProblem, ChainRoute
-from flsplit.plan.multihop.evaluation import placement_stages
+from flsplit.plan.multihop.evaluation import pipeline_latency, placement_stages
 from flsplit.plan.multihop.micro_batch import best_micro_batch
 from flsplit.plan.multihop.placement import place, single_hop, stage_tables
 from flsplit.plan.multihop.problem import MultihopError, MultihopProblem, Stage
@@ -228,8 +228,7 @@ def greedy_one_hop(problem: ChainProblem) -> ChainPlan | None:
                 q = _shaped(p, 1.0 + count, memory)
                 stages, _ = placement_stages(q, list(route.helpers), list(route.cuts))
                 b = route.micro_batch
-                t = sum(s.time(b) for s in stages) + (math.ceil(p.batch_size / b) - 1) * max(
-                    s.time(b) for s in stages)
+                t = pipeline_latency(stages, b, p.batch_size)
                 if t < best_t:
                     best, best_t = route, t
             if best is not None:

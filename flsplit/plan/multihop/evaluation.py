@@ -64,9 +64,15 @@ def placement_stages(problem: MultihopProblem, helpers: Sequence[int], cuts: Seq
     assert call is not None  # set in __post_init__
     # the head runs once per batch (its fixed time spread over the samples), the tail
     # and every helper's range once per micro-batch
-    stages = [Stage(f"compute {ids[0]}", float(problem.overhead_ms[0] + call[0, c2:].sum()),
-                    float(problem.sample_ms[0, client_layers].sum()
-                          + call[0, :c1].sum() / problem.batch_size))]
+    head_ms = float(problem.sample_ms[0, :c1].sum() * problem.batch_size + call[0, :c1].sum())
+    if problem.serial_head:  # the head outside the pipeline: its batch time, once
+        stages = [Stage(f"compute {ids[0]}", float(problem.overhead_ms[0] + call[0, c2:].sum()),
+                        float(problem.sample_ms[0, c2:].sum()))]
+    else:
+        stages = [Stage(f"compute {ids[0]}",
+                        float(problem.overhead_ms[0] + call[0, c2:].sum()),
+                        float(problem.sample_ms[0, client_layers].sum()
+                              + call[0, :c1].sum() / problem.batch_size))]
     memory = {ids[0]: float(mem[client_layers].sum())}
     for v, start, stop in zip(helpers, cuts[:-1], cuts[1:], strict=True):
         stages.append(Stage(f"compute {ids[v]}",
@@ -87,6 +93,8 @@ def placement_stages(problem: MultihopProblem, helpers: Sequence[int], cuts: Seq
             stages.append(Stage(f"{link.name} back", link.a / 2, link.c / 2))
         else:
             stages.append(link)
+    if problem.serial_head:
+        stages.append(Stage(f"head {ids[0]}", head_ms, 0.0, serial=True))
     owners = [(0, client_layers), *((v, np.arange(start, stop)) for v, start, stop
                                     in zip(helpers, cuts[:-1], cuts[1:], strict=True))]
     for v, rng in owners:
@@ -100,9 +108,12 @@ def placement_stages(problem: MultihopProblem, helpers: Sequence[int], cuts: Seq
 
 
 def pipeline_latency(stages: Sequence[Stage], micro_batch: int, batch_size: int) -> float:
-    """``sum_s t_s(b) + (ceil(B / b) - 1) max_s t_s(b)`` (ms)."""
-    times = [s.time(micro_batch) for s in stages]
-    return float(sum(times) + (math.ceil(batch_size / micro_batch) - 1) * max(times))
+    """``sum_s t_s(b) + (ceil(B / b) - 1) max_s t_s(b)`` (ms); a serial stage counts
+    once, outside the maximum."""
+    times = [s.time(micro_batch) for s in stages if not s.serial]
+    serial = sum(s.a for s in stages if s.serial)
+    return float(serial + sum(times)
+                 + (math.ceil(batch_size / micro_batch) - 1) * max(times))
 
 
 def evaluate_placement(problem: MultihopProblem, helpers: Sequence[int], cuts: Sequence[int],

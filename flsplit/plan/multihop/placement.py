@@ -35,6 +35,7 @@ class StageTables:
     client: np.ndarray  # (L+1) x (L+1): client stage for head c1, tail from c2
     link: np.ndarray  # (H+1) x (H+1) x (L+1): link u-w carrying cut q once
     merged: np.ndarray  # H x (L+1) x (L+1): client-v link carrying c1 and c2
+    head: np.ndarray  # (L+1): serial head time for head cut c1 (0 without serial_head)
 
 
 def stage_tables(problem: MultihopProblem, b: int) -> StageTables:
@@ -77,8 +78,14 @@ def stage_tables(problem: MultihopProblem, b: int) -> StageTables:
     ok = upper & (x >= problem.min_head) & (y <= layers - problem.min_tail)
     ok &= (client_bad == 0) & (client_mem <= problem.memory_mib[0] + 1e-9)
     # the head's fixed time once per batch, the tail's per micro-batch (placement_stages)
-    client_fixed = (b * calls[0][:, None] / problem.batch_size
-                    + (calls[0, -1] - calls[0][None, :]))
+    tail_fixed = calls[0, -1] - calls[0][None, :]
+    head = np.zeros(layers + 1)
+    if problem.serial_head:  # the head outside the pipeline (placement_stages)
+        head = cum[0] * problem.batch_size + calls[0]
+        client_ms = np.broadcast_to(total - cum[0][None, :], client_ms.shape)
+        client_fixed = tail_fixed
+    else:
+        client_fixed = b * calls[0][:, None] / problem.batch_size + tail_fixed
     client = np.where(ok, problem.overhead_ms[0] + b * client_ms + client_fixed, _INF)
     act = np.concatenate([[_INF], problem.activation_kib])  # cut q carries act[q - 1]
     rate = np.where(problem.rate_mbps > 0, problem.link_rate_mbps, np.nan)
@@ -92,7 +99,7 @@ def stage_tables(problem: MultihopProblem, b: int) -> StageTables:
         if problem.rate_mbps[0, v] > 0:
             merged[v - 1] = (4.0 * problem.latency_ms[0, v]
                              + per[0, v] * (act[:, None] + act[None, :]))
-    return StageTables(comp, client, link, merged)
+    return StageTables(comp, client, link, merged, head)
 
 
 def single_hop(problem: MultihopProblem, tables: StageTables, b: int
@@ -118,7 +125,7 @@ def single_hop(problem: MultihopProblem, tables: StageTables, b: int
     links = [tables.merged / 2] * 2 if problem.duplex else [tables.merged]
     times = np.stack([np.broadcast_to(tables.client, tables.comp.shape), tables.comp,
                       *links])
-    latency = times.sum(axis=0)
+    latency = times.sum(axis=0) + tables.head[None, :, None]
     if m1 > 0:  # (0 * inf would be nan)
         latency = latency + m1 * times.max(axis=0)
     flat = int(np.argmin(latency))
@@ -155,7 +162,7 @@ def _shortest(tables: StageTables, beta: float, duplex: bool = False
             later = np.take_along_axis(total, arg[:, None, :], axis=1)[:, 0, :]
             arg_x[v] = arg
             # end the chain at v: link back to the client and the client's own stage
-            end = later + link[v + 1, 0][None, :] + client
+            end = later + link[v + 1, 0][None, :] + client + tables.head[:, None]
             flat = int(np.argmin(end))
             if end.flat[flat] < best:
                 best, best_end = float(end.flat[flat]), (v, *np.unravel_index(flat, end.shape))
@@ -231,7 +238,7 @@ def place(problem: MultihopProblem, micro_batch: int) -> tuple[float, list[int],
             if m1 == 0:
                 break
             stages, _ = placement_stages(problem, helpers, cuts)
-            largest = max(s.time(b) for s in stages)
+            largest = max(s.time(b) for s in stages if not s.serial)
             pos = int(np.searchsorted(values, largest * (1 - 1e-12) - 1e-12, side="left"))
             if pos == 0:
                 break

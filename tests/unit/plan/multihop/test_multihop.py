@@ -51,6 +51,7 @@ def small_problems(draw):
         problem.call_ms = np.random.default_rng(seed + 1).uniform(0.0, 30.0,
                                                                   (helpers + 1, layers))
     problem.duplex = draw(st.booleans())  # each link two stages, out and back
+    problem.serial_head = draw(st.booleans())  # the head once per batch, outside
     micro = draw(st.integers(1, batch))
     return problem, micro
 
@@ -263,3 +264,27 @@ def test_fixed_time_per_call_makes_the_placement_cut_fewer_micro_batches():
     assert costly.latency_ms == pytest.approx(
         evaluate_placement(problem, helpers, costly.cuts, costly.micro_batch))
     assert costly.latency_ms < evaluate_placement(problem, helpers, costly.cuts, 1)
+
+
+def test_a_serial_head_is_paid_once_per_batch_outside_the_pipeline():
+    # the runtime runs the head once on the whole batch before the micro-batches leave
+    # and its backward after they are back: it does not overlap the links
+    problem = random_problem(5, 2, seed=5, batch_size=32)
+    problem.call_ms = np.full((3, 5), 3.0)
+    problem.memory_mib[:] = 1e6
+    piped, _ = placement_stages(problem, [1], [2, 4])
+    problem.serial_head = True
+    serial, _ = placement_stages(problem, [1], [2, 4])
+    head = [s for s in serial if s.serial]
+    sample = problem.sample_ms[0]
+    assert [(s.a, s.c) for s in head] == [(pytest.approx(32 * sample[:2].sum() + 6.0), 0.0)]
+    assert serial[0].a == piped[0].a and serial[0].c == pytest.approx(sample[4])
+    for b in (1, 4, 32):
+        stages = [s for s in serial if not s.serial]
+        m = 32 // b
+        expected = head[0].a + sum(s.time(b) for s in stages) + (m - 1) * max(
+            s.time(b) for s in stages)
+        assert pipeline_latency(serial, b, 32) == pytest.approx(expected)
+    # one micro-batch: the same latency either way; many: the head no longer overlaps
+    assert pipeline_latency(serial, 32, 32) == pytest.approx(pipeline_latency(piped, 32, 32))
+    assert pipeline_latency(serial, 1, 32) > pipeline_latency(piped, 1, 32)
