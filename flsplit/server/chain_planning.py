@@ -452,7 +452,12 @@ class ChainRoundPlanner:
         # the client's own path, so the span grows by as much)
         compute_gap = stage_ms - self._planned_compute_ms(node, round_plan) if measured else 0.0
         if start_offset_ms is not None:
-            speed.start_offset_ms = blend(speed.start_offset_ms, start_offset_ms)
+            # always averaged in, from 0 (not replaced by the first one measured): a
+            # client's offset is mostly the round's scheduling of its start, which varies
+            # from round to round (on examples/multihop uncorrelated between rounds), so
+            # one late start moves the next prediction by part of it only
+            speed.start_offset_ms = (self.smoothing * start_offset_ms
+                                     + (1 - self.smoothing) * speed.start_offset_ms)
         if span_ms is not None and node in round_plan.finish_ms:
             batches = round_plan.batches.get(node, 1)
             extra = (span_ms / batches - round_plan.finish_ms[node] - compute_gap) / micro
