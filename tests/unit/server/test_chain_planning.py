@@ -317,6 +317,9 @@ def test_the_strategy_sends_every_client_its_planned_route_cuts_and_micro_batche
     entry = strategy.history[-1]
     assert entry["chains"]["routes"] == {str(c): r for c, r in plan.routes.items()}
     assert entry["predicted_ms"] == plan.predicted_ms and entry["measured_ms"] is not None
+    # what each client measured is kept next to the prediction (FakeNode: 1 ms stages)
+    assert set(entry["client_measured_ms"]) == {"21", "22"}
+    assert entry["client_measured_ms"]["21"]["stage3"] == pytest.approx(1.0)
     assert "predicted_stages" not in strategy.state()["history"][-1]
     # the Gantt chart draws every hop, planned and measured
     from flsplit.plan.multihop.chain_gantt import chain_round_gantt
