@@ -29,7 +29,7 @@ def _check_chain(problem: MultihopProblem, helpers: Sequence[int], cuts: Sequenc
             and all(a < b for a, b in itertools.pairwise(cuts))):
         raise MultihopError("placement", f"cuts {list(cuts)} are not increasing within "
                             f"[{problem.min_head}, {layers - problem.min_tail}]")
-    route = [0, *helpers, 0]
+    route = [0, *helpers] if problem.return_along and k >= 2 else [0, *helpers, 0]
     for u, w in itertools.pairwise(route):
         if problem.rate_mbps[u, w] <= 0:
             raise MultihopError("placement", f"no link {problem.node_ids[u]!r} - "
@@ -81,8 +81,13 @@ def placement_stages(problem: MultihopProblem, helpers: Sequence[int], cuts: Seq
         memory[ids[v]] = float(mem[start:stop].sum())
     route = [0, *helpers, 0]
     carried: dict[tuple[int, int], list[int]] = {}
-    for (u, w), cut in zip(itertools.pairwise(route), cuts, strict=True):
-        carried.setdefault((min(u, w), max(u, w)), []).append(cut)
+    if problem.return_along and len(helpers) >= 2:
+        # every hop out carries its cut, and the last cut back along the chain
+        for (u, w), cut in zip(itertools.pairwise([0, *helpers]), cuts, strict=False):
+            carried[(u, w)] = [cut, c2]
+    else:
+        for (u, w), cut in zip(itertools.pairwise(route), cuts, strict=True):
+            carried.setdefault((min(u, w), max(u, w)), []).append(cut)
     for (u, w), cut_list in carried.items():
         act = float(sum(problem.activation_kib[q - 1] for q in cut_list))
         link = Stage(f"link {ids[u]}-{ids[w]}",

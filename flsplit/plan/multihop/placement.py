@@ -239,6 +239,9 @@ def place(problem: MultihopProblem, micro_batch: int) -> tuple[float, list[int],
                 break
             stages, _ = placement_stages(problem, helpers, cuts)
             largest = max(s.time(b) for s in stages if not s.serial)
+            # below the bound searched (a judged stage may exceed the DP's, with
+            # return_along), so the bound always falls
+            largest = min(largest, beta)
             pos = int(np.searchsorted(values, largest * (1 - 1e-12) - 1e-12, side="left"))
             if pos == 0:
                 break

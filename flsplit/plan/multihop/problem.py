@@ -87,6 +87,13 @@ class MultihopProblem:
         micro-batches do): the head's batch time is serial, outside the pipeline, and
         the client's stage per micro-batch is its tail. ``False``: head and tail one
         stage per micro-batch.
+    return_along
+        A chain's output returns to the client along the chain, as the runtime relays
+        it: the last cut crosses every helper-helper hop back and the client's link to
+        its first helper, which so carries both cuts; no link from the last helper to
+        the client is used. ``False``: it returns over the last helper's own link. The
+        exact placement (:func:`~flsplit.plan.multihop.placement.place`) searches chains
+        of the ``False`` model and judges them with this one.
     memory_mib
         Memory of each node (MiB).
     layer_memory_mib
@@ -128,6 +135,7 @@ class MultihopProblem:
     call_ms: np.ndarray | None = None
     duplex: bool = False
     serial_head: bool = False
+    return_along: bool = False
 
     def __post_init__(self) -> None:
         self.sample_ms = np.asarray(self.sample_ms, dtype=float)

@@ -288,3 +288,19 @@ def test_a_serial_head_is_paid_once_per_batch_outside_the_pipeline():
     # one micro-batch: the same latency either way; many: the head no longer overlaps
     assert pipeline_latency(serial, 32, 32) == pytest.approx(pipeline_latency(piped, 32, 32))
     assert pipeline_latency(serial, 1, 32) > pipeline_latency(piped, 1, 32)
+
+
+@settings(max_examples=150, deadline=None)
+@given(small_problems())
+def test_placement_with_chains_returning_along_them_is_judged_by_that_model(case):
+    # the exact search is of chains returning over their last helper's own link; with
+    # return_along it still ends, and what it returns is judged by the model it plans
+    problem, micro = case
+    problem.return_along = True
+    expected = brute_force(problem, micro)
+    try:
+        latency, helpers, cuts, _ = place(problem, micro)
+    except MultihopError:
+        return
+    assert latency == pytest.approx(evaluate_placement(problem, helpers, cuts, micro))
+    assert expected is not None and latency >= expected[0] - 1e-9
