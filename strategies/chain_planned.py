@@ -118,10 +118,14 @@ class ChainPlannedSplitStrategy(PlannedSplitStrategy):
             offset = None if node in warming else 1000.0 * (spans[node][0] - first)
             # the steady state's time per batch (the first batch and the set-up before it
             # left out) for every batch; a client that does not report it: its span
+            whole = 1000.0 * (spans[node][1] - spans[node][0])
             span = (result.steady_batch_ms * plan.batches.get(node, 1)
-                    if result.steady_batch_ms > 0
-                    else 1000.0 * (spans[node][1] - spans[node][0]))
-            self.planner.observe_client(node, plan, compute, offset, span)
+                    if result.steady_batch_ms > 0 else whole)
+            # the round's first batch beyond a steady one: set-up every round repeats
+            # (the helpers' body copies and optimizers), a process's first round more
+            setup = (whole - span if result.steady_batch_ms > 0 and node not in warming
+                     else None)
+            self.planner.observe_client(node, plan, compute, offset, span, setup)
             if node in warming:
                 self.planner.mark_provisional(node)
         timeline = []

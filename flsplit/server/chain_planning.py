@@ -66,6 +66,9 @@ class NodeSpeed:
     memory_mib: float = UNLIMITED_MIB
     measured: bool = False
     start_offset_ms: float = 0.0  # a client: how long after the round's first it starts
+    #: a client: what its round's first batch took beyond a steady one (the pieces and
+    #: optimizers every round sets up), learned from its measured spans
+    setup_ms: float = 0.0
     #: a client: time per micro-batch its rounds took beyond the plan (data-plane calls,
     #: thread hand-offs, waits the model does not see), learned from its measured spans
     overhead_ms: float = 0.0
@@ -324,6 +327,9 @@ class ChainRoundPlanner:
                 # the client's head runs once on the whole batch, forward before its
                 # micro-batches leave and backward after they are back (MicroBatchStep)
                 serial_head=True,
+                # a chain's output comes back along the chain (ChainRelay), over the
+                # client's link to its first helper
+                return_along=True,
             ))
         return ChainProblem(problems, name="round")
 
@@ -372,7 +378,8 @@ class ChainRoundPlanner:
             del end
         finish_ms = dict(zip(planned, (float(f) for f in finish), strict=True))
         counts = {c: max(int(batches.get(c, 1)), 1) for c in planned}
-        predicted = max(self.clients[c].start_offset_ms + counts[c] * finish_ms[c]
+        predicted = max(self.clients[c].start_offset_ms + self.clients[c].setup_ms
+                        + counts[c] * finish_ms[c]
                         for c in planned)
         return ChainRoundPlan(
             problem=problem, plan=plan, routes=routes, cuts=cuts, micro_batches=micro,
@@ -423,11 +430,14 @@ class ChainRoundPlanner:
 
     def observe_client(self, node: int, round_plan: ChainRoundPlan, stage_ms: float | None,
                        start_offset_ms: float | None = None,
-                       span_ms: float | None = None) -> None:
+                       span_ms: float | None = None,
+                       setup_ms: float | None = None) -> None:
         """Learn a client's speed from its measured compute per batch (ms: its head and
         tail compute; ``None``: not measured), how long after the round's first client
-        it started, and from its round's span (first batch to last) its time per
-        micro-batch beyond the plan.
+        it started, from its round's span (its steady batches) its time per
+        micro-batch beyond the plan, and ``setup_ms``, what its first batch took beyond
+        a steady one (every round sets up the client's pieces and optimizers; the
+        prediction adds it once per round).
 
         The span's excess over the plan is charged to the per-micro-batch overhead only
         for what the measured compute does not explain: compute scales with the samples,
@@ -458,6 +468,8 @@ class ChainRoundPlanner:
             # one late start moves the next prediction by part of it only
             speed.start_offset_ms = (self.smoothing * start_offset_ms
                                      + (1 - self.smoothing) * speed.start_offset_ms)
+        if setup_ms is not None:
+            speed.setup_ms = blend(speed.setup_ms, max(setup_ms, 0.0))
         if span_ms is not None and node in round_plan.finish_ms:
             batches = round_plan.batches.get(node, 1)
             extra = (span_ms / batches - round_plan.finish_ms[node] - compute_gap) / micro
