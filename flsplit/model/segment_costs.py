@@ -164,11 +164,13 @@ def segment_costs(task: Any, config: Mapping[str, Any]) -> SegmentCosts:
     example = task.example_input(settings.as_dict())
     batch = batch_like(example, settings.batch_size)
     cuts = candidate_cuts(model, example)
-    profile = profile_model(model, batch, cuts=cuts, repeats=5, warmup=2)
+    # own time: the server profiles while the nodes start (on one machine, a simulation
+    # busy with them), and waiting for a core is not the segments' cost
+    profile = profile_model(model, batch, cuts=cuts, repeats=5, warmup=2, own_time=True)
     costs = SegmentCosts.from_profile(profile, settings.batch_size)
     small_batch = min(SMALL_BATCH, settings.batch_size // 2)
     if small_batch < 1:
         return costs
     small = profile_model(model, batch_like(example, small_batch), cuts=cuts, repeats=5,
-                          warmup=2)
+                          warmup=2, own_time=True)
     return costs.with_calls(SegmentCosts.from_profile(small, small_batch))
