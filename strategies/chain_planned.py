@@ -118,10 +118,14 @@ class ChainPlannedSplitStrategy(PlannedSplitStrategy):
             offset = None if node in warming else 1000.0 * (spans[node][0] - first)
             # the steady state's time per batch (the first batch and the set-up before it
             # left out) for every batch; a client that does not report it: its span
+            whole = 1000.0 * (spans[node][1] - spans[node][0])
             span = (result.steady_batch_ms * plan.batches.get(node, 1)
-                    if result.steady_batch_ms > 0
-                    else 1000.0 * (spans[node][1] - spans[node][0]))
-            self.planner.observe_client(node, plan, compute, offset, span)
+                    if result.steady_batch_ms > 0 else whole)
+            # the round's first batch beyond a steady one: set-up every round repeats
+            # (the helpers' body copies and optimizers), a process's first round more
+            setup = (whole - span if result.steady_batch_ms > 0 and node not in warming
+                     else None)
+            self.planner.observe_client(node, plan, compute, offset, span, setup)
             if node in warming:
                 self.planner.mark_provisional(node)
         timeline = []
@@ -165,6 +169,14 @@ class ChainPlannedSplitStrategy(PlannedSplitStrategy):
                 {**t, "start": 1000 * (t["start"] - origin), "end": 1000 * (t["end"] - origin)}
                 for t in timeline
             ] if origin is not None else [],
+            # what each client measured (means per batch, steady state): the data the
+            # planner learns from, kept to check its model against
+            "client_measured_ms": {
+                str(n): {"stage1": r.stage1_ms, "stage3": r.stage3_ms, "stage5": r.stage5_ms,
+                         "load": r.load_ms, "helper_service": r.helper_service_ms,
+                         "steady_batch": r.steady_batch_ms}
+                for n, r in results.items()
+            },
             "left_out": plan.left_out,
             "failures": [failure.to_dict() for failure in failures],
         }

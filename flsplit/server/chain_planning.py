@@ -66,6 +66,9 @@ class NodeSpeed:
     memory_mib: float = UNLIMITED_MIB
     measured: bool = False
     start_offset_ms: float = 0.0  # a client: how long after the round's first it starts
+    #: a client: what its round's first batch took beyond a steady one (the pieces and
+    #: optimizers every round sets up), learned from its measured spans
+    setup_ms: float = 0.0
     #: a client: time per micro-batch its rounds took beyond the plan (data-plane calls,
     #: thread hand-offs, waits the model does not see), learned from its measured spans
     overhead_ms: float = 0.0
@@ -271,6 +274,7 @@ class ChainRoundPlanner:
         """One batch of each client over the helpers (in the given route order)."""
         costs = self.costs
         per_sample = costs.sample_ms()
+        per_call = costs.call_ms()
         batch = costs.batch_size
         layers = costs.num_segments
         memory = costs.profile.memory_kib / 1024.0
@@ -306,6 +310,9 @@ class ChainRoundPlanner:
                 sample_ms=np.array([per_sample * s.factor for s in speeds]),
                 runnable=np.ones((n, layers), dtype=bool),
                 overhead_ms=overhead,
+                # a node's fixed time per call is its factor times the server's, as its
+                # time per sample: the factor is learned from both (_server_ms)
+                call_ms=np.array([per_call * s.factor for s in speeds]),
                 memory_mib=np.array([s.memory_mib for s in speeds]),
                 layer_memory_mib=memory,
                 activation_kib=activation,
@@ -313,6 +320,16 @@ class ChainRoundPlanner:
                 latency_ms=latency,
                 batch_size=batch,
                 byte_ratio=ratio,
+                # the data plane sends each way at once, one transfer at a time per
+                # direction (its up- and downlink), so micro-batches pipeline through a
+                # link at one direction's time
+                duplex=True,
+                # the client's head runs once on the whole batch, forward before its
+                # micro-batches leave and backward after they are back (MicroBatchStep)
+                serial_head=True,
+                # a chain's output comes back along the chain (ChainRelay), over the
+                # client's link to its first helper
+                return_along=True,
             ))
         return ChainProblem(problems, name="round")
 
@@ -361,7 +378,8 @@ class ChainRoundPlanner:
             del end
         finish_ms = dict(zip(planned, (float(f) for f in finish), strict=True))
         counts = {c: max(int(batches.get(c, 1)), 1) for c in planned}
-        predicted = max(self.clients[c].start_offset_ms + counts[c] * finish_ms[c]
+        predicted = max(self.clients[c].start_offset_ms + self.clients[c].setup_ms
+                        + counts[c] * finish_ms[c]
                         for c in planned)
         return ChainRoundPlan(
             problem=problem, plan=plan, routes=routes, cuts=cuts, micro_batches=micro,
@@ -412,11 +430,14 @@ class ChainRoundPlanner:
 
     def observe_client(self, node: int, round_plan: ChainRoundPlan, stage_ms: float | None,
                        start_offset_ms: float | None = None,
-                       span_ms: float | None = None) -> None:
+                       span_ms: float | None = None,
+                       setup_ms: float | None = None) -> None:
         """Learn a client's speed from its measured compute per batch (ms: its head and
         tail compute; ``None``: not measured), how long after the round's first client
-        it started, and from its round's span (first batch to last) its time per
-        micro-batch beyond the plan.
+        it started, from its round's span (its steady batches) its time per
+        micro-batch beyond the plan, and ``setup_ms``, what its first batch took beyond
+        a steady one (every round sets up the client's pieces and optimizers; the
+        prediction adds it once per round).
 
         The span's excess over the plan is charged to the per-micro-batch overhead only
         for what the measured compute does not explain: compute scales with the samples,
@@ -433,18 +454,24 @@ class ChainRoundPlanner:
                 self.smoothing * new + (1 - self.smoothing) * old)
 
         q = round_plan.positions[node]
-        per_sample = self.costs.sample_ms()
-        own = float(per_sample[:q[0]].sum() + per_sample[q[-1]:].sum())
-        predicted = own * self.costs.batch_size  # one batch's compute on the server
+        micro = round_plan.micro_batches.get(node, 1)
+        # one batch of its head and tail on the server, as the plan ran them
+        predicted = self._server_ms(0, q[0], 1) + self._server_ms(q[-1], None, micro)
         measured = predicted > 0 and stage_ms is not None and stage_ms > 0
         # the compute this round took beyond what the plan gave it (its batches lie on
         # the client's own path, so the span grows by as much)
         compute_gap = stage_ms - self._planned_compute_ms(node, round_plan) if measured else 0.0
         if start_offset_ms is not None:
-            speed.start_offset_ms = blend(speed.start_offset_ms, start_offset_ms)
+            # always averaged in, from 0 (not replaced by the first one measured): a
+            # client's offset is mostly the round's scheduling of its start, which varies
+            # from round to round (on examples/multihop uncorrelated between rounds), so
+            # one late start moves the next prediction by part of it only
+            speed.start_offset_ms = (self.smoothing * start_offset_ms
+                                     + (1 - self.smoothing) * speed.start_offset_ms)
+        if setup_ms is not None:
+            speed.setup_ms = blend(speed.setup_ms, max(setup_ms, 0.0))
         if span_ms is not None and node in round_plan.finish_ms:
             batches = round_plan.batches.get(node, 1)
-            micro = round_plan.micro_batches.get(node, 1)
             extra = (span_ms / batches - round_plan.finish_ms[node] - compute_gap) / micro
             speed.overhead_ms = blend(speed.overhead_ms, max(speed.overhead_ms + extra, 0.0))
         if not measured:
@@ -452,14 +479,24 @@ class ChainRoundPlanner:
             return
         self._blend(speed, stage_ms / predicted)
 
+    def _server_ms(self, start: int, stop: int | None, micro_batches: int) -> float:
+        """One batch of segments ``start:stop`` on the server, cut into
+        ``micro_batches`` calls: every call pays the segments' fixed time."""
+        sample = self.costs.sample_ms()[start:stop].sum()
+        call = self.costs.call_ms()[start:stop].sum()
+        return float(sample * self.costs.batch_size + micro_batches * call)
+
     def _planned_compute_ms(self, node: int, round_plan: ChainRoundPlan) -> float:
-        """The compute per batch the plan gave client ``node`` (head and tail, at the
-        speed it planned with)."""
+        """The compute per batch the plan gave client ``node`` (head once, tail per
+        micro-batch, at the speed it planned with)."""
         q = round_plan.positions[node]
+        micro = round_plan.micro_batches.get(node, 1)
         for p in round_plan.problem.clients:
             if p.node_ids[0] == f"c{node}":
-                sample = p.sample_ms[0]
-                return float(sample[:q[0]].sum() + sample[q[-1]:].sum()) * p.batch_size
+                assert p.call_ms is not None  # set in __post_init__
+                sample, call = p.sample_ms[0], p.call_ms[0]
+                return float((sample[:q[0]].sum() + sample[q[-1]:].sum()) * p.batch_size
+                             + call[:q[0]].sum() + micro * call[q[-1]:].sum())
         return 0.0
 
     def observe_helper(self, node: int, round_plan: ChainRoundPlan,
@@ -469,7 +506,6 @@ class ChainRoundPlanner:
         speed = self.helpers.get(node)
         if speed is None:
             return
-        per_sample = self.costs.sample_ms()
         predicted = measured = 0.0
         for client, ms in busy_ms.items():
             route = round_plan.routes.get(client)
@@ -478,7 +514,8 @@ class ChainRoundPlanner:
             i = route.index(node)
             q = round_plan.positions[client]
             batches = round_plan.batches.get(client, 1)
-            predicted += float(per_sample[q[i]:q[i + 1]].sum()) * self.costs.batch_size * batches
+            micro = round_plan.micro_batches.get(client, 1)
+            predicted += self._server_ms(q[i], q[i + 1], micro) * batches
             measured += ms
         if predicted > 0 and measured > 0:
             self._blend(speed, measured / predicted)
@@ -486,7 +523,8 @@ class ChainRoundPlanner:
 
 def stage_timeline(problem: ChainProblem, plan: ChainPlan) -> list[dict[str, Any]]:
     """Every operation of the judged one-batch schedule: client, stage (``client``,
-    ``link``, or the helper), micro-batch, start and end (ms), for Gantt charts."""
+    ``link``, or the helper), micro-batch, start and end (ms), for Gantt charts; a
+    client's serial head is stage ``head`` (its forward first, its backward last)."""
     stages: list[ClientStages] = all_stages(problem, plan.routes)
     ids = problem.client_ids
     hids = problem.helper_ids
@@ -494,7 +532,9 @@ def stage_timeline(problem: ChainProblem, plan: ChainPlan) -> list[dict[str, Any
     pos = dict.fromkeys(plan.orders, 0)
     end = [[0.0] * len(cs.times) for cs in stages]
     done = [[0] * len(cs.times) for cs in stages]
-    ready = [[[0.0] * cs.micro_batches for _ in cs.times] for cs in stages]
+    # a client's first stage starts after its serial head forward (lead_ms)
+    ready = [[[cs.lead_ms if s == 0 else 0.0] * cs.micro_batches
+              for s in range(len(cs.times))] for cs in stages]
     out: list[dict[str, Any]] = []
     progress = True
     while progress:
@@ -524,6 +564,13 @@ def stage_timeline(problem: ChainProblem, plan: ChainPlan) -> list[dict[str, Any
                     out.append({"client": ids[k][1:], "stage": s, "resource": name,
                                 "micro": m, "start": begin, "end": finish})
                     progress = True
+    for k, cs in enumerate(stages):  # the serial head: forward first, backward last
+        if cs.lead_ms or cs.trail_ms:
+            last = end[k][-1]
+            out.append({"client": ids[k][1:], "stage": "head", "resource": "client",
+                        "micro": None, "start": 0.0, "end": cs.lead_ms})
+            out.append({"client": ids[k][1:], "stage": "head", "resource": "client",
+                        "micro": None, "start": last, "end": last + cs.trail_ms})
     return out
 
 

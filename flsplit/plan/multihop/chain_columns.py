@@ -68,10 +68,11 @@ def make_column(p: MultihopProblem, helpers: Sequence[int], cuts: Sequence[int],
     big_b = p.batch_size
     sizes = np.array(sorted({math.ceil(big_b / m) for m in range(1, big_b + 1)},
                             reverse=True), dtype=float)
-    a = np.array([s.a for s in stages])
-    c = np.array([s.c for s in stages])
+    serial = sum(s.a for s in stages if s.serial)  # once per batch, never the bottleneck
+    a = np.array([s.a for s in stages if not s.serial])
+    c = np.array([s.c for s in stages if not s.serial])
     times = a[None, :] + sizes[:, None] * c[None, :]
-    latency = times.sum(axis=1) + (np.ceil(big_b / sizes) - 1) * times.max(axis=1)
+    latency = serial + times.sum(axis=1) + (np.ceil(big_b / sizes) - 1) * times.max(axis=1)
     fits = np.flatnonzero(latency <= target)
     i = int(fits[0]) if fits.size else int(np.argmin(latency))
     b = int(sizes[i])
@@ -79,7 +80,8 @@ def make_column(p: MultihopProblem, helpers: Sequence[int], cuts: Sequence[int],
     work = np.zeros(p.num_helpers)
     memory = np.zeros(p.num_helpers)
     for v, x, z in zip(helpers, cuts[:-1], cuts[1:], strict=True):
-        work[v - 1] = m * p.overhead_ms[v] + big_b * float(p.sample_ms[v, x:z].sum())
+        work[v - 1] = (m * (p.overhead_ms[v] + float(p.call_ms[v, x:z].sum()))
+                       + big_b * float(p.sample_ms[v, x:z].sum()))
         memory[v - 1] = float(p.layer_memory_mib[x:z].sum())
     return Column(tuple(int(v) for v in helpers), tuple(int(c) for c in cuts), b,
                   tuple(work), tuple(memory), float(latency[i]))
@@ -118,7 +120,10 @@ def price_routes(clients: Sequence[MultihopProblem], options: Sequence[np.ndarra
     live = [k for k, o in enumerate(options) if o.size]
     if not live:
         return out
-    cost = np.where(p0.runnable[1:], y[:, None] * big_b * p0.sample_ms[1:]
+    # a layer's fixed time per call is paid per micro-batch: priced at as many as a hop
+    assert p0.call_ms is not None  # set in __post_init__
+    cost = np.where(p0.runnable[1:], y[:, None] * (big_b * p0.sample_ms[1:]
+                                                   + PRICED_MICRO_BATCHES * p0.call_ms[1:])
                     + pi[:, None] * p0.layer_memory_mib[None, :], inf)  # (H, L)
     hop = y * hop_ms
     # forward[g, h]: a hop from helper g to a later helper h exists
@@ -295,8 +300,9 @@ def column_routes(problem: ChainProblem, options: Sequence[np.ndarray], limit: f
 
     groups: dict[tuple, list[int]] = {}
     for k, p in enumerate(problem.clients):
+        assert p.call_ms is not None  # set in __post_init__
         key = (p.batch_size, p.sample_ms[1:].tobytes(), p.runnable[1:].tobytes(),
-               p.overhead_ms[1:].tobytes())
+               p.overhead_ms[1:].tobytes(), p.call_ms[1:].tobytes())
         groups.setdefault(key, []).append(k)
     groups = list(groups.values())  # type: ignore[assignment]
     hop_ms = problem.clients[0].overhead_ms[1:] * PRICED_MICRO_BATCHES

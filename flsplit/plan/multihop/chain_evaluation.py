@@ -34,12 +34,17 @@ class ClientStages:
 
     ``times[s]`` is stage ``s``'s time per micro-batch (ms), ``resources[s]`` the helper
     index running it (``OWN`` = the client or one of its links), ``micro_batches`` = ``M``.
+    ``lead_ms`` and ``trail_ms``: the client's serial head (``serial_head``), its forward
+    before the first micro-batch and its backward after the last (a third and two thirds
+    of its batch time, a backward costing about two forwards).
     """
 
     times: list[float]
     resources: list[int]
     micro_batches: int
     memory: dict[str, float]
+    lead_ms: float = 0.0
+    trail_ms: float = 0.0
 
 
 def client_stages(problem: ChainProblem, k: int, route: ChainRoute) -> ClientStages:
@@ -51,15 +56,18 @@ def client_stages(problem: ChainProblem, k: int, route: ChainRoute) -> ClientSta
         raise MultihopError("placement", f"client {p.node_ids[0]!r}: micro-batch {b} not in "
                             f"1 .. {p.batch_size}")
     stages, memory = placement_stages(p, list(route.helpers), list(route.cuts))
+    head = sum(s.a for s in stages if s.serial)
+    stages = [s for s in stages if not s.serial]
     n = len(route.helpers)
     client, helpers, links = stages[0], stages[1:n + 1], stages[n + 1:]
-    seq = [(client, OWN), (links[0], OWN)]
+    per = 2 if p.duplex else 1  # a duplex link is two stages, out and back
+    seq = [(client, OWN), *((s, OWN) for s in links[:per])]
     for i, v in enumerate(route.helpers):
         seq.append((helpers[i], v))
         if n >= 2:
-            seq.append((links[i + 1], OWN))
+            seq.extend((s, OWN) for s in links[per * (i + 1):per * (i + 2)])
     return ClientStages([s.time(b) for s, _ in seq], [r for _, r in seq],
-                        math.ceil(p.batch_size / b), memory)
+                        math.ceil(p.batch_size / b), memory, head / 3, 2 * head / 3)
 
 
 def check_memory(problem: ChainProblem, stages: Sequence[ClientStages]) -> None:
@@ -136,7 +144,7 @@ def simulate(stages: Sequence[ClientStages], orders: dict[int, list[ChainTask]]
         if s > 0 and done[k][s - 1] <= m:
             continue
         v = cs.resources[s]
-        ready = arrivals[k][s][m] if s > 0 else 0.0
+        ready = arrivals[k][s][m] if s > 0 else cs.lead_ms
         if v != OWN:
             tasks = orders[v]
             if pos[v] >= len(tasks) or tasks[pos[v]] != (k, m):
@@ -160,7 +168,7 @@ def simulate(stages: Sequence[ClientStages], orders: dict[int, list[ChainTask]]
         stack.append((k, s))
     if left:
         raise MultihopError("orders", "the helpers' task orders deadlock")
-    finish = [end[k][-1] for k in range(len(stages))]
+    finish = [end[k][-1] + cs.trail_ms for k, cs in enumerate(stages)]
     return max(finish), finish
 
 
@@ -214,7 +222,7 @@ def list_schedule(stages: Sequence[ClientStages], priority: Sequence[float] | No
 
     for k, cs in enumerate(stages):
         for m in range(cs.micro_batches):
-            arrive(k, 0, m, 0.0)
+            arrive(k, 0, m, cs.lead_ms)
     while heap:
         est, pri, k, s = heapq.heappop(heap)
         cs = stages[k]
@@ -236,7 +244,7 @@ def list_schedule(stages: Sequence[ClientStages], priority: Sequence[float] | No
             arrive(k, s + 1, m, finish)
         if len(arrivals[k][s]) > m + 1:  # the next micro-batch is already waiting
             heapq.heappush(heap, (arrivals[k][s][m + 1], rank(k, s, m + 1), k, s))
-    return orders, [end[k][-1] for k in range(k_count)]
+    return orders, [end[k][-1] + stages[k].trail_ms for k in range(k_count)]
 
 
 def evaluate_chain(problem: ChainProblem, plan: ChainPlan) -> float:

@@ -61,7 +61,7 @@ from flsplit.plan.multihop.chain_evaluation import (
     simulate,
 )
 from flsplit.plan.multihop.chain_problem import ChainPlan, ChainProblem, ChainRoute, ChainTask
-from flsplit.plan.multihop.evaluation import placement_stages
+from flsplit.plan.multihop.evaluation import pipeline_latency, placement_stages
 from flsplit.plan.multihop.micro_batch import best_micro_batch
 from flsplit.plan.multihop.placement import place, single_hop, stage_tables
 from flsplit.plan.multihop.problem import MultihopError, MultihopProblem, Stage
@@ -250,6 +250,9 @@ def _shaped(p: MultihopProblem, factor: np.ndarray, memory: np.ndarray) -> Multi
     q.sample_ms[1:] *= factor[:, None]
     q.overhead_ms = p.overhead_ms.copy()
     q.overhead_ms[1:] *= factor
+    assert p.call_ms is not None  # set in __post_init__
+    q.call_ms = p.call_ms.copy()
+    q.call_ms[1:] *= factor[:, None]
     q.memory_mib = np.concatenate([[p.memory_mib[0]], np.maximum(memory, 0.0)])
     return q
 
@@ -315,8 +318,7 @@ def greedy_one_hop(problem: ChainProblem) -> ChainPlan | None:
                 q = _shaped(p, 1.0 + count, memory)
                 stages, _ = placement_stages(q, list(route.helpers), list(route.cuts))
                 b = route.micro_batch
-                t = sum(s.time(b) for s in stages) + (math.ceil(p.batch_size / b) - 1) * max(
-                    s.time(b) for s in stages)
+                t = pipeline_latency(stages, b, p.batch_size)
                 if t < best_t:
                     best, best_t = route, t
             if best is not None:

@@ -65,6 +65,8 @@ def best_micro_batch(stages: Sequence[Stage], batch_size: int, exact: bool = Fal
             found.append(math.ceil(big_b / (m - 1)))
         return [x for x in found if 1 <= x <= big_b]
 
+    serial = [s for s in stages if s.serial]  # once per batch: the size does not move it
+    stages = [s for s in stages if not s.serial]
     big_c = sum(s.c for s in stages)
     candidates = {1, big_b}
     for stage in stages:
@@ -80,6 +82,7 @@ def best_micro_batch(stages: Sequence[Stage], batch_size: int, exact: bool = Fal
                 candidates |= snap(cross)
     if exact:
         candidates |= {math.ceil(big_b / m) for m in range(1, big_b + 1)}
+    stages = [*stages, *serial]
     best_b = min(sorted(candidates), key=lambda b: pipeline_latency(stages, b, big_b))
     best_t = pipeline_latency(stages, best_b, big_b)
     while True:  # move to a better integer neighbour while there is one

@@ -35,6 +35,7 @@ class StageTables:
     client: np.ndarray  # (L+1) x (L+1): client stage for head c1, tail from c2
     link: np.ndarray  # (H+1) x (H+1) x (L+1): link u-w carrying cut q once
     merged: np.ndarray  # H x (L+1) x (L+1): client-v link carrying c1 and c2
+    head: np.ndarray  # (L+1): serial head time for head cut c1 (0 without serial_head)
 
 
 def stage_tables(problem: MultihopProblem, b: int) -> StageTables:
@@ -57,6 +58,8 @@ def stage_tables(problem: MultihopProblem, b: int) -> StageTables:
     idx = np.arange(layers + 1)
     x, y = idx[:, None], idx[None, :]
     cum = np.concatenate([np.zeros((h + 1, 1)), problem.sample_ms.cumsum(axis=1)], axis=1)
+    assert problem.call_ms is not None  # set in __post_init__
+    calls = np.concatenate([np.zeros((h + 1, 1)), problem.call_ms.cumsum(axis=1)], axis=1)
     bad = np.concatenate([np.zeros((h + 1, 1)), (~problem.runnable).cumsum(axis=1)], axis=1)
     mem = np.concatenate([[0.0], problem.layer_memory_mib.cumsum()])
     range_mem = mem[None, :] - mem[:, None]
@@ -66,14 +69,24 @@ def stage_tables(problem: MultihopProblem, b: int) -> StageTables:
         ok = upper & (bad[v][None, :] - bad[v][:, None] == 0)
         ok &= range_mem <= problem.memory_mib[v] + 1e-9
         comp[v - 1] = np.where(ok, problem.overhead_ms[v] + b * (cum[v][None, :]
-                                                                   - cum[v][:, None]), _INF)
+                                                                   - cum[v][:, None])
+                               + (calls[v][None, :] - calls[v][:, None]), _INF)
     total = cum[0, -1]
     client_ms = cum[0][:, None] + (total - cum[0][None, :])
     client_bad = bad[0][:, None] + (bad[0, -1] - bad[0][None, :])
     client_mem = mem[:, None] + (mem[-1] - mem[None, :])
     ok = upper & (x >= problem.min_head) & (y <= layers - problem.min_tail)
     ok &= (client_bad == 0) & (client_mem <= problem.memory_mib[0] + 1e-9)
-    client = np.where(ok, problem.overhead_ms[0] + b * client_ms, _INF)
+    # the head's fixed time once per batch, the tail's per micro-batch (placement_stages)
+    tail_fixed = calls[0, -1] - calls[0][None, :]
+    head = np.zeros(layers + 1)
+    if problem.serial_head:  # the head outside the pipeline (placement_stages)
+        head = cum[0] * problem.batch_size + calls[0]
+        client_ms = np.broadcast_to(total - cum[0][None, :], client_ms.shape)
+        client_fixed = tail_fixed
+    else:
+        client_fixed = b * calls[0][:, None] / problem.batch_size + tail_fixed
+    client = np.where(ok, problem.overhead_ms[0] + b * client_ms + client_fixed, _INF)
     act = np.concatenate([[_INF], problem.activation_kib])  # cut q carries act[q - 1]
     rate = np.where(problem.rate_mbps > 0, problem.link_rate_mbps, np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -86,7 +99,7 @@ def stage_tables(problem: MultihopProblem, b: int) -> StageTables:
         if problem.rate_mbps[0, v] > 0:
             merged[v - 1] = (4.0 * problem.latency_ms[0, v]
                              + per[0, v] * (act[:, None] + act[None, :]))
-    return StageTables(comp, client, link, merged)
+    return StageTables(comp, client, link, merged, head)
 
 
 def single_hop(problem: MultihopProblem, tables: StageTables, b: int
@@ -108,9 +121,11 @@ def single_hop(problem: MultihopProblem, tables: StageTables, b: int
         ``(latency, helpers, cuts)``, or ``None`` when no single helper can take the body.
     """
     m1 = math.ceil(problem.batch_size / b) - 1
+    # a duplex link is two stages of half its time (placement_stages)
+    links = [tables.merged / 2] * 2 if problem.duplex else [tables.merged]
     times = np.stack([np.broadcast_to(tables.client, tables.comp.shape), tables.comp,
-                      tables.merged])
-    latency = times.sum(axis=0)
+                      *links])
+    latency = times.sum(axis=0) + tables.head[None, :, None]
     if m1 > 0:  # (0 * inf would be nan)
         latency = latency + m1 * times.max(axis=0)
     flat = int(np.argmin(latency))
@@ -120,15 +135,17 @@ def single_hop(problem: MultihopProblem, tables: StageTables, b: int
     return float(latency.flat[flat]), [int(v) + 1], [int(c1), int(c2)]
 
 
-def _shortest(tables: StageTables, beta: float
+def _shortest(tables: StageTables, beta: float, duplex: bool = False
               ) -> tuple[float, list[int], list[int]] | None:
-    """Chain of two or more helpers with the least stage sum, every stage <= ``beta``.
+    """Chain of two or more helpers with the least stage sum, every stage <= ``beta``
+    (``duplex``: a link is two stages of half its time).
 
     Returns ``(sum, helpers, cuts)`` or ``None``.
     """
     h, n = tables.comp.shape[0], tables.comp.shape[1]
     comp = np.where(tables.comp <= beta, tables.comp, _INF)
-    link = np.where(tables.link <= beta, tables.link, _INF)
+    largest_link = tables.link / 2 if duplex else tables.link
+    link = np.where(largest_link <= beta, tables.link, _INF)
     client = np.where(tables.client <= beta, tables.client, _INF)
     # D[v][c1, x]: v (>= 2nd helper) starts at layer x, head cut c1; pred_node/pred_first
     dist = np.full((h, n, n), _INF)
@@ -145,7 +162,7 @@ def _shortest(tables: StageTables, beta: float
             later = np.take_along_axis(total, arg[:, None, :], axis=1)[:, 0, :]
             arg_x[v] = arg
             # end the chain at v: link back to the client and the client's own stage
-            end = later + link[v + 1, 0][None, :] + client
+            end = later + link[v + 1, 0][None, :] + client + tables.head[:, None]
             flat = int(np.argmin(end))
             if end.flat[flat] < best:
                 best, best_end = float(end.flat[flat]), (v, *np.unravel_index(flat, end.shape))
@@ -175,8 +192,9 @@ def _shortest(tables: StageTables, beta: float
     return best, helpers[::-1], cuts[::-1]
 
 
-def _candidate_values(tables: StageTables) -> np.ndarray:
-    values = np.concatenate([tables.comp.ravel(), tables.client.ravel(), tables.link.ravel()])
+def _candidate_values(tables: StageTables, duplex: bool = False) -> np.ndarray:
+    link = tables.link / 2 if duplex else tables.link
+    values = np.concatenate([tables.comp.ravel(), tables.client.ravel(), link.ravel()])
     return np.unique(values[np.isfinite(values)])
 
 
@@ -199,17 +217,18 @@ def place(problem: MultihopProblem, micro_batch: int) -> tuple[float, list[int],
     best: tuple[float, list[int], list[int]] | None = single_hop(problem, tables, b)
     solves = 0
     if problem.num_helpers >= 2:
-        values = _candidate_values(tables)
+        duplex = problem.duplex
+        values = _candidate_values(tables, duplex)
         beta = _INF
         beta_min = None
         while True:
-            found = _shortest(tables, beta)
+            found = _shortest(tables, beta, duplex)
             solves += 1
             if found is None:
                 break
             total, helpers, cuts = found
             if best is not None and beta_min is None and m1 > 0:
-                beta_min = _smallest_bound(tables, values)
+                beta_min = _smallest_bound(tables, values, duplex)
                 solves += math.ceil(math.log2(max(len(values), 2)))
             if best is not None and total + m1 * (beta_min or 0.0) >= best[0] - 1e-9:
                 break
@@ -219,7 +238,10 @@ def place(problem: MultihopProblem, micro_batch: int) -> tuple[float, list[int],
             if m1 == 0:
                 break
             stages, _ = placement_stages(problem, helpers, cuts)
-            largest = max(s.time(b) for s in stages)
+            largest = max(s.time(b) for s in stages if not s.serial)
+            # below the bound searched (a judged stage may exceed the DP's, with
+            # return_along), so the bound always falls
+            largest = min(largest, beta)
             pos = int(np.searchsorted(values, largest * (1 - 1e-12) - 1e-12, side="left"))
             if pos == 0:
                 break
@@ -230,14 +252,14 @@ def place(problem: MultihopProblem, micro_batch: int) -> tuple[float, list[int],
     return latency, best[1], best[2], solves
 
 
-def _smallest_bound(tables: StageTables, values: np.ndarray) -> float:
+def _smallest_bound(tables: StageTables, values: np.ndarray, duplex: bool = False) -> float:
     """Smallest candidate bound that still admits a chain of >= 2 helpers."""
     lo, hi = 0, len(values) - 1
-    if _shortest(tables, float(values[hi])) is None:
+    if _shortest(tables, float(values[hi]), duplex) is None:
         return float(values[hi])
     while lo < hi:
         mid = (lo + hi) // 2
-        if _shortest(tables, float(values[mid])) is None:
+        if _shortest(tables, float(values[mid]), duplex) is None:
             lo = mid + 1
         else:
             hi = mid

@@ -10,8 +10,12 @@ route), and every hop needs a link. A batch of ``B`` samples is cut into micro-b
 Stages and their time per micro-batch (affine in ``b``: ``t(b) = a + c b``):
 
 - compute of each node (the client once, for head and tail together; each helper for
-  its range): ``a`` = the node's ``overhead_ms``, ``c`` = the range's forward + backward
-  + update time per sample (profile time / profile batch size);
+  its range): ``a`` = the node's ``overhead_ms`` plus the range's fixed time per call
+  (``call_ms``: what a layer's forward and backward cost whatever the samples), ``c`` =
+  the range's forward + backward + update time per sample (profile time / profile batch
+  size, less its fixed part). The client runs its head once on the whole batch, so the
+  head's fixed time is charged once per batch (``call_ms / B`` per sample), the tail's per
+  micro-batch;
 - each link (unordered node pair) with the cuts it carries: per cut an activation
   forward and a gradient back of the same size, ``a = 2 latency_ms`` and
   ``c = 2 activation_kib_per_sample * 8.192 * byte_ratio / rate_mbps``. With one helper
@@ -68,6 +72,28 @@ class MultihopProblem:
         ``(H + 1) x L``: the node has profile data for the layer.
     overhead_ms
         Per-micro-batch fixed compute time of each node (``a`` of its stage).
+    call_ms
+        ``(H + 1) x L``: fixed time of one call (forward and backward) of each layer on
+        each node (ms), paid by every micro-batch of a helper's range and the client's
+        tail, once per batch by the client's head; ``None``: 0 (times purely per sample).
+    duplex
+        Links send both ways at once (as the runtime's: one transfer at a time in each
+        direction): each link is two stages, what goes out and what comes back, half the
+        link's time each; micro-batches then pipeline through a link at one direction's
+        time. ``False``: one stage carrying both directions in turn.
+    serial_head
+        The client runs its head once on the whole batch, forward before the first
+        micro-batch leaves and backward after the last returns (as the runtime's
+        micro-batches do): the head's batch time is serial, outside the pipeline, and
+        the client's stage per micro-batch is its tail. ``False``: head and tail one
+        stage per micro-batch.
+    return_along
+        A chain's output returns to the client along the chain, as the runtime relays
+        it: the last cut crosses every helper-helper hop back and the client's link to
+        its first helper, which so carries both cuts; no link from the last helper to
+        the client is used. ``False``: it returns over the last helper's own link. The
+        exact placement (:func:`~flsplit.plan.multihop.placement.place`) searches chains
+        of the ``False`` model and judges them with this one.
     memory_mib
         Memory of each node (MiB).
     layer_memory_mib
@@ -106,6 +132,10 @@ class MultihopProblem:
     name: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
     byte_ratio: np.ndarray | None = None
+    call_ms: np.ndarray | None = None
+    duplex: bool = False
+    serial_head: bool = False
+    return_along: bool = False
 
     def __post_init__(self) -> None:
         self.sample_ms = np.asarray(self.sample_ms, dtype=float)
@@ -119,13 +149,16 @@ class MultihopProblem:
         n, layers = len(self.node_ids), len(self.layer_memory_mib)
         self.byte_ratio = (np.ones((n, n)) if self.byte_ratio is None
                            else np.asarray(self.byte_ratio, dtype=float))
+        self.call_ms = (np.zeros((n, layers)) if self.call_ms is None
+                        else np.asarray(self.call_ms, dtype=float))
         if n < 2:
             raise MultihopError("helpers", "at least one helper is required")
         if len(set(self.node_ids)) != n:
             raise MultihopError("node_ids", "ids must be unique")
         checks = {"sample_ms": (n, layers), "runnable": (n, layers), "overhead_ms": (n,),
                   "memory_mib": (n,), "activation_kib": (layers,),
-                  "rate_mbps": (n, n), "latency_ms": (n, n), "byte_ratio": (n, n)}
+                  "rate_mbps": (n, n), "latency_ms": (n, n), "byte_ratio": (n, n),
+                  "call_ms": (n, layers)}
         for name, shape in checks.items():
             value = getattr(self, name)
             if value.shape != shape:
@@ -171,11 +204,16 @@ class MultihopProblem:
 
 @dataclass(frozen=True)
 class Stage:
-    """One pipeline stage: time per micro-batch of ``b`` samples is ``a + c * b`` (ms)."""
+    """One pipeline stage: time per micro-batch of ``b`` samples is ``a + c * b`` (ms).
+
+    A ``serial`` stage is a time per batch outside the pipeline (``a``; the client's head
+    with ``MultihopProblem.serial_head``): counted once, never the bottleneck.
+    """
 
     name: str
     a: float
     c: float
+    serial: bool = False
 
     def time(self, b: float) -> float:
         """Stage time (ms) for a micro-batch of ``b`` samples."""

@@ -91,3 +91,25 @@ def test_presets_scale_times_and_unknown_names_are_refused():
     assert bwd[0] == pytest.approx(37.19) and upd == [pytest.approx(24.12), 0.0]
     with pytest.raises(ValueError, match="unknown device preset 'pi5'; known presets: "):
         preset("pi5")
+
+
+def test_own_time_leaves_out_waiting_for_a_core(monkeypatch):
+    # a machine busy with other processes: every step waits 50 ms of wall time for a
+    # core, which the CPU time does not count; own_time profiles the segments' cost
+    import flsplit.model.profile as profile
+
+    real = profile.time.perf_counter
+    calls = {"n": 0}
+
+    def busy_wall() -> float:
+        calls["n"] += 1
+        return real() + 0.05 * calls["n"]
+
+    monkeypatch.setattr(profile.time, "perf_counter", busy_wall)
+    model, batch = SmallCNN(1, 8), torch.zeros(4, 1, 8, 8)
+    wall = profile_model(model, batch, repeats=2, warmup=0)
+    own = profile_model(model, batch, repeats=2, warmup=0, own_time=True)
+    wall_fwd = wall["devices"]["this-machine"]["forward_ms"]
+    own_fwd = own["devices"]["this-machine"]["forward_ms"]
+    assert min(wall_fwd) >= 50.0
+    assert max(own_fwd) < 50.0

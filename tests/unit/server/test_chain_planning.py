@@ -17,6 +17,7 @@ from flsplit.model.zoo import SmallCNN
 from flsplit.plan.multihop.chain_evaluation import evaluate_chain
 from flsplit.plan.multihop.chain_planner import judge_routes
 from flsplit.plan.multihop.chain_problem import ChainRoute
+from flsplit.plan.multihop.evaluation import placement_stages
 from flsplit.protocol import (
     ARRAYS,
     BACKWARD,
@@ -29,7 +30,11 @@ from flsplit.protocol import (
     ClientRound,
     HelperRound,
 )
-from flsplit.server.chain_planning import ChainRoundPlanner, stage_timeline
+from flsplit.server.chain_planning import (
+    MICRO_BATCH_OVERHEAD_MS,
+    ChainRoundPlanner,
+    stage_timeline,
+)
 from flsplit.server.modes import check_planned_chains
 from strategies.chain_planned import ChainPlannedSplitStrategy
 from tests.unit.strategies.fake_grid import FakeGrid, FakeNode
@@ -70,6 +75,64 @@ def _planner(helper_memory, client_memory=30.0, helpers=(1, 2, 3), clients=(21, 
     for c in clients:
         planner.add_client(c, 4.0, client_memory)
     return planner
+
+
+def _costs_with_calls():
+    # per layer: forward + backward 3 ms at 32 samples, 1.5 ms at 2: 1.4 ms per call and
+    # 0.05 ms per sample (a small model, as the example's, is mostly fixed time per call)
+    small = SegmentCosts.from_profile(_profile(forward=0.5), batch_size=2)
+    return _costs().with_calls(small)
+
+
+def test_a_second_profile_separates_each_segments_fixed_time_per_call():
+    costs = _costs_with_calls()
+    layers = [1, 2, 1, 4, 2]  # candidate layers per merged segment
+    assert costs.call_ms() == pytest.approx([1.4 * n for n in layers])
+    # the whole batch's time is unchanged: 32 samples plus one call
+    assert costs.call_ms() + 32 * costs.sample_ms() == pytest.approx(
+        [3.1 * n for n in layers])
+    assert _costs().call_ms() == pytest.approx([0.0] * 5)
+
+
+def _true_ms(costs, factor, start, stop, micro):
+    """One batch of segments ``start:stop`` in ``micro`` calls on a node ``factor`` times
+    slower than the server: what the node measures."""
+    return factor * (32 * costs.sample_ms()[start:stop].sum()
+                     + micro * costs.call_ms()[start:stop].sum())
+
+
+def test_costs_learned_at_one_micro_batch_count_predict_other_counts_and_routes():
+    # a client 6x and helpers 2x slower than the server (registered 4x and 1x): what one
+    # round measures at its route and micro-batch count predicts every other route and
+    # count, because each call's fixed time is charged per call, not folded into a
+    # per-sample speed (one factor per node for whatever it runs)
+    costs = _costs_with_calls()
+    planner = ChainRoundPlanner(costs, lambda c, h: (100.0, 1.0), time_limit=0.3)
+    for h in (1, 2, 3):
+        planner.add_helper(h, 1.0, 4096.0)
+    planner.add_client(21, 4.0, 30.0)
+    plan = planner.plan(1, [21], [1, 2, 3], {21: 2})
+    # the round ran (as if planned) a chain over helpers 1 and 2 in 4 micro-batches
+    plan.routes[21], plan.positions[21], plan.micro_batches[21] = [1, 2], (1, 2, 4), 4
+    q, micro = plan.positions[21], plan.micro_batches[21]
+    compute = _true_ms(costs, 6.0, 0, q[0], 1) + _true_ms(costs, 6.0, q[-1], None, micro)
+    planner.observe_client(21, plan, compute)
+    for i, helper in enumerate(plan.routes[21]):
+        busy = 2 * _true_ms(costs, 2.0, q[i], q[i + 1], micro)
+        planner.observe_helper(helper, plan, {21: busy})
+    p = planner.problem([21], [1, 2, 3]).clients[0]
+    fixed = MICRO_BATCH_OVERHEAD_MS  # per micro-batch and stage, as planned
+    for helpers, cuts in (([1], [1, 4]), ([2], [1, 4]), ([1, 2], [1, 3, 4])):
+        stages, _ = placement_stages(p, helpers, cuts)
+        head = sum(s.a for s in stages if s.serial)  # once per batch, outside the pipeline
+        stages = [s for s in stages if not s.serial]
+        for m in (1, 2, 8, 32):
+            b = 32 // m
+            assert head + m * stages[0].time(b) == pytest.approx(
+                _true_ms(costs, 6.0, 0, 1, 1) + _true_ms(costs, 6.0, 4, None, m) + m * fixed)
+            for i, stage in enumerate(stages[1:len(helpers) + 1]):
+                assert m * stage.time(b) == pytest.approx(
+                    _true_ms(costs, 2.0, cuts[i], cuts[i + 1], m) + m * fixed)
 
 
 def test_segments_without_weights_are_merged_into_the_next_one():
@@ -156,10 +219,18 @@ def test_speeds_are_learned_from_measured_helper_time():
     span = 2 * (plan.finish_ms[21] + 10.0 * micro)
     planner.observe_client(21, plan, None, start_offset_ms=40.0, span_ms=span)
     assert planner.clients[21].overhead_ms == pytest.approx(10.0)
-    assert planner.clients[21].start_offset_ms == 40.0
+    # the offset is averaged in from 0, even the first one measured
+    assert planner.clients[21].start_offset_ms == pytest.approx(0.6 * 40.0)
     again = planner.plan(2, [21], [1, 2, 3], {21: 2})
-    assert again.predicted_ms >= 40.0 + 2 * again.finish_ms[21] - 1e-6
+    assert again.predicted_ms >= 24.0 + 2 * again.finish_ms[21] - 1e-6
     assert again.problem.clients[0].overhead_ms[0] == pytest.approx(12.0)
+    # every round's first batch 300 ms beyond a steady one: averaged in (0.6), added
+    # once per round
+    planner.observe_client(21, plan, None, setup_ms=300.0)
+    assert planner.clients[21].setup_ms == pytest.approx(180.0)
+    third = planner.plan(3, [21], [1, 2, 3], {21: 2})
+    offset = planner.clients[21].start_offset_ms
+    assert third.predicted_ms == pytest.approx(offset + 180.0 + 2 * third.finish_ms[21])
     restored = _planner(helper_memory=1.0)
     restored.load_state_dict(planner.state_dict())
     assert restored.helpers[helper].factor == pytest.approx(3.0)
@@ -253,6 +324,9 @@ def test_the_strategy_sends_every_client_its_planned_route_cuts_and_micro_batche
     entry = strategy.history[-1]
     assert entry["chains"]["routes"] == {str(c): r for c, r in plan.routes.items()}
     assert entry["predicted_ms"] == plan.predicted_ms and entry["measured_ms"] is not None
+    # what each client measured is kept next to the prediction (FakeNode: 1 ms stages)
+    assert set(entry["client_measured_ms"]) == {"21", "22"}
+    assert entry["client_measured_ms"]["21"]["stage3"] == pytest.approx(1.0)
     assert "predicted_stages" not in strategy.state()["history"][-1]
     # the Gantt chart draws every hop, planned and measured
     from flsplit.plan.multihop.chain_gantt import chain_round_gantt
@@ -292,13 +366,17 @@ def test_the_strategy_learns_chains_from_the_steady_state_not_the_warm_up():
     plan = strategy.chain_plan
     busy, spans = {}, {}
     planner.observe_helper = lambda node, _plan, ms: busy.__setitem__(node, dict(ms))
+    setups = {}
     planner.observe_client = (
-        lambda node, _plan, compute, offset, span: spans.__setitem__(node, span))
+        lambda node, _plan, compute, offset, span, setup: (
+            spans.__setitem__(node, span), setups.__setitem__(node, setup)))
     strategy.aggregate_train(1, grid.send_and_receive(messages))
     # three forwards and three backwards per client, each at the steady 7 ms
     assert busy and all(ms == pytest.approx({c: 42.0 for c in ms}) for ms in busy.values())
     assert {c for ms in busy.values() for c in ms} == {21, 22}
     assert spans == pytest.approx({c: 40.0 * plan.batches[c] for c in (21, 22)})
+    # a process's first round's set-up is not what later rounds repeat: not learned
+    assert setups == {21: None, 22: None}
 
 
 def test_round_robin_chains_emulate_the_same_links_as_planned_ones():

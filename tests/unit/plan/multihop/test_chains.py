@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flsplit.plan.multihop import MultihopError, MultihopProblem
+from flsplit.plan.multihop import MultihopError, MultihopProblem, evaluate_placement
 from flsplit.plan.multihop.chain_bound import lower_bound, micro_batch_sizes
 from flsplit.plan.multihop.chain_evaluation import all_stages, evaluate_chain, simulate
 from flsplit.plan.multihop.chain_planner import (
@@ -218,6 +218,91 @@ def test_one_client_is_the_single_client_pipeline():
 
     assert judge_routes(problem, [route]).makespan == pytest.approx(single.latency_ms)
     assert plan.makespan <= single.latency_ms + 1e-6
+
+
+@pytest.mark.parametrize("seed", [3, 4, 5])
+def test_one_client_with_duplex_links_and_calls_is_the_single_client_pipeline(seed):
+    # links that send both ways at once, a serial head, a chain's output back along it
+    # and fixed times per call: the judge of many
+    # clients still equals the single-client pipeline latency for one, on chains too
+    from flsplit.plan.multihop import optimize_placement
+    from flsplit.plan.multihop.chain_planner import judge_routes
+
+    problem = random_chain_problem(1, 8, 3, seed=seed, batch_size=16)
+    p = problem.clients[0]
+    p.duplex = True
+    p.serial_head = True
+    p.return_along = True
+    p.call_ms = np.random.default_rng(seed).uniform(0.0, 40.0, p.sample_ms.shape)
+    checked = 0
+    for helpers, cuts in (((1,), (2, 6)), ((1, 2), (2, 4, 6)), ((1, 2, 3), (1, 3, 5, 7)),
+                          ((2,), (1, 7)), ((2, 3), (1, 4, 7))):
+        for b in (1, 3, 16):
+            try:
+                expected = evaluate_placement(p, list(helpers), list(cuts), b)
+            except MultihopError:  # memory or links refuse it
+                continue
+            route = ChainRoute(helpers, cuts, b)
+            assert judge_routes(problem, [route]).makespan == pytest.approx(expected)
+            checked += 1
+    assert checked >= 6
+    single = optimize_placement(p)
+    ids = p.node_ids
+    route = ChainRoute(tuple(ids.index(h) for h in single.chain[1:-1]), tuple(single.cuts),
+                       single.micro_batch)
+    assert judge_routes(problem, [route]).makespan == pytest.approx(single.latency_ms)
+
+
+def test_a_chains_output_returns_along_the_chain_over_the_first_helpers_link():
+    # as the runtime relays it: the last cut crosses the helper hop back and the
+    # client's link to its first helper, at that link's rate; the last helper's own link
+    # to the client is not used
+    from flsplit.plan.multihop import placement_stages
+
+    p = random_chain_problem(1, 6, 2, seed=0, batch_size=8).clients[0]
+    p.memory_mib[:] = 1e6
+    p.rate_mbps[0, 2] = p.rate_mbps[2, 0] = 0.0  # no link from the last helper
+    with pytest.raises(MultihopError):
+        placement_stages(p, [1, 2], [1, 3, 5])
+    p.return_along = True
+    stages, _ = placement_stages(p, [1, 2], [1, 3, 5])
+    links = stages[3:]
+    assert [s.name for s in links] == ["link c1-h1", "link h1-h2"]
+    act, per = p.activation_kib, 2.0 * 8.192
+    assert links[0].a == pytest.approx(4 * p.latency_ms[0, 1])
+    assert links[0].c == pytest.approx(per * (act[0] + act[4]) / p.link_rate_mbps[0, 1])
+    assert links[1].c == pytest.approx(per * (act[2] + act[4]) / p.link_rate_mbps[1, 2])
+    for b in (1, 8):
+        route = ChainRoute((1, 2), (1, 3, 5), b)
+        problem = ChainProblem([p])
+        assert judge_routes(problem, [route]).makespan == pytest.approx(
+            evaluate_placement(p, [1, 2], [1, 3, 5], b))
+    # one helper: its link carries both cuts either way
+    p.rate_mbps[0, 2] = p.rate_mbps[2, 0] = 5.0
+    p.latency_ms[0, 2] = p.latency_ms[2, 0] = 1.0
+    one = placement_stages(p, [2], [1, 5])[0]
+    p.return_along = False
+    assert one == placement_stages(p, [2], [1, 5])[0]
+
+
+def test_a_duplex_link_pipelines_micro_batches_at_one_directions_time():
+    # the runtime sends a micro-batch's activation while the previous one's answer comes
+    # back: a link-bound client's micro-batches pass at half the link's two-way time
+    from flsplit.plan.multihop import pipeline_latency, placement_stages
+
+    p = random_chain_problem(1, 6, 1, seed=0, batch_size=32).clients[0]
+    p.sample_ms[:] = 0.0
+    p.overhead_ms[:] = 0.0
+    simplex, _ = placement_stages(p, [1], [2, 4])
+    p.duplex = True
+    duplex, _ = placement_stages(p, [1], [2, 4])
+    link = simplex[-1]
+    assert [(s.a, s.c) for s in duplex[-2:]] == [(link.a / 2, link.c / 2)] * 2
+    # one micro-batch crosses both ways in turn; 32 pass at one direction's time each
+    assert pipeline_latency(duplex, 32, 32) == pytest.approx(link.time(32))
+    assert pipeline_latency(duplex, 1, 32) == pytest.approx(
+        link.time(1) + 31 * link.time(1) / 2)
+    assert pipeline_latency(simplex, 1, 32) == pytest.approx(32 * link.time(1))
 
 
 PROFILE = {

@@ -47,6 +47,11 @@ def small_problems(draw):
     if draw(st.booleans()):  # coded links: each hop its own bytes per raw byte
         ratio = np.random.default_rng(seed).uniform(0.05, 2.0, (helpers + 1,) * 2)
         problem.byte_ratio = (ratio + ratio.T) / 2
+    if draw(st.booleans()):  # fixed time per call: every micro-batch pays its layers'
+        problem.call_ms = np.random.default_rng(seed + 1).uniform(0.0, 30.0,
+                                                                  (helpers + 1, layers))
+    problem.duplex = draw(st.booleans())  # each link two stages, out and back
+    problem.serial_head = draw(st.booleans())  # the head once per batch, outside
     micro = draw(st.integers(1, batch))
     return problem, micro
 
@@ -226,3 +231,76 @@ def test_bench_placement_quick(capsys):
                  "--profiles", "/nonexistent"]) == 0
     printed = capsys.readouterr().out
     assert "brute force: 20/20" in printed and "synthetic L=12 H=3" in printed
+
+
+def test_fixed_time_per_call_is_paid_per_micro_batch_and_by_the_head_once_per_batch():
+    problem = random_problem(5, 2, seed=5, batch_size=32)
+    problem.call_ms = np.arange(15, dtype=float).reshape(3, 5)
+    stages, _ = placement_stages(problem, [1, 2], [1, 3, 4])
+    client, first, second = stages[:3]
+    call, sample = problem.call_ms, problem.sample_ms
+    # the client: head (layer 0) once per batch, spread over its samples; tail per call
+    assert client.a == pytest.approx(problem.overhead_ms[0] + call[0, 4])
+    assert client.c == pytest.approx(sample[0, [0, 4]].sum() + call[0, 0] / 32)
+    assert first.a == pytest.approx(problem.overhead_ms[1] + call[1, 1:3].sum())
+    assert first.c == pytest.approx(sample[1, 1:3].sum())
+    assert second.a == pytest.approx(problem.overhead_ms[2] + call[2, 3])
+    # one batch in 8 micro-batches: the head's call once, the tail's 8 times
+    assert 8 * client.time(4) == pytest.approx(
+        8 * problem.overhead_ms[0] + 32 * sample[0, [0, 4]].sum() + call[0, 0] + 8 * call[0, 4])
+
+
+def test_fixed_time_per_call_makes_the_placement_cut_fewer_micro_batches():
+    # without fixed costs per call every size pays only per sample and the pipeline wants
+    # micro-batches of one sample; 100 ms per call of every layer makes 32 calls too dear
+    problem = random_problem(5, 2, seed=5, batch_size=32)
+    problem.overhead_ms[:] = 0.0
+    free = optimize_placement(problem)
+    problem.call_ms = np.full((3, 5), 100.0)
+    costly = optimize_placement(problem)
+    assert free.num_micro_batches == 32
+    assert costly.num_micro_batches < free.num_micro_batches
+    helpers = [problem.node_ids.index(n) for n in costly.chain[1:-1]]
+    assert costly.latency_ms == pytest.approx(
+        evaluate_placement(problem, helpers, costly.cuts, costly.micro_batch))
+    assert costly.latency_ms < evaluate_placement(problem, helpers, costly.cuts, 1)
+
+
+def test_a_serial_head_is_paid_once_per_batch_outside_the_pipeline():
+    # the runtime runs the head once on the whole batch before the micro-batches leave
+    # and its backward after they are back: it does not overlap the links
+    problem = random_problem(5, 2, seed=5, batch_size=32)
+    problem.call_ms = np.full((3, 5), 3.0)
+    problem.memory_mib[:] = 1e6
+    piped, _ = placement_stages(problem, [1], [2, 4])
+    problem.serial_head = True
+    serial, _ = placement_stages(problem, [1], [2, 4])
+    head = [s for s in serial if s.serial]
+    sample = problem.sample_ms[0]
+    assert [(s.a, s.c) for s in head] == [(pytest.approx(32 * sample[:2].sum() + 6.0), 0.0)]
+    assert serial[0].a == piped[0].a and serial[0].c == pytest.approx(sample[4])
+    for b in (1, 4, 32):
+        stages = [s for s in serial if not s.serial]
+        m = 32 // b
+        expected = head[0].a + sum(s.time(b) for s in stages) + (m - 1) * max(
+            s.time(b) for s in stages)
+        assert pipeline_latency(serial, b, 32) == pytest.approx(expected)
+    # one micro-batch: the same latency either way; many: the head no longer overlaps
+    assert pipeline_latency(serial, 32, 32) == pytest.approx(pipeline_latency(piped, 32, 32))
+    assert pipeline_latency(serial, 1, 32) > pipeline_latency(piped, 1, 32)
+
+
+@settings(max_examples=150, deadline=None)
+@given(small_problems())
+def test_placement_with_chains_returning_along_them_is_judged_by_that_model(case):
+    # the exact search is of chains returning over their last helper's own link; with
+    # return_along it still ends, and what it returns is judged by the model it plans
+    problem, micro = case
+    problem.return_along = True
+    expected = brute_force(problem, micro)
+    try:
+        latency, helpers, cuts, _ = place(problem, micro)
+    except MultihopError:
+        return
+    assert latency == pytest.approx(evaluate_placement(problem, helpers, cuts, micro))
+    assert expected is not None and latency >= expected[0] - 1e-9
