@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 import struct
+import time
 
 import pytest
 import torch
@@ -341,3 +342,40 @@ def test_an_emulated_link_charges_the_coded_bytes():
     assert len(coded.charged) == 4 and all(
         c < r / 2 for c, r in zip(coded.charged, raw.charged, strict=True)
     )
+
+
+def test_the_client_s_coding_counts_to_the_call_s_network_time(monkeypatch):
+    # Coding a tensor is part of sending it: the stage times the planner learns must hold
+    # it. A coder that takes 5 s (on a clock the test moves) shows up in the call's
+    # network time, not in nothing.
+    torch.manual_seed(0)
+    split = split_model(SmallCNN(), ("conv2", "fc2"), torch.zeros(2, 1, 8, 8))
+    worker = HelperWorker.replicated(
+        split.body, ["1"], lambda p: torch.optim.SGD(p, lr=0.1),
+        input_spec=TensorSpec((16, 8, 8), torch.float32),
+    )
+    server = HelperServer(worker, TokenVerifier(KEY, RUN, ROUND, HELPER, ["1"])).start()
+    token = sign_token(KEY, RUN, ROUND, "1", HELPER)
+    real = time.perf_counter
+    moved = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: real() + moved[0])
+    int8 = parse_codec("int8")
+    try:
+        with HelperClient(server.address, "1", token, deadline=30, codecs=(int8, int8)) as helper:
+            helper.connect()
+            code_all = helper._coder.code_all
+
+            def slow_code_all(*args, **kwargs):
+                moved[0] += 5.0
+                return code_all(*args, **kwargs)
+
+            monkeypatch.setattr(helper._coder, "code_all", slow_code_all)
+            out = helper.forward(split.head(torch.randn(4, 1, 8, 8)).detach())
+            assert helper.last_network_seconds >= 5.0
+            assert helper.last_service_seconds < 5.0
+            helper.backward(torch.ones_like(out))
+            assert helper.last_network_seconds >= 5.0
+            helper.finish()
+        assert server.wait_clients(10)
+    finally:
+        server.stop()
