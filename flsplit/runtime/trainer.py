@@ -177,8 +177,8 @@ class RoundTotals:
     the time before it (a process's first round pays its imports, its first operator calls
     and its optimizer's set-up there, several times a batch; every round pays creating
     its data loader's first iterator there). A batch that stalled
-    (:meth:`RoundTotals.stalled`: seconds more than the others, the process descheduled on
-    a loaded machine) is left out the same way. With a single batch that batch is all there
+    (:meth:`RoundTotals.stalled`: seconds more than the others, a one-off pause) is left
+    out the same way. With a single batch that batch is all there
     is. Examples, loss and accuracy count every batch, ``steady_batch_ms`` every batch
     after the first.
     """
@@ -251,9 +251,11 @@ class RoundTotals:
     def stalled(self) -> list[int]:
         """Indices (in :attr:`steady`) of the batches that stalled: the client's own time
         (load and stages 1, 3 and 5) over :data:`STALL_FACTOR` times the median batch's
-        and :data:`STALL_MIN_S` more. A process descheduled for seconds on a loaded
-        machine is not what the client's next round repeats (one 9 s stall in one of 11
-        batches read as 0.9 s more per batch, and the next round was predicted 57% long).
+        and :data:`STALL_MIN_S` more. A one-off pause is not what the client's next round
+        repeats: on a loaded machine a client emulating a Raspberry Pi (30x) once spent
+        9 s between two of its 11 batches (its loop's time there is stretched like its
+        compute), which read as 0.9 s more per batch, and the next round was predicted
+        57% long.
         """
         own = [sum(b[:4]) for b in self.steady]
         if len(own) < 3:
