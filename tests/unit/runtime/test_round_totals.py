@@ -64,7 +64,7 @@ def _with_batches(own: list[tuple[float, tuple[float, float, float]]]) -> RoundT
 
 
 def test_a_batch_that_stalled_for_seconds_is_left_out_like_the_first():
-    # one batch of 11 whose loader (or stage 1) took 9 s: the process was descheduled
+    # one batch of 11 whose loader (or stage 1) took 9 s: a one-off pause
     batches = [(0.002, STEADY)] * 12
     stalled = [*batches[:6], (9.0, STEADY), *batches[7:]]
     also = [*batches[:6], (0.002, (9.0, 0.020, 0.030)), *batches[7:]]
