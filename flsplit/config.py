@@ -16,7 +16,7 @@ and the fix in the message.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -203,6 +203,21 @@ class SyncSettings:
     client_parts: str = "shared"
 
 
+def int8_channel_axis(ndim: int) -> int | None:
+    """The dimension ``int8`` keeps a scale and zero point per entry of: 1 of a 4-D tensor
+    (``N, C, H, W``), the last of a 2-D or 3-D one (or more); ``None`` (one channel) for
+    0-D and 1-D tensors."""
+    if ndim < 2:
+        return None
+    return 1 if ndim == 4 else ndim - 1
+
+
+def int8_channels(shape: Sequence[int]) -> int:
+    """How many scales and zero points ``int8`` sends for a tensor of ``shape``."""
+    axis = int8_channel_axis(len(shape))
+    return 1 if axis is None else int(shape[axis])
+
+
 @dataclass(frozen=True)
 class CodecSetting:
     """A data-plane codec as a run config spells it: ``NAME[:FRACTION][+ef]``.
@@ -231,9 +246,10 @@ class CodecSetting:
     @property
     def byte_ratio(self) -> float:
         """Bytes sent per raw ``float32`` byte: 1 (``none``), 1/2 (``fp16``, ``bf16``),
-        1/4 (``int8``; its 8 bytes of scale and zero point per channel left out), twice
-        the fraction (``topk``, ``randtopk``, ``utopk``: an int32 index and a float32
-        value per entry kept). What the planner charges a link for a coded tensor."""
+        1/4 (``int8``; its 8 bytes of scale and zero point per channel are
+        :meth:`fixed_bytes`), twice the fraction (``topk``, ``randtopk``, ``utopk``: an
+        int32 index and a float32 value per entry kept). What the planner charges a link
+        for a coded tensor's values."""
         if self.name in ("fp16", "bf16"):
             return 0.5
         if self.name == "int8":
@@ -241,6 +257,14 @@ class CodecSetting:
         if self.name in SPARSE_CODECS:
             return 2.0 * self.fraction
         return 1.0
+
+    def fixed_bytes(self, shape: Sequence[int]) -> int:
+        """Bytes a ``float32`` tensor of ``shape`` takes coded besides its values, the
+        same for a batch of any size: ``int8``'s float32 scale and zero point per channel
+        (:func:`int8_channels`); 0 for the other codecs. The planner charges them on
+        every transfer, unscaled by a client's batch fill (a 32x64 cut sends 2048 bytes
+        of values and 512 of scales)."""
+        return 8 * int8_channels(shape) if self.name == "int8" else 0
 
     def __str__(self) -> str:
         text = self.name

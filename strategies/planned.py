@@ -394,6 +394,7 @@ class PlannedSplitStrategy(SplitStrategy):
         spans: dict[int, tuple[float, float]] = {}
         stages: dict[int, tuple[float, float, float]] = {}
         loads: dict[int, float] = {}
+        measured: dict[int, ClientResult] = {}
         for reply in client_replies:
             if reply.has_error():
                 continue
@@ -408,6 +409,7 @@ class PlannedSplitStrategy(SplitStrategy):
                 float(result.stage5_ms),
             )
             loads[node] = float(result.load_ms)
+            measured[node] = result
         first_start = min((a for a, _ in spans.values()), default=0.0)
         cuts_of = assignment.cuts_of
         # A node's first round includes starting its process (imports, model tracing,
@@ -500,6 +502,7 @@ class PlannedSplitStrategy(SplitStrategy):
             "node_ids": round_plan.node_ids,
             "batches": round_plan.batches,
             "client_load_ms": {str(node): load for node, load in loads.items()},
+            "client_stages_ms": _client_stages(round_plan, measured, self.planner.link),
             DATA_PLANE_BYTES: {
                 str(node): moved for node, moved in self.data_bytes.get(server_round, {}).items()
             },
@@ -656,6 +659,38 @@ class PlannedSplitStrategy(SplitStrategy):
             "helper_of": {str(c): h for c, h in helper_of.items()},
             "failures": [failure.to_dict() for failure in failures],
         })
+
+
+def _client_stages(
+    round_plan: RoundPlan, measured: Mapping[int, ClientResult], link: LinkFn
+) -> dict[str, dict[str, float]]:
+    """Client -> its one-batch stage times as planned (at its planned helper) and as it
+    measured them (steady-state means per batch): what ``round-N.json`` shows to tell a
+    wrong stage time from a wrong schedule."""
+    instance, plan = round_plan.instance, round_plan.plan
+    rows = {c: i for i, c in enumerate(instance.client_ids)}
+    cols = {h: j for j, h in enumerate(instance.helper_ids)}
+    out: dict[str, dict[str, float]] = {}
+    for node, result in measured.items():
+        name = f"c{node}"
+        helper = plan.assignment.get(name)
+        if name not in rows or helper not in cols:
+            continue
+        i, j = rows[name], cols[helper]
+        out[str(node)] = {
+            "link_mbps": float(link(node, round_plan.node_ids[helper])[0]),
+            "stage1": float(instance.head_fwd_up[i, j]),
+            "body_fwd": float(instance.body_fwd[i, j]),
+            "stage3": float(instance.tail_fwd_bwd[i, j]),
+            "body_bwd": float(instance.body_bwd[i, j]),
+            "stage5": float(instance.down_head_bwd[i, j]),
+            "measured_stage1": float(result.stage1_ms) + float(result.load_ms),
+            "measured_stage3": float(result.stage3_ms),
+            "measured_stage5": float(result.stage5_ms),
+            "measured_service": float(result.helper_service_ms),
+            "measured_batch": float(result.steady_batch_ms),
+        }
+    return out
 
 
 def _reported_codecs(node: int, info: NodeInfo) -> tuple[CodecSetting | None, ...]:

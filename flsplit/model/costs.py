@@ -36,7 +36,10 @@ class PartCosts:
 
     Times in ms; ``cut1_bytes`` and ``cut2_bytes`` are the activation sizes at the cuts
     (their gradients have the same size); ``body_memory_mib`` is what a helper needs to
-    hold one client's body.
+    hold one client's body. ``cut1_shapes`` and ``cut2_shapes`` are the shapes of the
+    floating-point tensors crossing each cut (empty where unknown): a codec's bytes
+    besides the values (:meth:`~flsplit.config.CodecSetting.fixed_bytes`, ``int8``'s
+    scales) depend on them.
     """
 
     head_fwd_ms: float
@@ -47,6 +50,8 @@ class PartCosts:
     cut1_bytes: int
     cut2_bytes: int
     body_memory_mib: float
+    cut1_shapes: tuple[tuple[int, ...], ...] = ()
+    cut2_shapes: tuple[tuple[int, ...], ...] = ()
 
 
 def _cut_names(cuts: str) -> tuple[str, ...]:
@@ -211,6 +216,7 @@ def measure_part_costs(
     layers = profile["layers"]
     times = next(iter(profile["devices"].values()))
     fwd, bwd, upd = times["forward_ms"], times["backward_ms"], times["update_ms"]
+    cut1_shapes, cut2_shapes = cut_shapes(model, batch, cuts)
     return PartCosts(
         head_fwd_ms=fwd[0],
         head_bwd_ms=bwd[0] + upd[0],
@@ -220,7 +226,34 @@ def measure_part_costs(
         cut1_bytes=int(layers[0]["activation_kib"] * 1024),
         cut2_bytes=int(layers[1]["activation_kib"] * 1024),
         body_memory_mib=layers[1]["memory_kib"] / 1024,
+        cut1_shapes=cut1_shapes,
+        cut2_shapes=cut2_shapes,
     )
+
+
+def cut_shapes(
+    model: Any, batch: Any, cuts: Sequence[str]
+) -> tuple[tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]:
+    """Shapes of the floating-point tensors crossing each of the two ``cuts`` of
+    ``model`` for ``batch`` (one forward pass of a copy, without autograd)."""
+    import torch
+
+    from flsplit.model import crossing
+    from flsplit.model.splitting import split_model
+
+    split = split_model(model, list(cuts), batch)
+    with torch.no_grad():
+        cut1 = split.parts[0](batch)
+        cut2 = crossing.call_part(split.parts[1], cut1)
+
+    def floating(activation: Any) -> tuple[tuple[int, ...], ...]:
+        return tuple(
+            tuple(int(n) for n in t.shape)
+            for t in crossing.as_tuple(activation)
+            if t.is_floating_point()
+        )
+
+    return floating(cut1), floating(cut2)
 
 
 def cut_pairs(model: Any, example_input: Any, candidates: str, default: Sequence[str]) -> list[str]:

@@ -54,7 +54,13 @@ from dataclasses import dataclass
 
 import torch
 
-from flsplit.config import SPARSE_CODECS, CodecSetting, parse_codec
+from flsplit.config import (
+    SPARSE_CODECS,
+    CodecSetting,
+    int8_channel_axis,
+    int8_channels,
+    parse_codec,
+)
 from flsplit.runtime.payload import DTYPE_NAMES, DTYPES, FrameError, check_spec
 from flsplit.runtime.payload import short as _short
 
@@ -108,19 +114,6 @@ def codable(tensor: torch.Tensor) -> bool:
     return tensor.dtype in CODABLE and tensor.numel() > 0
 
 
-def _channel_axis(ndim: int) -> int | None:
-    """The int8 channel dimension: 1 of a 4-D tensor, the last of a 2-D or 3-D one (or more
-    dimensions); ``None`` (one channel) for 0-D and 1-D tensors."""
-    if ndim < 2:
-        return None
-    return 1 if ndim == 4 else ndim - 1
-
-
-def _channels(shape: tuple[int, ...]) -> int:
-    axis = _channel_axis(len(shape))
-    return 1 if axis is None else shape[axis]
-
-
 def _k(codec: CodecSetting, numel: int) -> int:
     return min(numel, max(1, round(codec.fraction * numel)))
 
@@ -137,7 +130,7 @@ def coded_nbytes(shape: tuple[int, ...], codec: CodecSetting) -> int:
     if codec.name in ("fp16", "bf16"):
         return numel * 2
     if codec.name == "int8":
-        return 8 * _channels(shape) + numel
+        return codec.fixed_bytes(shape) + numel
     k = _k(codec, numel)
     return k * (4 + (4 if _index_dtype(numel) == "int32" else 8))
 
@@ -192,13 +185,13 @@ def encode(
 
 def _channel_view(shape: tuple[int, ...]) -> tuple[int, ...]:
     """The shape per-channel scales broadcast with."""
-    axis = _channel_axis(len(shape))
+    axis = int8_channel_axis(len(shape))
     return tuple(shape[d] if d == axis else 1 for d in range(len(shape)))
 
 
 def _per_channel(x: torch.Tensor) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The dimensions a per-channel reduction runs over, and the broadcast view shape."""
-    axis = _channel_axis(x.dim())
+    axis = int8_channel_axis(x.dim())
     return tuple(d for d in range(x.dim()) if d != axis), _channel_view(tuple(x.shape))
 
 
@@ -344,7 +337,7 @@ def check_coded_spec(
         expected = 2 * numel
     elif codec == "int8":
         channels = spec.get("channels")
-        wanted = _channels(shape)
+        wanted = int8_channels(shape)
         if not _is_int(channels) or channels != wanted:
             raise FrameError(
                 f"{name} int8 channels {_short(channels, 40)} does not match shape {list(shape)} "

@@ -472,6 +472,10 @@ class HelperServer:
             self.release(frame.client, frame.reason or "no reason given")
             return wire.encode(wire.Frame("result", frame.client, step=frame.step))
         frame = self._admit(request, op)
+        # the service time a client is told is the queue and compute: decoding the request
+        # (in _admit) and coding the reply are the data plane's, which the client counts
+        # as network time, as it counts its own coding (the planner's stages hold them)
+        received = time.perf_counter()
         if frame.optim is not None and self.relay.relays(frame.client):
             raise _StatusError(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -546,6 +550,7 @@ class HelperServer:
                 )
             except RelayError as err:
                 raise _StatusError(grpc.StatusCode.FAILED_PRECONDITION, str(err)) from None
+        service_ms = (time.perf_counter() - received) * 1000.0
         grads = None
         if frame.codec is not None and not frame.codec.lossless and result is not None:
             if not isinstance(result, torch.Tensor):
@@ -554,7 +559,6 @@ class HelperServer:
                 result, frame.codec, (frame.client, op, frame.micro),
                 grads if op == "fwd" else None,
             )
-        service_ms = (time.perf_counter() - received) * 1000.0
         return wire.encode(
             wire.Frame(
                 "result",

@@ -454,6 +454,11 @@ class HelperClient:
         codec: CodecSetting | None = None,
     ) -> tuple[Activation | None, float, float]:
         codec = codec if codec is not None else self.codec_of(op)
+        self.connect()
+        # the clock starts before the tensor is coded and framed: coding is part of
+        # sending it, so it counts to the call's network time (the stages the planner
+        # learns), not to nothing
+        start = time.perf_counter()
         grads = None
         if tensor is not None and not codec.lossless:
             if not isinstance(tensor, torch.Tensor):
@@ -468,8 +473,6 @@ class HelperClient:
                 optim=optim, grads=grads, codec=None if codec.lossless else codec,
             )
         )
-        self.connect()
-        start = time.perf_counter()
         try:  # connected: a lost connection fails now rather than at the deadline
             reply = self._calls[method](request, timeout=self.deadline, wait_for_ready=False)
         except grpc.RpcError as err:

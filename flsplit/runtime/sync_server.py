@@ -49,9 +49,8 @@ class SyncHelperServer(HelperServer):
 
     def _serve(self, request: bytes, op: str) -> bytes:
         if op == "sync":
-            received = time.perf_counter()
-            frame = self._admit(request, op)
-            return self._run_task(frame, op, received)
+            frame = self._admit(request, op)  # decoding is not service (as in _serve)
+            return self._run_task(frame, op, time.perf_counter())
         try:
             return super()._serve(request, op)
         finally:

@@ -20,6 +20,7 @@ tensors (``head(inputs)``). The loss gets the logits of the tail's output
 from __future__ import annotations
 
 import contextlib
+import statistics
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,12 @@ from flsplit.runtime.microbatch import MicroBatchStep
 from flsplit.runtime.worker import ProximalTerm
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+#: A batch stalled when the client's own time for it (load and stages) exceeds this many
+#: times the round's median batch ...
+STALL_FACTOR = 5.0
+#: ... and the median by this many seconds (:meth:`RoundTotals.stalled`).
+STALL_MIN_S = 0.25
 
 
 @dataclass
@@ -169,8 +176,11 @@ class RoundTotals:
     later round repeats: with two batches or more the first batch is left out, and so is
     the time before it (a process's first round pays its imports, its first operator calls
     and its optimizer's set-up there, several times a batch; every round pays creating
-    its data loader's first iterator there). With a single batch that batch is all there
-    is. Examples, loss and accuracy count every batch.
+    its data loader's first iterator there). A batch that stalled
+    (:meth:`RoundTotals.stalled`: seconds more than the others, a one-off pause) is left
+    out the same way. With a single batch that batch is all there
+    is. Examples, loss and accuracy count every batch, ``steady_batch_ms`` every batch
+    after the first.
     """
 
     def __init__(self) -> None:
@@ -186,6 +196,9 @@ class RoundTotals:
         self.first_load = 0.0
         #: ``time.perf_counter()`` when the first batch ended
         self.first_ended: float | None = None
+        #: per batch after the first: (load before it, stage 1, 3, 5, service) seconds
+        self.steady: list[tuple[float, float, float, float, float]] = []
+        self._pending_load = 0.0  # loader time since the last batch
 
     def timed(
         self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
@@ -211,6 +224,7 @@ class RoundTotals:
         batch (its own training loop: everything between a batch's last stage and the
         next one's first); before the first batch is added, the time before it."""
         self.load += seconds
+        self._pending_load += seconds
         if self.batches == 0:
             self.first_load += seconds
 
@@ -230,6 +244,25 @@ class RoundTotals:
             self.first_stages = [float(s) for s in stages]
             self.first_service = service
             self.first_ended = time.perf_counter() if ended is None else ended
+        else:
+            self.steady.append((self._pending_load, *(float(s) for s in stages), service))
+        self._pending_load = 0.0
+
+    def stalled(self) -> list[int]:
+        """Indices (in :attr:`steady`) of the batches that stalled: the client's own time
+        (load and stages 1, 3 and 5) over :data:`STALL_FACTOR` times the median batch's
+        and :data:`STALL_MIN_S` more. A one-off pause is not what the client's next round
+        repeats: on a loaded machine a client emulating a Raspberry Pi (30x) once spent
+        9 s between two of its 11 batches (its loop's time there is stretched like its
+        compute), which read as 0.9 s more per batch, and the next round was predicted
+        57% long.
+        """
+        own = [sum(b[:4]) for b in self.steady]
+        if len(own) < 3:
+            return []
+        median = statistics.median(own)
+        return [i for i, t in enumerate(own)
+                if t > STALL_FACTOR * median and t - median > STALL_MIN_S]
 
     def result(self, started: float) -> TrainResult:
         """The round's :class:`TrainResult` (stage, service and load times in ms per
@@ -239,11 +272,17 @@ class RoundTotals:
         steady = self.batches - 1
         batch_ms = 0.0
         if steady > 0:
+            # from the end of the first batch to now, per batch after it
+            batch_ms = 1000.0 * (time.perf_counter() - (self.first_ended or 0.0)) / steady
             stages = [a - b for a, b in zip(stages, self.first_stages, strict=True)]
             service -= self.first_service
             load -= self.first_load
-            # from the end of the first batch to now, per batch after it
-            batch_ms = 1000.0 * (time.perf_counter() - (self.first_ended or 0.0)) / steady
+            for i in self.stalled():  # left out like the first batch
+                gap, *own, waited = self.steady[i]
+                stages = [a - b for a, b in zip(stages, own, strict=True)]
+                service -= waited
+                load -= gap
+                steady -= 1
         per_batch = 1000.0 / max(steady, 1)
         return TrainResult(
             examples=self.examples,

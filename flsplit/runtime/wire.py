@@ -24,7 +24,9 @@ The header is a UTF-8 JSON object with the fields
   floating-point dtypes only. A backward frame carries the gradients of the flagged
   tensors of the forward it answers, in order (all flags ``false``).
 - ``service_ms`` (replies only, optional): time the helper held the request (queue and
-  compute), so the client can tell network time from helper time;
+  compute; decoding the request and coding the reply are not in it: like the client's
+  own coding, the client counts them as network time), so the client can tell network
+  time from helper time;
 - ``micro`` and ``micros`` (optional, default ``0`` and ``1``): the frame carries
   micro-batch ``micro`` of ``micros`` micro-batches of batch ``step``
   (``0 <= micro < micros <= MAX_MICROS``). A helper accumulates the gradients of a

@@ -200,15 +200,21 @@ class NodeProfiles:
         """A mean batch's transfers of ``client`` over a link at the cuts of ``costs``:
         its activations up at the first cut, their gradients down at the first cut, and
         at the second cut the activations down plus their gradients up, each direction
-        charged the bytes its codec sends."""
-        raw1, raw2 = (b * self.batch_fill.get(client, 1.0)
-                      for b in (costs.cut1_bytes, costs.cut2_bytes))
-        act, grad = (codec.byte_ratio for codec in self.codecs_of(client))
+        charged the bytes its codec sends: the values' (the raw bytes times the batch
+        fill and the codec's byte ratio) and those a coded tensor sends whatever its
+        batch (``int8``'s scales, where the cut's shapes are known)."""
+        fill = self.batch_fill.get(client, 1.0)
+        act, grad = self.codecs_of(client)
+
+        def sent(codec: CodecSetting, raw: int, shapes: tuple[tuple[int, ...], ...]) -> float:
+            return raw * fill * codec.byte_ratio + sum(codec.fixed_bytes(s) for s in shapes)
+
+        one, two = (costs.cut1_bytes, costs.cut1_shapes), (costs.cut2_bytes, costs.cut2_shapes)
         return (
-            transfer_ms(raw1 * act, rate_mbps, latency_ms),
-            transfer_ms(raw1 * grad, rate_mbps, latency_ms),
-            transfer_ms(raw2 * act, rate_mbps, latency_ms)
-            + transfer_ms(raw2 * grad, rate_mbps, latency_ms),
+            transfer_ms(sent(act, *one), rate_mbps, latency_ms),
+            transfer_ms(sent(grad, *one), rate_mbps, latency_ms),
+            transfer_ms(sent(act, *two), rate_mbps, latency_ms)
+            + transfer_ms(sent(grad, *two), rate_mbps, latency_ms),
         )
 
     def observe_client(

@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 import struct
+import time
 
 import pytest
 import torch
@@ -341,3 +342,53 @@ def test_an_emulated_link_charges_the_coded_bytes():
     assert len(coded.charged) == 4 and all(
         c < r / 2 for c, r in zip(coded.charged, raw.charged, strict=True)
     )
+
+
+def _slow_coding_call(monkeypatch, side):
+    """One int8 forward and backward whose coder on ``side`` (``client`` or ``helper``)
+    takes 5 s on a clock the test moves; the client's (network, service) seconds."""
+    torch.manual_seed(0)
+    split = split_model(SmallCNN(), ("conv2", "fc2"), torch.zeros(2, 1, 8, 8))
+    worker = HelperWorker.replicated(
+        split.body, ["1"], lambda p: torch.optim.SGD(p, lr=0.1),
+        input_spec=TensorSpec((16, 8, 8), torch.float32),
+    )
+    server = HelperServer(worker, TokenVerifier(KEY, RUN, ROUND, HELPER, ["1"])).start()
+    token = sign_token(KEY, RUN, ROUND, "1", HELPER)
+    real = time.perf_counter
+    moved = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: real() + moved[0])
+    int8 = parse_codec("int8")
+    times = []
+    try:
+        with HelperClient(server.address, "1", token, deadline=30, codecs=(int8, int8)) as helper:
+            helper.connect()
+            coder = helper._coder if side == "client" else server.coder
+            code_all = coder.code_all
+
+            def slow_code_all(*args, **kwargs):
+                moved[0] += 5.0
+                return code_all(*args, **kwargs)
+
+            monkeypatch.setattr(coder, "code_all", slow_code_all)
+            out = helper.forward(split.head(torch.randn(4, 1, 8, 8)).detach())
+            times.append((helper.last_network_seconds, helper.last_service_seconds))
+            helper.backward(torch.ones_like(out))
+            times.append((helper.last_network_seconds, helper.last_service_seconds))
+            helper.finish()
+        assert server.wait_clients(10)
+    finally:
+        server.stop()
+    return times
+
+
+@pytest.mark.parametrize("side", ["client", "helper"])
+def test_coding_counts_to_the_call_s_network_time_not_to_the_helper_s_service(
+    monkeypatch, side
+):
+    # Coding a tensor is part of sending it, on either end: the stage times the planner
+    # learns must hold it (the helper's service is its queue and compute, which the plan
+    # models as the helper's task). A coder that takes 5 s shows in the network time.
+    for network, service in _slow_coding_call(monkeypatch, side):
+        assert network >= 5.0
+        assert service < 5.0

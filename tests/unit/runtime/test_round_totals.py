@@ -52,3 +52,36 @@ def test_a_single_batch_is_all_there_is():
         (100.0, 200.0, 300.0))
     assert (result.helper_service_ms, result.load_ms) == pytest.approx((50.0, 500.0))
     assert result.steady_batch_ms == 0.0
+
+
+def _with_batches(own: list[tuple[float, tuple[float, float, float]]]) -> RoundTotals:
+    """A round whose batches take ``(load, stages)`` seconds each (the first 8 examples)."""
+    totals = RoundTotals()
+    for load, stages in own:
+        totals.add_load(load)
+        totals.add(8, 8.0, 4, stages, 0.005)
+    return totals
+
+
+def test_a_batch_that_stalled_for_seconds_is_left_out_like_the_first():
+    # one batch of 11 whose loader (or stage 1) took 9 s: a one-off pause
+    batches = [(0.002, STEADY)] * 12
+    stalled = [*batches[:6], (9.0, STEADY), *batches[7:]]
+    also = [*batches[:6], (0.002, (9.0, 0.020, 0.030)), *batches[7:]]
+    steady = _means(_with_batches(batches))
+    assert _means(_with_batches(stalled)) == pytest.approx(steady)
+    assert _means(_with_batches(also)) == pytest.approx(steady)
+    assert _with_batches(stalled).result(0.0).batches == 12
+
+
+def test_small_and_full_batches_and_a_slow_one_are_all_counted():
+    # batches of 32, 32 and 1 examples (an epoch of 65): the one-example batch sends next
+    # to nothing; a batch three times the others is slow, not stalled
+    full, small = (0.002, (0.200, 0.060, 0.180)), (0.002, (0.010, 0.012, 0.009))
+    slow = (0.002, (0.600, 0.180, 0.540))
+    batches = [full, full, small] * 3 + [full, slow, small]
+    totals = _with_batches(batches)
+    assert totals.stalled() == []
+    steady = batches[1:]
+    assert totals.result(0.0).stage1_ms == pytest.approx(
+        1000 * sum(b[1][0] for b in steady) / len(steady))

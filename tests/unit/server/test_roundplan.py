@@ -94,3 +94,30 @@ def test_no_client_fitting_any_helper_is_said_clearly():
     planner = _planner_for_memory(5.0)
     with pytest.raises(RuntimeError, match="no sampled client can be planned: a body needs 12"):
         planner.plan(1, [1, 2, 3], [9, 8], {1: 2, 2: 2, 3: 2})
+
+
+def _late_starter_round(method):
+    """Client 1 started 1.3 s late last round; client 2's link to helper 9 is slow, to
+    helper 8 fast (client 1's are both fast, helper 8's a little faster). Each helper
+    holds one body. Both run 12 batches."""
+    costs = PartCosts(5.0, 6.0, 20.0, 30.0, 4.0, 50_000, 10_000, 12.0)
+    links = {(1, 8): (30.0, 5.0), (1, 9): (25.0, 5.0), (2, 8): (40.0, 5.0), (2, 9): (1.0, 5.0)}
+    planner = RoundPlanner(costs, lambda c, h: links[(c, h)], method=method, time_limit=0.5)
+    for client in (1, 2):
+        planner.add_client(client)
+    for helper in (8, 9):
+        planner.add_helper(helper, memory_mib=12.0)
+    planner.clients[1].start_offset_ms = 1300.0
+    return planner.plan(2, [1, 2], [8, 9], {1: 12, 2: 12})
+
+
+@pytest.mark.parametrize("method", ["greedy", "auto"])
+def test_a_late_start_weighs_on_the_one_batch_plan_by_its_share_of_the_round(method):
+    # Added whole to one batch, the 1.3 s offset made any plan whose one batch ended by
+    # then as good as any other: client 2 went to its 1 Mbit/s link, 12 slow batches.
+    round_plan = _late_starter_round(method)
+    assert round_plan.helper_of() == {1: 9, 2: 8}
+    # the round is still predicted with client 1 starting 1.3 s late
+    first = min(t.start for t in round_plan.prediction.tasks if t.client == "c1")
+    assert first > 1300.0
+    assert round_plan.prediction.makespan < 12 * transfer_ms(50_000, 1.0, 5.0)

@@ -191,3 +191,27 @@ def test_round_n_json_names_every_clients_data_plane_bytes(tmp_path):
         assert entry[DATA_PLANE_BYTES][str(client)] == {
             BYTES_UP: int(100 * fill), BYTES_DOWN: int(200 * fill)
         }
+
+
+def test_round_n_json_holds_every_clients_planned_and_measured_stages(tmp_path):
+    strategy, grid, arrays = _planned(tmp_path)
+    for client in CLIENTS:
+        grid.nodes[client].load_ms = 3.0
+        grid.nodes[client].steady_batch_ms = 40.0
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord({}), grid))
+    instance, plan = strategy.round_plan.instance, strategy.round_plan.plan
+    strategy.aggregate_train(1, grid.send_and_receive(messages))
+    stages = json.loads((tmp_path / "round-1.json").read_text())["client_stages_ms"]
+    assert set(stages) == {str(c) for c in CLIENTS}
+    for i, name in enumerate(instance.client_ids):
+        j = instance.helper_ids.index(plan.assignment[name])
+        row = stages[name[1:]]
+        assert row["stage1"] == pytest.approx(instance.head_fwd_up[i, j])
+        assert row["body_fwd"] == pytest.approx(instance.body_fwd[i, j])
+        assert row["stage3"] == pytest.approx(instance.tail_fwd_bwd[i, j])
+        assert row["body_bwd"] == pytest.approx(instance.body_bwd[i, j])
+        assert row["stage5"] == pytest.approx(instance.down_head_bwd[i, j])
+        # measured: the client's stage 1 with its load time, as the planner charges it
+        assert row["measured_stage1"] == 1.0 + 3.0
+        assert row["measured_stage3"] == row["measured_stage5"] == 1.0
+        assert row["measured_batch"] == 40.0
