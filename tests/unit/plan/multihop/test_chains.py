@@ -362,11 +362,9 @@ def test_planner_and_bound_import_no_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-@settings(max_examples=10, deadline=None)
-@given(st.integers(0, 10_000), st.integers(1, 2), st.booleans())
-def test_list_schedule_is_what_the_judge_reproduces(seed, helpers, remaining):
-    from flsplit.plan.multihop.chain_evaluation import list_schedule
-
+def random_chain_routes(seed: int, helpers: int):
+    """A random 4-client problem, a random route of ``helpers`` hops per client and their
+    stages (``None`` where the routes do not fit the helpers' memory)."""
     problem = random_chain_problem(4, 6, helpers + 1, seed=seed, batch_size=8,
                                    memory_slack=2.0)
     rng = np.random.default_rng(seed)
@@ -376,8 +374,18 @@ def test_list_schedule_is_what_the_judge_reproduces(seed, helpers, remaining):
         cuts = (1, *range(2, 2 + helpers - 1), 5)
         routes.append(ChainRoute(tuple(int(v) for v in hops), cuts, int(rng.integers(1, 9))))
     try:
-        stages = all_stages(problem, routes)
+        return problem, routes, all_stages(problem, routes)
     except MultihopError:
+        return problem, routes, None
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 2), st.booleans())
+def test_list_schedule_is_what_the_judge_reproduces(seed, helpers, remaining):
+    from flsplit.plan.multihop.chain_evaluation import list_schedule
+
+    _, _, stages = random_chain_routes(seed, helpers)
+    if stages is None:
         return
     orders, finish = list_schedule(stages, remaining=remaining)
     assert simulate(stages, orders)[1] == pytest.approx(finish)
@@ -604,17 +612,8 @@ def test_reweighted_schedule_is_judged_and_no_worse_than_the_list_schedule(seed,
     from flsplit.plan.multihop.chain_evaluation import list_schedule
     from flsplit.plan.multihop.chain_planner import reschedule, reweighted_schedule
 
-    problem = random_chain_problem(4, 6, helpers + 1, seed=seed, batch_size=8,
-                                   memory_slack=2.0)
-    rng = np.random.default_rng(seed)
-    routes = []
-    for _ in problem.clients:
-        hops = sorted(rng.choice(np.arange(1, helpers + 2), size=helpers, replace=False))
-        cuts = (1, *range(2, 2 + helpers - 1), 5)
-        routes.append(ChainRoute(tuple(int(v) for v in hops), cuts, int(rng.integers(1, 9))))
-    try:
-        stages = all_stages(problem, routes)
-    except MultihopError:
+    problem, routes, stages = random_chain_routes(seed, helpers)
+    if stages is None:
         return
     orders, finish, _ = reweighted_schedule(stages, math.inf, random.Random(seed), rounds=30)
     assert simulate(stages, orders)[1] == pytest.approx(finish)
